@@ -1,0 +1,5 @@
+"""The converter: model sources, plan, quantizers, and the pipeline that writes an edgeq file."""
+from .convert import ConvertReport, convert
+from .plan import PlanSettings
+
+__all__ = ["convert", "ConvertReport", "PlanSettings"]

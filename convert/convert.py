@@ -1,0 +1,67 @@
+"""The convert pipeline: source -> plan -> quantize each tensor -> stream into an edgeq file."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.errors import EdgeqError
+from edgeq.fileformat import TensorPlanEntry, write_model_file
+
+from .plan import PlanSettings, make_plan
+from .quantize import quantize
+from .sources import open_source
+
+
+@dataclass
+class ConvertReport:
+    output: Path
+    seconds: float
+    file_bytes: int
+    n_tensors: int
+    mean_rel_error: float       # over the quantized (non-plain) tensors, weighted by size
+
+
+def convert(source: str | os.PathLike, output: str | os.PathLike, settings: PlanSettings | None = None,
+            progress: bool | None = None) -> ConvertReport:
+    """Convert a Hugging Face folder, hub id or GGUF file into an edgeq file at `output`.
+
+    progress: True shows a progress bar, False hides it, None shows it when stderr is a terminal.
+    """
+    from tqdm import tqdm
+    settings = settings or PlanSettings()
+    settings.validate()
+    start = time.perf_counter()
+    output = Path(output)
+    if Path(source).exists() and output.exists() and output.resolve() == Path(source).resolve():
+        raise EdgeqError(f"{output}: the output would overwrite the source; choose another name")
+    model = open_source(source)
+    plan = make_plan(model.config, settings)
+    entries = [TensorPlanEntry(name, qtype, model.config.tensor_shape(name),
+                               qtype.name if qtype.plain else "rtn-clip-search") for name, qtype in plan.items()]
+    errors = []
+
+    def produce(entry: TensorPlanEntry):
+        weight = model.load(entry.name)
+        if not np.isfinite(weight).all():
+            raise EdgeqError(f"{model.provenance['source']}: tensor {entry.name} contains NaN or infinity")
+        tensor = quantize(weight, entry.qtype)
+        if not entry.qtype.plain:
+            errors.append((tensor.rel_error, weight.size))
+        return tensor
+
+    bar = tqdm(entries, desc=f"converting to {output.name}", unit="tensor", disable=None if progress is None else not progress,
+               dynamic_ncols=True, leave=False)
+    provenance = dict(model.provenance)
+    provenance["settings"] = {"bits": settings.bits, "group": settings.group, "symmetric": settings.symmetric,
+                              "head_bits": settings.head(), "embed_bits": settings.embed()}
+    try:
+        write_model_file(output, model.config, model.tokenizer, model.generation, provenance, entries, produce, bar)
+    finally:
+        bar.close()
+    total = sum(size for _, size in errors)
+    mean_error = sum(e * size for e, size in errors) / total if total else 0.0
+    return ConvertReport(output, time.perf_counter() - start, output.stat().st_size, len(entries), mean_error)

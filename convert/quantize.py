@@ -1,0 +1,145 @@
+"""Quantizers: pure functions (weights, quant type) -> QuantizedTensor. No I/O here.
+
+Round-to-nearest with a per-group clipping search: for every group of G weights along K, try
+shrinking the range by each factor of a grid, refit scale (and min) by least squares for the
+resulting levels, and keep the candidate with the smallest squared error. Scales and mins are then
+rounded to fp16 and the levels recomputed against the rounded values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from edgeq import quant_types
+from edgeq.quant_types import QuantType
+
+CLIP_GRID = np.linspace(1.0, 0.5, 21).astype(np.float32)
+
+
+@dataclass
+class QuantizedTensor:
+    qtype: QuantType
+    shape: tuple[int, ...]      # logical shape, (M, K) or (n,)
+    data: np.ndarray            # packed uint8 bytes, or the plain float array
+    method: str
+    rel_error: float            # ||W - Q(W)|| / ||W||
+
+
+@numba.njit(parallel=True, cache=True)
+def _search_asymmetric(groups, n_max, grid, scale_out, min_out):  # groups (n, G)
+    n_groups, size = groups.shape
+    for g in numba.prange(n_groups):
+        x = groups[g]
+        lo, hi = x.min(), x.max()
+        best_err, best_d, best_m = np.inf, 0.0, lo
+        if hi > lo:
+            for r in grid:
+                half, center = (hi - lo) * 0.5 * r, (hi + lo) * 0.5
+                d, m = 2.0 * half / n_max, center - half
+                sq = sw = sqq = sqw = 0.0
+                for j in range(size):
+                    q = min(max(np.floor((x[j] - m) / d + 0.5), 0.0), n_max)
+                    sq += q
+                    sw += x[j]
+                    sqq += q * q
+                    sqw += q * x[j]
+                den = size * sqq - sq * sq
+                if den > 0:
+                    d2 = (size * sqw - sq * sw) / den
+                    if d2 > 0:
+                        d, m = d2, (sw - d2 * sq) / size
+                err = 0.0
+                for j in range(size):
+                    q = min(max(np.floor((x[j] - m) / d + 0.5), 0.0), n_max)
+                    e = d * q + m - x[j]
+                    err += e * e
+                if err < best_err:
+                    best_err, best_d, best_m = err, d, m
+        scale_out[g] = best_d
+        min_out[g] = best_m
+
+
+@numba.njit(parallel=True, cache=True)
+def _search_symmetric(groups, n_max, grid, scale_out):  # levels c = q - n_max/2
+    n_groups, size = groups.shape
+    zero = n_max * 0.5
+    for g in numba.prange(n_groups):
+        x = groups[g]
+        amax = np.abs(x).max()
+        best_err, best_d = np.inf, 0.0
+        if amax > 0:
+            for r in grid:
+                d = amax * r / zero
+                scc = scw = 0.0
+                for j in range(size):
+                    c = min(max(np.floor(x[j] / d + zero + 0.5), 0.0), n_max) - zero
+                    scc += c * c
+                    scw += c * x[j]
+                if scw > 0:
+                    d = scw / scc
+                err = 0.0
+                for j in range(size):
+                    c = min(max(np.floor(x[j] / d + zero + 0.5), 0.0), n_max) - zero
+                    e = d * c - x[j]
+                    err += e * e
+                if err < best_err:
+                    best_err, best_d = err, d
+        scale_out[g] = best_d
+
+
+def _fp16(values: np.ndarray) -> np.ndarray:
+    """Round to fp16, saturating instead of overflowing to inf."""
+    limit = np.finfo(np.float16).max
+    return np.clip(values, -limit, limit).astype(np.float16)
+
+
+def quantize_rtn(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
+    """(M, K) float32 -> packed grouped uniform tensor (search over clipping, least-squares refit)."""
+    rows, cols = weight.shape
+    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
+    padded = np.zeros((padded_rows, padded_cols), dtype=np.float32)
+    padded[:rows, :cols] = weight
+    groups = padded.reshape(-1, qtype.group)                                   # (Mp*Kp/G, G)
+    n_max = float((1 << qtype.bits) - 1)
+    grid = CLIP_GRID if qtype.bits < 8 else CLIP_GRID[:6]
+    scales = np.empty(groups.shape[0], dtype=np.float32)
+    mins = None if qtype.symmetric else np.empty(groups.shape[0], dtype=np.float32)
+    if qtype.symmetric:
+        _search_symmetric(groups, n_max, grid, scales)
+    else:
+        _search_asymmetric(groups, n_max, grid, scales, mins)
+    scales16 = _fp16(scales)
+    step = np.where(scales16 == 0, np.float32(1), scales16.astype(np.float32))[:, None]
+    if qtype.symmetric:
+        levels = np.floor(groups / step + (n_max / 2 + 0.5))
+    else:
+        mins16 = _fp16(mins)
+        levels = np.floor((groups - mins16.astype(np.float32)[:, None]) / step + 0.5)
+    levels = np.clip(levels, 0, n_max).astype(np.uint8).reshape(padded_rows, padded_cols)
+    shape2d = (padded_rows, padded_cols // qtype.group)
+    scales16, mins16 = scales16.reshape(shape2d), None if qtype.symmetric else mins16.reshape(shape2d)
+    data = quant_types.pack(qtype, levels, scales16, mins16)
+    restored = quant_types.dequantize_levels(qtype, levels, scales16, mins16)[:rows, :cols]
+    return QuantizedTensor(qtype, (rows, cols), data, "rtn-clip-search", _relative_error(weight, restored))
+
+
+def quantize_plain(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
+    dtype = np.float32 if qtype.name == "f32" else np.float16
+    data = weight.astype(np.float32) if dtype == np.float32 else _fp16(weight)
+    return QuantizedTensor(qtype, tuple(weight.shape), np.ascontiguousarray(data), qtype.name,
+                           _relative_error(weight, data.astype(np.float32)))
+
+
+def quantize(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
+    if qtype.plain:
+        return quantize_plain(weight, qtype)
+    if weight.ndim != 2:
+        raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
+    return quantize_rtn(np.ascontiguousarray(weight, dtype=np.float32), qtype)
+
+
+def _relative_error(weight: np.ndarray, restored: np.ndarray) -> float:
+    norm = float(np.linalg.norm(weight))
+    return float(np.linalg.norm(weight - restored)) / norm if norm > 0 else 0.0

@@ -1,0 +1,102 @@
+"""Lazy, validating reader for .safetensors files (single or sharded), memory-mapped.
+
+Written here rather than taken from the `safetensors` package because its numpy backend cannot read
+bfloat16, which is how most Hugging Face checkpoints ship. Reads one tensor at a time as float32.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.errors import EdgeqError
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+_MAX_HEADER = 100 << 20
+
+
+class SafetensorsFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise EdgeqError(f"{self.path}: not a safetensors file (too short); re-download it")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > min(_MAX_HEADER, size - 8):
+                raise EdgeqError(f"{self.path}: corrupted safetensors header (length {header_len}); re-download it")
+            try:
+                header = json.loads(f.read(header_len))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise EdgeqError(f"{self.path}: corrupted safetensors header (not JSON); re-download it") from None
+        if not isinstance(header, dict):
+            raise EdgeqError(f"{self.path}: corrupted safetensors header; re-download it")
+        header.pop("__metadata__", None)
+        self.data_start = 8 + header_len
+        data_size = size - self.data_start
+        self.entries = {}
+        for name, entry in header.items():
+            try:
+                dtype, shape, (begin, end) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise EdgeqError(f"{self.path}: corrupted entry for tensor {name!r}; re-download it") from None
+            if dtype not in _DTYPES:
+                raise EdgeqError(f"{self.path}: tensor {name!r} has dtype {dtype}; supported: F32, F16, BF16, F64")
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            itemsize = np.dtype(_DTYPES[dtype]).itemsize
+            if min(shape, default=0) < 0 or not (0 <= begin <= end <= data_size) or end - begin != count * itemsize:
+                raise EdgeqError(f"{self.path}: tensor {name!r} lies outside the file (truncated or corrupted); "
+                                 "re-download it")
+            self.entries[name] = (dtype, tuple(shape), begin)
+        self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if data_size > 0 else None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+    def load(self, name: str) -> np.ndarray:
+        """One tensor as a new float32 array."""
+        dtype, shape, begin = self.entries[name]
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        raw = np.frombuffer(self._map, dtype=_DTYPES[dtype], count=count, offset=self.data_start + begin)
+        if dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        return raw.astype(np.float32).reshape(shape)
+
+
+class SafetensorsFolder:
+    """All *.safetensors of a Hugging Face folder, through the index file when sharded."""
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise EdgeqError(f"{index}: not a valid safetensors index; re-download it") from None
+            shard_names = sorted(set(weight_map.values()))
+            missing = [s for s in shard_names if not (folder / s).exists()]
+            if missing:
+                raise EdgeqError(f"{folder}: shard {missing[0]} listed in the index is missing; re-download it")
+        else:
+            shard_names = sorted(p.name for p in folder.glob("*.safetensors"))
+        if not shard_names:
+            raise EdgeqError(f"{folder}: no *.safetensors weights found (PyTorch .bin checkpoints are not "
+                             "supported; convert them to safetensors first)")
+        self.shards = [SafetensorsFile(folder / name) for name in shard_names]
+        self.where = {}
+        for shard in self.shards:
+            for name in shard.entries:
+                self.where[name] = shard
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.where[name].shape(name)
+
+    def load(self, name: str) -> np.ndarray:
+        return self.where[name].load(name)

@@ -1,0 +1,328 @@
+"""Model sources: a Hugging Face folder, a hub id, or a llama.cpp GGUF file, normalized to one description.
+
+Every source gives a ModelConfig, a TokenizerSpec, generation defaults, provenance, and float32
+tensors by canonical name, read one at a time (safetensors memory-mapped, GGUF tensors dequantized
+with gguf.quants) so converting never holds the whole model in memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.config import SUPPORTED_ARCHITECTURES, ModelConfig, TokenizerSpec, canonical_name
+from edgeq.errors import EdgeqError
+
+from .safetensors_lazy import SafetensorsFolder
+
+_HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SUPPORTED_TEXT = "llama (Llama 2/3, SmolLM, TinyLlama, Mistral without sliding window) and qwen2"
+
+
+class Source:
+    config: ModelConfig
+    tokenizer: TokenizerSpec
+    generation: dict
+    provenance: dict
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def load(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_tensors(self) -> None:
+        """Every tensor the architecture needs is present with the expected shape."""
+        for name in self.config.tensor_names():
+            expected = self.config.tensor_shape(name)
+            try:
+                shape = self.shape(name)
+            except KeyError:
+                raise EdgeqError(f"{self.provenance['source']}: tensor {name} is missing; "
+                                 "the weights do not match config") from None
+            if tuple(shape) != expected:
+                raise EdgeqError(f"{self.provenance['source']}: tensor {name} has shape {tuple(shape)}, "
+                                 f"config says {expected}")
+
+
+def open_source(spec: str | os.PathLike) -> Source:
+    """A local folder, a local .gguf file, or a Hugging Face hub id ("owner/name")."""
+    path = Path(spec)
+    if path.is_dir():
+        return HFFolderSource(path)
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic == b"GGUF":
+            return GGUFSource(path)
+        raise EdgeqError(f"{path}: not a model; give a Hugging Face folder, a hub id or a .gguf file")
+    if _HUB_ID.match(str(spec)) and not str(spec).startswith((".", "/")):
+        return HFFolderSource(_download_from_hub(str(spec)), source=str(spec))
+    raise EdgeqError(f"{spec}: no such file or folder (and not a hub id like owner/name)")
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id=repo_id, allow_patterns=patterns))
+    except RepositoryNotFoundError:
+        raise EdgeqError(f"{repo_id}: no such model on the Hugging Face hub (or it is gated: "
+                         "run `hf auth login`)") from None
+    except LocalEntryNotFoundError:
+        raise EdgeqError(f"{repo_id}: not in the local Hugging Face cache and the hub cannot be reached; "
+                         "connect to the network or download the folder and give its path") from None
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise EdgeqError(f"{repo_id}: could not download from the Hugging Face hub: "
+                         f"{str(error).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face folder
+# ---------------------------------------------------------------------------------------------
+
+def _read_json(path: Path, required: bool = True) -> dict:
+    if not path.exists():
+        if required:
+            raise EdgeqError(f"{path.parent}: {path.name} is missing; a Hugging Face model folder needs it")
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EdgeqError(f"{path}: not valid JSON ({error}); re-download it") from None
+    if not isinstance(value, dict):
+        raise EdgeqError(f"{path}: expected a JSON object")
+    return value
+
+
+def config_from_hf(hf: dict, where: str) -> ModelConfig:
+    model_type = hf.get("model_type", "")
+    if model_type not in _HF_MODEL_TYPES:
+        raise EdgeqError(f"{where}: architecture {model_type or 'unknown'!r} is not supported; "
+                         f"supported: {_SUPPORTED_TEXT}")
+    arch = _HF_MODEL_TYPES[model_type]
+    try:
+        dim, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+        n_kv_heads = int(hf.get("num_key_value_heads") or n_heads)
+        max_seq_len = int(hf.get("max_position_embeddings", 2048))
+        if hf.get("sliding_window") and (arch == "qwen2" and hf.get("use_sliding_window")
+                                         or arch == "llama" and int(hf["sliding_window"]) < max_seq_len):
+            raise EdgeqError(f"{where}: sliding-window attention is not supported")
+        if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
+            raise EdgeqError(f"{where}: only SwiGLU (silu) MLPs without bias are supported")
+        config = ModelConfig(
+            arch=arch,
+            vocab_size=int(hf["vocab_size"]),
+            dim=dim,
+            hidden_dim=int(hf["intermediate_size"]),
+            n_layers=int(hf["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=int(hf.get("head_dim") or dim // n_heads),
+            max_seq_len=max_seq_len,
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attn_bias=arch == "qwen2" or bool(hf.get("attention_bias", False)),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise EdgeqError(f"{where}: config.json lacks or has an invalid {error}") from None
+    scaling = hf.get("rope_scaling")
+    if scaling:
+        kind = scaling.get("rope_type") or scaling.get("type")
+        if kind == "linear":
+            config.rope_scaling_type, config.rope_scaling_factor = "linear", float(scaling["factor"])
+        elif kind == "llama3":
+            config.rope_scaling_type = "llama3"
+            config.rope_scaling_factor = float(scaling["factor"])
+            config.rope_low_freq_factor = float(scaling.get("low_freq_factor", 1.0))
+            config.rope_high_freq_factor = float(scaling.get("high_freq_factor", 4.0))
+            config.rope_original_max_seq_len = int(scaling["original_max_position_embeddings"])
+        elif kind != "default":
+            raise EdgeqError(f"{where}: rope scaling {kind!r} is not supported; supported: linear, llama3")
+    if config.n_heads % config.n_kv_heads or min(config.dim, config.n_layers, config.vocab_size, config.head_dim) <= 0:
+        raise EdgeqError(f"{where}: inconsistent dimensions in config.json")
+    return config
+
+
+def _token_content(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def tokenizer_from_hf(folder: Path) -> TokenizerSpec:
+    tokenizer_config = _read_json(folder / "tokenizer_config.json", required=False)
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):  # named templates: take the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    bos, eos = _token_content(tokenizer_config.get("bos_token")), _token_content(tokenizer_config.get("eos_token"))
+    if (folder / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+        text = (folder / "tokenizer.json").read_text(encoding="utf-8")
+        try:
+            tokenizer = Tokenizer.from_str(text)
+        except Exception as error:  # tokenizers raises its own exception type
+            raise EdgeqError(f"{folder / 'tokenizer.json'}: cannot be loaded ({error})") from None
+        lookup = tokenizer.token_to_id
+        spec = TokenizerSpec("hf-json", text)
+    elif (folder / "tokenizer.model").exists():
+        import sentencepiece
+        data = (folder / "tokenizer.model").read_bytes()
+        try:
+            processor = sentencepiece.SentencePieceProcessor(model_proto=data)
+        except Exception as error:
+            raise EdgeqError(f"{folder / 'tokenizer.model'}: not a sentencepiece model ({error})") from None
+        lookup = lambda piece: (None if processor.piece_to_id(piece) == processor.unk_id() else processor.piece_to_id(piece))
+        spec = TokenizerSpec("sentencepiece", data)
+        spec.add_bos = bool(tokenizer_config.get("add_bos_token", True))
+    else:
+        raise EdgeqError(f"{folder}: no tokenizer (tokenizer.json or tokenizer.model); copy it from the "
+                         "original model into this folder")
+    spec.bos_id = lookup(bos) if bos else None
+    spec.eos_id = lookup(eos) if eos else None
+    spec.add_bos = bool(tokenizer_config.get("add_bos_token", spec.add_bos))
+    spec.chat_template = template
+    return spec
+
+
+class HFFolderSource(Source):
+    def __init__(self, folder: Path, source: str | None = None):
+        folder = Path(folder)
+        hf = _read_json(folder / "config.json")
+        self.config = config_from_hf(hf, str(folder))
+        self.weights = SafetensorsFolder(folder)
+        self.names = {}
+        for name in self.weights.names():
+            canonical = canonical_name(name)
+            if canonical:
+                self.names[canonical] = name
+        if "output.weight" not in self.names:
+            self.config.tied_embeddings = True
+        elif self.config.tied_embeddings:
+            del self.names["output.weight"]   # some checkpoints store the tied copy anyway
+        self.tokenizer = tokenizer_from_hf(folder)
+        self.generation = _read_json(folder / "generation_config.json", required=False)
+        eos = self.generation.get("eos_token_id")
+        eos_list = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
+        if self.tokenizer.eos_id is None and eos_list:
+            self.tokenizer.eos_id = eos_list[0]
+        self.tokenizer.extra_eos_ids = [e for e in eos_list if e != self.tokenizer.eos_id]
+        if self.tokenizer.bos_id is None and isinstance(hf.get("bos_token_id"), int):
+            self.tokenizer.bos_id = hf["bos_token_id"]
+        self.provenance = {"source": source or str(folder), "source_kind": "hf-hub" if source else "hf-folder"}
+        self.check_tensors()
+
+    def shape(self, name):
+        return self.weights.shape(self.names[name])
+
+    def load(self, name):
+        return self.weights.load(self.names[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp GGUF file
+# ---------------------------------------------------------------------------------------------
+
+def _unpermute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (interleaved RoPE pairs -> Hugging Face halves)."""
+    rows = weight.shape[0]
+    return (weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+class GGUFSource(Source):
+    def __init__(self, path: Path):
+        import gguf
+        self.path = Path(path)
+        try:
+            self.reader = gguf.GGUFReader(self.path)
+        except Exception as error:  # the reader raises ValueError, IndexError, ... on corrupt files
+            raise EdgeqError(f"{path}: not a valid GGUF file ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else 'corrupted'}); re-download it") from None
+        size = self.path.stat().st_size
+        self.tensors = {}
+        for tensor in self.reader.tensors:
+            if tensor.data_offset + tensor.n_bytes > size or tensor.data.nbytes != tensor.n_bytes:
+                raise EdgeqError(f"{path}: tensor {tensor.name} lies outside the file (truncated); re-download it")
+            self.tensors[tensor.name] = tensor
+        arch = self._field("general.architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise EdgeqError(f"{path}: architecture {arch!r} is not supported; supported: {_SUPPORTED_TEXT}")
+        if "rope_freqs.weight" in self.tensors:
+            raise EdgeqError(f"{path}: GGUF files with precomputed rope_freqs (Llama 3.1 scaling) are not "
+                             "supported; convert from the Hugging Face folder instead")
+        self.config = self._config(arch)
+        from .gguf_tokenizer import tokenizer_spec_from_gguf
+        self.tokenizer = tokenizer_spec_from_gguf(self.reader)
+        self.generation = {}
+        self.provenance = {"source": str(path), "source_kind": "gguf",
+                           "source_name": self._field("general.name", "")}
+        self.check_tensors()
+
+    def _field(self, key, default=None):
+        field = self.reader.fields.get(key)
+        if field is None:
+            return default
+        try:
+            return field.contents()
+        except Exception:
+            raise EdgeqError(f"{self.path}: metadata {key} is corrupted; re-download it") from None
+
+    def _config(self, arch: str) -> ModelConfig:
+        def need(key):
+            value = self._field(f"{arch}.{key}")
+            if value is None:
+                raise EdgeqError(f"{self.path}: metadata {arch}.{key} is missing")
+            return value
+        dim, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
+        tokens = self.reader.fields.get("tokenizer.ggml.tokens")
+        vocab = self._field(f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
+        if vocab is None:
+            raise EdgeqError(f"{self.path}: vocabulary size unknown (no tokenizer)")
+        config = ModelConfig(
+            arch=arch,
+            vocab_size=int(vocab),
+            dim=dim,
+            hidden_dim=int(need("feed_forward_length")),
+            n_layers=int(need("block_count")),
+            n_heads=n_heads,
+            n_kv_heads=int(self._field(f"{arch}.attention.head_count_kv") or n_heads),
+            head_dim=int(self._field(f"{arch}.attention.key_length") or dim // n_heads),
+            max_seq_len=int(self._field(f"{arch}.context_length") or 2048),
+            rope_theta=float(self._field(f"{arch}.rope.freq_base") or 10000.0),
+            norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+            tied_embeddings="output.weight" not in self.tensors,
+            attn_bias="blk.0.attn_q.bias" in self.tensors,
+        )
+        scaling = self._field(f"{arch}.rope.scaling.type")
+        if scaling == "linear":
+            config.rope_scaling_type = "linear"
+            config.rope_scaling_factor = float(need("rope.scaling.factor"))
+        elif scaling not in (None, "none"):
+            raise EdgeqError(f"{self.path}: rope scaling {scaling!r} is not supported; supported: linear")
+        return config
+
+    def shape(self, name):
+        return tuple(int(d) for d in reversed(self.tensors[name].shape))
+
+    def load(self, name):
+        import gguf
+        tensor = self.tensors[name]
+        try:
+            weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError:
+            raise EdgeqError(f"{self.path}: tensor {name} has GGUF type {tensor.tensor_type.name}, which "
+                             "gguf.quants cannot dequantize") from None
+        weight = np.asarray(weight, dtype=np.float32).reshape(self.shape(name))
+        if self.config.arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = self.config.n_heads if "attn_q" in name else self.config.n_kv_heads
+            weight = _unpermute_rows(weight, heads)
+        return weight

@@ -1,0 +1,65 @@
+"""`edgeq info`: what a converted file holds and what it needs to run."""
+from __future__ import annotations
+
+from .fileformat import FORMAT_VERSION, ModelFile
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def memory_estimate(model: ModelFile, ctx: int, kv_bytes: int = 2) -> dict:
+    """Bytes to run at context `ctx`: mapped weights + KV cache + activation buffers (float32)."""
+    c = model.config
+    kv = 2 * c.n_layers * ctx * c.n_kv_heads * c.head_dim * kv_bytes
+    activations = 4 * (6 * c.dim + 3 * c.hidden_dim + c.n_heads * c.head_dim * 2 + c.n_heads * ctx + c.vocab_size)
+    weights = sum(t.nbytes for t in model.tensors.values())
+    return {"weights": weights, "kv_cache": kv, "activations": activations, "total": weights + kv + activations}
+
+
+def linear_bits_per_weight(model: ModelFile) -> tuple[float, int]:
+    """Average stored bits per weight over the transformer blocks' linear layers (scales included)."""
+    tensors = [t for t in model.tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
+    weights = sum(t.shape[0] * t.shape[1] for t in tensors)
+    return (8.0 * sum(t.nbytes for t in tensors) / weights if weights else 0.0), weights
+
+
+def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> str:
+    c, tok = model.config, model.tokenizer
+    ctx = min(ctx or 4096, c.max_seq_len) if ctx is None else ctx
+    bpw, n_linear = linear_bits_per_weight(model)
+    rope = "none" if c.rope_scaling_type == "none" else f"{c.rope_scaling_type} x{c.rope_scaling_factor:g}"
+    settings = model.settings
+    lines = [
+        f"file          {model.path} ({_mb(model.file_size())}, edgeq format {FORMAT_VERSION}, "
+        f"converter {model.provenance['converter_version']})",
+        f"source        {model.provenance['source']} ({model.provenance['source_kind']})",
+        f"architecture  {c.arch}: {c.n_layers} layers, dim {c.dim}, ffn {c.hidden_dim}, heads {c.n_heads} "
+        f"(kv {c.n_kv_heads}, head dim {c.head_dim}), vocab {c.vocab_size}, context {c.max_seq_len}",
+        f"rope          theta {c.rope_theta:g}, scaling {rope}; rms norm eps {c.norm_eps:g}; "
+        f"tied embeddings {'yes' if c.tied_embeddings else 'no'}; qkv bias {'yes' if c.attn_bias else 'no'}",
+        f"tokenizer     {tok.kind}, bos {tok.bos_id}, eos {tok.eos_id}"
+        f"{' +' + ','.join(map(str, tok.extra_eos_ids)) if tok.extra_eos_ids else ''}, "
+        f"add bos {'yes' if tok.add_bos else 'no'}, chat template {'yes' if tok.chat_template else 'no'}",
+    ]
+    if settings:
+        lines.append("settings      " + ", ".join(f"{k} {v}" for k, v in sorted(settings.items())))
+    lines.append(f"linear layers {bpw:.3f} bits per weight over {n_linear / 1e6:.1f}M weights (scales included)")
+    for kv_bytes, label in ((2, "fp16"), (4, "fp32")):
+        mem = memory_estimate(model, ctx, kv_bytes)
+        lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "
+                     f"{_mb(mem['kv_cache'])} + buffers {_mb(mem['activations'])}")
+    if tensors:
+        lines.append("")
+        lines.append(f"{'tensor':<28} {'type':<8} {'shape':<14} {'bits':>4} {'group':>5} {'sym':>3} "
+                     f"{'bpw':>6} {'bytes':>11}  method")
+        for t in model.tensors.values():
+            shape = "x".join(map(str, t.shape))
+            count = 1
+            for d in t.shape:
+                count *= d
+            lines.append(f"{t.name:<28} {t.qtype.name:<8} {shape:<14} {t.qtype.bits:>4} {t.qtype.group or '-':>5} "
+                         f"{'yes' if t.qtype.symmetric else 'no':>3} {8 * t.nbytes / count:>6.2f} {t.nbytes:>11,}  {t.method}")
+        total = sum(t.nbytes for t in model.tensors.values())
+        lines.append(f"{'total':<28} {'':<8} {'':<14} {'':>4} {'':>5} {'':>3} {'':>6} {total:>11,}")
+    return "\n".join(lines)

@@ -1,0 +1,12 @@
+"""Build: pure-Python packages plus the native runtime compiled through cffi (API mode).
+
+`convert/` installs as `edgeq.convert`, so the project has one import namespace.
+"""
+from setuptools import setup
+
+setup(
+    packages=["edgeq", "edgeq.convert"],
+    package_dir={"edgeq": "edgeq", "edgeq.convert": "convert"},
+    cffi_modules=["native/build_ffi.py:ffibuilder"],
+    zip_safe=False,
+)
