@@ -12,7 +12,7 @@ from edgeq.errors import EdgeqError
 from edgeq.fileformat import TensorPlanEntry, write_model_file
 
 from .plan import PlanSettings, make_plan
-from .quantize import quantize
+from .quantize import quantize_chunked
 from .sources import open_source
 
 
@@ -22,7 +22,7 @@ class ConvertReport:
     seconds: float
     file_bytes: int
     n_tensors: int
-    mean_rel_error: float       # over the quantized (non-plain) tensors, weighted by size
+    mean_rel_error: float       # sqrt(sum ||W - Q(W)||^2 / sum ||W||^2) over the quantized tensors
 
 
 def convert(source: str | os.PathLike, output: str | os.PathLike, settings: PlanSettings | None = None,
@@ -45,12 +45,14 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     errors = []
 
     def produce(entry: TensorPlanEntry):
-        weight = model.load(entry.name)
-        if not np.isfinite(weight).all():
-            raise EdgeqError(f"{model.provenance['source']}: tensor {entry.name} contains NaN or infinity")
-        tensor = quantize(weight, entry.qtype)
+        def load_rows(rows: slice) -> np.ndarray:
+            weight = model.load(entry.name, rows)
+            if not np.isfinite(weight).all():
+                raise EdgeqError(f"{model.provenance['source']}: tensor {entry.name} contains NaN or infinity")
+            return weight
+        tensor = quantize_chunked(load_rows, entry.qtype, entry.shape)
         if not entry.qtype.plain:
-            errors.append((tensor.rel_error, weight.size))
+            errors.append((tensor.sq_error, tensor.sq_norm))
         return tensor
 
     bar = tqdm(entries, desc=f"converting to {output.name}", unit="tensor", disable=None if progress is None else not progress,
@@ -62,6 +64,6 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         write_model_file(output, model.config, model.tokenizer, model.generation, provenance, entries, produce, bar)
     finally:
         bar.close()
-    total = sum(size for _, size in errors)
-    mean_error = sum(e * size for e, size in errors) / total if total else 0.0
+    total = sum(norm for _, norm in errors)
+    mean_error = (sum(error for error, _ in errors) / total) ** 0.5 if total else 0.0
     return ConvertReport(output, time.perf_counter() - start, output.stat().st_size, len(entries), mean_error)

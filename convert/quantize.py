@@ -16,6 +16,7 @@ from edgeq import quant_types
 from edgeq.quant_types import QuantType
 
 CLIP_GRID = np.linspace(1.0, 0.5, 21).astype(np.float32)
+CHUNK_WEIGHTS = 1 << 22     # rows are quantized in chunks of about this many weights to bound memory
 
 
 @dataclass
@@ -24,7 +25,12 @@ class QuantizedTensor:
     shape: tuple[int, ...]      # logical shape, (M, K) or (n,)
     data: np.ndarray            # packed uint8 bytes, or the plain float array
     method: str
-    rel_error: float            # ||W - Q(W)|| / ||W||
+    sq_error: float             # ||W - Q(W)||^2
+    sq_norm: float              # ||W||^2
+
+    @property
+    def rel_error(self) -> float:
+        return (self.sq_error / self.sq_norm) ** 0.5 if self.sq_norm > 0 else 0.0
 
 
 @numba.njit(parallel=True, cache=True)
@@ -50,11 +56,8 @@ def _search_asymmetric(groups, n_max, grid, scale_out, min_out):  # groups (n, G
                     d2 = (size * sqw - sq * sw) / den
                     if d2 > 0:
                         d, m = d2, (sw - d2 * sq) / size
-                err = 0.0
-                for j in range(size):
-                    q = min(max(np.floor((x[j] - m) / d + 0.5), 0.0), n_max)
-                    e = d * q + m - x[j]
-                    err += e * e
+                # squared error of these levels under (d, m); requantizing later only lowers it
+                err = d * d * sqq + 2 * d * m * sq - 2 * d * sqw + size * m * m - 2 * m * sw
                 if err < best_err:
                     best_err, best_d, best_m = err, d, m
         scale_out[g] = best_d
@@ -79,11 +82,7 @@ def _search_symmetric(groups, n_max, grid, scale_out):  # levels c = q - n_max/2
                     scw += c * x[j]
                 if scw > 0:
                     d = scw / scc
-                err = 0.0
-                for j in range(size):
-                    c = min(max(np.floor(x[j] / d + zero + 0.5), 0.0), n_max) - zero
-                    e = d * c - x[j]
-                    err += e * e
+                err = d * d * scc - 2 * d * scw    # squared error up to the constant sum of x^2
                 if err < best_err:
                     best_err, best_d = err, d
         scale_out[g] = best_d
@@ -122,14 +121,14 @@ def quantize_rtn(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     scales16, mins16 = scales16.reshape(shape2d), None if qtype.symmetric else mins16.reshape(shape2d)
     data = quant_types.pack(qtype, levels, scales16, mins16)
     restored = quant_types.dequantize_levels(qtype, levels, scales16, mins16)[:rows, :cols]
-    return QuantizedTensor(qtype, (rows, cols), data, "rtn-clip-search", _relative_error(weight, restored))
+    return QuantizedTensor(qtype, (rows, cols), data, "rtn-clip-search", *_squares(weight, restored))
 
 
 def quantize_plain(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     dtype = np.float32 if qtype.name == "f32" else np.float16
     data = weight.astype(np.float32) if dtype == np.float32 else _fp16(weight)
     return QuantizedTensor(qtype, tuple(weight.shape), np.ascontiguousarray(data), qtype.name,
-                           _relative_error(weight, data.astype(np.float32)))
+                           *_squares(weight, data.astype(np.float32)))
 
 
 def quantize(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
@@ -140,6 +139,25 @@ def quantize(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     return quantize_rtn(np.ascontiguousarray(weight, dtype=np.float32), qtype)
 
 
-def _relative_error(weight: np.ndarray, restored: np.ndarray) -> float:
-    norm = float(np.linalg.norm(weight))
-    return float(np.linalg.norm(weight - restored)) / norm if norm > 0 else 0.0
+def chunk_rows(qtype: QuantType, cols: int) -> int:
+    """Rows per chunk such that packing chunk by chunk and concatenating equals packing the whole."""
+    return max(quant_types.TILE_ROWS, CHUNK_WEIGHTS // max(cols, 1) // quant_types.TILE_ROWS * quant_types.TILE_ROWS)
+
+
+def quantize_chunked(load_rows, qtype: QuantType, shape: tuple[int, ...]) -> QuantizedTensor:
+    """Quantize a tensor whose rows `load_rows(slice)` returns, a chunk of rows at a time."""
+    if qtype.plain or len(shape) != 2:
+        return quantize(load_rows(slice(None)), qtype)
+    rows, cols = shape
+    step = chunk_rows(qtype, cols)
+    parts, sq_error, sq_norm = [], 0.0, 0.0
+    for start in range(0, rows, step):
+        part = quantize(load_rows(slice(start, min(rows, start + step))), qtype)
+        parts.append(part.data)
+        sq_error, sq_norm = sq_error + part.sq_error, sq_norm + part.sq_norm
+    return QuantizedTensor(qtype, shape, np.concatenate(parts), "rtn-clip-search", sq_error, sq_norm)
+
+
+def _squares(weight: np.ndarray, restored: np.ndarray) -> tuple[float, float]:
+    weight = weight.astype(np.float64)
+    return float(np.sum((weight - restored) ** 2)), float(np.sum(weight ** 2))

@@ -56,14 +56,17 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.entries[name][1]
 
-    def load(self, name: str) -> np.ndarray:
-        """One tensor as a new float32 array."""
+    def load(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """One tensor (or a range of its rows) as a new float32 array."""
         dtype, shape, begin = self.entries[name]
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         raw = np.frombuffer(self._map, dtype=_DTYPES[dtype], count=count, offset=self.data_start + begin)
+        raw = raw.reshape(shape)
+        if rows is not None:
+            raw = raw[rows]
         if dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
-        return raw.astype(np.float32).reshape(shape)
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32)
 
 
 class SafetensorsFolder:
@@ -98,5 +101,5 @@ class SafetensorsFolder:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.where[name].shape(name)
 
-    def load(self, name: str) -> np.ndarray:
-        return self.where[name].load(name)
+    def load(self, name: str, rows: slice | None = None) -> np.ndarray:
+        return self.where[name].load(name, rows)

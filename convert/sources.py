@@ -32,7 +32,8 @@ class Source:
     def shape(self, name: str) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def load(self, name: str) -> np.ndarray:
+    def load(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """A tensor, or a range of its rows, as float32 (converting reads big tensors in row chunks)."""
         raise NotImplementedError
 
     def check_tensors(self) -> None:
@@ -125,14 +126,14 @@ def config_from_hf(hf: dict, where: str) -> ModelConfig:
             n_kv_heads=n_kv_heads,
             head_dim=int(hf.get("head_dim") or dim // n_heads),
             max_seq_len=max_seq_len,
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rope_theta=float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attn_bias=arch == "qwen2" or bool(hf.get("attention_bias", False)),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise EdgeqError(f"{where}: config.json lacks or has an invalid {error}") from None
-    scaling = hf.get("rope_scaling")
+    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")   # transformers 5 writes rope_parameters
     if scaling:
         kind = scaling.get("rope_type") or scaling.get("type")
         if kind == "linear":
@@ -223,8 +224,8 @@ class HFFolderSource(Source):
     def shape(self, name):
         return self.weights.shape(self.names[name])
 
-    def load(self, name):
-        return self.weights.load(self.names[name])
+    def load(self, name, rows=None):
+        return self.weights.load(self.names[name], rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,16 +314,23 @@ class GGUFSource(Source):
     def shape(self, name):
         return tuple(int(d) for d in reversed(self.tensors[name].shape))
 
-    def load(self, name):
+    def load(self, name, rows=None):
         import gguf
         tensor = self.tensors[name]
+        shape = self.shape(name)
+        permuted = self.config.arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k")
+        data = tensor.data
+        if rows is not None and not permuted and len(shape) == 2:
+            data, shape = data[rows], (len(range(*rows.indices(shape[0]))), shape[1])
         try:
-            weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            weight = gguf.quants.dequantize(data, tensor.tensor_type)
         except NotImplementedError:
             raise EdgeqError(f"{self.path}: tensor {name} has GGUF type {tensor.tensor_type.name}, which "
                              "gguf.quants cannot dequantize") from None
-        weight = np.asarray(weight, dtype=np.float32).reshape(self.shape(name))
-        if self.config.arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+        weight = np.asarray(weight, dtype=np.float32).reshape(shape)
+        if permuted:   # q/k rows are mixed within each head: undo on the whole tensor, then slice
             heads = self.config.n_heads if "attn_q" in name else self.config.n_kv_heads
             weight = _unpermute_rows(weight, heads)
+            if rows is not None:
+                weight = weight[rows]
         return weight

@@ -16,7 +16,7 @@ def _cmd_convert(args) -> int:
     report = convert(args.source, args.output, settings, progress=False if args.quiet else None)
     if not args.quiet:
         print(f"wrote {report.output} ({report.file_bytes / 1e6:.1f} MB, {report.n_tensors} tensors, "
-              f"mean relative weight error {report.mean_rel_error:.4f}) in {report.seconds:.1f} s")
+              f"relative weight error {report.mean_rel_error:.4f}) in {report.seconds:.1f} s")
     return 0
 
 

@@ -1,0 +1,162 @@
+"""Carry a llama.cpp GGUF file's tokenizer (`tokenizer.ggml.*` metadata) over as a Hugging Face
+`tokenizer.json`, so that `tokenizers` encodes text to exactly the ids llama.cpp gives.
+
+Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) with the pre-tokenizers in
+PRE_TOKENIZER_REGEXES. The splitting rules mirror llama.cpp's llama-vocab.cpp, not the original
+Hugging Face tokenizer: no NFC normalizer (Qwen2's tokenizer.json has one, llama.cpp does not), and
+control/user-defined tokens are matched whole in text. Sentencepiece vocabularies are not handled here.
+"""
+from __future__ import annotations
+
+import json
+
+import gguf
+
+from edgeq.config import TokenizerSpec
+from edgeq.errors import EdgeqError
+
+# tokenizer.ggml.pre -> llama.cpp's regexes, applied one after another; each splits every piece further
+# and keeps both the matches and the text between them ("isolated"). The contraction alternatives are
+# written `(?i:...)` as in the models' own tokenizer.json; llama.cpp spells the same thing out as '[sS]...
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZER_REGEXES = {
+    "smollm": [r"\p{N}", _GPT2],
+    "qwen2": [_QWEN2],
+    "llama-bpe": [_LLAMA3],
+    "gpt-2": [_GPT2],
+    # llama.cpp's fallback when a file names no pre-tokenizer
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
+}
+PRE_TOKENIZER_ALIASES = {"llama3": "llama-bpe", "llama-v3": "llama-bpe", "gpt2": "gpt-2"}
+IGNORE_MERGES = {"llama-bpe"}     # a word that is itself a token skips the merges (llama.cpp and HF)
+ADD_BOS_DEFAULT = {"llama-bpe"}   # llama.cpp's default when tokenizer.ggml.add_bos_token is absent
+
+# GGUF token types (llama.cpp's llama_token_type)
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+# types llama.cpp splits out of the text before the BPE (with parse_special)
+MATCHED_WHOLE = {TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED}
+# llama.cpp finds these tokens by their text, forces them to control type, and stops generating at the
+# end-of-generation ones (llama-vocab.cpp, "auto-detect special tokens by text")
+END_OF_GENERATION_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
+                           "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>",
+                           "<end_of_utterance>",
+                           # fill-in-the-middle pad / repository / file separator
+                           "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "<|fim_repo|>", "<|repo_name|>",
+                           "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>")
+FILL_IN_THE_MIDDLE_TEXTS = ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                            "<|code_prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>",
+                            "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|fim_middle|>", "<fim-middle>",
+                            "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>")
+CONTROL_BY_TEXT = set(END_OF_GENERATION_TEXTS + FILL_IN_THE_MIDDLE_TEXTS)
+# ids given by key rather than by text are end-of-generation too
+END_OF_GENERATION_KEYS = ("eos", "eot", "eom", "fim_pad", "fim_rep", "fim_sep")
+
+
+def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
+    model = _field(reader, "tokenizer.ggml.model")
+    if model != "gpt2":
+        raise EdgeqError(f"GGUF tokenizer model {model!r} is not supported; only 'gpt2' (byte-level BPE) "
+                         f"with pre-tokenizers {', '.join(PRE_TOKENIZER_REGEXES)} can be carried over")
+    pre = _field(reader, "tokenizer.ggml.pre") or "default"
+    pre = PRE_TOKENIZER_ALIASES.get(pre, pre)
+    if pre not in PRE_TOKENIZER_REGEXES:
+        raise EdgeqError(f"GGUF pre-tokenizer {pre!r} is not supported; supported: "
+                         f"{', '.join(PRE_TOKENIZER_REGEXES)}")
+
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    merges = _field(reader, "tokenizer.ggml.merges") or []
+    # llama.cpp names empty tokens [EMPTY_i]; when a text repeats, the last id wins its lookup
+    tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
+    vocab = {text: i for i, text in enumerate(tokens)}
+    types = [TOKEN_CONTROL if text in CONTROL_BY_TEXT else int(kind) for text, kind in zip(tokens, types)]
+
+    bos_id = _field(reader, "tokenizer.ggml.bos_token_id")
+    eos_id = _field(reader, "tokenizer.ggml.eos_token_id")
+    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+    add_bos = pre in ADD_BOS_DEFAULT if add_bos is None else bool(add_bos)
+    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token"))
+    if (add_bos and bos_id is None) or (add_eos and eos_id is None):
+        raise EdgeqError("GGUF tokenizer asks to add a BOS/EOS token but names none")
+
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [_added_token(i, text) for i, (text, kind) in enumerate(zip(tokens, types))
+                         if kind in MATCHED_WHOLE and vocab[text] == i],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            *({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+              for regex in PRE_TOKENIZER_REGEXES[pre]),
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        ]},
+        "post_processor": _post_processor(tokens, bos_id if add_bos else None, eos_id if add_eos else None),
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,          # llama.cpp drops a character it cannot find; so does BPE without unk
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": pre in IGNORE_MERGES,
+            "vocab": vocab,
+            "merges": _merge_pairs(merges, vocab),
+        },
+    }
+    end_of_generation = {vocab[text] for text in END_OF_GENERATION_TEXTS if text in vocab}
+    end_of_generation |= {_field(reader, f"tokenizer.ggml.{name}_token_id") for name in END_OF_GENERATION_KEYS}
+    return TokenizerSpec(
+        kind="hf-json",
+        data=json.dumps(tokenizer, ensure_ascii=False),
+        bos_id=bos_id,
+        eos_id=eos_id,
+        add_bos=add_bos,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        extra_eos_ids=sorted(i for i in end_of_generation if i is not None and i != eos_id),
+    )
+
+
+def _field(reader: gguf.GGUFReader, key: str):
+    """A metadata value as Python (str, int, bool, list), or None when the key is absent."""
+    field = reader.fields.get(key)
+    return None if field is None else field.contents()
+
+
+def _added_token(token_id: int, text: str) -> dict:
+    return {"id": token_id, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": True}
+
+
+def _merge_pairs(merges: list[str], vocab: dict[str, int]) -> list[list[str]]:
+    """`"a b"` -> ["a", "b"], split at the first space after the first character, as llama.cpp does.
+
+    A merge whose parts or result are not tokens can never produce a token in llama.cpp either;
+    `tokenizers` refuses such merges, so they are dropped.
+    """
+    pairs = []
+    for merge in merges:
+        cut = merge.find(" ", 1)
+        left, right = merge[:cut], merge[cut + 1:]
+        if cut > 0 and left in vocab and right in vocab and left + right in vocab:
+            pairs.append([left, right])
+    return pairs
+
+
+def _post_processor(tokens: list[str], bos_id: int | None, eos_id: int | None) -> dict | None:
+    """Prepend BOS / append EOS, as llama.cpp's tokenize(add_special=True) does."""
+    if bos_id is None and eos_id is None:
+        return None
+    bos = [{"SpecialToken": {"id": tokens[bos_id], "type_id": 0}}] if bos_id is not None else []
+    eos = [{"SpecialToken": {"id": tokens[eos_id], "type_id": 0}}] if eos_id is not None else []
+    seq_a, seq_b = [{"Sequence": {"id": "A", "type_id": 0}}], [{"Sequence": {"id": "B", "type_id": 1}}]
+    special = {tokens[i]: {"id": tokens[i], "ids": [i], "tokens": [tokens[i]]}
+               for i in (bos_id, eos_id) if i is not None}
+    return {"type": "TemplateProcessing", "single": bos + seq_a + eos,
+            "pair": bos + seq_a + eos + bos + seq_b + eos, "special_tokens": special}

@@ -1,0 +1,87 @@
+/* ref/dequant.c — scalar reference dequantization: packed bytes -> float32 rows.
+ *
+ * Part of the specification the SIMD kernels are tested against; reads the canonical layout
+ * byte by byte (see edgeq.h / edgeq/quant_types.py) and is written for clarity, not speed.
+ * Must agree bit for bit with edgeq.quant_types.dequantize: each value is computed in float32 with
+ * one rounding per operation, so the build uses -ffp-contract=off (no fused multiply-add).
+ */
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* Level q in [0, 2^bits) of row `lane` of a tile, column `col` of a group (0 <= col < group).
+ *   planes   (bits, group/8, 16) bytes: plane p, chunk c, tile row r at p*2*group + c*16 + r */
+static unsigned packed_level(const uint8_t *planes, int bits, size_t group, size_t lane, size_t col)
+{
+    const size_t chunk = col / EQ_CHUNK_COLS;
+    const unsigned bit = (unsigned)(col % EQ_CHUNK_COLS);  /* low nibble: 0..3, high nibble: 4..7 */
+    unsigned level = 0;
+    for (int p = 0; p < bits; p++) {
+        const uint8_t byte = planes[(size_t)p * 2 * group + chunk * EQ_TILE_ROWS + lane];
+        level |= ((byte >> bit) & 1u) << p;
+    }
+    return level;
+}
+
+/* out (row_count, cols) = rows [row_begin, row_begin + row_count) of a packed (rows, cols) tensor.
+ *   data   (ceil(rows/16), ceil(cols/G)) blocks of eq_block_bytes(type) bytes */
+static void dequantize_rows_packed(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
+                                   size_t row_begin, size_t row_count, float *out)
+{
+    const size_t group = (size_t)type->group;
+    const size_t n_groups = (cols + group - 1) / group;
+    const size_t block_bytes = eq_block_bytes(type);
+    const size_t scale_bytes = 2u * EQ_TILE_ROWS;                      /* 16 fp16 values */
+    const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
+    const float zero_point = (float)((1u << type->bits) - 1u) / 2.0f;  /* symmetric: 0.5 .. 127.5 */
+
+    for (size_t i = 0; i < row_count; i++) {
+        const size_t row = row_begin + i;
+        const size_t tile = row / EQ_TILE_ROWS;
+        const size_t lane = row % EQ_TILE_ROWS;
+        float *out_row = out + i * cols;                               /* (cols,) */
+
+        for (size_t g = 0; g < n_groups; g++) {
+            const uint8_t *block = data + (tile * n_groups + g) * block_bytes;
+            const float scale = eq_read_f16le(block + 2 * lane);
+            const float min = type->symmetric ? 0.0f : eq_read_f16le(block + scale_bytes + 2 * lane);
+            const uint8_t *planes = block + planes_offset;
+            const size_t col_begin = g * group;
+            const size_t col_end = col_begin + group < cols ? col_begin + group : cols;
+
+            for (size_t col = col_begin; col < col_end; col++) {
+                const float level =
+                    (float)packed_level(planes, type->bits, group, lane, col - col_begin);
+                if (type->symmetric) {
+                    out_row[col] = scale * (level - zero_point);
+                } else {
+                    const float scaled = scale * level;  /* rounded, then the min added: no FMA */
+                    out_row[col] = scaled + min;
+                }
+            }
+        }
+    }
+}
+
+/* out (row_count, cols) = rows of a plain f32 or f16 (rows, cols) row-major tensor. */
+static void dequantize_rows_plain(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
+                                  size_t row_begin, size_t row_count, float *out)
+{
+    const size_t value_bytes = (size_t)type->bits / 8u;
+    const uint8_t *src = data + row_begin * cols * value_bytes;
+    const size_t count = row_count * cols;
+    for (size_t i = 0; i < count; i++) {
+        out[i] = value_bytes == 4 ? eq_read_f32le(src + 4 * i) : eq_read_f16le(src + 2 * i);
+    }
+}
+
+void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
+                            size_t cols, size_t row_begin, size_t row_count, float *out)
+{
+    (void)rows;  /* already checked: row_begin + row_count <= rows */
+    if (type->plain) {
+        dequantize_rows_plain(type, data, cols, row_begin, row_count, out);
+    } else {
+        dequantize_rows_packed(type, data, cols, row_begin, row_count, out);
+    }
+}

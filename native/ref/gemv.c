@@ -1,0 +1,107 @@
+/* ref/gemv.c — scalar reference GEMV, y = W x, reading the packed layout directly.
+ *
+ * The specification for the LUT kernels, and structured like them: tiles of 16 rows, groups,
+ * bit-planes, 16-byte chunks; per group  Σ_k q[r,k] x[k] = Σ_p 2^p Σ_k bit_p(q[r,k]) x[k],  then
+ *   asymmetric  y[r] += scale[r] * Σ q x + min[r] * Σ x
+ *   symmetric   y[r] += scale[r] * (Σ q x - zero_point * Σ x)
+ * It never builds the dequantized matrix, and accumulates in double so that it is an accurate
+ * oracle: SIMD kernels (int8 tables, fp32 sums) are compared against it with a tolerance.
+ */
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* y (rows,) = W x for a packed W (rows, cols); x (cols,). Padding columns (cols .. Kp) are skipped,
+ * exactly as if x were padded with zeros; padding rows (rows .. Mp) are computed and dropped. */
+static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                        const float *x, float *y)
+{
+    const size_t group = (size_t)type->group;
+    const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
+    const size_t n_groups = (cols + group - 1) / group;
+    const size_t n_chunks = group / EQ_CHUNK_COLS;
+    const size_t plane_bytes = 2u * group;                             /* (group/8, 16) */
+    const size_t block_bytes = eq_block_bytes(type);
+    const size_t scale_bytes = 2u * EQ_TILE_ROWS;                      /* 16 fp16 values */
+    const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
+    const double zero_point = (double)((1u << type->bits) - 1u) / 2.0;
+
+    for (size_t tile = 0; tile < n_tiles; tile++) {
+        double acc[EQ_TILE_ROWS] = {0};                                /* (16,) y of this tile */
+
+        for (size_t g = 0; g < n_groups; g++) {
+            const uint8_t *block = data + (tile * n_groups + g) * block_bytes;
+            const uint8_t *planes = block + planes_offset;             /* (bits, group/8, 16) */
+            const float *x_group = x + g * group;                      /* (n_valid,) */
+            const size_t n_valid = cols - g * group < group ? cols - g * group : group;
+
+            double x_sum = 0.0;                                        /* Σ x over the group */
+            for (size_t k = 0; k < n_valid; k++) {
+                x_sum += x_group[k];
+            }
+
+            double dot[EQ_TILE_ROWS] = {0};                            /* (16,) Σ_k q[r,k] x[k] */
+            for (int p = 0; p < type->bits; p++) {
+                double plane_dot[EQ_TILE_ROWS] = {0};                  /* (16,) Σ_k bit_p x[k] */
+                for (size_t c = 0; c < n_chunks; c++) {
+                    const uint8_t *chunk = planes + (size_t)p * plane_bytes + c * EQ_TILE_ROWS;
+                    for (int r = 0; r < EQ_TILE_ROWS; r++) {
+                        /* chunk[r]: bit i = column 8c + i of row r (low nibble 0..3, high 4..7) */
+                        for (size_t i = 0; i < EQ_CHUNK_COLS; i++) {
+                            const size_t k = c * EQ_CHUNK_COLS + i;
+                            if (k < n_valid && ((chunk[r] >> i) & 1u)) {
+                                plane_dot[r] += x_group[k];
+                            }
+                        }
+                    }
+                }
+                for (int r = 0; r < EQ_TILE_ROWS; r++) {
+                    dot[r] += plane_dot[r] * (double)(1u << p);
+                }
+            }
+
+            for (int r = 0; r < EQ_TILE_ROWS; r++) {
+                const double scale = eq_read_f16le(block + 2 * r);
+                if (type->symmetric) {
+                    acc[r] += scale * (dot[r] - zero_point * x_sum);
+                } else {
+                    const double min = eq_read_f16le(block + scale_bytes + 2 * r);
+                    acc[r] += scale * dot[r] + min * x_sum;
+                }
+            }
+        }
+
+        for (int r = 0; r < EQ_TILE_ROWS; r++) {
+            const size_t row = tile * EQ_TILE_ROWS + (size_t)r;
+            if (row < rows) {
+                y[row] = (float)acc[r];
+            }
+        }
+    }
+}
+
+/* y (rows,) = W x for a plain f32 or f16 W (rows, cols), row-major. */
+static void gemv_plain(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                       const float *x, float *y)
+{
+    const size_t value_bytes = (size_t)type->bits / 8u;
+    for (size_t row = 0; row < rows; row++) {
+        const uint8_t *w = data + row * cols * value_bytes;           /* (cols,) */
+        double acc = 0.0;
+        for (size_t k = 0; k < cols; k++) {
+            const float value = value_bytes == 4 ? eq_read_f32le(w + 4 * k) : eq_read_f16le(w + 2 * k);
+            acc += (double)value * x[k];
+        }
+        y[row] = (float)acc;
+    }
+}
+
+void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                 const float *x, float *y)
+{
+    if (type->plain) {
+        gemv_plain(type, data, rows, cols, x, y);
+    } else {
+        gemv_packed(type, data, rows, cols, x, y);
+    }
+}

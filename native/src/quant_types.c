@@ -1,0 +1,328 @@
+/* quant_types.c — the quant-type table (C mirror of edgeq/quant_types.py), the generic functions on
+ * it (sizes, fp16 conversion), and the public kernel entry points: validate, dispatch once, call.
+ *
+ * Does not touch weights itself: the kernels live in ref/ (and later x86/, arm/).
+ */
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgeq.h"
+#include "kernels.h"
+
+/* ============================================================================================= */
+/* errors                                                                                         */
+/* ============================================================================================= */
+
+const char *eq_error_string(int code)
+{
+    switch (code) {
+    case EQ_OK: return "ok";
+    case EQ_ERR_INVALID_ARGUMENT: return "invalid argument (NULL pointer or empty shape)";
+    case EQ_ERR_UNKNOWN_QTYPE: return "unknown quant type id";
+    case EQ_ERR_SIZE_OVERFLOW: return "tensor size overflows size_t";
+    case EQ_ERR_DATA_TOO_SHORT: return "tensor data is shorter than its type and shape require";
+    case EQ_ERR_ROW_RANGE: return "row range is outside the tensor";
+    default: return "unknown error";
+    }
+}
+
+/* ============================================================================================= */
+/* the table: one row per type, indexed by id                                                     */
+/* ============================================================================================= */
+
+/*                                           name       id                bits group symm  plain */
+static const eq_qtype_traits qtype_table[EQ_QTYPE_COUNT] = {
+    [EQ_QTYPE_F32]     = {"f32",     EQ_QTYPE_F32,     32,  0,  false, true},
+    [EQ_QTYPE_F16]     = {"f16",     EQ_QTYPE_F16,     16,  0,  false, true},
+    [EQ_QTYPE_U2G32A]  = {"u2g32a",  EQ_QTYPE_U2G32A,  2,   32, false, false},
+    [EQ_QTYPE_U2G32S]  = {"u2g32s",  EQ_QTYPE_U2G32S,  2,   32, true,  false},
+    [EQ_QTYPE_U2G64A]  = {"u2g64a",  EQ_QTYPE_U2G64A,  2,   64, false, false},
+    [EQ_QTYPE_U2G64S]  = {"u2g64s",  EQ_QTYPE_U2G64S,  2,   64, true,  false},
+    [EQ_QTYPE_U2G128A] = {"u2g128a", EQ_QTYPE_U2G128A, 2,  128, false, false},
+    [EQ_QTYPE_U2G128S] = {"u2g128s", EQ_QTYPE_U2G128S, 2,  128, true,  false},
+    [EQ_QTYPE_U3G32A]  = {"u3g32a",  EQ_QTYPE_U3G32A,  3,   32, false, false},
+    [EQ_QTYPE_U3G32S]  = {"u3g32s",  EQ_QTYPE_U3G32S,  3,   32, true,  false},
+    [EQ_QTYPE_U3G64A]  = {"u3g64a",  EQ_QTYPE_U3G64A,  3,   64, false, false},
+    [EQ_QTYPE_U3G64S]  = {"u3g64s",  EQ_QTYPE_U3G64S,  3,   64, true,  false},
+    [EQ_QTYPE_U3G128A] = {"u3g128a", EQ_QTYPE_U3G128A, 3,  128, false, false},
+    [EQ_QTYPE_U3G128S] = {"u3g128s", EQ_QTYPE_U3G128S, 3,  128, true,  false},
+    [EQ_QTYPE_U4G32A]  = {"u4g32a",  EQ_QTYPE_U4G32A,  4,   32, false, false},
+    [EQ_QTYPE_U4G32S]  = {"u4g32s",  EQ_QTYPE_U4G32S,  4,   32, true,  false},
+    [EQ_QTYPE_U4G64A]  = {"u4g64a",  EQ_QTYPE_U4G64A,  4,   64, false, false},
+    [EQ_QTYPE_U4G64S]  = {"u4g64s",  EQ_QTYPE_U4G64S,  4,   64, true,  false},
+    [EQ_QTYPE_U4G128A] = {"u4g128a", EQ_QTYPE_U4G128A, 4,  128, false, false},
+    [EQ_QTYPE_U4G128S] = {"u4g128s", EQ_QTYPE_U4G128S, 4,  128, true,  false},
+    [EQ_QTYPE_U5G32A]  = {"u5g32a",  EQ_QTYPE_U5G32A,  5,   32, false, false},
+    [EQ_QTYPE_U5G32S]  = {"u5g32s",  EQ_QTYPE_U5G32S,  5,   32, true,  false},
+    [EQ_QTYPE_U5G64A]  = {"u5g64a",  EQ_QTYPE_U5G64A,  5,   64, false, false},
+    [EQ_QTYPE_U5G64S]  = {"u5g64s",  EQ_QTYPE_U5G64S,  5,   64, true,  false},
+    [EQ_QTYPE_U5G128A] = {"u5g128a", EQ_QTYPE_U5G128A, 5,  128, false, false},
+    [EQ_QTYPE_U5G128S] = {"u5g128s", EQ_QTYPE_U5G128S, 5,  128, true,  false},
+    [EQ_QTYPE_U6G32A]  = {"u6g32a",  EQ_QTYPE_U6G32A,  6,   32, false, false},
+    [EQ_QTYPE_U6G32S]  = {"u6g32s",  EQ_QTYPE_U6G32S,  6,   32, true,  false},
+    [EQ_QTYPE_U6G64A]  = {"u6g64a",  EQ_QTYPE_U6G64A,  6,   64, false, false},
+    [EQ_QTYPE_U6G64S]  = {"u6g64s",  EQ_QTYPE_U6G64S,  6,   64, true,  false},
+    [EQ_QTYPE_U6G128A] = {"u6g128a", EQ_QTYPE_U6G128A, 6,  128, false, false},
+    [EQ_QTYPE_U6G128S] = {"u6g128s", EQ_QTYPE_U6G128S, 6,  128, true,  false},
+    [EQ_QTYPE_U8G32A]  = {"u8g32a",  EQ_QTYPE_U8G32A,  8,   32, false, false},
+    [EQ_QTYPE_U8G32S]  = {"u8g32s",  EQ_QTYPE_U8G32S,  8,   32, true,  false},
+    [EQ_QTYPE_U8G64A]  = {"u8g64a",  EQ_QTYPE_U8G64A,  8,   64, false, false},
+    [EQ_QTYPE_U8G64S]  = {"u8g64s",  EQ_QTYPE_U8G64S,  8,   64, true,  false},
+    [EQ_QTYPE_U8G128A] = {"u8g128a", EQ_QTYPE_U8G128A, 8,  128, false, false},
+    [EQ_QTYPE_U8G128S] = {"u8g128s", EQ_QTYPE_U8G128S, 8,  128, true,  false},
+};
+
+_Static_assert(sizeof qtype_table / sizeof qtype_table[0] == EQ_QTYPE_COUNT,
+               "one table row per eq_qtype value");
+
+const eq_qtype_traits *eq_qtype_get(int id)
+{
+    if (id < 0 || id >= EQ_QTYPE_COUNT) {
+        return NULL;
+    }
+    return &qtype_table[id];
+}
+
+int eq_qtype_count(void)
+{
+    return EQ_QTYPE_COUNT;
+}
+
+int eq_qtype_from_name(const char *name)
+{
+    if (name == NULL) {
+        return -1;
+    }
+    for (int id = 0; id < EQ_QTYPE_COUNT; id++) {
+        if (strcmp(qtype_table[id].name, name) == 0) {
+            return id;
+        }
+    }
+    return -1;
+}
+
+/* ============================================================================================= */
+/* sizes                                                                                          */
+/* ============================================================================================= */
+
+/* *out = a * b, or EQ_ERR_SIZE_OVERFLOW. */
+static int multiply_size(size_t a, size_t b, size_t *out)
+{
+    if (a != 0 && b > SIZE_MAX / a) {
+        return EQ_ERR_SIZE_OVERFLOW;
+    }
+    *out = a * b;
+    return EQ_OK;
+}
+
+/* *out = bytes of a (rows, cols) tensor of `type`, padding included; 0 dims are the caller's job. */
+static int tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out)
+{
+    size_t count;
+    int err;
+    if (type->plain) {
+        if ((err = multiply_size(rows, cols, &count)) != EQ_OK) {
+            return err;
+        }
+        return multiply_size(count, (size_t)type->bits / 8u, out);
+    }
+    /* ceil without overflow: (n - 1) / d + 1 for n >= 1 */
+    size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
+    size_t n_groups = (cols - 1) / (size_t)type->group + 1;
+    if ((err = multiply_size(n_tiles, n_groups, &count)) != EQ_OK) {
+        return err;
+    }
+    return multiply_size(count, eq_block_bytes(type), out);
+}
+
+size_t eq_qtype_nbytes(int id, size_t rows, size_t cols)
+{
+    const eq_qtype_traits *type = eq_qtype_get(id);
+    size_t nbytes;
+    if (type == NULL || rows == 0 || cols == 0 || tensor_nbytes(type, rows, cols, &nbytes) != EQ_OK) {
+        return 0;
+    }
+    return nbytes;
+}
+
+/* ============================================================================================= */
+/* fp16 <-> fp32 on bit patterns (binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits)        */
+/* ============================================================================================= */
+
+float eq_fp16_to_fp32(uint16_t bits)
+{
+    uint32_t sign = (uint32_t)(bits & 0x8000u) << 16;
+    uint32_t exponent = (bits >> 10) & 0x1fu;
+    uint32_t mantissa = bits & 0x3ffu;
+    uint32_t out;
+    if (exponent == 0x1fu) {                       /* inf / NaN: keep the payload */
+        out = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent != 0) {                    /* normal: rebias 15 -> 127 */
+        out = sign | ((exponent + (127u - 15u)) << 23) | (mantissa << 13);
+    } else {                                       /* zero / subnormal: mantissa * 2^-24, exact */
+        float magnitude = (float)mantissa * 0x1p-24f;
+        uint32_t magnitude_bits;
+        memcpy(&magnitude_bits, &magnitude, sizeof magnitude_bits);
+        out = sign | magnitude_bits;
+    }
+    float value;
+    memcpy(&value, &out, sizeof value);
+    return value;
+}
+
+uint16_t eq_fp32_to_fp16(float value)
+{
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    uint32_t magnitude = bits & 0x7fffffffu;
+
+    if (magnitude > 0x7f800000u) {                 /* NaN: keep the top payload bits, force quiet */
+        return (uint16_t)(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+    }
+    if (magnitude >= 0x477ff000u) {                /* >= 65520 (incl. inf) rounds to inf */
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (magnitude < 0x38800000u) {                 /* < 2^-14: subnormal half or zero */
+        if (magnitude <= 0x33000000u) {            /* <= 2^-25: rounds (ties to even) to 0 */
+            return sign;
+        }
+        /* value = m * 2^(e - 150) with the implicit bit; the half's mantissa is value / 2^-24 */
+        uint32_t exponent = magnitude >> 23;
+        uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126u - exponent;          /* 14 .. 24 here */
+        uint32_t half = mantissa >> shift;
+        uint32_t rest = mantissa & ((1u << shift) - 1u);
+        uint32_t halfway = 1u << (shift - 1u);
+        if (rest > halfway || (rest == halfway && (half & 1u))) {
+            half++;                                /* may carry into the smallest normal: correct */
+        }
+        return (uint16_t)(sign | half);
+    }
+    /* normal: rebias 127 -> 15, drop 13 mantissa bits with round to nearest even */
+    uint32_t half = (magnitude >> 13) - ((127u - 15u) << 10);
+    uint32_t rest = magnitude & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) {
+        half++;                                    /* a mantissa carry bumps the exponent: correct */
+    }
+    return (uint16_t)(sign | half);
+}
+
+/* ============================================================================================= */
+/* kernel dispatch: pick one kernel set at first use                                              */
+/* ============================================================================================= */
+
+static int always_available(void)
+{
+    return 1;
+}
+
+/* Best first; the scalar reference is last and always available. Later: avx2 (x86/), neon (arm/),
+ * each with a cpuid/hwcap check, probably moved with that check into src/dispatch.c. */
+static const eq_kernel_set kernel_sets[] = {
+    {"ref", always_available, eq_dequantize_rows_ref, eq_gemv_ref},
+};
+
+enum { KERNEL_SET_COUNT = sizeof kernel_sets / sizeof kernel_sets[0] };
+
+/* Selection is deterministic, so a race at first use only stores the same pointer twice. */
+static _Atomic(const eq_kernel_set *) active_kernel_set = NULL;
+
+/* EDGEQ_ISA=<isa> picks that set if this CPU runs it; otherwise (unset, "auto", unknown or
+ * unavailable) the first available set in kernel_sets. */
+static const eq_kernel_set *select_kernel_set(void)
+{
+    const char *requested = getenv("EDGEQ_ISA");
+    if (requested != NULL && requested[0] != '\0') {
+        for (int i = 0; i < KERNEL_SET_COUNT; i++) {
+            if (strcmp(kernel_sets[i].isa, requested) == 0 && kernel_sets[i].is_available()) {
+                return &kernel_sets[i];
+            }
+        }
+    }
+    for (int i = 0; i < KERNEL_SET_COUNT; i++) {
+        if (kernel_sets[i].is_available()) {
+            return &kernel_sets[i];
+        }
+    }
+    return &kernel_sets[KERNEL_SET_COUNT - 1];
+}
+
+static const eq_kernel_set *kernels(void)
+{
+    const eq_kernel_set *set = atomic_load_explicit(&active_kernel_set, memory_order_acquire);
+    if (set == NULL) {
+        set = select_kernel_set();
+        atomic_store_explicit(&active_kernel_set, set, memory_order_release);
+    }
+    return set;
+}
+
+const char *eq_isa_name(void)
+{
+    return kernels()->isa;
+}
+
+/* ============================================================================================= */
+/* public kernel entry points: validate, then call the active set                                 */
+/* ============================================================================================= */
+
+/* Common checks of a (rows, cols) tensor argument; sets *type on success. */
+static int check_tensor(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+                        const eq_qtype_traits **type)
+{
+    *type = eq_qtype_get(id);
+    if (*type == NULL) {
+        return EQ_ERR_UNKNOWN_QTYPE;
+    }
+    if (data == NULL || rows == 0 || cols == 0) {
+        return EQ_ERR_INVALID_ARGUMENT;
+    }
+    size_t nbytes;
+    int err = tensor_nbytes(*type, rows, cols, &nbytes);
+    if (err != EQ_OK) {
+        return err;
+    }
+    if (data_bytes < nbytes) {
+        return EQ_ERR_DATA_TOO_SHORT;
+    }
+    return EQ_OK;
+}
+
+int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+                       size_t row_begin, size_t row_count, float *out)
+{
+    const eq_qtype_traits *type;
+    int err = check_tensor(id, data, data_bytes, rows, cols, &type);
+    if (err != EQ_OK) {
+        return err;
+    }
+    if (row_begin > rows || row_count > rows - row_begin) {
+        return EQ_ERR_ROW_RANGE;
+    }
+    if (row_count == 0) {
+        return EQ_OK;
+    }
+    if (out == NULL) {
+        return EQ_ERR_INVALID_ARGUMENT;
+    }
+    kernels()->dequantize_rows(type, (const uint8_t *)data, rows, cols, row_begin, row_count, out);
+    return EQ_OK;
+}
+
+int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+            const float *x, float *y)
+{
+    const eq_qtype_traits *type;
+    int err = check_tensor(id, data, data_bytes, rows, cols, &type);
+    if (err != EQ_OK) {
+        return err;
+    }
+    if (x == NULL || y == NULL) {
+        return EQ_ERR_INVALID_ARGUMENT;
+    }
+    kernels()->gemv(type, (const uint8_t *)data, rows, cols, x, y);
+    return EQ_OK;
+}

@@ -1,0 +1,277 @@
+"""The C quant-type table and reference kernels against their numpy twin (edgeq.quant_types).
+
+Every packed type, random shapes (rows not a multiple of 16, cols not a multiple of the group),
+random levels, scales and mins: C dequantize equals numpy bit for bit, row ranges match, C gemv
+equals float64 W @ x up to the final float32 rounding, and bad arguments are clean errors.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeq import _ffi
+from edgeq.errors import EdgeqError
+from edgeq.quant_types import TILE_ROWS, TYPES, QuantType, pack, unpack
+from edgeq.quant_types import dequantize as numpy_dequantize
+
+HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "edgeq.h"
+PACKED = [qtype for qtype in TYPES.values() if not qtype.plain]
+PLAIN = [qtype for qtype in TYPES.values() if qtype.plain]
+SHAPES_FOR_NBYTES = [(1, 1), (16, 32), (17, 33), (15, 128), (100, 130), (576, 1536), (4097, 11008)]
+
+
+def random_packed(qtype: QuantType, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Packed bytes of a (rows, cols) tensor with random levels, scales and mins.
+
+    Padding rows and columns get random levels too (not zeros), so the tests see that C never
+    reads them into the logical result. Scales mix normal and subnormal fp16 values, signs included.
+    """
+    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
+    n_groups = padded_cols // qtype.group
+    levels = rng.integers(0, 1 << qtype.bits, size=(padded_rows, padded_cols), dtype=np.uint8)
+    scales = rng.normal(0.0, 0.05, size=(padded_rows, n_groups))
+    tiny = rng.random(scales.shape) < 0.1
+    scales[tiny] = rng.normal(0.0, 3e-6, size=int(tiny.sum()))     # fp16 subnormals (< 6.1e-5)
+    mins = None if qtype.symmetric else rng.normal(0.0, 0.5, size=(padded_rows, n_groups))
+    return pack(qtype, levels, scales.astype(np.float16), None if mins is None else mins.astype(np.float16))
+
+
+def random_shapes(qtype: QuantType, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """A fixed awkward shape, an aligned one, and two random ones per type."""
+    group = qtype.group
+    shapes = [(33, 2 * group + 5), (2 * TILE_ROWS, 2 * group)]
+    for _ in range(2):
+        shapes.append((int(rng.integers(1, 70)), int(rng.integers(1, 3 * group + 20))))
+    return shapes
+
+
+def as_bits(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+
+
+def exact_weights(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) float64 weights without float32 rounding: scale*q + min is computed exactly.
+
+    numpy's float32 dequantize rounds scale*q + min once more (symmetric values are exact in
+    float32: an 11-bit fp16 mantissa times a <= 9-bit half-integer), and gemv works with the exact
+    values, so this is the oracle to hold gemv to a tight tolerance."""
+    levels, scales, mins = unpack(qtype, data, rows, cols)
+    expand = lambda a: np.repeat(a.astype(np.float64), qtype.group, axis=1)
+    q = levels.astype(np.float64)
+    if qtype.symmetric:
+        weights = expand(scales) * (q - ((1 << qtype.bits) - 1) / 2.0)
+    else:
+        weights = expand(scales) * q + expand(mins)
+    return weights[:rows, :cols]
+
+
+def assert_gemv_close(y: np.ndarray, weights: np.ndarray, x: np.ndarray, weight_rounding: float = 0.0) -> None:
+    """y must equal float64 W @ x up to its own float32 rounding (half an ulp), a tiny accumulation
+    allowance (the reference accumulates in double) and, if the weights were rounded to float32
+    after the fact, weight_rounding; the last two are relative to Σ|w||x|."""
+    exact = weights.astype(np.float64) @ x.astype(np.float64)
+    magnitude = np.abs(weights.astype(np.float64)) @ np.abs(x.astype(np.float64))
+    allowed = 2.0 ** -24 * np.abs(exact) * (1 + 1e-9) + (1e-12 + weight_rounding) * magnitude + 1e-30
+    error = np.abs(y.astype(np.float64) - exact)
+    worst = int(np.argmax(error / allowed))
+    assert np.all(error <= allowed), (
+        f"row {worst}: got {y[worst]!r}, float64 {exact[worst]!r}, error {error[worst]:.3g} "
+        f"> allowed {allowed[worst]:.3g}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+
+def test_c_table_equals_python_table():
+    c_rows = _ffi.qtype_table()
+    python_rows = [
+        {"name": q.name, "id": q.id, "bits": q.bits, "group": q.group,
+         "symmetric": q.symmetric, "plain": q.plain}
+        for q in sorted(TYPES.values(), key=lambda q: q.id)
+    ]
+    assert c_rows == python_rows
+
+
+def test_header_enum_equals_python_ids():
+    text = HEADER.read_text()
+    enum = {name.lower(): int(value) for name, value in re.findall(r"EQ_QTYPE_(\w+) = (\d+)", text)}
+    assert enum.pop("count") == len(TYPES)
+    assert enum == {q.name: q.id for q in TYPES.values()}
+
+
+@pytest.mark.parametrize("qtype", list(TYPES.values()), ids=lambda q: q.name)
+def test_nbytes_equals_python(qtype):
+    for rows, cols in SHAPES_FOR_NBYTES:
+        assert _ffi.nbytes(qtype.name, rows, cols) == qtype.nbytes(rows, cols), (rows, cols)
+
+
+def test_nbytes_overflow_is_an_error():
+    with pytest.raises(EdgeqError, match="overflow"):
+        _ffi.nbytes("u8g32a", 2 ** 62, 2 ** 40)
+
+
+def test_unknown_qtype_is_an_error():
+    with pytest.raises(EdgeqError, match="unknown quant type 'u7g32a'"):
+        _ffi.nbytes("u7g32a", 16, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp16 conversion
+# ---------------------------------------------------------------------------------------------
+
+def test_fp16_to_fp32_all_bit_patterns():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    expected = bits.view(np.float16).astype(np.float32)
+    got = _ffi.fp16_bits_to_float32(bits)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(as_bits(got)[~nan], as_bits(expected)[~nan])
+
+
+def test_fp32_to_fp16_rounds_like_numpy():
+    rng = np.random.default_rng(0)
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    halves = halves[np.isfinite(halves)]
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.99, 65520.0, 1e9, 2.0 ** -25,
+                        2.0 ** -25 * 1.0000001, 2.0 ** -24 * 1.5, 2.0 ** -14 * 0.99999, 1e-30],
+                       dtype=np.float32)
+    values = np.concatenate([
+        special, -special, halves,
+        halves + np.float32(1e-3) * np.abs(halves),                  # between neighbours
+        rng.normal(0, 1, 20000).astype(np.float32) * np.float32(10.0) ** rng.integers(-9, 6, 20000),
+    ]).astype(np.float32)
+    # ties: midpoints of adjacent fp16 values are exact in float32 and must round to even
+    positive = np.sort(halves[halves > 0]).astype(np.float64)
+    midpoints = ((positive[:-1] + positive[1:]) / 2).astype(np.float32)
+    values = np.concatenate([values, midpoints, -midpoints])
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.uint16)
+    got = _ffi.float32_to_fp16_bits(values)
+    assert np.array_equal(got, expected)
+    assert np.isnan(_ffi.fp16_bits_to_float32(_ffi.float32_to_fp16_bits(np.array([np.nan], np.float32))))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# packed types: dequantize and gemv against numpy
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
+def test_dequantize_equals_numpy_bitwise(qtype):
+    rng = np.random.default_rng(1000 + qtype.id)
+    for rows, cols in random_shapes(qtype, rng):
+        data = random_packed(qtype, rows, cols, rng)
+        expected = numpy_dequantize(qtype, data, rows, cols)
+        got = _ffi.dequantize(qtype.name, data, rows, cols)
+        assert got.shape == (rows, cols)
+        mismatch = as_bits(got) != as_bits(expected)
+        assert not mismatch.any(), (
+            f"({rows}, {cols}): {int(mismatch.sum())} values differ, first at "
+            f"{tuple(np.argwhere(mismatch)[0])}")
+
+
+@pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
+def test_dequantize_row_range(qtype):
+    rng = np.random.default_rng(2000 + qtype.id)
+    rows, cols = 53, qtype.group + 9                                 # 4 tiles, the last partial
+    data = random_packed(qtype, rows, cols, rng)
+    full = numpy_dequantize(qtype, data, rows, cols)
+    for row_begin, row_count in [(0, 1), (5, 20), (15, 2), (16, 16), (48, 5), (52, 1), (0, rows), (7, 0)]:
+        got = _ffi.dequantize(qtype.name, data, rows, cols, row_begin, row_count)
+        assert got.shape == (row_count, cols)
+        assert np.array_equal(as_bits(got), as_bits(full[row_begin:row_begin + row_count]))
+
+
+@pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
+def test_gemv_equals_float64(qtype):
+    rng = np.random.default_rng(3000 + qtype.id)
+    for rows, cols in random_shapes(qtype, rng):
+        data = random_packed(qtype, rows, cols, rng)
+        x = rng.normal(0.0, 1.0, cols).astype(np.float32)
+        y = _ffi.gemv(qtype.name, data, rows, cols, x)
+        assert y.shape == (rows,) and y.dtype == np.float32
+        assert_gemv_close(y, exact_weights(qtype, data, rows, cols), x)
+        # against numpy's float32 weights: each may be off by half an ulp (asymmetric only)
+        assert_gemv_close(y, numpy_dequantize(qtype, data, rows, cols), x, weight_rounding=2.0 ** -24)
+
+
+# ---------------------------------------------------------------------------------------------
+# plain types
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", PLAIN, ids=lambda q: q.name)
+def test_plain_dequantize_and_gemv(qtype):
+    rng = np.random.default_rng(4000 + qtype.id)
+    rows, cols = 37, 45
+    values = rng.normal(0.0, 1.0, (rows, cols)).astype(np.float16 if qtype.bits == 16 else np.float32)
+    data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+    assert data.nbytes == _ffi.nbytes(qtype.name, rows, cols)
+    expected = values.astype(np.float32)
+    assert np.array_equal(as_bits(_ffi.dequantize(qtype.name, data, rows, cols)), as_bits(expected))
+    assert np.array_equal(as_bits(_ffi.dequantize(qtype.name, data, rows, cols, 10, 3)),
+                          as_bits(expected[10:13]))
+    x = rng.normal(0.0, 1.0, cols).astype(np.float32)
+    assert_gemv_close(_ffi.gemv(qtype.name, data, rows, cols, x), expected, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype_name", ["u4g64a", "u3g128s", "f16"])
+def test_short_data_is_a_clean_error(qtype_name):
+    qtype = TYPES[qtype_name]
+    rows, cols = 20, 70
+    data = np.zeros(qtype.nbytes(rows, cols), dtype=np.uint8)
+    x = np.zeros(cols, dtype=np.float32)
+    for short in (data[:-1], data[:0]):
+        with pytest.raises(EdgeqError, match="shorter than its type and shape require"):
+            _ffi.dequantize(qtype_name, short, rows, cols)
+        with pytest.raises(EdgeqError, match="shorter than its type and shape require"):
+            _ffi.gemv(qtype_name, short, rows, cols, x)
+    _ffi.gemv(qtype_name, data, rows, cols, x)                       # exactly long enough: fine
+
+
+def test_row_range_outside_tensor_is_an_error():
+    data = np.zeros(TYPES["u2g32s"].nbytes(20, 32), dtype=np.uint8)
+    with pytest.raises(EdgeqError, match="row range"):
+        _ffi.dequantize("u2g32s", data, 20, 32, row_begin=15, row_count=6)
+    with pytest.raises(EdgeqError, match="row range"):
+        _ffi.dequantize("u2g32s", data, 20, 32, row_begin=21, row_count=0)
+
+
+def test_bad_python_arguments_are_rejected_before_c():
+    data = np.zeros(TYPES["u4g32a"].nbytes(16, 32), dtype=np.uint8)
+    with pytest.raises(TypeError):
+        _ffi.dequantize("u4g32a", data.view(np.int8), 16, 32)
+    with pytest.raises(ValueError):
+        _ffi.dequantize("u4g32a", np.zeros(2 * data.size, np.uint8)[::2], 16, 32)
+    with pytest.raises(TypeError):
+        _ffi.gemv("u4g32a", data, 16, 32, np.zeros(32, np.float64))
+    with pytest.raises(ValueError):
+        _ffi.gemv("u4g32a", data, 16, 32, np.zeros(31, np.float32))
+    with pytest.raises(ValueError):
+        _ffi.gemv("u4g32a", data, 0, 32, np.zeros(32, np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("requested", ["ref", "no-such-isa"])
+def test_edgeq_isa_forces_or_falls_back_to_a_kernel_set(requested):
+    env = dict(os.environ, EDGEQ_ISA=requested)
+    script = "from edgeq import _ffi; print(_ffi.isa())"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            check=True)
+    active = result.stdout.strip()
+    if requested == "ref":
+        assert active == "ref"
+    else:
+        assert active in {"ref", "avx2", "neon"}
