@@ -16,7 +16,7 @@ import numpy as np
 from edgeq.config import SUPPORTED_ARCHITECTURES, ModelConfig, TokenizerSpec, canonical_name
 from edgeq.errors import EdgeqError
 
-from .safetensors_lazy import SafetensorsFolder
+from .safetensors_io import SafetensorsFolder
 
 _HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -4,7 +4,7 @@ read here with gguf.GGUFReader and written with gguf.GGUFWriter.
 Metadata (all keys below are written; readers reject unknown format versions):
   edgeq.format_version            u32   FORMAT_VERSION
   edgeq.arch                      str   "llama" | "qwen2"
-  edgeq.<hyper-parameter>         ModelConfig fields (u32 / f32 / bool / str), see CONFIG_KEYS
+  edgeq.<hyper-parameter>         ModelConfig fields (u32 / f64 / bool / str), see CONFIG_KEYS
   edgeq.tokenizer.kind            str   "hf-json" -> tokenizer.huggingface.json (str)
                                         "sentencepiece" -> edgeq.tokenizer.sentencepiece (u8 array)
   tokenizer.ggml.bos_token_id / eos_token_id (u32, when known), tokenizer.ggml.add_bos_token (bool),
@@ -56,7 +56,7 @@ def _add_config(writer, config: ModelConfig) -> None:
         elif isinstance(value, int):
             writer.add_uint32(name, value)
         elif isinstance(value, float):
-            writer.add_float32(name, value)
+            writer.add_float64(name, value)
         else:
             writer.add_string(name, value)
 

@@ -1,7 +1,9 @@
-"""Lazy, validating reader for .safetensors files (single or sharded), memory-mapped.
+"""Lazy, validating reader for .safetensors files (single or sharded), memory-mapped, and a
+streaming writer.
 
 Written here rather than taken from the `safetensors` package because its numpy backend cannot read
-bfloat16, which is how most Hugging Face checkpoints ship. Reads one tensor at a time as float32.
+or write bfloat16, which is how most Hugging Face checkpoints ship. Reads one tensor at a time as
+float32; writes one tensor at a time, so neither needs the whole model in memory.
 """
 from __future__ import annotations
 
@@ -103,3 +105,25 @@ class SafetensorsFolder:
 
     def load(self, name: str, rows: slice | None = None) -> np.ndarray:
         return self.where[name].load(name, rows)
+
+
+def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], load, dtype: str = "F32") -> None:
+    """Write tensors named in `shapes` (in order), each produced by `load(name)` as float32."""
+    numpy_dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[dtype]
+    itemsize = np.dtype(numpy_dtype).itemsize
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape, dtype=np.int64)) * itemsize
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for name, shape in shapes.items():
+            value = np.ascontiguousarray(load(name), dtype=np.float32).reshape(shape)
+            if dtype == "BF16":   # round to nearest even on the upper 16 bits
+                bits = value.view(np.uint32).astype(np.uint64)
+                value = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+            f.write(value.astype(numpy_dtype).tobytes())

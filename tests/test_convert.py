@@ -1,0 +1,180 @@
+"""Convert tiny HF folders at every bit width and read the files back: metadata, weights, logits."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeq import quant_types
+from edgeq.convert import PlanSettings, convert
+from edgeq.convert.quantize import quantize
+from edgeq.convert.sources import open_source
+from edgeq.fileformat import FORMAT_VERSION, ModelFile
+from edgeq.reference import Reference
+
+# upper bounds on ||W - Q(W)|| / ||W|| for random normal weights, groups of 64, asymmetric
+MAX_REL_ERROR = {2: 0.40, 3: 0.20, 4: 0.10, 5: 0.05, 6: 0.025, 8: 0.007}
+
+
+def _convert(source, tmp_path, **settings):
+    out = tmp_path / f"model-{'-'.join(f'{k}{v}' for k, v in settings.items())}.edgeq"
+    convert(source, out, PlanSettings(**settings), progress=False)
+    return ModelFile(out)
+
+
+def _relative_logit_error(source, model, prompt):
+    src = Reference(source.config, source.load).forward(prompt)
+    got = Reference(model.config, model.load).forward(prompt)
+    return float(np.abs(src - got).max() / np.ptp(src)), src, got
+
+
+@pytest.mark.parametrize("bits", quant_types.BITS)
+def test_every_bit_width_round_trips(tiny_model, tmp_path, bits):
+    source = open_source(tiny_model)
+    model = _convert(tiny_model, tmp_path, bits=bits, head_bits=bits, embed_bits=bits)
+    assert model.config == source.config
+    assert model.tokenizer == source.tokenizer
+    assert model.provenance["source"] == str(tiny_model)
+    assert model.reader.fields["general.architecture"].contents() == "edgeq"
+    assert model.get("edgeq.format_version") == FORMAT_VERSION
+    assert set(model.tensors) == set(source.config.tensor_names())
+    for name, info in model.tensors.items():
+        for key in ("type", "shape", "bits", "group", "symmetric", "method"):
+            assert model.get(f"edgeq.tensor.{name}.{key}") is not None, (name, key)
+        weight = source.load(name)
+        assert info.shape == weight.shape
+        restored = model.load(name)
+        if weight.ndim == 1:
+            assert info.qtype.name == "f32" and np.array_equal(restored, weight)
+            continue
+        assert info.qtype == quant_types.uniform_type(bits, 64, False)
+        error = np.linalg.norm(restored - weight) / np.linalg.norm(weight)
+        assert error < MAX_REL_ERROR[bits], (name, error)
+        assert info.data.ctypes.data % 64 == 0, f"{name} data is not 64-byte aligned"
+
+
+def test_error_shrinks_as_bits_grow(tiny_model, tmp_path):
+    source = open_source(tiny_model)
+    prompt = list(range(3, 40))
+    weight_errors, logit_errors = [], []
+    for bits in quant_types.BITS:
+        model = _convert(tiny_model, tmp_path, bits=bits, head_bits=bits, embed_bits=bits)
+        w = source.load("blk.0.ffn_up.weight")
+        weight_errors.append(np.linalg.norm(model.load("blk.0.ffn_up.weight") - w) / np.linalg.norm(w))
+        logit_errors.append(_relative_logit_error(source, model, prompt)[0])
+    assert weight_errors == sorted(weight_errors, reverse=True), weight_errors
+    assert logit_errors == sorted(logit_errors, reverse=True), logit_errors
+    assert logit_errors[-1] < 0.01 and logit_errors[quant_types.BITS.index(4)] < 0.2, logit_errors
+
+
+def test_8bit_logits_and_greedy_match_the_source(tiny_model, tmp_path):
+    source = open_source(tiny_model)
+    model = _convert(tiny_model, tmp_path, bits=8)
+    error, src, got = _relative_logit_error(source, model, list(range(5, 30)))
+    assert error < 0.01
+    assert (src.argmax(-1) == got.argmax(-1)).mean() > 0.9
+
+
+def test_group_size_symmetry_and_defaults(tiny_qwen, tmp_path):
+    model = _convert(tiny_qwen, tmp_path, bits=3, group=32, symmetric=True)
+    assert model.tensors["blk.0.attn_q.weight"].qtype.name == "u3g32s"
+    assert model.tensors["output.weight"].qtype.name == "u6g32s"       # head: max(bits, 6)
+    assert model.tensors["token_embd.weight"].qtype.name == "u4g32s"   # embeddings: max(bits, 4)
+    assert model.tensors["blk.1.attn_q.bias"].qtype.name == "f32"
+    data_bytes = sum(t.nbytes for t in model.tensors.values())
+    assert data_bytes < model.file_size() < data_bytes + 64 * len(model.tensors) + 200_000
+    plain = _convert(tiny_qwen, tmp_path, bits=16, head_bits=32, embed_bits=16)
+    assert plain.tensors["blk.0.ffn_up.weight"].qtype.name == "f16"
+    assert plain.tensors["output.weight"].qtype.name == "f32"
+    source = open_source(tiny_qwen)
+    assert np.array_equal(plain.load("output.weight"), source.load("output.weight"))
+
+
+def test_tied_head_takes_the_higher_precision(tiny_llama, tmp_path):
+    model = _convert(tiny_llama, tmp_path, bits=2, head_bits=8, embed_bits=3)
+    assert "output.weight" not in model.tensors
+    assert model.tensors["token_embd.weight"].qtype.name == "u8g64a"
+
+
+def test_file_is_readable_by_gguf_tools(tiny_qwen, tmp_path):
+    model = _convert(tiny_qwen, tmp_path, bits=4)
+    dump = shutil.which("gguf-dump")
+    assert dump, "gguf-dump (from the gguf package) is not on PATH"
+    result = subprocess.run([dump, str(model.path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "edgeq.tensor.blk.0.attn_q.weight.type" in result.stdout
+    assert "general.architecture" in result.stdout
+
+
+def test_padding_when_shapes_do_not_divide(tmp_path):
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((37, 200)).astype(np.float32)      # 37 % 16 != 0, 200 % 128 != 0
+    for name in ("u4g128a", "u3g32s", "u8g64a"):
+        qtype = quant_types.TYPES[name]
+        tensor = quantize(weight, qtype)
+        assert tensor.data.nbytes == qtype.nbytes(37, 200)
+        restored = quant_types.dequantize(qtype, tensor.data, 37, 200)
+        assert restored.shape == weight.shape
+        assert np.linalg.norm(restored - weight) / np.linalg.norm(weight) < MAX_REL_ERROR[qtype.bits]
+
+
+def test_clip_search_beats_min_max_rounding():
+    rng = np.random.default_rng(2)
+    weight = rng.standard_t(4, size=(64, 256)).astype(np.float32)    # heavy tails, where clipping pays
+    qtype = quant_types.TYPES["u3g64a"]
+    searched = quantize(weight, qtype).rel_error
+    groups = weight.reshape(-1, 64)
+    lo, hi = groups.min(1, keepdims=True), groups.max(1, keepdims=True)
+    scale = (hi - lo) / 7
+    naive = np.clip(np.round((groups - lo) / scale), 0, 7) * scale + lo
+    naive_error = np.linalg.norm(naive - groups) / np.linalg.norm(groups)
+    assert searched < 0.9 * naive_error, (searched, naive_error)
+
+
+def test_hub_id_through_a_prefilled_cache(tiny_llama, tmp_path, monkeypatch):
+    """`edgeq convert owner/name` goes through huggingface_hub (offline here: a pre-filled cache)."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny-org--tiny-llama" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_llama, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "hub.edgeq"
+    result = subprocess.run([sys.executable, "-m", "edgeq", "convert", "tiny-org/tiny-llama", "-o", str(out), "-q"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    model = ModelFile(out)
+    assert model.provenance["source"] == "tiny-org/tiny-llama"
+    assert model.provenance["source_kind"] == "hf-hub"
+    missing = subprocess.run([sys.executable, "-m", "edgeq", "convert", "tiny-org/not-cached", "-o",
+                              str(tmp_path / "x.edgeq")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "tiny-org/not-cached" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_cli_convert_and_info(tiny_qwen, tmp_path):
+    out = tmp_path / "cli.edgeq"
+    result = subprocess.run([sys.executable, "-m", "edgeq", "convert", str(tiny_qwen), "-o", str(out),
+                             "--bits", "3", "--group", "128", "--sym", "--head-bits", "8", "--embed-bits", "5"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout
+    info = subprocess.run([sys.executable, "-m", "edgeq", "info", str(out), "--ctx", "128"],
+                          capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    text = info.stdout
+    assert "qwen2: 2 layers, dim 64" in text
+    assert "blk.1.ffn_down.weight" in text and "u3g128s" in text and "u8g128s" in text and "u5g128s" in text
+    model = ModelFile(out)
+    blocks = [t for t in model.tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
+    bpw = 8 * sum(t.nbytes for t in blocks) / sum(t.shape[0] * t.shape[1] for t in blocks)
+    assert f"{bpw:.3f} bits per weight" in text
+    kv = 2 * 2 * 128 * 2 * 16 * 2   # k+v, layers, ctx, kv heads, head dim, fp16
+    assert f"KV cache fp16 {kv / 1e6:.1f} MB" in text
+    assert json.loads(model.get("edgeq.generation"))["eos_token_id"] == [2, 0]
