@@ -245,9 +245,8 @@ class GGUFSource(Source):
         self.path = Path(path)
         try:
             self.reader = gguf.GGUFReader(self.path)
-        except Exception as error:  # the reader raises ValueError, IndexError, ... on corrupt files
-            raise EdgeqError(f"{path}: not a valid GGUF file ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else 'corrupted'}); re-download it") from None
+        except Exception:  # the reader raises ValueError, IndexError, ... on corrupt files
+            raise EdgeqError(f"{path}: not a valid GGUF file (truncated or corrupted); re-download it") from None
         size = self.path.stat().st_size
         self.tensors = {}
         for tensor in self.reader.tensors:

@@ -27,10 +27,17 @@ def _cmd_info(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error, with a pointer to --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeq", description="Quantize LLMs and run them on CPUs.")
+    parser = _Parser(prog="edgeq", description="Quantize LLMs and run them on CPUs.")
     parser.add_argument("--version", action="version", version=f"edgeq {__import__('edgeq').__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     convert = commands.add_parser("convert", help="quantize a Hugging Face folder, hub id or GGUF file",
                                   description="Quantize a model into one edgeq file.")
