@@ -133,13 +133,12 @@ def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
     mins = None if qtype.symmetric else halves(scale_span)
     start = scale_span * (1 if qtype.symmetric else 2)
     planes = blocks[:, :, start:].reshape(n_tiles, n_groups, bits, n_chunks, TILE_ROWS)
-    shifts = np.arange(4, dtype=np.uint8)
-    levels = np.zeros((n_tiles, TILE_ROWS, n_groups, n_chunks, CHUNK_COLS), dtype=np.uint8)
+    # bit i of a byte is column i of its chunk (low nibble columns 0-3, high nibble 4-7)
+    columns = np.unpackbits(planes[..., None], axis=-1, bitorder="little")  # (t, g, p, c, r, 8)
+    levels = np.zeros((n_tiles, n_groups, n_chunks, TILE_ROWS, CHUNK_COLS), dtype=np.uint8)
     for p in range(bits):
-        byte = planes[:, :, p].transpose(0, 3, 1, 2)                       # (t, r, g, c)
-        low = (byte[..., None] >> shifts) & 1
-        high = (byte[..., None] >> (shifts + 4)) & 1
-        levels |= np.concatenate([low, high], axis=-1) << p
+        levels |= columns[:, :, p] << p
+    levels = levels.transpose(0, 3, 1, 2, 4)                              # (t, r, g, c, 8)
     return levels.reshape(padded_rows, padded_cols), scales, mins
 
 
