@@ -2,15 +2,19 @@
 `tokenizer.json`, so that `tokenizers` encodes text to exactly the ids llama.cpp gives.
 
 Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) with the pre-tokenizers in
-PRE_TOKENIZER_REGEXES. The splitting rules mirror llama.cpp's llama-vocab.cpp, not the original
+PRE_TOKENIZER_REGEXES. The rules mirror llama.cpp's llama-vocab.cpp (as vendored in llama-cpp-python
+0.3.36, the version tests/tools/make_tokenizer_golden.py checks against), not the model's original
 Hugging Face tokenizer: no NFC normalizer (Qwen2's tokenizer.json has one, llama.cpp does not), and
-control/user-defined tokens are matched whole in text. Sentencepiece vocabularies are not handled here.
+every token llama.cpp treats as control or user-defined, including those it recognizes by their text,
+is matched whole in text. Sentencepiece vocabularies are not handled here.
 """
 from __future__ import annotations
 
 import json
+import re
 
 import gguf
+from tokenizers.pre_tokenizers import ByteLevel
 
 from edgeq.config import TokenizerSpec
 from edgeq.errors import EdgeqError
@@ -39,21 +43,21 @@ ADD_BOS_DEFAULT = {"llama-bpe"}   # llama.cpp's default when tokenizer.ggml.add_
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 # types llama.cpp splits out of the text before the BPE (with parse_special)
 MATCHED_WHOLE = {TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED}
-# llama.cpp finds these tokens by their text, forces them to control type, and stops generating at the
-# end-of-generation ones (llama-vocab.cpp, "auto-detect special tokens by text")
-END_OF_GENERATION_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
-                           "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>",
-                           "<end_of_utterance>",
-                           # fill-in-the-middle pad / repository / file separator
-                           "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "<|fim_repo|>", "<|repo_name|>",
-                           "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>")
-FILL_IN_THE_MIDDLE_TEXTS = ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-                            "<|code_prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>",
-                            "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|fim_middle|>", "<fim-middle>",
-                            "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>")
-CONTROL_BY_TEXT = set(END_OF_GENERATION_TEXTS + FILL_IN_THE_MIDDLE_TEXTS)
-# ids given by key rather than by text are end-of-generation too
-END_OF_GENERATION_KEYS = ("eos", "eot", "eom", "fim_pad", "fim_rep", "fim_sep")
+
+# llama.cpp recognizes these tokens by their text, whatever type the file gives them: they become
+# control tokens, and the first group (plus fill-in-the-middle pad/repo/file-separator) ends generation.
+END_OF_GENERATION_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
+                           "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
+                           "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
+                           "<turn|>", "<|tool_response>"}
+FILL_IN_THE_MIDDLE_END_TEXTS = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>",
+                                "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>"}
+FILL_IN_THE_MIDDLE_TEXTS = {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>",
+                            "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>",
+                            "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>",
+                            "<MID>", "<|code_middle|>", "<|middle|>"}
+USER_DEFINED_TEXTS = {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"}   # gpt-oss
+END_OF_GENERATION_KEYS = ("eos", "eot", "eom", "fim_pad", "fim_rep", "fim_sep")     # tokenizer.ggml.<k>_token_id
 
 
 def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
@@ -68,20 +72,31 @@ def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
                          f"{', '.join(PRE_TOKENIZER_REGEXES)}")
 
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    types = _field(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
-    merges = _field(reader, "tokenizer.ggml.merges") or []
+    if not tokens:
+        raise EdgeqError("GGUF tokenizer has no token list (tokenizer.ggml.tokens)")
     # llama.cpp names empty tokens [EMPTY_i]; when a text repeats, the last id wins its lookup
     tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
     vocab = {text: i for i, text in enumerate(tokens)}
-    types = [TOKEN_CONTROL if text in CONTROL_BY_TEXT else int(kind) for text, kind in zip(tokens, types)]
+    types = _field(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    key_ids = {name: _field(reader, f"tokenizer.ggml.{name}_token_id") for name in END_OF_GENERATION_KEYS}
+    types, end_of_generation = _llama_cpp_token_types(tokens, [int(kind) for kind in types], vocab, key_ids)
 
-    bos_id = _field(reader, "tokenizer.ggml.bos_token_id")
-    eos_id = _field(reader, "tokenizer.ggml.eos_token_id")
+    bos_id, eos_id = _field(reader, "tokenizer.ggml.bos_token_id"), key_ids["eos"]
     add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
     add_bos = pre in ADD_BOS_DEFAULT if add_bos is None else bool(add_bos)
     add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token"))
     if (add_bos and bos_id is None) or (add_eos and eos_id is None):
         raise EdgeqError("GGUF tokenizer asks to add a BOS/EOS token but names none")
+
+    pre_tokenizers = [_split(regex) for regex in PRE_TOKENIZER_REGEXES[pre]]
+    pre_tokenizers.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                           "use_regex": False})
+    # a byte the vocabulary lacks (SmolLM2 has no token for \x04, for one) stays a symbol while
+    # llama.cpp merges, so nothing merges across it, and is dropped at the end; BPE would drop it
+    # first and merge its neighbours, so it is split off on its own
+    missing_bytes = sorted(set(ByteLevel.alphabet()) - vocab.keys())
+    if missing_bytes:
+        pre_tokenizers.append(_split("|".join(map(re.escape, missing_bytes))))
 
     tokenizer = {
         "version": "1.0",
@@ -90,11 +105,7 @@ def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
         "added_tokens": [_added_token(i, text) for i, (text, kind) in enumerate(zip(tokens, types))
                          if kind in MATCHED_WHOLE and vocab[text] == i],
         "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            *({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
-              for regex in PRE_TOKENIZER_REGEXES[pre]),
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        ]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre_tokenizers},
         "post_processor": _post_processor(tokens, bos_id if add_bos else None, eos_id if add_eos else None),
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "model": {
@@ -107,11 +118,9 @@ def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
             "byte_fallback": False,
             "ignore_merges": pre in IGNORE_MERGES,
             "vocab": vocab,
-            "merges": _merge_pairs(merges, vocab),
+            "merges": _merge_pairs(_field(reader, "tokenizer.ggml.merges") or [], vocab),
         },
     }
-    end_of_generation = {vocab[text] for text in END_OF_GENERATION_TEXTS if text in vocab}
-    end_of_generation |= {_field(reader, f"tokenizer.ggml.{name}_token_id") for name in END_OF_GENERATION_KEYS}
     return TokenizerSpec(
         kind="hf-json",
         data=json.dumps(tokenizer, ensure_ascii=False),
@@ -119,7 +128,7 @@ def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
         eos_id=eos_id,
         add_bos=add_bos,
         chat_template=_field(reader, "tokenizer.chat_template"),
-        extra_eos_ids=sorted(i for i in end_of_generation if i is not None and i != eos_id),
+        extra_eos_ids=sorted(end_of_generation - {eos_id}),
     )
 
 
@@ -127,6 +136,39 @@ def _field(reader: gguf.GGUFReader, key: str):
     """A metadata value as Python (str, int, bool, list), or None when the key is absent."""
     field = reader.fields.get(key)
     return None if field is None else field.contents()
+
+
+def _llama_cpp_token_types(tokens: list[str], types: list[int], vocab: dict[str, int],
+                           key_ids: dict[str, int | None]) -> tuple[list[int], set[int]]:
+    """Token types after llama.cpp's by-text overrides, and its end-of-generation ids.
+
+    llama.cpp overrides only the first fill-in-the-middle token of each kind it meets, and none when the
+    file names that kind by key; here every listed text is overridden (the same for real vocabularies).
+    """
+    types = list(types)
+    end_of_generation = {i for i in key_ids.values() if i is not None}
+    for text in END_OF_GENERATION_TEXTS | FILL_IN_THE_MIDDLE_END_TEXTS | FILL_IN_THE_MIDDLE_TEXTS:
+        if text in vocab:
+            types[vocab[text]] = TOKEN_CONTROL
+            if text not in FILL_IN_THE_MIDDLE_TEXTS:
+                end_of_generation.add(vocab[text])
+    for text in USER_DEFINED_TEXTS & vocab.keys():
+        types[vocab[text]] = TOKEN_USER_DEFINED
+    texts = {tokens[i] for i in end_of_generation}
+    # gpt-oss / solar-open: "<|end|>" ends a message, not the generation
+    if "<|end|>" in texts and texts & {"<|call|>", "<|calls|>"} and texts & {"<|return|>", "<|flush|>"}:
+        types[vocab["<|end|>"]] = TOKEN_USER_DEFINED
+        end_of_generation.discard(vocab["<|end|>"])
+    # gemma4: "</s>" is ordinary text
+    if {"<|tool_response>", "</s>"} <= texts:
+        types[vocab["</s>"]] = TOKEN_NORMAL
+        end_of_generation.discard(vocab["</s>"])
+    return types, end_of_generation
+
+
+def _split(regex: str) -> dict:
+    """Split every piece at the regex's matches, keeping the matches and the text between them."""
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
 
 
 def _added_token(token_id: int, text: str) -> dict:
@@ -137,8 +179,8 @@ def _added_token(token_id: int, text: str) -> dict:
 def _merge_pairs(merges: list[str], vocab: dict[str, int]) -> list[list[str]]:
     """`"a b"` -> ["a", "b"], split at the first space after the first character, as llama.cpp does.
 
-    A merge whose parts or result are not tokens can never produce a token in llama.cpp either;
-    `tokenizers` refuses such merges, so they are dropped.
+    `tokenizers` refuses a merge whose parts or result are not tokens (llama.cpp could still use one
+    as an intermediate step), so such merges are dropped; the packaged models have none.
     """
     pairs = []
     for merge in merges:

