@@ -21,7 +21,7 @@ NATIVE = Path(__file__).resolve().parent
 ROOT = NATIVE.parent
 INCLUDE = NATIVE / "include"
 HEADER = INCLUDE / "edgeq.h"
-SOURCE_DIRS = ("src", "ref", "x86", "arm")   # generic code, then one folder per ISA
+SOURCE_DIRS = ("src", "ref", "scalar", "x86", "arm")   # generic code, then one folder per kernel set
 
 CDEF_BEGIN = "/* EQ_CDEF_BEGIN */"
 CDEF_END = "/* EQ_CDEF_END */"

@@ -194,11 +194,38 @@ def test_gemv_equals_float64(qtype):
     for rows, cols in random_shapes(qtype, rng):
         data = random_packed(qtype, rows, cols, rng)
         x = rng.normal(0.0, 1.0, cols).astype(np.float32)
-        y = _ffi.gemv(qtype.name, data, rows, cols, x)
+        y = _ffi.gemv(qtype.name, data, rows, cols, x, isa="ref")
         assert y.shape == (rows,) and y.dtype == np.float32
         assert_gemv_close(y, exact_weights(qtype, data, rows, cols), x)
         # against numpy's float32 weights: each may be off by half an ulp (asymmetric only)
         assert_gemv_close(y, numpy_dequantize(qtype, data, rows, cols), x, weight_rounding=2.0 ** -24)
+
+
+@pytest.mark.parametrize("isa", ["scalar"])
+@pytest.mark.parametrize("qtype", [q for q in TYPES.values()], ids=lambda q: q.name)
+def test_every_kernel_set_matches_the_reference(qtype, isa):
+    """Float-accumulating kernel sets agree with the double-accumulating reference to float32 accuracy."""
+    rng = np.random.default_rng(5000 + qtype.id)
+    shapes = random_shapes(qtype, rng) if not qtype.plain else [(37, 45), (16, 64), (5, 1000)]
+    for rows, cols in shapes:
+        if qtype.plain:
+            values = rng.normal(0.0, 1.0, (rows, cols)).astype(np.float16 if qtype.bits == 16 else np.float32)
+            data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+            weights = values.astype(np.float64)
+        else:
+            data = random_packed(qtype, rows, cols, rng)
+            weights = exact_weights(qtype, data, rows, cols)
+        x = rng.normal(0.0, 1.0, cols).astype(np.float32)
+        reference = _ffi.gemv(qtype.name, data, rows, cols, x, isa="ref").astype(np.float64)
+        got = _ffi.gemv(qtype.name, data, rows, cols, x, isa=isa).astype(np.float64)
+        magnitude = np.abs(weights) @ np.abs(x.astype(np.float64))
+        assert np.all(np.abs(got - reference) <= 1e-5 * magnitude + 1e-30), (qtype.name, rows, cols)
+
+
+def test_unknown_kernel_set_is_a_clean_error():
+    data = np.zeros(TYPES["u4g64a"].nbytes(16, 64), dtype=np.uint8)
+    with pytest.raises(EdgeqError):
+        _ffi.gemv("u4g64a", data, 16, 64, np.zeros(64, np.float32), isa="no-such-isa")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +244,7 @@ def test_plain_dequantize_and_gemv(qtype):
     assert np.array_equal(as_bits(_ffi.dequantize(qtype.name, data, rows, cols, 10, 3)),
                           as_bits(expected[10:13]))
     x = rng.normal(0.0, 1.0, cols).astype(np.float32)
-    assert_gemv_close(_ffi.gemv(qtype.name, data, rows, cols, x), expected, x)
+    assert_gemv_close(_ffi.gemv(qtype.name, data, rows, cols, x, isa="ref"), expected, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,14 +291,14 @@ def test_bad_python_arguments_are_rejected_before_c():
 # dispatch
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("requested", ["ref", "no-such-isa"])
+@pytest.mark.parametrize("requested", ["ref", "scalar", "no-such-isa"])
 def test_edgeq_isa_forces_or_falls_back_to_a_kernel_set(requested):
     env = dict(os.environ, EDGEQ_ISA=requested)
     script = "from edgeq import _ffi; print(_ffi.isa())"
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                             check=True)
     active = result.stdout.strip()
-    if requested == "ref":
-        assert active == "ref"
+    if requested != "no-such-isa":
+        assert active == requested
     else:
-        assert active in {"ref", "avx2", "neon"}
+        assert active in {"scalar", "avx2", "neon"}   # the best available set, never the slow reference

@@ -1,7 +1,8 @@
 /* edgeq.h — the one public header of the edgeq C runtime.
  *
- * For now: the quant-type table (mirror of edgeq/quant_types.py), the packed-layout helpers and the
- * reference-or-SIMD dequantize/GEMV entry points. The loader and forward pass will be added here.
+ * The quant-type table (mirror of edgeq/quant_types.py), the packed-layout helpers, the
+ * reference-or-SIMD dequantize/GEMV entry points, and the runtime: open a model file, evaluate
+ * tokens into logits over a KV cache.
  *
  * The text between the EQ_CDEF_BEGIN and EQ_CDEF_END markers is fed verbatim to cffi's cdef
  * (native/build_ffi.py), which does not run the preprocessor: keep that block free of #directives
@@ -39,7 +40,13 @@ typedef enum eq_error {
     EQ_ERR_UNKNOWN_QTYPE = -2,     /* id is not in the quant-type table */
     EQ_ERR_SIZE_OVERFLOW = -3,     /* the tensor's byte size does not fit in size_t */
     EQ_ERR_DATA_TOO_SHORT = -4,    /* data_bytes < eq_qtype_nbytes(id, rows, cols) */
-    EQ_ERR_ROW_RANGE = -5          /* row_begin + row_count > rows */
+    EQ_ERR_ROW_RANGE = -5,         /* row_begin + row_count > rows */
+    EQ_ERR_CONTEXT_FULL = -6,      /* the tokens do not fit in the KV cache */
+    EQ_ERR_BUSY = -7,              /* the model is in use by another thread */
+    EQ_ERR_NO_MEMORY = -8,         /* an allocation failed */
+    EQ_ERR_NOT_FOUND = -9,         /* a metadata key or tensor is absent */
+    EQ_ERR_FORMAT = -10,           /* the file is malformed, or a value has the wrong type or range */
+    EQ_ERR_IO = -11                /* the file cannot be opened, read or mapped */
 } eq_error;
 
 /* A static, human-readable description of an error code ("unknown error" for other values). */
@@ -155,8 +162,80 @@ int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows,
 int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, float *y);
 
-/* Name of the active kernel set: "ref" (later also "avx2", "neon"). Selects it if not yet done. */
+/* Name of the active kernel set: "scalar" (portable LUT) or "ref" (later also "avx2", "neon").
+ * Selects it if not yet done. */
 const char *eq_isa_name(void);
+
+/* eq_gemv through the named kernel set instead of the active one (tests compare every set with
+ * "ref"). EQ_ERR_INVALID_ARGUMENT if that set does not exist or this CPU cannot run it. */
+int eq_gemv_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+                const float *x, float *y);
+
+/* ---------------------------------------------------------------------------------------------
+ * the runtime: open a converted file (mmapped, validated as untrusted input), evaluate tokens
+ * into logits over a KV cache. One eq_model is used by one thread at a time: a call made while
+ * another thread is inside eq_model_eval/eq_model_truncate on the same model returns EQ_ERR_BUSY.
+ * Different models are independent.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct eq_model eq_model;
+
+enum {
+    EQ_ARCH_LLAMA = 0,
+    EQ_ARCH_QWEN2 = 1
+};
+
+/* Options for eq_model_open; zero fields take the defaults. */
+typedef struct eq_model_params {
+    int32_t n_threads;   /* 0: number of physical cores */
+    int32_t n_ctx;       /* KV cache length in tokens; 0: min(max_seq_len, 4096); > max_seq_len is an error */
+    int32_t kv_fp32;     /* nonzero: fp32 KV cache; default fp16 */
+} eq_model_params;
+
+/* What an open model is. */
+typedef struct eq_model_info {
+    int32_t arch;            /* EQ_ARCH_* */
+    int32_t vocab_size;
+    int32_t dim;
+    int32_t hidden_dim;
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t max_seq_len;     /* what the model was trained for */
+    int32_t n_ctx;           /* the KV cache length chosen at open */
+    int32_t n_past;          /* tokens currently in the KV cache */
+    int32_t n_threads;
+    int32_t kv_fp32;
+    uint64_t weight_bytes;   /* bytes of weights read per generated token (every matrix once) */
+    uint64_t kv_bytes;       /* bytes of the KV cache allocation */
+    uint64_t file_bytes;     /* size of the mapped file */
+} eq_model_info;
+
+/* Open, map and validate `path`. On success returns the model; on failure returns NULL and writes
+ * a one-line, NUL-terminated message into err (err_size bytes, may be 0 / err NULL). */
+eq_model *eq_model_open(const char *path, const eq_model_params *params, char *err, size_t err_size);
+
+/* Unmap and free; NULL is a no-op. Must not race with other calls on the same model. */
+void eq_model_close(eq_model *model);
+
+/* Fill *info. Returns EQ_OK or EQ_ERR_INVALID_ARGUMENT. */
+int eq_model_get_info(const eq_model *model, eq_model_info *info);
+
+/* Append n_tokens tokens at position n_past and run the forward pass.
+ *   tokens   (n_tokens,) ids in [0, vocab_size)
+ *   logits   NULL (only fill the cache), or (vocab,) floats for the last token when all_logits is 0,
+ *            or (n_tokens, vocab) when all_logits is nonzero
+ * Returns EQ_OK, EQ_ERR_INVALID_ARGUMENT (NULL tokens, n_tokens < 1, a token out of range),
+ * EQ_ERR_CONTEXT_FULL (n_past + n_tokens > n_ctx; nothing is evaluated), EQ_ERR_BUSY. */
+int eq_model_eval(eq_model *model, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits);
+
+/* Keep the first n_keep tokens of the KV cache (0 resets). Returns EQ_OK, EQ_ERR_INVALID_ARGUMENT
+ * (n_keep < 0 or > n_past), EQ_ERR_BUSY. */
+int eq_model_truncate(eq_model *model, int32_t n_keep);
+
+/* Physical cores of this machine (at least 1). */
+int32_t eq_physical_cores(void);
 
 /* EQ_CDEF_END */
 

@@ -2,7 +2,7 @@
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA folder (ref/, later x86/, arm/) defines the same functions with its own suffix:
+ * Each ISA folder (ref/, scalar/, later x86/, arm/) defines the same functions with its own suffix:
  *   eq_dequantize_rows_<isa>, eq_gemv_<isa>.
  */
 #ifndef EDGEQ_KERNELS_H
@@ -34,6 +34,10 @@ void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, si
                             size_t cols, size_t row_begin, size_t row_count, float *out);
 void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                  const float *x, float *y);
+
+/* scalar/: portable LUT kernels with float tables (faster than ref, no SIMD) */
+void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                    const float *x, float *y);
 
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 

@@ -24,6 +24,12 @@ const char *eq_error_string(int code)
     case EQ_ERR_SIZE_OVERFLOW: return "tensor size overflows size_t";
     case EQ_ERR_DATA_TOO_SHORT: return "tensor data is shorter than its type and shape require";
     case EQ_ERR_ROW_RANGE: return "row range is outside the tensor";
+    case EQ_ERR_CONTEXT_FULL: return "the context is full: the tokens do not fit in the KV cache";
+    case EQ_ERR_BUSY: return "the model is in use by another thread";
+    case EQ_ERR_NO_MEMORY: return "out of memory";
+    case EQ_ERR_NOT_FOUND: return "not found";
+    case EQ_ERR_FORMAT: return "malformed file or value of the wrong type";
+    case EQ_ERR_IO: return "cannot open, read or map the file";
     default: return "unknown error";
     }
 }
@@ -219,9 +225,10 @@ static int always_available(void)
     return 1;
 }
 
-/* Best first; the scalar reference is last and always available. Later: avx2 (x86/), neon (arm/),
+/* Best first; the reference is last and always available. Later: avx2 (x86/), neon (arm/),
  * each with a cpuid/hwcap check, probably moved with that check into src/dispatch.c. */
 static const eq_kernel_set kernel_sets[] = {
+    {"scalar", always_available, eq_dequantize_rows_ref, eq_gemv_scalar},
     {"ref", always_available, eq_dequantize_rows_ref, eq_gemv_ref},
 };
 
@@ -325,4 +332,24 @@ int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t col
     }
     kernels()->gemv(type, (const uint8_t *)data, rows, cols, x, y);
     return EQ_OK;
+}
+
+int eq_gemv_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+                const float *x, float *y)
+{
+    const eq_qtype_traits *type;
+    int err = check_tensor(id, data, data_bytes, rows, cols, &type);
+    if (err != EQ_OK) {
+        return err;
+    }
+    if (isa == NULL || x == NULL || y == NULL) {
+        return EQ_ERR_INVALID_ARGUMENT;
+    }
+    for (int i = 0; i < KERNEL_SET_COUNT; i++) {
+        if (strcmp(kernel_sets[i].isa, isa) == 0 && kernel_sets[i].is_available()) {
+            kernel_sets[i].gemv(type, (const uint8_t *)data, rows, cols, x, y);
+            return EQ_OK;
+        }
+    }
+    return EQ_ERR_INVALID_ARGUMENT;
 }
