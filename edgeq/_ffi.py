@@ -1,7 +1,7 @@
 """The only module that touches the compiled library (edgeq._native.lib).
 
 Checks arguments (dtype, contiguity, sizes) before calling C, and turns negative EQ_ERR_* codes into
-EdgeqError. Wrong Python types or shapes from the caller are programming errors (TypeError /
+EdgeqError (EQ_ERR_CONTEXT_FULL into its subclass ContextFullError). Wrong Python types or shapes from the caller are programming errors (TypeError /
 ValueError); what C rejects (unknown type, data too short for the shape, ...) is an EdgeqError,
 since it usually comes from a file. Everything above this module works with numpy arrays only.
 """
@@ -19,7 +19,15 @@ except ImportError as exc:   # not built: e.g. a source checkout without `pip in
         f"in the edgeq source tree ({exc})") from exc
 
 
+class ContextFullError(EdgeqError):
+    """The tokens do not fit in the model's KV cache (context); nothing was evaluated."""
+
+
 def _check(code: int, what: str) -> None:
+    if code == lib.EQ_ERR_CONTEXT_FULL:
+        raise ContextFullError(f"{what}: the tokens do not fit in the context")
+    if code == lib.EQ_ERR_BUSY:
+        raise EdgeqError(f"{what}: model is in use by another thread")
     if code < 0:
         message = ffi.string(lib.eq_error_string(code)).decode()
         raise EdgeqError(f"{what}: {message} (code {code})")
@@ -127,19 +135,150 @@ def dequantize(qtype_name: str, data: np.ndarray, rows: int, cols: int,
     return out
 
 
-def gemv(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray) -> np.ndarray:
-    """y = W x for W the (rows, cols) tensor in `data`; x float32 (cols,) -> y float32 (rows,)."""
+def gemv(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
+         isa: str | None = None) -> np.ndarray:
+    """y = W x for W the (rows, cols) tensor in `data`; x float32 (cols,) -> y float32 (rows,).
+    isa names a kernel set ("ref", "scalar", ...) instead of the active one."""
     qtype_id = _qtype_id(qtype_name)
     rows, cols = _check_shape(rows, cols)
     data = _check_bytes(data)
     x = _check_floats(x, cols, "x")
     y = np.empty(rows, dtype=np.float32)
-    code = lib.eq_gemv(qtype_id, ffi.from_buffer("uint8_t[]", data), data.nbytes, rows, cols,
-                       ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y))
-    _check(code, f"gemv {qtype_name} ({rows}, {cols})")
+    args = (qtype_id, ffi.from_buffer("uint8_t[]", data), data.nbytes, rows, cols,
+            ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y))
+    code = lib.eq_gemv(*args) if isa is None else lib.eq_gemv_isa(isa.encode(), *args)
+    _check(code, f"gemv {qtype_name} ({rows}, {cols}){f' with kernel set {isa}' if isa else ''}")
     return y
 
 
 def isa() -> str:
-    """The active kernel set: "ref" (scalar reference), later "avx2" or "neon"."""
+    """The active kernel set: "scalar" (portable LUT) or "ref" (the reference), later "avx2", "neon"."""
     return ffi.string(lib.eq_isa_name()).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# the runtime: models
+# ---------------------------------------------------------------------------------------------
+
+ARCH_NAMES = {0: "llama", 1: "qwen2"}
+_INFO_FIELDS = ("arch", "vocab_size", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                "max_seq_len", "n_ctx", "n_past", "n_threads", "kv_fp32", "weight_bytes", "kv_bytes", "file_bytes")
+
+
+class ModelHandle:
+    """An open eq_model. Freed by model_close, or when garbage-collected; never usable once closed."""
+
+    __slots__ = ("_pointer", "path", "vocab_size", "n_ctx", "__weakref__")
+
+    def __init__(self, pointer, path: str, vocab_size: int, n_ctx: int):
+        self._pointer = pointer       # cdata eq_model*, owned through ffi.gc
+        self.path = path
+        self.vocab_size = vocab_size
+        self.n_ctx = n_ctx
+
+    @property
+    def closed(self) -> bool:
+        return self._pointer is None
+
+    def __repr__(self) -> str:
+        return f"<edgeq model handle {self.path!r}{' closed' if self.closed else ''}>"
+
+
+def _pointer(handle: ModelHandle):
+    if not isinstance(handle, ModelHandle):
+        raise TypeError(f"expected a ModelHandle from model_open, got {type(handle).__name__}")
+    if handle._pointer is None:
+        raise EdgeqError(f"{handle.path}: the model is closed")
+    return handle._pointer
+
+
+def _int_arg(value, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum or value > 2**31 - 1:
+        raise ValueError(f"{name} must be in [{minimum}, 2**31 - 1], got {value}")
+    return value
+
+
+def model_open(path, threads: int = 0, ctx: int = 0, kv_fp32: bool = False) -> ModelHandle:
+    """Open, map and validate a converted file. threads 0: physical cores; ctx 0: min(max_seq_len, 4096)."""
+    params = ffi.new("eq_model_params *")
+    params.n_threads = _int_arg(threads, "threads")
+    params.n_ctx = _int_arg(ctx, "ctx")
+    params.kv_fp32 = 1 if kv_fp32 else 0
+    path = str(path)
+    err = ffi.new("char[]", 512)
+    pointer = lib.eq_model_open(path.encode(), params, err, len(err))
+    if pointer == ffi.NULL:
+        message = ffi.string(err).decode(errors="replace") or "cannot open the model"
+        raise EdgeqError(message if path in message else f"{path}: {message}")
+    pointer = ffi.gc(pointer, lib.eq_model_close)
+    info = ffi.new("eq_model_info *")
+    _check(lib.eq_model_get_info(pointer, info), f"{path}: model info")
+    return ModelHandle(pointer, path, int(info.vocab_size), int(info.n_ctx))
+
+
+def model_close(handle: ModelHandle) -> None:
+    """Free the model now (idempotent). The caller makes sure no other thread is using it."""
+    if not isinstance(handle, ModelHandle):
+        raise TypeError(f"expected a ModelHandle from model_open, got {type(handle).__name__}")
+    pointer, handle._pointer = handle._pointer, None
+    if pointer is not None:
+        ffi.release(pointer)      # runs eq_model_close now instead of at garbage collection
+
+
+def model_info(handle: ModelHandle) -> dict:
+    """The eq_model_info fields as a dict (arch as its name: "llama" | "qwen2")."""
+    info = ffi.new("eq_model_info *")
+    _check(lib.eq_model_get_info(_pointer(handle), info), f"{handle.path}: model info")
+    result = {name: int(getattr(info, name)) for name in _INFO_FIELDS}
+    result["arch"] = ARCH_NAMES.get(result["arch"], str(result["arch"]))
+    result["kv_fp32"] = bool(result["kv_fp32"])
+    return result
+
+
+def _check_tokens(tokens, vocab_size: int) -> np.ndarray:
+    array = np.asarray(tokens)
+    if array.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D sequence of ids, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("tokens must not be empty")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"tokens must be integers, got {array.dtype}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def model_eval(handle: ModelHandle, tokens, all_logits: bool = False, logits: bool = True) -> np.ndarray | None:
+    """Append `tokens` to the KV cache and run the forward pass.
+
+    Returns float32 logits: (vocab,) for the last token, (n, vocab) with all_logits, or None with
+    logits=False (only fill the cache). Raises ContextFullError when n_past + n > n_ctx (nothing is
+    evaluated) and EdgeqError when another thread is using the model.
+    """
+    pointer = _pointer(handle)
+    ids = _check_tokens(tokens, handle.vocab_size)
+    if not logits:
+        out, out_pointer = None, ffi.NULL
+    else:
+        out = np.empty((len(ids), handle.vocab_size) if all_logits else (handle.vocab_size,), dtype=np.float32)
+        out_pointer = ffi.from_buffer("float[]", out)
+    code = lib.eq_model_eval(pointer, ffi.from_buffer("int32_t[]", ids), len(ids), out_pointer,
+                             1 if all_logits and logits else 0)
+    _check(code, f"{handle.path}: evaluating {len(ids)} tokens")
+    return out
+
+
+def model_truncate(handle: ModelHandle, n_keep: int) -> None:
+    """Keep the first n_keep tokens of the KV cache (0 empties it)."""
+    pointer = _pointer(handle)
+    _check(lib.eq_model_truncate(pointer, _int_arg(n_keep, "n_keep")), f"{handle.path}: truncating to {n_keep} tokens")
+
+
+def physical_cores() -> int:
+    """Physical cores of this machine (at least 1): the default thread count."""
+    return int(lib.eq_physical_cores())

@@ -44,3 +44,21 @@ def smollm2_hf(smollm2_gguf):
     if not (folder / "model.safetensors").exists():
         export_hf_folder(open_source(smollm2_gguf), folder)
     return folder
+
+
+def _convert_once(tmp_path_factory, source, name, bits):
+    from edgeq.convert import PlanSettings, convert
+    out = tmp_path_factory.mktemp("converted") / name
+    convert(source, out, PlanSettings(bits=bits), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_q8_path(smollm2_hf, tmp_path_factory):
+    """SmolLM2 from its HF folder at 8 bits, groups of 64 (lossy: not SmolLM2's own Q4_1 grid)."""
+    return _convert_once(tmp_path_factory, smollm2_hf, "smollm2.q8", 8)
+
+
+@pytest.fixture(scope="session")
+def smollm2_q4_path(smollm2_hf, tmp_path_factory):
+    return _convert_once(tmp_path_factory, smollm2_hf, "smollm2.q4", 4)

@@ -22,10 +22,8 @@ def chat_prompt_ids(model: ModelFile, question: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def smollm2_q8(smollm2_hf, tmp_path_factory):
-    out = tmp_path_factory.mktemp("real") / "smollm2.q8"
-    convert(smollm2_hf, out, PlanSettings(bits=8), progress=False)
-    return ModelFile(out)
+def smollm2_q8(smollm2_q8_path):
+    return ModelFile(smollm2_q8_path)
 
 
 def test_8bit_file_decodes_greedily_like_the_source(smollm2_hf, smollm2_q8):

@@ -645,6 +645,8 @@ int eq_model_get_info(const eq_model *m, eq_model_info *info)
         const layer *l = &m->layers[i];
         weights += l->wq.nbytes + l->wk.nbytes + l->wv.nbytes + l->wo.nbytes + l->w_gate.nbytes +
                    l->w_up.nbytes + l->w_down.nbytes + 2u * (uint64_t)c->dim * sizeof(float);
+        if (l->bq)
+            weights += (l->wq.rows + l->wk.rows + l->wv.rows) * sizeof(float);
     }
     info->weight_bytes = weights;
     info->kv_bytes = 2u * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads *

@@ -1,0 +1,132 @@
+"""The C runtime against the numpy float reference on the same converted files."""
+from __future__ import annotations
+
+import jinja2
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from edgeq import _ffi
+from edgeq.convert import PlanSettings, convert
+from edgeq.errors import EdgeqError
+from edgeq.fileformat import ModelFile
+from edgeq.reference import Reference
+
+PROMPT = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42, 9, 199, 3, 88, 61, 7, 150, 222]
+
+
+def c_logits(path, tokens, chunks=(), **options):
+    """Logits for every token, evaluated in the given chunk sizes (the rest in one call)."""
+    handle = _ffi.model_open(path, **options)
+    try:
+        parts, start = [], 0
+        for size in list(chunks) + [len(tokens)]:
+            if start < len(tokens):
+                parts.append(_ffi.model_eval(handle, tokens[start:start + size], all_logits=True))
+                start += size
+        return np.concatenate(parts)
+    finally:
+        _ffi.model_close(handle)
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_llama, tiny_qwen, tmp_path_factory):
+    """{(arch, settings): path} for a few bit widths and both symmetries."""
+    folder = tmp_path_factory.mktemp("runtime")
+    out = {}
+    for arch, source in (("llama", tiny_llama), ("qwen2", tiny_qwen)):
+        for bits, symmetric in ((8, False), (4, False), (3, True), (2, False), (16, False)):
+            path = folder / f"{arch}-{bits}{'s' if symmetric else 'a'}.edgeq"
+            convert(source, path, PlanSettings(bits=bits, symmetric=symmetric, group=32 if bits == 3 else 64),
+                    progress=False)
+            out[arch, bits, symmetric] = path
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("bits, symmetric", [(8, False), (4, False), (3, True), (2, False), (16, False)])
+def test_logits_equal_the_reference(converted, arch, bits, symmetric):
+    path = converted[arch, bits, symmetric]
+    model = ModelFile(path)
+    expected = Reference(model.config, model.load).forward(PROMPT)
+    span = np.ptp(expected)
+    exact = c_logits(path, PROMPT, chunks=(7, 1, 5), kv_fp32=True, threads=2)
+    assert np.abs(exact - expected).max() < 1e-5 * span
+    cached = c_logits(path, PROMPT, kv_fp32=False, threads=1)      # fp16 KV cache: small, bounded drift
+    assert np.abs(cached - expected).max() < 2e-3 * span
+    assert (cached.argmax(-1) == expected.argmax(-1)).all()
+
+
+def test_threads_and_chunking_do_not_change_the_result(converted):
+    path = converted["qwen2", 4, False]
+    one = c_logits(path, PROMPT, threads=1)
+    assert np.array_equal(one, c_logits(path, PROMPT, threads=2))
+    assert np.array_equal(one, c_logits(path, PROMPT, chunks=(1, 1, 3, 9), threads=2))
+
+
+def test_truncate_and_last_logits(converted):
+    path = converted["llama", 4, False]
+    handle = _ffi.model_open(path, threads=2, ctx=32)
+    try:
+        full = _ffi.model_eval(handle, PROMPT, all_logits=True)
+        _ffi.model_truncate(handle, 12)
+        assert _ffi.model_info(handle)["n_past"] == 12
+        again = _ffi.model_eval(handle, PROMPT[12:])                  # last token's logits only
+        assert np.array_equal(again, full[-1])
+        _ffi.model_truncate(handle, 0)
+        assert np.array_equal(_ffi.model_eval(handle, PROMPT[:5], all_logits=True), full[:5])
+    finally:
+        _ffi.model_close(handle)
+
+
+def test_context_and_token_errors(converted):
+    path = converted["llama", 8, False]
+    handle = _ffi.model_open(path, threads=1, ctx=16)
+    try:
+        with pytest.raises(EdgeqError, match="context"):
+            _ffi.model_eval(handle, PROMPT)                            # 20 tokens > ctx 16
+        assert _ffi.model_info(handle)["n_past"] == 0                  # nothing was evaluated
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            _ffi.model_eval(handle, [0, 10_000_000])   # refused before reaching C
+        with pytest.raises(EdgeqError):
+            _ffi.model_truncate(handle, 5)                             # beyond n_past
+    finally:
+        _ffi.model_close(handle)
+    with pytest.raises(EdgeqError, match="context"):
+        _ffi.model_open(path, ctx=100_000)                             # beyond max_seq_len 256
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_weight_bytes_per_token_matches_the_file(converted, arch):
+    path = converted[arch, 4, False]
+    model = ModelFile(path)
+    handle = _ffi.model_open(path)
+    try:
+        info = _ffi.model_info(handle)
+    finally:
+        _ffi.model_close(handle)
+    # every tensor once, except an untied embedding: a lookup of one row, not a matrix read
+    lookup = 0 if model.config.tied_embeddings else model.tensors["token_embd.weight"].nbytes
+    assert info["weight_bytes"] == sum(t.nbytes for t in model.tensors.values()) - lookup
+    assert info["file_bytes"] == model.file_size()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_smollm2_greedy_32_tokens_equal_the_reference(bits, smollm2_q8_path, smollm2_q4_path):
+    """Token for token, on the real SmolLM2-135M-Instruct, through the C runtime."""
+    path = smollm2_q8_path if bits == 8 else smollm2_q4_path
+    model = ModelFile(path)
+    messages = [{"role": "user", "content": "Who wrote Romeo and Juliet?"}]
+    text = jinja2.Template(model.tokenizer.chat_template).render(messages=messages, add_generation_prompt=True)
+    prompt = Tokenizer.from_str(model.tokenizer.data).encode(text).ids
+    expected = Reference(model.config, model.load).greedy(prompt, 32)
+    handle = _ffi.model_open(path, threads=2, ctx=256)
+    try:
+        logits = _ffi.model_eval(handle, prompt)
+        got = []
+        for _ in range(32):
+            got.append(int(logits.argmax()))
+            logits = _ffi.model_eval(handle, got[-1:])
+    finally:
+        _ffi.model_close(handle)
+    assert got == expected
