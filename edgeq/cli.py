@@ -5,6 +5,7 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 
 from .errors import EdgeqError
 
@@ -25,6 +26,137 @@ def _cmd_info(args) -> int:
     from .info import describe
     print(describe(ModelFile(args.file), ctx=args.ctx, tensors=not args.summary))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# run and chat
+# ---------------------------------------------------------------------------------------------
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (dropped turns, a full context) as one `edgeq: warning: ...` line."""
+    print(f"edgeq: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _open_model(args):
+    from .model import load
+    from .registry import default_model
+    path = args.model if args.model is not None else default_model()
+    return load(path, threads=args.threads, ctx=args.ctx)
+
+
+def _sampling_args(args) -> dict:
+    return {"max_tokens": None if args.max_tokens < 0 else args.max_tokens, "temperature": args.temperature,
+            "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+            "repeat_penalty": args.repeat_penalty, "seed": args.seed, "stop": args.stop or None}
+
+
+def _write_stream(stream, pieces: list[str]) -> None:
+    """Write each piece to stdout as it comes (flushed), collecting them in `pieces`; always closes
+    the stream, so an interrupt or a closed pipe releases the model."""
+    try:
+        for piece in stream:
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        stream.close()
+
+
+def _end_line(pieces: list[str]) -> None:
+    if pieces and not pieces[-1].endswith("\n"):
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _report(model, args) -> None:
+    if args.verbose:
+        stats = model.last_stats
+        speed = stats.generated_tokens / stats.generate_seconds if stats.generate_seconds > 0 else 0.0
+        print(f"edgeq: {stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached) in "
+              f"{stats.prompt_seconds:.2f} s, {stats.generated_tokens} generated at {speed:.1f} tok/s, "
+              f"stop: {stats.stop_reason or 'interrupted'}", file=sys.stderr, flush=True)
+
+
+def _cmd_run(args) -> int:
+    if args.prompt is None:
+        if sys.stdin.isatty():
+            raise EdgeqError("give a prompt with -p TEXT (or pipe it on stdin)")
+        args.prompt = sys.stdin.read()
+    with _open_model(args) as model:
+        pieces: list[str] = []
+        try:
+            _write_stream(model.generate(args.prompt, stream=True, **_sampling_args(args)), pieces)
+        except KeyboardInterrupt:
+            _end_line(pieces)
+            raise
+        _end_line(pieces)
+        _report(model, args)
+    return 0
+
+
+CHAT_HELP = "/reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+
+
+def _cmd_chat(args) -> int:
+    interactive = sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    with _open_model(args) as model:
+        if interactive:
+            print(f"edgeq chat: {model.path.name} ({CHAT_HELP})", file=sys.stderr, flush=True)
+        history = list(system)
+        failed = False                 # a turn ended in an error: exit status 1 at the end
+        while True:
+            try:
+                line = input("> ") if interactive else sys.stdin.readline()
+            except EOFError:
+                line = ""
+            if not line:               # Ctrl-D / end of input
+                if interactive:
+                    print()
+                return 1 if failed else 0
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/exit", "/quit"):
+                return 1 if failed else 0
+            if text == "/reset":
+                history = list(system)
+                if interactive:
+                    print("(conversation cleared)", file=sys.stderr, flush=True)
+                continue
+            if text.startswith("/") and " " not in text and interactive:
+                print(f"edgeq: unknown command {text} ({CHAT_HELP}; start a message with // to send a /)",
+                      file=sys.stderr, flush=True)
+                continue
+            if text.startswith("//"):
+                text = text[1:]
+            history.append({"role": "user", "content": text})
+            pieces: list[str] = []
+            try:
+                stream = model.chat(history, stream=True, **_sampling_args(args))
+                _write_stream(stream, pieces)
+            except KeyboardInterrupt:    # stop this answer, keep the conversation (and what was said)
+                _end_line(pieces or ["-"])
+                print("(stopped)", file=sys.stderr, flush=True)
+            except EdgeqError as error:  # e.g. a message longer than the context: say so, keep chatting
+                _end_line(pieces)
+                print(f"edgeq: error: {error}", file=sys.stderr, flush=True)
+                history.pop()
+                failed = True
+                continue
+            else:
+                _end_line(pieces)
+            answer = "".join(pieces)
+            dropped = model.last_stats.dropped_messages
+            if dropped:       # the model left these out to fit the context: forget them here too
+                del history[len(system):len(system) + dropped]
+            history.append({"role": "assistant", "content": answer})
+            _report(model, args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,11 +189,52 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--ctx", type=int, default=None, help="context length for the memory estimate [default: 4096]")
     info.add_argument("--summary", action="store_true", help="omit the per-tensor table")
     info.set_defaults(func=_cmd_info)
+
+    run = commands.add_parser("run", help="generate text from a prompt",
+                              description="Continue a prompt, streaming the text to stdout.")
+    run.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                     help="an edgeq file [default: SmolLM2-135M-Instruct at 4 bits, prepared once in the cache]")
+    run.add_argument("-p", "--prompt", default=None, help="the prompt [default: read from stdin]")
+    _add_generation_flags(run)
+    run.set_defaults(func=_cmd_run)
+
+    chat = commands.add_parser("chat", help="talk with an instruction-tuned model",
+                               description=f"Interactive chat with the model's chat template ({CHAT_HELP}). "
+                               "With stdin not a terminal, each line is a message and each answer is one "
+                               "block on stdout.")
+    chat.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                      help="an edgeq file [default: SmolLM2-135M-Instruct at 4 bits, prepared once in the cache]")
+    chat.add_argument("--system", default=None, metavar="TEXT", help="a system message")
+    _add_generation_flags(chat)
+    chat.set_defaults(func=_cmd_chat)
     return parser
+
+
+def _add_generation_flags(command) -> None:
+    from .sampling import DEFAULT_MAX_TOKENS
+    group = command.add_argument_group("generation (unset sampling flags take the file's defaults, else llama.cpp's)")
+    group.add_argument("-n", "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                       help=f"tokens to generate at most, -1 = until the end of the context [default: {DEFAULT_MAX_TOKENS}]")
+    group.add_argument("--temperature", "--temp", type=float, default=None, metavar="T",
+                       help="0 = greedy [default: 0.8]")
+    group.add_argument("--top-k", type=int, default=None, metavar="K", help="0 = off [default: 40]")
+    group.add_argument("--top-p", type=float, default=None, metavar="P", help="1 = off [default: 0.95]")
+    group.add_argument("--min-p", type=float, default=None, metavar="P", help="0 = off [default: 0.05]")
+    group.add_argument("--repeat-penalty", type=float, default=None, metavar="R",
+                       help="penalty on the last 64 tokens, 1 = off [default: 1.0]")
+    group.add_argument("--seed", type=int, default=None, help="makes sampling reproducible [default: random]")
+    group.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                       help="stop before this text (repeatable)")
+    group.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                       help="threads [default: the number of physical cores]")
+    group.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
+                       help="context length in tokens [default: min(trained length, 4096)]")
+    group.add_argument("-v", "--verbose", action="store_true", help="prompt and speed statistics on stderr")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except EdgeqError as error:

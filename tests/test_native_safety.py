@@ -391,7 +391,7 @@ def seed_files(models: list[Path], folder: Path) -> list[Path]:
 @dataclass
 class Outcome:
     gguf: str      # "OK" or "error: ..."
-    model: str     # "OK", "error: ..." or "n/a"
+    model: str     # "OK" or "error: ..."
 
 
 def run_check_loader(paths: list[Path], *options: str, batch: int = 250) -> tuple[dict[str, Outcome], str]:
