@@ -1,6 +1,5 @@
 # edgeq: build, test, demo, bench. `make test` is the README's test command; .ci/run calls it.
 PYTHON ?= python3
-DEMO_MODEL ?= $(HOME)/.cache/edgeq/smollm2-135m-instruct.q4
 
 .PHONY: install test demo bench clean
 
@@ -17,6 +16,7 @@ demo: install
 
 bench: install
 	$(PYTHON) benchmarks/bench_convert.py
+	$(PYTHON) benchmarks/bench_runtime.py
 
 clean:
 	rm -rf build dist *.egg-info edgeq/_native*.so native/_edgeq_native.c .pytest_cache

@@ -5,6 +5,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -18,7 +19,19 @@
 #define EQ_CPU_RELAX() ((void)0)
 #endif
 
-enum { SPIN_ROUNDS = 1 << 16 };   /* ~tens of microseconds before a worker sleeps */
+enum {
+    SPIN_ROUNDS = 1 << 16,   /* ~tens of microseconds before a worker sleeps */
+    PAUSE_ROUNDS = 1 << 10   /* after these, each round also yields: an oversubscribed machine
+                                (another busy process) must not starve the thread we wait for */
+};
+
+static void relax(int round)
+{
+    if (round < PAUSE_ROUNDS)
+        EQ_CPU_RELAX();
+    else
+        sched_yield();
+}
 
 struct eq_pool {
     int n_threads;
@@ -51,7 +64,7 @@ static void *worker_main(void *raw)
             now = atomic_load_explicit(&pool->generation, memory_order_acquire);
             if (now != seen || atomic_load(&pool->shutdown))
                 break;
-            EQ_CPU_RELAX();
+            relax(spin);
         }
         if (now == seen && !atomic_load(&pool->shutdown)) {
             pthread_mutex_lock(&pool->mutex);
@@ -145,7 +158,7 @@ void eq_pool_run(eq_pool *pool, eq_pool_fn fn, void *ctx)
     }
     fn(ctx, 0, pool->n_threads);
     for (int spin = 0; spin < SPIN_ROUNDS && atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spin++)
-        EQ_CPU_RELAX();
+        relax(spin);
     if (atomic_load(&pool->pending) > 0) {
         pthread_mutex_lock(&pool->mutex);
         while (atomic_load(&pool->pending) > 0)

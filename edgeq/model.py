@@ -1,0 +1,519 @@
+"""The public Python API: `edgeq.load(path)` -> Model, with generate / chat / tokenize / logits.
+
+The Python side holds what a user configures (tokenizer, chat template, sampling, stop strings,
+the context policy); the C runtime (through edgeq._ffi) does every forward pass over its KV cache.
+Not here: batching several prompts, context shifting, or speculative decoding.
+
+Context policy (also in the README):
+  * The context is the KV cache length chosen at load (ctx=None: min(trained length, 4096)).
+  * A prompt that does not leave room for one generated token raises EdgeqError ("the prompt has N
+    tokens and the context is M ..."), before anything is evaluated.
+  * chat(): when the conversation does not fit with room for the answer (min(max_tokens, ctx/4)
+    tokens), the oldest turns (a user message and the replies after it) are dropped, never the
+    system message nor the last turn, with an EdgeqWarning; if the system message and the last turn
+    alone do not fit, EdgeqError.
+  * Generation that fills the context stops there with an EdgeqWarning ("generation stopped at the
+    end of the context ..."); `last_stats.stop_reason` is then "context".
+  * The KV cache is kept between calls: a prompt that starts with tokens already in the cache (the
+    previous prompt and answer, as in a chat) evaluates only the new tokens.
+
+Threads: one Model serves one thread at a time. A call made while another thread is inside a call
+(or holds an unfinished stream) raises EdgeqError("model is in use by another thread ..."), never
+waits and never interleaves two KV-cache histories. Use one Model per thread for parallel work;
+several models (of the same file too) can be open in one process.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import _ffi
+from ._ffi import ContextFullError
+from .errors import EdgeqError
+from .fileformat import ModelFile
+from .sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams
+from .tokenizer import Tokenizer
+
+__all__ = ["load", "Model", "GenerationStats", "EdgeqWarning", "ContextFullError", "DEFAULT_MAX_TOKENS"]
+
+PREFILL_CHUNK = 256          # prompt tokens per eq_model_eval call: Ctrl-C is seen between chunks
+# the file's generation defaults (Hugging Face generation_config names) -> SamplingParams fields
+GENERATION_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                   "repetition_penalty": "repeat_penalty"}
+
+
+class EdgeqWarning(UserWarning):
+    """Something the user should see but that does not stop the call (dropped turns, full context)."""
+
+
+# shown every time, not once per call site (the user's own -W / filterwarnings still come first)
+warnings.filterwarnings("always", category=EdgeqWarning, append=True)
+
+
+@dataclass
+class GenerationStats:
+    """What the latest generate/chat call did (Model.last_stats; a stream fills it in as it runs)."""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0        # prompt tokens already in the KV cache, not evaluated again
+    tokens: list[int] = field(default_factory=list)   # the generated ids (an end-of-generation id excluded)
+    stop_reason: str = ""         # "eos" | "stop" | "length" | "context" | "" (unfinished or interrupted)
+    dropped_messages: int = 0     # chat: oldest messages left out to fit the context
+    prompt_seconds: float = 0.0
+    generate_seconds: float = 0.0
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def evaluated_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+
+def load(path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False) -> "Model":
+    """Open a converted edgeq file. threads None: physical cores; ctx None: min(trained length, 4096)."""
+    return Model(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class _StopMatcher:
+    """Holds back text that could be the start of a stop string; reports the first full match."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """-> (text safe to emit, whether a stop string was found)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.pending = self.pending[:min(found)], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for length in range(min(len(stop) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(stop[:length]):
+                    hold = length
+                    break
+        out, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def _normalize_stop(stop) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    stops = list(stop)
+    if not all(isinstance(s, str) for s in stops):
+        raise TypeError("stop must be a string or a list of strings")
+    return stops
+
+
+def _tojson(value, indent=None, ensure_ascii=False, sort_keys=False):
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+
+
+def _raise_exception(message):
+    import jinja2
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _strftime_now(fmt):
+    return time.strftime(fmt)
+
+
+class Model:
+    """A converted model opened for generation. See the module docstring for the context and
+    thread policies. Use as a context manager, or call close()."""
+
+    def __init__(self, path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False):
+        self.path = Path(path)
+        self.file = ModelFile(self.path)
+        config = self.file.config
+        if ctx is not None and ctx > config.max_seq_len:
+            raise EdgeqError(f"{self.path}: a context of {ctx} tokens is more than the model was trained for "
+                             f"({config.max_seq_len}); use --ctx {config.max_seq_len} or less")
+        if ctx is not None and ctx < 1:
+            raise EdgeqError(f"the context must be at least 1 token, got {ctx}")
+        if threads is not None and threads < 1:
+            raise EdgeqError(f"threads must be at least 1, got {threads}")
+        self.tokenizer = Tokenizer(self.file.tokenizer)
+        self.defaults = self._file_defaults()
+        self._handle = _ffi.model_open(self.path, threads or 0, ctx or 0, kv_fp32)
+        self.n_ctx = self._handle.n_ctx
+        self._cached: list[int] = []     # the tokens in the KV cache, in order (len == C's n_past)
+        self._lock = threading.Lock()
+        self._owner: int | None = None   # thread ident holding the lock
+        self._template = None
+        self._stream = None              # weak reference to the last stream, so close() can end it
+        self.last_stats = GenerationStats()
+
+    # ----------------------------------------------------------------------------------------------
+    # lifetime
+
+    def close(self) -> None:
+        """Free the runtime's memory. Idempotent; any later call raises EdgeqError."""
+        if self._handle.closed:
+            return
+        stream = self._stream() if self._stream is not None else None
+        if stream is not None and self._owner == threading.get_ident() and not stream.gi_running:
+            stream.close()                # an unfinished stream of this thread: end it first
+        with self._use():
+            _ffi.model_close(self._handle)
+            self._cached = []
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<edgeq.Model {str(self.path)!r}{' closed' if self.closed else ''}>"
+
+    @property
+    def info(self) -> dict:
+        """The runtime's view (arch, dims, n_ctx, n_past, n_threads, bytes) plus the file's path."""
+        return {**_ffi.model_info(self._handle), "path": str(self.path)}
+
+    # ----------------------------------------------------------------------------------------------
+    # one thread at a time
+
+    @contextmanager
+    def _use(self):
+        """Hold the model for one call or one stream; refuse (never wait) when it is taken."""
+        if not self._lock.acquire(blocking=False):
+            if self._owner == threading.get_ident():
+                raise EdgeqError("the model is busy with an unfinished generate/chat stream in this thread; "
+                                 "iterate it to the end or call its close() first")
+            raise EdgeqError("model is in use by another thread (a Model serves one thread at a time; "
+                             "load one Model per thread for parallel use)")
+        try:
+            if self._handle.closed:
+                raise EdgeqError(f"{self.path}: the model is closed")
+            self._owner = threading.get_ident()
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
+
+    # ----------------------------------------------------------------------------------------------
+    # the KV cache (callers hold the lock)
+
+    def _sync_cache(self) -> None:
+        """After an error or interrupt: make the token list agree with the runtime's n_past."""
+        if self._handle.closed:
+            return
+        n_past = _ffi.model_info(self._handle)["n_past"]
+        keep = min(n_past, len(self._cached))
+        if n_past > keep:
+            _ffi.model_truncate(self._handle, keep)
+        del self._cached[keep:]
+
+    def _eval(self, tokens: Sequence[int], logits: bool = True) -> np.ndarray | None:
+        """Append tokens to the cache (in chunks), returning the last token's logits."""
+        out = None
+        for begin in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = list(tokens[begin:begin + PREFILL_CHUNK])
+            last = begin + PREFILL_CHUNK >= len(tokens)
+            self._cached.extend(chunk)       # first, so an interrupt after C returns leaves them recorded
+            try:
+                out = _ffi.model_eval(self._handle, chunk, logits=logits and last)
+            except BaseException:
+                self._sync_cache()
+                raise
+        return out
+
+    def _prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        """Make the cache hold `tokens`, evaluating only what is not already there.
+        Returns the last token's logits and how many tokens were reused."""
+        reuse = min(_common_prefix(self._cached, tokens), len(tokens) - 1)   # the last one gives the logits
+        if reuse < len(self._cached):
+            _ffi.model_truncate(self._handle, reuse)
+            del self._cached[reuse:]
+        return self._eval(tokens[reuse:]), reuse
+
+    def reset(self) -> None:
+        """Empty the KV cache (the next prompt is evaluated from scratch)."""
+        with self._use():
+            _ffi.model_truncate(self._handle, 0)
+            self._cached = []
+
+    # ----------------------------------------------------------------------------------------------
+    # tokens
+
+    def tokenize(self, text: str, add_special: bool = True, special: bool = True) -> list[int]:
+        """text -> ids, as generate() sees a prompt: BOS when the model wants one (add_special),
+        special-token text such as "<|im_end|>" as its id (special)."""
+        return self.tokenizer.encode(text, add_special=add_special, special=special)
+
+    def detokenize(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special=skip_special)
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """(n, vocab) float32 logits of every position of `tokens`, evaluated from position 0.
+        The KV cache holds `tokens` afterwards (a following generate that extends them reuses it)."""
+        if isinstance(tokens, str):
+            raise TypeError("logits() takes token ids; use model.tokenize(text) first")
+        ids = [int(t) for t in tokens]
+        if not ids:
+            raise ValueError("tokens must not be empty")
+        if len(ids) > self.n_ctx:
+            raise EdgeqError(f"{len(ids)} tokens do not fit in the context of {self.n_ctx} tokens "
+                             f"(load the model with a larger ctx, at most {self.file.config.max_seq_len})")
+        with self._use():
+            _ffi.model_truncate(self._handle, 0)
+            self._cached = []
+            out = np.empty((len(ids), self._handle.vocab_size), dtype=np.float32)
+            for begin in range(0, len(ids), PREFILL_CHUNK):
+                chunk = ids[begin:begin + PREFILL_CHUNK]
+                self._cached.extend(chunk)
+                try:
+                    out[begin:begin + len(chunk)] = _ffi.model_eval(self._handle, chunk, all_logits=True)
+                except BaseException:
+                    self._sync_cache()
+                    raise
+            return out
+
+    # ----------------------------------------------------------------------------------------------
+    # sampling settings
+
+    def _file_defaults(self) -> SamplingParams:
+        """Built-in defaults, overridden by the file's generation defaults (temperature, top_k, top_p,
+        min_p, repetition_penalty; do_sample is not consulted, as in llama.cpp)."""
+        params = SamplingParams()
+        values = {}
+        for key, name in GENERATION_KEYS.items():
+            value = self.file.generation.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[name] = type(getattr(params, name))(value)
+        try:
+            return params.replace(**values).validate()
+        except ValueError:
+            return params          # nonsense in the file: keep the built-in defaults
+
+    def _sampling(self, temperature, top_k, top_p, min_p, repeat_penalty, seed) -> SamplingParams:
+        params = self.defaults.replace(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                       repeat_penalty=repeat_penalty, seed=seed)
+        try:
+            return params.validate()
+        except ValueError as error:
+            raise EdgeqError(str(error)) from None
+
+    # ----------------------------------------------------------------------------------------------
+    # generation
+
+    def generate(self, prompt: str, max_tokens: int | None = DEFAULT_MAX_TOKENS, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                 repeat_penalty: float | None = None, seed: int | None = None, stop=None,
+                 stream: bool = False) -> str | Iterator[str]:
+        """Continue `prompt`. Returns the text, or with stream=True an iterator of text pieces.
+
+        Stops at an end-of-generation token (not part of the text), at a stop string (neither it nor
+        a partial prefix of it is ever emitted), after max_tokens tokens (None: no limit), or at the
+        end of the context (with an EdgeqWarning). Sampling arguments left at None take the file's
+        generation defaults, else llama.cpp's: temperature 0.8 (0 = greedy), top_k 40, top_p 0.95,
+        min_p 0.05, repeat_penalty 1.0 over the last 64 tokens; seed None draws a random seed.
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        tokens = self.tokenizer.encode(prompt)
+        if not tokens:
+            raise EdgeqError("the prompt is empty and the model adds no BOS token; give some text")
+        self._check_fits(len(tokens), "the prompt")
+        stats = GenerationStats(prompt_tokens=len(tokens))
+        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream)
+        return self._start(run, stats, stream)
+
+    def chat(self, messages: Sequence[dict], max_tokens: int | None = DEFAULT_MAX_TOKENS,
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+             min_p: float | None = None, repeat_penalty: float | None = None, seed: int | None = None,
+             stop=None, stream: bool = False) -> str | Iterator[str]:
+        """Answer a conversation: messages [{"role": "system"|"user"|"assistant", "content": str}, ...].
+
+        Renders the file's chat template (sandboxed jinja2, add_generation_prompt=True) and
+        generates like generate(). Turns that do not fit the context are dropped oldest first (see
+        the module docstring); last_stats.dropped_messages says how many messages were left out.
+        """
+        messages = self._check_messages(messages)
+        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        reserve = min(max_tokens if max_tokens is not None else self.n_ctx, self.n_ctx // 4)
+        tokens, dropped = self._fit_conversation(messages, reserve)
+        stats = GenerationStats(prompt_tokens=len(tokens), dropped_messages=dropped)
+        if dropped:
+            warnings.warn(EdgeqWarning(f"the conversation does not fit the context of {self.n_ctx} tokens: "
+                                       f"left out its {dropped} oldest message(s)"), stacklevel=2)
+        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream)
+        return self._start(run, stats, stream)
+
+    def _start(self, run: Iterator[str], stats: GenerationStats, stream: bool) -> str | Iterator[str]:
+        self.last_stats = stats          # the latest call's, filled in as its stream runs
+        if not stream:
+            return "".join(run)
+        self._stream = weakref.ref(run)
+        return run
+
+    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text chat() would tokenize."""
+        return self._render(self._check_messages(messages), add_generation_prompt)
+
+    def _check_fits(self, n_tokens: int, what: str) -> None:
+        if n_tokens >= self.n_ctx:
+            raise EdgeqError(f"{what} has {n_tokens} tokens and the context is {self.n_ctx} tokens, which leaves "
+                             f"no room for an answer; shorten it or use a larger context (--ctx / "
+                             f"load(ctx=...), up to {self.file.config.max_seq_len} for this model)")
+
+    @staticmethod
+    def _check_messages(messages) -> list[dict]:
+        if isinstance(messages, (str, dict)) or not isinstance(messages, Sequence):
+            raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        checked = []
+        for message in messages:
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                    or not isinstance(message.get("content"), str):
+                raise TypeError(f"each message must be a dict with str 'role' and 'content', got {message!r}")
+            checked.append(dict(message))
+        if not checked:
+            raise ValueError("messages must not be empty")
+        return checked
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        source = self.tokenizer.spec.chat_template
+        if not source:
+            raise EdgeqError(f"{self.path}: the model has no chat template (a base model?); use generate() / "
+                             "`edgeq run` with a plain prompt")
+        if self._template is None:
+            # what transformers' apply_chat_template sets up
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=["jinja2.ext.loopcontrols"])
+            env.filters["tojson"] = _tojson
+            env.globals["raise_exception"] = _raise_exception
+            env.globals["strftime_now"] = _strftime_now
+            try:
+                self._template = env.from_string(source)
+            except jinja2.TemplateError as error:
+                raise EdgeqError(f"{self.path}: the chat template does not compile ({error})") from None
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.tokenizer.token_text(self.tokenizer.bos_id),
+                                         eos_token=self.tokenizer.token_text(self.tokenizer.eos_id))
+        except jinja2.TemplateError as error:
+            raise EdgeqError(f"the chat template rejected the conversation: {error}") from None
+
+    def _encode_chat(self, messages: list[dict]) -> list[int]:
+        # the template writes the special tokens itself (HF: add_special_tokens=False); BOS is
+        # still added when the model wants it and the template did not write it
+        tokens = self.tokenizer.encode(self._render(messages), add_special=False)
+        if self.tokenizer.add_bos and tokens[:1] != [self.tokenizer.bos_id]:
+            tokens.insert(0, self.tokenizer.bos_id)
+        return tokens
+
+    def _fit_conversation(self, messages: list[dict], reserve: int) -> tuple[list[int], int]:
+        """Tokens of the conversation, dropping its oldest turns until it fits with `reserve` tokens
+        left for the answer. A turn starts at a user message; system messages at the start stay."""
+        n_system = 0
+        while n_system < len(messages) and messages[n_system]["role"] == "system":
+            n_system += 1
+        system, rest = messages[:n_system], messages[n_system:]
+        starts = [i for i, m in enumerate(rest) if m["role"] == "user" and i > 0]   # where a turn may begin
+        dropped = 0
+        tokens = self._encode_chat(system + rest)
+        while len(tokens) + reserve > self.n_ctx and starts:
+            dropped = starts.pop(0)
+            tokens = self._encode_chat(system + rest[dropped:])
+        if len(tokens) >= self.n_ctx:
+            what = "the last message" + (" with the system message" if system else "")
+            self._check_fits(len(tokens), what)
+        return tokens, dropped
+
+    def _run(self, prompt: list[int], params: SamplingParams, max_tokens: int | None, stops: list[str],
+             stats: GenerationStats, stream: bool) -> Iterator[str]:
+        """The generation loop (a generator: runs as it is iterated, holds the model meanwhile)."""
+        if max_tokens is not None and max_tokens < 0:
+            raise EdgeqError(f"max_tokens must be >= 0 or None, got {max_tokens}")
+        with self._use():
+            if max_tokens == 0:
+                stats.stop_reason = "length"
+                return
+            sampler = Sampler(params)
+            decoder = self.tokenizer.stream_decoder(skip_special=True)
+            matcher = _StopMatcher(stops)
+            history = list(prompt)
+            eos_ids = self.tokenizer.eos_ids
+            try:
+                start = time.perf_counter()
+                logits, stats.cached_tokens = self._prefill(prompt)
+                stats.prompt_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                while True:
+                    token = sampler.sample(logits, history)
+                    if token in eos_ids:
+                        stats.stop_reason = "eos"
+                        break
+                    history.append(token)
+                    stats.tokens.append(token)
+                    text, hit = matcher.push(decoder.push(token))
+                    if text:
+                        yield text
+                    if hit:
+                        stats.stop_reason = "stop"
+                        break
+                    if max_tokens is not None and stats.generated_tokens >= max_tokens:
+                        stats.stop_reason = "length"
+                        break
+                    if len(self._cached) >= self.n_ctx:
+                        stats.stop_reason = "context"
+                        break
+                    logits = self._eval([token])
+                if stats.stop_reason != "stop":
+                    text, hit = matcher.push(decoder.flush())
+                    if hit:
+                        stats.stop_reason = "stop"
+                    else:
+                        text += matcher.flush()
+                    if text:
+                        yield text
+            except BaseException:
+                self._sync_cache()
+                raise
+            finally:
+                stats.generate_seconds = time.perf_counter() - start
+            if stats.stop_reason == "context":
+                warnings.warn(EdgeqWarning(
+                    f"generation stopped at the end of the context ({self.n_ctx} tokens) after "
+                    f"{stats.generated_tokens} tokens; use a larger context (--ctx / load(ctx=...), up to "
+                    f"{self.file.config.max_seq_len}) for longer answers"),
+                    stacklevel=2 if stream else 4)   # the loop over the stream, or generate()'s caller
