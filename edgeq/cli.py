@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # silence the flush at exit
+        print("edgeq: output closed (broken pipe); stopped", file=sys.stderr)
         return 128 + signal.SIGPIPE
     except MemoryError:
         print("edgeq: error: out of memory", file=sys.stderr)

@@ -124,14 +124,14 @@ def test_ctrl_c_during_run_is_one_line(long_file):
     assert err.decode() == "edgeq: interrupted\n"
 
 
-def test_closed_stdout_pipe_is_quiet(long_file):
+def test_closed_stdout_pipe_ends_with_one_line(long_file):
     """`edgeq run ... | head -c 10`."""
     process = start_run(long_file)
     assert len(process.stdout.read(10)) == 10
     process.stdout.close()
     err = process.stderr.read().decode()
     assert process.wait(timeout=60) == 128 + signal.SIGPIPE
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 1
+    assert err.strip().splitlines() == ["edgeq: output closed (broken pipe); stopped"]
 
 
 # ----------------------------------------------------------------------------------------------
