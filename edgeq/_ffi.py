@@ -23,14 +23,15 @@ class ContextFullError(EdgeqError):
     """The tokens do not fit in the model's KV cache (context); nothing was evaluated."""
 
 
-def _check(code: int, what: str) -> None:
-    if code == lib.EQ_ERR_CONTEXT_FULL:
-        raise ContextFullError(f"{what}: the tokens do not fit in the context")
+def _check(code: int, what: str, model=None) -> None:
+    """Raise for a negative code; `model` (an eq_model pointer) adds its eq_model_last_error."""
     if code == lib.EQ_ERR_BUSY:
         raise EdgeqError(f"{what}: model is in use by another thread")
     if code < 0:
-        message = ffi.string(lib.eq_error_string(code)).decode()
-        raise EdgeqError(f"{what}: {message} (code {code})")
+        detail = ffi.string(lib.eq_model_last_error(model)).decode() if model is not None else ""
+        message = detail or ffi.string(lib.eq_error_string(code)).decode()
+        error = ContextFullError if code == lib.EQ_ERR_CONTEXT_FULL else EdgeqError
+        raise error(f"{what}: {message}")
 
 
 def _qtype_id(qtype_name: str) -> int:
@@ -269,14 +270,15 @@ def model_eval(handle: ModelHandle, tokens, all_logits: bool = False, logits: bo
         out_pointer = ffi.from_buffer("float[]", out)
     code = lib.eq_model_eval(pointer, ffi.from_buffer("int32_t[]", ids), len(ids), out_pointer,
                              1 if all_logits and logits else 0)
-    _check(code, f"{handle.path}: evaluating {len(ids)} tokens")
+    _check(code, f"{handle.path}: evaluating {len(ids)} tokens", pointer)
     return out
 
 
 def model_truncate(handle: ModelHandle, n_keep: int) -> None:
     """Keep the first n_keep tokens of the KV cache (0 empties it)."""
     pointer = _pointer(handle)
-    _check(lib.eq_model_truncate(pointer, _int_arg(n_keep, "n_keep")), f"{handle.path}: truncating to {n_keep} tokens")
+    _check(lib.eq_model_truncate(pointer, _int_arg(n_keep, "n_keep")), f"{handle.path}: truncating to {n_keep} tokens",
+           pointer)
 
 
 def physical_cores() -> int:

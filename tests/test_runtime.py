@@ -83,12 +83,12 @@ def test_context_and_token_errors(converted):
     path = converted["llama", 8, False]
     handle = _ffi.model_open(path, threads=1, ctx=16)
     try:
-        with pytest.raises(EdgeqError, match="context"):
+        with pytest.raises(_ffi.ContextFullError, match=r"context full: 0 tokens in the cache \+ 20 new > context 16"):
             _ffi.model_eval(handle, PROMPT)                            # 20 tokens > ctx 16
         assert _ffi.model_info(handle)["n_past"] == 0                  # nothing was evaluated
         with pytest.raises(ValueError, match="outside the vocabulary"):
             _ffi.model_eval(handle, [0, 10_000_000])   # refused before reaching C
-        with pytest.raises(EdgeqError):
+        with pytest.raises(EdgeqError, match="cannot keep 5 tokens: the cache holds 0"):
             _ffi.model_truncate(handle, 5)                             # beyond n_past
     finally:
         _ffi.model_close(handle)

@@ -234,6 +234,12 @@ int eq_model_eval(eq_model *model, const int32_t *tokens, int32_t n_tokens, floa
  * (n_keep < 0 or > n_past), EQ_ERR_BUSY. */
 int eq_model_truncate(eq_model *model, int32_t n_keep);
 
+/* Why the latest eq_model_eval / eq_model_truncate on this model failed, with the numbers (e.g.
+ * "context full: 4090 tokens in the cache + 20 new > context 4096"); "" if it did not fail. A call
+ * refused with EQ_ERR_BUSY leaves it alone (another thread owns the model). Valid until the next
+ * call on the model. */
+const char *eq_model_last_error(const eq_model *model);
+
 /* Physical cores of this machine (at least 1). */
 int32_t eq_physical_cores(void);
 

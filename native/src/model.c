@@ -72,6 +72,7 @@ struct eq_model {
     bool kv_fp32;
     eq_pool *pool;
     atomic_int busy;
+    char last_error[192];            /* why the latest eval/truncate failed */
 };
 
 /* ============================================================================================= */
@@ -660,16 +661,28 @@ int eq_model_get_info(const eq_model *m, eq_model_info *info)
 
 int eq_model_eval(eq_model *m, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits)
 {
-    if (!m || !tokens || n_tokens < 1)
+    if (!m)
         return EQ_ERR_INVALID_ARGUMENT;
     if (atomic_exchange(&m->busy, 1))
         return EQ_ERR_BUSY;
     int rc = EQ_OK;
-    for (int32_t i = 0; i < n_tokens && rc == EQ_OK; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+    m->last_error[0] = '\0';
+    if (!tokens || n_tokens < 1) {
+        rc = EQ_ERR_INVALID_ARGUMENT;
+        snprintf(m->last_error, sizeof m->last_error, "no tokens to evaluate");
+    }
+    for (int32_t i = 0; i < n_tokens && rc == EQ_OK; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
             rc = EQ_ERR_INVALID_ARGUMENT;
-    if (rc == EQ_OK && n_tokens > m->n_ctx - m->n_past)
+            snprintf(m->last_error, sizeof m->last_error, "token %d (at %d) is outside the vocabulary [0, %d)",
+                     (int)tokens[i], (int)i, m->cfg.vocab_size);
+        }
+    }
+    if (rc == EQ_OK && n_tokens > m->n_ctx - m->n_past) {
         rc = EQ_ERR_CONTEXT_FULL;
+        snprintf(m->last_error, sizeof m->last_error, "context full: %d tokens in the cache + %d new > context %d",
+                 m->n_past, (int)n_tokens, m->n_ctx);
+    }
     for (int32_t i = 0; i < n_tokens && rc == EQ_OK; i++) {
         float *out = NULL;
         if (logits && all_logits)
@@ -690,12 +703,21 @@ int eq_model_truncate(eq_model *m, int32_t n_keep)
     if (atomic_exchange(&m->busy, 1))
         return EQ_ERR_BUSY;
     int rc = EQ_OK;
-    if (n_keep < 0 || n_keep > m->n_past)
+    m->last_error[0] = '\0';
+    if (n_keep < 0 || n_keep > m->n_past) {
         rc = EQ_ERR_INVALID_ARGUMENT;
-    else
+        snprintf(m->last_error, sizeof m->last_error, "cannot keep %d tokens: the cache holds %d",
+                 (int)n_keep, m->n_past);
+    } else {
         m->n_past = n_keep;   /* later positions are overwritten before they are read */
+    }
     atomic_store(&m->busy, 0);
     return rc;
+}
+
+const char *eq_model_last_error(const eq_model *m)
+{
+    return m ? m->last_error : "no model";
 }
 
 int32_t eq_physical_cores(void)
