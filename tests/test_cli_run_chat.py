@@ -109,10 +109,17 @@ def test_run_reaching_the_end_of_the_context_says_so(tiny_file):
                         r"tokens; .*\n", result.stderr)
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a person's shell delivers it. A test run started in the
+    background (CI, `make test &`) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(path, *extra, **popen):
     return subprocess.Popen([sys.executable, "-m", "edgeq", "run", str(path), "-p", "Once upon a time",
                              "--temp", "0", "-n", "-1", "-t", "1", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=ENV, **popen)
+                            stderr=subprocess.PIPE, env=ENV, preexec_fn=default_sigint, **popen)
 
 
 def test_ctrl_c_during_run_is_one_line(long_file):
@@ -170,6 +177,7 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             try:
+                default_sigint()
                 os.execvpe(sys.executable, [sys.executable, "-m", "edgeq", *map(str, args)], ENV)
             finally:
                 os._exit(127)
