@@ -284,3 +284,22 @@ def model_truncate(handle: ModelHandle, n_keep: int) -> None:
 def physical_cores() -> int:
     """Physical cores of this machine (at least 1): the default thread count."""
     return int(lib.eq_physical_cores())
+
+
+# ---------------------------------------------------------------------------------------------
+# memory read bandwidth (the decode roofline's numerator)
+# ---------------------------------------------------------------------------------------------
+
+BANDWIDTH_DEFAULT_BYTES = 256 << 20    # >= 4x the last-level cache of the machines we target
+
+
+def memory_read_bandwidth(bytes: int = BANDWIDTH_DEFAULT_BYTES, threads: int = 0, repeats: int = 5) -> float:
+    """GB/s (1e9 bytes/s) of `threads` threads (0: physical cores) summing a `bytes` buffer: the best
+    of `repeats` passes, through eq_memory_read_bandwidth."""
+    if isinstance(bytes, bool) or not isinstance(bytes, (int, np.integer)) or bytes < 1:
+        raise ValueError(f"bytes must be a positive integer, got {bytes!r}")
+    size = int(bytes)
+    rate = lib.eq_memory_read_bandwidth(size, _int_arg(threads, "threads"), _int_arg(repeats, "repeats", minimum=1))
+    if rate < 0:
+        _check(int(rate), f"measuring the memory read bandwidth over {size} bytes")
+    return float(rate)

@@ -28,6 +28,26 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import format_json, format_table, run_bench
+    from .registry import default_model
+    path = args.model if args.model is not None else default_model()
+    report = run_bench(path, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                       runs=args.runs, bandwidth_mb=args.bandwidth_mb)
+    print(format_json(report) if args.json else format_table(report))
+    return 0
+
+
+def _cmd_perplexity(args) -> int:
+    import json
+    from .perplexity import perplexity, read_text
+    result = perplexity(args.model, read_text(args.text), ctx=args.ctx, convention=args.convention,
+                        chunks=args.chunks, base=args.base, threads=args.threads,
+                        progress=None)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # run and chat
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +227,45 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, metavar="TEXT", help="a system message")
     _add_generation_flags(chat)
     chat.set_defaults(func=_cmd_chat)
+
+    from .bench import DEFAULT_BANDWIDTH_MB, DEFAULT_GEN_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_RUNS
+    bench = commands.add_parser("bench", help="measure speed, peak memory and the decode roofline",
+                                description="Load time, prefill and decode tokens/s (median, min, max over "
+                                "runs), peak RSS, weight bytes read per token, this machine's memory read "
+                                "bandwidth, and decode as a fraction of bandwidth / bytes per token.")
+    bench.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                       help="an edgeq file [default: SmolLM2-135M-Instruct at 4 bits, prepared once in the cache]")
+    bench.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                       help="threads [default: the number of physical cores]")
+    bench.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS, metavar="N",
+                       help=f"tokens evaluated in one prefill [default: {DEFAULT_PROMPT_TOKENS}]")
+    bench.add_argument("--gen-tokens", type=int, default=DEFAULT_GEN_TOKENS, metavar="N",
+                       help=f"tokens decoded one at a time, greedily [default: {DEFAULT_GEN_TOKENS}]")
+    bench.add_argument("--runs", type=int, default=DEFAULT_RUNS, metavar="N",
+                       help=f"runs, each opening the model afresh [default: {DEFAULT_RUNS}]")
+    bench.add_argument("--bandwidth-mb", type=int, default=DEFAULT_BANDWIDTH_MB, metavar="N",
+                       help="MiB read by the bandwidth probe, at least 4x the last-level cache "
+                       f"[default: {DEFAULT_BANDWIDTH_MB}]")
+    bench.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    bench.set_defaults(func=_cmd_bench)
+
+    ppl = commands.add_parser("perplexity", help="perplexity of a model on a text, optionally against a base",
+                              description="Perplexity on a text (llama-perplexity's convention by default), and with "
+                              "--base the KL divergence, top-1 agreement and Δppl against another model.")
+    ppl.add_argument("model", metavar="MODEL", help="an edgeq file, or a float source (HF folder, hub id, .gguf)")
+    ppl.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file")
+    ppl.add_argument("--convention", choices=["llama", "gptq"], default="llama",
+                     help="llama: BOS first (when the model adds BOS), score the second half of each chunk; "
+                     "gptq: no BOS, score every token but the first [default: llama]")
+    ppl.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
+                     help="tokens per chunk [default: 512 (llama), 2048 (gptq)]")
+    ppl.add_argument("--chunks", type=int, default=None, metavar="N", help="score only the first N chunks")
+    ppl.add_argument("--base", default=None, metavar="OTHER",
+                     help="compare with this model: an edgeq file, or a float source (HF folder, hub id, .gguf)")
+    ppl.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                     help="threads [default: the number of physical cores]")
+    ppl.add_argument("--json", action="store_true", help="print the result as JSON")
+    ppl.set_defaults(func=_cmd_perplexity)
     return parser
 
 

@@ -24,6 +24,15 @@ def linear_bits_per_weight(model: ModelFile) -> tuple[float, int]:
     return (8.0 * sum(t.nbytes for t in tensors) / weights if weights else 0.0), weights
 
 
+def weight_bytes_per_token(model: ModelFile) -> int:
+    """Bytes of weights one decoded token reads, as the runtime counts them (eq_model_info.weight_bytes):
+    every tensor once, except an untied token embedding, of which a token reads one row (a lookup)."""
+    total = sum(t.nbytes for t in model.tensors.values())
+    if not model.config.tied_embeddings:
+        total -= model.tensors["token_embd.weight"].nbytes
+    return total
+
+
 def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> str:
     c, tok = model.config, model.tokenizer
     ctx = min(ctx or 4096, c.max_seq_len) if ctx is None else ctx
@@ -45,6 +54,9 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
     if settings:
         lines.append("settings      " + ", ".join(f"{k} {v}" for k, v in sorted(settings.items())))
     lines.append(f"linear layers {bpw:.3f} bits per weight over {n_linear / 1e6:.1f}M weights (scales included)")
+    per_token = weight_bytes_per_token(model)
+    lines.append(f"weights read per token: {per_token} bytes ({_mb(per_token)}; the decode roofline is "
+                 f"memory bandwidth / this)")
     for kv_bytes, label in ((2, "fp16"), (4, "fp32")):
         mem = memory_estimate(model, ctx, kv_bytes)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "

@@ -243,6 +243,21 @@ const char *eq_model_last_error(const eq_model *model);
 /* Physical cores of this machine (at least 1). */
 int32_t eq_physical_cores(void);
 
+/* ---------------------------------------------------------------------------------------------
+ * memory read bandwidth (native/src/bandwidth.c): the numerator of the decode roofline,
+ * max decode tokens/s = bandwidth / eq_model_info.weight_bytes
+ * ------------------------------------------------------------------------------------------- */
+
+/* The best of `repeats` timed passes, in GB/s (1e9 bytes/s), of n_threads threads each summing one
+ * contiguous slice of a `bytes` buffer (filled first by the same threads, then one untimed pass).
+ *   bytes       buffer size, rounded down to whole cache lines per thread; 0: 256 MiB (choose >= 4x
+ *               the last-level cache, or the figure is cache bandwidth)
+ *   n_threads   0: number of physical cores
+ *   repeats     0: 5
+ * Returns the bandwidth (> 0), or a negative eq_error: EQ_ERR_INVALID_ARGUMENT (negative n_threads
+ * or repeats, bytes smaller than one cache line per thread), EQ_ERR_NO_MEMORY (buffer or threads). */
+double eq_memory_read_bandwidth(size_t bytes, int32_t n_threads, int32_t repeats);
+
 /* EQ_CDEF_END */
 
 #ifdef __cplusplus
