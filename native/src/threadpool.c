@@ -20,7 +20,7 @@
 #endif
 
 enum {
-    SPIN_ROUNDS = 1 << 16,   /* ~tens of microseconds before a worker sleeps */
+    SPIN_ROUNDS = 1 << 13,   /* then sleep: a few milliseconds of spinning and yielding at most */
     PAUSE_ROUNDS = 1 << 10   /* after these, each round also yields: an oversubscribed machine
                                 (another busy process) must not starve the thread we wait for */
 };
