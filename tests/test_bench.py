@@ -11,7 +11,6 @@ import pytest
 
 from edgeq import _ffi
 from edgeq.cli import main
-from edgeq.convert import PlanSettings, convert
 from edgeq.fileformat import ModelFile
 from edgeq.info import weight_bytes_per_token
 
@@ -19,14 +18,9 @@ FAST = ["--runs", "1", "--prompt-tokens", "4", "--gen-tokens", "3", "--bandwidth
 
 
 @pytest.fixture(scope="module")
-def tiny_files(tiny_llama, tiny_qwen, tmp_path_factory):
+def tiny_files(tiny_converted):
     """{"llama": tied head, "qwen2": untied head with q/k/v biases}, both at 4 bits."""
-    folder = tmp_path_factory.mktemp("bench")
-    paths = {}
-    for name, source in (("llama", tiny_llama), ("qwen2", tiny_qwen)):
-        paths[name] = folder / f"{name}.q4"
-        convert(source, paths[name], PlanSettings(bits=4), progress=False)
-    return paths
+    return {arch: tiny_converted(arch, 4) for arch in ("llama", "qwen2")}
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

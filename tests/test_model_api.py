@@ -12,7 +12,6 @@ import pytest
 import edgeq
 from edgeq import _ffi
 from edgeq.config import TokenizerSpec
-from edgeq.convert import PlanSettings, convert
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import ModelFile
 from edgeq.model import EdgeqWarning, _StopMatcher
@@ -28,13 +27,8 @@ MULTIBYTE = "Grüße, naïve café — 🙂🚀 日本語のテキスト, 世界
 # fixtures
 
 @pytest.fixture(scope="module")
-def tiny_files(tiny_llama, tiny_qwen, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("api")
-    out = {}
-    for arch, source in (("llama", tiny_llama), ("qwen2", tiny_qwen)):
-        out[arch] = folder / f"{arch}.q8"
-        convert(source, out[arch], PlanSettings(bits=8), progress=False)
-    return out
+def tiny_files(tiny_converted):
+    return {arch: tiny_converted(arch, 8) for arch in ("llama", "qwen2")}
 
 
 @pytest.fixture
