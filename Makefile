@@ -14,9 +14,13 @@ test: install fuzz-deps
 demo: install
 	$(PYTHON) -m edgeq run -p "Once upon a time, in a small town by the sea," --max-tokens 64 --verbose
 
+# The suite against llama.cpp (benchmarks/suite.py): SmolLM2 by default; e.g.
+# make bench BENCH_ARGS="--models smollm2 qwen --chunks 20" (it prints an estimate before starting).
+BENCH_ARGS ?=
 bench: install
+	$(PYTHON) -m pip install --quiet -e ".[bench]"
 	$(PYTHON) benchmarks/bench_convert.py
-	$(PYTHON) benchmarks/bench_runtime.py
+	$(PYTHON) benchmarks/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info edgeq/_native*.so native/_edgeq_native.c .pytest_cache
