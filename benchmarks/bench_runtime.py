@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import HERE, llama_cpp_python, llama_cpp_quantize, run_measured
+from common import HERE, LLAMA_RUN, llama_cpp_python, llama_cpp_quantize, run_measured
 LLAMA_TYPES = {8: "LLAMA_FTYPE_MOSTLY_Q8_0", 4: "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 # One measurement, run in a child process: prints a JSON line.
@@ -40,25 +40,6 @@ decode = time.perf_counter() - t
 print(json.dumps({"load_s": load, "prefill_tok_s": n_prompt / prefill, "decode_tok_s": n_gen / decode}))
 """
 
-LLAMA_RUN = r"""
-import json, sys, time
-import llama_cpp
-path, threads, n_prompt, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-t1 = time.perf_counter()
-llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prompt + n_gen + 8,
-                      n_batch=512, verbose=False)
-load = time.perf_counter() - t1
-vocab = llm.n_vocab()
-prompt = [(7 * i + 11) % vocab for i in range(n_prompt)]
-t = time.perf_counter(); llm.eval(prompt); prefill = time.perf_counter() - t
-token = int(llm.scores[llm.n_tokens - 1].argmax())
-t = time.perf_counter()
-for _ in range(n_gen):
-    llm.eval([token])
-    token = int(llm.scores[llm.n_tokens - 1].argmax())
-decode = time.perf_counter() - t
-print(json.dumps({"load_s": load, "prefill_tok_s": n_prompt / prefill, "decode_tok_s": n_gen / decode}))
-"""
 
 
 def measure(python: str, script: str, args: list[str]) -> dict:

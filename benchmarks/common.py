@@ -38,3 +38,26 @@ def llama_cpp_quantize(python: str, source: Path, out: Path, ftype: str) -> Path
               "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))\n")
     subprocess.run([python, "-c", script, str(source), str(out)], check=True, capture_output=True)
     return out
+
+
+# llama.cpp speed, one measurement in a fresh process: argv = model threads prompt_tokens gen_tokens;
+# prints {"load_s", "prefill_tok_s", "decode_tok_s"} as one JSON line.
+LLAMA_RUN = r"""
+import json, sys, time
+import llama_cpp
+path, threads, n_prompt, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+t1 = time.perf_counter()
+llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prompt + n_gen + 8,
+                      n_batch=512, verbose=False)
+load = time.perf_counter() - t1
+vocab = llm.n_vocab()
+prompt = [(7 * i + 11) % vocab for i in range(n_prompt)]
+t = time.perf_counter(); llm.eval(prompt); prefill = time.perf_counter() - t
+token = int(llm.scores[llm.n_tokens - 1].argmax())
+t = time.perf_counter()
+for _ in range(n_gen):
+    llm.eval([token])
+    token = int(llm.scores[llm.n_tokens - 1].argmax())
+decode = time.perf_counter() - t
+print(json.dumps({"load_s": load, "prefill_tok_s": n_prompt / prefill, "decode_tok_s": n_gen / decode}))
+"""

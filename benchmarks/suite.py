@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, llama_cpp_python, llama_cpp_quantize, run_measured  # noqa: E402
+from common import HERE, LLAMA_RUN, llama_cpp_python, llama_cpp_quantize, run_measured  # noqa: E402
 
 REPO = HERE.parent
 RESULTS_JSON = HERE / "results.json"
@@ -57,26 +57,6 @@ PEERS = {8: ["Q8_0"], 4: ["Q4_0", "Q4_K_M"], 3: ["Q3_K_M"], 2: ["Q2_K"]}
 # rough edgeq prefill tok/s at 2 threads, 4 bits (portable C kernels, 2026-11), for the estimate only
 EDGEQ_RATE_GUESS = {"smollm2": 8.0, "qwen": 1.5}
 
-# llama.cpp speed: one measurement in a fresh process (the same as bench_runtime.py's LLAMA_RUN)
-LLAMA_RUN = r"""
-import json, sys, time
-import llama_cpp
-path, threads, n_prompt, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-t1 = time.perf_counter()
-llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prompt + n_gen + 8,
-                      n_batch=512, verbose=False)
-load = time.perf_counter() - t1
-vocab = llm.n_vocab()
-prompt = [(7 * i + 11) % vocab for i in range(n_prompt)]
-t = time.perf_counter(); llm.eval(prompt); prefill = time.perf_counter() - t
-token = int(llm.scores[llm.n_tokens - 1].argmax())
-t = time.perf_counter()
-for _ in range(n_gen):
-    llm.eval([token])
-    token = int(llm.scores[llm.n_tokens - 1].argmax())
-decode = time.perf_counter() - t
-print(json.dumps({"load_s": load, "prefill_tok_s": n_prompt / prefill, "decode_tok_s": n_gen / decode}))
-"""
 
 # llama.cpp perplexity, mirroring edgeq/perplexity.py's "llama" convention: the text with one trailing
 # newline dropped, tokenized once without special-token parsing, BOS put first (and over the first
