@@ -139,7 +139,7 @@ def quantize(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     return quantize_rtn(np.ascontiguousarray(weight, dtype=np.float32), qtype)
 
 
-def chunk_rows(qtype: QuantType, cols: int) -> int:
+def chunk_rows(cols: int) -> int:
     """Rows per chunk such that packing chunk by chunk and concatenating equals packing the whole."""
     return max(quant_types.TILE_ROWS, CHUNK_WEIGHTS // max(cols, 1) // quant_types.TILE_ROWS * quant_types.TILE_ROWS)
 
@@ -149,7 +149,7 @@ def quantize_chunked(load_rows, qtype: QuantType, shape: tuple[int, ...]) -> Qua
     if qtype.plain or len(shape) != 2:
         return quantize(load_rows(slice(None)), qtype)
     rows, cols = shape
-    step = chunk_rows(qtype, cols)
+    step = chunk_rows(cols)
     parts, sq_error, sq_norm = [], 0.0, 0.0
     for start in range(0, rows, step):
         part = quantize(load_rows(slice(start, min(rows, start + step))), qtype)

@@ -87,9 +87,7 @@ class TensorPlanEntry:
     method: str               # how the quantizer chose levels, e.g. "rtn-clip-search"
 
     def nbytes(self) -> int:
-        if len(self.shape) == 1:
-            return self.shape[0] * self.qtype.bits // 8
-        return self.qtype.nbytes(*self.shape)
+        return self.qtype.nbytes_for_shape(self.shape)
 
 
 def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: TokenizerSpec,
@@ -258,7 +256,9 @@ class ModelFile:
             if (self.need(f"{prefix}.bits"), self.need(f"{prefix}.group"), self.need(f"{prefix}.symmetric")) != \
                     (qtype.bits, qtype.group, qtype.symmetric):
                 raise EdgeqError(f"{self.path}: tensor {tensor.name}: metadata disagrees with type {type_name}")
-            nbytes = qtype.nbytes(*shape) if len(shape) == 2 else int(np.prod(shape)) * qtype.bits // 8
+            if len(shape) not in (1, 2) or (len(shape) == 1 and not qtype.plain):
+                raise EdgeqError(f"{self.path}: tensor {tensor.name} has an invalid shape {shape}")
+            nbytes = qtype.nbytes_for_shape(shape)
             if tensor.n_bytes != nbytes or tensor.data_offset + nbytes > size or tensor.data.nbytes != nbytes:
                 raise EdgeqError(f"{self.path}: tensor {tensor.name} size or offset is wrong (truncated?); "
                                  "convert the model again")

@@ -55,6 +55,14 @@ class QuantType:
         padded_rows, padded_cols = self.padded_shape(rows, cols)
         return (padded_rows // TILE_ROWS) * (padded_cols // self.group) * self.block_bytes()
 
+    def nbytes_for_shape(self, shape: tuple[int, ...]) -> int:
+        """Bytes of a stored tensor of logical `shape`: (M, K), or (n,) for plain 1-D tensors."""
+        if len(shape) == 1:
+            if not self.plain:
+                raise ValueError(f"{self.name} needs a 2-D shape, got {shape}")
+            return shape[0] * self.bits // 8
+        return self.nbytes(*shape)
+
     def bits_per_weight(self, rows: int, cols: int) -> float:
         return 8.0 * self.nbytes(rows, cols) / (rows * cols)
 
