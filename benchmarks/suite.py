@@ -53,8 +53,8 @@ LLAMA_TYPES = ["F16", "Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
 EDGEQ_BITS = [8, 4, 3, 2]
 # the llama.cpp type an edgeq variant is compared with (nominal bits of the linear layers)
 PEERS = {8: ["Q8_0"], 4: ["Q4_0", "Q4_K_M"], 3: ["Q3_K_M"], 2: ["Q2_K"]}
-# rough edgeq prefill tok/s at 2 threads, 4 bits (portable C kernels, 2026-11), for the estimate only
-EDGEQ_RATE_GUESS = {"smollm2": 8.0, "qwen": 1.5}
+# rough edgeq prefill tok/s at 2 threads, 4 bits (avx2 LUT kernels, 2026-11), for the estimate only
+EDGEQ_RATE_GUESS = {"smollm2": 150.0, "qwen": 40.0}
 
 
 # llama.cpp perplexity, mirroring edgeq/perplexity.py's "llama" convention: the text with one trailing
@@ -435,7 +435,7 @@ def plot(records: list[dict]) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 
 def estimate(args, models: list[str], llama: bool, ppl_bits: list[int], ppl_types: list[str]) -> float:
-    """Seconds, roughly: edgeq dominates (portable C kernels); llama.cpp adds a few seconds per point."""
+    """Seconds, roughly: perplexity dominates; speed points take seconds each."""
     total = 0.0
     for model in models:
         rate = EDGEQ_RATE_GUESS[model]
@@ -523,8 +523,8 @@ def main() -> None:
         f"{'no speed' if args.quality_only else f'speed at threads {args.threads}, {args.runs} runs'}; "
         f"{'no perplexity' if args.speed_only else f'perplexity on {args.chunks} chunks of {CTX}'}"
         f"{'; cross-check' if args.cross_check else ''}")
-    log(f"estimate: about {minutes(seconds)} (edgeq's portable C kernels dominate: ~{EDGEQ_RATE_GUESS['smollm2']:.0f} "
-        f"tok/s SmolLM2, ~{EDGEQ_RATE_GUESS['qwen']:.1f} tok/s Qwen at 4 bits, 2 threads), plus conversions on a first run")
+    log(f"estimate: about {minutes(seconds)} (edgeq prefill ~{EDGEQ_RATE_GUESS['smollm2']:.0f} tok/s SmolLM2, "
+        f"~{EDGEQ_RATE_GUESS['qwen']:.0f} tok/s Qwen at 4 bits, 2 threads), plus conversions on a first run")
 
     machine = machine_info()
     records = load_records()

@@ -136,25 +136,59 @@ def dequantize(qtype_name: str, data: np.ndarray, rows: int, cols: int,
     return out
 
 
-def gemv(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
+def gemm(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
          isa: str | None = None) -> np.ndarray:
-    """y = W x for W the (rows, cols) tensor in `data`; x float32 (cols,) -> y float32 (rows,).
-    isa names a kernel set ("ref", "scalar", ...) instead of the active one."""
+    """Y = X W^T for W the (rows, cols) tensor in `data`: x float32 (n, cols) -> y float32 (n, rows),
+    every vector through one batched call. isa names a kernel set ("ref", "scalar", "avx2")
+    instead of the active one."""
     qtype_id = _qtype_id(qtype_name)
     rows, cols = _check_shape(rows, cols)
     data = _check_bytes(data)
-    x = _check_floats(x, cols, "x")
-    y = np.empty(rows, dtype=np.float32)
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise TypeError(f"x must be a numpy float32 array, got {getattr(x, 'dtype', type(x))}")
+    if x.ndim != 2 or x.shape[1] != cols or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (n, {cols}) with n >= 1, got {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous")
+    n = x.shape[0]
+    y = np.empty((n, rows), dtype=np.float32)
     args = (qtype_id, ffi.from_buffer("uint8_t[]", data), data.nbytes, rows, cols,
-            ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y))
-    code = lib.eq_gemv(*args) if isa is None else lib.eq_gemv_isa(isa.encode(), *args)
-    _check(code, f"gemv {qtype_name} ({rows}, {cols}){f' with kernel set {isa}' if isa else ''}")
+            ffi.from_buffer("float[]", x), n, ffi.from_buffer("float[]", y))
+    if isa is None:
+        code = lib.eq_gemm(*args)
+    else:
+        code = lib.eq_gemm_isa(isa.encode(), *args)
+        if code == lib.EQ_ERR_NOT_FOUND:
+            raise EdgeqError(f"kernel set {isa!r} does not exist or this CPU cannot run it")
+    _check(code, f"gemm {qtype_name} ({rows}, {cols}) x {n}{f' with kernel set {isa}' if isa else ''}")
     return y
 
 
+def gemv(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
+         isa: str | None = None) -> np.ndarray:
+    """y = W x for W the (rows, cols) tensor in `data`; x float32 (cols,) -> y float32 (rows,).
+    isa names a kernel set ("ref", "scalar", "avx2") instead of the active one."""
+    _check_floats(x, _check_shape(rows, cols)[1], "x")
+    return gemm(qtype_name, data, rows, cols, x.reshape(1, -1), isa=isa).reshape(-1)
+
+
 def isa() -> str:
-    """The active kernel set: "scalar" (portable LUT) or "ref" (the reference), later "avx2", "neon"."""
+    """The active kernel set: "avx2" (int8 LUT), "scalar" (portable LUT) or "ref" (the reference)."""
     return ffi.string(lib.eq_isa_name()).decode()
+
+
+def kernel_sets() -> list[str]:
+    """The kernel sets this CPU runs, best first."""
+    return [name for name in ("avx2", "scalar", "ref") if lib.eq_gemm_isa(name.encode(), -1, ffi.NULL, 0, 0, 0,
+                                                                          ffi.NULL, 0, ffi.NULL)
+            != lib.EQ_ERR_NOT_FOUND]
+
+
+def select_isa(name: str) -> None:
+    """Make kernel set `name` the active one for this process (tests and benchmarks)."""
+    if lib.eq_select_isa(name.encode()) != lib.EQ_OK:
+        raise EdgeqError(f"kernel set {name!r} does not exist or this CPU cannot run it; "
+                         f"available: {', '.join(kernel_sets())}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,8 +140,8 @@ float eq_fp16_to_fp32(uint16_t bits);
 uint16_t eq_fp32_to_fp16(float value);
 
 /* ---------------------------------------------------------------------------------------------
- * kernels (dispatched once, at first use, to the best kernel set this CPU runs; EDGEQ_ISA=ref
- * forces the scalar reference; an unknown or unavailable EDGEQ_ISA value falls back to the best
+ * kernels (dispatched once, at first use, to the best kernel set this CPU runs; EDGEQ_ISA=ref,
+ * scalar or avx2 forces a set; an unknown or unavailable EDGEQ_ISA value falls back to the best
  * available set)
  * ------------------------------------------------------------------------------------------- */
 
@@ -162,14 +162,25 @@ int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows,
 int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, float *y);
 
-/* Name of the active kernel set: "scalar" (portable LUT) or "ref" (later also "avx2", "neon").
- * Selects it if not yet done. */
+/* Y = X W^T for n vectors at once: x (n, cols) and y (n, rows) row-major float32. The LUT kernel
+ * sets prepare each x once (int8 tables) and reuse every weight tile across the n vectors.
+ * Same returns as eq_gemv, plus EQ_ERR_NO_MEMORY; n 0 is EQ_ERR_INVALID_ARGUMENT. */
+int eq_gemm(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+            const float *x, size_t n, float *y);
+
+/* Name of the active kernel set: "avx2" (int8 LUT, pshufb), "scalar" (portable LUT, float tables)
+ * or "ref" (the specification). Selects it if not yet done. */
 const char *eq_isa_name(void);
 
-/* eq_gemv through the named kernel set instead of the active one (tests compare every set with
- * "ref"). EQ_ERR_INVALID_ARGUMENT if that set does not exist or this CPU cannot run it. */
-int eq_gemv_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
-                const float *x, float *y);
+/* Make `isa` the active kernel set for the whole process (tests, benchmarks). A model evaluation
+ * already running finishes with the set it started with. EQ_ERR_NOT_FOUND if that set does not
+ * exist or this CPU cannot run it. */
+int eq_select_isa(const char *isa);
+
+/* eq_gemm through the named kernel set instead of the active one (tests compare every set with
+ * "ref"). EQ_ERR_NOT_FOUND if that set does not exist or this CPU cannot run it. */
+int eq_gemm_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows,
+                size_t cols, const float *x, size_t n, float *y);
 
 /* ---------------------------------------------------------------------------------------------
  * the runtime: open a converted file (mmapped, validated as untrusted input), evaluate tokens

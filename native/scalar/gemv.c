@@ -113,3 +113,19 @@ void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t row
     gemv_packed(type, data, rows, cols, x, y, tables);
     free(tables);
 }
+
+/* ---- attention over an fp16 KV cache ------------------------------------------------------- */
+
+float eq_dot_f16_scalar(const uint16_t *a, const float *b, size_t n)
+{
+    float dot = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        dot += eq_fp16_to_fp32(a[i]) * b[i];
+    return dot;
+}
+
+void eq_axpy_f16_scalar(float *y, float w, const uint16_t *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] += w * eq_fp16_to_fp32(x[i]);
+}

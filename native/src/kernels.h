@@ -2,8 +2,9 @@
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA folder (ref/, scalar/, later x86/, arm/) defines the same functions with its own suffix:
- *   eq_dequantize_rows_<isa>, eq_gemv_<isa>.
+ * Each ISA folder (ref/, scalar/, x86/, later arm/) defines the functions of one kernel set with its
+ * own suffix: eq_dequantize_rows_<isa>, eq_gemv_<isa>, and for the LUT sets eq_prepare_<isa>,
+ * eq_gemm_<isa> (the batched product over prepared activations).
  */
 #ifndef EDGEQ_KERNELS_H
 #define EDGEQ_KERNELS_H
@@ -12,6 +13,24 @@
 #include <string.h>
 
 #include "edgeq.h"
+
+/* Activations prepared for a kernel set: n vectors of cols floats, plus whatever that set's
+ * prepare step derives from them once per input (the LUT kernels' int8 tables), so every matrix
+ * multiplied by the same input (q/k/v, gate/up) and every thread shares one copy. */
+enum {
+    EQ_ACTS_PAD = 128,          /* columns are padded with zeros to a multiple of the largest group */
+    EQ_LUT_UNIT = 64,           /* activations per int8 table scale */
+    EQ_LUT_BYTES_PER_COL = 8    /* 16 two-byte entries per 4 activations */
+};
+
+typedef struct eq_acts {
+    size_t n, cols, padded_cols;    /* padded_cols: cols rounded up to EQ_ACTS_PAD */
+    const float *x;                 /* (n, cols) row-major, the caller's */
+    int8_t *tables;                 /* (capacity, padded_cols * 4) set-specific table layout */
+    float *table_scales;            /* (capacity, padded_cols / EQ_LUT_UNIT) */
+    float *sums;                    /* (capacity, padded_cols / 32) Σ x per 32 columns */
+    size_t capacity_bytes;          /* of tables; scales and sums are sized to match */
+} eq_acts;
 
 /* out (row_count, cols) = rows [row_begin, row_begin + row_count) of W (rows, cols) */
 typedef void (*eq_dequantize_rows_fn)(const eq_qtype_traits *type, const uint8_t *data,
@@ -22,13 +41,39 @@ typedef void (*eq_dequantize_rows_fn)(const eq_qtype_traits *type, const uint8_t
 typedef void (*eq_gemv_fn)(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                            size_t cols, const float *x, float *y);
 
-/* One kernel set per ISA; src/quant_types.c holds the list and picks one at first use. */
+/* Fill the set's derived data for vectors [first, first + count) of acts (threads split n). */
+typedef void (*eq_prepare_fn)(eq_acts *acts, size_t first, size_t count);
+
+/* y[v * y_stride + r] = (W acts->x[v])[r] for every vector v < acts->n and row r < rows */
+typedef void (*eq_gemm_fn)(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
+                           size_t cols, const eq_acts *acts, float *y, size_t y_stride);
+
+/* Attention over an fp16 KV cache: Σ a[i] b[i], and y[i] += w x[i], for fp16 a / x. */
+typedef float (*eq_dot_f16_fn)(const uint16_t *a, const float *b, size_t n);
+typedef void (*eq_axpy_f16_fn)(float *y, float w, const uint16_t *x, size_t n);
+
+/* One kernel set per ISA; src/quant_types.c holds the list and picks one at first use.
+ * A set without prepare/gemm reads x directly and multiplies one vector at a time with gemv. */
 typedef struct eq_kernel_set {
-    const char *isa;                         /* "ref", "avx2", "neon" (EDGEQ_ISA values) */
+    const char *isa;                         /* "ref", "scalar", "avx2" (EDGEQ_ISA values) */
     int (*is_available)(void);               /* nonzero if this CPU runs the set */
     eq_dequantize_rows_fn dequantize_rows;
-    eq_gemv_fn gemv;
+    eq_gemv_fn gemv;                         /* used when gemm is NULL */
+    eq_prepare_fn prepare;                   /* NULL: nothing to derive */
+    eq_gemm_fn gemm;                         /* NULL: gemv per vector */
+    eq_dot_f16_fn dot_f16;
+    eq_axpy_f16_fn axpy_f16;
 } eq_kernel_set;
+
+/* The active set (selected at first use) and the generic entry points built on a set; the model
+ * takes the set once per evaluation so that prepare and gemm always come from the same one. */
+const eq_kernel_set *eq_active_kernels(void);
+int eq_acts_reserve(eq_acts *acts, size_t n, size_t cols);    /* grow buffers; EQ_ERR_NO_MEMORY */
+void eq_acts_free(eq_acts *acts);
+void eq_acts_bind(eq_acts *acts, const float *x, size_t n, size_t cols);   /* after reserve */
+void eq_acts_prepare(const eq_kernel_set *set, eq_acts *acts, size_t first, size_t count);
+void eq_gemm_prepared(const eq_kernel_set *set, const eq_qtype_traits *type, const uint8_t *data,
+                      size_t rows, size_t cols, const eq_acts *acts, float *y, size_t y_stride);
 
 void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                             size_t cols, size_t row_begin, size_t row_count, float *out);
@@ -38,6 +83,16 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
 /* scalar/: portable LUT kernels with float tables (faster than ref, no SIMD) */
 void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                     const float *x, float *y);
+float eq_dot_f16_scalar(const uint16_t *a, const float *b, size_t n);
+void eq_axpy_f16_scalar(float *y, float w, const uint16_t *x, size_t n);
+
+/* x86/: AVX2 + FMA + F16C LUT kernels with int8 tables (pshufb) */
+int eq_avx2_available(void);
+void eq_prepare_avx2(eq_acts *acts, size_t first, size_t count);
+void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                  const eq_acts *acts, float *y, size_t y_stride);
+float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n);
+void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n);
 
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 

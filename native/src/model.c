@@ -2,8 +2,9 @@
  * forward pass over a KV cache, and the public eq_model_* API.
  *
  * Reads top to bottom: config, weights (pointers into the mmapped file), run state, validation and
- * open, the building blocks (rmsnorm, rope, attention, threaded matrix-vector products), the
- * forward pass, the public entry points. Token-by-token only: batched prefill is a later step.
+ * open, the building blocks (rmsnorm, rope, attention, threaded matrix products), the
+ * forward pass over batches of up to BATCH tokens (prefill reuses every weight tile across the
+ * batch; decode is a batch of one), the public entry points.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -21,7 +22,11 @@
 #include "kernels.h"
 #include "threadpool.h"
 
-enum { FORMAT_VERSION = 1, MAX_JOBS = 3 };
+enum {
+    FORMAT_VERSION = 1,
+    MAX_JOBS = 3,
+    BATCH = 64          /* tokens evaluated together: each weight tile is read once per batch */
+};
 
 /* ============================================================================================= */
 /* config, weights, state                                                                         */
@@ -50,13 +55,15 @@ typedef struct layer {
     matrix w_gate, w_up, w_down;                /* (hidden, dim) x2, (dim, hidden) */
 } layer;
 
+/* Activations of one batch of up to BATCH tokens, row-major (token, feature). */
 typedef struct run_state {
-    float *x;          /* (dim,) residual stream */
-    float *xb;         /* (max(dim, q_dim),) normed input / attention output */
-    float *xb2;        /* (dim,) */
-    float *hb, *hb2;   /* (hidden_dim,) */
-    float *q, *k, *v;  /* (q_dim,), (kv_dim,), (kv_dim,) */
-    float *scores;     /* (n_heads, n_ctx) attention weights */
+    float *x;          /* (BATCH, dim) residual stream */
+    float *xb;         /* (BATCH, max(dim, q_dim)) normed input / attention output */
+    float *xb2;        /* (BATCH, dim) */
+    float *hb, *hb2;   /* (BATCH, hidden_dim) */
+    float *q, *k, *v;  /* (BATCH, q_dim), (BATCH, kv_dim), (BATCH, kv_dim) */
+    float *scores;     /* (n_threads, n_ctx) attention weights, one row per thread */
+    eq_acts acts;      /* the current matmul input, prepared for the kernel set */
     void *key_cache;   /* (n_layers, n_ctx, kv_dim) fp16 or fp32 */
     void *value_cache;
 } run_state;
@@ -71,6 +78,7 @@ struct eq_model {
     int n_ctx, n_past;
     bool kv_fp32;
     eq_pool *pool;
+    const eq_kernel_set *kernels;    /* taken at the start of each eval */
     atomic_int busy;
     char last_error[192];            /* why the latest eval/truncate failed */
 };
@@ -348,16 +356,17 @@ static int alloc_state(loader *ld, eq_model *m)
     const config *c = &m->cfg;
     size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
+    size_t widest = wide > (size_t)c->hidden_dim ? wide : (size_t)c->hidden_dim;
     run_state *s = &m->s;
-    s->x = alloc_floats((size_t)c->dim);
-    s->xb = alloc_floats(wide);
-    s->xb2 = alloc_floats((size_t)c->dim);
-    s->hb = alloc_floats((size_t)c->hidden_dim);
-    s->hb2 = alloc_floats((size_t)c->hidden_dim);
-    s->q = alloc_floats(q_dim);
-    s->k = alloc_floats(kv_dim);
-    s->v = alloc_floats(kv_dim);
-    s->scores = alloc_floats((size_t)c->n_heads * (size_t)m->n_ctx);
+    s->x = alloc_floats(BATCH * (size_t)c->dim);
+    s->xb = alloc_floats(BATCH * wide);
+    s->xb2 = alloc_floats(BATCH * (size_t)c->dim);
+    s->hb = alloc_floats(BATCH * (size_t)c->hidden_dim);
+    s->hb2 = alloc_floats(BATCH * (size_t)c->hidden_dim);
+    s->q = alloc_floats(BATCH * q_dim);
+    s->k = alloc_floats(BATCH * kv_dim);
+    s->v = alloc_floats(BATCH * kv_dim);
+    s->scores = alloc_floats((size_t)eq_pool_size(m->pool) * (size_t)m->n_ctx);
     size_t per_layer = (size_t)m->n_ctx * kv_dim;
     size_t elem = m->kv_fp32 ? sizeof(float) : sizeof(uint16_t);
     if (per_layer > SIZE_MAX / elem / (size_t)c->n_layers)
@@ -365,7 +374,7 @@ static int alloc_state(loader *ld, eq_model *m)
     s->key_cache = calloc(per_layer * (size_t)c->n_layers, elem);
     s->value_cache = calloc(per_layer * (size_t)c->n_layers, elem);
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores ||
-        !s->key_cache || !s->value_cache)
+        !s->key_cache || !s->value_cache || eq_acts_reserve(&s->acts, BATCH, widest) != EQ_OK)
         return fail(ld, "out of memory allocating the KV cache and buffers for context %d "
                         "(%.1f MB); choose a smaller context", m->n_ctx,
                     2.0 * (double)(per_layer * (size_t)c->n_layers * elem) / 1e6);
@@ -403,8 +412,6 @@ eq_model *eq_model_open(const char *path, const eq_model_params *params, char *e
         goto failed;
     }
     m->kv_fp32 = params->kv_fp32 != 0;
-    if (alloc_state(&ld, m))
-        goto failed;
     int n_threads = params->n_threads > 0 ? params->n_threads : eq_physical_cores();
     if (n_threads > 256)
         n_threads = 256;
@@ -413,6 +420,8 @@ eq_model *eq_model_open(const char *path, const eq_model_params *params, char *e
         fail(&ld, "cannot start %d threads", n_threads);
         goto failed;
     }
+    if (alloc_state(&ld, m))
+        goto failed;
     return m;
 failed:
     eq_model_close(m);
@@ -427,6 +436,7 @@ void eq_model_close(eq_model *m)
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
     free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores);
     free(m->s.key_cache); free(m->s.value_cache);
+    eq_acts_free(&m->s.acts);
     free(m->layers);
     free(m->cfg.inv_freq);
     eq_gguf_close(m->file);
@@ -470,55 +480,89 @@ static float silu(float x)
     return x / (1.0f + expf(-x));
 }
 
-/* ---- threaded matrix-vector products: each thread takes a contiguous run of whole tiles ------ */
+/* ---- threaded matrix products: prepare the input once, then each thread takes a contiguous run
+ * of whole tiles of every matrix and multiplies it with all the batch's tokens ------------------ */
 
-typedef struct matvec_job {
+typedef struct matmul_job {
     const matrix *w;
-    const float *x;
-    float *y;
-} matvec_job;
+    float *y;          /* (n, w->rows) */
+} matmul_job;
 
-typedef struct matvec_batch {
-    matvec_job jobs[MAX_JOBS];
+typedef struct matmul_batch {
+    eq_model *m;
+    matmul_job jobs[MAX_JOBS];
     int n_jobs;
-} matvec_batch;
+} matmul_batch;
 
-static void matvec_worker(void *raw, int index, int n_threads)
+static void prepare_worker(void *raw, int index, int n_threads)
 {
-    matvec_batch *batch = raw;
+    eq_model *m = raw;
+    size_t n = m->s.acts.n;
+    size_t first = n * (size_t)index / (size_t)n_threads, last = n * (size_t)(index + 1) / (size_t)n_threads;
+    eq_acts_prepare(m->kernels, &m->s.acts, first, last - first);
+}
+
+static void matmul_worker(void *raw, int index, int n_threads)
+{
+    matmul_batch *batch = raw;
     for (int j = 0; j < batch->n_jobs; j++) {
         const matrix *w = batch->jobs[j].w;
-        size_t unit = eq_qtype_get(w->qtype)->plain ? 1 : EQ_TILE_ROWS;   /* rows per split unit */
+        const eq_qtype_traits *type = eq_qtype_get(w->qtype);
+        size_t unit = type->plain ? 1 : EQ_TILE_ROWS;   /* rows per split unit */
         size_t units = (w->rows + unit - 1) / unit;
         size_t begin = units * (size_t)index / (size_t)n_threads;
         size_t end = units * (size_t)(index + 1) / (size_t)n_threads;
         if (begin == end)
             continue;
         size_t row0 = begin * unit, row1 = end * unit < w->rows ? end * unit : w->rows;
-        const uint8_t *data = w->data + begin * w->tile_bytes;
-        eq_gemv(w->qtype, data, w->nbytes - begin * w->tile_bytes, row1 - row0, w->cols,
-                batch->jobs[j].x, batch->jobs[j].y + row0);
+        eq_gemm_prepared(batch->m->kernels, type, w->data + begin * w->tile_bytes, row1 - row0, w->cols,
+                         &batch->m->s.acts, batch->jobs[j].y + row0, w->rows);
     }
 }
 
-static void matvec(eq_model *m, int n_jobs, const matvec_job *jobs)
+/* y_j (n, rows_j) = x (n, cols) W_j^T for every job; all W_j have `cols` columns */
+static void matmul(eq_model *m, const float *x, int n, size_t cols, int n_jobs, const matmul_job *jobs)
 {
-    matvec_batch batch;
+    eq_acts_bind(&m->s.acts, x, (size_t)n, cols);
+    if (n > 1)
+        eq_pool_run(m->pool, prepare_worker, m);
+    else
+        eq_acts_prepare(m->kernels, &m->s.acts, 0, 1);
+    matmul_batch batch;
+    batch.m = m;
     batch.n_jobs = n_jobs;
-    memcpy(batch.jobs, jobs, sizeof(matvec_job) * (size_t)n_jobs);
-    eq_pool_run(m->pool, matvec_worker, &batch);
+    memcpy(batch.jobs, jobs, sizeof(matmul_job) * (size_t)n_jobs);
+    eq_pool_run(m->pool, matmul_worker, &batch);
 }
 
-/* ---- attention: one thread per group of heads ------------------------------------------------ */
+/* ---- attention: (token, head) pairs spread over the threads ---------------------------------- */
 
 typedef struct attention_job {
     eq_model *m;
-    int layer, pos;
+    int layer, pos0, n;    /* tokens pos0 .. pos0 + n - 1, already in the cache */
 } attention_job;
 
-static float cache_read(const eq_model *m, const void *cache, size_t index)
+/* q . key row, and out += weight * value row, for a cache row of n values (fp16 or fp32) */
+static float cache_dot(const eq_model *m, const void *cache, size_t base, const float *q, size_t n)
 {
-    return m->kv_fp32 ? ((const float *)cache)[index] : eq_fp16_to_fp32(((const uint16_t *)cache)[index]);
+    if (!m->kv_fp32)
+        return m->kernels->dot_f16((const uint16_t *)cache + base, q, n);
+    const float *row = (const float *)cache + base;
+    float dot = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        dot += q[i] * row[i];
+    return dot;
+}
+
+static void cache_axpy(const eq_model *m, const void *cache, size_t base, float weight, float *out, size_t n)
+{
+    if (!m->kv_fp32) {
+        m->kernels->axpy_f16(out, weight, (const uint16_t *)cache + base, n);
+        return;
+    }
+    const float *row = (const float *)cache + base;
+    for (size_t i = 0; i < n; i++)
+        out[i] += weight * row[i];
 }
 
 static void attention_worker(void *raw, int index, int n_threads)
@@ -528,41 +572,35 @@ static void attention_worker(void *raw, int index, int n_threads)
     const config *c = &m->cfg;
     run_state *s = &m->s;
     int head_dim = c->head_dim, group = c->n_heads / c->n_kv_heads;
-    size_t kv_dim = (size_t)c->n_kv_heads * (size_t)head_dim;
+    size_t q_dim = (size_t)c->n_heads * (size_t)head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)head_dim;
     size_t layer_base = (size_t)job->layer * (size_t)m->n_ctx * kv_dim;
     float inv_sqrt = 1.0f / sqrtf((float)head_dim);
-    for (int h = index; h < c->n_heads; h += n_threads) {
-        const float *q = s->q + (size_t)h * (size_t)head_dim;
-        float *scores = s->scores + (size_t)h * (size_t)m->n_ctx;
+    float *scores = s->scores + (size_t)index * (size_t)m->n_ctx;
+    for (int item = index; item < job->n * c->n_heads; item += n_threads) {
+        int token = item / c->n_heads, h = item % c->n_heads, pos = job->pos0 + token;
+        const float *q = s->q + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
         size_t head_base = layer_base + (size_t)(h / group) * (size_t)head_dim;
         float max_score = -INFINITY;
-        for (int t = 0; t <= job->pos; t++) {
-            size_t base = head_base + (size_t)t * kv_dim;
-            float dot = 0.0f;
-            for (int i = 0; i < head_dim; i++)
-                dot += q[i] * cache_read(m, s->key_cache, base + (size_t)i);
+        for (int t = 0; t <= pos; t++) {
+            float dot = cache_dot(m, s->key_cache, head_base + (size_t)t * kv_dim, q, (size_t)head_dim);
             scores[t] = dot * inv_sqrt;
             if (scores[t] > max_score)
                 max_score = scores[t];
         }
         float sum = 0.0f;
-        for (int t = 0; t <= job->pos; t++) {
+        for (int t = 0; t <= pos; t++) {
             scores[t] = expf(scores[t] - max_score);
             sum += scores[t];
         }
-        float *out = s->xb + (size_t)h * (size_t)head_dim;
+        float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
         memset(out, 0, sizeof(float) * (size_t)head_dim);
-        for (int t = 0; t <= job->pos; t++) {
-            float weight = scores[t] / sum;
-            size_t base = head_base + (size_t)t * kv_dim;
-            for (int i = 0; i < head_dim; i++)
-                out[i] += weight * cache_read(m, s->value_cache, base + (size_t)i);
-        }
+        for (int t = 0; t <= pos; t++)
+            cache_axpy(m, s->value_cache, head_base + (size_t)t * kv_dim, scores[t] / sum, out, (size_t)head_dim);
     }
 }
 
 /* ============================================================================================= */
-/* the forward pass: one token at position pos; logits (vocab,) or NULL                           */
+/* the forward pass: n <= BATCH tokens at positions pos0 .. pos0 + n - 1                          */
 /* ============================================================================================= */
 
 static void cache_write(eq_model *m, void *cache, size_t base, const float *values, size_t n)
@@ -574,50 +612,59 @@ static void cache_write(eq_model *m, void *cache, size_t base, const float *valu
             ((uint16_t *)cache)[base + i] = eq_fp32_to_fp16(values[i]);
 }
 
-static void forward(eq_model *m, int token, int pos, float *logits)
+/* logits: NULL, (vocab,) for the last token, or (n, vocab) when all_logits */
+static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *logits, bool all_logits)
 {
     const config *c = &m->cfg;
     run_state *s = &m->s;
-    int dim = c->dim;
+    size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
     size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
 
-    eq_dequantize_rows(m->token_embd.qtype, m->token_embd.data, m->token_embd.nbytes, m->token_embd.rows,
-                       m->token_embd.cols, (size_t)token, 1, s->x);
+    for (int t = 0; t < n; t++)
+        eq_dequantize_rows(m->token_embd.qtype, m->token_embd.data, m->token_embd.nbytes, m->token_embd.rows,
+                           m->token_embd.cols, (size_t)tokens[t], 1, s->x + (size_t)t * dim);
     for (int i = 0; i < c->n_layers; i++) {
         const layer *l = &m->layers[i];
         /* attention */
-        rmsnorm(s->xb, s->x, l->attn_norm, dim, c->norm_eps);
-        matvec(m, 3, (matvec_job[]){{&l->wq, s->xb, s->q}, {&l->wk, s->xb, s->k}, {&l->wv, s->xb, s->v}});
-        if (l->bq) {
-            for (size_t j = 0; j < q_dim; j++)
-                s->q[j] += l->bq[j];
-            for (size_t j = 0; j < kv_dim; j++) {
-                s->k[j] += l->bk[j];
-                s->v[j] += l->bv[j];
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, l->attn_norm, c->dim, c->norm_eps);
+        matmul(m, s->xb, n, dim, 3, (matmul_job[]){{&l->wq, s->q}, {&l->wk, s->k}, {&l->wv, s->v}});
+        for (int t = 0; t < n; t++) {
+            float *q = s->q + (size_t)t * q_dim, *k = s->k + (size_t)t * kv_dim, *v = s->v + (size_t)t * kv_dim;
+            if (l->bq) {
+                for (size_t j = 0; j < q_dim; j++)
+                    q[j] += l->bq[j];
+                for (size_t j = 0; j < kv_dim; j++) {
+                    k[j] += l->bk[j];
+                    v[j] += l->bv[j];
+                }
             }
+            rope(q, c->n_heads, c->head_dim, pos0 + t, c->inv_freq);
+            rope(k, c->n_kv_heads, c->head_dim, pos0 + t, c->inv_freq);
+            size_t base = ((size_t)i * (size_t)m->n_ctx + (size_t)(pos0 + t)) * kv_dim;
+            cache_write(m, s->key_cache, base, k, kv_dim);
+            cache_write(m, s->value_cache, base, v, kv_dim);
         }
-        rope(s->q, c->n_heads, c->head_dim, pos, c->inv_freq);
-        rope(s->k, c->n_kv_heads, c->head_dim, pos, c->inv_freq);
-        size_t base = ((size_t)i * (size_t)m->n_ctx + (size_t)pos) * kv_dim;
-        cache_write(m, s->key_cache, base, s->k, kv_dim);
-        cache_write(m, s->value_cache, base, s->v, kv_dim);
-        attention_job job = {m, i, pos};
-        eq_pool_run(m->pool, attention_worker, &job);            /* -> s->xb (q_dim,) */
-        matvec(m, 1, (matvec_job[]){{&l->wo, s->xb, s->xb2}});
-        for (int j = 0; j < dim; j++)
+        attention_job job = {m, i, pos0, n};
+        eq_pool_run(m->pool, attention_worker, &job);            /* -> s->xb (n, q_dim) */
+        matmul(m, s->xb, n, q_dim, 1, (matmul_job[]){{&l->wo, s->xb2}});
+        for (size_t j = 0; j < (size_t)n * dim; j++)
             s->x[j] += s->xb2[j];
         /* SwiGLU MLP */
-        rmsnorm(s->xb, s->x, l->ffn_norm, dim, c->norm_eps);
-        matvec(m, 2, (matvec_job[]){{&l->w_gate, s->xb, s->hb}, {&l->w_up, s->xb, s->hb2}});
-        for (int j = 0; j < c->hidden_dim; j++)
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, l->ffn_norm, c->dim, c->norm_eps);
+        matmul(m, s->xb, n, dim, 2, (matmul_job[]){{&l->w_gate, s->hb}, {&l->w_up, s->hb2}});
+        for (size_t j = 0; j < (size_t)n * hidden; j++)
             s->hb[j] = silu(s->hb[j]) * s->hb2[j];
-        matvec(m, 1, (matvec_job[]){{&l->w_down, s->hb, s->xb2}});
-        for (int j = 0; j < dim; j++)
+        matmul(m, s->hb, n, hidden, 1, (matmul_job[]){{&l->w_down, s->xb2}});
+        for (size_t j = 0; j < (size_t)n * dim; j++)
             s->x[j] += s->xb2[j];
     }
     if (logits) {
-        rmsnorm(s->xb, s->x, m->output_norm, dim, c->norm_eps);
-        matvec(m, 1, (matvec_job[]){{&m->output, s->xb, logits}});
+        int first = all_logits ? 0 : n - 1, count = n - first;
+        for (int t = 0; t < count; t++)
+            rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)(first + t) * dim, m->output_norm, c->dim, c->norm_eps);
+        matmul(m, s->xb, count, dim, 1, (matmul_job[]){{&m->output, logits}});
     }
 }
 
@@ -683,14 +730,16 @@ int eq_model_eval(eq_model *m, const int32_t *tokens, int32_t n_tokens, float *l
         snprintf(m->last_error, sizeof m->last_error, "context full: %d tokens in the cache + %d new > context %d",
                  m->n_past, (int)n_tokens, m->n_ctx);
     }
-    for (int32_t i = 0; i < n_tokens && rc == EQ_OK; i++) {
+    m->kernels = eq_active_kernels();
+    for (int32_t i = 0; i < n_tokens && rc == EQ_OK; i += BATCH) {
+        int n = n_tokens - i < BATCH ? (int)(n_tokens - i) : BATCH;
         float *out = NULL;
         if (logits && all_logits)
             out = logits + (size_t)i * (size_t)m->cfg.vocab_size;
-        else if (logits && i == n_tokens - 1)
+        else if (logits && i + n == n_tokens)
             out = logits;
-        forward(m, tokens[i], m->n_past, out);
-        m->n_past++;
+        forward(m, tokens + i, n, m->n_past, out, all_logits != 0);
+        m->n_past += n;
     }
     atomic_store(&m->busy, 0);
     return rc;

@@ -225,11 +225,14 @@ static int always_available(void)
     return 1;
 }
 
-/* Best first; the reference is last and always available. Later: avx2 (x86/), neon (arm/),
- * each with a cpuid/hwcap check, probably moved with that check into src/dispatch.c. */
+/* Best first; the reference is last and always available. Later: neon (arm/). */
 static const eq_kernel_set kernel_sets[] = {
-    {"scalar", always_available, eq_dequantize_rows_ref, eq_gemv_scalar},
-    {"ref", always_available, eq_dequantize_rows_ref, eq_gemv_ref},
+    {"avx2", eq_avx2_available, eq_dequantize_rows_ref, NULL, eq_prepare_avx2, eq_gemm_avx2,
+     eq_dot_f16_avx2, eq_axpy_f16_avx2},
+    {"scalar", always_available, eq_dequantize_rows_ref, eq_gemv_scalar, NULL, NULL,
+     eq_dot_f16_scalar, eq_axpy_f16_scalar},
+    {"ref", always_available, eq_dequantize_rows_ref, eq_gemv_ref, NULL, NULL,
+     eq_dot_f16_scalar, eq_axpy_f16_scalar},
 };
 
 enum { KERNEL_SET_COUNT = sizeof kernel_sets / sizeof kernel_sets[0] };
@@ -237,17 +240,24 @@ enum { KERNEL_SET_COUNT = sizeof kernel_sets / sizeof kernel_sets[0] };
 /* Selection is deterministic, so a race at first use only stores the same pointer twice. */
 static _Atomic(const eq_kernel_set *) active_kernel_set = NULL;
 
+/* The set called `isa` if this CPU runs it, else NULL. */
+static const eq_kernel_set *find_kernel_set(const char *isa)
+{
+    for (int i = 0; isa != NULL && i < KERNEL_SET_COUNT; i++) {
+        if (strcmp(kernel_sets[i].isa, isa) == 0 && kernel_sets[i].is_available()) {
+            return &kernel_sets[i];
+        }
+    }
+    return NULL;
+}
+
 /* EDGEQ_ISA=<isa> picks that set if this CPU runs it; otherwise (unset, "auto", unknown or
  * unavailable) the first available set in kernel_sets. */
 static const eq_kernel_set *select_kernel_set(void)
 {
-    const char *requested = getenv("EDGEQ_ISA");
-    if (requested != NULL && requested[0] != '\0') {
-        for (int i = 0; i < KERNEL_SET_COUNT; i++) {
-            if (strcmp(kernel_sets[i].isa, requested) == 0 && kernel_sets[i].is_available()) {
-                return &kernel_sets[i];
-            }
-        }
+    const eq_kernel_set *requested = find_kernel_set(getenv("EDGEQ_ISA"));
+    if (requested != NULL) {
+        return requested;
     }
     for (int i = 0; i < KERNEL_SET_COUNT; i++) {
         if (kernel_sets[i].is_available()) {
@@ -257,7 +267,7 @@ static const eq_kernel_set *select_kernel_set(void)
     return &kernel_sets[KERNEL_SET_COUNT - 1];
 }
 
-static const eq_kernel_set *kernels(void)
+const eq_kernel_set *eq_active_kernels(void)
 {
     const eq_kernel_set *set = atomic_load_explicit(&active_kernel_set, memory_order_acquire);
     if (set == NULL) {
@@ -265,6 +275,104 @@ static const eq_kernel_set *kernels(void)
         atomic_store_explicit(&active_kernel_set, set, memory_order_release);
     }
     return set;
+}
+
+static const eq_kernel_set *kernels(void)
+{
+    return eq_active_kernels();
+}
+
+int eq_select_isa(const char *isa)
+{
+    const eq_kernel_set *set = find_kernel_set(isa);
+    if (set == NULL) {
+        return EQ_ERR_NOT_FOUND;
+    }
+    atomic_store_explicit(&active_kernel_set, set, memory_order_release);
+    return EQ_OK;
+}
+
+/* ============================================================================================= */
+/* prepared activations and the batched product                                                   */
+/* ============================================================================================= */
+
+/* Bytes of one 16-row tile of a packed (rows, cols) tensor. */
+static size_t tile_bytes(const eq_qtype_traits *type, size_t cols)
+{
+    return ((cols - 1) / (size_t)type->group + 1) * eq_block_bytes(type);
+}
+
+static size_t padded_columns(size_t cols)
+{
+    return (cols + EQ_ACTS_PAD - 1) / EQ_ACTS_PAD * EQ_ACTS_PAD;
+}
+
+int eq_acts_reserve(eq_acts *acts, size_t n, size_t cols)
+{
+    size_t padded = padded_columns(cols), table_bytes;
+    if (multiply_size(n, padded * EQ_LUT_BYTES_PER_COL, &table_bytes) != EQ_OK) {
+        return EQ_ERR_SIZE_OVERFLOW;
+    }
+    if (table_bytes <= acts->capacity_bytes) {
+        return EQ_OK;
+    }
+    eq_acts_free(acts);
+    /* tables: 64-byte aligned rows for aligned 32-byte loads; scales and sums by the same count */
+    acts->tables = aligned_alloc(64, table_bytes);
+    acts->table_scales = malloc(table_bytes / (EQ_LUT_UNIT * EQ_LUT_BYTES_PER_COL) * sizeof(float));
+    acts->sums = malloc(table_bytes / (32 * EQ_LUT_BYTES_PER_COL) * sizeof(float));
+    if (!acts->tables || !acts->table_scales || !acts->sums) {
+        eq_acts_free(acts);
+        return EQ_ERR_NO_MEMORY;
+    }
+    acts->capacity_bytes = table_bytes;
+    return EQ_OK;
+}
+
+void eq_acts_free(eq_acts *acts)
+{
+    free(acts->tables);
+    free(acts->table_scales);
+    free(acts->sums);
+    acts->tables = NULL;
+    acts->table_scales = acts->sums = NULL;
+    acts->capacity_bytes = 0;
+}
+
+void eq_acts_bind(eq_acts *acts, const float *x, size_t n, size_t cols)
+{
+    acts->x = x;
+    acts->n = n;
+    acts->cols = cols;
+    acts->padded_cols = padded_columns(cols);
+}
+
+void eq_acts_prepare(const eq_kernel_set *set, eq_acts *acts, size_t first, size_t count)
+{
+    if (set->prepare != NULL && count > 0) {
+        set->prepare(acts, first, count);
+    }
+}
+
+void eq_gemm_prepared(const eq_kernel_set *set, const eq_qtype_traits *type, const uint8_t *data,
+                      size_t rows, size_t cols, const eq_acts *acts, float *y, size_t y_stride)
+{
+    if (set->gemm != NULL) {
+        set->gemm(type, data, rows, cols, acts, y, y_stride);
+        return;
+    }
+    /* one vector at a time, through a stack buffer of whole tiles for the strided output */
+    enum { SLICE_ROWS = 16 * EQ_TILE_ROWS };
+    float slice[SLICE_ROWS];
+    size_t slice_bytes = type->plain ? (size_t)SLICE_ROWS * cols * (size_t)(type->bits / 8)
+                                     : (size_t)(SLICE_ROWS / EQ_TILE_ROWS) * tile_bytes(type, cols);
+    for (size_t v = 0; v < acts->n; v++) {
+        for (size_t row0 = 0; row0 < rows; row0 += SLICE_ROWS) {
+            size_t n_rows = rows - row0 < SLICE_ROWS ? rows - row0 : SLICE_ROWS;
+            set->gemv(type, data + row0 / SLICE_ROWS * slice_bytes, n_rows, cols, acts->x + v * cols, slice);
+            memcpy(y + v * y_stride + row0, slice, n_rows * sizeof(float));
+        }
+    }
 }
 
 const char *eq_isa_name(void)
@@ -319,37 +427,47 @@ int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows,
     return EQ_OK;
 }
 
-int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
-            const float *x, float *y)
+/* Validate, then y (n, rows) = W x[v] through `set` with activations prepared here. */
+static int gemm_with(const eq_kernel_set *set, int id, const void *data, size_t data_bytes,
+                     size_t rows, size_t cols, const float *x, size_t n, float *y)
 {
     const eq_qtype_traits *type;
     int err = check_tensor(id, data, data_bytes, rows, cols, &type);
     if (err != EQ_OK) {
         return err;
     }
-    if (x == NULL || y == NULL) {
+    if (set == NULL || x == NULL || y == NULL || n == 0) {
         return EQ_ERR_INVALID_ARGUMENT;
     }
-    kernels()->gemv(type, (const uint8_t *)data, rows, cols, x, y);
+    eq_acts acts = {0};
+    if (set->prepare != NULL && (err = eq_acts_reserve(&acts, n, cols)) != EQ_OK) {
+        return err;
+    }
+    eq_acts_bind(&acts, x, n, cols);
+    eq_acts_prepare(set, &acts, 0, n);
+    eq_gemm_prepared(set, type, (const uint8_t *)data, rows, cols, &acts, y, rows);
+    eq_acts_free(&acts);
     return EQ_OK;
 }
 
-int eq_gemv_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
-                const float *x, float *y)
+int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+            const float *x, float *y)
 {
-    const eq_qtype_traits *type;
-    int err = check_tensor(id, data, data_bytes, rows, cols, &type);
-    if (err != EQ_OK) {
-        return err;
+    return gemm_with(kernels(), id, data, data_bytes, rows, cols, x, 1, y);
+}
+
+int eq_gemm(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
+            const float *x, size_t n, float *y)
+{
+    return gemm_with(kernels(), id, data, data_bytes, rows, cols, x, n, y);
+}
+
+int eq_gemm_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows,
+                size_t cols, const float *x, size_t n, float *y)
+{
+    const eq_kernel_set *set = find_kernel_set(isa);
+    if (set == NULL) {
+        return EQ_ERR_NOT_FOUND;
     }
-    if (isa == NULL || x == NULL || y == NULL) {
-        return EQ_ERR_INVALID_ARGUMENT;
-    }
-    for (int i = 0; i < KERNEL_SET_COUNT; i++) {
-        if (strcmp(kernel_sets[i].isa, isa) == 0 && kernel_sets[i].is_available()) {
-            kernel_sets[i].gemv(type, (const uint8_t *)data, rows, cols, x, y);
-            return EQ_OK;
-        }
-    }
-    return EQ_ERR_INVALID_ARGUMENT;
+    return gemm_with(set, id, data, data_bytes, rows, cols, x, n, y);
 }

@@ -1,0 +1,339 @@
+/* x86/avx2.c — the LUT kernel set for AVX2 (+ FMA, F16C): int8 tables looked up with pshufb.
+ *
+ * prepare: for every group of 4 activations the 16 subset sums T[idx] = Σ_{bit i of idx} x[k0+i],
+ * quantized to int16 with one scale per 64 activations (max |T| -> 32767) and split into a low
+ * byte (unsigned) and a high byte (signed) table: pshufb looks bytes up, and int8 tables alone
+ * (max |T| -> 127) cost 2.5 % perplexity at 8 bits on SmolLM2, more than the weights' own error.
+ * Stored so that one 32-byte load gives the tables a 32-byte load of weight planes needs:
+ *     per 16 columns (a chunk pair c, c+1), 128 bytes:
+ *     low bytes  T(quad 0) T(quad 2) | T(quad 1) T(quad 3),  then high bytes in the same order
+ * A plane load covers chunk c in its low 128-bit lane and chunk c+1 in its high lane; its low
+ * nibbles index quads 0 and 2 of the 16 columns, its high nibbles quads 1 and 3, and pshufb looks
+ * up within each lane: 32 rows x 4 activations per instruction and byte table.
+ * gemm: per (tile, vector, group, 64-column unit), lookups are summed in int16 (maddubs adds a row's
+ * low- and high-nibble lookups), planes four at a time (high bytes: 16 x 128 x 15 < 2^15 with both
+ * lanes; low bytes: 8 x 255 x 15 per lane), then widened to int32 as 256 high + low, scaled by the
+ * table scale, and per group by the fp16 scale (+ min x Σx, or - zero_point x Σx for symmetric
+ * types) in fp32. Σx per group is exact (float), not from tables.
+ * Each weight tile is read once per call and reused for every vector while it is in cache.
+ *
+ * Everything here is compiled for AVX2/FMA/F16C by the pragmas (GCC's target, clang's attribute) and only called after
+ * eq_avx2_available() said the CPU has them; other translation units stay portable.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* cpuid: AVX2 (leaf 7 EBX bit 5), FMA and F16C (leaf 1 ECX bits 12, 29), and the OS saving the
+ * YMM registers (OSXSAVE, ECX bit 27, then XCR0 bits 1-2). */
+int eq_avx2_available(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return 0;
+    int fma = (ecx >> 12) & 1, osxsave = (ecx >> 27) & 1, f16c = (ecx >> 29) & 1;
+    if (!fma || !osxsave || !f16c)
+        return 0;
+    unsigned int xcr0_low, xcr0_high;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    if ((xcr0_low & 6u) != 6u)
+        return 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+        return 0;
+    return (ebx >> 5) & 1;
+}
+
+/* ---- prepare: int8 tables ---------------------------------------------------------------------- */
+
+enum { QUADS_PER_UNIT = EQ_LUT_UNIT / 4 };
+
+static float horizontal_max(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* values = round(entries * inv) as int16 (|values| <= 32767) for entries 0..7 in `first`, 8..15
+ * in `second`; stores their 16 low bytes at low_out and 16 high bytes at high_out */
+static void quantize_table(__m256 first, __m256 second, __m256 inv, int8_t *low_out, int8_t *high_out)
+{
+    __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(first, inv));     /* round to nearest even */
+    __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(second, inv));
+    __m256i values = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);   /* 16 x int16 */
+    __m256i bytes = _mm256_set1_epi16(0xff);
+    __m256i low = _mm256_and_si256(values, bytes), high = _mm256_srai_epi16(values, 8);
+    __m256i low_bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(low, low), 0xD8);
+    __m256i high_bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(high, high), 0xD8);
+    _mm_storeu_si128((__m128i *)low_out, _mm256_castsi256_si128(low_bytes));
+    _mm_storeu_si128((__m128i *)high_out, _mm256_castsi256_si128(high_bytes));
+}
+
+void eq_prepare_avx2(eq_acts *acts, size_t first, size_t count)
+{
+    const size_t cols = acts->cols, padded = acts->padded_cols;
+    const __m256 bit0 = _mm256_setr_ps(0, 1, 0, 1, 0, 1, 0, 1);
+    const __m256 bit1 = _mm256_setr_ps(0, 0, 1, 1, 0, 0, 1, 1);
+    const __m256 bit2 = _mm256_setr_ps(0, 0, 0, 0, 1, 1, 1, 1);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (size_t v = first; v < first + count; v++) {
+        const float *x = acts->x + v * cols;
+        int8_t *tables = acts->tables + v * padded * EQ_LUT_BYTES_PER_COL;
+        float *scales = acts->table_scales + v * (padded / EQ_LUT_UNIT);
+        float *sums = acts->sums + v * (padded / 32);
+        for (size_t u0 = 0; u0 < padded; u0 += EQ_LUT_UNIT) {
+            __m256 low[QUADS_PER_UNIT], high[QUADS_PER_UNIT];     /* entries 0..7, 8..15 */
+            float quad_sum[QUADS_PER_UNIT];
+            __m256 max_abs = _mm256_setzero_ps();
+            for (int q = 0; q < QUADS_PER_UNIT; q++) {
+                float a[4];
+                for (int i = 0; i < 4; i++) {
+                    size_t k = u0 + 4u * (size_t)q + (size_t)i;
+                    a[i] = k < cols ? x[k] : 0.0f;
+                }
+                __m256 t = _mm256_mul_ps(bit0, _mm256_set1_ps(a[0]));
+                t = _mm256_fmadd_ps(bit1, _mm256_set1_ps(a[1]), t);
+                t = _mm256_fmadd_ps(bit2, _mm256_set1_ps(a[2]), t);
+                low[q] = t;
+                high[q] = _mm256_add_ps(t, _mm256_set1_ps(a[3]));
+                max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, low[q]));
+                max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, high[q]));
+                quad_sum[q] = ((a[0] + a[1]) + a[2]) + a[3];
+            }
+            float largest = horizontal_max(max_abs);
+            scales[u0 / EQ_LUT_UNIT] = largest / 32767.0f;
+            __m256 inv = _mm256_set1_ps(largest > 0.0f ? 32767.0f / largest : 0.0f);
+            for (int half = 0; half < 2; half++) {
+                float sum = 0.0f;
+                for (int q = 8 * half; q < 8 * half + 8; q++)
+                    sum += quad_sum[q];
+                sums[u0 / 32 + (size_t)half] = sum;
+            }
+            for (int q = 0; q < QUADS_PER_UNIT; q++) {
+                int within = q % 4, slot = (within & 1) * 2 + (within >> 1);   /* 0 2 1 3 order */
+                int8_t *out = tables + (u0 + 16u * (size_t)(q / 4)) * EQ_LUT_BYTES_PER_COL + 16 * slot;
+                quantize_table(low[q], high[q], inv, out, out + 64);
+            }
+        }
+    }
+}
+
+/* ---- gemm ------------------------------------------------------------------------------------- */
+
+static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                        const eq_acts *acts, float *y, size_t y_stride)
+{
+    const size_t group = (size_t)type->group;
+    const int bits = type->bits;
+    const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
+    const size_t n_groups = (cols + group - 1) / group;
+    const size_t block_bytes = eq_block_bytes(type);
+    const size_t planes_offset = 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
+    const size_t plane_bytes = 2u * group;
+    const size_t unit_cols = group < EQ_LUT_UNIT ? group : EQ_LUT_UNIT;
+    const size_t units = group / unit_cols, pairs = unit_cols / 16;
+    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+    const size_t table_stride = acts->padded_cols * EQ_LUT_BYTES_PER_COL;
+    const size_t scale_stride = acts->padded_cols / EQ_LUT_UNIT, sum_stride = acts->padded_cols / 32;
+    const __m256i nibble = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi8(1);
+
+    for (size_t tile = 0; tile < n_tiles; tile++) {
+        const uint8_t *tile_data = data + tile * n_groups * block_bytes;
+        for (size_t v = 0; v < acts->n; v++) {
+            const int8_t *tables = acts->tables + v * table_stride;
+            const float *table_scales = acts->table_scales + v * scale_stride;
+            const float *sums = acts->sums + v * sum_stride;
+            __m256 acc_low = _mm256_setzero_ps(), acc_high = _mm256_setzero_ps();   /* rows 0-7, 8-15 */
+            const uint8_t *block = tile_data;
+            for (size_t g = 0; g < n_groups; g++, block += block_bytes) {
+                __m256 dot_low = _mm256_setzero_ps(), dot_high = _mm256_setzero_ps();
+                for (size_t u = 0; u < units; u++) {
+                    const size_t col0 = g * group + u * unit_cols;
+                    const int8_t *unit_tables = tables + col0 * EQ_LUT_BYTES_PER_COL;
+                    const uint8_t *unit_planes = block + planes_offset + u * unit_cols * 2u;
+                    __m256i total_low = _mm256_setzero_si256(), total_high = _mm256_setzero_si256();
+                    for (int p0 = 0; p0 < bits; p0 += 4) {
+                        /* int16 sums of rows 0-7 (_a) and 8-15 (_b) per lane (lanes: even/odd
+                         * chunks), from the high-byte (hi_) and low-byte (lo_) tables */
+                        __m256i hi_a = _mm256_setzero_si256(), hi_b = _mm256_setzero_si256();
+                        __m256i lo_a = _mm256_setzero_si256(), lo_b = _mm256_setzero_si256();
+                        int p_end = bits < p0 + 4 ? bits : p0 + 4;
+                        for (int p = p0; p < p_end; p++) {
+                            const uint8_t *w = unit_planes + (size_t)p * plane_bytes;
+                            __m256i plane_hi_a = _mm256_setzero_si256(), plane_hi_b = _mm256_setzero_si256();
+                            __m256i plane_lo_a = _mm256_setzero_si256(), plane_lo_b = _mm256_setzero_si256();
+                            for (size_t c = 0; c < pairs; c++) {
+                                __m256i packed = _mm256_loadu_si256((const __m256i *)(w + 32 * c));
+                                __m256i lo = _mm256_and_si256(packed, nibble);
+                                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                                const __m256i *t = (const __m256i *)(unit_tables + 128 * c);
+                                __m256i low_lo = _mm256_shuffle_epi8(_mm256_load_si256(t), lo);
+                                __m256i low_hi = _mm256_shuffle_epi8(_mm256_load_si256(t + 1), hi);
+                                __m256i high_lo = _mm256_shuffle_epi8(_mm256_load_si256(t + 2), lo);
+                                __m256i high_hi = _mm256_shuffle_epi8(_mm256_load_si256(t + 3), hi);
+                                plane_hi_a = _mm256_add_epi16(plane_hi_a, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(high_lo, high_hi)));
+                                plane_hi_b = _mm256_add_epi16(plane_hi_b, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(high_lo, high_hi)));
+                                plane_lo_a = _mm256_add_epi16(plane_lo_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(low_lo, low_hi), ones));
+                                plane_lo_b = _mm256_add_epi16(plane_lo_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(low_lo, low_hi), ones));
+                            }
+                            __m128i shift = _mm_cvtsi32_si128(p - p0);
+                            hi_a = _mm256_add_epi16(hi_a, _mm256_sll_epi16(plane_hi_a, shift));
+                            hi_b = _mm256_add_epi16(hi_b, _mm256_sll_epi16(plane_hi_b, shift));
+                            lo_a = _mm256_add_epi16(lo_a, _mm256_sll_epi16(plane_lo_a, shift));
+                            lo_b = _mm256_add_epi16(lo_b, _mm256_sll_epi16(plane_lo_b, shift));
+                        }
+                        __m256i sum_a = _mm256_add_epi32(
+                            _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(hi_a), _mm256_extracti128_si256(hi_a, 1))), 8),
+                            _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo_a)), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo_a, 1))));
+                        __m256i sum_b = _mm256_add_epi32(
+                            _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(hi_b), _mm256_extracti128_si256(hi_b, 1))), 8),
+                            _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo_b)), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo_b, 1))));
+                        __m128i shift = _mm_cvtsi32_si128(p0);
+                        total_low = _mm256_add_epi32(total_low, _mm256_sll_epi32(sum_a, shift));
+                        total_high = _mm256_add_epi32(total_high, _mm256_sll_epi32(sum_b, shift));
+                    }
+                    __m256 table_scale = _mm256_set1_ps(table_scales[col0 / EQ_LUT_UNIT]);
+                    dot_low = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_low), table_scale, dot_low);
+                    dot_high = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_high), table_scale, dot_high);
+                }
+                float sum_x = 0.0f;
+                for (size_t i = 0; i < group / 32; i++)
+                    sum_x += sums[g * group / 32 + i];
+                __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
+                __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
+                if (type->symmetric) {
+                    __m256 offset = _mm256_set1_ps(zero_point * sum_x);
+                    acc_low = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low, offset), acc_low);
+                    acc_high = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high, offset), acc_high);
+                } else {
+                    __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
+                    __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
+                    __m256 sum = _mm256_set1_ps(sum_x);
+                    acc_low = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low, acc_low));
+                    acc_high = _mm256_fmadd_ps(min_high, sum, _mm256_fmadd_ps(scale_high, dot_high, acc_high));
+                }
+            }
+            float out[EQ_TILE_ROWS];
+            _mm256_storeu_ps(out, acc_low);
+            _mm256_storeu_ps(out + 8, acc_high);
+            size_t row0 = tile * EQ_TILE_ROWS;
+            size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
+            memcpy(y + v * y_stride + row0, out, n_rows * sizeof(float));
+        }
+    }
+}
+
+static float horizontal_sum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* plain f32 / f16 rows: fp32 FMA dot products, each row reused for every vector */
+static void gemm_plain(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                       const eq_acts *acts, float *y, size_t y_stride)
+{
+    const size_t width = (size_t)type->bits / 8u, body = cols / 8 * 8;
+    for (size_t r = 0; r < rows; r++) {
+        const uint8_t *w = data + r * cols * width;
+        for (size_t v = 0; v < acts->n; v++) {
+            const float *x = acts->x + v * cols;
+            __m256 acc = _mm256_setzero_ps();
+            for (size_t k = 0; k < body; k += 8) {
+                __m256 wv = width == 4 ? _mm256_loadu_ps((const float *)(w + 4 * k))
+                                       : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * k)));
+                acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + k), acc);
+            }
+            float dot = horizontal_sum(acc);
+            for (size_t k = body; k < cols; k++)
+                dot += (width == 4 ? eq_read_f32le(w + 4 * k) : eq_read_f16le(w + 2 * k)) * x[k];
+            y[v * y_stride + r] = dot;
+        }
+    }
+}
+
+void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                  const eq_acts *acts, float *y, size_t y_stride)
+{
+    if (type->plain)
+        gemm_plain(type, data, rows, cols, acts, y, y_stride);
+    else
+        gemm_packed(type, data, rows, cols, acts, y, y_stride);
+}
+
+/* ---- attention over an fp16 KV cache ------------------------------------------------------- */
+
+float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))), _mm256_loadu_ps(b + i), acc);
+    float dot = horizontal_sum(acc);
+    for (; i < n; i++)
+        dot += eq_fp16_to_fp32(a[i]) * b[i];
+    return dot;
+}
+
+void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n)
+{
+    __m256 weight = _mm256_set1_ps(w);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 values = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(weight, values, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++)
+        y[i] += w * eq_fp16_to_fp32(x[i]);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+
+#else   /* not x86: the set exists but is never available */
+
+#include "kernels.h"
+
+int eq_avx2_available(void)
+{
+    return 0;
+}
+
+void eq_prepare_avx2(eq_acts *acts, size_t first, size_t count)
+{
+    (void)acts, (void)first, (void)count;
+}
+
+void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                  const eq_acts *acts, float *y, size_t y_stride)
+{
+    (void)type, (void)data, (void)rows, (void)cols, (void)acts, (void)y, (void)y_stride;
+}
+
+float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n)
+{
+    (void)a, (void)b, (void)n;
+    return 0.0f;
+}
+
+void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n)
+{
+    (void)y, (void)w, (void)x, (void)n;
+}
+
+#endif
