@@ -1,18 +1,38 @@
 """`edgeq info`: what a converted file holds and what it needs to run."""
 from __future__ import annotations
 
+import os
+
+from . import _ffi
 from .fileformat import FORMAT_VERSION, ModelFile
+
+BATCH = 64            # tokens the runtime evaluates together (native/src/model.c BATCH)
+
+# what each kernel set does with packed and plain tensors, for `edgeq info`
+KERNELS = {
+    "avx2": ("LUT: int16 tables of 4-activation subset sums, pshufb lookups per bit-plane", "fp32 FMA"),
+    "scalar": ("LUT: float tables of 4-activation subset sums, portable C", "portable C"),
+    "ref": ("reference: bit by bit, double accumulation", "reference"),
+}
 
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def memory_estimate(model: ModelFile, ctx: int, kv_bytes: int = 2) -> dict:
-    """Bytes to run at context `ctx`: mapped weights + KV cache + activation buffers (float32)."""
+def memory_estimate(model: ModelFile, ctx: int, kv_bytes: int = 2, threads: int | None = None) -> dict:
+    """Bytes to run at context `ctx`: mapped weights + KV cache + the runtime's buffers, as
+    native/src/model.c allocates them (a batch of activations, the kernels' tables for one batch
+    input, attention scores per thread) plus one row of logits."""
     c = model.config
     kv = 2 * c.n_layers * ctx * c.n_kv_heads * c.head_dim * kv_bytes
-    activations = 4 * (6 * c.dim + 3 * c.hidden_dim + c.n_heads * c.head_dim * 2 + c.n_heads * ctx + c.vocab_size)
+    q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    wide = max(c.dim, q_dim)
+    padded = -(-max(wide, c.hidden_dim) // 128) * 128
+    batch = BATCH * (2 * c.dim + wide + 2 * c.hidden_dim + q_dim + 2 * kv_dim) * 4
+    tables = BATCH * (padded * 8 + (padded // 64 + padded // 32) * 4)
+    scores = (threads or os.cpu_count() or 1) * ctx * 4
+    activations = batch + tables + scores + 4 * c.vocab_size
     weights = sum(t.nbytes for t in model.tensors.values())
     return {"weights": weights, "kv_cache": kv, "activations": activations, "total": weights + kv + activations}
 
@@ -57,6 +77,9 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
     per_token = weight_bytes_per_token(model)
     lines.append(f"weights read per token: {per_token} bytes ({_mb(per_token)}; the decode roofline is "
                  f"memory bandwidth / this)")
+    isa = _ffi.isa()
+    packed, plain = KERNELS.get(isa, ("?", "?"))
+    lines.append(f"kernels       {isa} on this machine: packed types {packed}; f32/f16 {plain}")
     for kv_bytes, label in ((2, "fp16"), (4, "fp32")):
         mem = memory_estimate(model, ctx, kv_bytes)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "

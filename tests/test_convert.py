@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeq import quant_types
+from edgeq import _ffi, quant_types
 from edgeq.convert import PlanSettings, convert
 from edgeq.convert.quantize import quantize
 from edgeq.convert.sources import open_source
@@ -177,4 +177,5 @@ def test_cli_convert_and_info(tiny_qwen, tmp_path):
     assert f"{bpw:.3f} bits per weight" in text
     kv = 2 * 2 * 128 * 2 * 16 * 2   # k+v, layers, ctx, kv heads, head dim, fp16
     assert f"KV cache fp16 {kv / 1e6:.1f} MB" in text
+    assert f"kernels       {_ffi.isa()} on this machine" in text
     assert json.loads(model.get("edgeq.generation"))["eos_token_id"] == [2, 0]

@@ -1,24 +1,26 @@
-/* x86/avx2.c — the LUT kernel set for AVX2 (+ FMA, F16C): int8 tables looked up with pshufb.
+/* x86/avx2.c — the LUT kernel set for AVX2 (+ FMA, F16C): int16 tables looked up with pshufb.
  *
  * prepare: for every group of 4 activations the 16 subset sums T[idx] = Σ_{bit i of idx} x[k0+i],
- * quantized to int16 with one scale per 64 activations (max |T| -> 32767) and split into a low
- * byte (unsigned) and a high byte (signed) table: pshufb looks bytes up, and int8 tables alone
- * (max |T| -> 127) cost 2.5 % perplexity at 8 bits on SmolLM2, more than the weights' own error.
- * Stored so that one 32-byte load gives the tables a 32-byte load of weight planes needs:
+ * quantized to int16 with one scale per 64 activations (max |T| -> 32767) and split into a low-byte
+ * table and a high-byte table (stored + 128, so both are unsigned): pshufb looks bytes up, and int8
+ * tables alone (max |T| -> 127) cost 2.5 % perplexity at 8 bits on SmolLM2, more than the weights'
+ * own error. Stored so that one 32-byte load gives the tables a 32-byte load of weight planes needs:
  *     per 16 columns (a chunk pair c, c+1), 128 bytes:
  *     low bytes  T(quad 0) T(quad 2) | T(quad 1) T(quad 3),  then high bytes in the same order
  * A plane load covers chunk c in its low 128-bit lane and chunk c+1 in its high lane; its low
  * nibbles index quads 0 and 2 of the 16 columns, its high nibbles quads 1 and 3, and pshufb looks
  * up within each lane: 32 rows x 4 activations per instruction and byte table.
  * gemm: per (tile, vector, group, 64-column unit), lookups are summed in int16 (maddubs adds a row's
- * low- and high-nibble lookups), planes four at a time (high bytes: 16 x 128 x 15 < 2^15 with both
- * lanes; low bytes: 8 x 255 x 15 per lane), then widened to int32 as 256 high + low, scaled by the
- * table scale, and per group by the fp16 scale (+ min x Σx, or - zero_point x Σx for symmetric
- * types) in fp32. Σx per group is exact (float), not from tables.
+ * low- and high-nibble lookups and weighs plane p by 2^(p - p0)), planes four at a time (per lane
+ * at most 4 pairs x 15 x 510 < 2^15), the high bytes' +128 removed, then widened to int32 as
+ * 256 high + low, scaled by the table scale, and per group by the fp16 scale (+ min x Σx, or
+ * - zero_point x Σx for symmetric types) in fp32. Σx per group is exact (float), not from tables.
  * Each weight tile is read once per call and reused for every vector while it is in cache.
+ * The loops over planes and chunk pairs are unrolled per (bits, group) (gemm_packed's switch).
  *
- * Everything here is compiled for AVX2/FMA/F16C by the pragmas (GCC's target, clang's attribute) and only called after
- * eq_avx2_available() said the CPU has them; other translation units stay portable.
+ * Everything here is compiled for AVX2/FMA/F16C by the pragmas (GCC's target, clang's attribute)
+ * and only called after eq_avx2_available() said the CPU has them; other translation units stay
+ * portable.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -67,16 +69,17 @@ static float horizontal_max(__m256 v)
 }
 
 /* values = round(entries * inv) as int16 (|values| <= 32767) for entries 0..7 in `first`, 8..15
- * in `second`; stores their 16 low bytes at low_out and 16 high bytes at high_out */
+ * in `second`; stores their 16 low bytes at low_out and 16 high bytes + 128 (unsigned) at high_out */
 static void quantize_table(__m256 first, __m256 second, __m256 inv, int8_t *low_out, int8_t *high_out)
 {
     __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(first, inv));     /* round to nearest even */
     __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(second, inv));
     __m256i values = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);   /* 16 x int16 */
     __m256i bytes = _mm256_set1_epi16(0xff);
-    __m256i low = _mm256_and_si256(values, bytes), high = _mm256_srai_epi16(values, 8);
+    __m256i low = _mm256_and_si256(values, bytes);
+    __m256i high = _mm256_add_epi16(_mm256_srai_epi16(values, 8), _mm256_set1_epi16(128));   /* 0..255 */
     __m256i low_bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(low, low), 0xD8);
-    __m256i high_bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(high, high), 0xD8);
+    __m256i high_bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(high, high), 0xD8);
     _mm_storeu_si128((__m128i *)low_out, _mm256_castsi256_si128(low_bytes));
     _mm_storeu_si128((__m128i *)high_out, _mm256_castsi256_si128(high_bytes));
 }
@@ -132,11 +135,12 @@ void eq_prepare_avx2(eq_acts *acts, size_t first, size_t count)
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
 
-static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                        const eq_acts *acts, float *y, size_t y_stride)
+/* The kernel body, inlined once per (bits, group) by gemm_packed so that the plane and chunk loops
+ * have constant trip counts and unroll. */
+static inline __attribute__((always_inline)) void
+gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                 const eq_acts *acts, float *y, size_t y_stride, const int bits, const size_t group)
 {
-    const size_t group = (size_t)type->group;
-    const int bits = type->bits;
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_groups = (cols + group - 1) / group;
     const size_t block_bytes = eq_block_bytes(type);
@@ -147,7 +151,7 @@ static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
     const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
     const size_t table_stride = acts->padded_cols * EQ_LUT_BYTES_PER_COL;
     const size_t scale_stride = acts->padded_cols / EQ_LUT_UNIT, sum_stride = acts->padded_cols / 32;
-    const __m256i nibble = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi8(1);
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * n_groups * block_bytes;
@@ -164,36 +168,40 @@ static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
                     const int8_t *unit_tables = tables + col0 * EQ_LUT_BYTES_PER_COL;
                     const uint8_t *unit_planes = block + planes_offset + u * unit_cols * 2u;
                     __m256i total_low = _mm256_setzero_si256(), total_high = _mm256_setzero_si256();
+#pragma GCC unroll 2
                     for (int p0 = 0; p0 < bits; p0 += 4) {
                         /* int16 sums of rows 0-7 (_a) and 8-15 (_b) per lane (lanes: even/odd
-                         * chunks), from the high-byte (hi_) and low-byte (lo_) tables */
+                         * chunks), from the high-byte (hi_) and low-byte (lo_) tables; maddubs
+                         * weighs plane p by 2^(p - p0) as it adds a row's two lookups (both byte
+                         * tables unsigned, so the weight can be its signed memory operand) */
                         __m256i hi_a = _mm256_setzero_si256(), hi_b = _mm256_setzero_si256();
                         __m256i lo_a = _mm256_setzero_si256(), lo_b = _mm256_setzero_si256();
-                        int p_end = bits < p0 + 4 ? bits : p0 + 4;
-                        for (int p = p0; p < p_end; p++) {
-                            const uint8_t *w = unit_planes + (size_t)p * plane_bytes;
-                            __m256i plane_hi_a = _mm256_setzero_si256(), plane_hi_b = _mm256_setzero_si256();
-                            __m256i plane_lo_a = _mm256_setzero_si256(), plane_lo_b = _mm256_setzero_si256();
-                            for (size_t c = 0; c < pairs; c++) {
-                                __m256i packed = _mm256_loadu_si256((const __m256i *)(w + 32 * c));
+                        const int p_end = bits < p0 + 4 ? bits : p0 + 4;
+#pragma GCC unroll 4
+                        for (size_t c = 0; c < pairs; c++) {
+                            const __m256i *t = (const __m256i *)(unit_tables + 128 * c);
+                            const __m256i low_even = _mm256_load_si256(t), low_odd = _mm256_load_si256(t + 1);
+                            const __m256i high_even = _mm256_load_si256(t + 2), high_odd = _mm256_load_si256(t + 3);
+#pragma GCC unroll 4
+                            for (int p = p0; p < p_end; p++) {
+                                const __m256i weight = _mm256_set1_epi8((char)(1 << (p - p0)));
+                                __m256i packed = _mm256_loadu_si256((const __m256i *)(unit_planes + (size_t)p * plane_bytes + 32 * c));
                                 __m256i lo = _mm256_and_si256(packed, nibble);
                                 __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                                const __m256i *t = (const __m256i *)(unit_tables + 128 * c);
-                                __m256i low_lo = _mm256_shuffle_epi8(_mm256_load_si256(t), lo);
-                                __m256i low_hi = _mm256_shuffle_epi8(_mm256_load_si256(t + 1), hi);
-                                __m256i high_lo = _mm256_shuffle_epi8(_mm256_load_si256(t + 2), lo);
-                                __m256i high_hi = _mm256_shuffle_epi8(_mm256_load_si256(t + 3), hi);
-                                plane_hi_a = _mm256_add_epi16(plane_hi_a, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(high_lo, high_hi)));
-                                plane_hi_b = _mm256_add_epi16(plane_hi_b, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(high_lo, high_hi)));
-                                plane_lo_a = _mm256_add_epi16(plane_lo_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(low_lo, low_hi), ones));
-                                plane_lo_b = _mm256_add_epi16(plane_lo_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(low_lo, low_hi), ones));
+                                __m256i high_lo = _mm256_shuffle_epi8(high_even, lo);
+                                __m256i high_hi = _mm256_shuffle_epi8(high_odd, hi);
+                                hi_a = _mm256_add_epi16(hi_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(high_lo, high_hi), weight));
+                                hi_b = _mm256_add_epi16(hi_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(high_lo, high_hi), weight));
+                                __m256i low_lo = _mm256_shuffle_epi8(low_even, lo);
+                                __m256i low_hi = _mm256_shuffle_epi8(low_odd, hi);
+                                lo_a = _mm256_add_epi16(lo_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(low_lo, low_hi), weight));
+                                lo_b = _mm256_add_epi16(lo_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(low_lo, low_hi), weight));
                             }
-                            __m128i shift = _mm_cvtsi32_si128(p - p0);
-                            hi_a = _mm256_add_epi16(hi_a, _mm256_sll_epi16(plane_hi_a, shift));
-                            hi_b = _mm256_add_epi16(hi_b, _mm256_sll_epi16(plane_hi_b, shift));
-                            lo_a = _mm256_add_epi16(lo_a, _mm256_sll_epi16(plane_lo_a, shift));
-                            lo_b = _mm256_add_epi16(lo_b, _mm256_sll_epi16(plane_lo_b, shift));
                         }
+                        /* the high bytes carry +128: 2 lookups x 128 x 2^(p - p0) per plane and pair */
+                        const __m256i bias = _mm256_set1_epi16((short)(256 * (int)pairs * ((1 << (p_end - p0)) - 1)));
+                        hi_a = _mm256_sub_epi16(hi_a, bias);
+                        hi_b = _mm256_sub_epi16(hi_b, bias);
                         __m256i sum_a = _mm256_add_epi32(
                             _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(hi_a), _mm256_extracti128_si256(hi_a, 1))), 8),
                             _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo_a)), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo_a, 1))));
@@ -233,6 +241,21 @@ static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
             memcpy(y + v * y_stride + row0, out, n_rows * sizeof(float));
         }
     }
+}
+
+static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                        const eq_acts *acts, float *y, size_t y_stride)
+{
+#define BODY_CASE(b, g) \
+    case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, acts, y, y_stride, (b), (g)); return;
+#define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
+    switch (type->bits * 1000 + type->group) {
+    BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
+    default:   /* a type added to the table without a case here: correct, not unrolled */
+        gemm_packed_body(type, data, rows, cols, acts, y, y_stride, type->bits, (size_t)type->group);
+    }
+#undef BODY_CASES
+#undef BODY_CASE
 }
 
 static float horizontal_sum(__m256 v)
