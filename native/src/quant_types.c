@@ -277,11 +277,6 @@ const eq_kernel_set *eq_active_kernels(void)
     return set;
 }
 
-static const eq_kernel_set *kernels(void)
-{
-    return eq_active_kernels();
-}
-
 int eq_select_isa(const char *isa)
 {
     const eq_kernel_set *set = find_kernel_set(isa);
@@ -377,7 +372,7 @@ void eq_gemm_prepared(const eq_kernel_set *set, const eq_qtype_traits *type, con
 
 const char *eq_isa_name(void)
 {
-    return kernels()->isa;
+    return eq_active_kernels()->isa;
 }
 
 /* ============================================================================================= */
@@ -423,7 +418,7 @@ int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows,
     if (out == NULL) {
         return EQ_ERR_INVALID_ARGUMENT;
     }
-    kernels()->dequantize_rows(type, (const uint8_t *)data, rows, cols, row_begin, row_count, out);
+    eq_active_kernels()->dequantize_rows(type, (const uint8_t *)data, rows, cols, row_begin, row_count, out);
     return EQ_OK;
 }
 
@@ -453,13 +448,13 @@ static int gemm_with(const eq_kernel_set *set, int id, const void *data, size_t 
 int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, float *y)
 {
-    return gemm_with(kernels(), id, data, data_bytes, rows, cols, x, 1, y);
+    return gemm_with(eq_active_kernels(), id, data, data_bytes, rows, cols, x, 1, y);
 }
 
 int eq_gemm(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, size_t n, float *y)
 {
-    return gemm_with(kernels(), id, data, data_bytes, rows, cols, x, n, y);
+    return gemm_with(eq_active_kernels(), id, data, data_bytes, rows, cols, x, n, y);
 }
 
 int eq_gemm_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows,
