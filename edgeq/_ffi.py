@@ -179,9 +179,7 @@ def isa() -> str:
 
 def kernel_sets() -> list[str]:
     """The kernel sets this CPU runs, best first."""
-    return [name for name in ("avx2", "scalar", "ref") if lib.eq_gemm_isa(name.encode(), -1, ffi.NULL, 0, 0, 0,
-                                                                          ffi.NULL, 0, ffi.NULL)
-            != lib.EQ_ERR_NOT_FOUND]
+    return [name for name in ("avx2", "scalar", "ref") if lib.eq_isa_available(name.encode())]
 
 
 def select_isa(name: str) -> None:

@@ -172,6 +172,9 @@ int eq_gemm(int id, const void *data, size_t data_bytes, size_t rows, size_t col
  * or "ref" (the specification). Selects it if not yet done. */
 const char *eq_isa_name(void);
 
+/* 1 if the kernel set called `isa` exists and this CPU runs it, else 0. */
+int eq_isa_available(const char *isa);
+
 /* Make `isa` the active kernel set for the whole process (tests, benchmarks). A model evaluation
  * already running finishes with the set it started with. EQ_ERR_NOT_FOUND if that set does not
  * exist or this CPU cannot run it. */

@@ -277,6 +277,11 @@ const eq_kernel_set *eq_active_kernels(void)
     return set;
 }
 
+int eq_isa_available(const char *isa)
+{
+    return find_kernel_set(isa) != NULL;
+}
+
 int eq_select_isa(const char *isa)
 {
     const eq_kernel_set *set = find_kernel_set(isa);
