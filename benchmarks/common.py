@@ -1,7 +1,9 @@
 """Shared by the benchmarks: measured child processes and the locally built llama.cpp."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,10 @@ def run_measured(python: str, mode: str, target: str, *arguments: str) -> tuple[
 
 
 def llama_cpp_python() -> str | None:
-    """The python of the cached llama-cpp-python build (built on first use), or None if it fails."""
+    """A python that imports llama_cpp: this one when the `llamacpp` extra is installed, else the
+    cached build of benchmarks/setup_llamacpp.sh (built on first use); None if that fails."""
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return sys.executable
     setup = subprocess.run([str(HERE / "setup_llamacpp.sh")], capture_output=True, text=True)
     if setup.returncode != 0:
         return None

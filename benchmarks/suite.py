@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -507,7 +508,9 @@ def main() -> None:
     if args.llama_types or args.cross_check:
         venv = Path(os.environ.get("EDGEQ_LLAMACPP_VENV") or Path(os.environ.get("XDG_CACHE_HOME") or
                     Path.home() / ".cache") / "edgeq" / f"llamacpp-{os.environ.get('LLAMA_CPP_PYTHON_VERSION', '0.3.36')}")
-        if (venv / "bin" / "python").exists():
+        if importlib.util.find_spec("llama_cpp") is not None:
+            log("llama.cpp: llama-cpp-python from this environment (the `llamacpp` extra)")
+        elif (venv / "bin" / "python").exists():
             log(f"llama.cpp: using the cached llama-cpp-python build in {venv}")
         else:
             log(f"llama.cpp: no cached build; BUILDING llama.cpp locally (llama-cpp-python from PyPI, about 20 "
