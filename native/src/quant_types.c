@@ -296,12 +296,6 @@ int eq_select_isa(const char *isa)
 /* prepared activations and the batched product                                                   */
 /* ============================================================================================= */
 
-/* Bytes of one 16-row tile of a packed (rows, cols) tensor. */
-static size_t tile_bytes(const eq_qtype_traits *type, size_t cols)
-{
-    return ((cols - 1) / (size_t)type->group + 1) * eq_block_bytes(type);
-}
-
 static size_t padded_columns(size_t cols)
 {
     return (cols + EQ_ACTS_PAD - 1) / EQ_ACTS_PAD * EQ_ACTS_PAD;
@@ -364,12 +358,14 @@ void eq_gemm_prepared(const eq_kernel_set *set, const eq_qtype_traits *type, con
     /* one vector at a time, through a stack buffer of whole tiles for the strided output */
     enum { SLICE_ROWS = 16 * EQ_TILE_ROWS };
     float slice[SLICE_ROWS];
-    size_t slice_bytes = type->plain ? (size_t)SLICE_ROWS * cols * (size_t)(type->bits / 8)
-                                     : (size_t)(SLICE_ROWS / EQ_TILE_ROWS) * tile_bytes(type, cols);
     for (size_t v = 0; v < acts->n; v++) {
         for (size_t row0 = 0; row0 < rows; row0 += SLICE_ROWS) {
             size_t n_rows = rows - row0 < SLICE_ROWS ? rows - row0 : SLICE_ROWS;
-            set->gemv(type, data + row0 / SLICE_ROWS * slice_bytes, n_rows, cols, acts->x + v * cols, slice);
+            size_t offset = 0;   /* bytes of the first row0 rows: whole tiles, no overflow (row0 < rows) */
+            if (row0 > 0) {
+                tensor_nbytes(type, row0, cols, &offset);
+            }
+            set->gemv(type, data + offset, n_rows, cols, acts->x + v * cols, slice);
             memcpy(y + v * y_stride + row0, slice, n_rows * sizeof(float));
         }
     }
