@@ -158,7 +158,7 @@ int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows,
  *   x           (cols,) float32; padding columns of W never contribute, whatever they hold
  *   y           (rows,) float32, overwritten
  * Returns EQ_OK, or EQ_ERR_UNKNOWN_QTYPE, EQ_ERR_INVALID_ARGUMENT (NULL pointer, rows or cols 0),
- * EQ_ERR_SIZE_OVERFLOW, EQ_ERR_DATA_TOO_SHORT. */
+ * EQ_ERR_SIZE_OVERFLOW, EQ_ERR_DATA_TOO_SHORT, EQ_ERR_NO_MEMORY (the LUT sets' tables for x). */
 int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, float *y);
 

@@ -706,14 +706,23 @@ int eq_model_get_info(const eq_model *m, eq_model_info *info)
     return EQ_OK;
 }
 
-int eq_model_eval(eq_model *m, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits)
+/* Start a call that uses the model's state: claim it (EQ_ERR_BUSY if another thread has it) and
+ * clear the last error. The call ends with atomic_store(&m->busy, 0). */
+static int enter(eq_model *m)
 {
     if (!m)
         return EQ_ERR_INVALID_ARGUMENT;
     if (atomic_exchange(&m->busy, 1))
         return EQ_ERR_BUSY;
-    int rc = EQ_OK;
     m->last_error[0] = '\0';
+    return EQ_OK;
+}
+
+int eq_model_eval(eq_model *m, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits)
+{
+    int rc = enter(m);
+    if (rc != EQ_OK)
+        return rc;
     if (!tokens || n_tokens < 1) {
         rc = EQ_ERR_INVALID_ARGUMENT;
         snprintf(m->last_error, sizeof m->last_error, "no tokens to evaluate");
@@ -747,12 +756,9 @@ int eq_model_eval(eq_model *m, const int32_t *tokens, int32_t n_tokens, float *l
 
 int eq_model_truncate(eq_model *m, int32_t n_keep)
 {
-    if (!m)
-        return EQ_ERR_INVALID_ARGUMENT;
-    if (atomic_exchange(&m->busy, 1))
-        return EQ_ERR_BUSY;
-    int rc = EQ_OK;
-    m->last_error[0] = '\0';
+    int rc = enter(m);
+    if (rc != EQ_OK)
+        return rc;
     if (n_keep < 0 || n_keep > m->n_past) {
         rc = EQ_ERR_INVALID_ARGUMENT;
         snprintf(m->last_error, sizeof m->last_error, "cannot keep %d tokens: the cache holds %d",
