@@ -5,7 +5,8 @@
 from setuptools import setup
 
 setup(
-    packages=["edgeq", "edgeq.convert"],
+    packages=["edgeq", "edgeq.convert", "edgeq.data"],
+    package_data={"edgeq.data": ["*.txt", "README.md"]},
     package_dir={"edgeq": "edgeq", "edgeq.convert": "convert"},
     cffi_modules=["native/build_ffi.py:ffibuilder"],
     zip_safe=False,
