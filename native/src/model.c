@@ -2,9 +2,10 @@
  * forward pass over a KV cache, and the public eq_model_* API.
  *
  * Reads top to bottom: config, weights (pointers into the mmapped file), run state, validation and
- * open, the building blocks (rmsnorm, rope, attention, threaded matrix products), the
- * forward pass over batches of up to BATCH tokens (prefill reuses every weight tile across the
- * batch; decode is a batch of one), the public entry points.
+ * open, the building blocks (rmsnorm, rope, matrix products cut into chunks of rows, attention),
+ * the forward pass over batches of up to BATCH tokens (prefill reuses every weight tile across the
+ * batch; decode is a batch of one) as one thread-pool job of phases per batch, the public entry
+ * points.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
