@@ -2,8 +2,8 @@
  *
  * Decoding one token reads every weight once, so (bytes read per second) / (weight bytes per token)
  * bounds decode tokens/s. This file measures the first figure the way the forward pass reads
- * weights: threads of the runtime's pool each sum one contiguous slice of a buffer much larger than
- * the caches. Portable C (no intrinsics); the summing loop is simple enough for -O2 to vectorize.
+ * weights: the threads of the runtime's pool sum contiguous slices (one per thread, claimed as the
+ * forward pass claims chunks) of a buffer much larger than the caches. Portable C (no intrinsics); the summing loop is simple enough for -O2 to vectorize.
  * Not here: write or copy bandwidth, latency, NUMA placement beyond first touch.
  */
 #define _POSIX_C_SOURCE 200809L   /* clock_gettime */
@@ -24,34 +24,35 @@ enum {
 typedef struct bandwidth_job {
     uint64_t *words;       /* (n_words,) the buffer */
     size_t n_words;        /* a multiple of n_threads * BANDWIDTH_LANES */
-    uint64_t *sums;        /* (n_threads,) one result per thread, read after the run: keeps the loads */
+    int n_slices;          /* n_threads */
+    uint64_t *sums;        /* (n_slices,) one result per slice, read after the run: keeps the loads */
 } bandwidth_job;
 
-/* The slice [begin, end) of thread `index` of n; whole cache lines each. */
-static void slice(const bandwidth_job *job, int index, int n, size_t *begin, size_t *end)
+/* The slice [begin, end) of chunk `index`; whole cache lines each. */
+static void slice(const bandwidth_job *job, int index, size_t *begin, size_t *end)
 {
-    size_t per_thread = job->n_words / (size_t)n;
-    *begin = per_thread * (size_t)index;
-    *end = *begin + per_thread;
+    size_t per_slice = job->n_words / (size_t)job->n_slices;
+    *begin = per_slice * (size_t)index;
+    *end = *begin + per_slice;
 }
 
-/* First touch from the thread that will read the slice (its pages land on its memory node). */
-static void fill_worker(void *ctx, int index, int n)
+/* First touch from a thread of the pool (usually the one that will read the slice). */
+static void fill_worker(void *ctx, int index, int thread)
 {
     const bandwidth_job *job = ctx;
     size_t begin, end;
-    slice(job, index, n, &begin, &end);
+    slice(job, index, &begin, &end);
     for (size_t i = begin; i < end; i++)
         job->words[i] = (uint64_t)i * 0x9E3779B97F4A7C15u;
 }
 
 /* Eight accumulators, one cache line per step: -O2's SLP vectorizer turns them into vector adds
  * (four 16-byte adds on baseline x86-64); an array of lanes would stay in memory instead. */
-static void sum_worker(void *ctx, int index, int n)
+static void sum_worker(void *ctx, int index, int thread)
 {
     const bandwidth_job *job = ctx;
     size_t begin, end;
-    slice(job, index, n, &begin, &end);
+    slice(job, index, &begin, &end);
     const uint64_t *words = job->words;
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
     for (size_t i = begin; i < end; i += BANDWIDTH_LANES) {   /* end - begin: a multiple of LANES */
@@ -97,14 +98,15 @@ double eq_memory_read_bandwidth(size_t bytes, int32_t n_threads, int32_t repeats
         free(sums);
         return EQ_ERR_NO_MEMORY;
     }
-    bandwidth_job job = {words, bytes / sizeof(uint64_t), sums};
-    eq_pool_run(pool, fill_worker, &job);
-    eq_pool_run(pool, sum_worker, &job);          /* warm-up: threads awake, pages mapped */
+    bandwidth_job job = {words, bytes / sizeof(uint64_t), n_threads, sums};
+    eq_pool_phase fill = {fill_worker, &job, n_threads}, sum = {sum_worker, &job, n_threads};
+    eq_pool_run(pool, &fill, 1);
+    eq_pool_run(pool, &sum, 1);                   /* warm-up: threads awake, pages mapped */
     double best = 0.0;
     volatile uint64_t sink = 0;
     for (int32_t r = 0; r < repeats; r++) {
         double start = seconds_now();
-        eq_pool_run(pool, sum_worker, &job);
+        eq_pool_run(pool, &sum, 1);
         double elapsed = seconds_now() - start;
         for (int32_t t = 0; t < n_threads; t++)
             sink += sums[t];

@@ -2,9 +2,10 @@
  * forward pass over a KV cache, and the public eq_model_* API.
  *
  * Reads top to bottom: config, weights (pointers into the mmapped file), run state, validation and
- * open, the building blocks (rmsnorm, rope, attention, threaded matrix products), the
- * forward pass over batches of up to BATCH tokens (prefill reuses every weight tile across the
- * batch; decode is a batch of one), the public entry points.
+ * open, the building blocks (rmsnorm, rope, matrix products cut into chunks of rows, attention),
+ * the forward pass over batches of up to BATCH tokens (prefill reuses every weight tile across the
+ * batch; decode is a batch of one) as one thread-pool job of phases per batch, the public entry
+ * points.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -24,8 +25,8 @@
 
 enum {
     FORMAT_VERSION = 1,
-    MAX_JOBS = 3,
-    BATCH = 64          /* tokens evaluated together: each weight tile is read once per batch */
+    BATCH = 64,         /* tokens evaluated together: each weight tile is read once per batch */
+    CHUNK_BYTES = 32 * 1024   /* weights per chunk of a threaded product (a few microseconds) */
 };
 
 /* ============================================================================================= */
@@ -55,6 +56,31 @@ typedef struct layer {
     matrix w_gate, w_up, w_down;                /* (hidden, dim) x2, (dim, hidden) */
 } layer;
 
+/* The pass is one pool job of STEPS_PER_LAYER phases per layer (the workers are handed work once
+ * per batch, plus once for the head); a phase waits for the one before. Per-token steps take one
+ * token per chunk, products a run of rows, attention one (token, head) pair. */
+typedef enum step_kind {
+    STEP_ATTN_NORM,       /* x -> rmsnorm -> xb, prepared in acts_x                 (per token)  */
+    STEP_QKV,             /* q, k, v = xb wq^T, xb wk^T, xb wv^T                    (row chunks) */
+    STEP_ROPE,            /* + biases, rope on q and k, k and v into the cache      (per token)  */
+    STEP_ATTENTION,       /* -> xb (n, q_dim)                                        (per pair)  */
+    STEP_ATTN_PREPARE,    /* xb prepared in acts_attn                               (per token)  */
+    STEP_ATTN_OUT,        /* x += xb wo^T                                           (row chunks) */
+    STEP_FFN_NORM,        /* x -> rmsnorm -> xb, prepared in acts_x                 (per token)  */
+    STEP_GATE_UP,         /* hb = silu(xb w_gate^T) * (xb w_up^T)                   (row chunks) */
+    STEP_FFN_PREPARE,     /* hb prepared in acts_ffn                                (per token)  */
+    STEP_FFN_DOWN,        /* x += hb w_down^T                                       (row chunks) */
+    STEPS_PER_LAYER,
+    STEP_OUTPUT_NORM = STEPS_PER_LAYER,   /* the head's job: x -> rmsnorm -> xb, in acts_x      */
+    STEP_OUTPUT           /* logits = xb output^T                                   (row chunks) */
+} step_kind;
+
+typedef struct forward_step {
+    eq_model *m;
+    int layer;
+    step_kind kind;
+} forward_step;
+
 /* Activations of one batch of up to BATCH tokens, row-major (token, feature). */
 typedef struct run_state {
     float *x;          /* (BATCH, dim) residual stream */
@@ -63,7 +89,14 @@ typedef struct run_state {
     float *hb, *hb2;   /* (BATCH, hidden_dim) */
     float *q, *k, *v;  /* (BATCH, q_dim), (BATCH, kv_dim), (BATCH, kv_dim) */
     float *scores;     /* (n_threads, n_ctx) attention weights, one row per thread */
-    eq_acts acts;      /* the current matmul input, prepared for the kernel set */
+    eq_acts acts_x;    /* the products' inputs prepared for the kernel set: normed x (n, dim), */
+    eq_acts acts_attn; /* attention output (n, q_dim), */
+    eq_acts acts_ffn;  /* SwiGLU output (n, hidden_dim) */
+    int n, pos0;       /* the batch being evaluated: tokens at positions pos0 .. pos0 + n - 1 */
+    int n_logits;      /* the head's batch: the last n_logits tokens, */
+    float *logits;     /* (n_logits, vocab) */
+    forward_step *steps;       /* (n_layers * STEPS_PER_LAYER,) the pass's phases and */
+    eq_pool_phase *phases;     /* their pool descriptions, rebuilt per batch */
     void *key_cache;   /* (n_layers, n_ctx, kv_dim) fp16 or fp32 */
     void *value_cache;
 } run_state;
@@ -356,7 +389,6 @@ static int alloc_state(loader *ld, eq_model *m)
     const config *c = &m->cfg;
     size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
-    size_t widest = wide > (size_t)c->hidden_dim ? wide : (size_t)c->hidden_dim;
     run_state *s = &m->s;
     s->x = alloc_floats(BATCH * (size_t)c->dim);
     s->xb = alloc_floats(BATCH * wide);
@@ -367,6 +399,8 @@ static int alloc_state(loader *ld, eq_model *m)
     s->k = alloc_floats(BATCH * kv_dim);
     s->v = alloc_floats(BATCH * kv_dim);
     s->scores = alloc_floats((size_t)eq_pool_size(m->pool) * (size_t)m->n_ctx);
+    s->steps = calloc((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->steps);
+    s->phases = calloc((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->phases);
     size_t per_layer = (size_t)m->n_ctx * kv_dim;
     size_t elem = m->kv_fp32 ? sizeof(float) : sizeof(uint16_t);
     if (per_layer > SIZE_MAX / elem / (size_t)c->n_layers)
@@ -374,7 +408,10 @@ static int alloc_state(loader *ld, eq_model *m)
     s->key_cache = calloc(per_layer * (size_t)c->n_layers, elem);
     s->value_cache = calloc(per_layer * (size_t)c->n_layers, elem);
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores ||
-        !s->key_cache || !s->value_cache || eq_acts_reserve(&s->acts, BATCH, widest) != EQ_OK)
+        !s->key_cache || !s->value_cache || !s->steps || !s->phases ||
+        eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim) != EQ_OK ||
+        eq_acts_reserve(&s->acts_attn, BATCH, q_dim) != EQ_OK ||
+        eq_acts_reserve(&s->acts_ffn, BATCH, (size_t)c->hidden_dim) != EQ_OK)
         return fail(ld, "out of memory allocating the KV cache and buffers for context %d "
                         "(%.1f MB); choose a smaller context", m->n_ctx,
                     2.0 * (double)(per_layer * (size_t)c->n_layers * elem) / 1e6);
@@ -436,7 +473,8 @@ void eq_model_close(eq_model *m)
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
     free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores);
     free(m->s.key_cache); free(m->s.value_cache);
-    eq_acts_free(&m->s.acts);
+    free(m->s.steps); free(m->s.phases);
+    eq_acts_free(&m->s.acts_x); eq_acts_free(&m->s.acts_attn); eq_acts_free(&m->s.acts_ffn);
     free(m->layers);
     free(m->cfg.inv_freq);
     eq_gguf_close(m->file);
@@ -480,67 +518,56 @@ static float silu(float x)
     return x / (1.0f + expf(-x));
 }
 
-/* ---- threaded matrix products: prepare the input once, then each thread takes a contiguous run
- * of whole tiles of every matrix and multiplies it with all the batch's tokens ------------------ */
+/* ---- matrix products: each matrix's rows cut into chunks of about CHUNK_BYTES of weights (whole
+ * 16-row tiles), more chunks than threads, so the threads balance the work between them --------- */
 
-typedef struct matmul_job {
-    const matrix *w;
-    float *y;          /* (n, w->rows) */
-} matmul_job;
-
-typedef struct matmul_batch {
-    eq_model *m;
-    matmul_job jobs[MAX_JOBS];
-    int n_jobs;
-} matmul_batch;
-
-static void prepare_worker(void *raw, int index, int n_threads)
+static size_t row_unit(const matrix *w)         /* rows per split unit: a tile, or one plain row */
 {
-    eq_model *m = raw;
-    size_t n = m->s.acts.n;
-    size_t first = n * (size_t)index / (size_t)n_threads, last = n * (size_t)(index + 1) / (size_t)n_threads;
-    eq_acts_prepare(m->kernels, &m->s.acts, first, last - first);
+    return eq_qtype_get(w->qtype)->plain ? 1 : EQ_TILE_ROWS;
 }
 
-static void matmul_worker(void *raw, int index, int n_threads)
+static int row_chunks(size_t rows, size_t unit, size_t bytes)
 {
-    matmul_batch *batch = raw;
-    for (int j = 0; j < batch->n_jobs; j++) {
-        const matrix *w = batch->jobs[j].w;
-        const eq_qtype_traits *type = eq_qtype_get(w->qtype);
-        size_t unit = type->plain ? 1 : EQ_TILE_ROWS;   /* rows per split unit */
-        size_t units = (w->rows + unit - 1) / unit;
-        size_t begin = units * (size_t)index / (size_t)n_threads;
-        size_t end = units * (size_t)(index + 1) / (size_t)n_threads;
-        if (begin == end)
-            continue;
-        size_t row0 = begin * unit, row1 = end * unit < w->rows ? end * unit : w->rows;
-        eq_gemm_prepared(batch->m->kernels, type, w->data + begin * w->tile_bytes, row1 - row0, w->cols,
-                         &batch->m->s.acts, batch->jobs[j].y + row0, w->rows);
-    }
+    size_t units = (rows + unit - 1) / unit, chunks = (bytes + CHUNK_BYTES - 1) / CHUNK_BYTES;
+    return (int)(chunks < 1 ? 1 : chunks > units ? units : chunks);
 }
 
-/* y_j (n, rows_j) = x (n, cols) W_j^T for every job; all W_j have `cols` columns */
-static void matmul(eq_model *m, const float *x, int n, size_t cols, int n_jobs, const matmul_job *jobs)
+/* rows [*row0, *row1) of chunk `chunk` of `chunks`: a contiguous run of whole units */
+static void chunk_rows(size_t rows, size_t unit, int chunk, int chunks, size_t *row0, size_t *row1)
 {
-    eq_acts_bind(&m->s.acts, x, (size_t)n, cols);
-    if (n > 1)
-        eq_pool_run(m->pool, prepare_worker, m);
-    else
-        eq_acts_prepare(m->kernels, &m->s.acts, 0, 1);
-    matmul_batch batch;
-    batch.m = m;
-    batch.n_jobs = n_jobs;
-    memcpy(batch.jobs, jobs, sizeof(matmul_job) * (size_t)n_jobs);
-    eq_pool_run(m->pool, matmul_worker, &batch);
+    size_t units = (rows + unit - 1) / unit;
+    size_t begin = units * (size_t)chunk / (size_t)chunks, end = units * (size_t)(chunk + 1) / (size_t)chunks;
+    *row0 = begin * unit;
+    *row1 = end * unit < rows ? end * unit : rows;
 }
 
-/* ---- attention: (token, head) pairs spread over the threads ---------------------------------- */
+/* y (acts->n, w->rows), rows [row0, row1) only = acts->x W^T; row0 is a multiple of row_unit(w) */
+static void gemm_rows(const eq_model *m, const matrix *w, const eq_acts *acts, size_t row0, size_t row1, float *y)
+{
+    if (row0 == row1)
+        return;
+    const uint8_t *data = w->data + row0 / row_unit(w) * w->tile_bytes;
+    eq_gemm_prepared(m->kernels, eq_qtype_get(w->qtype), data, row1 - row0, w->cols, acts, y + row0, w->rows);
+}
 
-typedef struct attention_job {
-    eq_model *m;
-    int layer, pos0, n;    /* tokens pos0 .. pos0 + n - 1, already in the cache */
-} attention_job;
+static int matrix_chunks(const matrix *w)
+{
+    return row_chunks(w->rows, row_unit(w), w->nbytes);
+}
+
+/* gate and up are cut at the same rows, so a chunk can apply SwiGLU to what it computed */
+static size_t gate_up_unit(const layer *l)
+{
+    size_t a = row_unit(&l->w_gate), b = row_unit(&l->w_up);
+    return a > b ? a : b;
+}
+
+static int gate_up_chunks(const layer *l)
+{
+    return row_chunks(l->w_gate.rows, gate_up_unit(l), l->w_gate.nbytes + l->w_up.nbytes);
+}
+
+/* ---- attention: one (token, head) pair per chunk --------------------------------------------- */
 
 /* q . key row, and out += weight * value row, for a cache row of n values (fp16 or fp32) */
 static float cache_dot(const eq_model *m, const void *cache, size_t base, const float *q, size_t n)
@@ -565,44 +592,6 @@ static void cache_axpy(const eq_model *m, const void *cache, size_t base, float 
         out[i] += weight * row[i];
 }
 
-static void attention_worker(void *raw, int index, int n_threads)
-{
-    attention_job *job = raw;
-    eq_model *m = job->m;
-    const config *c = &m->cfg;
-    run_state *s = &m->s;
-    int head_dim = c->head_dim, group = c->n_heads / c->n_kv_heads;
-    size_t q_dim = (size_t)c->n_heads * (size_t)head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)head_dim;
-    size_t layer_base = (size_t)job->layer * (size_t)m->n_ctx * kv_dim;
-    float inv_sqrt = 1.0f / sqrtf((float)head_dim);
-    float *scores = s->scores + (size_t)index * (size_t)m->n_ctx;
-    for (int item = index; item < job->n * c->n_heads; item += n_threads) {
-        int token = item / c->n_heads, h = item % c->n_heads, pos = job->pos0 + token;
-        const float *q = s->q + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
-        size_t head_base = layer_base + (size_t)(h / group) * (size_t)head_dim;
-        float max_score = -INFINITY;
-        for (int t = 0; t <= pos; t++) {
-            float dot = cache_dot(m, s->key_cache, head_base + (size_t)t * kv_dim, q, (size_t)head_dim);
-            scores[t] = dot * inv_sqrt;
-            if (scores[t] > max_score)
-                max_score = scores[t];
-        }
-        float sum = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            scores[t] = expf(scores[t] - max_score);
-            sum += scores[t];
-        }
-        float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
-        memset(out, 0, sizeof(float) * (size_t)head_dim);
-        for (int t = 0; t <= pos; t++)
-            cache_axpy(m, s->value_cache, head_base + (size_t)t * kv_dim, scores[t] / sum, out, (size_t)head_dim);
-    }
-}
-
-/* ============================================================================================= */
-/* the forward pass: n <= BATCH tokens at positions pos0 .. pos0 + n - 1                          */
-/* ============================================================================================= */
-
 static void cache_write(eq_model *m, void *cache, size_t base, const float *values, size_t n)
 {
     if (m->kv_fp32)
@@ -612,59 +601,188 @@ static void cache_write(eq_model *m, void *cache, size_t base, const float *valu
             ((uint16_t *)cache)[base + i] = eq_fp32_to_fp16(values[i]);
 }
 
+/* xb[token, head] = softmax(q . keys / sqrt(head_dim)) . values over positions 0 .. pos0 + token;
+ * `scores` is this thread's (n_ctx,) row */
+static void attention_head(eq_model *m, int layer_index, int token, int h, float *scores)
+{
+    const config *c = &m->cfg;
+    run_state *s = &m->s;
+    int head_dim = c->head_dim, group = c->n_heads / c->n_kv_heads, pos = s->pos0 + token;
+    size_t q_dim = (size_t)c->n_heads * (size_t)head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)head_dim;
+    size_t head_base = (size_t)layer_index * (size_t)m->n_ctx * kv_dim + (size_t)(h / group) * (size_t)head_dim;
+    float inv_sqrt = 1.0f / sqrtf((float)head_dim);
+    const float *q = s->q + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
+    float max_score = -INFINITY;
+    for (int t = 0; t <= pos; t++) {
+        float dot = cache_dot(m, s->key_cache, head_base + (size_t)t * kv_dim, q, (size_t)head_dim);
+        scores[t] = dot * inv_sqrt;
+        if (scores[t] > max_score)
+            max_score = scores[t];
+    }
+    float sum = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        scores[t] = expf(scores[t] - max_score);
+        sum += scores[t];
+    }
+    float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
+    memset(out, 0, sizeof(float) * (size_t)head_dim);
+    for (int t = 0; t <= pos; t++)
+        cache_axpy(m, s->value_cache, head_base + (size_t)t * kv_dim, scores[t] / sum, out, (size_t)head_dim);
+}
+
+/* ============================================================================================= */
+/* the forward pass: n <= BATCH tokens at positions pos0 .. pos0 + n - 1                          */
+/* ============================================================================================= */
+
+static int step_chunks(const eq_model *m, const forward_step *st)
+{
+    const run_state *s = &m->s;
+    const layer *l = st->kind < STEPS_PER_LAYER ? &m->layers[st->layer] : NULL;
+    switch (st->kind) {
+    case STEP_QKV:
+        return matrix_chunks(&l->wq) + matrix_chunks(&l->wk) + matrix_chunks(&l->wv);
+    case STEP_ATTENTION:
+        return s->n * m->cfg.n_heads;
+    case STEP_ATTN_OUT:
+        return matrix_chunks(&l->wo);
+    case STEP_GATE_UP:
+        return gate_up_chunks(l);
+    case STEP_FFN_DOWN:
+        return matrix_chunks(&l->w_down);
+    case STEP_OUTPUT_NORM:
+        return s->n_logits;
+    case STEP_OUTPUT:
+        return matrix_chunks(&m->output);
+    default:
+        return s->n;
+    }
+}
+
+/* x (n, rows) += y (n, rows), rows [row0, row1) only */
+static void add_rows(float *x, const float *y, int n, size_t rows, size_t row0, size_t row1)
+{
+    for (int t = 0; t < n; t++)
+        for (size_t j = row0; j < row1; j++)
+            x[(size_t)t * rows + j] += y[(size_t)t * rows + j];
+}
+
+static void forward_chunk(void *raw, int chunk, int thread)
+{
+    const forward_step *st = raw;
+    eq_model *m = st->m;
+    const config *c = &m->cfg;
+    run_state *s = &m->s;
+    const layer *l = st->kind < STEPS_PER_LAYER ? &m->layers[st->layer] : NULL;
+    size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim, row0, row1;
+    size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    size_t t = (size_t)chunk;
+    switch (st->kind) {
+    case STEP_ATTN_NORM:
+    case STEP_FFN_NORM:
+        rmsnorm(s->xb + t * dim, s->x + t * dim, st->kind == STEP_ATTN_NORM ? l->attn_norm : l->ffn_norm,
+                c->dim, c->norm_eps);
+        eq_acts_prepare(m->kernels, &s->acts_x, t, 1);
+        break;
+    case STEP_QKV: {
+        const matrix *w[3] = {&l->wq, &l->wk, &l->wv};
+        float *y[3] = {s->q, s->k, s->v};
+        int j = 0, chunks = matrix_chunks(w[0]);
+        while (chunk >= chunks) {
+            chunk -= chunks;
+            chunks = matrix_chunks(w[++j]);
+        }
+        chunk_rows(w[j]->rows, row_unit(w[j]), chunk, chunks, &row0, &row1);
+        gemm_rows(m, w[j], &s->acts_x, row0, row1, y[j]);
+        break;
+    }
+    case STEP_ROPE: {
+        float *q = s->q + t * q_dim, *k = s->k + t * kv_dim, *v = s->v + t * kv_dim;
+        if (l->bq) {
+            for (size_t j = 0; j < q_dim; j++)
+                q[j] += l->bq[j];
+            for (size_t j = 0; j < kv_dim; j++) {
+                k[j] += l->bk[j];
+                v[j] += l->bv[j];
+            }
+        }
+        int pos = s->pos0 + chunk;
+        rope(q, c->n_heads, c->head_dim, pos, c->inv_freq);
+        rope(k, c->n_kv_heads, c->head_dim, pos, c->inv_freq);
+        size_t base = ((size_t)st->layer * (size_t)m->n_ctx + (size_t)pos) * kv_dim;
+        cache_write(m, s->key_cache, base, k, kv_dim);
+        cache_write(m, s->value_cache, base, v, kv_dim);
+        break;
+    }
+    case STEP_ATTENTION:
+        attention_head(m, st->layer, chunk / c->n_heads, chunk % c->n_heads,
+                       s->scores + (size_t)thread * (size_t)m->n_ctx);
+        break;
+    case STEP_ATTN_PREPARE:
+        eq_acts_prepare(m->kernels, &s->acts_attn, t, 1);
+        break;
+    case STEP_ATTN_OUT:
+        chunk_rows(dim, row_unit(&l->wo), chunk, matrix_chunks(&l->wo), &row0, &row1);
+        gemm_rows(m, &l->wo, &s->acts_attn, row0, row1, s->xb2);
+        add_rows(s->x, s->xb2, s->n, dim, row0, row1);
+        break;
+    case STEP_GATE_UP:
+        chunk_rows(hidden, gate_up_unit(l), chunk, gate_up_chunks(l), &row0, &row1);
+        gemm_rows(m, &l->w_gate, &s->acts_x, row0, row1, s->hb);
+        gemm_rows(m, &l->w_up, &s->acts_x, row0, row1, s->hb2);
+        for (int token = 0; token < s->n; token++)
+            for (size_t j = (size_t)token * hidden + row0; j < (size_t)token * hidden + row1; j++)
+                s->hb[j] = silu(s->hb[j]) * s->hb2[j];
+        break;
+    case STEP_FFN_PREPARE:
+        eq_acts_prepare(m->kernels, &s->acts_ffn, t, 1);
+        break;
+    case STEP_FFN_DOWN:
+        chunk_rows(dim, row_unit(&l->w_down), chunk, matrix_chunks(&l->w_down), &row0, &row1);
+        gemm_rows(m, &l->w_down, &s->acts_ffn, row0, row1, s->xb2);
+        add_rows(s->x, s->xb2, s->n, dim, row0, row1);
+        break;
+    case STEP_OUTPUT_NORM:
+        rmsnorm(s->xb + t * dim, s->x + ((size_t)(s->n - s->n_logits) + t) * dim, m->output_norm, c->dim,
+                c->norm_eps);
+        eq_acts_prepare(m->kernels, &s->acts_x, t, 1);
+        break;
+    case STEP_OUTPUT:
+        chunk_rows(m->output.rows, row_unit(&m->output), chunk, matrix_chunks(&m->output), &row0, &row1);
+        gemm_rows(m, &m->output, &s->acts_x, row0, row1, s->logits);
+        break;
+    }
+}
+
 /* logits: NULL, (vocab,) for the last token, or (n, vocab) when all_logits */
 static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *logits, bool all_logits)
 {
     const config *c = &m->cfg;
     run_state *s = &m->s;
-    size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
-    size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    size_t dim = (size_t)c->dim;
+    size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim;
 
     for (int t = 0; t < n; t++)
         eq_dequantize_rows(m->token_embd.qtype, m->token_embd.data, m->token_embd.nbytes, m->token_embd.rows,
                            m->token_embd.cols, (size_t)tokens[t], 1, s->x + (size_t)t * dim);
-    for (int i = 0; i < c->n_layers; i++) {
-        const layer *l = &m->layers[i];
-        /* attention */
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, l->attn_norm, c->dim, c->norm_eps);
-        matmul(m, s->xb, n, dim, 3, (matmul_job[]){{&l->wq, s->q}, {&l->wk, s->k}, {&l->wv, s->v}});
-        for (int t = 0; t < n; t++) {
-            float *q = s->q + (size_t)t * q_dim, *k = s->k + (size_t)t * kv_dim, *v = s->v + (size_t)t * kv_dim;
-            if (l->bq) {
-                for (size_t j = 0; j < q_dim; j++)
-                    q[j] += l->bq[j];
-                for (size_t j = 0; j < kv_dim; j++) {
-                    k[j] += l->bk[j];
-                    v[j] += l->bv[j];
-                }
-            }
-            rope(q, c->n_heads, c->head_dim, pos0 + t, c->inv_freq);
-            rope(k, c->n_kv_heads, c->head_dim, pos0 + t, c->inv_freq);
-            size_t base = ((size_t)i * (size_t)m->n_ctx + (size_t)(pos0 + t)) * kv_dim;
-            cache_write(m, s->key_cache, base, k, kv_dim);
-            cache_write(m, s->value_cache, base, v, kv_dim);
-        }
-        attention_job job = {m, i, pos0, n};
-        eq_pool_run(m->pool, attention_worker, &job);            /* -> s->xb (n, q_dim) */
-        matmul(m, s->xb, n, q_dim, 1, (matmul_job[]){{&l->wo, s->xb2}});
-        for (size_t j = 0; j < (size_t)n * dim; j++)
-            s->x[j] += s->xb2[j];
-        /* SwiGLU MLP */
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, l->ffn_norm, c->dim, c->norm_eps);
-        matmul(m, s->xb, n, dim, 2, (matmul_job[]){{&l->w_gate, s->hb}, {&l->w_up, s->hb2}});
-        for (size_t j = 0; j < (size_t)n * hidden; j++)
-            s->hb[j] = silu(s->hb[j]) * s->hb2[j];
-        matmul(m, s->hb, n, hidden, 1, (matmul_job[]){{&l->w_down, s->xb2}});
-        for (size_t j = 0; j < (size_t)n * dim; j++)
-            s->x[j] += s->xb2[j];
+    s->n = n;
+    s->pos0 = pos0;
+    eq_acts_bind(&s->acts_x, s->xb, (size_t)n, dim);
+    eq_acts_bind(&s->acts_attn, s->xb, (size_t)n, q_dim);
+    eq_acts_bind(&s->acts_ffn, s->hb, (size_t)n, (size_t)c->hidden_dim);
+    int n_steps = c->n_layers * STEPS_PER_LAYER;
+    for (int i = 0; i < n_steps; i++) {
+        s->steps[i] = (forward_step){m, i / STEPS_PER_LAYER, (step_kind)(i % STEPS_PER_LAYER)};
+        s->phases[i] = (eq_pool_phase){forward_chunk, &s->steps[i], step_chunks(m, &s->steps[i])};
     }
+    eq_pool_run(m->pool, s->phases, n_steps);
     if (logits) {
-        int first = all_logits ? 0 : n - 1, count = n - first;
-        for (int t = 0; t < count; t++)
-            rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)(first + t) * dim, m->output_norm, c->dim, c->norm_eps);
-        matmul(m, s->xb, count, dim, 1, (matmul_job[]){{&m->output, logits}});
+        s->n_logits = all_logits ? n : 1;
+        s->logits = logits;
+        eq_acts_bind(&s->acts_x, s->xb, (size_t)s->n_logits, dim);
+        forward_step head[2] = {{m, 0, STEP_OUTPUT_NORM}, {m, 0, STEP_OUTPUT}};
+        eq_pool_phase phases[2] = {{forward_chunk, &head[0], step_chunks(m, &head[0])},
+                                   {forward_chunk, &head[1], step_chunks(m, &head[1])}};
+        eq_pool_run(m->pool, phases, 2);
     }
 }
 

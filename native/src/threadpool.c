@@ -1,14 +1,32 @@
-/* threadpool.c — persistent worker threads: spin on a job counter for a short while, then sleep
- * on a condition variable. See threadpool.h for the contract.
+/* threadpool.c — persistent worker threads that claim chunks of a phased job from one atomic
+ * counter; waiting spins, then yields, then sleeps. See threadpool.h for the contract.
+ *
+ * Publishing a job: the caller fills the job slot of generation g (two slots, alternating, so a
+ * worker still looking at job g - 1 never reads a slot being rewritten for g), resets `done`, sets
+ * `claim` to (g << 32 | 0), then bumps `generation` (the futex workers sleep on).
+ * Claiming: compare-and-swap `claim` from (g, i) to (g, i + 1); a worker that finds another
+ * generation there has missed its job (it is finished) and goes back to waiting. A successful claim
+ * means job g is unfinished (chunk i is not done), so its slot and phases are still valid.
+ * Barriers: chunk i of phase p starts once `done` (chunks finished in this job) reaches the number
+ * of chunks before phase p; the job is over when `done` reaches the total.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE   /* syscall(), for the futex */
 #include "threadpool.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -19,33 +37,158 @@
 #define EQ_CPU_RELAX() ((void)0)
 #endif
 
+/* How long a waiting thread keeps the core before it sleeps. A chunk takes a few microseconds, and
+ * the gap between two jobs (between tokens: sampling in Python) tens of microseconds; a thread that
+ * waits longer than that is waiting for a descheduled thread or for the next request, and then it
+ * must leave the core: to the thread it waits for, to the other process, or to the scheduler, which
+ * moves a runnable thread onto a core that goes idle. */
 enum {
-    SPIN_ROUNDS = 1 << 13,   /* then sleep: a few milliseconds of spinning and yielding at most */
-    PAUSE_ROUNDS = 1 << 10   /* after these, each round also yields: an oversubscribed machine
-                                (another busy process) must not starve the thread we wait for */
+    PAUSE_ROUNDS = 1 << 9,              /* spin with a pause instruction (~10 us) ... */
+    JOB_WAIT_NS = 200 * 1000,           /* ... then yield until this long before sleeping for a job */
+    BARRIER_WAIT_NS = 50 * 1000         /* ... or for the rest of a job (a barrier, or its end) */
 };
 
-static void relax(int round)
-{
-    if (round < PAUSE_ROUNDS)
-        EQ_CPU_RELAX();
-    else
-        sched_yield();
-}
+typedef struct job {
+    const eq_pool_phase *phases;
+    int n_phases;
+    atomic_uint total;                  /* chunks over all phases; read before a claim is won */
+} job;
 
 struct eq_pool {
     int n_threads;
-    pthread_t *threads;          /* n_threads - 1 workers */
-    pthread_mutex_t mutex;
-    pthread_cond_t wake;         /* a new job (or shutdown) */
-    pthread_cond_t done;         /* the last worker finished */
-    atomic_uint generation;      /* bumped for every job */
-    atomic_int pending;          /* workers still running the current job */
-    atomic_int sleepers;         /* workers waiting on `wake` */
+    pthread_t *threads;                 /* n_threads - 1 workers */
+    unsigned next_generation;           /* the caller's own count of jobs */
+    job jobs[2];                        /* job g lives in jobs[g & 1] */
+    _Atomic uint64_t claim;             /* generation << 32 | next chunk to hand out */
+    atomic_uint generation;             /* the latest job (futex word for idle workers) */
+    atomic_uint done;                   /* chunks finished in the current job (futex word at barriers) */
+    atomic_int job_sleepers, done_sleepers;
     atomic_bool shutdown;
-    eq_pool_fn fn;               /* the current job, published before generation is bumped */
-    void *ctx;
+#if !defined(__linux__)
+    pthread_mutex_t mutex;              /* the futex fallback: one mutex and condition for both words */
+    pthread_cond_t changed;
+#endif
 };
+
+/* ---- waiting: sleep while *word == expected ------------------------------------------------- */
+
+#if defined(__linux__)
+static void sleep_while_equal(eq_pool *pool, atomic_uint *word, unsigned expected)
+{
+    (void)pool;
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void wake_all(eq_pool *pool, atomic_uint *word)
+{
+    (void)pool;
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+#else
+static void sleep_while_equal(eq_pool *pool, atomic_uint *word, unsigned expected)
+{
+    pthread_mutex_lock(&pool->mutex);
+    while (atomic_load(word) == expected)
+        pthread_cond_wait(&pool->changed, &pool->mutex);
+    pthread_mutex_unlock(&pool->mutex);
+}
+
+static void wake_all(eq_pool *pool, atomic_uint *word)
+{
+    (void)word;   /* the word was changed before: a waiter that checked it under the mutex is waiting */
+    pthread_mutex_lock(&pool->mutex);
+    pthread_cond_broadcast(&pool->changed);
+    pthread_mutex_unlock(&pool->mutex);
+}
+#endif
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* One round of waiting: a pause at first, then sched_yield; false once the budget is spent. */
+typedef struct backoff {
+    int rounds;
+    uint64_t yield_until;
+    uint64_t budget_ns;
+} backoff;
+
+static bool backoff_step(backoff *b)
+{
+    if (b->rounds < PAUSE_ROUNDS) {
+        b->rounds++;
+        EQ_CPU_RELAX();
+        return true;
+    }
+    uint64_t t = now_ns();
+    if (b->rounds == PAUSE_ROUNDS) {
+        b->rounds++;
+        b->yield_until = t + b->budget_ns;
+    }
+    if (t >= b->yield_until)
+        return false;
+    sched_yield();
+    return true;
+}
+
+/* Wait until the current job has finished `target` chunks. */
+static void wait_for_done(eq_pool *pool, unsigned target)
+{
+    backoff b = {0, 0, BARRIER_WAIT_NS};
+    for (;;) {
+        unsigned done = atomic_load_explicit(&pool->done, memory_order_acquire);
+        if (done >= target)
+            return;
+        if (backoff_step(&b))
+            continue;
+        atomic_fetch_add(&pool->done_sleepers, 1);            /* seq_cst: before the re-check */
+        done = atomic_load(&pool->done);
+        if (done < target)
+            sleep_while_equal(pool, &pool->done, done);
+        atomic_fetch_sub(&pool->done_sleepers, 1);
+    }
+}
+
+/* ---- running a job ------------------------------------------------------------------------- */
+
+/* Claim and run chunks of job `generation` until none are left (or the job is no longer current). */
+static void run_chunks(eq_pool *pool, unsigned generation, int thread)
+{
+    job *j = &pool->jobs[generation & 1];
+    int phase = 0;
+    unsigned phase_begin = 0, phase_end = 0;   /* this thread's cursor: claimed indices only grow */
+    bool cursor_set = false;
+    for (;;) {
+        uint64_t claim = atomic_load_explicit(&pool->claim, memory_order_acquire);
+        if ((unsigned)(claim >> 32) != generation)
+            return;
+        unsigned index = (unsigned)claim;
+        if (index >= atomic_load_explicit(&j->total, memory_order_relaxed))
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&pool->claim, &claim, claim + 1, memory_order_acq_rel,
+                                                   memory_order_relaxed))
+            continue;
+        if (!cursor_set) {
+            phase_end = (unsigned)j->phases[0].n_chunks;
+            cursor_set = true;
+        }
+        while (index >= phase_end) {
+            phase++;
+            phase_begin = phase_end;
+            phase_end += (unsigned)j->phases[phase].n_chunks;
+        }
+        if (phase_begin > 0)
+            wait_for_done(pool, phase_begin);                  /* the barrier before this phase */
+        const eq_pool_phase *p = &j->phases[phase];
+        p->fn(p->ctx, (int)(index - phase_begin), thread);
+        atomic_fetch_add(&pool->done, 1);                      /* seq_cst: before the sleepers check */
+        if (atomic_load(&pool->done_sleepers) > 0)
+            wake_all(pool, &pool->done);
+    }
+}
 
 typedef struct worker_arg {
     eq_pool *pool;
@@ -59,30 +202,21 @@ static void *worker_main(void *raw)
     eq_pool *pool = arg.pool;
     unsigned seen = 0;   /* the generation at creation: a job posted before this thread runs is not missed */
     for (;;) {
-        unsigned now = seen;
-        for (int spin = 0; spin < SPIN_ROUNDS; spin++) {
-            now = atomic_load_explicit(&pool->generation, memory_order_acquire);
-            if (now != seen || atomic_load(&pool->shutdown))
-                break;
-            relax(spin);
-        }
-        if (now == seen && !atomic_load(&pool->shutdown)) {
-            pthread_mutex_lock(&pool->mutex);
-            atomic_fetch_add(&pool->sleepers, 1);
-            while ((now = atomic_load(&pool->generation)) == seen && !atomic_load(&pool->shutdown))
-                pthread_cond_wait(&pool->wake, &pool->mutex);
-            atomic_fetch_sub(&pool->sleepers, 1);
-            pthread_mutex_unlock(&pool->mutex);
+        backoff b = {0, 0, JOB_WAIT_NS};
+        unsigned now;
+        while ((now = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen &&
+               !atomic_load(&pool->shutdown)) {
+            if (backoff_step(&b))
+                continue;
+            atomic_fetch_add(&pool->job_sleepers, 1);          /* seq_cst: before the re-check */
+            if (atomic_load(&pool->generation) == seen && !atomic_load(&pool->shutdown))
+                sleep_while_equal(pool, &pool->generation, seen);
+            atomic_fetch_sub(&pool->job_sleepers, 1);
         }
         if (atomic_load(&pool->shutdown))
             return NULL;
         seen = now;
-        pool->fn(pool->ctx, arg.index, pool->n_threads);
-        if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&pool->mutex);
-            pthread_cond_signal(&pool->done);
-            pthread_mutex_unlock(&pool->mutex);
-        }
+        run_chunks(pool, now, arg.index);
     }
 }
 
@@ -94,9 +228,10 @@ eq_pool *eq_pool_create(int n_threads)
     if (!pool)
         return NULL;
     pool->n_threads = n_threads;
+#if !defined(__linux__)
     pthread_mutex_init(&pool->mutex, NULL);
-    pthread_cond_init(&pool->wake, NULL);
-    pthread_cond_init(&pool->done, NULL);
+    pthread_cond_init(&pool->changed, NULL);
+#endif
     pool->threads = calloc((size_t)n_threads, sizeof *pool->threads);
     if (!pool->threads) {
         eq_pool_destroy(pool);
@@ -122,17 +257,17 @@ void eq_pool_destroy(eq_pool *pool)
 {
     if (!pool)
         return;
-    pthread_mutex_lock(&pool->mutex);
     atomic_store(&pool->shutdown, true);
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->mutex);
+    atomic_fetch_add(&pool->generation, 1);
+    wake_all(pool, &pool->generation);
     if (pool->threads)
         for (int i = 1; i < pool->n_threads; i++)
             pthread_join(pool->threads[i - 1], NULL);
     free(pool->threads);
+#if !defined(__linux__)
     pthread_mutex_destroy(&pool->mutex);
-    pthread_cond_destroy(&pool->wake);
-    pthread_cond_destroy(&pool->done);
+    pthread_cond_destroy(&pool->changed);
+#endif
     free(pool);
 }
 
@@ -141,28 +276,27 @@ int eq_pool_size(const eq_pool *pool)
     return pool ? pool->n_threads : 1;
 }
 
-void eq_pool_run(eq_pool *pool, eq_pool_fn fn, void *ctx)
+void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
 {
-    if (pool->n_threads == 1) {
-        fn(ctx, 0, 1);
+    unsigned total = 0;
+    for (int p = 0; p < n_phases; p++)
+        total += (unsigned)phases[p].n_chunks;
+    if (pool->n_threads == 1 || total == 0) {
+        for (int p = 0; p < n_phases; p++)
+            for (int c = 0; c < phases[p].n_chunks; c++)
+                phases[p].fn(phases[p].ctx, c, 0);
         return;
     }
-    pool->fn = fn;
-    pool->ctx = ctx;
-    atomic_store(&pool->pending, pool->n_threads - 1);
-    atomic_fetch_add(&pool->generation, 1);   /* seq_cst: ordered before the sleepers check */
-    if (atomic_load(&pool->sleepers) > 0) {
-        pthread_mutex_lock(&pool->mutex);
-        pthread_cond_broadcast(&pool->wake);
-        pthread_mutex_unlock(&pool->mutex);
-    }
-    fn(ctx, 0, pool->n_threads);
-    for (int spin = 0; spin < SPIN_ROUNDS && atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spin++)
-        relax(spin);
-    if (atomic_load(&pool->pending) > 0) {
-        pthread_mutex_lock(&pool->mutex);
-        while (atomic_load(&pool->pending) > 0)
-            pthread_cond_wait(&pool->done, &pool->mutex);
-        pthread_mutex_unlock(&pool->mutex);
-    }
+    unsigned generation = ++pool->next_generation;
+    job *j = &pool->jobs[generation & 1];
+    j->phases = phases;
+    j->n_phases = n_phases;
+    atomic_store_explicit(&j->total, total, memory_order_relaxed);
+    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->claim, (uint64_t)generation << 32, memory_order_release);
+    atomic_store(&pool->generation, generation);               /* seq_cst: before the sleepers check */
+    if (atomic_load(&pool->job_sleepers) > 0)
+        wake_all(pool, &pool->generation);
+    run_chunks(pool, generation, 0);
+    wait_for_done(pool, total);
 }
