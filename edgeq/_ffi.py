@@ -72,19 +72,25 @@ def _check_floats(array: np.ndarray, length: int, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def qtype_table() -> list[dict]:
-    """The C table, one dict per type in id order: name, id, bits, group, symmetric, plain."""
+    """The C table, one dict per type in id order: name, id, family ("plain", "uniform-bitplane"),
+    bits, group, symmetric."""
     rows = []
     for qtype_id in range(lib.eq_qtype_count()):
         traits = lib.eq_qtype_get(qtype_id)
         rows.append({
             "name": ffi.string(traits.name).decode(),
             "id": int(traits.id),
+            "family": ffi.string(lib.eq_qfamily_name(traits.family)).decode(),
             "bits": int(traits.bits),
             "group": int(traits.group),
             "symmetric": bool(traits.symmetric),
-            "plain": bool(traits.plain),
         })
     return rows
+
+
+def version() -> str:
+    """The version the native library was built as (equal to edgeq.__version__)."""
+    return ffi.string(lib.eq_version()).decode()
 
 
 def nbytes(qtype_name: str, rows: int, cols: int) -> int:

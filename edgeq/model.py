@@ -203,8 +203,12 @@ class Model:
 
     @property
     def info(self) -> dict:
-        """The runtime's view (arch, dims, n_ctx, n_past, n_threads, bytes) plus the file's path."""
-        return {**_ffi.model_info(self._handle), "path": str(self.path)}
+        """The runtime's view (arch, dims, n_ctx, n_past, n_threads, bytes) plus the file's path.
+        Under the model's lock, like every call into the runtime: refused while another thread uses it."""
+        if self._owner == threading.get_ident():   # this thread's paused stream: no runtime call is running
+            return {**_ffi.model_info(self._handle), "path": str(self.path)}
+        with self._use():
+            return {**_ffi.model_info(self._handle), "path": str(self.path)}
 
     # ----------------------------------------------------------------------------------------------
     # one thread at a time

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -426,32 +427,81 @@ def test_one_model_from_two_threads_is_refused_clearly(tiny):
 
 
 def test_the_runtime_refuses_concurrent_calls_on_one_handle(tiny_files):
-    """Below the Model's lock, C's own guard: a racing eval gets EQ_ERR_BUSY, never a corrupt cache."""
+    """Below the Model's lock, C's own guard: while one thread is inside eq_model_eval (back-to-back
+    96-token evaluations, the GIL released), the other thread's eval, truncate and info are refused
+    with EQ_ERR_BUSY, each at least once; afterwards the cache gives the same logits as a fresh model."""
     handle = _ffi.model_open(tiny_files["llama"], threads=1, ctx=256)
-    outcomes = {"ok": 0, "busy": 0}
-    lock = threading.Lock()
+    refused = {"eval": 0, "truncate": 0, "info": 0}
+    stop = threading.Event()
+    prompt = (np.arange(96) % 300 + 3).tolist()
 
-    def hammer():
-        for _ in range(100):
-            try:
-                _ffi.model_eval(handle, [5])
-                result = "ok"
-            except EdgeqError as error:
-                assert "in use by another thread" in str(error)
-                result = "busy"
-            with lock:
-                outcomes[result] += 1
+    def busy(call) -> bool:
+        """Run call(); True if the runtime refused it because the other thread holds the model."""
+        try:
+            call()
+        except _ffi.ContextFullError:
+            pass                  # the cache filled up between the evaluator's evaluations: it resets it
+        except EdgeqError as error:
+            assert "in use by another thread" in str(error), error
+            return True
+        return False
 
+    def evaluator():
+        while not stop.is_set():
+            busy(lambda: _ffi.model_truncate(handle, 0))
+            busy(lambda: _ffi.model_eval(handle, prompt, logits=False))
+
+    worker = threading.Thread(target=evaluator)
+    worker.start()
     try:
-        threads = [threading.Thread(target=hammer) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert outcomes["ok"] + outcomes["busy"] == 200
-        assert _ffi.model_info(handle)["n_past"] == outcomes["ok"]
+        calls = {"eval": lambda: _ffi.model_eval(handle, [5]), "truncate": lambda: _ffi.model_truncate(handle, 0),
+                 "info": lambda: _ffi.model_info(handle)}
+        deadline = time.monotonic() + 60
+        while min(refused.values()) == 0 and time.monotonic() < deadline:
+            for name, call in calls.items():
+                refused[name] += busy(call)
+    finally:
+        stop.set()
+        worker.join()
+    try:
+        assert min(refused.values()) >= 1, refused
+        _ffi.model_truncate(handle, 0)
+        after = _ffi.model_eval(handle, prompt[:8])
     finally:
         _ffi.model_close(handle)
+    fresh = _ffi.model_open(tiny_files["llama"], threads=1, ctx=256)
+    try:
+        assert np.array_equal(after, _ffi.model_eval(fresh, prompt[:8]))
+    finally:
+        _ffi.model_close(fresh)
+
+
+def test_model_info_is_read_under_the_model_lock(tiny_files):
+    """Model.info takes the Model's lock: refused while another thread holds an unfinished stream,
+    answered by the stream's own thread and once the stream is closed."""
+    model = edgeq.load(tiny_files["llama"], threads=1)
+    started, finish, seen = threading.Event(), threading.Event(), {}
+
+    def streamer():
+        stream = model.generate("Hello", max_tokens=10, stream=True)
+        next(stream)
+        seen["own thread"] = model.info["n_past"]
+        started.set()
+        finish.wait(30)
+        stream.close()
+
+    worker = threading.Thread(target=streamer)
+    worker.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(EdgeqError, match="in use by another thread"):
+            model.info
+    finally:
+        finish.set()
+        worker.join()
+    assert seen["own thread"] > 0
+    assert model.info["n_past"] >= seen["own thread"]
+    model.close()
 
 
 def test_closed_models_and_handles_refuse_use(tiny_files):

@@ -92,8 +92,8 @@ def assert_gemv_close(y: np.ndarray, weights: np.ndarray, x: np.ndarray, weight_
 def test_c_table_equals_python_table():
     c_rows = _ffi.qtype_table()
     python_rows = [
-        {"name": q.name, "id": q.id, "bits": q.bits, "group": q.group,
-         "symmetric": q.symmetric, "plain": q.plain}
+        {"name": q.name, "id": q.id, "family": "plain" if q.plain else "uniform-bitplane", "bits": q.bits,
+         "group": q.group, "symmetric": q.symmetric}
         for q in sorted(TYPES.values(), key=lambda q: q.id)
     ]
     assert c_rows == python_rows

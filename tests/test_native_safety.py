@@ -247,6 +247,9 @@ def targeted_cases(tag: str, blob: bytes) -> list[Case]:
         case("offset-max-aligned", _patch(blob, blob_i8["offset_at"], "<Q", 2**64 - 64), "error",
              "ends past the end"),
         case("offset-past-end", _patch(blob, last["offset_at"], "<Q", past_end), "error", "ends past the end"),
+        case("offset-overlaps", _patch(blob, last["offset_at"], "<Q", first["offset"]), "error", "overlap"),
+        case("offset-overlaps-by-one-block", _patch(blob, last["offset_at"], "<Q", max(
+            t["offset"] for t in layout.tensors if t is not last)), "error", "overlap"),
         case("tensor-name-length-0", _patch(blob, first["start"], "<Q", 0), "error", "bytes long"),
         case("tensor-name-length-300", _patch(blob, first["start"], "<Q", 300), "error", "bytes long"),
         case("tensor-name-length-huge", _patch(blob, first["start"], "<Q", 2**64 - 1), "error",
@@ -635,6 +638,208 @@ def test_fuzz_loader(native_build, tiny_files, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"the fuzzer found a crash (build/fuzz/artifacts/):\n{_tail(output, 60)}"
     assert "Done" in output and "stat::number_of_executed_units" in output, _tail(output)
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile shapes of a whole file: colliding key names, too many keys or tensors
+# ---------------------------------------------------------------------------------------------
+
+FNV_PRIME_LOW16 = 1099511628211 & 0xFFFF
+FNV_BASIS_LOW16 = 14695981039346656037 & 0xFFFF
+
+
+def fnv_colliding_names(count: int) -> list[bytes]:
+    """Distinct names whose 64-bit FNV-1a hashes (the loader's unseeded hash before SipHash) all
+    end in 16 zero bits: with 2^15 keys they all start probing at slot 0 of a 2^16-slot table.
+    The low 16 bits of an FNV-1a state depend only on the low 16 bits before each step, so three
+    chosen bytes after any prefix steer them: the last must undo a state below 256."""
+    inverse = pow(FNV_PRIME_LOW16, -1, 1 << 16)
+    # high byte of s2 * inverse -> a final byte s2 (1..255) with (s2 ^ s2) * p == 0
+    final_by_high = {}
+    for last in range(1, 256):
+        final_by_high.setdefault((last * inverse & 0xFFFF) >> 8, last)
+    names, serial = [], 0
+    while len(names) < count:
+        prefix = b"collide.%08d." % serial
+        serial += 1
+        state = FNV_BASIS_LOW16
+        for byte in prefix + b"x":
+            state = ((state ^ byte) * FNV_PRIME_LOW16) & 0xFFFF
+        last = final_by_high.get(state >> 8)
+        if last is None:
+            continue
+        middle = (state & 0xFF) ^ (last * inverse & 0xFF)    # (state ^ middle) == last * inverse
+        if middle == 0:
+            continue
+        name = prefix + b"x" + bytes([middle, last])
+        names.append(name)
+    return names
+
+
+def _fnv1a64_low16(data: bytes) -> int:
+    return _fnv1a64(data) & 0xFFFF
+
+
+def write_keys_only(path: Path, names: list[bytes]) -> Path:
+    """A GGUF v3 file with no tensors and one uint32 key per name."""
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, 0, len(names)))
+    for i, name in enumerate(names):
+        out += struct.pack("<Q", len(name)) + name + struct.pack("<II", 4, i)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_colliding_key_names_open_fast(native_build, tmp_path):
+    """2^15 keys that all collide under the old unseeded FNV-1a index (1.5 s to open before the
+    per-open SipHash seed; quadratic in the count) open in well under 100 ms, even under ASan."""
+    names = fnv_colliding_names(1 << 15)
+    assert len(set(names)) == len(names) and {_fnv1a64_low16(n) for n in names[:64]} == {0}
+    path = write_keys_only(tmp_path / "colliding.gguf", names)
+    outcomes, text = run_check_loader([path], "--bench", "3")
+    assert outcomes[str(path)].gguf == "OK"
+    milliseconds = float(re.search(r"best of 3: ([0-9.]+) ms", text).group(1))
+    assert milliseconds < 100, text
+
+
+def test_more_keys_or_tensors_than_an_edgeq_file_has_are_refused(native_build, tmp_path):
+    """The caps (8 keys per tensor + 4096, 65536 tensors) refuse a header that the file size could back."""
+    max_tensors = 1 << 16
+    max_keys = 8 * max_tensors + 4096
+    keys = tmp_path / "too-many-keys.gguf"
+    keys.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, max_keys + 1) + bytes(14 * (max_keys + 1)))
+    tensors = tmp_path / "too-many-tensors.gguf"
+    tensors.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, max_tensors + 1, 0) + bytes(37 * (max_tensors + 1)))
+    at_cap = write_keys_only(tmp_path / "at-cap.gguf", [b"k.%d" % i for i in range(max_keys)])
+    outcomes, _ = run_check_loader([keys, tensors, at_cap])
+    assert outcomes[str(keys)].gguf == f"error: unsupported: the header claims {max_keys + 1} metadata keys, " \
+                                       f"more than the {max_keys} an edgeq file may have"
+    assert outcomes[str(tensors)].gguf == f"error: unsupported: the header claims {max_tensors + 1} tensors, " \
+                                          f"more than the {max_tensors} an edgeq file may have"
+    assert outcomes[str(at_cap)].gguf == "OK"
+
+
+# ---------------------------------------------------------------------------------------------
+# the format-compatibility policy, C side (edgeq.load on the committed version-1 fixture)
+# ---------------------------------------------------------------------------------------------
+
+FIXTURE_V1 = ROOT / "tests" / "data" / "compat" / "format-v1-qwen2.q4"
+FIXTURE_PROMPT = [5, 6, 7, 8, 9, 10]
+FIXTURE_GREEDY = [53, 305, 90, 305, 145, 227, 146, 227, 63, 19, 63, 19, 63, 15, 121, 282]   # its README
+
+
+def _key_value(layout: Layout, name: str) -> dict:
+    return next(k for k in layout.keys if k["name"] == name)
+
+
+def add_key(blob: bytes, encoded_key: bytes) -> bytes:
+    """The file with one more metadata key (its bytes: name, type, value) after the last one; the
+    tensor infos and data move, realigned, and tensor offsets (relative to the data) stay valid."""
+    layout = read_layout(blob)
+    alignment = struct.unpack_from("<I", blob, _key_value(layout, "general.alignment")["value_at"])[0]
+    keys_end = layout.keys[-1]["end"]
+    head = bytearray(blob[:keys_end] + encoded_key + blob[keys_end:layout.info_end])
+    struct.pack_into("<Q", head, 16, len(layout.keys) + 1)
+    head += bytes(-len(head) % alignment)
+    return bytes(head) + blob[layout.data_start:]
+
+
+def string_array_key(name: str, values: list[str]) -> bytes:
+    out = struct.pack("<Q", len(name)) + name.encode() + struct.pack("<IIQ", ARRAY, STRING, len(values))
+    for value in values:
+        out += struct.pack("<Q", len(value.encode())) + value.encode()
+    return out
+
+
+def _greedy(path: Path, n: int = len(FIXTURE_GREEDY)) -> list[int]:
+    from edgeq import _ffi
+    handle = _ffi.model_open(path, threads=1, ctx=64)
+    try:
+        logits, ids = _ffi.model_eval(handle, FIXTURE_PROMPT), []
+        for _ in range(n):
+            ids.append(int(np.argmax(logits)))
+            logits = _ffi.model_eval(handle, [ids[-1]])
+        return ids
+    finally:
+        _ffi.model_close(handle)
+
+
+def _open_error(path: Path) -> str:
+    from edgeq import _ffi
+    from edgeq.errors import EdgeqError
+    with pytest.raises(EdgeqError) as error:
+        _ffi.model_open(path, threads=1, ctx=64)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: "), message
+    return message[len(f"{path}: "):]
+
+
+def test_library_version_is_the_package_version():
+    import edgeq
+    from edgeq import _ffi
+    assert _ffi.version() == edgeq.__version__
+
+
+def test_format_version_1_fixture_loads_and_decodes():
+    """The committed version-1 file opens in C through edgeq.load and greedy-decodes its README's ids."""
+    import edgeq
+    with edgeq.load(FIXTURE_V1, threads=1, ctx=64) as model:
+        assert model.info["arch"] == "qwen2"
+    assert _greedy(FIXTURE_V1) == FIXTURE_GREEDY
+
+
+def test_format_versions_and_required_features(tmp_path):
+    """Version 2 (with or without an empty edgeq.required_features) reads like version 1; version 3,
+    a feature this edgeq lacks and an unknown quant type are refused, naming the writer's version."""
+    blob = FIXTURE_V1.read_bytes()
+    layout = read_layout(blob)
+    version_at = _key_value(layout, "edgeq.format_version")["value_at"]
+    writer_at = _key_value(layout, "edgeq.converter_version")["value_at"]
+    writer = blob[writer_at + 8:writer_at + 8 + struct.unpack_from("<Q", blob, writer_at)[0]].decode()
+    from edgeq import _ffi
+    this = _ffi.version()
+    v2 = _patch(blob, version_at, "<I", 2)
+    files = {
+        "v2": v2,
+        "v2-no-features": add_key(v2, string_array_key("edgeq.required_features", [])),
+        "v3": _patch(blob, version_at, "<I", 3),
+        "v0": _patch(blob, version_at, "<I", 0),
+        "v2-future": add_key(v2, string_array_key("edgeq.required_features", ["future-thing"])),
+        "v2-features-not-strings": add_key(v2, struct.pack("<Q", 23) + b"edgeq.required_features" +
+                                           struct.pack("<IIQI", ARRAY, 4, 1, 7)),
+    }
+    type_key = _key_value(layout, "edgeq.tensor.blk.0.attn_q.weight.type")
+    qtype = blob[type_key["value_at"] + 8:type_key["end"]]
+    files["unknown-qtype"] = blob[:type_key["value_at"] + 8] + b"z" * len(qtype) + blob[type_key["end"]:]
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.q4"
+        paths[name].write_bytes(data)
+    assert _greedy(paths["v2"], 4) == FIXTURE_GREEDY[:4]
+    assert _greedy(paths["v2-no-features"], 4) == FIXTURE_GREEDY[:4]
+    assert _open_error(paths["v3"]) == (f"edgeq format version 3, written by edgeq {writer}; this edgeq "
+                                        f"({this}) reads versions 1\u20132: upgrade edgeq")
+    assert _open_error(paths["v0"]).startswith("edgeq format version 0, written by")
+    assert _open_error(paths["v2-future"]) == (f"needs feature 'future-thing' (written by edgeq {writer}), "
+                                               f"which this edgeq ({this}) does not have; upgrade edgeq")
+    assert _open_error(paths["v2-features-not-strings"]) == \
+        "metadata edgeq.required_features is not an array of strings"
+    assert _open_error(paths["unknown-qtype"]) == (
+        f"tensor blk.0.attn_q.weight has quant type '{'z' * len(qtype)}' (written by edgeq {writer}), which "
+        f"this edgeq ({this}) does not know; upgrade edgeq")
+
+
+def test_dimensions_whose_buffers_overflow_32_bits_are_refused(tmp_path):
+    """vocab 2^24 x dim 2^16 (2^40 weights: past a 32-bit size_t, and not what the file holds) and a
+    context x layers x kv_dim past any address space are refused with one line, nothing allocated."""
+    blob = FIXTURE_V1.read_bytes()
+    layout = read_layout(blob)
+    huge = blob
+    for name, value in (("edgeq.vocab_size", 1 << 24), ("edgeq.dim", 1 << 16), ("edgeq.hidden_dim", 1 << 18)):
+        huge = _patch(huge, _key_value(layout, name)["value_at"], "<I", value)
+    path = tmp_path / "huge.q4"
+    path.write_bytes(huge)
+    message = _open_error(path)
+    assert "token_embd.weight" in message, message
 
 
 # ---------------------------------------------------------------------------------------------

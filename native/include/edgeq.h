@@ -28,6 +28,9 @@
 extern "C" {
 #endif
 
+/* The library's version, equal to edgeq.__version__ (tests/test_native_safety.py checks it). */
+#define EQ_VERSION_STRING "0.1.0"
+
 /* EQ_CDEF_BEGIN */
 
 /* ---------------------------------------------------------------------------------------------
@@ -105,15 +108,29 @@ enum {
     EQ_CHUNK_COLS = 8   /* columns covered by one plane byte (low nibble 0..3, high nibble 4..7) */
 };
 
+/* How a type's weights are stored and multiplied; kernels and the loader dispatch on the family,
+ * never on a type's name. Names as in edgeq/quant_types.py. */
+typedef enum eq_qfamily {
+    EQ_QFAMILY_PLAIN = 0,             /* "plain": f32 / f16, (M, K) row-major */
+    EQ_QFAMILY_UNIFORM_BITPLANE = 1,  /* "uniform-bitplane": the u{b}g{G}{a|s} packed layout above */
+    EQ_QFAMILY_COUNT = 2
+} eq_qfamily;
+
 /* One row of the quant-type table. */
 typedef struct eq_qtype_traits {
     const char *name;  /* as stored in the file, e.g. "u4g64a" */
     int id;            /* the eq_qtype value; equals the row's index in the table */
+    int family;        /* eq_qfamily */
     int bits;          /* bits per weight before scales (32 / 16 for plain types) */
     int group;         /* weights per scale along K (0 for plain types) */
     bool symmetric;    /* scale only, zero point (2^bits - 1) / 2; else scale and min */
-    bool plain;        /* stored as a plain float tensor, not packed */
 } eq_qtype_traits;
+
+/* The family's name as in edgeq/quant_types.py ("plain", "uniform-bitplane"), or NULL. */
+const char *eq_qfamily_name(int family);
+
+/* This library's version (edgeq.__version__ of the package it was built with), e.g. "0.1.0". */
+const char *eq_version(void);
 
 /* The table row for `id`, or NULL if id is not a quant type. The pointer is to static storage. */
 const eq_qtype_traits *eq_qtype_get(int id);
@@ -188,7 +205,8 @@ int eq_gemm_isa(const char *isa, int id, const void *data, size_t data_bytes, si
 /* ---------------------------------------------------------------------------------------------
  * the runtime: open a converted file (mmapped, validated as untrusted input), evaluate tokens
  * into logits over a KV cache. One eq_model is used by one thread at a time: a call made while
- * another thread is inside eq_model_eval/eq_model_truncate on the same model returns EQ_ERR_BUSY.
+ * another thread is inside eq_model_eval/eq_model_truncate/eq_model_get_info on the same model
+ * returns EQ_ERR_BUSY.
  * Different models are independent.
  * ------------------------------------------------------------------------------------------- */
 
@@ -233,8 +251,9 @@ eq_model *eq_model_open(const char *path, const eq_model_params *params, char *e
 /* Unmap and free; NULL is a no-op. Must not race with other calls on the same model. */
 void eq_model_close(eq_model *model);
 
-/* Fill *info. Returns EQ_OK or EQ_ERR_INVALID_ARGUMENT. */
-int eq_model_get_info(const eq_model *model, eq_model_info *info);
+/* Fill *info. Returns EQ_OK, EQ_ERR_INVALID_ARGUMENT, or EQ_ERR_BUSY (another thread is inside
+ * eq_model_eval / eq_model_truncate / eq_model_get_info on this model: n_past would be torn). */
+int eq_model_get_info(eq_model *model, eq_model_info *info);
 
 /* Append n_tokens tokens at position n_past and run the forward pass.
  *   tokens   (n_tokens,) ids in [0, vocab_size)

@@ -79,9 +79,14 @@ void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, si
                             size_t cols, size_t row_begin, size_t row_count, float *out)
 {
     (void)rows;  /* already checked: row_begin + row_count <= rows */
-    if (type->plain) {
+    switch ((eq_qfamily)type->family) {
+    case EQ_QFAMILY_PLAIN:
         dequantize_rows_plain(type, data, cols, row_begin, row_count, out);
-    } else {
+        break;
+    case EQ_QFAMILY_UNIFORM_BITPLANE:
         dequantize_rows_packed(type, data, cols, row_begin, row_count, out);
+        break;
+    case EQ_QFAMILY_COUNT:
+        break;   /* not a family: the entry points only pass table rows */
     }
 }

@@ -99,9 +99,14 @@ static void gemv_plain(const eq_qtype_traits *type, const uint8_t *data, size_t 
 void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                  const float *x, float *y)
 {
-    if (type->plain) {
+    switch ((eq_qfamily)type->family) {
+    case EQ_QFAMILY_PLAIN:
         gemv_plain(type, data, rows, cols, x, y);
-    } else {
+        break;
+    case EQ_QFAMILY_UNIFORM_BITPLANE:
         gemv_packed(type, data, rows, cols, x, y);
+        break;
+    case EQ_QFAMILY_COUNT:
+        break;   /* not a family: the entry points only pass table rows */
     }
 }

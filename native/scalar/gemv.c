@@ -97,13 +97,10 @@ static void gemv_plain(const eq_qtype_traits *type, const uint8_t *data, size_t 
     }
 }
 
-void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                    const float *x, float *y)
+/* The LUT product for the uniform bit-plane family, with its float tables. */
+static void gemv_uniform_bitplane(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                  const float *x, float *y)
 {
-    if (type->plain) {
-        gemv_plain(type, data, rows, cols, x, y);
-        return;
-    }
     size_t padded_cols = (cols + (size_t)type->group - 1) / (size_t)type->group * (size_t)type->group;
     float *tables = malloc(sizeof(float) * (padded_cols / 4) * TABLE);
     if (!tables) {   /* cannot happen for model-sized rows; fall back to the table-free reference */
@@ -112,6 +109,21 @@ void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t row
     }
     gemv_packed(type, data, rows, cols, x, y, tables);
     free(tables);
+}
+
+void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                    const float *x, float *y)
+{
+    switch ((eq_qfamily)type->family) {
+    case EQ_QFAMILY_PLAIN:
+        gemv_plain(type, data, rows, cols, x, y);
+        break;
+    case EQ_QFAMILY_UNIFORM_BITPLANE:
+        gemv_uniform_bitplane(type, data, rows, cols, x, y);
+        break;
+    case EQ_QFAMILY_COUNT:
+        break;   /* not a family: the entry points only pass table rows */
+    }
 }
 
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */

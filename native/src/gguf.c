@@ -1,24 +1,29 @@
 /* gguf.c — the GGUF container loader: map the file read-only, walk header, metadata and tensor
- * infos with a bounds-checked cursor, index keys and tensor names in small hash tables.
+ * infos with a bounds-checked cursor, index keys and tensor names in small hash tables (SipHash-1-3
+ * keyed with a fresh random seed per open, so no file can be built to make the probing quadratic).
  *
  * Layout read (GGUF v2/v3, little-endian): "GGUF", u32 version, u64 tensor count, u64 key count;
  * keys (u64 length + bytes, u32 value type, value); tensor infos (name, u32 n_dims, u64 dims[n_dims],
  * u32 ggml type, u64 offset); padding to general.alignment; tensor data, each offset relative to the
  * start of the data section and aligned.
  * Every length is checked against the bytes left before it is used; no count is trusted further
- * than the file size can back it. Not here: what the keys mean (model.c), big-endian files, writing.
+ * than the file size can back it; tensor data must lie inside the file and no two tensors may
+ * share a byte. Not here: what the keys mean (model.c), big-endian files, writing.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE      /* getentropy */
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gguf.h"
@@ -27,8 +32,12 @@ enum {
     HEADER_BYTES = 4 + 4 + 8 + 8,
     MIN_KEY_BYTES = 8 + 1 + 4 + 1,            /* key length, >= 1 key byte, value type, >= 1 value byte */
     MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8,  /* name length, name, n_dims, one dim, type, offset */
-    MAX_KEYS = 1 << 20,                       /* bounds the allocations a hostile header can ask for */
-    MAX_TENSORS = 1 << 20,
+    /* Caps from what a real file needs, far above it: an edgeq file has 6 keys per tensor (type,
+     * shape, bits, group, symmetric, method) plus ~40 others (a 135M-parameter model: 273 tensors,
+     * ~1680 keys; a 1000-layer dense model would have ~12000 tensors). Room is left for two more
+     * keys per tensor and 4096 other keys in later format versions. */
+    MAX_TENSORS = 1 << 16,
+    MAX_KEYS = 8 * MAX_TENSORS + 4096,
     MAX_TENSOR_NAME_BYTES = 256,
     PRINT_NAME_BYTES = 64                     /* longer names are cut in error messages */
 };
@@ -53,10 +62,12 @@ typedef struct tensor_entry {
     uint64_t offset;         /* from the start of the data section */
 } tensor_entry;
 
-/* Open addressing over an entry array: slot = entry index + 1, 0 = empty; at most half full. */
+/* Open addressing over an entry array: slot = entry index + 1, 0 = empty; at most half full.
+ * Hashed with SipHash-1-3 under a per-open random key, so probe runs stay short whatever the names. */
 typedef struct name_index {
     uint32_t *slots;
     uint64_t mask;
+    uint64_t seed[2];
 } name_index;
 
 struct eq_gguf {
@@ -216,13 +227,60 @@ static uint64_t bytes_left(const parser *p)
 /* the name index                                                                                 */
 /* ============================================================================================= */
 
-static uint64_t hash_bytes(const uint8_t *bytes, uint64_t len)
+static uint64_t rotl64(uint64_t x, int bits)
 {
-    uint64_t hash = UINT64_C(14695981039346656037);   /* FNV-1a */
-    for (uint64_t i = 0; i < len; i++) {
-        hash = (hash ^ bytes[i]) * UINT64_C(1099511628211);
+    return (x << bits) | (x >> (64 - bits));
+}
+
+static void sip_round(uint64_t v[4])
+{
+    v[0] += v[1]; v[1] = rotl64(v[1], 13); v[1] ^= v[0]; v[0] = rotl64(v[0], 32);
+    v[2] += v[3]; v[3] = rotl64(v[3], 16); v[3] ^= v[2];
+    v[0] += v[3]; v[3] = rotl64(v[3], 21); v[3] ^= v[0];
+    v[2] += v[1]; v[1] = rotl64(v[1], 17); v[1] ^= v[2]; v[2] = rotl64(v[2], 32);
+}
+
+/* SipHash-1-3 (one compression round, three finalization rounds) of the bytes under `seed`. */
+static uint64_t hash_bytes(const uint64_t seed[2], const uint8_t *bytes, uint64_t len)
+{
+    uint64_t v[4] = {seed[0] ^ UINT64_C(0x736f6d6570736575), seed[1] ^ UINT64_C(0x646f72616e646f6d),
+                     seed[0] ^ UINT64_C(0x6c7967656e657261), seed[1] ^ UINT64_C(0x7465646279746573)};
+    uint64_t whole = len - len % 8;
+    for (uint64_t i = 0; i < whole; i += 8) {
+        uint64_t m = eq_gguf_read_u64le(bytes + i);
+        v[3] ^= m;
+        sip_round(v);
+        v[0] ^= m;
     }
-    return hash;
+    uint64_t last = (len & 0xff) << 56;
+    for (uint64_t i = 0; i < len % 8; i++) {
+        last |= (uint64_t)bytes[whole + i] << (8 * i);
+    }
+    v[3] ^= last;
+    sip_round(v);
+    v[0] ^= last;
+    v[2] ^= 0xff;
+    sip_round(v);
+    sip_round(v);
+    sip_round(v);
+    return v[0] ^ v[1] ^ v[2] ^ v[3];
+}
+
+/* 16 unpredictable bytes: the kernel's entropy, or (should getentropy fail) the clock, the
+ * address of `seed` and a counter mixed together. */
+static void random_seed(uint64_t seed[2])
+{
+    if (getentropy(seed, 2 * sizeof seed[0]) == 0) {
+        return;
+    }
+    static atomic_uint_fast64_t counter = 0;
+    uint64_t count = (uint64_t)atomic_fetch_add(&counter, 1);
+    struct timespec now = {0, 0};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t fallback[2] = {(uint64_t)now.tv_nsec ^ ((uint64_t)now.tv_sec << 30),
+                            (uint64_t)(uintptr_t)seed ^ (count * UINT64_C(0x9e3779b97f4a7c15))};
+    seed[0] = hash_bytes(fallback, (const uint8_t *)fallback, sizeof fallback);
+    seed[1] = hash_bytes(fallback, (const uint8_t *)seed, sizeof seed[0]);
 }
 
 static int index_init(name_index *index, uint64_t n_entries)
@@ -231,6 +289,7 @@ static int index_init(name_index *index, uint64_t n_entries)
     while (capacity < 2 * n_entries) {
         capacity *= 2;
     }
+    random_seed(index->seed);
     index->slots = calloc((size_t)capacity, sizeof *index->slots);
     index->mask = capacity - 1;
     return index->slots != NULL ? EQ_OK : EQ_ERR_NO_MEMORY;
@@ -241,7 +300,7 @@ static int index_init(name_index *index, uint64_t n_entries)
 static uint32_t *index_slot(const name_index *index, const void *entries, size_t stride,
                             const uint8_t *name, uint64_t len)
 {
-    uint64_t i = hash_bytes(name, len) & index->mask;
+    uint64_t i = hash_bytes(index->seed, name, len) & index->mask;
     for (;;) {
         uint32_t *slot = &index->slots[i];
         if (*slot == 0) {
@@ -529,6 +588,48 @@ static int parse_tensor_info(parser *p, uint64_t i)
     return EQ_OK;
 }
 
+typedef struct extent {
+    uint64_t offset;         /* from the start of the data section */
+    uint64_t index;          /* of the tensor */
+} extent;
+
+static int by_offset(const void *a, const void *b)
+{
+    uint64_t x = ((const extent *)a)->offset, y = ((const extent *)b)->offset;
+    return (x > y) - (x < y);
+}
+
+/* No two tensors share a byte: sorted by offset, each ends at or before the next begins. The
+ * extents are already known to lie inside the file, so offset + nbytes cannot wrap. */
+static int check_no_overlap(parser *p)
+{
+    const eq_gguf *file = p->file;
+    extent *order = malloc((size_t)file->n_tensors * sizeof *order);
+    if (order == NULL) {
+        return fail(p->err, p->err_size, EQ_ERR_NO_MEMORY, "out of memory sorting %" PRIu64 " tensors",
+                    file->n_tensors);
+    }
+    for (uint64_t i = 0; i < file->n_tensors; i++) {
+        order[i] = (extent){file->tensor_entries[i].offset, i};
+    }
+    qsort(order, (size_t)file->n_tensors, sizeof *order, by_offset);
+    int status = EQ_OK;
+    for (uint64_t k = 1; k < file->n_tensors && status == EQ_OK; k++) {
+        uint64_t end = order[k - 1].offset + file->tensors[order[k - 1].index].nbytes;
+        if (end > order[k].offset) {
+            const name_ref *before = &file->tensor_entries[order[k - 1].index].name;
+            const name_ref *after = &file->tensor_entries[order[k].index].name;
+            status = fail(p->err, p->err_size, EQ_ERR_FORMAT,
+                          "corrupt: the data of tensors '%s' (bytes %" PRIu64 " to %" PRIu64 ") and '%s' "
+                          "(from byte %" PRIu64 ") overlap",
+                          printable_name(before->bytes, before->len).text, order[k - 1].offset, end,
+                          printable_name(after->bytes, after->len).text, order[k].offset);
+        }
+    }
+    free(order);
+    return status;
+}
+
 /* Data section start, every tensor's extent inside the file, and the NUL-terminated name copies. */
 static int place_tensors(parser *p)
 {
@@ -557,6 +658,10 @@ static int place_tensors(parser *p)
         }
         tensor->data = file->map + file->data_offset + offset;
         name_bytes += entry->name.len + 1;   /* each <= MAX_TENSOR_NAME_BYTES: no overflow */
+    }
+    int status = check_no_overlap(p);
+    if (status != EQ_OK) {
+        return status;
     }
     file->name_storage = malloc((size_t)name_bytes);
     if (file->name_storage == NULL) {
@@ -605,16 +710,25 @@ static int parse_header(parser *p)
                     (file->version & 0xffffu) == 0 ? ", a big-endian file?" : "");
     }
     uint64_t left = bytes_left(p);
-    if (file->n_keys > left / MIN_KEY_BYTES || file->n_keys > MAX_KEYS) {
+    if (file->n_keys > left / MIN_KEY_BYTES) {
         return fail(p->err, p->err_size, EQ_ERR_FORMAT,
                     "truncated or corrupt: the header claims %" PRIu64 " metadata keys, more than a "
                     "file of %" PRIu64 " bytes can hold", file->n_keys, file->size);
     }
-    if (file->n_tensors > (left - file->n_keys * MIN_KEY_BYTES) / MIN_TENSOR_INFO_BYTES ||
-        file->n_tensors > MAX_TENSORS) {
+    if (file->n_keys > MAX_KEYS) {
+        return fail(p->err, p->err_size, EQ_ERR_FORMAT,
+                    "unsupported: the header claims %" PRIu64 " metadata keys, more than the %d an "
+                    "edgeq file may have", file->n_keys, MAX_KEYS);
+    }
+    if (file->n_tensors > (left - file->n_keys * MIN_KEY_BYTES) / MIN_TENSOR_INFO_BYTES) {
         return fail(p->err, p->err_size, EQ_ERR_FORMAT,
                     "truncated or corrupt: the header claims %" PRIu64 " tensors, more than a file of "
                     "%" PRIu64 " bytes can hold", file->n_tensors, file->size);
+    }
+    if (file->n_tensors > MAX_TENSORS) {
+        return fail(p->err, p->err_size, EQ_ERR_FORMAT,
+                    "unsupported: the header claims %" PRIu64 " tensors, more than the %d an edgeq "
+                    "file may have", file->n_tensors, MAX_TENSORS);
     }
     return EQ_OK;
 }
@@ -853,6 +967,36 @@ int eq_gguf_get_array(const eq_gguf *file, const char *key, uint32_t *elem_type,
     *elem_type = kv->elem_type;
     *ptr = kv->value;
     *count = kv->count;
+    return EQ_OK;
+}
+
+int eq_gguf_get_str_element(const eq_gguf *file, const char *key, uint64_t index, const char **ptr,
+                            uint64_t *len, uint64_t *count)
+{
+    const gguf_kv *kv;
+    int status = lookup(file, key, ptr, &kv);
+    if (status != EQ_OK) {
+        return status;
+    }
+    if (len == NULL || count == NULL) {
+        return EQ_ERR_INVALID_ARGUMENT;
+    }
+    if (kv->type != EQ_GGUF_TYPE_ARRAY || kv->elem_type != EQ_GGUF_TYPE_STRING) {
+        return EQ_ERR_FORMAT;
+    }
+    *count = kv->count;
+    *ptr = NULL;
+    *len = 0;
+    if (index >= kv->count) {
+        return EQ_OK;
+    }
+    /* every length was checked against the file when it was parsed */
+    const uint8_t *cursor = kv->value;
+    for (uint64_t i = 0; i < index; i++) {
+        cursor += 8 + eq_gguf_read_u64le(cursor);
+    }
+    *len = eq_gguf_read_u64le(cursor);
+    *ptr = (const char *)cursor + 8;
     return EQ_OK;
 }
 

@@ -97,6 +97,12 @@ int eq_gguf_get_u64_array(const eq_gguf *file, const char *key, const uint8_t **
 int eq_gguf_get_array(const eq_gguf *file, const char *key, uint32_t *elem_type,
                       const uint8_t **ptr, uint64_t *count);
 
+/* Element `index` of an ARRAY of STRING (e.g. edgeq.required_features): *count is always the
+ * number of elements; for index < *count, *ptr / *len are that string (inside the map, NOT
+ * NUL-terminated), else *ptr is NULL and *len 0. Other value types give EQ_ERR_FORMAT. */
+int eq_gguf_get_str_element(const eq_gguf *file, const char *key, uint64_t index, const char **ptr,
+                            uint64_t *len, uint64_t *count);
+
 /* The tensor called `name`, or NULL if absent (or file/name is NULL). */
 const eq_gguf_tensor *eq_gguf_find_tensor(const eq_gguf *file, const char *name);
 

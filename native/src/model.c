@@ -1,5 +1,5 @@
-/* model.c — the runtime: open an edgeq file (validated as untrusted input), the llama / qwen2
- * forward pass over a KV cache, and the public eq_model_* API.
+/* model.c — the runtime: open an edgeq file (validated as untrusted input, format versions 1-2),
+ * the llama / qwen2 forward pass over a KV cache, and the public eq_model_* API.
  *
  * Reads top to bottom: config, weights (pointers into the mmapped file), run state, validation and
  * open, the building blocks (rmsnorm, rope, matrix products cut into chunks of rows, attention),
@@ -23,8 +23,14 @@
 #include "kernels.h"
 #include "threadpool.h"
 
+/* The format-compatibility policy (the same in every reader: edgeq/fileformat.py, `edgeq info`):
+ * every edgeq.format_version from 1 to FORMAT_VERSION_MAX is read; a higher one is refused. Version 2
+ * adds the optional edgeq.required_features (array of strings, absent = none): a file naming a
+ * feature missing from known_features is refused, naming it. Config keys added after version 1 are
+ * optional, with the defaults the format documents (none so far). */
 enum {
-    FORMAT_VERSION = 1,
+    FORMAT_VERSION_MIN = 1,
+    FORMAT_VERSION_MAX = 2,
     BATCH = 64,         /* tokens evaluated together: each weight tile is read once per batch */
     CHUNK_BYTES = 32 * 1024   /* weights per chunk of a threaded product (a few microseconds) */
 };
@@ -46,7 +52,8 @@ typedef struct matrix {         /* a (rows, cols) weight in any quant type, poin
     const uint8_t *data;
     size_t nbytes;
     size_t rows, cols;
-    size_t tile_bytes;          /* bytes per 16-row tile (per row for plain types) */
+    size_t tile_rows;           /* rows per unit of work: 16 for bit-plane types, 1 for plain */
+    size_t tile_bytes;          /* bytes per tile_rows rows */
 } matrix;
 
 typedef struct layer {
@@ -125,7 +132,11 @@ typedef struct loader {
     char *err;
     size_t err_size;
     int failed;
+    char writer[48];    /* edgeq.converter_version, for messages ("unknown" if absent) */
 } loader;
+
+/* Features this reader implements, by the names files list in edgeq.required_features (none yet). */
+static const char *const known_features[] = {NULL};
 
 static int fail(loader *ld, const char *format, ...)
 {
@@ -187,6 +198,28 @@ static int read_string(loader *ld, const char *key, char *buf, size_t size)
     return 0;
 }
 
+/* How a family is stored in the container and split between threads. */
+typedef struct family_storage {
+    uint32_t ggml_type;          /* the container's tensor type: F32 / F16 for plain, I8 blobs for packed */
+    size_t tile_rows;            /* rows per unit of work: the family's tile */
+    size_t data_alignment;       /* what its kernels' loads need of the data pointer */
+} family_storage;
+
+static int storage_of(const eq_qtype_traits *traits, family_storage *out)
+{
+    switch ((eq_qfamily)traits->family) {
+    case EQ_QFAMILY_PLAIN:
+        *out = (family_storage){traits->bits == 32 ? EQ_GGML_TYPE_F32 : EQ_GGML_TYPE_F16, 1, 1};
+        return 0;
+    case EQ_QFAMILY_UNIFORM_BITPLANE:
+        *out = (family_storage){EQ_GGML_TYPE_I8, EQ_TILE_ROWS, 4};
+        return 0;
+    case EQ_QFAMILY_COUNT:
+        break;
+    }
+    return -1;
+}
+
 /* Find tensor `name`, check its metadata against the expected logical shape, and describe it.
  * cols == 0 means a 1-D tensor of `rows` values, which must be f32. */
 static int load_matrix(loader *ld, const char *name, size_t rows, size_t cols, matrix *out)
@@ -200,7 +233,8 @@ static int load_matrix(loader *ld, const char *name, size_t rows, size_t cols, m
         return -1;
     int id = eq_qtype_from_name(type_name);
     if (id < 0)
-        return fail(ld, "tensor %s has quant type '%s', which this edgeq does not know (upgrade edgeq)", name, type_name);
+        return fail(ld, "tensor %s has quant type '%s' (written by edgeq %s), which this edgeq (%s) does not "
+                    "know; upgrade edgeq", name, type_name, ld->writer, eq_version());
     const eq_qtype_traits *traits = eq_qtype_get(id);
 
     const uint8_t *shape;
@@ -233,17 +267,22 @@ static int load_matrix(loader *ld, const char *name, size_t rows, size_t cols, m
     size_t nbytes = eq_qtype_nbytes(id, rows, cols ? cols : 1);
     if (!cols && id != EQ_QTYPE_F32)
         return fail(ld, "tensor %s must be f32, not %s", name, traits->name);
-    uint32_t ggml_type = traits->plain ? (id == EQ_QTYPE_F32 ? 0u : 1u) : 24u;   /* F32, F16, I8 */
-    if (nbytes == 0 || t->type != ggml_type || t->nbytes != nbytes)
+    if (nbytes == 0)
+        return fail(ld, "tensor %s: a (%zu, %zu) %s tensor does not fit in this system's address space",
+                    name, rows, cols ? cols : 1, traits->name);
+    family_storage storage;
+    if (storage_of(traits, &storage))
+        return fail(ld, "tensor %s has quant type %s of an unknown family", name, traits->name);
+    if (t->type != storage.ggml_type || t->nbytes != nbytes)
         return fail(ld, "tensor %s: stored size or type disagrees with its metadata (%s)", name, traits->name);
     out->qtype = id;
     out->data = t->data;
     out->nbytes = nbytes;
     out->rows = rows;
     out->cols = cols ? cols : 1;
-    out->tile_bytes = traits->plain ? (size_t)(traits->bits / 8) * out->cols
-                                    : eq_qtype_nbytes(id, EQ_TILE_ROWS, out->cols);
-    if (!traits->plain && ((uintptr_t)t->data % 4 != 0))
+    out->tile_rows = storage.tile_rows;
+    out->tile_bytes = eq_qtype_nbytes(id, storage.tile_rows, out->cols);   /* <= nbytes: no overflow */
+    if ((uintptr_t)t->data % storage.data_alignment != 0)
         return fail(ld, "tensor %s is misaligned", name);
     return 0;
 }
@@ -263,6 +302,41 @@ static int load_vector(loader *ld, const char *name, size_t n, const float **out
 /* open                                                                                           */
 /* ============================================================================================= */
 
+/* edgeq.converter_version (optional) into ld->writer, edgeq.format_version within what this reader
+ * knows, every edgeq.required_features entry among known_features. */
+static int read_compatibility(loader *ld)
+{
+    const char *text;
+    uint64_t len;
+    snprintf(ld->writer, sizeof ld->writer, "unknown");
+    if (eq_gguf_get_str(ld->file, "edgeq.converter_version", &text, &len) == EQ_OK && len < sizeof ld->writer) {
+        memcpy(ld->writer, text, (size_t)len);
+        ld->writer[len] = '\0';
+    }
+    int version;
+    if (read_int(ld, "edgeq.format_version", 0, 1 << 30, &version))
+        return -1;
+    if (version < FORMAT_VERSION_MIN || version > FORMAT_VERSION_MAX)
+        return fail(ld, "edgeq format version %d, written by edgeq %s; this edgeq (%s) reads versions "
+                    "%d\u2013%d: upgrade edgeq", version, ld->writer, eq_version(), FORMAT_VERSION_MIN,
+                    FORMAT_VERSION_MAX);
+    uint64_t count = 0;
+    for (uint64_t i = 0; i == 0 || i < count; i++) {
+        int rc = eq_gguf_get_str_element(ld->file, "edgeq.required_features", i, &text, &len, &count);
+        if (rc == EQ_ERR_NOT_FOUND || (rc == EQ_OK && text == NULL))
+            return 0;
+        if (rc != EQ_OK)
+            return fail(ld, "metadata edgeq.required_features is not an array of strings");
+        bool known = false;
+        for (const char *const *feature = known_features; *feature && !known; feature++)
+            known = strlen(*feature) == len && memcmp(*feature, text, (size_t)len) == 0;
+        if (!known)
+            return fail(ld, "needs feature '%.*s' (written by edgeq %s), which this edgeq (%s) does not "
+                        "have; upgrade edgeq", len > 64 ? 64 : (int)len, text, ld->writer, eq_version());
+    }
+    return 0;
+}
+
 static int read_config(loader *ld, config *c)
 {
     char text[64];
@@ -270,11 +344,8 @@ static int read_config(loader *ld, config *c)
         return -1;
     if (strcmp(text, "edgeq") != 0)
         return fail(ld, "a GGUF file for '%s', not an edgeq file; convert it with `edgeq convert`", text);
-    int version;
-    if (read_int(ld, "edgeq.format_version", 0, 1 << 30, &version))
+    if (read_compatibility(ld))
         return -1;
-    if (version != FORMAT_VERSION)
-        return fail(ld, "edgeq format version %d is not supported (this runtime reads version %d)", version, FORMAT_VERSION);
     if (read_string(ld, "edgeq.arch", text, sizeof text))
         return -1;
     if (strcmp(text, "llama") == 0)
@@ -379,48 +450,69 @@ static int load_weights(loader *ld, eq_model *m)
     return 0;
 }
 
-static void *alloc_floats(size_t n)
+/* *out = a * b * c, false if that overflows size_t (every buffer size from the file goes through
+ * here, so a 32-bit build refuses what it cannot address instead of wrapping). */
+static bool size_product(size_t a, size_t b, size_t c, size_t *out)
 {
-    return calloc(n ? n : 1, sizeof(float));
+    if ((b != 0 && a > SIZE_MAX / b) || (c != 0 && a * b > SIZE_MAX / c))
+        return false;
+    *out = a * b * c;
+    return true;
+}
+
+/* calloc of a (count,) buffer of `size`-byte elements, with count 0 allocating one element */
+static void *alloc_array(size_t count, size_t size)
+{
+    return calloc(count ? count : 1, size);
 }
 
 static int alloc_state(loader *ld, eq_model *m)
 {
     const config *c = &m->cfg;
+    size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
     size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
-    size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
-    run_state *s = &m->s;
-    s->x = alloc_floats(BATCH * (size_t)c->dim);
-    s->xb = alloc_floats(BATCH * wide);
-    s->xb2 = alloc_floats(BATCH * (size_t)c->dim);
-    s->hb = alloc_floats(BATCH * (size_t)c->hidden_dim);
-    s->hb2 = alloc_floats(BATCH * (size_t)c->hidden_dim);
-    s->q = alloc_floats(BATCH * q_dim);
-    s->k = alloc_floats(BATCH * kv_dim);
-    s->v = alloc_floats(BATCH * kv_dim);
-    s->scores = alloc_floats((size_t)eq_pool_size(m->pool) * (size_t)m->n_ctx);
-    s->steps = calloc((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->steps);
-    s->phases = calloc((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->phases);
-    size_t per_layer = (size_t)m->n_ctx * kv_dim;
+    size_t wide = q_dim > dim ? q_dim : dim;
     size_t elem = m->kv_fp32 ? sizeof(float) : sizeof(uint16_t);
-    if (per_layer > SIZE_MAX / elem / (size_t)c->n_layers)
-        return fail(ld, "the KV cache for context %d does not fit in memory", m->n_ctx);
-    s->key_cache = calloc(per_layer * (size_t)c->n_layers, elem);
-    s->value_cache = calloc(per_layer * (size_t)c->n_layers, elem);
+    /* floats per buffer: (BATCH, dim), (BATCH, wide), (BATCH, hidden), (BATCH, q_dim), (BATCH, kv_dim),
+     * (n_threads, n_ctx); cache elements per K or V: (n_layers, n_ctx, kv_dim) */
+    size_t n_dim, n_wide, n_hidden, n_q, n_kv, n_scores, n_cache, n_cache_bytes;
+    if (!size_product(BATCH, dim, sizeof(float), &n_dim) || !size_product(BATCH, wide, sizeof(float), &n_wide) ||
+        !size_product(BATCH, hidden, sizeof(float), &n_hidden) || !size_product(BATCH, q_dim, sizeof(float), &n_q) ||
+        !size_product(BATCH, kv_dim, sizeof(float), &n_kv) ||
+        !size_product((size_t)eq_pool_size(m->pool), (size_t)m->n_ctx, sizeof(float), &n_scores))
+        return fail(ld, "the model's dimensions (dim %d, hidden %d, heads %d x %d) need buffers larger than "
+                        "this system can address", c->dim, c->hidden_dim, c->n_heads, c->head_dim);
+    if (!size_product((size_t)c->n_layers, (size_t)m->n_ctx, kv_dim, &n_cache) ||
+        !size_product(n_cache, elem, 1, &n_cache_bytes))
+        return fail(ld, "the KV cache for context %d does not fit in this system's address space; "
+                        "choose a smaller context", m->n_ctx);
+    run_state *s = &m->s;
+    s->x = alloc_array(n_dim / sizeof(float), sizeof(float));
+    s->xb = alloc_array(n_wide / sizeof(float), sizeof(float));
+    s->xb2 = alloc_array(n_dim / sizeof(float), sizeof(float));
+    s->hb = alloc_array(n_hidden / sizeof(float), sizeof(float));
+    s->hb2 = alloc_array(n_hidden / sizeof(float), sizeof(float));
+    s->q = alloc_array(n_q / sizeof(float), sizeof(float));
+    s->k = alloc_array(n_kv / sizeof(float), sizeof(float));
+    s->v = alloc_array(n_kv / sizeof(float), sizeof(float));
+    s->scores = alloc_array(n_scores / sizeof(float), sizeof(float));
+    s->key_cache = alloc_array(n_cache, elem);
+    s->value_cache = alloc_array(n_cache, elem);
+    s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->steps);
+    s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->phases);
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores ||
         !s->key_cache || !s->value_cache || !s->steps || !s->phases ||
         eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim) != EQ_OK ||
         eq_acts_reserve(&s->acts_attn, BATCH, q_dim) != EQ_OK ||
         eq_acts_reserve(&s->acts_ffn, BATCH, (size_t)c->hidden_dim) != EQ_OK)
         return fail(ld, "out of memory allocating the KV cache and buffers for context %d "
-                        "(%.1f MB); choose a smaller context", m->n_ctx,
-                    2.0 * (double)(per_layer * (size_t)c->n_layers * elem) / 1e6);
+                        "(%.1f MB); choose a smaller context", m->n_ctx, 2.0 * (double)n_cache_bytes / 1e6);
     return 0;
 }
 
 eq_model *eq_model_open(const char *path, const eq_model_params *params, char *err, size_t err_size)
 {
-    loader ld = {NULL, err, err_size, 0};
+    loader ld = {NULL, err, err_size, 0, "unknown"};
     if (err && err_size)
         err[0] = '\0';
     if (!path) {
@@ -521,9 +613,9 @@ static float silu(float x)
 /* ---- matrix products: each matrix's rows cut into chunks of about CHUNK_BYTES of weights (whole
  * 16-row tiles), more chunks than threads, so the threads balance the work between them --------- */
 
-static size_t row_unit(const matrix *w)         /* rows per split unit: a tile, or one plain row */
+static size_t row_unit(const matrix *w)         /* rows per split unit: the family's tile */
 {
-    return eq_qtype_get(w->qtype)->plain ? 1 : EQ_TILE_ROWS;
+    return w->tile_rows;
 }
 
 static int row_chunks(size_t rows, size_t unit, size_t bytes)
@@ -761,9 +853,10 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
     size_t dim = (size_t)c->dim;
     size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim;
 
-    for (int t = 0; t < n; t++)
-        eq_dequantize_rows(m->token_embd.qtype, m->token_embd.data, m->token_embd.nbytes, m->token_embd.rows,
-                           m->token_embd.cols, (size_t)tokens[t], 1, s->x + (size_t)t * dim);
+    const eq_qtype_traits *embd_type = eq_qtype_get(m->token_embd.qtype);
+    for (int t = 0; t < n; t++)   /* tokens checked against the vocabulary by eq_model_eval */
+        m->kernels->dequantize_rows(embd_type, m->token_embd.data, m->token_embd.rows, m->token_embd.cols,
+                                    (size_t)tokens[t], 1, s->x + (size_t)t * dim);
     s->n = n;
     s->pos0 = pos0;
     eq_acts_bind(&s->acts_x, s->xb, (size_t)n, dim);
@@ -790,10 +883,22 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
 /* public API                                                                                     */
 /* ============================================================================================= */
 
-int eq_model_get_info(const eq_model *m, eq_model_info *info)
+/* Claim the model for this thread: EQ_ERR_BUSY if another thread has it. Release with
+ * atomic_store(&m->busy, 0). */
+static int claim(eq_model *m)
 {
-    if (!m || !info)
+    if (!m)
         return EQ_ERR_INVALID_ARGUMENT;
+    return atomic_exchange(&m->busy, 1) ? EQ_ERR_BUSY : EQ_OK;
+}
+
+int eq_model_get_info(eq_model *m, eq_model_info *info)
+{
+    if (!info)
+        return EQ_ERR_INVALID_ARGUMENT;
+    int rc = claim(m);   /* n_past changes during an eval */
+    if (rc != EQ_OK)
+        return rc;
     const config *c = &m->cfg;
     memset(info, 0, sizeof *info);
     info->arch = c->arch;
@@ -821,19 +926,18 @@ int eq_model_get_info(const eq_model *m, eq_model_info *info)
     info->kv_bytes = 2u * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads *
                      (uint64_t)c->head_dim * (m->kv_fp32 ? 4u : 2u);
     info->file_bytes = eq_gguf_file_size(m->file);
+    atomic_store(&m->busy, 0);
     return EQ_OK;
 }
 
-/* Start a call that uses the model's state: claim it (EQ_ERR_BUSY if another thread has it) and
+/* Start a call that changes the model's state: claim it (EQ_ERR_BUSY if another thread has it) and
  * clear the last error. The call ends with atomic_store(&m->busy, 0). */
 static int enter(eq_model *m)
 {
-    if (!m)
-        return EQ_ERR_INVALID_ARGUMENT;
-    if (atomic_exchange(&m->busy, 1))
-        return EQ_ERR_BUSY;
-    m->last_error[0] = '\0';
-    return EQ_OK;
+    int rc = claim(m);
+    if (rc == EQ_OK)
+        m->last_error[0] = '\0';
+    return rc;
 }
 
 int eq_model_eval(eq_model *m, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits)

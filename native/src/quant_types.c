@@ -38,46 +38,46 @@ const char *eq_error_string(int code)
 /* the table: one row per type, indexed by id                                                     */
 /* ============================================================================================= */
 
-/*                                           name       id                bits group symm  plain */
+/*                                           name       id                family                       bits group symm */
 static const eq_qtype_traits qtype_table[EQ_QTYPE_COUNT] = {
-    [EQ_QTYPE_F32]     = {"f32",     EQ_QTYPE_F32,     32,  0,  false, true},
-    [EQ_QTYPE_F16]     = {"f16",     EQ_QTYPE_F16,     16,  0,  false, true},
-    [EQ_QTYPE_U2G32A]  = {"u2g32a",  EQ_QTYPE_U2G32A,  2,   32, false, false},
-    [EQ_QTYPE_U2G32S]  = {"u2g32s",  EQ_QTYPE_U2G32S,  2,   32, true,  false},
-    [EQ_QTYPE_U2G64A]  = {"u2g64a",  EQ_QTYPE_U2G64A,  2,   64, false, false},
-    [EQ_QTYPE_U2G64S]  = {"u2g64s",  EQ_QTYPE_U2G64S,  2,   64, true,  false},
-    [EQ_QTYPE_U2G128A] = {"u2g128a", EQ_QTYPE_U2G128A, 2,  128, false, false},
-    [EQ_QTYPE_U2G128S] = {"u2g128s", EQ_QTYPE_U2G128S, 2,  128, true,  false},
-    [EQ_QTYPE_U3G32A]  = {"u3g32a",  EQ_QTYPE_U3G32A,  3,   32, false, false},
-    [EQ_QTYPE_U3G32S]  = {"u3g32s",  EQ_QTYPE_U3G32S,  3,   32, true,  false},
-    [EQ_QTYPE_U3G64A]  = {"u3g64a",  EQ_QTYPE_U3G64A,  3,   64, false, false},
-    [EQ_QTYPE_U3G64S]  = {"u3g64s",  EQ_QTYPE_U3G64S,  3,   64, true,  false},
-    [EQ_QTYPE_U3G128A] = {"u3g128a", EQ_QTYPE_U3G128A, 3,  128, false, false},
-    [EQ_QTYPE_U3G128S] = {"u3g128s", EQ_QTYPE_U3G128S, 3,  128, true,  false},
-    [EQ_QTYPE_U4G32A]  = {"u4g32a",  EQ_QTYPE_U4G32A,  4,   32, false, false},
-    [EQ_QTYPE_U4G32S]  = {"u4g32s",  EQ_QTYPE_U4G32S,  4,   32, true,  false},
-    [EQ_QTYPE_U4G64A]  = {"u4g64a",  EQ_QTYPE_U4G64A,  4,   64, false, false},
-    [EQ_QTYPE_U4G64S]  = {"u4g64s",  EQ_QTYPE_U4G64S,  4,   64, true,  false},
-    [EQ_QTYPE_U4G128A] = {"u4g128a", EQ_QTYPE_U4G128A, 4,  128, false, false},
-    [EQ_QTYPE_U4G128S] = {"u4g128s", EQ_QTYPE_U4G128S, 4,  128, true,  false},
-    [EQ_QTYPE_U5G32A]  = {"u5g32a",  EQ_QTYPE_U5G32A,  5,   32, false, false},
-    [EQ_QTYPE_U5G32S]  = {"u5g32s",  EQ_QTYPE_U5G32S,  5,   32, true,  false},
-    [EQ_QTYPE_U5G64A]  = {"u5g64a",  EQ_QTYPE_U5G64A,  5,   64, false, false},
-    [EQ_QTYPE_U5G64S]  = {"u5g64s",  EQ_QTYPE_U5G64S,  5,   64, true,  false},
-    [EQ_QTYPE_U5G128A] = {"u5g128a", EQ_QTYPE_U5G128A, 5,  128, false, false},
-    [EQ_QTYPE_U5G128S] = {"u5g128s", EQ_QTYPE_U5G128S, 5,  128, true,  false},
-    [EQ_QTYPE_U6G32A]  = {"u6g32a",  EQ_QTYPE_U6G32A,  6,   32, false, false},
-    [EQ_QTYPE_U6G32S]  = {"u6g32s",  EQ_QTYPE_U6G32S,  6,   32, true,  false},
-    [EQ_QTYPE_U6G64A]  = {"u6g64a",  EQ_QTYPE_U6G64A,  6,   64, false, false},
-    [EQ_QTYPE_U6G64S]  = {"u6g64s",  EQ_QTYPE_U6G64S,  6,   64, true,  false},
-    [EQ_QTYPE_U6G128A] = {"u6g128a", EQ_QTYPE_U6G128A, 6,  128, false, false},
-    [EQ_QTYPE_U6G128S] = {"u6g128s", EQ_QTYPE_U6G128S, 6,  128, true,  false},
-    [EQ_QTYPE_U8G32A]  = {"u8g32a",  EQ_QTYPE_U8G32A,  8,   32, false, false},
-    [EQ_QTYPE_U8G32S]  = {"u8g32s",  EQ_QTYPE_U8G32S,  8,   32, true,  false},
-    [EQ_QTYPE_U8G64A]  = {"u8g64a",  EQ_QTYPE_U8G64A,  8,   64, false, false},
-    [EQ_QTYPE_U8G64S]  = {"u8g64s",  EQ_QTYPE_U8G64S,  8,   64, true,  false},
-    [EQ_QTYPE_U8G128A] = {"u8g128a", EQ_QTYPE_U8G128A, 8,  128, false, false},
-    [EQ_QTYPE_U8G128S] = {"u8g128s", EQ_QTYPE_U8G128S, 8,  128, true,  false},
+    [EQ_QTYPE_F32]     = {"f32",     EQ_QTYPE_F32,     EQ_QFAMILY_PLAIN,            32,   0, false},
+    [EQ_QTYPE_F16]     = {"f16",     EQ_QTYPE_F16,     EQ_QFAMILY_PLAIN,            16,   0, false},
+    [EQ_QTYPE_U2G32A]  = {"u2g32a",  EQ_QTYPE_U2G32A,  EQ_QFAMILY_UNIFORM_BITPLANE, 2,   32, false},
+    [EQ_QTYPE_U2G32S]  = {"u2g32s",  EQ_QTYPE_U2G32S,  EQ_QFAMILY_UNIFORM_BITPLANE, 2,   32, true},
+    [EQ_QTYPE_U2G64A]  = {"u2g64a",  EQ_QTYPE_U2G64A,  EQ_QFAMILY_UNIFORM_BITPLANE, 2,   64, false},
+    [EQ_QTYPE_U2G64S]  = {"u2g64s",  EQ_QTYPE_U2G64S,  EQ_QFAMILY_UNIFORM_BITPLANE, 2,   64, true},
+    [EQ_QTYPE_U2G128A] = {"u2g128a", EQ_QTYPE_U2G128A, EQ_QFAMILY_UNIFORM_BITPLANE, 2,  128, false},
+    [EQ_QTYPE_U2G128S] = {"u2g128s", EQ_QTYPE_U2G128S, EQ_QFAMILY_UNIFORM_BITPLANE, 2,  128, true},
+    [EQ_QTYPE_U3G32A]  = {"u3g32a",  EQ_QTYPE_U3G32A,  EQ_QFAMILY_UNIFORM_BITPLANE, 3,   32, false},
+    [EQ_QTYPE_U3G32S]  = {"u3g32s",  EQ_QTYPE_U3G32S,  EQ_QFAMILY_UNIFORM_BITPLANE, 3,   32, true},
+    [EQ_QTYPE_U3G64A]  = {"u3g64a",  EQ_QTYPE_U3G64A,  EQ_QFAMILY_UNIFORM_BITPLANE, 3,   64, false},
+    [EQ_QTYPE_U3G64S]  = {"u3g64s",  EQ_QTYPE_U3G64S,  EQ_QFAMILY_UNIFORM_BITPLANE, 3,   64, true},
+    [EQ_QTYPE_U3G128A] = {"u3g128a", EQ_QTYPE_U3G128A, EQ_QFAMILY_UNIFORM_BITPLANE, 3,  128, false},
+    [EQ_QTYPE_U3G128S] = {"u3g128s", EQ_QTYPE_U3G128S, EQ_QFAMILY_UNIFORM_BITPLANE, 3,  128, true},
+    [EQ_QTYPE_U4G32A]  = {"u4g32a",  EQ_QTYPE_U4G32A,  EQ_QFAMILY_UNIFORM_BITPLANE, 4,   32, false},
+    [EQ_QTYPE_U4G32S]  = {"u4g32s",  EQ_QTYPE_U4G32S,  EQ_QFAMILY_UNIFORM_BITPLANE, 4,   32, true},
+    [EQ_QTYPE_U4G64A]  = {"u4g64a",  EQ_QTYPE_U4G64A,  EQ_QFAMILY_UNIFORM_BITPLANE, 4,   64, false},
+    [EQ_QTYPE_U4G64S]  = {"u4g64s",  EQ_QTYPE_U4G64S,  EQ_QFAMILY_UNIFORM_BITPLANE, 4,   64, true},
+    [EQ_QTYPE_U4G128A] = {"u4g128a", EQ_QTYPE_U4G128A, EQ_QFAMILY_UNIFORM_BITPLANE, 4,  128, false},
+    [EQ_QTYPE_U4G128S] = {"u4g128s", EQ_QTYPE_U4G128S, EQ_QFAMILY_UNIFORM_BITPLANE, 4,  128, true},
+    [EQ_QTYPE_U5G32A]  = {"u5g32a",  EQ_QTYPE_U5G32A,  EQ_QFAMILY_UNIFORM_BITPLANE, 5,   32, false},
+    [EQ_QTYPE_U5G32S]  = {"u5g32s",  EQ_QTYPE_U5G32S,  EQ_QFAMILY_UNIFORM_BITPLANE, 5,   32, true},
+    [EQ_QTYPE_U5G64A]  = {"u5g64a",  EQ_QTYPE_U5G64A,  EQ_QFAMILY_UNIFORM_BITPLANE, 5,   64, false},
+    [EQ_QTYPE_U5G64S]  = {"u5g64s",  EQ_QTYPE_U5G64S,  EQ_QFAMILY_UNIFORM_BITPLANE, 5,   64, true},
+    [EQ_QTYPE_U5G128A] = {"u5g128a", EQ_QTYPE_U5G128A, EQ_QFAMILY_UNIFORM_BITPLANE, 5,  128, false},
+    [EQ_QTYPE_U5G128S] = {"u5g128s", EQ_QTYPE_U5G128S, EQ_QFAMILY_UNIFORM_BITPLANE, 5,  128, true},
+    [EQ_QTYPE_U6G32A]  = {"u6g32a",  EQ_QTYPE_U6G32A,  EQ_QFAMILY_UNIFORM_BITPLANE, 6,   32, false},
+    [EQ_QTYPE_U6G32S]  = {"u6g32s",  EQ_QTYPE_U6G32S,  EQ_QFAMILY_UNIFORM_BITPLANE, 6,   32, true},
+    [EQ_QTYPE_U6G64A]  = {"u6g64a",  EQ_QTYPE_U6G64A,  EQ_QFAMILY_UNIFORM_BITPLANE, 6,   64, false},
+    [EQ_QTYPE_U6G64S]  = {"u6g64s",  EQ_QTYPE_U6G64S,  EQ_QFAMILY_UNIFORM_BITPLANE, 6,   64, true},
+    [EQ_QTYPE_U6G128A] = {"u6g128a", EQ_QTYPE_U6G128A, EQ_QFAMILY_UNIFORM_BITPLANE, 6,  128, false},
+    [EQ_QTYPE_U6G128S] = {"u6g128s", EQ_QTYPE_U6G128S, EQ_QFAMILY_UNIFORM_BITPLANE, 6,  128, true},
+    [EQ_QTYPE_U8G32A]  = {"u8g32a",  EQ_QTYPE_U8G32A,  EQ_QFAMILY_UNIFORM_BITPLANE, 8,   32, false},
+    [EQ_QTYPE_U8G32S]  = {"u8g32s",  EQ_QTYPE_U8G32S,  EQ_QFAMILY_UNIFORM_BITPLANE, 8,   32, true},
+    [EQ_QTYPE_U8G64A]  = {"u8g64a",  EQ_QTYPE_U8G64A,  EQ_QFAMILY_UNIFORM_BITPLANE, 8,   64, false},
+    [EQ_QTYPE_U8G64S]  = {"u8g64s",  EQ_QTYPE_U8G64S,  EQ_QFAMILY_UNIFORM_BITPLANE, 8,   64, true},
+    [EQ_QTYPE_U8G128A] = {"u8g128a", EQ_QTYPE_U8G128A, EQ_QFAMILY_UNIFORM_BITPLANE, 8,  128, false},
+    [EQ_QTYPE_U8G128S] = {"u8g128s", EQ_QTYPE_U8G128S, EQ_QFAMILY_UNIFORM_BITPLANE, 8,  128, true},
 };
 
 _Static_assert(sizeof qtype_table / sizeof qtype_table[0] == EQ_QTYPE_COUNT,
@@ -89,6 +89,20 @@ const eq_qtype_traits *eq_qtype_get(int id)
         return NULL;
     }
     return &qtype_table[id];
+}
+
+const char *eq_qfamily_name(int family)
+{
+    switch (family) {
+    case EQ_QFAMILY_PLAIN: return "plain";
+    case EQ_QFAMILY_UNIFORM_BITPLANE: return "uniform-bitplane";
+    default: return NULL;
+    }
+}
+
+const char *eq_version(void)
+{
+    return EQ_VERSION_STRING;
 }
 
 int eq_qtype_count(void)
@@ -128,19 +142,25 @@ static int tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, 
 {
     size_t count;
     int err;
-    if (type->plain) {
+    switch ((eq_qfamily)type->family) {
+    case EQ_QFAMILY_PLAIN:
         if ((err = multiply_size(rows, cols, &count)) != EQ_OK) {
             return err;
         }
         return multiply_size(count, (size_t)type->bits / 8u, out);
+    case EQ_QFAMILY_UNIFORM_BITPLANE: {
+        /* ceil without overflow: (n - 1) / d + 1 for n >= 1 */
+        size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
+        size_t n_groups = (cols - 1) / (size_t)type->group + 1;
+        if ((err = multiply_size(n_tiles, n_groups, &count)) != EQ_OK) {
+            return err;
+        }
+        return multiply_size(count, eq_block_bytes(type), out);
     }
-    /* ceil without overflow: (n - 1) / d + 1 for n >= 1 */
-    size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
-    size_t n_groups = (cols - 1) / (size_t)type->group + 1;
-    if ((err = multiply_size(n_tiles, n_groups, &count)) != EQ_OK) {
-        return err;
+    case EQ_QFAMILY_COUNT:
+        break;
     }
-    return multiply_size(count, eq_block_bytes(type), out);
+    return EQ_ERR_UNKNOWN_QTYPE;
 }
 
 size_t eq_qtype_nbytes(int id, size_t rows, size_t cols)

@@ -292,10 +292,16 @@ static void gemm_plain(const eq_qtype_traits *type, const uint8_t *data, size_t 
 void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                   const eq_acts *acts, float *y, size_t y_stride)
 {
-    if (type->plain)
+    switch ((eq_qfamily)type->family) {
+    case EQ_QFAMILY_PLAIN:
         gemm_plain(type, data, rows, cols, acts, y, y_stride);
-    else
+        break;
+    case EQ_QFAMILY_UNIFORM_BITPLANE:
         gemm_packed(type, data, rows, cols, acts, y, y_stride);
+        break;
+    case EQ_QFAMILY_COUNT:
+        break;   /* not a family: the entry points only pass table rows */
+    }
 }
 
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
