@@ -50,6 +50,7 @@ static void fill_worker(void *ctx, int index, int thread)
  * (four 16-byte adds on baseline x86-64); an array of lanes would stay in memory instead. */
 static void sum_worker(void *ctx, int index, int thread)
 {
+    (void)thread;
     const bandwidth_job *job = ctx;
     size_t begin, end;
     slice(job, index, &begin, &end);
