@@ -39,6 +39,7 @@ static void slice(const bandwidth_job *job, int index, size_t *begin, size_t *en
 /* First touch from a thread of the pool (usually the one that will read the slice). */
 static void fill_worker(void *ctx, int index, int thread)
 {
+    (void)thread;
     const bandwidth_job *job = ctx;
     size_t begin, end;
     slice(job, index, &begin, &end);
