@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from . import _ffi
-from .fileformat import FORMAT_VERSION, ModelFile
+from .fileformat import ModelFile
 
 BATCH = 64            # tokens the runtime evaluates together (native/src/model.c BATCH)
 
@@ -60,7 +60,7 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
     rope = "none" if c.rope_scaling_type == "none" else f"{c.rope_scaling_type} x{c.rope_scaling_factor:g}"
     settings = model.settings
     lines = [
-        f"file          {model.path} ({_mb(model.file_size())}, edgeq format {FORMAT_VERSION}, "
+        f"file          {model.path} ({_mb(model.file_size())}, edgeq format {model.format_version}, "
         f"converter {model.provenance['converter_version']})",
         f"source        {model.provenance['source']} ({model.provenance['source_kind']})",
         f"architecture  {c.arch}: {c.n_layers} layers, dim {c.dim}, ffn {c.hidden_dim}, heads {c.n_heads} "

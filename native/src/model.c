@@ -23,7 +23,7 @@
 #include "threadpool.h"
 
 enum {
-    FORMAT_VERSION = 1,
+    FORMAT_VERSION = 2,
     MAX_JOBS = 3,
     BATCH = 64          /* tokens evaluated together: each weight tile is read once per batch */
 };
@@ -240,8 +240,8 @@ static int read_config(loader *ld, config *c)
     int version;
     if (read_int(ld, "edgeq.format_version", 0, 1 << 30, &version))
         return -1;
-    if (version != FORMAT_VERSION)
-        return fail(ld, "edgeq format version %d is not supported (this runtime reads version %d)", version, FORMAT_VERSION);
+    if (version < 1 || version > FORMAT_VERSION)   /* every version up to FORMAT_VERSION is read */
+        return fail(ld, "edgeq format version %d is not supported (this runtime reads versions 1-%d)", version, FORMAT_VERSION);
     if (read_string(ld, "edgeq.arch", text, sizeof text))
         return -1;
     if (strcmp(text, "llama") == 0)
