@@ -243,11 +243,12 @@ class ModelFile:
         with open(self.path, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise EdgeqError(f"{path}: not an edgeq file (no GGUF magic); convert a model with `edgeq convert`")
-        self.gguf = gguffile.GGUFFile(self.path)
+        self.gguf = gguffile.GGUFFile(self.path, metadata_only=True)
         arch = self.get("general.architecture")
         if arch != ARCHITECTURE:
             raise EdgeqError(f"{path}: a GGUF file for {arch!r}, not an edgeq file; convert it with "
                              f"`edgeq convert {self.path.name} -o model.edgeq`")
+        self.gguf.read_tensors()
         self.format_version = self._check_version()
         self.config = self._config()
         self.tokenizer = self._tokenizer()
@@ -372,7 +373,7 @@ class ModelFile:
             raise EdgeqError(f"{self.path}: unknown tokenizer kind {kind!r}")
         vocab = (0, self.config.vocab_size - 1)
         extra = self._array("edgeq.tokenizer.extra_eos_ids", gguffile.INTEGER_TYPES, "an array of integers", [])
-        if len(extra) and not all(vocab[0] <= int(i) <= vocab[1] for i in extra):
+        if len(extra) and (len(extra) > self.config.vocab_size or np.any(extra < vocab[0]) or np.any(extra > vocab[1])):
             raise EdgeqError(f"{self.path}: metadata edgeq.tokenizer.extra_eos_ids holds ids outside the vocabulary")
         return TokenizerSpec(kind, data, self._int("tokenizer.ggml.bos_token_id", *vocab),
                              self._int("tokenizer.ggml.eos_token_id", *vocab),
@@ -407,8 +408,11 @@ class ModelFile:
                 raise EdgeqError(f"{self.path}: tensor {name} has quant type '{shown}' (written by edgeq {writer}), "
                                  f"which this edgeq ({__version__}) does not know; upgrade edgeq")
             qtype = quant_types.TYPES[type_name]
-            shape = tuple(int(d) for d in self._array(f"{prefix}.shape", (gguffile.UINT64,), "an array of u64",
-                                                      _REQUIRED))
+            shape = self._array(f"{prefix}.shape", (gguffile.UINT64,), "an array of u64", _REQUIRED)
+            if len(shape) != len(self.config.tensor_shape(name)):
+                raise EdgeqError(f"{self.path}: tensor {name} has a shape of {len(shape)} dimensions, not "
+                                 f"{len(self.config.tensor_shape(name))}")
+            shape = tuple(int(d) for d in shape)
             if shape != self.config.tensor_shape(name):
                 raise EdgeqError(f"{self.path}: tensor {name} has shape {shape}, which does not match the model's "
                                  f"dimensions {self.config.tensor_shape(name)}")

@@ -120,8 +120,8 @@ class GGUFFile:
     """A GGUF file mapped read-only and checked as a whole on open. Raises EdgeqError("PATH: ...")."""
 
     def __init__(self, path: str | os.PathLike, metadata_only: bool = False):
-        """metadata_only: stop after the metadata (tensors stays empty), e.g. to tell an edgeq file
-        from a llama.cpp one, whose tensor types this reader refuses."""
+        """metadata_only: stop after the metadata (tensors stays empty until read_tensors()), e.g. to
+        tell an edgeq file from a llama.cpp one, whose tensor types this reader refuses."""
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
@@ -137,12 +137,20 @@ class GGUFFile:
         n_tensors, n_keys = self._read_header(cursor)
         self._read_keys(cursor, n_keys)
         self.alignment = self._read_alignment()
-        if metadata_only:
-            self.data_offset = None
+        self.data_offset = None
+        self._rest = (cursor, n_tensors)
+        if not metadata_only:
+            self.read_tensors()
+
+    def read_tensors(self) -> None:
+        """Read and check the tensor infos after the metadata (once; a no-op after that)."""
+        if self._rest is None:
             return
+        cursor, n_tensors = self._rest
         infos = [self._read_tensor_info(cursor, i) for i in range(n_tensors)]
         self.data_offset = -(-cursor.pos // self.alignment) * self.alignment
         self._place_tensors(infos)
+        self._rest = None
 
     def _fail(self, message: str):
         raise EdgeqError(f"{self.path}: {message}")
