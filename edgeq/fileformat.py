@@ -312,9 +312,14 @@ class ModelFile:
 
     # -- the compatibility policy --------------------------------------------------------------
 
+    def _writer(self) -> str:
+        """The writer's edgeq version, safe for a one-line message."""
+        version = self._str("edgeq.converter_version", "") or "unknown"
+        return gguffile.printable(version.encode("utf-8", "replace"))
+
     def _check_version(self) -> int:
         version = self._int("edgeq.format_version", 0, (1 << 64) - 1, _REQUIRED)
-        writer = self._str("edgeq.converter_version", "") or "unknown"
+        writer = self._writer()
         if version > max(READ_VERSIONS):
             raise EdgeqError(f"{self.path}: edgeq format version {version}, written by edgeq {writer}; this edgeq "
                              f"({__version__}) reads versions {min(READ_VERSIONS)}–{max(READ_VERSIONS)}: upgrade edgeq")
@@ -396,7 +401,7 @@ class ModelFile:
         whose bits/group/symmetric agree, the model's shape, and stored type and size that agree
         with the quant type (gguffile has already placed every tensor inside the file, apart)."""
         stored = {t.name: t for t in self.gguf.tensors}
-        writer = self.provenance["converter_version"] or "unknown"
+        writer = self._writer()
         result = {}
         for name in self.config.tensor_names():
             if name not in stored:

@@ -187,6 +187,18 @@ def test_version_3_is_refused(hostile):
     assert_one_line_refusal(*run_info(path), *words)
 
 
+def test_text_from_the_file_stays_on_one_line(hostile):
+    """The writer's version is quoted in refusals: a control character in it must not break the line."""
+    def newer_with_odd_writer(blob):
+        key = hostile_files.layout(blob).keys["edgeq.converter_version"]
+        out = bytearray(hostile_files.format_version_3(blob))
+        out[key.value_at + 8 + 1] = ord("\n")                     # "0.1.0" -> "0\n1.0"
+        return bytes(out)
+    path = hostile(newer_with_odd_writer)
+    refusal(lambda: ModelFile(path), "written by edgeq 0?1.0;")
+    assert_one_line_refusal(*run_info(path), "written by edgeq 0?1.0;")
+
+
 @C_PENDING
 def test_c_loader_refuses_version_3_with_the_policy_message(hostile):
     path = hostile(hostile_files.format_version_3)
