@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq import quant_types
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import TensorPlanEntry, write_model_file
 
 from .plan import PlanSettings, make_plan
-from .quantize import quantize_chunked
+from .quantize import method_name, quantize_chunked
 from .sources import open_source
 
 
@@ -40,8 +41,8 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         raise EdgeqError(f"{output}: the output would overwrite the source; choose another name")
     model = open_source(source)
     plan = make_plan(model.config, settings)
-    entries = [TensorPlanEntry(name, qtype, model.config.tensor_shape(name),
-                               qtype.name if qtype.plain else "rtn-clip-search") for name, qtype in plan.items()]
+    entries = [TensorPlanEntry(name, qtype, model.config.tensor_shape(name), method_name(qtype))
+               for name, qtype in plan.items()]
     errors = []
 
     def produce(entry: TensorPlanEntry):
@@ -51,7 +52,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
                 raise EdgeqError(f"{model.provenance['source']}: tensor {entry.name} contains NaN or infinity")
             return weight
         tensor = quantize_chunked(load_rows, entry.qtype, entry.shape)
-        if not entry.qtype.plain:
+        if entry.qtype.family != quant_types.PLAIN:       # the weight error counts quantized tensors
             errors.append((tensor.sq_error, tensor.sq_norm))
         return tensor
 

@@ -1,7 +1,8 @@
 """Quantizers: pure functions (weights, quant type) -> QuantizedTensor. No I/O here.
 
-Round-to-nearest with a per-group clipping search: for every group of G weights along K, try
-shrinking the range by each factor of a grid, refit scale (and min) by least squares for the
+The quantizer is chosen by the type's family (edgeq.quant_types): plain types are stored as floats;
+uniform bit-plane types use round-to-nearest with a per-group clipping search: for every group of G
+weights along K, try shrinking the range by each factor of a grid, refit scale (and min) by least squares for the
 resulting levels, and keep the candidate with the smallest squared error. Scales and mins are then
 rounded to fp16 and the levels recomputed against the rounded values.
 """
@@ -125,18 +126,38 @@ def quantize_rtn(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
 
 
 def quantize_plain(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
-    dtype = np.float32 if qtype.name == "f32" else np.float16
-    data = weight.astype(np.float32) if dtype == np.float32 else _fp16(weight)
-    return QuantizedTensor(qtype, tuple(weight.shape), np.ascontiguousarray(data), qtype.name,
+    """Any shape -> the plain float array of qtype.dtype (fp16 saturates instead of overflowing)."""
+    data = _fp16(weight) if np.dtype(qtype.dtype) == np.float16 else weight.astype(qtype.dtype)
+    return QuantizedTensor(qtype, tuple(weight.shape), np.ascontiguousarray(data), method_name(qtype),
                            *_squares(weight, data.astype(np.float32)))
 
 
-def quantize(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
-    if qtype.plain:
-        return quantize_plain(weight, qtype)
+def _quantize_bitplane(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     if weight.ndim != 2:
         raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
     return quantize_rtn(np.ascontiguousarray(weight, dtype=np.float32), qtype)
+
+
+# family -> (quantizer, the method name recorded in the file, whether rows quantize independently)
+_FAMILIES = {
+    quant_types.PLAIN: (quantize_plain, None, False),
+    quant_types.UNIFORM_BITPLANE: (_quantize_bitplane, "rtn-clip-search", True),
+}
+
+
+def _family(qtype: QuantType):
+    if qtype.family not in _FAMILIES:
+        raise ValueError(f"no quantizer for the {qtype.family} family ({qtype.name})")
+    return _FAMILIES[qtype.family]
+
+
+def method_name(qtype: QuantType) -> str:
+    """What the file records as the tensor's method: the quantizer, or the type for plain storage."""
+    return _family(qtype)[1] or qtype.name
+
+
+def quantize(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
+    return _family(qtype)[0](weight, qtype)
 
 
 def chunk_rows(cols: int) -> int:
@@ -146,7 +167,7 @@ def chunk_rows(cols: int) -> int:
 
 def quantize_chunked(load_rows, qtype: QuantType, shape: tuple[int, ...]) -> QuantizedTensor:
     """Quantize a tensor whose rows `load_rows(slice)` returns, a chunk of rows at a time."""
-    if qtype.plain or len(shape) != 2:
+    if not _family(qtype)[2] or len(shape) != 2:
         return quantize(load_rows(slice(None)), qtype)
     rows, cols = shape
     step = chunk_rows(cols)
@@ -155,7 +176,7 @@ def quantize_chunked(load_rows, qtype: QuantType, shape: tuple[int, ...]) -> Qua
         part = quantize(load_rows(slice(start, min(rows, start + step))), qtype)
         parts.append(part.data)
         sq_error, sq_norm = sq_error + part.sq_error, sq_norm + part.sq_norm
-    return QuantizedTensor(qtype, shape, np.concatenate(parts), "rtn-clip-search", sq_error, sq_norm)
+    return QuantizedTensor(qtype, shape, np.concatenate(parts), method_name(qtype), sq_error, sq_norm)
 
 
 def _squares(weight: np.ndarray, restored: np.ndarray) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import _ffi
 from .errors import EdgeqError
+from .fileformat import ModelFile
 
 DEFAULT_PROMPT_TOKENS = 128
 DEFAULT_GEN_TOKENS = 64
@@ -89,6 +90,7 @@ def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PRO
     _positive(runs, "--runs")
     _positive(bandwidth_mb, "--bandwidth-mb")
 
+    ModelFile(path)     # the Python reader's checks first, the same as `edgeq info` and edgeq.load
     # an untimed open and one token: validates the file, reads its figures, brings it into the page cache
     handle = _ffi.model_open(path, threads=threads or 0)
     try:

@@ -55,6 +55,9 @@ def canonical_name(hf: str) -> str | None:
 
 @dataclass
 class ModelConfig:
+    """The model's hyper-parameters, each stored as the key edgeq.<field> (edgeq.fileformat). A field
+    added after format version 1 needs a default here and its name in fileformat.ADDED_CONFIG_KEYS:
+    readers give files that lack it this default."""
     arch: str                  # "llama" | "qwen2"
     vocab_size: int
     dim: int                   # hidden_size

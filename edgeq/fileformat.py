@@ -1,8 +1,10 @@
 """The edgeq file: a GGUF v3 container with general.architecture = "edgeq" (so llama.cpp refuses it),
-read here with gguf.GGUFReader and written with gguf.GGUFWriter.
+written with gguf.GGUFWriter and read with the bounded reader in edgeq.gguffile.
 
-Metadata (all keys below are written; readers reject unknown format versions):
-  edgeq.format_version            u32   FORMAT_VERSION
+Metadata (what the writer puts in; "optional" keys may be absent):
+  edgeq.format_version            u32   FORMAT_VERSION (2; version 1 files are read too)
+  edgeq.required_features         str[] optional (since version 2): features a reader must have to use
+                                        the file; absent = none. Writers list only what a file needs.
   edgeq.arch                      str   "llama" | "qwen2"
   edgeq.<hyper-parameter>         ModelConfig fields (u32 / f64 / bool / str), see CONFIG_KEYS
   edgeq.tokenizer.kind            str   "hf-json" -> tokenizer.huggingface.json (str)
@@ -14,12 +16,29 @@ Metadata (all keys below are written; readers reject unknown format versions):
   edgeq.tensor.<name>.type        str   quant type name (edgeq.quant_types.TYPES)
   edgeq.tensor.<name>.shape       u64[] logical shape, numpy order ((M, K) for linear weights)
   edgeq.tensor.<name>.bits / .group (u32), .symmetric (bool), .method (str)
-Tensors carry canonical names (edgeq.config). Packed types are I8 blobs of the type's nbytes;
-f32/f16 tensors are GGUF F32/F16. Tensor data is 64-byte aligned.
+Tensors carry canonical names (edgeq.config). How a tensor is stored follows its type's family:
+plain types are GGUF F32/F16 tensors, uniform bit-plane types I8 blobs of the type's nbytes.
+Tensor data is 64-byte aligned. Files are created with the mode the umask gives (0666 & ~umask).
+
+Compatibility policy (the C loader in native/src/model.c applies the same):
+  - A reader accepts every format version it knows (READ_VERSIONS: 1 and 2): files written by an
+    older edgeq keep loading. A higher version is refused: "FILE: edgeq format version N, written
+    by edgeq V; this edgeq (X) reads versions 1–2: upgrade edgeq".
+  - A file naming a feature in edgeq.required_features that this reader lacks (FEATURES, empty
+    today) is refused: "FILE: needs feature 'NAME' (written by edgeq V), which this edgeq (X) does
+    not have; upgrade edgeq".
+  - Config keys added after version 1 are optional: ADDED_CONFIG_KEYS lists them, and a file
+    without one gets the ModelConfig default (edgeq.config). None yet.
+  - A tensor whose quant type this reader does not know is refused, naming the type and the
+    writer's version.
+The file is untrusted: edgeq.gguffile checks the container (counts, lengths, offsets, overlaps,
+sizes) in bounded time and memory, and ModelFile checks what the keys say with the same rules as
+the C loader (value ranges, every tensor's type, shape and size against the model's dimensions).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, fields
@@ -28,14 +47,17 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, quant_types
-from .config import ModelConfig, TokenizerSpec
+from . import __version__, gguffile, quant_types
+from .config import SUPPORTED_ARCHITECTURES, ModelConfig, TokenizerSpec
 from .errors import EdgeqError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                  # what the writer writes
+READ_VERSIONS = (1, 2)              # what the reader accepts
+FEATURES: frozenset[str] = frozenset()   # the edgeq.required_features this reader implements
 ARCHITECTURE = "edgeq"
 ALIGNMENT = 64
 CONFIG_KEYS = [f.name for f in fields(ModelConfig) if f.name != "extra"]
+ADDED_CONFIG_KEYS: tuple[str, ...] = ()  # config keys newer than format version 1: optional when reading
 
 
 def _gguf():
@@ -90,6 +112,22 @@ class TensorPlanEntry:
         return self.qtype.nbytes_for_shape(self.shape)
 
 
+def _storage(entry: TensorPlanEntry) -> tuple[tuple[int, ...], np.dtype]:
+    """How a tensor is stored, by its type's family: (GGUF shape in numpy order, element dtype)."""
+    family = entry.qtype.family
+    if family == quant_types.PLAIN:
+        return entry.shape, np.dtype(entry.qtype.dtype)          # F32 / F16
+    if family == quant_types.UNIFORM_BITPLANE:
+        return (entry.nbytes(),), np.dtype(np.int8)             # an I8 blob of packed bytes
+    raise ValueError(f"{entry.name}: no storage for the {family} family")
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: TokenizerSpec,
                      generation: dict, provenance: dict, entries: list[TensorPlanEntry],
                      produce: Callable[[TensorPlanEntry], "object"], progress: Iterable | None = None) -> None:
@@ -135,24 +173,22 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: To
             writer.add_uint32(f"{prefix}.group", entry.qtype.group)
             writer.add_bool(f"{prefix}.symmetric", entry.qtype.symmetric)
             writer.add_string(f"{prefix}.method", entry.method)
-            if entry.qtype.plain:
-                dtype = np.float32 if entry.qtype.name == "f32" else np.float16
-                writer.add_tensor_info(entry.name, entry.shape, np.dtype(dtype), entry.nbytes())
-            else:
-                writer.add_tensor_info(entry.name, (entry.nbytes(),), np.dtype(np.int8), entry.nbytes())
+            stored_shape, dtype = _storage(entry)
+            writer.add_tensor_info(entry.name, stored_shape, dtype, entry.nbytes())
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for entry in progress if progress is not None else entries:
             tensor = produce(entry)
-            data = tensor.data if entry.qtype.plain else tensor.data.view(np.int8)
+            data = np.ascontiguousarray(tensor.data).view(_storage(entry)[1])
             if data.nbytes != entry.nbytes():
                 raise AssertionError(f"{entry.name}: produced {data.nbytes} bytes, planned {entry.nbytes()}")
-            writer.write_tensor_data(np.ascontiguousarray(data))
+            writer.write_tensor_data(data)
         writer.close()
         writer = None
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())        # mkstemp made it 0600; a file the user writes respects the umask
         os.replace(tmp, path)
     except OSError as error:
         raise EdgeqError(f"{path}: writing failed ({error.strerror or error}); nothing was written") from None
@@ -170,6 +206,22 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: To
 # reading
 # ---------------------------------------------------------------------------------------------
 
+# what the C loader accepts for each config key (native/src/model.c read_config): (low, high)
+CONFIG_LIMITS = {
+    "vocab_size": (1, 1 << 24), "dim": (1, 1 << 16), "hidden_dim": (1, 1 << 18), "n_layers": (1, 1 << 10),
+    "n_heads": (1, 1 << 10), "n_kv_heads": (1, 1 << 10), "head_dim": (2, 1 << 10), "max_seq_len": (1, 1 << 24),
+    "rope_theta": (1e-3, 1e12), "norm_eps": (0.0, 1.0), "rope_scaling_factor": (1e-6, 1e6),
+    "rope_low_freq_factor": (1e-6, 1e6), "rope_high_freq_factor": (1e-6, 1e6),
+    "rope_original_max_seq_len": (0, 1 << 24),
+}
+ROPE_SCALING_TYPES = ("none", "linear", "llama3")
+VECTOR_TYPE = quant_types.TYPES["f32"]     # 1-D tensors (norms, biases): the runtime reads float arrays
+ALIGNED_BYTES = 4                          # packed tensors and vectors start at a multiple of this
+
+# GGUF element type each family's tensors are stored as (plain: by the type's dtype)
+_PLAIN_GGML = {"<f4": gguffile.GGML_F32, "<f2": gguffile.GGML_F16}
+
+
 @dataclass
 class TensorInfo:
     name: str
@@ -177,105 +229,229 @@ class TensorInfo:
     shape: tuple[int, ...]
     method: str
     nbytes: int
-    data: np.ndarray          # memory-mapped
+    data: np.ndarray          # (nbytes,) uint8, a read-only view of the mapped file
 
 
 class ModelFile:
-    """A converted file, opened read-only and validated; tensors dequantize on demand."""
+    """A converted file, opened read-only and validated as untrusted input (the same rules as the C
+    loader); tensors dequantize on demand. Raises EdgeqError("FILE: ...") for anything wrong."""
 
     def __init__(self, path: str | os.PathLike):
-        gguf = _gguf()
         self.path = Path(path)
         if not self.path.is_file():
             raise EdgeqError(f"{path}: no such file")
         with open(self.path, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise EdgeqError(f"{path}: not an edgeq file (no GGUF magic); convert a model with `edgeq convert`")
-        try:
-            self.reader = gguf.GGUFReader(self.path)
-        except Exception as error:
-            raise EdgeqError(f"{path}: corrupted or truncated file ({type(error).__name__}); convert it again") from None
+        self.gguf = gguffile.GGUFFile(self.path, metadata_only=True)
         arch = self.get("general.architecture")
         if arch != ARCHITECTURE:
             raise EdgeqError(f"{path}: a GGUF file for {arch!r}, not an edgeq file; convert it with "
                              f"`edgeq convert {self.path.name} -o model.edgeq`")
-        version = self.get("edgeq.format_version")
-        if version != FORMAT_VERSION:
-            raise EdgeqError(f"{path}: edgeq format version {version} is not supported by this edgeq "
-                             f"(reads version {FORMAT_VERSION}); upgrade edgeq or convert again")
-        self.config = ModelConfig(**{key: self.need(f"edgeq.{key}") for key in CONFIG_KEYS})
+        self.gguf.read_tensors()
+        self.format_version = self._check_version()
+        self.config = self._config()
         self.tokenizer = self._tokenizer()
-        self.generation = json.loads(self.get("edgeq.generation") or "{}")
-        self.provenance = {key: self.get(f"edgeq.{key}") for key in
+        self.generation = self._generation()
+        self.provenance = {key: self._str(f"edgeq.{key}", "") for key in
                            ("source", "source_kind", "converter_version", "calibration_hash")}
-        self.settings = {k[len("edgeq.settings."):]: self.get(k) for k in self.reader.fields
+        self.settings = {k[len("edgeq.settings."):]: self._str(k) for k in self.gguf.keys
                          if k.startswith("edgeq.settings.")}
         self.tensors = self._tensors()
 
+    # -- metadata, typed as the C loader reads it ----------------------------------------------
+
     def get(self, key, default=None):
-        field = self.reader.fields.get(key)
-        if field is None:
-            return default
-        try:
-            value = field.contents()
-        except Exception:
-            raise EdgeqError(f"{self.path}: metadata {key} is corrupted; convert the model again") from None
-        return value
+        """The value of `key` as stored (scalars, str, numeric arrays as numpy views), or `default`."""
+        value = self.gguf.value(key)
+        return default if value is None else value
 
     def need(self, key):
-        value = self.get(key)
+        value = self.gguf.value(key)
         if value is None:
-            raise EdgeqError(f"{self.path}: metadata {key} is missing; the file is incomplete")
+            raise EdgeqError(f"{self.path}: metadata {key} is missing; the file is incomplete (convert the model again)")
         return value
 
+    def _typed(self, key, types, expected, default):
+        entry = self.gguf.keys.get(key)
+        if entry is None:
+            if default is _REQUIRED:
+                raise EdgeqError(f"{self.path}: metadata {key} is missing; the file is incomplete "
+                                 "(convert the model again)")
+            return default
+        if entry.type not in types:
+            raise EdgeqError(f"{self.path}: metadata {key} is invalid (expected {expected}, found a "
+                             f"{gguffile.TYPE_NAMES[entry.type]})")
+        return self.gguf.value(key)
+
+    def _int(self, key, low, high, default=None):
+        value = self._typed(key, gguffile.INTEGER_TYPES, "an integer", default)
+        if value is not default and not low <= value <= high:
+            raise EdgeqError(f"{self.path}: metadata {key} is invalid (expected an integer in [{low}, {high}], "
+                             f"found {value})")
+        return value
+
+    def _real(self, key, low, high, default=None):
+        value = self._typed(key, (gguffile.FLOAT32, gguffile.FLOAT64), "a number", default)
+        if value is not default and not (math.isfinite(value) and low <= value <= high):
+            raise EdgeqError(f"{self.path}: metadata {key} is invalid (expected a number in [{low:g}, {high:g}], "
+                             f"found {value!r})")
+        return value
+
+    def _bool(self, key, default=None):
+        return self._typed(key, (gguffile.BOOL,), "a boolean", default)
+
+    def _str(self, key, default=None):
+        return self._typed(key, (gguffile.STRING,), "a string", default)
+
+    def _array(self, key, elem_types, expected, default=None):
+        value = self._typed(key, (gguffile.ARRAY,), expected, default)
+        if value is not default and self.gguf.keys[key].elem_type not in elem_types:
+            raise EdgeqError(f"{self.path}: metadata {key} is invalid (expected {expected})")
+        return value
+
+    # -- the compatibility policy --------------------------------------------------------------
+
+    def _writer(self) -> str:
+        """The writer's edgeq version, safe for a one-line message."""
+        version = self._str("edgeq.converter_version", "") or "unknown"
+        return gguffile.printable(version.encode("utf-8", "replace"))
+
+    def _check_version(self) -> int:
+        version = self._int("edgeq.format_version", 0, (1 << 64) - 1, _REQUIRED)
+        writer = self._writer()
+        if version > max(READ_VERSIONS):
+            raise EdgeqError(f"{self.path}: edgeq format version {version}, written by edgeq {writer}; this edgeq "
+                             f"({__version__}) reads versions {min(READ_VERSIONS)}–{max(READ_VERSIONS)}: upgrade edgeq")
+        if version not in READ_VERSIONS:
+            raise EdgeqError(f"{self.path}: edgeq format version {version} does not exist (versions start at 1); "
+                             "the file is corrupted: convert the model again")
+        features = self._array("edgeq.required_features", (gguffile.STRING,), "an array of strings", [])
+        for feature in features:
+            if feature not in FEATURES:
+                shown = gguffile.printable(feature.encode("utf-8", "replace"))
+                raise EdgeqError(f"{self.path}: needs feature '{shown}' (written by edgeq {writer}), which this "
+                                 f"edgeq ({__version__}) does not have; upgrade edgeq")
+        return version
+
+    # -- config, tokenizer, generation defaults ------------------------------------------------
+
+    def _config(self) -> ModelConfig:
+        values = {}
+        for f in fields(ModelConfig):
+            if f.name == "extra":
+                continue
+            key = f"edgeq.{f.name}"
+            default = f.default if f.name in ADDED_CONFIG_KEYS else _REQUIRED
+            low, high = CONFIG_LIMITS.get(f.name, (None, None))
+            if f.type == "int":
+                values[f.name] = self._int(key, low, high, default)
+            elif f.type == "float":
+                values[f.name] = self._real(key, low, high, default)
+            elif f.type == "bool":
+                values[f.name] = self._bool(key, default)
+            else:
+                values[f.name] = self._str(key, default)
+        c = ModelConfig(**values)
+        if c.arch not in SUPPORTED_ARCHITECTURES:
+            raise EdgeqError(f"{self.path}: architecture {c.arch!r} is not supported ({', '.join(SUPPORTED_ARCHITECTURES)})")
+        if c.head_dim % 2 or c.n_heads % c.n_kv_heads:
+            raise EdgeqError(f"{self.path}: inconsistent attention dimensions (head_dim {c.head_dim}, heads "
+                             f"{c.n_heads}, kv heads {c.n_kv_heads})")
+        if c.rope_scaling_type not in ROPE_SCALING_TYPES:
+            raise EdgeqError(f"{self.path}: rope scaling {c.rope_scaling_type!r} is not supported "
+                             f"({', '.join(ROPE_SCALING_TYPES)})")
+        if c.rope_scaling_type == "llama3" and (c.rope_original_max_seq_len < 1 or
+                                                 c.rope_high_freq_factor <= c.rope_low_freq_factor):
+            raise EdgeqError(f"{self.path}: llama3 rope scaling needs original_max_seq_len >= 1 and "
+                             "high_freq_factor > low_freq_factor")
+        return c
+
     def _tokenizer(self) -> TokenizerSpec:
-        kind = self.need("edgeq.tokenizer.kind")
+        kind = self._str("edgeq.tokenizer.kind", _REQUIRED)
         if kind == "hf-json":
-            data = self.need("tokenizer.huggingface.json")
+            data = self._str("tokenizer.huggingface.json", _REQUIRED)
         elif kind == "sentencepiece":
-            data = bytes(self.need("edgeq.tokenizer.sentencepiece"))
+            data = self._array("edgeq.tokenizer.sentencepiece", (gguffile.UINT8, gguffile.INT8),
+                               "an array of bytes", _REQUIRED).tobytes()
         else:
             raise EdgeqError(f"{self.path}: unknown tokenizer kind {kind!r}")
-        return TokenizerSpec(kind, data, self.get("tokenizer.ggml.bos_token_id"),
-                             self.get("tokenizer.ggml.eos_token_id"),
-                             bool(self.get("tokenizer.ggml.add_bos_token", False)),
-                             self.get("tokenizer.chat_template"),
-                             list(self.get("edgeq.tokenizer.extra_eos_ids", []) or []))
+        vocab = (0, self.config.vocab_size - 1)
+        extra = self._array("edgeq.tokenizer.extra_eos_ids", gguffile.INTEGER_TYPES, "an array of integers", [])
+        if len(extra) and (len(extra) > self.config.vocab_size or np.any(extra < vocab[0]) or np.any(extra > vocab[1])):
+            raise EdgeqError(f"{self.path}: metadata edgeq.tokenizer.extra_eos_ids holds ids outside the vocabulary")
+        return TokenizerSpec(kind, data, self._int("tokenizer.ggml.bos_token_id", *vocab),
+                             self._int("tokenizer.ggml.eos_token_id", *vocab),
+                             bool(self._bool("tokenizer.ggml.add_bos_token", False)),
+                             self._str("tokenizer.chat_template"), [int(i) for i in extra])
+
+    def _generation(self) -> dict:
+        try:
+            generation = json.loads(self._str("edgeq.generation", "") or "{}")
+        except ValueError:
+            generation = None
+        if not isinstance(generation, dict):
+            raise EdgeqError(f"{self.path}: metadata edgeq.generation is not a JSON object; convert the model again")
+        return generation
+
+    # -- tensors -------------------------------------------------------------------------------
 
     def _tensors(self) -> dict[str, TensorInfo]:
-        size = self.path.stat().st_size
+        """Every tensor the model needs, checked as the C loader checks it: a known quant type
+        whose bits/group/symmetric agree, the model's shape, and stored type and size that agree
+        with the quant type (gguffile has already placed every tensor inside the file, apart)."""
+        stored = {t.name: t for t in self.gguf.tensors}
+        writer = self._writer()
         result = {}
-        for tensor in self.reader.tensors:
-            prefix = f"edgeq.tensor.{tensor.name}"
-            type_name = self.need(f"{prefix}.type")
+        for name in self.config.tensor_names():
+            if name not in stored:
+                raise EdgeqError(f"{self.path}: tensor {name} is missing; the file is incomplete (convert the model again)")
+            prefix = f"edgeq.tensor.{name}"
+            type_name = self._str(f"{prefix}.type", _REQUIRED)
             if type_name not in quant_types.TYPES:
-                raise EdgeqError(f"{self.path}: tensor {tensor.name} has unknown quant type {type_name!r}; "
-                                 "upgrade edgeq")
+                shown = gguffile.printable(type_name.encode("utf-8", "replace"))
+                raise EdgeqError(f"{self.path}: tensor {name} has quant type '{shown}' (written by edgeq {writer}), "
+                                 f"which this edgeq ({__version__}) does not know; upgrade edgeq")
             qtype = quant_types.TYPES[type_name]
-            shape = tuple(int(d) for d in self.need(f"{prefix}.shape"))
-            if (self.need(f"{prefix}.bits"), self.need(f"{prefix}.group"), self.need(f"{prefix}.symmetric")) != \
-                    (qtype.bits, qtype.group, qtype.symmetric):
-                raise EdgeqError(f"{self.path}: tensor {tensor.name}: metadata disagrees with type {type_name}")
-            if len(shape) not in (1, 2) or (len(shape) == 1 and not qtype.plain):
-                raise EdgeqError(f"{self.path}: tensor {tensor.name} has an invalid shape {shape}")
-            nbytes = qtype.nbytes_for_shape(shape)
-            if tensor.n_bytes != nbytes or tensor.data_offset + nbytes > size or tensor.data.nbytes != nbytes:
-                raise EdgeqError(f"{self.path}: tensor {tensor.name} size or offset is wrong (truncated?); "
-                                 "convert the model again")
-            result[tensor.name] = TensorInfo(tensor.name, qtype, shape, self.get(f"{prefix}.method", ""),
-                                             nbytes, tensor.data)
-        missing = [n for n in self.config.tensor_names() if n not in result]
-        if missing:
-            raise EdgeqError(f"{self.path}: tensor {missing[0]} is missing; convert the model again")
+            shape = self._array(f"{prefix}.shape", (gguffile.UINT64,), "an array of u64", _REQUIRED)
+            if len(shape) != len(self.config.tensor_shape(name)):
+                raise EdgeqError(f"{self.path}: tensor {name} has a shape of {len(shape)} dimensions, not "
+                                 f"{len(self.config.tensor_shape(name))}")
+            shape = tuple(int(d) for d in shape)
+            if shape != self.config.tensor_shape(name):
+                raise EdgeqError(f"{self.path}: tensor {name} has shape {shape}, which does not match the model's "
+                                 f"dimensions {self.config.tensor_shape(name)}")
+            if (self._int(f"{prefix}.bits", 0, 64, _REQUIRED), self._int(f"{prefix}.group", 0, 1 << 20, _REQUIRED),
+                    self._bool(f"{prefix}.symmetric", _REQUIRED)) != (qtype.bits, qtype.group, qtype.symmetric):
+                raise EdgeqError(f"{self.path}: tensor {name}: bits/group/symmetric disagree with its type {type_name}")
+            if len(shape) == 1 and qtype != VECTOR_TYPE:
+                raise EdgeqError(f"{self.path}: tensor {name} must be {VECTOR_TYPE.name}, not {type_name}")
+            tensor, nbytes = stored[name], qtype.nbytes_for_shape(shape)
+            if tensor.ggml_type != self._ggml_type(qtype) or tensor.nbytes != nbytes:
+                raise EdgeqError(f"{self.path}: tensor {name}: stored size or type disagrees with its metadata "
+                                 f"({type_name}: {nbytes} bytes, stored {tensor.nbytes})")
+            if (len(shape) == 1 or qtype.family != quant_types.PLAIN) and tensor.offset % ALIGNED_BYTES:
+                raise EdgeqError(f"{self.path}: tensor {name} is misaligned")
+            result[name] = TensorInfo(name, qtype, shape, self._str(f"{prefix}.method", ""), nbytes,
+                                      self.gguf.tensor_data(tensor))
         return result
+
+    @staticmethod
+    def _ggml_type(qtype: quant_types.QuantType) -> int:
+        if qtype.family == quant_types.PLAIN:
+            return _PLAIN_GGML[qtype.dtype]
+        if qtype.family == quant_types.UNIFORM_BITPLANE:
+            return gguffile.GGML_I8
+        raise EdgeqError(f"no storage rule for the {qtype.family} family")
 
     def load(self, name: str) -> np.ndarray:
         """Dequantized float32 tensor in its logical shape."""
         info = self.tensors[name]
-        if info.qtype.plain:
-            return np.asarray(info.data, dtype=np.float32).reshape(info.shape)
-        raw = np.asarray(info.data).view(np.uint8)
-        return quant_types.dequantize(info.qtype, raw, *info.shape)
+        rows, cols = (1, info.shape[0]) if len(info.shape) == 1 else info.shape
+        return quant_types.dequantize(info.qtype, info.data, rows, cols).reshape(info.shape)
 
     def file_size(self) -> int:
-        return self.path.stat().st_size
+        return self.gguf.size
+
+
+_REQUIRED = object()       # a metadata key without a default: missing is an error

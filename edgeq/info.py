@@ -4,15 +4,17 @@ from __future__ import annotations
 import os
 
 from . import _ffi
-from .fileformat import FORMAT_VERSION, ModelFile
+from .fileformat import ModelFile
+from .quant_types import FAMILIES, PLAIN, UNIFORM_BITPLANE
 
 BATCH = 64            # tokens the runtime evaluates together (native/src/model.c BATCH)
 
-# what each kernel set does with packed and plain tensors, for `edgeq info`
+# what each kernel set does with each quant family, for `edgeq info`
 KERNELS = {
-    "avx2": ("LUT: int16 tables of 4-activation subset sums, pshufb lookups per bit-plane", "fp32 FMA"),
-    "scalar": ("LUT: float tables of 4-activation subset sums, portable C", "portable C"),
-    "ref": ("reference: bit by bit, double accumulation", "reference"),
+    "avx2": {UNIFORM_BITPLANE: "LUT: int16 tables of 4-activation subset sums, pshufb lookups per bit-plane",
+             PLAIN: "fp32 FMA"},
+    "scalar": {UNIFORM_BITPLANE: "LUT: float tables of 4-activation subset sums, portable C", PLAIN: "portable C"},
+    "ref": {UNIFORM_BITPLANE: "reference: bit by bit, double accumulation", PLAIN: "reference"},
 }
 
 
@@ -60,7 +62,7 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
     rope = "none" if c.rope_scaling_type == "none" else f"{c.rope_scaling_type} x{c.rope_scaling_factor:g}"
     settings = model.settings
     lines = [
-        f"file          {model.path} ({_mb(model.file_size())}, edgeq format {FORMAT_VERSION}, "
+        f"file          {model.path} ({_mb(model.file_size())}, edgeq format {model.format_version}, "
         f"converter {model.provenance['converter_version']})",
         f"source        {model.provenance['source']} ({model.provenance['source_kind']})",
         f"architecture  {c.arch}: {c.n_layers} layers, dim {c.dim}, ffn {c.hidden_dim}, heads {c.n_heads} "
@@ -78,8 +80,9 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
     lines.append(f"weights read per token: {per_token} bytes ({_mb(per_token)}; the decode roofline is "
                  f"memory bandwidth / this)")
     isa = _ffi.isa()
-    packed, plain = KERNELS.get(isa, ("?", "?"))
-    lines.append(f"kernels       {isa} on this machine: packed types {packed}; f32/f16 {plain}")
+    families = sorted({t.qtype.family for t in model.tensors.values()}, key=FAMILIES.index)
+    how = "; ".join(f"{family} types {KERNELS.get(isa, {}).get(family, '?')}" for family in families)
+    lines.append(f"kernels       {isa} on this machine: {how}")
     for kv_bytes, label in ((2, "fp16"), (4, "fp32")):
         mem = memory_estimate(model, ctx, kv_bytes)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "

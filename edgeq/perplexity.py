@@ -153,12 +153,11 @@ def _is_edgeq_file(path: Path) -> bool:
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             return False
-    from .fileformat import ARCHITECTURE, _gguf
-    try:
-        field = _gguf().GGUFReader(path).fields.get("general.architecture")
-        return field is not None and field.contents() == ARCHITECTURE
-    except Exception:   # a corrupt GGUF: let the loaders say what is wrong
-        return False
+    from .fileformat import ARCHITECTURE
+    from .gguffile import GGUFFile
+    # metadata only (a llama.cpp source holds tensor types edgeq files do not); a corrupt header or
+    # metadata is refused here, in bounded time, whichever reader the file was meant for
+    return GGUFFile(path, metadata_only=True).value("general.architecture") == ARCHITECTURE
 
 
 class _RuntimeEvaluator:

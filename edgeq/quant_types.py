@@ -1,6 +1,11 @@
 """The quant-type table: one row per type, and the canonical packed layout (numpy twin of native/).
 
-Nothing else in the project switches on type names; tests and tools iterate TYPES.
+Each row names its family: how the type's weights are stored and multiplied. Today:
+  PLAIN             f32, f16: a plain float tensor (GGUF F32/F16) in (M, K) numpy order.
+  UNIFORM_BITPLANE  u<b>g<G><a|s>: grouped uniform levels stored as b one-bit planes (below).
+Code dispatches on the family (the per-family functions here), never on a type's name; nothing
+else in the project switches on type names; tests and tools iterate TYPES. A family not handled
+by a function is an error, never a fall-through to bit-planes.
 This module packs and unpacks; choosing levels (scale/min search) lives in edgeq.convert.quantize.
 
 Packed layout of a uniform grouped (bit-serial) tensor W of logical shape (M, K), ISA-neutral:
@@ -18,7 +23,6 @@ Packed layout of a uniform grouped (bit-serial) tensor W of logical shape (M, K)
   - Dequantized value: asymmetric  w = scale * q + min
                        symmetric   w = scale * (q - (2^b - 1) / 2)      (levels ±0.5, ±1.5, ... × scale)
     with q in [0, 2^b - 1]. The symmetric zero point makes the LUT mirror trick exact: no Σx term.
-Plain types (f32, f16) are stored as GGUF F32/F16 tensors in (M, K) numpy order.
 """
 from __future__ import annotations
 
@@ -29,20 +33,32 @@ import numpy as np
 TILE_ROWS = 16
 CHUNK_COLS = 8  # columns covered by one byte of a plane (two nibbles of 4)
 
+# families (mirror of enum eq_qfamily in native/): the value is what error messages show
+PLAIN = "plain"
+UNIFORM_BITPLANE = "uniform-bitplane"
+FAMILIES = (PLAIN, UNIFORM_BITPLANE)
+
+
+def _unknown_family(family: str):
+    return ValueError(f"quant family {family!r} is not handled here")
+
 
 @dataclass(frozen=True)
 class QuantType:
     name: str          # stored in the file, e.g. "u4g64a"
     id: int            # mirror of enum eq_qtype in native/include/edgeq.h
+    family: str        # PLAIN | UNIFORM_BITPLANE
     bits: int          # bits per weight before scales (32 / 16 for plain types)
     group: int         # weights per scale along K (0 for plain types)
     symmetric: bool
-    plain: bool        # stored as a plain float tensor, not packed
+    dtype: str         # numpy dtype of the stored elements: "<f4", "<f2" (plain) or "u1" (packed bytes)
 
     def padded_shape(self, rows: int, cols: int) -> tuple[int, int]:
-        if self.plain:
+        if self.family == PLAIN:
             return rows, cols
-        return -(-rows // TILE_ROWS) * TILE_ROWS, -(-cols // self.group) * self.group
+        if self.family == UNIFORM_BITPLANE:
+            return -(-rows // TILE_ROWS) * TILE_ROWS, -(-cols // self.group) * self.group
+        raise _unknown_family(self.family)
 
     def block_bytes(self) -> int:
         """Bytes of one (tile, group) block: scales, mins, planes."""
@@ -50,17 +66,23 @@ class QuantType:
         return scale_bytes + self.bits * 2 * self.group
 
     def nbytes(self, rows: int, cols: int) -> int:
-        if self.plain:
+        if self.family == PLAIN:
             return rows * cols * self.bits // 8
-        padded_rows, padded_cols = self.padded_shape(rows, cols)
-        return (padded_rows // TILE_ROWS) * (padded_cols // self.group) * self.block_bytes()
+        if self.family == UNIFORM_BITPLANE:
+            padded_rows, padded_cols = self.padded_shape(rows, cols)
+            return (padded_rows // TILE_ROWS) * (padded_cols // self.group) * self.block_bytes()
+        raise _unknown_family(self.family)
+
+    def allows_1d(self) -> bool:
+        """Whether a tensor of this type may have a 1-D shape (n,): plain types only."""
+        return self.family == PLAIN
 
     def nbytes_for_shape(self, shape: tuple[int, ...]) -> int:
-        """Bytes of a stored tensor of logical `shape`: (M, K), or (n,) for plain 1-D tensors."""
+        """Bytes of a stored tensor of logical `shape`: (M, K), or (n,) for the types that allow it."""
         if len(shape) == 1:
-            if not self.plain:
+            if not self.allows_1d():
                 raise ValueError(f"{self.name} needs a 2-D shape, got {shape}")
-            return shape[0] * self.bits // 8
+            return self.nbytes(1, shape[0])
         return self.nbytes(*shape)
 
     def bits_per_weight(self, rows: int, cols: int) -> float:
@@ -73,15 +95,15 @@ GROUPS = (32, 64, 128)
 
 def _build_table() -> dict[str, QuantType]:
     table = {
-        "f32": QuantType("f32", 0, 32, 0, False, True),
-        "f16": QuantType("f16", 1, 16, 0, False, True),
+        "f32": QuantType("f32", 0, PLAIN, 32, 0, False, "<f4"),
+        "f16": QuantType("f16", 1, PLAIN, 16, 0, False, "<f2"),
     }
     next_id = 2
     for bits in BITS:
         for group in GROUPS:
             for symmetric in (False, True):
                 name = f"u{bits}g{group}{'s' if symmetric else 'a'}"
-                table[name] = QuantType(name, next_id, bits, group, symmetric, False)
+                table[name] = QuantType(name, next_id, UNIFORM_BITPLANE, bits, group, symmetric, "u1")
                 next_id += 1
     return table
 
@@ -160,9 +182,20 @@ def dequantize_levels(qtype: QuantType, levels, scales, mins) -> np.ndarray:
     return expand(scales) * q + expand(mins)
 
 
-def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Stored tensor bytes (or plain array) -> (rows, cols) float32 (1-D plain tensors keep their shape)."""
-    if qtype.plain:
-        return np.asarray(data, dtype=np.float32)
+def _dequantize_plain(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    return np.asarray(data).view(qtype.dtype).astype(np.float32).reshape(rows, cols)
+
+
+def _dequantize_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
     levels, scales, mins = unpack(qtype, data, rows, cols)
     return dequantize_levels(qtype, levels, scales, mins)[:rows, :cols]
+
+
+_DEQUANTIZE = {PLAIN: _dequantize_plain, UNIFORM_BITPLANE: _dequantize_bitplane}
+
+
+def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Stored tensor bytes (uint8, as in the file) -> (rows, cols) float32."""
+    if qtype.family not in _DEQUANTIZE:
+        raise _unknown_family(qtype.family)
+    return _DEQUANTIZE[qtype.family](qtype, np.asarray(data).view(np.uint8).reshape(-1), rows, cols)

@@ -40,7 +40,7 @@ def test_every_bit_width_round_trips(tiny_model, tmp_path, bits):
     assert model.config == source.config
     assert model.tokenizer == source.tokenizer
     assert model.provenance["source"] == str(tiny_model)
-    assert model.reader.fields["general.architecture"].contents() == "edgeq"
+    assert model.get("general.architecture") == "edgeq"
     assert model.get("edgeq.format_version") == FORMAT_VERSION
     assert set(model.tensors) == set(source.config.tensor_names())
     for name, info in model.tensors.items():

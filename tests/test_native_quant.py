@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeq import _ffi
+from edgeq import _ffi, quant_types
 from edgeq.errors import EdgeqError
 from edgeq.quant_types import TILE_ROWS, TYPES, QuantType, pack, unpack
 from edgeq.quant_types import dequantize as numpy_dequantize
 
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "edgeq.h"
-PACKED = [qtype for qtype in TYPES.values() if not qtype.plain]
-PLAIN = [qtype for qtype in TYPES.values() if qtype.plain]
+PACKED = [qtype for qtype in TYPES.values() if qtype.family == quant_types.UNIFORM_BITPLANE]
+PLAIN = [qtype for qtype in TYPES.values() if qtype.family == quant_types.PLAIN]
 SHAPES_FOR_NBYTES = [(1, 1), (16, 32), (17, 33), (15, 128), (100, 130), (576, 1536), (4097, 11008)]
 
 
@@ -92,8 +92,8 @@ def assert_gemv_close(y: np.ndarray, weights: np.ndarray, x: np.ndarray, weight_
 def test_c_table_equals_python_table():
     c_rows = _ffi.qtype_table()
     python_rows = [
-        {"name": q.name, "id": q.id, "family": "plain" if q.plain else "uniform-bitplane", "bits": q.bits,
-         "group": q.group, "symmetric": q.symmetric}
+        {"name": q.name, "id": q.id, "family": q.family, "bits": q.bits, "group": q.group,
+         "symmetric": q.symmetric}
         for q in sorted(TYPES.values(), key=lambda q: q.id)
     ]
     assert c_rows == python_rows
@@ -227,10 +227,11 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
     if isa not in _ffi.kernel_sets():
         pytest.skip(f"this CPU does not run the {isa} kernels")
     rng = np.random.default_rng(5000 + qtype.id)
-    shapes = random_shapes(qtype, rng) if not qtype.plain else [(37, 45), (16, 64), (5, 1000)]
+    plain = qtype.family == quant_types.PLAIN
+    shapes = random_shapes(qtype, rng) if not plain else [(37, 45), (16, 64), (5, 1000)]
     for rows, cols in shapes:
-        if qtype.plain:
-            values = rng.normal(0.0, 1.0, (rows, cols)).astype(np.float16 if qtype.bits == 16 else np.float32)
+        if plain:
+            values = rng.normal(0.0, 1.0, (rows, cols)).astype(qtype.dtype)
             data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
             weights = values.astype(np.float64)
         else:
@@ -243,7 +244,7 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
             reference = _ffi.gemv(qtype.name, data, rows, cols, x[v], isa="ref").astype(np.float64)
             magnitude = np.abs(weights) @ np.abs(x[v].astype(np.float64))
             allowed = 1e-5 * magnitude + 1e-30
-            if isa == "avx2" and not qtype.plain:
+            if isa == "avx2" and qtype.family == quant_types.UNIFORM_BITPLANE:
                 bound = lut_error_bound(qtype, data, rows, cols, x[v])
                 allowed += bound
                 assert np.sqrt(np.mean((got[v] - reference) ** 2)) <= 0.25 * np.sqrt(np.mean(bound ** 2)) + 1e-5 * magnitude.max()
@@ -266,7 +267,7 @@ def test_unknown_kernel_set_is_a_clean_error():
 def test_plain_dequantize_and_gemv(qtype):
     rng = np.random.default_rng(4000 + qtype.id)
     rows, cols = 37, 45
-    values = rng.normal(0.0, 1.0, (rows, cols)).astype(np.float16 if qtype.bits == 16 else np.float32)
+    values = rng.normal(0.0, 1.0, (rows, cols)).astype(qtype.dtype)
     data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
     assert data.nbytes == _ffi.nbytes(qtype.name, rows, cols)
     expected = values.astype(np.float32)
