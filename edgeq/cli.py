@@ -24,7 +24,11 @@ def _cmd_convert(args) -> int:
 def _cmd_info(args) -> int:
     from .fileformat import ModelFile
     from .info import describe
-    print(describe(ModelFile(args.file), ctx=args.ctx, tensors=not args.summary))
+    from .model import check_ctx, check_model_path
+    model = ModelFile(check_model_path(args.file))
+    if args.ctx is not None:
+        check_ctx(args.ctx, model.config.max_seq_len, args.file)
+    print(describe(model, ctx=args.ctx, tensors=not args.summary))
     return 0
 
 
@@ -40,8 +44,10 @@ def _cmd_bench(args) -> int:
 
 def _cmd_perplexity(args) -> int:
     import json
+    from .data import text_path
     from .perplexity import perplexity, read_text
-    result = perplexity(args.model, read_text(args.text), ctx=args.ctx, convention=args.convention,
+    text = read_text(args.text if args.text is not None else text_path("evaluation"))
+    result = perplexity(args.model, text, ctx=args.ctx, convention=args.convention,
                         chunks=args.chunks, base=args.base, threads=args.threads,
                         progress=None)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
@@ -52,8 +58,16 @@ def _cmd_perplexity(args) -> int:
 # run and chat
 # ---------------------------------------------------------------------------------------------
 
+class _Stdout:
+    """Whether the text streamed to stdout has left a line open (no newline yet)."""
+    line_open = False
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings (dropped turns, a full context) as one `edgeq: warning: ...` line."""
+    """Warnings (dropped turns, a full context, too many threads) as one `edgeq: warning: ...` line,
+    never glued to streamed text: an open stdout line is ended first (the text ends with a newline
+    anyway when its stream ends, so stdout holds the same text either way)."""
+    _end_line()
     print(f"edgeq: warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -65,7 +79,7 @@ def _open_model(args):
 
 
 def _sampling_args(args) -> dict:
-    return {"max_tokens": None if args.max_tokens < 0 else args.max_tokens, "temperature": args.temperature,
+    return {"max_tokens": args.max_tokens, "temperature": args.temperature,
             "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
             "repeat_penalty": args.repeat_penalty, "seed": args.seed, "stop": args.stop or None}
 
@@ -78,12 +92,16 @@ def _write_stream(stream, pieces: list[str]) -> None:
             pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
+            if piece:
+                _Stdout.line_open = not piece.endswith("\n")
     finally:
         stream.close()
 
 
-def _end_line(pieces: list[str]) -> None:
-    if pieces and not pieces[-1].endswith("\n"):
+def _end_line() -> None:
+    """End the line the streamed text left open, if any."""
+    if _Stdout.line_open:
+        _Stdout.line_open = False
         sys.stdout.write("\n")
         sys.stdout.flush()
 
@@ -107,9 +125,9 @@ def _cmd_run(args) -> int:
         try:
             _write_stream(model.generate(args.prompt, stream=True, **_sampling_args(args)), pieces)
         except KeyboardInterrupt:
-            _end_line(pieces)
+            _end_line()
             raise
-        _end_line(pieces)
+        _end_line()
         _report(model, args)
     return 0
 
@@ -161,16 +179,17 @@ def _cmd_chat(args) -> int:
                 stream = model.chat(history, stream=True, **_sampling_args(args))
                 _write_stream(stream, pieces)
             except KeyboardInterrupt:    # stop this answer, keep the conversation (and what was said)
-                _end_line(pieces or ["-"])
+                _Stdout.line_open = _Stdout.line_open or not pieces
+                _end_line()
                 print("(stopped)", file=sys.stderr, flush=True)
             except EdgeqError as error:  # e.g. a message longer than the context: say so, keep chatting
-                _end_line(pieces)
+                _end_line()
                 print(f"edgeq: error: {error}", file=sys.stderr, flush=True)
                 history.pop()
                 failed = True
                 continue
             else:
-                _end_line(pieces)
+                _end_line()
             answer = "".join(pieces)
             dropped = model.last_stats.dropped_messages
             if dropped:       # the model left these out to fit the context: forget them here too
@@ -191,22 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeq {__import__('edgeq').__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
+    from .quant_types import BITS
+    widths = f"{', '.join(map(str, BITS))} (16 = F16, 32 = F32)"      # edgeq.convert.plan.ALLOWED_BITS
     convert = commands.add_parser("convert", help="quantize a Hugging Face folder, hub id or GGUF file",
                                   description="Quantize a model into one edgeq file.")
     convert.add_argument("source", metavar="SRC", help="Hugging Face folder, hub id (owner/name) or .gguf file")
     convert.add_argument("-o", "--output", required=True, metavar="OUT", help="the edgeq file to write")
-    convert.add_argument("--bits", type=int, default=4, help="bits per weight of the linear layers: 2, 3, 4, 5, 6, 8 "
-                         "(16 = F16) [default: 4]")
+    convert.add_argument("--bits", type=int, default=4, help=f"bits per weight of the linear layers: {widths} "
+                         "[default: 4]")
     convert.add_argument("--group", type=int, default=64, help="weights per scale along the input: 32, 64, 128 [default: 64]")
     convert.add_argument("--sym", action="store_true", help="symmetric levels (scale only, no min)")
-    convert.add_argument("--head-bits", type=int, default=None, help="bits of the output head [default: max(bits, 6)]")
-    convert.add_argument("--embed-bits", type=int, default=None, help="bits of the token embeddings [default: max(bits, 4)]")
+    convert.add_argument("--head-bits", type=int, default=None, help=f"bits of the output head: {widths} [default: max(bits, 6)]")
+    convert.add_argument("--embed-bits", type=int, default=None, help=f"bits of the token embeddings: {widths} [default: max(bits, 4)]")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     convert.set_defaults(func=_cmd_convert)
 
     info = commands.add_parser("info", help="describe an edgeq file", description="Describe an edgeq file.")
     info.add_argument("file", metavar="FILE")
-    info.add_argument("--ctx", type=int, default=None, help="context length for the memory estimate [default: 4096]")
+    info.add_argument("--ctx", type=int, default=None, metavar="N",
+                      help="context length for the memory estimate, 1 to the model's trained length "
+                      "[default: min(trained length, 4096)]")
     info.add_argument("--summary", action="store_true", help="omit the per-tensor table")
     info.set_defaults(func=_cmd_info)
 
@@ -236,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("model", metavar="MODEL", nargs="?", default=None,
                        help="an edgeq file [default: SmolLM2-135M-Instruct at 4 bits, prepared once in the cache]")
     bench.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                       help="threads [default: the number of physical cores]")
+                       help="threads, at most the logical CPUs (more are capped, with a warning) "
+                       "[default: the number of physical cores]")
     bench.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS, metavar="N",
                        help=f"tokens evaluated in one prefill [default: {DEFAULT_PROMPT_TOKENS}]")
     bench.add_argument("--gen-tokens", type=int, default=DEFAULT_GEN_TOKENS, metavar="N",
@@ -253,17 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Perplexity on a text (llama-perplexity's convention by default), and with "
                               "--base the KL divergence, top-1 agreement and Δppl against another model.")
     ppl.add_argument("model", metavar="MODEL", help="an edgeq file, or a float source (HF folder, hub id, .gguf)")
-    ppl.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file")
+    ppl.add_argument("--text", default=None, metavar="FILE",
+                     help="a UTF-8 text file [default: the evaluation text shipped with edgeq, Botchan "
+                     "from Project Gutenberg (edgeq/data/evaluation.txt)]")
     ppl.add_argument("--convention", choices=["llama", "gptq"], default="llama",
                      help="llama: BOS first (when the model adds BOS), score the second half of each chunk; "
                      "gptq: no BOS, score every token but the first [default: llama]")
     ppl.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
-                     help="tokens per chunk [default: 512 (llama), 2048 (gptq)]")
+                     help="tokens per chunk, 1 to the model's trained length [default: 512 (llama), 2048 (gptq)]")
     ppl.add_argument("--chunks", type=int, default=None, metavar="N", help="score only the first N chunks")
     ppl.add_argument("--base", default=None, metavar="OTHER",
                      help="compare with this model: an edgeq file, or a float source (HF folder, hub id, .gguf)")
     ppl.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                     help="threads [default: the number of physical cores]")
+                     help="threads, at most the logical CPUs (more are capped, with a warning) "
+                       "[default: the number of physical cores]")
     ppl.add_argument("--json", action="store_true", help="print the result as JSON")
     ppl.set_defaults(func=_cmd_perplexity)
     return parser
@@ -273,7 +300,8 @@ def _add_generation_flags(command) -> None:
     from .sampling import DEFAULT_MAX_TOKENS
     group = command.add_argument_group("generation (unset sampling flags take the file's defaults, else llama.cpp's)")
     group.add_argument("-n", "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
-                       help=f"tokens to generate at most, -1 = until the end of the context [default: {DEFAULT_MAX_TOKENS}]")
+                       help=f"tokens to generate at most (0 or more), -1 = until the end of the context "
+                       f"[default: {DEFAULT_MAX_TOKENS}]")
     group.add_argument("--temperature", "--temp", type=float, default=None, metavar="T",
                        help="0 = greedy [default: 0.8]")
     group.add_argument("--top-k", type=int, default=None, metavar="K", help="0 = off [default: 40]")
@@ -285,9 +313,10 @@ def _add_generation_flags(command) -> None:
     group.add_argument("--stop", action="append", default=None, metavar="TEXT",
                        help="stop before this text (repeatable)")
     group.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                       help="threads [default: the number of physical cores]")
+                       help="threads, at most the logical CPUs (more are capped, with a warning) "
+                       "[default: the number of physical cores]")
     group.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
-                       help="context length in tokens [default: min(trained length, 4096)]")
+                       help="context length in tokens, 1 to the model's trained length [default: min(trained length, 4096)]")
     group.add_argument("-v", "--verbose", action="store_true", help="prompt and speed statistics on stderr")
 
 

@@ -5,7 +5,10 @@ the context policy); the C runtime (through edgeq._ffi) does every forward pass 
 Not here: batching several prompts, context shifting, or speculative decoding.
 
 Context policy (also in the README):
-  * The context is the KV cache length chosen at load (ctx=None: min(trained length, 4096)).
+  * The context is the KV cache length chosen at load (ctx=None: min(trained length, 4096); else
+    1 .. the trained length, the same rule and message as `edgeq run/chat/info/perplexity --ctx`).
+  * max_tokens: a limit (0 or more), or -1 / None for no limit but the end of the context; any other
+    negative value is an EdgeqError (the CLI's -n takes the same values).
   * A prompt that does not leave room for one generated token raises EdgeqError ("the prompt has N
     tokens and the context is M ..."), before anything is evaluated.
   * chat(): when the conversation does not fit with room for the answer (min(max_tokens, ctx/4)
@@ -17,7 +20,8 @@ Context policy (also in the README):
   * The KV cache is kept between calls: a prompt that starts with tokens already in the cache (the
     previous prompt and answer, as in a chat) evaluates only the new tokens.
 
-Threads: one Model serves one thread at a time. A call made while another thread is inside a call
+Threads (load's `threads`): None is the number of physical cores; more than the logical CPUs is
+capped to them with an EdgeqWarning. One Model serves one thread at a time. A call made while another thread is inside a call
 (or holds an unfinished stream) raises EdgeqError("model is in use by another thread ..."), never
 waits and never interleaves two KV-cache histories. Use one Model per thread for parallel work;
 several models (of the same file too) can be open in one process.
@@ -25,6 +29,8 @@ several models (of the same file too) can be open in one process.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import threading
 import time
 import warnings
@@ -39,11 +45,13 @@ import numpy as np
 from . import _ffi
 from ._ffi import ContextFullError
 from .errors import EdgeqError
-from .fileformat import ModelFile
+from .fileformat import ARCHITECTURE, ModelFile
+from .gguffile import GGUFFile
 from .sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams
 from .tokenizer import Tokenizer
 
-__all__ = ["load", "Model", "GenerationStats", "EdgeqWarning", "ContextFullError", "DEFAULT_MAX_TOKENS"]
+__all__ = ["load", "Model", "GenerationStats", "EdgeqWarning", "ContextFullError", "DEFAULT_MAX_TOKENS",
+           "check_model_path", "check_ctx", "check_threads", "check_max_tokens"]
 
 PREFILL_CHUNK = 256          # prompt tokens per eq_model_eval call: Ctrl-C is seen between chunks
 # the file's generation defaults (Hugging Face generation_config names) -> SamplingParams fields
@@ -80,8 +88,91 @@ class GenerationStats:
 
 
 def load(path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False) -> "Model":
-    """Open a converted edgeq file. threads None: physical cores; ctx None: min(trained length, 4096)."""
+    """Open a converted edgeq file. threads None: physical cores (more than the logical CPUs: capped,
+    with an EdgeqWarning); ctx None: min(trained length, 4096), else 1 .. trained length."""
     return Model(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32)
+
+
+# ----------------------------------------------------------------------------------------------
+# what the user asked for, checked once with the same message for load, run, chat, bench,
+# perplexity and info
+
+def convert_command(path) -> str:
+    """The `edgeq convert` command that turns `path` (as the user typed it) into a 4-bit file beside it."""
+    typed = os.fspath(path)
+    source = typed.rstrip("/") or typed
+    output = source + ".q4" if Path(source).is_dir() else str(Path(source).with_suffix(".q4"))
+    return f"edgeq convert {shlex.quote(typed)} -o {shlex.quote(output)}"
+
+
+def not_an_edgeq_file(path, what: str, convertible: bool = False) -> EdgeqError:
+    """The one "not an edgeq file" error: what the file is instead, and what to do."""
+    hint = f"convert it first: {convert_command(path)}" if convertible else \
+        "give a file written by `edgeq convert`"
+    return EdgeqError(f"{os.fspath(path)}: not an edgeq file ({what}); {hint}")
+
+
+def check_model_path(path) -> Path:
+    """Refuse, with one message each, a path that is missing, a folder (a Hugging Face one: with the
+    command that converts it), unreadable, not a GGUF file, or a GGUF file of another program."""
+    typed, file = os.fspath(path), Path(path)
+    if file.is_dir():
+        if (file / "config.json").is_file():
+            raise not_an_edgeq_file(typed, "it is a Hugging Face model folder", convertible=True)
+        raise not_an_edgeq_file(typed, "it is a folder")
+    if not file.exists():
+        raise EdgeqError(f"{typed}: no such file")
+    try:
+        with open(file, "rb") as f:
+            head = f.read(4)
+    except OSError as error:
+        raise EdgeqError(f"{typed}: cannot be read ({error.strerror or error})") from None
+    if head != b"GGUF":
+        raise not_an_edgeq_file(typed, "it does not start with GGUF's magic bytes")
+    # metadata only, bounded: a corrupt header is refused here with the loader's message
+    arch = GGUFFile(file, metadata_only=True).value("general.architecture")
+    if arch is not None and arch != ARCHITECTURE:
+        raise not_an_edgeq_file(typed, f"a GGUF file for {arch!r}, as llama.cpp writes them", convertible=True)
+    return file
+
+
+def check_ctx(ctx: int, trained: int, where) -> int:
+    """A context length must be 1 .. the model's trained length (run, chat, load, info, perplexity)."""
+    if isinstance(ctx, bool) or not isinstance(ctx, (int, np.integer)):
+        raise TypeError(f"ctx must be an integer or None, got {type(ctx).__name__}")
+    if not 1 <= ctx <= trained:
+        raise EdgeqError(f"{os.fspath(where)}: a context of {ctx} tokens is out of range: use 1 to {trained} "
+                         f"(-c/--ctx, ctx=), the length the model was trained for")
+    return int(ctx)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """None stays None (the runtime's default: physical cores); below 1 is an error; above the number
+    of logical CPUs is capped to it with an EdgeqWarning (more threads only wait for each other)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an integer or None, got {type(threads).__name__}")
+    if threads < 1:
+        raise EdgeqError(f"threads must be at least 1, got {threads} (-t/--threads, threads=)")
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        warnings.warn(EdgeqWarning(f"{threads} threads asked for, but this machine has {cpus} logical CPUs: "
+                                   f"using {cpus}"), stacklevel=3)
+        return cpus
+    return int(threads)
+
+
+def check_max_tokens(max_tokens: int | None) -> int | None:
+    """max_tokens >= 0 is a limit; -1 or None: no limit but the end of the context; other values: error."""
+    if max_tokens is None or max_tokens == -1:
+        return None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+        raise TypeError(f"max_tokens must be an integer or None, got {type(max_tokens).__name__}")
+    if max_tokens < 0:
+        raise EdgeqError(f"max_tokens (-n) must be at least 0, or -1 (None) for no limit but the context; "
+                         f"got {max_tokens}")
+    return int(max_tokens)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -153,16 +244,11 @@ class Model:
     thread policies. Use as a context manager, or call close()."""
 
     def __init__(self, path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False):
-        self.path = Path(path)
+        self.path = check_model_path(path)
+        threads = check_threads(threads)
         self.file = ModelFile(self.path)
-        config = self.file.config
-        if ctx is not None and ctx > config.max_seq_len:
-            raise EdgeqError(f"{self.path}: a context of {ctx} tokens is more than the model was trained for "
-                             f"({config.max_seq_len}); use --ctx {config.max_seq_len} or less")
-        if ctx is not None and ctx < 1:
-            raise EdgeqError(f"the context must be at least 1 token, got {ctx}")
-        if threads is not None and threads < 1:
-            raise EdgeqError(f"threads must be at least 1, got {threads}")
+        if ctx is not None:
+            ctx = check_ctx(ctx, self.file.config.max_seq_len, path)
         self.tokenizer = Tokenizer(self.file.tokenizer)
         self.defaults = self._file_defaults()
         self._handle = _ffi.model_open(self.path, threads or 0, ctx or 0, kv_fp32)
@@ -344,13 +430,14 @@ class Model:
         """Continue `prompt`. Returns the text, or with stream=True an iterator of text pieces.
 
         Stops at an end-of-generation token (not part of the text), at a stop string (neither it nor
-        a partial prefix of it is ever emitted), after max_tokens tokens (None: no limit), or at the
+        a partial prefix of it is ever emitted), after max_tokens tokens (-1 or None: no limit), or at the
         end of the context (with an EdgeqWarning). Sampling arguments left at None take the file's
         generation defaults, else llama.cpp's: temperature 0.8 (0 = greedy), top_k 40, top_p 0.95,
         min_p 0.05, repeat_penalty 1.0 over the last 64 tokens; seed None draws a random seed.
         """
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        max_tokens = check_max_tokens(max_tokens)
         params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         tokens = self.tokenizer.encode(prompt)
         if not tokens:
@@ -371,6 +458,7 @@ class Model:
         the module docstring); last_stats.dropped_messages says how many messages were left out.
         """
         messages = self._check_messages(messages)
+        max_tokens = check_max_tokens(max_tokens)
         params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         reserve = min(max_tokens if max_tokens is not None else self.n_ctx, self.n_ctx // 4)
         tokens, dropped = self._fit_conversation(messages, reserve)
@@ -466,8 +554,6 @@ class Model:
     def _run(self, prompt: list[int], params: SamplingParams, max_tokens: int | None, stops: list[str],
              stats: GenerationStats, stream: bool) -> Iterator[str]:
         """The generation loop (a generator: runs as it is iterated, holds the model meanwhile)."""
-        if max_tokens is not None and max_tokens < 0:
-            raise EdgeqError(f"max_tokens must be >= 0 or None, got {max_tokens}")
         with self._use():
             if max_tokens == 0:
                 stats.stop_reason = "length"

@@ -147,12 +147,17 @@ def make_chunks(tokens: Sequence[int], ctx: int, convention: str, bos_id: int | 
 # the two evaluators: an edgeq file (C runtime) and a float source (numpy reference)
 # ---------------------------------------------------------------------------------------------
 
-def _is_edgeq_file(path: Path) -> bool:
-    if not path.is_file():
+def _starts_with_gguf_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
         return False
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            return False
+
+
+def _is_edgeq_file(path: Path) -> bool:
+    if not path.is_file() or not _starts_with_gguf_magic(path):
+        return False
     from .fileformat import ARCHITECTURE
     from .gguffile import GGUFFile
     # metadata only (a llama.cpp source holds tensor types edgeq files do not); a corrupt header or
@@ -187,12 +192,10 @@ class _ReferenceEvaluator:
     def __init__(self, spec, ctx: int):
         from edgeq.convert.sources import open_source
         from .reference import Reference
+        from .model import check_ctx
         source = open_source(spec)
         self.name = str(spec)
-        limit = source.config.max_seq_len
-        if ctx > limit:
-            raise EdgeqError(f"{spec}: a context of {ctx} tokens is more than the model was trained for "
-                             f"({limit}); use --ctx {limit} or less")
+        check_ctx(ctx, source.config.max_seq_len, spec)
         self.tokenizer = Tokenizer(source.tokenizer)
         self.reference = Reference(source.config, source.load)
 
@@ -214,6 +217,9 @@ def _open(spec, ctx: int, threads: int | None):
     path = Path(spec)
     if _is_edgeq_file(path):
         return _RuntimeEvaluator.open(path, ctx, threads)
+    if path.is_file() and not _starts_with_gguf_magic(path):     # neither kind: the common message
+        from .model import check_model_path
+        check_model_path(spec)
     return _ReferenceEvaluator(spec, ctx)
 
 
@@ -252,8 +258,8 @@ def perplexity(model, text: str, *, ctx: int | None = None, convention: str = "l
     _check_ctx(ctx, convention)
     if chunks is not None and chunks < 1:
         raise EdgeqError(f"--chunks must be at least 1, got {chunks}")
-    if threads is not None and threads < 1:
-        raise EdgeqError(f"--threads must be at least 1, got {threads}")
+    from .model import check_threads
+    threads = check_threads(threads)          # once, so a base model does not warn a second time
     start = time.perf_counter()
     with ExitStack() as stack:
         evaluator = _open(model, ctx, threads)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -219,3 +220,77 @@ def test_info_rejects_unknown_format_version(tiny_llama, tmp_path):
     bad = tmp_path / "future.edgeq"
     bad.write_bytes(data[:at] + (99).to_bytes(4, "little") + data[at + 4:])
     assert_clean_failure(run_cli("info", bad), "format version 99")
+
+
+# ----------------------------------------------------------------------------------------------
+# one message per mistake, whichever command meets it
+
+MODEL_COMMANDS = [("run", "-p", "hi"), ("chat",), ("bench",), ("info",), ("perplexity",)]
+
+
+def model_cli(command, path, *extra, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgeq", command[0], str(path), *command[1:], *extra],
+                          input="hi\n", capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def converted_tiny(tiny_converted):
+    return tiny_converted("llama", 4)
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=lambda c: c[0])
+def test_a_folder_is_called_a_folder(tiny_llama, tmp_path, command):
+    """A Hugging Face folder gets the exact convert command, with the path as typed (relative here)."""
+    shutil.copytree(tiny_llama, tmp_path / "models" / "tiny")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    if command[0] != "perplexity":               # perplexity runs a Hugging Face folder as a float model
+        result = model_cli(command, "models/tiny", cwd=tmp_path)
+        assert_clean_failure(result, "models/tiny: not an edgeq file (it is a Hugging Face model folder); "
+                             "convert it first: edgeq convert models/tiny -o models/tiny.q4")
+    result = model_cli(command, empty)
+    assert_clean_failure(result, str(empty), "folder")
+    assert "no such file" not in result.stderr
+
+
+def test_load_a_folder(tiny_llama):
+    import edgeq
+    from edgeq.errors import EdgeqError
+    with pytest.raises(EdgeqError, match=r"it is a Hugging Face model folder\); convert it first: edgeq convert"):
+        edgeq.load(tiny_llama)
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=lambda c: c[0])
+def test_foreign_files_get_the_same_message_everywhere(smollm2_gguf, tmp_path, command):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model\n" * 10)
+    assert_clean_failure(model_cli(command, notes), f"edgeq: error: {notes}: not an edgeq file (it does not "
+                         "start with GGUF's magic bytes); give a file written by `edgeq convert`")
+    if command[0] != "perplexity":               # perplexity runs a llama.cpp GGUF as a float model
+        gguf = tmp_path / "sub" / "model.gguf"
+        gguf.parent.mkdir()
+        gguf.symlink_to(smollm2_gguf)
+        assert_clean_failure(model_cli(command, gguf), f"{gguf}: not an edgeq file (a GGUF file for 'llama', as "
+                             f"llama.cpp writes them); convert it first: edgeq convert {gguf} -o {gguf.parent}/model.q4")
+
+
+@pytest.mark.parametrize("ctx", ["0", "-3", "100000"])
+def test_ctx_out_of_range_is_the_same_error_for_info_run_and_perplexity(converted_tiny, ctx):
+    message = f"a context of {ctx} tokens is out of range: use 1 to 256"
+    assert_clean_failure(model_cli(("info",), converted_tiny, "--ctx", ctx), message)
+    assert_clean_failure(model_cli(("run", "-p", "hi"), converted_tiny, "--ctx", ctx), message)
+    if ctx == "100000":                           # below 3 the llama convention scores nothing: its own message
+        assert_clean_failure(model_cli(("perplexity",), converted_tiny, "--ctx", ctx), message)
+    result = run_cli("info", converted_tiny, "--ctx", "256", "--summary")
+    assert result.returncode == 0 and "at context 256 =" in result.stdout
+
+
+def test_bits_help_lists_what_the_converter_accepts():
+    """`--bits 7`'s error and `--help` name the same widths."""
+    from edgeq.convert.plan import ALLOWED_BITS
+    help_text = " ".join(run_cli("convert", "--help").stdout.split())
+    widths = "2, 3, 4, 5, 6, 8 (16 = F16, 32 = F32)"
+    assert [int(w) for w in re.findall(r"\b\d+\b", widths)] == list(ALLOWED_BITS)
+    for flag in ("--bits BITS bits per weight of the linear layers:", "--head-bits HEAD_BITS bits of the output head:",
+                 "--embed-bits EMBED_BITS bits of the token embeddings:"):
+        assert f"{flag} {widths}" in help_text, (flag, help_text)

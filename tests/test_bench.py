@@ -101,7 +101,7 @@ def test_bandwidth_probe():
     (["--runs", "0"], r"--runs must be at least 1, got 0"),
     (["--prompt-tokens", "-3"], r"--prompt-tokens must be at least 1, got -3"),
     (["--gen-tokens", "-1"], r"--gen-tokens must be at least 1, got -1"),
-    (["--threads", "0"], r"--threads must be at least 1, got 0"),
+    (["--threads", "0"], r"threads must be at least 1, got 0 \(-t/--threads"),
     (["--bandwidth-mb", "0"], r"--bandwidth-mb must be at least 1, got 0"),
     (["--prompt-tokens", "200", "--gen-tokens", "100"], r"200 prompt \+ 100 generated tokens do not fit .* 256"),
 ])
@@ -118,3 +118,11 @@ def test_missing_or_foreign_file(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a model\n")
     code, out, err = run_cli(capsys, tmp_path / "notes.txt", *FAST)
     assert code == 1 and len(err.strip().splitlines()) == 1 and err.startswith("edgeq: error: "), err
+
+
+def test_threads_above_the_logical_cpus_are_capped_with_one_warning(tiny_files, capsys):
+    import os
+    code, out, err = run_cli(capsys, tiny_files["llama"], *FAST, "--json", "-t", "1000")
+    assert code == 0 and json.loads(out)["threads"] == os.cpu_count()
+    assert err == (f"edgeq: warning: 1000 threads asked for, but this machine has {os.cpu_count()} logical CPUs: "
+                   f"using {os.cpu_count()}\n")

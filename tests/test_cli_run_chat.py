@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -95,7 +96,8 @@ def test_missing_model_and_bad_flags_are_one_line(tiny_file, tmp_path):
     assert_one_line_error(edgeq_cli("chat", tmp_path / "nope.q4", input="hi\n"), r"no such file")
     assert_one_line_error(edgeq_cli("run", tiny_file, "-p", "hi", "--temperature", "-1"),
                           r"^edgeq: error: temperature must be >= 0")
-    assert_one_line_error(edgeq_cli("run", tiny_file, "-p", "hi", "--ctx", "100000"), r"trained for \(256\)")
+    assert_one_line_error(edgeq_cli("run", tiny_file, "-p", "hi", "--ctx", "100000"),
+                          r"a context of 100000 tokens is out of range: use 1 to 256")
     assert_one_line_error(edgeq_cli("run", tiny_file, "-p", "hi " * 300, "--ctx", "64"),
                           r"the prompt has \d+ tokens and the context is 64 tokens")
     assert_one_line_error(edgeq_cli("run", tiny_file, "-p", "hi", "--top-k", "x"), r"invalid int value", code=2)
@@ -107,6 +109,56 @@ def test_run_reaching_the_end_of_the_context_says_so(tiny_file):
     assert result.returncode == 0
     assert re.fullmatch(r"edgeq: warning: generation stopped at the end of the context \(24 tokens\) after \d+ "
                         r"tokens; .*\n", result.stderr)
+
+
+def test_warning_starts_on_a_new_line_after_streamed_text(tiny_file):
+    """stdout and stderr on one terminal: the warning is not glued to the text (`...myselfedgeq: warning`)."""
+    with edgeq.load(tiny_file, threads=1, ctx=24) as model, pytest.warns(edgeq.EdgeqWarning):
+        text = model.generate("Once upon a time", max_tokens=-1, temperature=0)
+    assert text and not text.endswith("\n")                   # the case that used to glue
+    result = subprocess.run([sys.executable, "-m", "edgeq", "run", str(tiny_file), "-p", "Once upon a time",
+                             "--temp", "0", "-n", "-1", "--ctx", "24", "-t", "1"], capture_output=False,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, timeout=120)
+    assert result.returncode == 0
+    printed, warning = result.stdout.rsplit("\n", 2)[:2]
+    assert result.stdout == with_newline(text) + warning + "\n" and printed
+    assert warning.startswith("edgeq: warning: generation stopped at the end of the context (24 tokens)")
+
+
+def test_threads_above_the_logical_cpus_are_capped_with_a_warning(tiny_file):
+    cpus = os.cpu_count()
+    warning = f"edgeq: warning: 1000 threads asked for, but this machine has {cpus} logical CPUs: using {cpus}\n"
+    expected = edgeq_cli("run", tiny_file, "-p", "Once upon a time", "--temp", "0", "-n", "8", "-t", "1").stdout
+    for command, stdin in (("run", None), ("chat", "Hello\n")):
+        args = ["-p", "Once upon a time"] if command == "run" else []
+        result = edgeq_cli(command, tiny_file, *args, "--temp", "0", "-n", "8", "-t", "1000", input=stdin)
+        assert result.returncode == 0 and result.stderr == warning, result.stderr
+        if command == "run":
+            assert result.stdout == expected                    # the same text, on fewer threads
+    with pytest.warns(edgeq.EdgeqWarning, match=f"1000 threads asked for.*using {cpus}"):
+        model = edgeq.load(tiny_file, threads=1000)
+    with model:
+        assert model.info["n_threads"] == cpus
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # no warning at or below the CPU count
+        edgeq.load(tiny_file, threads=cpus).close()
+    with pytest.raises(edgeq.EdgeqError, match="threads must be at least 1, got 0"):
+        edgeq.load(tiny_file, threads=0)
+
+
+def test_max_tokens_minus_one_is_the_only_negative_on_cli_and_api(tiny_file):
+    with edgeq.load(tiny_file, threads=1, ctx=24) as model:
+        with pytest.warns(edgeq.EdgeqWarning, match="end of the context"):
+            until_end = model.generate("Once upon a time", max_tokens=-1, temperature=0)
+        with pytest.warns(edgeq.EdgeqWarning, match="end of the context"):
+            assert model.generate("Once upon a time", max_tokens=None, temperature=0) == until_end
+        for call in (lambda: model.generate("Hi", max_tokens=-5, stream=True),     # refused at the call,
+                     lambda: model.chat([{"role": "user", "content": "Hi"}], max_tokens=-2)):  # not lazily
+            with pytest.raises(edgeq.EdgeqError, match=r"max_tokens \(-n\) must be at least 0, or -1"):
+                call()
+    for command, args, stdin in (("run", ["-p", "Hi"], None), ("chat", [], "Hi\n")):
+        result = edgeq_cli(command, tiny_file, *args, "-n", "-5", input=stdin)
+        assert_one_line_error(result, r"^edgeq: error: max_tokens \(-n\) must be at least 0, or -1 .*got -5")
 
 
 def default_sigint() -> None:

@@ -197,6 +197,32 @@ def test_cli_summary(llama_q8, text_file):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_default_text_is_the_shipped_evaluation_text(llama_q8):
+    """No --text: the evaluation text inside the package (not the calibration text), 1 chunk of 64."""
+    from edgeq.data import text_path
+    evaluation, calibration = text_path("evaluation"), text_path("calibration")
+    assert evaluation.read_bytes() != calibration.read_bytes()
+    default = run_cli("perplexity", llama_q8, "--ctx", CTX, "--chunks", 1, "-t", 1, "--json")
+    assert default.returncode == 0, default.stderr
+    explicit = run_cli("perplexity", llama_q8, "--text", evaluation, "--ctx", CTX, "--chunks", 1, "-t", 1, "--json")
+    default, explicit = json.loads(default.stdout), json.loads(explicit.stdout)
+    assert default["chunks"] == 1 and default["ctx"] == CTX
+    assert default["ppl"] == explicit["ppl"] and default["text_tokens"] == explicit["text_tokens"]
+    tokens = tokenize_text(Tokenizer(ModelFile(llama_q8).tokenizer), read_text(evaluation))
+    assert default["text_tokens"] == len(tokens) > 50_000          # the whole novel, tokenized
+    help_text = " ".join(run_cli("perplexity", "--help").stdout.split())
+    assert "the evaluation text shipped with edgeq" in help_text and "evaluation.txt" in help_text
+
+
+def test_threads_are_capped_once(llama_q8, text_file):
+    import os
+    result = run_cli("perplexity", llama_q8, "--text", text_file, "--ctx", CTX, "--chunks", 1, "-t", 1000,
+                     "--base", llama_q8, "--json")
+    assert result.returncode == 0
+    assert result.stderr == (f"edgeq: warning: 1000 threads asked for, but this machine has {os.cpu_count()} "
+                             f"logical CPUs: using {os.cpu_count()}\n")
+
+
 def assert_clean_failure(result, *words):
     assert result.returncode == 1, (result.returncode, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]

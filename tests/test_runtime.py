@@ -60,12 +60,28 @@ def converted(tiny_llama, tiny_qwen, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def reference():
+    """reference(path, tokens) -> the numpy float reference's logits of `tokens`; with greedy=n, its n
+    greedy ids after them. Computed once per module: every kernel set is checked against the same
+    numbers (recomputing them per set was the slowest part of the suite)."""
+    results = {}
+
+    def get(path, tokens, greedy: int | None = None):
+        key = (str(path), tuple(tokens), greedy)
+        if key not in results:
+            model = ModelFile(path)
+            forward = Reference(model.config, model.load)
+            results[key] = forward.forward(list(tokens)) if greedy is None else forward.greedy(list(tokens), greedy)
+        return results[key]
+    return get
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("bits, symmetric", [(8, False), (4, False), (3, True), (2, False), (16, False)])
-def test_logits_equal_the_reference(converted, arch, bits, symmetric, kernel_set):
+def test_logits_equal_the_reference(converted, reference, arch, bits, symmetric, kernel_set):
     path = converted[arch, bits, symmetric]
-    model = ModelFile(path)
-    expected = Reference(model.config, model.load).forward(PROMPT)
+    expected = reference(path, PROMPT)
     span = np.ptp(expected)
     exact = c_logits(path, PROMPT, chunks=(7, 1, 5), kv_fp32=True, threads=2)
     assert np.abs(exact - expected).max() < KERNEL_SETS[kernel_set] * span
@@ -83,12 +99,12 @@ def test_threads_and_batching_do_not_change_the_result(converted, kernel_set):
     assert np.array_equal(one, c_logits(path, PROMPT, chunks=[1] * len(PROMPT), threads=2))
 
 
-def test_prompts_longer_than_one_batch(converted, kernel_set):
+def test_prompts_longer_than_one_batch(converted, reference, kernel_set):
     """Prefill runs in batches of 64 tokens: 150 tokens cross two batch boundaries."""
     path = converted["llama", 4, False]
     model = ModelFile(path)
     tokens = [int(t) for t in np.random.default_rng(7).integers(0, model.config.vocab_size, 150)]
-    expected = Reference(model.config, model.load).forward(tokens)
+    expected = reference(path, tokens)
     got = c_logits(path, tokens, kv_fp32=True, threads=2)
     assert np.abs(got - expected).max() < KERNEL_SETS[kernel_set] * np.ptp(expected)
     assert np.array_equal(got[-1], c_logits(path, tokens, chunks=(64, 63), kv_fp32=True, threads=2)[-1])
@@ -142,14 +158,14 @@ def test_weight_bytes_per_token_matches_the_file(converted, arch):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_smollm2_greedy_32_tokens_equal_the_reference(bits, smollm2_q8_path, smollm2_q4_path, kernel_set):
+def test_smollm2_greedy_32_tokens_equal_the_reference(bits, smollm2_q8_path, smollm2_q4_path, reference, kernel_set):
     """Token for token, on the real SmolLM2-135M-Instruct, through the C runtime."""
     path = smollm2_q8_path if bits == 8 else smollm2_q4_path
     model = ModelFile(path)
     messages = [{"role": "user", "content": "Who wrote Romeo and Juliet?"}]
     text = jinja2.Template(model.tokenizer.chat_template).render(messages=messages, add_generation_prompt=True)
     prompt = Tokenizer.from_str(model.tokenizer.data).encode(text).ids
-    expected = Reference(model.config, model.load).greedy(prompt, 32)
+    expected = reference(path, prompt, greedy=32)
     handle = _ffi.model_open(path, threads=2, ctx=256)
     try:
         logits = _ffi.model_eval(handle, prompt)
