@@ -59,7 +59,7 @@ def test_an_overflowing_min_is_detected():
 
 # ------------------------------------------------------------- a tiny llama.cpp file, end to end
 
-TOKENS = ["<s>", "</s>", "a", "b", "c", "d", "e", "f", "g", "h", "i", "Ġ", "ab", "cd", "ef", "gh"]
+TOKENS = ["<s>", "</s>", "a", "b", "c", "d", "e", "f", "g", "h", "i", "Ġ", "ab", "cd", "ef", "gh", "abcd"]  # 17 rows: a padded tile
 DIM, HIDDEN, HEADS, KV_HEADS, LAYERS = 64, 128, 4, 2, 2
 TYPES = {"token_embd": T.Q8_0, "attn_q": T.Q4_0, "attn_k": T.Q4_1, "attn_v": T.Q5_0, "attn_output": T.Q5_1,
          "ffn_gate": T.Q4_1, "ffn_up": T.Q8_0, "ffn_down": T.Q4_0, "output": T.F16}
@@ -79,7 +79,7 @@ def write_tiny_gguf(path, overflow: bool = False):
     writer.add_tokenizer_pre("smollm")
     writer.add_token_list(TOKENS)
     writer.add_token_types([3, 3] + [1] * (len(TOKENS) - 2))
-    writer.add_token_merges(["a b", "c d", "e f", "g h"])
+    writer.add_token_merges(["a b", "c d", "e f", "g h", "ab cd"])
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(1)
 
@@ -144,7 +144,7 @@ def test_the_runtime_matches_the_source_on_the_kept_grid(tiny_gguf, tmp_path):
     report = convert(tiny_gguf, out, PlanSettings(head_bits=16), progress=False)   # head kept F16: all exact
     assert report.mean_rel_error == 0.0
     source = open_source(tiny_gguf)
-    prompt = [0, 2, 3, 12, 5, 13, 11, 7, 15, 9, 4, 14, 6, 8, 10, 2, 3]
+    prompt = [0, 2, 3, 12, 5, 13, 11, 7, 15, 9, 4, 14, 6, 16, 8, 10, 2, 3]
     expected = Reference(source.config, source.load).forward(prompt)
     with edgeq.load(out, threads=1) as model:
         got = model.logits(prompt)
