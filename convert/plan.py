@@ -1,9 +1,14 @@
-"""Plan: one quant type per tensor, from uniform settings and the head/embedding rules.
+"""Plan: one quant type per tensor, from uniform settings and the head/embedding rules, keeping a
+llama.cpp source's own grid where an edgeq type holds it exactly.
 
-Defaults (documented in the README): linear layers at --bits with --group, asymmetric unless --sym;
-the output head at max(--bits, 6) and the token embeddings at max(--bits, 4) (llama.cpp keeps these
-higher too); when the head is tied to the embeddings the one tensor takes the higher of the two;
-norms and biases stay F32. Bits 16 and 32 mean plain F16 / F32 storage.
+Defaults (documented in the README): linear layers at --bits (4) with --group (64), asymmetric
+unless --sym; the output head at max(--bits, 6) and the token embeddings at max(--bits, 4)
+(llama.cpp keeps these higher too); when the head is tied to the embeddings the one tensor takes the
+higher of the two; norms and biases stay F32. Bits 16 and 32 mean plain F16 / F32 storage.
+A tensor whose type no flag sets keeps its source grid when the source has one (a GGUF tensor in
+Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0: convert.gguf_grid) and every block of it reads back exactly; any
+other tensor takes the type above. So `edgeq convert model.Q4_1.gguf -o out` is lossless for the
+Q4_1 tensors, and an explicit --bits/--group/--sym re-quantizes every linear layer as asked.
 """
 from __future__ import annotations
 
@@ -16,12 +21,13 @@ from edgeq.quant_types import QuantType
 
 PLAIN_BITS = {16: "f16", 32: "f32"}
 ALLOWED_BITS = tuple(quant_types.BITS) + tuple(PLAIN_BITS)
+DEFAULT_BITS, DEFAULT_GROUP = 4, 64
 
 
 @dataclass
 class PlanSettings:
-    bits: int = 4
-    group: int = 64
+    bits: int | None = None        # None: DEFAULT_BITS where the source has no exact grid to keep
+    group: int | None = None       # None: DEFAULT_GROUP
     symmetric: bool = False
     head_bits: int | None = None
     embed_bits: int | None = None
@@ -31,24 +37,40 @@ class PlanSettings:
             if value is not None and value not in ALLOWED_BITS:
                 raise EdgeqError(f"{flag} {value} is not supported; choose one of "
                                  f"{', '.join(map(str, ALLOWED_BITS))}")
-        if self.group not in quant_types.GROUPS:
+        if self.group is not None and self.group not in quant_types.GROUPS:
             raise EdgeqError(f"--group {self.group} is not supported; choose one of "
                              f"{', '.join(map(str, quant_types.GROUPS))}")
 
+    def linear(self) -> int:
+        return self.bits if self.bits is not None else DEFAULT_BITS
+
+    def group_size(self) -> int:
+        return self.group if self.group is not None else DEFAULT_GROUP
+
     def head(self) -> int:
-        return self.head_bits if self.head_bits is not None else max(self.bits, 6)
+        return self.head_bits if self.head_bits is not None else max(self.linear(), 6)
 
     def embed(self) -> int:
-        return self.embed_bits if self.embed_bits is not None else max(self.bits, 4)
+        return self.embed_bits if self.embed_bits is not None else max(self.linear(), 4)
+
+    def sets_type_of(self, name: str, config: ModelConfig) -> bool:
+        """Whether a flag chooses this tensor's type (then a source grid is not kept)."""
+        linear_flags = self.bits is not None or self.group is not None or self.symmetric
+        if name == "output.weight":
+            return linear_flags or self.head_bits is not None
+        if name == "token_embd.weight":
+            return linear_flags or self.embed_bits is not None or (config.tied_embeddings and self.head_bits is not None)
+        return linear_flags
 
 
 def type_for_bits(bits: int, settings: PlanSettings) -> QuantType:
     if bits in PLAIN_BITS:
         return quant_types.TYPES[PLAIN_BITS[bits]]
-    return quant_types.uniform_type(bits, settings.group, settings.symmetric)
+    return quant_types.uniform_type(bits, settings.group_size(), settings.symmetric)
 
 
 def make_plan(config: ModelConfig, settings: PlanSettings) -> dict[str, QuantType]:
+    """The type of every tensor from the settings alone (no source grid)."""
     settings.validate()
     plan = {}
     for name in config.tensor_names():
@@ -60,5 +82,21 @@ def make_plan(config: ModelConfig, settings: PlanSettings) -> dict[str, QuantTyp
         elif name == "output.weight":
             plan[name] = type_for_bits(settings.head(), settings)
         else:
-            plan[name] = type_for_bits(settings.bits, settings)
+            plan[name] = type_for_bits(settings.linear(), settings)
     return plan
+
+
+def source_grids(source, settings: PlanSettings) -> tuple[dict[str, QuantType], dict[str, str]]:
+    """(tensors that keep the source's grid -> their exact edgeq type, tensors that have such a
+    grid but cannot keep it -> why). Reads and checks every candidate tensor's blocks."""
+    kept, refused = {}, {}
+    for name in source.config.tensor_names():
+        qtype = source.grid_type(name)
+        if qtype is None or settings.sets_type_of(name, source.config):
+            continue
+        if source.grid_is_exact(name):
+            kept[name] = qtype
+        else:
+            refused[name] = (f"its source grid does not fit {qtype.name} exactly (an fp16 min overflows "
+                             "or a value is not finite)")
+    return kept, refused

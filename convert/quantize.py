@@ -179,6 +179,20 @@ def quantize_chunked(load_rows, qtype: QuantType, shape: tuple[int, ...]) -> Qua
     return QuantizedTensor(qtype, shape, np.concatenate(parts), method_name(qtype), sq_error, sq_norm)
 
 
+def pack_grid_chunked(load_grid_rows, qtype: QuantType, shape: tuple[int, int]) -> QuantizedTensor:
+    """Pack a source's own grid, `load_grid_rows(slice)` -> (levels, scales, mins), a chunk of rows
+    at a time (convert.gguf_grid): no quantization, so the error is zero by construction."""
+    from .gguf_grid import METHOD, pack_rows
+    rows, cols = shape
+    parts, sq_norm = [], 0.0
+    for start in range(0, rows, chunk_rows(cols)):
+        levels, scales, mins = load_grid_rows(slice(start, min(rows, start + chunk_rows(cols))))
+        parts.append(pack_rows(qtype, levels, scales, mins))
+        restored = quant_types.dequantize_levels(qtype, levels, scales, mins)
+        sq_norm += float(np.sum(restored.astype(np.float64) ** 2))
+    return QuantizedTensor(qtype, shape, np.concatenate(parts), METHOD, 0.0, sq_norm)
+
+
 def _squares(weight: np.ndarray, restored: np.ndarray) -> tuple[float, float]:
     weight = weight.astype(np.float64)
     return float(np.sum((weight - restored) ** 2)), float(np.sum(weight ** 2))

@@ -2,7 +2,9 @@
 
 Every source gives a ModelConfig, a TokenizerSpec, generation defaults, provenance, and float32
 tensors by canonical name, read one at a time (safetensors memory-mapped, GGUF tensors dequantized
-with gguf.quants) so converting never holds the whole model in memory.
+with gguf.quants) so converting never holds the whole model in memory. A GGUF source also gives the
+integer grid of tensors whose ggml blocks an edgeq type holds exactly (grid_type, load_grid; see
+gguf_grid), so the default conversion can keep them as they are.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import numpy as np
 
 from edgeq.config import SUPPORTED_ARCHITECTURES, ModelConfig, TokenizerSpec, canonical_name
 from edgeq.errors import EdgeqError
+from edgeq.quant_types import QuantType
 
+from . import gguf_grid
 from .safetensors_io import SafetensorsFolder
 
 _HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
@@ -35,6 +39,11 @@ class Source:
     def load(self, name: str, rows: slice | None = None) -> np.ndarray:
         """A tensor, or a range of its rows, as float32 (converting reads big tensors in row chunks)."""
         raise NotImplementedError
+
+    def grid_type(self, name: str) -> QuantType | None:
+        """The edgeq type that holds the stored tensor exactly as the source quantized it (a GGUF
+        source's ggml blocks), or None: float sources have no grid to keep."""
+        return None
 
     def check_tensors(self) -> None:
         """Every tensor the architecture needs is present with the expected shape."""
@@ -316,11 +325,45 @@ class GGUFSource(Source):
     def shape(self, name):
         return tuple(int(d) for d in reversed(self.tensors[name].shape))
 
+    def _permuted(self, name) -> bool:
+        return self.config.arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k")
+
+    def _unpermute(self, name, array: np.ndarray) -> np.ndarray:
+        return _unpermute_rows(array, self.config.n_heads if "attn_q" in name else self.config.n_kv_heads)
+
+    # -- the source's own grid (convert.gguf_grid): llama.cpp blocks an edgeq type holds exactly --
+
+    def grid_type(self, name: str) -> QuantType | None:
+        """The edgeq type that holds this tensor's ggml blocks exactly, or None."""
+        shape = self.shape(name)
+        if len(shape) != 2 or shape[1] % gguf_grid.BLOCK:
+            return None
+        return gguf_grid.edgeq_type(self.tensors[name].tensor_type)
+
+    def grid_is_exact(self, name: str) -> bool:
+        """Every block of the tensor reads back bit-exactly against gguf.quants (checked in row chunks)."""
+        tensor, (rows, cols) = self.tensors[name], self.shape(name)
+        step = max(1, (1 << 22) // cols)
+        return all(gguf_grid.matches_gguf(tensor.tensor_type, tensor.data[start:start + step], cols)
+                   for start in range(0, rows, step))
+
+    def load_grid(self, name: str, rows: slice | None = None):
+        """Levels (M, K) uint8, scales and mins (M, K/32) fp16 of a tensor with a grid_type, rows in
+        Hugging Face order (the q/k permutation undone, as load does)."""
+        tensor, cols = self.tensors[name], self.shape(name)[1]
+        data = tensor.data if rows is None or self._permuted(name) else tensor.data[rows]
+        grid = gguf_grid.read_blocks(tensor.tensor_type, data, cols)
+        if self._permuted(name):
+            grid = tuple(self._unpermute(name, part) for part in grid)
+            if rows is not None:
+                grid = tuple(part[rows] for part in grid)
+        return grid
+
     def load(self, name, rows=None):
         import gguf
         tensor = self.tensors[name]
         shape = self.shape(name)
-        permuted = self.config.arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k")
+        permuted = self._permuted(name)
         data = tensor.data
         if rows is not None and not permuted and len(shape) == 2:
             data, shape = data[rows], (len(range(*rows.indices(shape[0]))), shape[1])
@@ -331,8 +374,7 @@ class GGUFSource(Source):
                              "gguf.quants cannot dequantize") from None
         weight = np.asarray(weight, dtype=np.float32).reshape(shape)
         if permuted:   # q/k rows are mixed within each head: undo on the whole tensor, then slice
-            heads = self.config.n_heads if "attn_q" in name else self.config.n_kv_heads
-            weight = _unpermute_rows(weight, heads)
+            weight = self._unpermute(name, weight)
             if rows is not None:
                 weight = weight[rows]
         return weight

