@@ -2,6 +2,7 @@
 
     python benchmarks/bench_threads.py [--models smollm2 qwen] [--runs 5] [--gen-tokens 64]
                                        [--build before=/path/to/other/checkout ...] [--json FILE]
+    (MODEL: smollm2, qwen, or LABEL=FILE)
 
 What it answers: does a second thread pay off (idle: -t 2 / -t 1 should approach 2), and does it
 hurt when another process keeps one core busy (busy: -t 2 should be no slower than -t 1)?
@@ -39,7 +40,14 @@ THREADS = (1, 2)
 
 
 def model_path(name: str) -> Path:
+    """smollm2, qwen, or LABEL=FILE for an existing edgeq file (e.g. a format-1 file that an older
+    --build can read too)."""
     from edgeq import registry
+    label, sep, file = name.partition("=")
+    if sep:
+        if not Path(file).is_file():
+            raise SystemExit(f"edgeq: error: {file}: no such file")
+        return Path(file)
     if name == "smollm2":
         return registry.default_model(quiet=True)
     if name != "qwen":
@@ -90,7 +98,8 @@ def measure(path: Path, threads: int, gen_tokens: int, build_dir: str | None) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["smollm2", "qwen"], choices=["smollm2", "qwen"])
+    parser.add_argument("--models", nargs="+", default=["smollm2", "qwen"], metavar="MODEL",
+                        help="smollm2, qwen, or LABEL=FILE [default: smollm2 qwen]")
     parser.add_argument("--runs", type=int, default=5, help="rounds; medians are over these [default: 5]")
     parser.add_argument("--gen-tokens", type=int, default=64, help="decoded tokens per run [default: 64]")
     parser.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
@@ -107,7 +116,8 @@ def main() -> None:
         if not sep or not (Path(folder) / "edgeq").is_dir():
             raise SystemExit(f"edgeq: error: --build {item!r}: expected NAME=DIR with DIR an edgeq checkout")
         builds[name] = str(Path(folder).resolve())
-    paths = {name: model_path(name) for name in args.models}
+    paths = {name.partition("=")[0]: model_path(name) for name in args.models}
+    args.models = list(paths)
 
     samples: dict[tuple, list[dict]] = {}
     for round_index in range(args.runs):
