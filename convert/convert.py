@@ -1,4 +1,5 @@
-"""The convert pipeline: source -> plan -> quantize each tensor -> stream into an edgeq file."""
+"""The convert pipeline: source -> plan -> [calibrate and quantize the linear layers, layer by layer]
+-> quantize the other tensors -> stream into an edgeq file."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,10 @@ import numpy as np
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import TensorPlanEntry, write_model_file
 
+from . import calibrate as calibration
+from .calibrate import MethodSettings
 from .plan import PlanSettings, make_plan
+from . import methods
 from .quantize import quantize_chunked
 from .sources import open_source
 
@@ -26,23 +30,48 @@ class ConvertReport:
 
 
 def convert(source: str | os.PathLike, output: str | os.PathLike, settings: PlanSettings | None = None,
-            progress: bool | None = None) -> ConvertReport:
+            progress: bool | None = None, method: MethodSettings | None = None) -> ConvertReport:
     """Convert a Hugging Face folder, hub id or GGUF file into an edgeq file at `output`.
 
     progress: True shows a progress bar, False hides it, None shows it when stderr is a terminal.
+    method: how the linear layers are quantized (default: auto, see convert.calibrate.MethodSettings).
     """
     from tqdm import tqdm
     settings = settings or PlanSettings()
     settings.validate()
+    method = method or MethodSettings()
+    method_name, uses_data = method.resolve(settings.bits)
     start = time.perf_counter()
     output = Path(output)
     if Path(source).exists() and output.exists() and output.resolve() == Path(source).resolve():
         raise EdgeqError(f"{output}: the output would overwrite the source; choose another name")
     model = open_source(source)
     plan = make_plan(model.config, settings)
+    tokens, importance, calibration_hash, n_tokens = None, None, "", 0
+    if uses_data and method.stats is not None:
+        importance, meta = calibration.load_stats(method.stats, model.config,
+                                                  calibration.model_fingerprint(model.load, model.config))
+        calibration_hash, n_tokens = str(meta.get("calibration_hash", "")), int(meta.get("tokens", 0))
+    elif uses_data:
+        tokens = calibration.calibration_tokens(method.calib, model.tokenizer, model.config,
+                                                method.calib_tokens, method.calib_ctx)
+        calibration_hash, n_tokens = tokens.text_hash, tokens.count
+    label = calibration.tensor_method(method_name, uses_data, method, calibration_hash, n_tokens)
+    linear_method = {name: label for name, qtype in plan.items()
+                     if calibration.is_calibrated_linear(name) and not qtype.plain}
     entries = [TensorPlanEntry(name, qtype, model.config.tensor_shape(name),
-                               qtype.name if qtype.plain else "rtn-clip-search") for name, qtype in plan.items()]
+                               qtype.name if qtype.plain else linear_method.get(name, "rtn-clip-search"))
+               for name, qtype in plan.items()]
     errors = []
+    calibrated = {}      # name -> QuantizedTensor, from the sequential calibration pass
+    if tokens is not None:
+        quantizer = calibration.layer_quantizer(plan, method_name, method, linear_method)
+        with tqdm(total=model.config.n_layers, desc=f"calibrating ({method_name}, {tokens.count} tokens)",
+                  unit="layer", disable=None if progress is None else not progress, dynamic_ncols=True,
+                  leave=False) as layer_bar:
+            for _, _, stored in calibration.run_layers(model.load, model.config, tokens, quantizer,
+                                                       hessian=method_name == "gptq", progress=layer_bar):
+                calibrated.update(stored)
 
     def produce(entry: TensorPlanEntry):
         def load_rows(rows: slice) -> np.ndarray:
@@ -50,7 +79,14 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
             if not np.isfinite(weight).all():
                 raise EdgeqError(f"{model.provenance['source']}: tensor {entry.name} contains NaN or infinity")
             return weight
-        tensor = quantize_chunked(load_rows, entry.qtype, entry.shape)
+        if entry.name in calibrated:
+            tensor = calibrated.pop(entry.name)
+        elif entry.name in linear_method and (importance is not None or method_name == "hqq"):
+            weights = importance[calibration.input_of(entry.name)] if importance is not None else None
+            fit = methods.hqq if method_name == "hqq" else methods.rtn
+            tensor = fit(load_rows(slice(None)), entry.qtype, weights, method=entry.method)
+        else:
+            tensor = quantize_chunked(load_rows, entry.qtype, entry.shape)
         if not entry.qtype.plain:
             errors.append((tensor.sq_error, tensor.sq_norm))
         return tensor
@@ -59,7 +95,10 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
                dynamic_ncols=True, leave=False)
     provenance = dict(model.provenance)
     provenance["settings"] = {"bits": settings.bits, "group": settings.group, "symmetric": settings.symmetric,
-                              "head_bits": settings.head(), "embed_bits": settings.embed()}
+                              "head_bits": settings.head(), "embed_bits": settings.embed(), "method": label}
+    if uses_data:
+        provenance["calibration_hash"] = calibration_hash
+        provenance["settings"]["calibration_tokens"] = n_tokens
     try:
         write_model_file(output, model.config, model.tokenizer, model.generation, provenance, entries, produce, bar)
     finally:
