@@ -47,6 +47,13 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         raise EdgeqError(f"{output}: the output would overwrite the source; choose another name")
     model = open_source(source)
     plan = make_plan(model.config, settings)
+
+    def load_checked(name: str, rows: slice | None = None) -> np.ndarray:
+        weight = model.load(name, rows)
+        if not np.isfinite(weight).all():
+            raise EdgeqError(f"{model.provenance['source']}: tensor {name} contains NaN or infinity")
+        return weight
+
     tokens, importance, calibration_hash, n_tokens = None, None, "", 0
     if uses_data and method.stats is not None:
         importance, meta = calibration.load_stats(method.stats, model.config,
@@ -69,16 +76,13 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         with tqdm(total=model.config.n_layers, desc=f"calibrating ({method_name}, {tokens.count} tokens)",
                   unit="layer", disable=None if progress is None else not progress, dynamic_ncols=True,
                   leave=False) as layer_bar:
-            for _, _, stored in calibration.run_layers(model.load, model.config, tokens, quantizer,
+            for _, _, stored in calibration.run_layers(load_checked, model.config, tokens, quantizer,
                                                        hessian=method_name == "gptq", progress=layer_bar):
                 calibrated.update(stored)
 
     def produce(entry: TensorPlanEntry):
         def load_rows(rows: slice) -> np.ndarray:
-            weight = model.load(entry.name, rows)
-            if not np.isfinite(weight).all():
-                raise EdgeqError(f"{model.provenance['source']}: tensor {entry.name} contains NaN or infinity")
-            return weight
+            return load_checked(entry.name, rows)
         if entry.name in calibrated:
             tensor = calibrated.pop(entry.name)
         elif entry.name in linear_method and (importance is not None or method_name == "hqq"):
