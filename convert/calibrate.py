@@ -116,9 +116,12 @@ class InputStats:
         h = np.zeros((k, k), dtype=np.float64) if hessian else None
         for start in range(0, n, ROWS_PER_PRODUCT):
             part = x[start:start + ROWS_PER_PRODUCT]
-            sum_sq += np.einsum("nk,nk->k", part, part, dtype=np.float64)
             if h is not None:
                 h += (part.T @ part).astype(np.float64)
+            else:
+                sum_sq += np.square(part).sum(axis=0)          # float32 within a chunk, float64 across
+        if h is not None:
+            sum_sq = np.diag(h).copy()
         return cls(n, sum_sq, h)
 
     @property

@@ -45,15 +45,21 @@ def _quantize_columns(block, u_block, start, stop, scale, low, n_max, levels_out
 
 
 def inverse_hessian_factor(hessian: np.ndarray, damp: float = DAMP) -> np.ndarray:
-    """(K, K) H (dead columns already handled) -> upper U with U^T U = (H + damp·mean(diag H)·I)^-1."""
-    h = np.array(hessian, dtype=np.float64)
+    """(K, K) H (dead columns already handled) -> upper U with U^T U = (H + damp·mean(diag H)·I)^-1.
+
+    With J the reversal of the columns and J H J = L L^T: U = J L^-1 J (one Cholesky, one
+    triangular inverse). LAPACK runs single-threaded here: OpenBLAS's threaded potrf is 10-20x
+    slower, not faster, when the cores are shared."""
+    from threadpoolctl import threadpool_limits
+    h = np.array(hessian[::-1, ::-1], dtype=np.float64)
     h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
     try:
-        lower = np.linalg.cholesky(h)
-        lower_inv = np.linalg.solve(lower, np.eye(len(h)))       # L^-1; H^-1 = L^-T L^-1
-        return np.linalg.cholesky(lower_inv.T @ lower_inv).T
+        with threadpool_limits(1, user_api="blas"):
+            lower = np.linalg.cholesky(h)
+            lower_inv = np.linalg.solve(lower, np.eye(len(h)))
     except np.linalg.LinAlgError:
         raise ValueError("the Hessian is not positive definite even after damping; raise the damping") from None
+    return np.ascontiguousarray(np.tril(lower_inv)[::-1, ::-1])
 
 
 def prepare(weight: np.ndarray, hessian: np.ndarray, qtype: QuantType, act_order: bool):
