@@ -11,14 +11,26 @@ from .errors import EdgeqError
 
 
 def _cmd_convert(args) -> int:
-    from edgeq.convert import PlanSettings, convert
+    from edgeq.convert import MethodSettings, PlanSettings, convert
     settings = PlanSettings(bits=args.bits, group=args.group, symmetric=args.sym,
                             head_bits=args.head_bits, embed_bits=args.embed_bits)
-    report = convert(args.source, args.output, settings, progress=False if args.quiet else None)
+    method = MethodSettings(method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
+                            calib_ctx=args.calib_ctx, stats=args.stats, act_order=args.act_order)
+    report = convert(args.source, args.output, settings, progress=False if args.quiet else None, method=method)
     if not args.quiet:
         kept = f", {len(report.kept_grid)} kept the source's grid" if report.kept_grid else ""
         print(f"wrote {report.output} ({report.file_bytes / 1e6:.1f} MB, {report.n_tensors} tensors{kept}, "
               f"relative weight error {report.mean_rel_error:.4f}) in {report.seconds:.1f} s")
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from edgeq.convert.calibrate import calibrate
+    meta = calibrate(args.source, args.output, args.calib, args.calib_tokens, args.calib_ctx,
+                     progress=False if args.quiet else None)
+    if not args.quiet:
+        print(f"wrote {args.output}: E[x^2] of every linear input over {meta['tokens']} tokens of "
+              f"{meta['calibration_text']} (hash {meta['calibration_hash']})")
     return 0
 
 
@@ -224,8 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--sym", action="store_true", help="symmetric levels (scale only, no min)")
     convert.add_argument("--head-bits", type=int, default=None, help=f"bits of the output head: {widths} [default: max(bits, 6)]")
     convert.add_argument("--embed-bits", type=int, default=None, help=f"bits of the token embeddings: {widths} [default: max(bits, 4)]")
+    convert.add_argument("--method", choices=["auto", "rtn", "hqq", "gptq"], default="auto",
+                         help="how linear layers are quantized: rtn (clip search; weighted by E[x^2] with "
+                         "--calib/--stats), hqq (half-quadratic scale/min fit), gptq (Hessian error feedback, "
+                         "calibrates); auto = gptq at <= 3 bits, rtn weighted by the calibration text's E[x^2] "
+                         "at 4-6 bits, plain rtn at 8 [default: auto]")
+    _add_calibration_flags(convert)
+    convert.add_argument("--stats", default=None, metavar="FILE",
+                         help="E[x^2] statistics from `edgeq calibrate` (rtn/hqq), instead of calibrating")
+    convert.add_argument("--act-order", action="store_true",
+                         help="gptq: visit columns by decreasing E[x^2] (groups stay as stored)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     convert.set_defaults(func=_cmd_convert)
+
+    calibrate = commands.add_parser("calibrate", help="compute calibration statistics once, for convert --stats",
+                                    description="Run the float model over a calibration text and save E[x^2] "
+                                    "of every linear layer's input (.npz) for `edgeq convert --stats`.")
+    calibrate.add_argument("source", metavar="SRC", help="Hugging Face folder, hub id (owner/name) or .gguf file")
+    calibrate.add_argument("-o", "--output", required=True, metavar="OUT", help="the statistics file to write (.npz)")
+    _add_calibration_flags(calibrate)
+    calibrate.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    calibrate.set_defaults(func=_cmd_calibrate)
 
     info = commands.add_parser("info", help="describe an edgeq file", description="Describe an edgeq file.")
     info.add_argument("file", metavar="FILE")
@@ -296,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--json", action="store_true", help="print the result as JSON")
     ppl.set_defaults(func=_cmd_perplexity)
     return parser
+
+
+def _add_calibration_flags(command) -> None:
+    from edgeq.convert.calibrate import DEFAULT_CTX, DEFAULT_TOKENS
+    command.add_argument("--calib", default=None, metavar="FILE",
+                         help="calibration text (UTF-8) [default: the Shakespeare text shipped with edgeq]")
+    command.add_argument("--calib-tokens", type=int, default=DEFAULT_TOKENS, metavar="N",
+                         help=f"calibration tokens [default: {DEFAULT_TOKENS}]")
+    command.add_argument("--calib-ctx", type=int, default=None, metavar="N",
+                         help=f"tokens per calibration window [default: min({DEFAULT_CTX}, the model's context)]")
 
 
 def _add_generation_flags(command) -> None:

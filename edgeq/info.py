@@ -73,6 +73,9 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
         f"{' +' + ','.join(map(str, tok.extra_eos_ids)) if tok.extra_eos_ids else ''}, "
         f"add bos {'yes' if tok.add_bos else 'no'}, chat template {'yes' if tok.chat_template else 'no'}",
     ]
+    if model.provenance.get("calibration_hash"):
+        lines.append(f"calibration   text hash {model.provenance['calibration_hash']}, "
+                     f"{settings.get('calibration_tokens', '?')} tokens")
     if settings:
         lines.append("settings      " + ", ".join(f"{k} {v}" for k, v in sorted(settings.items())))
     lines.append(f"linear layers {bpw:.3f} bits per weight over {n_linear / 1e6:.1f}M weights (scales included)")

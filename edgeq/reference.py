@@ -50,6 +50,37 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    # (T, hidden_dim) x2 -> the input of ffn_down
+    return silu(gate) * up
+
+
+def rope_tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (T, 1, head_dim) float32 for `positions` (T,), shaped to broadcast over heads."""
+    angles = positions[:, None].astype(np.float64) * inv_freq[None, :]  # (T, head_dim/2)
+    angles = np.concatenate([angles, angles], axis=-1)                  # (T, head_dim)
+    return np.cos(angles).astype(np.float32)[:, None], np.sin(angles).astype(np.float32)[:, None]
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    # x (T, heads, head_dim), Hugging Face's rotate_half convention
+    return x * cos + rotate_half(x) * sin
+
+
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Causal GQA attention. q (T, n_heads, head_dim) after RoPE, keys/values (S, n_kv_heads, head_dim),
+    mask (T, S) True where a query must not see a key -> (T, n_heads*head_dim)."""
+    T, n_heads, head_dim = q.shape
+    group = n_heads // keys.shape[1]
+    keys = np.repeat(keys, group, axis=1)                              # (S, n_heads, head_dim)
+    values = np.repeat(values, group, axis=1)
+    scores = np.einsum("thd,shd->hts", q, keys) / np.float32(math.sqrt(head_dim))  # (n_heads, T, S)
+    scores = np.where(mask, -np.inf, scores)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = scores / scores.sum(axis=-1, keepdims=True)
+    return np.einsum("hts,shd->thd", probs, values).reshape(T, n_heads * head_dim)
+
+
 class Reference:
     def __init__(self, config: ModelConfig, tensors: Callable[[str], np.ndarray]):
         if config.arch not in ("llama", "qwen2"):
@@ -74,12 +105,6 @@ class Reference:
                         for _ in range(self.config.n_layers)]  # per layer (pos, n_kv_heads, head_dim)
         self.v_cache = [k.copy() for k in self.k_cache]
 
-    def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        angles = positions[:, None].astype(np.float64) * self.inv_freq[None, :]  # (T, head_dim/2)
-        angles = np.concatenate([angles, angles], axis=-1)                    # (T, head_dim)
-        # (T, 1, head_dim) to broadcast over heads
-        return np.cos(angles).astype(np.float32)[:, None], np.sin(angles).astype(np.float32)[:, None]
-
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
         """Appends tokens at the current position; returns logits (len(tokens), vocab) float32."""
         c, w = self.config, self.weights
@@ -93,8 +118,7 @@ class Reference:
             raise ValueError(f"token id out of range [0, {c.vocab_size})")
         positions = np.arange(self.pos, self.pos + T)
         S = self.pos + T                                       # keys visible after this call
-        cos, sin = self._rope(positions)                       # (T, 1, head_dim)
-        group = c.n_heads // c.n_kv_heads
+        cos, sin = rope_tables(self.inv_freq, positions)       # (T, 1, head_dim)
         # causal mask: query t (at position pos+t) sees keys 0..pos+t
         mask = np.arange(S)[None, :] > positions[:, None]      # (T, S)
 
@@ -110,23 +134,16 @@ class Reference:
             q = q.reshape(T, c.n_heads, c.head_dim)
             k = k.reshape(T, c.n_kv_heads, c.head_dim)
             v = v.reshape(T, c.n_kv_heads, c.head_dim)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k_cache[layer] = np.concatenate([self.k_cache[layer], k])   # (S, n_kv_heads, head_dim)
             self.v_cache[layer] = np.concatenate([self.v_cache[layer], v])
-            keys = np.repeat(self.k_cache[layer], group, axis=1)             # (S, n_heads, head_dim)
-            values = np.repeat(self.v_cache[layer], group, axis=1)
-            scores = np.einsum("thd,shd->hts", q, keys) / np.float32(math.sqrt(c.head_dim))  # (n_heads, T, S)
-            scores = np.where(mask, -np.inf, scores)
-            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-            probs = scores / scores.sum(axis=-1, keepdims=True)
-            attn = np.einsum("hts,shd->thd", probs, values).reshape(T, c.n_heads * c.head_dim)
+            attn = attention(q, self.k_cache[layer], self.v_cache[layer], mask)  # (T, n_heads*head_dim)
             x = x + attn @ w[p + "attn_output.weight"].T       # (T, dim)
 
             h = rms_norm(x, w[p + "ffn_norm.weight"], c.norm_eps)
             gate = h @ w[p + "ffn_gate.weight"].T              # (T, hidden_dim)
             up = h @ w[p + "ffn_up.weight"].T
-            x = x + (silu(gate) * up) @ w[p + "ffn_down.weight"].T
+            x = x + swiglu(gate, up) @ w[p + "ffn_down.weight"].T
 
         self.pos = S
         x = rms_norm(x, w["output_norm.weight"], c.norm_eps)

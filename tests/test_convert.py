@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeq import _ffi, quant_types
-from edgeq.convert import PlanSettings, convert
+from edgeq.convert import MethodSettings, PlanSettings, convert
 from edgeq.convert.quantize import quantize
 from edgeq.convert.sources import open_source
 from edgeq.fileformat import FORMAT_VERSION, ModelFile
@@ -21,9 +21,11 @@ from edgeq.reference import Reference
 MAX_REL_ERROR = {2: 0.40, 3: 0.20, 4: 0.10, 5: 0.05, 6: 0.025, 8: 0.007}
 
 
-def _convert(source, tmp_path, **settings):
-    out = tmp_path / f"model-{'-'.join(f'{k}{v}' for k, v in settings.items())}.edgeq"
-    convert(source, out, PlanSettings(**settings), progress=False)
+def _convert(source, tmp_path, method="rtn", **settings):
+    """Plain rtn by default: the bounds here are RTN's (GPTQ trades weight error for output error,
+    tests/test_calibration.py checks the calibrated methods)."""
+    out = tmp_path / f"model-{'-'.join(f'{k}{v}' for k, v in settings.items())}-{method}.edgeq"
+    convert(source, out, PlanSettings(**settings), progress=False, method=MethodSettings(method=method))
     return ModelFile(out)
 
 

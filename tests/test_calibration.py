@@ -1,0 +1,298 @@
+"""Calibration and the methods it feeds: GPTQ against a slow independent implementation, weighted
+errors against plain RTN, the sequential pass's memory and determinism, and bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import weakref
+
+import numpy as np
+import pytest
+
+from edgeq import quant_types
+from edgeq.convert import MethodSettings, PlanSettings, convert
+from edgeq.convert import calibrate as calibration
+from edgeq.convert.gptq import gptq, layer_output_error
+from edgeq.convert.methods import column_weights, fit_groups, hqq, round_params, rtn, weighted_error
+from edgeq.convert.sources import open_source
+from edgeq.fileformat import ModelFile
+from tiny_models import make_tiny_hf_model
+
+
+def _restore(tensor):
+    return quant_types.dequantize(tensor.qtype, tensor.data, *tensor.shape)
+
+
+def _layer_with_outliers(seed=0, rows=48, cols=200, tokens=600):
+    """W (rows, cols) and inputs X (tokens, cols) whose columns have very different scales, a few of
+    them outliers, and correlations (as activations have)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((rows, cols)).astype(np.float32)
+    mixing = np.eye(cols) + 0.3 * rng.standard_normal((cols, cols)) / np.sqrt(cols)
+    x = (rng.standard_normal((tokens, cols)) @ mixing) * rng.gamma(1.0, size=cols)
+    x[:, rng.choice(cols, 4, replace=False)] *= 25.0
+    return weight, x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ == a slow, plain implementation of the same algorithm
+# ---------------------------------------------------------------------------------------------
+
+def slow_gptq(weight, hessian, qtype, damp=0.01, act_order=False):
+    """Optimal Brain Quantization one column at a time with the explicit inverse of the Hessian of
+    the columns still free (no Cholesky, no blocks): e = (w_j - q_j) / Hinv_jj, w_F -= e Hinv_jF,
+    then j leaves Hinv by one Gaussian elimination step. Groups are fitted like gptq(): at the group's
+    first visited column, on its current weights, with the clip search weighted by diag(H)."""
+    rows, cols = weight.shape
+    group, n_max = qtype.group, float((1 << qtype.bits) - 1)
+    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
+    w = np.zeros((padded_rows, padded_cols))
+    w[:rows, :cols] = weight
+    h = np.zeros((padded_cols, padded_cols))
+    h[:cols, :cols] = hessian
+    importance = np.diag(h).copy()
+    dead = importance <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    order = np.argsort(-importance, kind="stable") if act_order else np.arange(padded_cols)
+    h += damp * np.mean(np.diag(h)) * np.eye(padded_cols)
+    h_inv = np.linalg.inv(h)
+    weights = column_weights(importance, padded_cols, group)
+    scales = np.zeros((padded_rows, padded_cols // group), np.float16)
+    mins = np.zeros(scales.shape)                              # float: -s*n_max/2 is not an fp16
+    fitted = set()
+    restored = np.zeros_like(w)
+    for j in order:
+        g = j // group
+        if g not in fitted:
+            s, m = fit_groups(w[:, g * group:(g + 1) * group].copy(), weights[g:g + 1], qtype)
+            s16, m16 = round_params(qtype, s, m)
+            scales[:, g] = s16
+            mins[:, g] = (-s16.astype(np.float64) * n_max / 2) if qtype.symmetric else m16
+            fitted.add(g)
+        s, m = scales[:, g].astype(np.float64), mins[:, g].astype(np.float64)
+        q = np.clip(np.floor((w[:, j] - m) / np.where(s == 0, 1, s) + 0.5), 0, n_max)
+        restored[:, j] = s * q + m
+        error = (w[:, j] - restored[:, j]) / h_inv[j, j]
+        w -= np.outer(error, h_inv[j])
+        w[:, j] = restored[:, j]
+        h_inv -= np.outer(h_inv[:, j], h_inv[j]) / h_inv[j, j]
+    return restored[:rows, :cols]
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("type_name", ["u3g32a", "u2g64s", "u4g32s"])
+def test_gptq_equals_slow_reference(type_name, act_order):
+    qtype = quant_types.TYPES[type_name]
+    weight, x = _layer_with_outliers(rows=40, cols=176)       # K not a multiple of 64: padded columns
+    x[:, 7] = 0.0                                              # a column no input reaches
+    hessian = x.astype(np.float64).T @ x
+    got = _restore(gptq(weight, qtype, hessian, act_order=act_order, block_size=48))
+    want = slow_gptq(weight, hessian, qtype, act_order=act_order)
+    assert got.shape == weight.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_gptq_block_size_does_not_change_the_result():
+    qtype = quant_types.TYPES["u3g64a"]
+    weight, x = _layer_with_outliers(seed=3)
+    hessian = x.astype(np.float64).T @ x
+    results = [_restore(gptq(weight, qtype, hessian, act_order=True, block_size=b)) for b in (32, 128, 256)]
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], rtol=0, atol=1e-5 * np.abs(weight).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# each method against plain RTN
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("type_name", ["u2g32a", "u3g64a", "u3g64s", "u4g128a"])
+def test_methods_no_worse_than_plain_rtn(type_name):
+    qtype = quant_types.TYPES[type_name]
+    for seed in range(3):
+        weight, x = _layer_with_outliers(seed=seed)
+        importance = np.mean(x.astype(np.float64) ** 2, axis=0)
+        hessian = x.astype(np.float64).T @ x
+        plain = _restore(rtn(weight, qtype))
+        baseline = weighted_error(weight, plain, importance)
+        for method in (rtn, hqq):
+            restored = _restore(method(weight, qtype, importance))
+            assert weighted_error(weight, restored, importance) <= baseline * 1.001, (method.__name__, seed)
+        # without statistics hqq is still no worse than the search it starts from, unweighted
+        assert weighted_error(weight, _restore(hqq(weight, qtype)), None) <= weighted_error(weight, plain, None) * 1.001
+        # GPTQ minimizes the layer's output error on the calibration inputs
+        for act_order in (False, True):
+            restored = _restore(gptq(weight, qtype, hessian, act_order=act_order))
+            assert layer_output_error(weight, restored, hessian) < 0.9 * layer_output_error(weight, plain, hessian)
+
+
+def test_weighted_rtn_without_statistics_is_todays_rtn():
+    """Same bytes as quantize_rtn when K is a multiple of the group; when it is not, the padding
+    columns weigh 0 (they multiply zero inputs), which can only lower the error."""
+    from edgeq.convert.quantize import quantize_rtn
+    for cols in (256, 200):
+        weight, _ = _layer_with_outliers(cols=cols)
+        for type_name in ("u3g64a", "u2g32s", "u8g128a"):
+            qtype = quant_types.TYPES[type_name]
+            new, old = rtn(weight, qtype), quantize_rtn(weight, qtype)
+            if cols % qtype.group == 0:
+                assert np.array_equal(new.data, old.data)
+            assert new.sq_error <= old.sq_error * 1.0001
+
+
+def test_tiny_model_weighted_errors(tiny_llama, tmp_path):
+    """On a tiny model's real activations: rtn and hqq weighted by E[x^2] (from `edgeq calibrate`)
+    are no worse than plain rtn, tensor by tensor."""
+    stats_path = tmp_path / "stats.npz"
+    calibration.calibrate(tiny_llama, stats_path, n_tokens=512, ctx=128, progress=False)
+    source = open_source(tiny_llama)
+    importance, _ = calibration.load_stats(stats_path, source.config,
+                                           calibration.model_fingerprint(source.load, source.config))
+    qtype = quant_types.TYPES["u3g32a"]
+    for name in source.config.tensor_names():
+        if not calibration.is_calibrated_linear(name):
+            continue
+        weight, imp = source.load(name), importance[calibration.input_of(name)]
+        baseline = weighted_error(weight, _restore(rtn(weight, qtype)), imp)
+        for method in (rtn, hqq):
+            assert weighted_error(weight, _restore(method(weight, qtype, imp)), imp) <= baseline * 1.001, (name, method)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sequential pass
+# ---------------------------------------------------------------------------------------------
+
+def test_sequential_memory_does_not_grow_with_depth(tmp_path):
+    folder = make_tiny_hf_model(tmp_path / "deep", arch="llama", num_hidden_layers=12)
+    source = open_source(folder)
+    alive: dict[int, list] = {}
+    most_alive = []
+
+    def load(name, rows=None):
+        array = source.load(name, rows)
+        if name.startswith("blk."):
+            layer = int(name.split(".")[1])
+            alive.setdefault(layer, []).append(weakref.ref(array))
+            most_alive.append(sum(1 for refs in alive.values() if any(r() is not None for r in refs)))
+        return array
+
+    tokens = calibration.calibration_tokens(None, source.tokenizer, source.config, 256, 64)
+    plan = {name: quant_types.TYPES["u3g32a"] for name in source.config.tensor_names()}
+    labels = {name: "gptq" for name in plan}
+    quantizer = calibration.layer_quantizer(plan, "gptq", MethodSettings(method="gptq"), labels)
+    stored = {}
+    for layer, stats, tensors in calibration.run_layers(load, source.config, tokens, quantizer, hessian=True):
+        stored.update(tensors)
+        assert set(stats) == set(calibration.INPUTS)
+        assert all(s.hessian is None for s in stats.values())        # freed once used
+    assert len(stored) == 12 * 7
+    assert max(most_alive) == 1, "float weights of more than one layer were alive at once"
+
+
+def test_calibrated_conversion_is_deterministic_and_recorded(tiny_qwen, tmp_path):
+    method = MethodSettings(method="gptq", calib_tokens=384, calib_ctx=128, act_order=True)
+    paths = [tmp_path / f"m{i}.edgeq" for i in range(2)]
+    for path in paths:
+        convert(tiny_qwen, path, PlanSettings(bits=3), progress=False, method=method)
+    first, second = ModelFile(paths[0]), ModelFile(paths[1])
+    for name, info in first.tensors.items():
+        assert np.array_equal(np.asarray(info.data), np.asarray(second.tensors[name].data)), name
+    text_hash = calibration.text_hash(__import__("edgeq.data", fromlist=["text_path"]).text_path("calibration")
+                                      .read_text(encoding="utf-8"))
+    assert first.provenance["calibration_hash"] == text_hash
+    assert first.settings["calibration_tokens"] == "384"
+    q_method = first.get("edgeq.tensor.blk.0.attn_q.weight.method")
+    assert q_method.startswith("gptq ") and "act_order=yes" in q_method and text_hash in q_method
+    assert first.get("edgeq.tensor.token_embd.weight.method") == "rtn-clip-search"
+    info = subprocess.run([sys.executable, "-m", "edgeq", "info", str(paths[0])], capture_output=True, text=True)
+    assert info.returncode == 0 and text_hash in info.stdout and "gptq damp=0.01" in info.stdout
+
+
+def test_gptq_file_closer_to_float_than_rtn(tiny_llama, tmp_path):
+    """End to end on a tiny model: the GPTQ file's logits on calibration-like text are closer to the
+    float model's than plain rtn's at 2 bits."""
+    from edgeq.reference import Reference
+    source = open_source(tiny_llama)
+    prompt = list(range(3, 60))
+    want = Reference(source.config, source.load).forward(prompt)
+    errors = {}
+    for name in ("rtn", "gptq"):
+        path = tmp_path / f"{name}.edgeq"
+        convert(tiny_llama, path, PlanSettings(bits=2, group=32), progress=False,
+                method=MethodSettings(method=name, calib_tokens=1024, calib_ctx=128))
+        model = ModelFile(path)
+        got = Reference(model.config, model.load).forward(prompt)
+        errors[name] = float(np.mean((got - want) ** 2))
+    assert errors["gptq"] < errors["rtn"], errors
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line, no output
+# ---------------------------------------------------------------------------------------------
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "edgeq", *map(str, args)], capture_output=True, text=True)
+
+
+def _assert_failure(result, *words):
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgeq: error:"), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def _no_output(folder):
+    return not [p.name for p in folder.iterdir() if p.name.startswith((".out", "out"))]
+
+
+def test_bad_calibration_texts(tiny_llama, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    short = tmp_path / "short.txt"
+    short.write_text("To be, or not to be, that is the question.")
+    out = tmp_path / "out.edgeq"
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--method", "gptq", "--calib", empty), "0 tokens")
+    result = _run("convert", tiny_llama, "-o", out, "--method", "gptq", "--calib", short, "--calib-tokens", "64")
+    n_tokens = len(__import__("edgeq.tokenizer", fromlist=["Tokenizer"]).Tokenizer(open_source(tiny_llama).tokenizer)
+                   .encode(short.read_text(), add_special=False))
+    _assert_failure(result, f"has {n_tokens} tokens", "--calib-tokens 64")
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--calib", tmp_path / "missing.txt"), "no such")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--calib", binary), "UTF-8")
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--calib-ctx", "100000"), "--calib-ctx")
+    _assert_failure(_run("calibrate", tiny_llama, "-o", tmp_path / "out.npz", "--calib", empty), "0 tokens")
+    assert _no_output(tmp_path)
+
+
+def test_bad_statistics_files(tiny_llama, tiny_qwen, tmp_path):
+    stats = tmp_path / "llama.npz"
+    calibration.calibrate(tiny_llama, stats, n_tokens=256, ctx=128, progress=False)
+    out = tmp_path / "out.edgeq"
+    _assert_failure(_run("convert", tiny_qwen, "-o", out, "--stats", stats), "another model")
+    corrupted = tmp_path / "corrupted.npz"
+    corrupted.write_bytes(stats.read_bytes()[: len(stats.read_bytes()) // 2])
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--stats", corrupted), "corrupted")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--stats", garbage), "corrupted")
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--stats", tmp_path / "none.npz"), "no such")
+    assert _no_output(tmp_path)
+    ok = _run("convert", tiny_llama, "-o", out, "--stats", stats, "--bits", "3", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert ModelFile(out).get("edgeq.tensor.blk.0.ffn_down.weight.method").startswith("rtn imatrix")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--method", "gptq", "--bits", "16"], ["--method gptq", "plain f16"]),
+    (["--method", "hqq", "--bits", "32"], ["--method hqq"]),
+    (["--method", "rtn", "--act-order"], ["--act-order", "without calibration"]),
+    (["--method", "hqq", "--act-order", "--calib-tokens", "64"], ["--act-order"]),
+    (["--bits", "4", "--act-order"], ["--act-order", "rtn"]),
+    (["--method", "gptq", "--stats", "stats.npz"], ["--stats"]),
+    (["--calib-tokens", "0"], ["--calib-tokens"]),
+])
+def test_bad_method_flags(tiny_llama, tmp_path, flags, words):
+    _assert_failure(_run("convert", tiny_llama, "-o", tmp_path / "out.edgeq", *flags), *words)
+    assert _no_output(tmp_path)
