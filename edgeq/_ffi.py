@@ -201,7 +201,8 @@ def select_isa(name: str) -> None:
 
 ARCH_NAMES = {0: "llama", 1: "qwen2"}
 _INFO_FIELDS = ("arch", "vocab_size", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                "max_seq_len", "n_ctx", "n_past", "n_threads", "kv_fp32", "weight_bytes", "kv_bytes", "file_bytes")
+                "max_seq_len", "n_ctx", "n_past", "n_threads", "kv_fp32", "weight_bytes", "kv_bytes", "file_bytes",
+                "pool_jobs", "pool_jobs_alone")
 
 
 class ModelHandle:

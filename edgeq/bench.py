@@ -69,9 +69,11 @@ def _one_run(path: str, threads: int, prompt: list[int], gen_tokens: int) -> dic
         for _ in range(gen_tokens):
             token = int(_ffi.model_eval(handle, [token]).argmax())
         decode = time.perf_counter() - start
+        info = _ffi.model_info(handle)
     finally:
         _ffi.model_close(handle)
-    return {"load_s": load, "prefill_tok_s": len(prompt) / prefill, "decode_tok_s": gen_tokens / decode}
+    return {"load_s": load, "prefill_tok_s": len(prompt) / prefill, "decode_tok_s": gen_tokens / decode,
+            "pool_jobs": info["pool_jobs"], "pool_jobs_alone": info["pool_jobs_alone"]}
 
 
 def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
@@ -114,6 +116,9 @@ def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PRO
         report[key] = statistics.median(values)
         report[f"{key}_min"] = min(values)
         report[f"{key}_max"] = max(values)
+    jobs = sum(result["pool_jobs"] for result in results)
+    # the share of threaded work the pool ran on one thread because another thread's core was busy
+    report["single_thread_share"] = sum(result["pool_jobs_alone"] for result in results) / jobs if jobs else 0.0
     roofline_tok_s = bandwidth * 1e9 / info["weight_bytes"]
     report.update({
         "peak_rss_mb": peak_rss_mb,
@@ -148,6 +153,9 @@ def format_table(report: dict) -> str:
         f"roofline         decode at most {report['roofline_tok_s']:.1f} tok/s (bandwidth / weights per token); "
         f"measured {100 * report['roofline_fraction']:.1f}% of it",
     ]
+    if report["single_thread_share"] > 0:
+        lines.append(f"contention       {100 * report['single_thread_share']:.0f}% of the work ran on one thread: "
+                     "another process kept a core busy")
     return "\n".join(lines)
 
 

@@ -46,6 +46,7 @@ def test_json_report_keys_and_types(tiny_files, capsys, name):
     assert (report["runs"], report["threads"], report["prompt_tokens"], report["gen_tokens"]) == (1, 1, 4, 3)
     assert report["model"] == str(tiny_files[name])
     assert report["isa"] == _ffi.isa()
+    assert report["single_thread_share"] == 0.0      # one thread: the pool has no workers to lose
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])

@@ -1,6 +1,10 @@
 """The C runtime against the numpy float reference on the same converted files."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jinja2
 import numpy as np
 import pytest
@@ -97,6 +101,32 @@ def test_threads_and_batching_do_not_change_the_result(converted, kernel_set):
     assert np.array_equal(one, c_logits(path, PROMPT, threads=2))
     assert np.array_equal(one, c_logits(path, PROMPT, chunks=(1, 1, 3, 9), threads=2))
     assert np.array_equal(one, c_logits(path, PROMPT, chunks=[1] * len(PROMPT), threads=2))
+
+
+def test_a_busy_core_does_not_change_the_result(converted):
+    """With another process spinning on one of the two cores, the pool may run evaluations on one
+    thread (threadpool.c, STALL_NS); whichever way each one runs, the bits are those of one thread,
+    and the counts it reports are consistent."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    path = converted["qwen2", 4, False]
+    one = c_logits(path, PROMPT, chunks=[1] * len(PROMPT), threads=1)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(spinner.pid, {max(os.sched_getaffinity(0))})
+        handle = _ffi.model_open(path, threads=2)
+        try:
+            for _ in range(3):
+                _ffi.model_truncate(handle, 0)
+                rows = [_ffi.model_eval(handle, [token], all_logits=True) for token in PROMPT]
+                assert np.array_equal(one, np.concatenate(rows))
+            info = _ffi.model_info(handle)
+        finally:
+            _ffi.model_close(handle)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert info["pool_jobs"] >= 3 * len(PROMPT) and 0 <= info["pool_jobs_alone"] <= info["pool_jobs"]
 
 
 def test_prompts_longer_than_one_batch(converted, reference, kernel_set):

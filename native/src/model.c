@@ -926,6 +926,7 @@ int eq_model_get_info(eq_model *m, eq_model_info *info)
     info->kv_bytes = 2u * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads *
                      (uint64_t)c->head_dim * (m->kv_fp32 ? 4u : 2u);
     info->file_bytes = eq_gguf_file_size(m->file);
+    eq_pool_counts(m->pool, &info->pool_jobs, &info->pool_jobs_alone);
     atomic_store(&m->busy, 0);
     return EQ_OK;
 }

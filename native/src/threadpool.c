@@ -48,6 +48,20 @@ enum {
     BARRIER_WAIT_NS = 50 * 1000         /* ... or for the rest of a job (a barrier, or its end) */
 };
 
+/* When a core is taken by another process, the thread that shares it runs in time slices of a few
+ * milliseconds, and every barrier it holds up costs the others that long: a job of many barriers
+ * then runs slower on two threads than on one. So the pool watches for it: a wait at a barrier that
+ * lasts longer than STALL_NS (a phase takes microseconds) counts as a stall, and a job that spent more
+ * than 1/STALL_SHARE of its time stalled makes the next jobs run on the caller alone ("solo"). The
+ * first solo stretch is SOLO_FIRST jobs; each stalled probe after it doubles it, up to SOLO_MAX; a
+ * clean threaded job resets it. On an idle machine no wait lasts that long, and nothing changes. */
+enum {
+    STALL_NS = 250 * 1000,
+    STALL_SHARE = 8,
+    SOLO_FIRST = 16,
+    SOLO_MAX = 1024
+};
+
 typedef struct job {
     const eq_pool_phase *phases;
     int n_phases;
@@ -64,6 +78,10 @@ struct eq_pool {
     atomic_uint done;                   /* chunks finished in the current job (futex word at barriers) */
     atomic_int job_sleepers, done_sleepers;
     atomic_bool shutdown;
+    _Atomic uint64_t stalled_ns;        /* time waited in stalls during the current job */
+    unsigned solo_left;                 /* the caller's: jobs still to run alone */
+    unsigned solo_next;                 /* the caller's: length of the next solo stretch */
+    uint64_t n_jobs, n_jobs_alone;      /* the caller's: threaded jobs asked for, and run alone */
 #if !defined(__linux__)
     pthread_mutex_t mutex;              /* the futex fallback: one mutex and condition for both words */
     pthread_cond_t changed;
@@ -134,14 +152,26 @@ static bool backoff_step(backoff *b)
     return true;
 }
 
+/* Count the wait that started at `since` (0: it never left the pause rounds) if it was a stall. */
+static void note_wait(eq_pool *pool, uint64_t since)
+{
+    if (since) {
+        uint64_t waited = now_ns() - since;
+        if (waited > STALL_NS)
+            atomic_fetch_add_explicit(&pool->stalled_ns, waited, memory_order_relaxed);
+    }
+}
+
 /* Wait until the current job has finished `target` chunks. */
 static void wait_for_done(eq_pool *pool, unsigned target)
 {
     backoff b = {0, 0, BARRIER_WAIT_NS};
     for (;;) {
         unsigned done = atomic_load_explicit(&pool->done, memory_order_acquire);
-        if (done >= target)
+        if (done >= target) {
+            note_wait(pool, b.rounds > PAUSE_ROUNDS ? b.yield_until - b.budget_ns : 0);
             return;
+        }
         if (backoff_step(&b))
             continue;
         atomic_fetch_add(&pool->done_sleepers, 1);            /* seq_cst: before the re-check */
@@ -276,17 +306,31 @@ int eq_pool_size(const eq_pool *pool)
     return pool ? pool->n_threads : 1;
 }
 
+static void run_alone(const eq_pool_phase *phases, int n_phases)
+{
+    for (int p = 0; p < n_phases; p++)
+        for (int c = 0; c < phases[p].n_chunks; c++)
+            phases[p].fn(phases[p].ctx, c, 0);
+}
+
 void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
 {
     unsigned total = 0;
     for (int p = 0; p < n_phases; p++)
         total += (unsigned)phases[p].n_chunks;
     if (pool->n_threads == 1 || total == 0) {
-        for (int p = 0; p < n_phases; p++)
-            for (int c = 0; c < phases[p].n_chunks; c++)
-                phases[p].fn(phases[p].ctx, c, 0);
+        run_alone(phases, n_phases);
         return;
     }
+    pool->n_jobs++;
+    if (pool->solo_left > 0) {          /* the workers' cores are contended: see STALL_NS */
+        pool->solo_left--;
+        pool->n_jobs_alone++;
+        run_alone(phases, n_phases);
+        return;
+    }
+    uint64_t start = now_ns();
+    atomic_store_explicit(&pool->stalled_ns, 0, memory_order_relaxed);
     unsigned generation = ++pool->next_generation;
     job *j = &pool->jobs[generation & 1];
     j->phases = phases;
@@ -299,4 +343,19 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
         wake_all(pool, &pool->generation);
     run_chunks(pool, generation, 0);
     wait_for_done(pool, total);
+    /* every chunk is done, so every stall of this job has been counted (a worker counts its barrier
+     * wait before it runs the chunk it waited for) */
+    uint64_t stalled = atomic_load_explicit(&pool->stalled_ns, memory_order_relaxed);
+    if (stalled * STALL_SHARE > now_ns() - start) {
+        pool->solo_left = pool->solo_next ? pool->solo_next : SOLO_FIRST;
+        pool->solo_next = pool->solo_left * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_left * 2;
+    } else {
+        pool->solo_next = 0;
+    }
+}
+
+void eq_pool_counts(const eq_pool *pool, uint64_t *jobs, uint64_t *jobs_alone)
+{
+    *jobs = pool ? pool->n_jobs : 0;
+    *jobs_alone = pool ? pool->n_jobs_alone : 0;
 }

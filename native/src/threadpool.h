@@ -11,10 +11,14 @@
  *
  * Waiting (for a job, or at a barrier) spins briefly with a pause, then yields the core, then
  * sleeps (a futex on Linux, a condition variable elsewhere), so an oversubscribed machine is not
- * made worse by threads that wait. One caller at a time: the model serializes its use of the pool.
+ * made worse by threads that wait. When waits at barriers show that a worker's core is taken by
+ * another process, the next jobs run on the caller alone for a while (see STALL_NS in threadpool.c).
+ * One caller at a time: the model serializes its use of the pool.
  */
 #ifndef EDGEQ_THREADPOOL_H
 #define EDGEQ_THREADPOOL_H
+
+#include <stdint.h>
 
 typedef struct eq_pool eq_pool;
 typedef void (*eq_pool_fn)(void *ctx, int chunk, int thread);
@@ -33,5 +37,9 @@ int eq_pool_size(const eq_pool *pool);
 /* Run the phases in order (see above) and return when every chunk is done. The phases array and
  * what the contexts point to must stay valid until then. */
 void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases);
+
+/* Jobs of more than one chunk run on a pool of several threads since it was created, and how many
+ * of them ran on the caller alone because the workers' cores were contended. */
+void eq_pool_counts(const eq_pool *pool, uint64_t *jobs, uint64_t *jobs_alone);
 
 #endif /* EDGEQ_THREADPOOL_H */
