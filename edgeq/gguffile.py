@@ -28,8 +28,9 @@ MAGIC = b"GGUF"
 HEADER_BYTES = 4 + 4 + 8 + 8
 MIN_KEY_BYTES = 8 + 1 + 4 + 1                   # key length, >= 1 key byte, value type, >= 1 value byte
 MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8   # name length, name, n_dims, one dim, type, offset
-MAX_KEYS = 1 << 20
-MAX_TENSORS = 1 << 20
+# caps from what a real file needs, as native/src/gguf.c states them: 6 keys per tensor plus ~40 others
+MAX_TENSORS = 1 << 16
+MAX_KEYS = 8 * MAX_TENSORS + 4096
 MAX_TENSOR_NAME_BYTES = 256
 MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
@@ -169,12 +170,18 @@ class GGUFFile:
             hint = ", a big-endian file?" if self.version & 0xFFFF == 0 else ""
             self._fail(f"unsupported: GGUF version {self.version}{hint} (versions 2 and 3 are read)")
         left = cursor.left()
-        if n_keys > left // MIN_KEY_BYTES or n_keys > MAX_KEYS:
+        if n_keys > left // MIN_KEY_BYTES:
             self._fail(f"truncated or corrupt: the header claims {n_keys} metadata keys, more than a file "
                        f"of {self.size} bytes can hold")
-        if n_tensors > (left - n_keys * MIN_KEY_BYTES) // MIN_TENSOR_INFO_BYTES or n_tensors > MAX_TENSORS:
+        if n_keys > MAX_KEYS:
+            self._fail(f"unsupported: the header claims {n_keys} metadata keys, more than the {MAX_KEYS} an "
+                       "edgeq file may have")
+        if n_tensors > (left - n_keys * MIN_KEY_BYTES) // MIN_TENSOR_INFO_BYTES:
             self._fail(f"truncated or corrupt: the header claims {n_tensors} tensors, more than a file "
                        f"of {self.size} bytes can hold")
+        if n_tensors > MAX_TENSORS:
+            self._fail(f"unsupported: the header claims {n_tensors} tensors, more than the {MAX_TENSORS} an "
+                       "edgeq file may have")
         return n_tensors, n_keys
 
     def _read_keys(self, cursor: _Cursor, n_keys: int) -> None:

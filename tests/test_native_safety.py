@@ -716,6 +716,13 @@ def test_more_keys_or_tensors_than_an_edgeq_file_has_are_refused(native_build, t
     assert outcomes[str(tensors)].gguf == f"error: unsupported: the header claims {max_tensors + 1} tensors, " \
                                           f"more than the {max_tensors} an edgeq file may have"
     assert outcomes[str(at_cap)].gguf == "OK"
+    from edgeq.errors import EdgeqError
+    from edgeq.gguffile import GGUFFile     # the Python reader applies the same caps, with the same words
+    for path, outcome in ((keys, outcomes[str(keys)]), (tensors, outcomes[str(tensors)])):
+        with pytest.raises(EdgeqError) as refused:
+            GGUFFile(path)
+        assert outcome.gguf.removeprefix("error: ") in str(refused.value)
+    GGUFFile(at_cap)
 
 
 # ---------------------------------------------------------------------------------------------
