@@ -322,6 +322,7 @@ def test_bad_statistics_files(tiny_llama, tiny_qwen, tmp_path):
     (["--method", "rtn", "--act-order"], ["--act-order", "without calibration"]),
     (["--method", "hqq", "--act-order", "--calib-tokens", "64"], ["--act-order"]),
     (["--bits", "4", "--act-order"], ["--act-order", "rtn"]),
+    (["--method", "hqq", "--float-target"], ["--float-target", "hqq"]),
     (["--method", "gptq", "--stats", "stats.npz"], ["--stats"]),
     (["--calib-tokens", "0"], ["--calib-tokens"]),
 ])
