@@ -10,6 +10,8 @@ from the source, its four linear inputs are formed in data-flow order
     mlp_out  = swiglu(gate, up)       read by ffn_down
 and at each one the statistics are taken and the layers reading it quantized; the rest of the layer
 then runs on the *quantized* weights, so the next layer sees the inputs the converted model will see.
+With float_target (`--float-target`) the float model's activations run beside them, so GPTQ can aim
+at the float layer's output (convert/gptq.py: float_target_weight); that doubles the activations.
 Memory: one layer's float weights plus the activations, never the whole model. The math is
 edgeq.reference's (rms_norm, rope, attention, swiglu), not a second copy.
 
