@@ -10,6 +10,8 @@ from the source, its four linear inputs are formed in data-flow order
     mlp_out  = swiglu(gate, up)       read by ffn_down
 and at each one the statistics are taken and the layers reading it quantized; the rest of the layer
 then runs on the *quantized* weights, so the next layer sees the inputs the converted model will see.
+With float_target (`--float-target`) the float model's activations run beside them, so GPTQ can aim
+at the float layer's output (convert/gptq.py: float_target_weight); that doubles the activations.
 Memory: one layer's float weights plus the activations, never the whole model. The math is
 edgeq.reference's (rms_norm, rope, attention, swiglu), not a second copy.
 
@@ -108,22 +110,26 @@ class InputStats:
     count: int                          # tokens seen
     sum_sq: np.ndarray                  # (K,) float64, sum of x_j^2
     hessian: np.ndarray | None = None   # (K, K) float64, XᵀX (only when asked for)
+    input_error: np.ndarray | None = None  # (K, K) float64, (X_float - X)ᵀX (only with a float stream)
 
     @classmethod
-    def collect(cls, x: np.ndarray, hessian: bool) -> "InputStats":
-        """x (N, K) float32 -> its statistics."""
+    def collect(cls, x: np.ndarray, hessian: bool, x_float: np.ndarray | None = None) -> "InputStats":
+        """x (N, K) float32 [, the float model's x (N, K) at the same input] -> their statistics."""
         n, k = x.shape
         sum_sq = np.zeros(k, dtype=np.float64)
         h = np.zeros((k, k), dtype=np.float64) if hessian else None
+        cross = np.zeros((k, k), dtype=np.float64) if hessian and x_float is not None else None
         for start in range(0, n, ROWS_PER_PRODUCT):
             part = x[start:start + ROWS_PER_PRODUCT]
             if h is not None:
                 h += (part.T @ part).astype(np.float64)
             else:
                 sum_sq += np.square(part).sum(axis=0)          # float32 within a chunk, float64 across
+            if cross is not None:
+                cross += ((x_float[start:start + ROWS_PER_PRODUCT] - part).T @ part).astype(np.float64)
         if h is not None:
             sum_sq = np.diag(h).copy()
-        return cls(n, sum_sq, h)
+        return cls(n, sum_sq, h, cross)
 
     @property
     def importance(self) -> np.ndarray:
@@ -164,21 +170,30 @@ def embed(load: Callable, config: ModelConfig, tokens: np.ndarray) -> np.ndarray
 
 def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
                quantize: LayerQuantizer | None = None, hessian: bool = False,
-               progress=None) -> Iterator[tuple[int, dict, dict]]:
+               progress=None, float_target: bool = False) -> Iterator[tuple[int, dict, dict]]:
     """Yields (layer, {input: InputStats}, {tensor name: stored tensor}) for each layer in order.
     `load(name, rows=None)` reads one float tensor; without `quantize` the float model runs and
-    nothing is stored. `progress`: a tqdm-like object updated once per layer."""
+    nothing is stored. `progress`: a tqdm-like object updated once per layer.
+
+    float_target (with quantize and hessian): the float model runs beside the quantized one, each
+    layer first on the float stream's activations X (keeping its four inputs), then on the quantized
+    stream's X~; every input's statistics then also hold (X - X~)ᵀX~, from which GPTQ aims the
+    quantized layer at the *float* layer's output (see float_target_weight)."""
     c = config
     n_seq, ctx = calib.tokens.shape
     x = embed(load, c, calib.tokens)                                     # (N, dim), N = n_seq*ctx
+    x_float = x.copy() if float_target else None                         # (N, dim) the float model's stream
     cos, sin = rope_tables(rope_inv_freq(c), np.arange(ctx))            # (ctx, 1, head_dim)
     mask = np.arange(ctx)[None, :] > np.arange(ctx)[:, None]            # (ctx, ctx)
     for layer in range(c.n_layers):
         weights = {suffix: load(f"blk.{layer}.{suffix}") for suffix in _layer_tensors(c)}
-        stats, stored = {}, {}
+        stats, stored, float_inputs = {}, {}, {}
+        if x_float is not None:
+            x_float = _layer_forward(c, dict(weights), x_float, n_seq, ctx, cos, sin, mask,
+                                     lambda input_name, inputs: float_inputs.__setitem__(input_name, inputs))
 
         def take(input_name: str, inputs: np.ndarray) -> None:
-            stats[input_name] = InputStats.collect(inputs, hessian)
+            stats[input_name] = InputStats.collect(inputs, hessian, float_inputs.pop(input_name, None))
             if quantize is None:
                 return
             names = {f"blk.{layer}.{s}.weight": s + ".weight" for s in INPUTS[input_name]}
@@ -187,39 +202,46 @@ def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
                 stored[name] = tensor
                 weights[names[name]] = np.ascontiguousarray(restored, dtype=np.float32)
             if hessian:
-                stats[input_name].hessian = None                        # done with it: free K*K floats
+                stats[input_name].hessian = stats[input_name].input_error = None   # free K*K floats
 
-        h = rms_norm(x, weights["attn_norm.weight"], c.norm_eps)         # (N, dim)
-        take("attn_in", h)
-        attn = np.empty((len(x), c.n_heads * c.head_dim), dtype=np.float32)
-        bias = (lambda n: weights[f"attn_{n}.bias"]) if c.attn_bias else (lambda n: None)
-        for s in range(n_seq):
-            rows = slice(s * ctx, (s + 1) * ctx)
-            q = _matmul(h[rows], weights["attn_q.weight"], bias("q")).reshape(ctx, c.n_heads, c.head_dim)
-            k = _matmul(h[rows], weights["attn_k.weight"], bias("k")).reshape(ctx, c.n_kv_heads, c.head_dim)
-            v = _matmul(h[rows], weights["attn_v.weight"], bias("v")).reshape(ctx, c.n_kv_heads, c.head_dim)
-            attn[rows] = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
-        del h
-        take("attn_out", attn)
-        x = x + _matmul(attn, weights["attn_output.weight"])
-        del attn
-        h = rms_norm(x, weights["ffn_norm.weight"], c.norm_eps)
-        take("mlp_in", h)
-        act = np.empty((len(x), c.hidden_dim), dtype=np.float32)
-        for start in range(0, len(x), ROWS_PER_PRODUCT):
-            part = h[start:start + ROWS_PER_PRODUCT]
-            act[start:start + ROWS_PER_PRODUCT] = swiglu(part @ weights["ffn_gate.weight"].T,
-                                                         part @ weights["ffn_up.weight"].T)
-        del h
-        take("mlp_out", act)
-        x = x + _matmul(act, weights["ffn_down.weight"])
-        del act, weights
+        x = _layer_forward(c, weights, x, n_seq, ctx, cos, sin, mask, take)
+        del weights
         if not np.isfinite(x).all():
             raise EdgeqError(f"calibration: layer {layer} produced NaN or infinity; the weights or the "
                              "quantization of an earlier layer are broken")
         if progress is not None:
             progress.update(1)
         yield layer, stats, stored
+
+
+def _layer_forward(c: ModelConfig, weights: dict, x: np.ndarray, n_seq: int, ctx: int, cos, sin, mask,
+                   take: Callable[[str, np.ndarray], None]) -> np.ndarray:
+    """One layer on x (N, dim) -> (N, dim); `take(input, activations)` is called at each linear input
+    in data-flow order and may replace that input's readers in `weights` before they are used."""
+    h = rms_norm(x, weights["attn_norm.weight"], c.norm_eps)             # (N, dim)
+    take("attn_in", h)
+    attn = np.empty((len(x), c.n_heads * c.head_dim), dtype=np.float32)
+    bias = (lambda n: weights[f"attn_{n}.bias"]) if c.attn_bias else (lambda n: None)
+    for s in range(n_seq):
+        rows = slice(s * ctx, (s + 1) * ctx)
+        q = _matmul(h[rows], weights["attn_q.weight"], bias("q")).reshape(ctx, c.n_heads, c.head_dim)
+        k = _matmul(h[rows], weights["attn_k.weight"], bias("k")).reshape(ctx, c.n_kv_heads, c.head_dim)
+        v = _matmul(h[rows], weights["attn_v.weight"], bias("v")).reshape(ctx, c.n_kv_heads, c.head_dim)
+        attn[rows] = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
+    del h
+    take("attn_out", attn)
+    x = x + _matmul(attn, weights["attn_output.weight"])
+    del attn
+    h = rms_norm(x, weights["ffn_norm.weight"], c.norm_eps)
+    take("mlp_in", h)
+    act = np.empty((len(x), c.hidden_dim), dtype=np.float32)
+    for start in range(0, len(x), ROWS_PER_PRODUCT):
+        part = h[start:start + ROWS_PER_PRODUCT]
+        act[start:start + ROWS_PER_PRODUCT] = swiglu(part @ weights["ffn_gate.weight"].T,
+                                                     part @ weights["ffn_up.weight"].T)
+    del h
+    take("mlp_out", act)
+    return x + _matmul(act, weights["ffn_down.weight"])
 
 
 def _layer_tensors(config: ModelConfig) -> list[str]:
@@ -314,6 +336,7 @@ class MethodSettings:
     stats: str | None = None              # an `edgeq calibrate` file (E[x^2] per input)
     act_order: bool = False
     damp: float = 0.01
+    float_target: bool = False            # gptq: aim at the float model's layer outputs (run_layers)
 
     def resolve(self, bits: int) -> tuple[str, bool]:
         """-> (rtn | hqq | gptq, whether it uses calibration statistics); one-line errors for
@@ -339,6 +362,9 @@ class MethodSettings:
         if self.act_order and method != "gptq":
             raise EdgeqError("--act-order orders GPTQ's columns by calibration statistics; it needs --method gptq "
                              f"(here the method is {method}{' without calibration' if not uses_data else ''})")
+        if self.float_target and method != "gptq":
+            raise EdgeqError("--float-target aims GPTQ at the float model's layer outputs; it needs --method gptq "
+                             f"(here the method is {method})")
         if not 0 <= self.damp < 1:
             raise EdgeqError(f"damping {self.damp} must be in [0, 1)")
         return method, uses_data
@@ -350,7 +376,8 @@ def tensor_method(method: str, uses_data: bool, settings: MethodSettings, calibr
         return "rtn-clip-search"
     parts = [method]
     if method == "gptq":
-        parts += [f"damp={settings.damp:g}", f"block={BLOCK_SIZE}", f"act_order={'yes' if settings.act_order else 'no'}"]
+        parts += [f"damp={settings.damp:g}", f"block={BLOCK_SIZE}", f"act_order={'yes' if settings.act_order else 'no'}",
+                  f"target={'float' if settings.float_target else 'quantized'}"]
     if uses_data:
         parts += ["imatrix" if method != "gptq" else "hessian", f"calib={calibration_hash}", f"tokens={tokens}"]
     return " ".join(parts)
@@ -370,7 +397,7 @@ def _gptq_stacked(weights: dict[str, np.ndarray], qtype, stats: InputStats, sett
     """GPTQ on matrices sharing one input, stacked by rows (each padded to whole tiles, so the packed
     stack is the concatenation of the packed parts), one Cholesky for all."""
     from edgeq.quant_types import TILE_ROWS
-    from .gptq import gptq
+    from .gptq import float_target_weight, gptq
     from .quantize import QuantizedTensor, _squares
     names = list(weights)
     padded = [-(-w.shape[0] // TILE_ROWS) * TILE_ROWS for w in weights.values()]
@@ -380,6 +407,8 @@ def _gptq_stacked(weights: dict[str, np.ndarray], qtype, stats: InputStats, sett
     for name, rows in zip(names, padded):
         stack[offset:offset + weights[name].shape[0]] = weights[name]
         offset += rows
+    if stats.input_error is not None:
+        stack = float_target_weight(stack, stats.hessian, stats.input_error, settings.damp)
     whole = gptq(stack, qtype, stats.hessian, damp=settings.damp, block_size=BLOCK_SIZE,
                  act_order=settings.act_order, method=label)
     out, byte_offset = {}, 0

@@ -89,7 +89,8 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
                   unit="layer", disable=None if progress is None else not progress, dynamic_ncols=True,
                   leave=False) as layer_bar:
             for _, _, stored in calibration.run_layers(load_checked, model.config, tokens, quantizer,
-                                                       hessian=method_name == "gptq", progress=layer_bar):
+                                                       hessian=method_name == "gptq", progress=layer_bar,
+                                                       float_target=method.float_target):
                 calibrated.update(stored)
 
     def produce(entry: TensorPlanEntry):

@@ -152,6 +152,21 @@ def _current_group(w, block, u, start, i, positions):
     return current
 
 
+def float_target_weight(weight: np.ndarray, hessian: np.ndarray, input_error: np.ndarray,
+                        damp: float = DAMP) -> np.ndarray:
+    """The weights GPTQ should aim at when its inputs X~ (N, K) are the quantized model's but the
+    target is the float layer's output W X (X the float model's inputs at the same place):
+        W* = W + W (X - X~)ᵀX~ (X~ᵀX~ + damp·mean(diag)·I)^-1          (M, K)
+    is the least-squares fit of X W^T by X~ W*^T (ridge-damped towards W), and for any Q
+        ||X Wᵀ - X~ Qᵀ||² = ||X Wᵀ - X~ W*ᵀ||² + ||X~ (W* - Q)ᵀ||²     (undamped)
+    so running GPTQ on W* with H = X~ᵀX~ minimizes the error against the float output. With X = X~
+    (the first layer) W* = W."""
+    h = np.array(hessian, dtype=np.float64)
+    h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h)) + 1e-30
+    correction = np.asarray(weight, np.float64) @ np.asarray(input_error, np.float64)     # (M, K)
+    return np.asarray(weight, np.float64) + np.linalg.solve(h, correction.T).T
+
+
 def layer_output_error(weight: np.ndarray, restored: np.ndarray, hessian: np.ndarray) -> float:
     """sum over calibration inputs of ||(W - Q) x||^2 = trace((W - Q) XᵀX (W - Q)ᵀ)."""
     diff = np.asarray(weight, np.float64) - restored

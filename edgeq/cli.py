@@ -15,7 +15,8 @@ def _cmd_convert(args) -> int:
     settings = PlanSettings(bits=args.bits, group=args.group, symmetric=args.sym,
                             head_bits=args.head_bits, embed_bits=args.embed_bits)
     method = MethodSettings(method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
-                            calib_ctx=args.calib_ctx, stats=args.stats, act_order=args.act_order)
+                            calib_ctx=args.calib_ctx, stats=args.stats, act_order=args.act_order,
+                            float_target=args.float_target)
     report = convert(args.source, args.output, settings, progress=False if args.quiet else None, method=method)
     if not args.quiet:
         kept = f", {len(report.kept_grid)} kept the source's grid" if report.kept_grid else ""
@@ -246,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="E[x^2] statistics from `edgeq calibrate` (rtn/hqq), instead of calibrating")
     convert.add_argument("--act-order", action="store_true",
                          help="gptq: visit columns by decreasing E[x^2] (groups stay as stored)")
+    convert.add_argument("--float-target", action="store_true",
+                         help="gptq: aim each layer at the float model's output (runs the float model beside "
+                         "the quantized one: ~1.5x the calibration time)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     convert.set_defaults(func=_cmd_convert)
 

@@ -12,7 +12,7 @@ import pytest
 from edgeq import quant_types
 from edgeq.convert import MethodSettings, PlanSettings, convert
 from edgeq.convert import calibrate as calibration
-from edgeq.convert.gptq import gptq, layer_output_error
+from edgeq.convert.gptq import float_target_weight, gptq, layer_output_error
 from edgeq.convert.methods import column_weights, fit_groups, hqq, round_params, rtn, weighted_error
 from edgeq.convert.sources import open_source
 from edgeq.fileformat import ModelFile
@@ -126,6 +126,29 @@ def test_methods_no_worse_than_plain_rtn(type_name):
             assert layer_output_error(weight, restored, hessian) < 0.9 * layer_output_error(weight, plain, hessian)
 
 
+@pytest.mark.parametrize("type_name", ["u2g32a", "u3g64a"])
+def test_gptq_float_target(type_name):
+    """GPTQ on float_target_weight's W* reaches the float layer's output X Wᵀ from the quantized
+    model's inputs X~ better than GPTQ on W; W* is W when the inputs agree; W* is the least-squares
+    optimum (its residual is orthogonal to X~, so no other W' does better unquantized)."""
+    qtype = quant_types.TYPES[type_name]
+    for seed in range(3):
+        weight, x = _layer_with_outliers(seed=seed)
+        noise = np.random.default_rng(seed + 10).standard_normal(x.shape) * x.std(axis=0) * 0.2
+        x_quant = (x + noise).astype(np.float32)                 # what the quantized model's inputs look like
+        hessian = x_quant.astype(np.float64).T @ x_quant
+        input_error = (x - x_quant).astype(np.float64).T @ x_quant
+        np.testing.assert_array_equal(float_target_weight(weight, hessian, np.zeros_like(hessian)), weight)
+        target = float_target_weight(weight, hessian, input_error, damp=0.0)
+        residual = x @ weight.T - x_quant @ target.T
+        np.testing.assert_allclose(x_quant.T @ residual, 0, atol=1e-6 * np.abs(x_quant.T @ (x @ weight.T)).max())
+
+        def float_error(restored):
+            return float(np.sum((x.astype(np.float64) @ weight.T - x_quant @ restored.T) ** 2))
+        aimed = float_error(_restore(gptq(float_target_weight(weight, hessian, input_error), qtype, hessian)))
+        assert aimed < 0.95 * float_error(_restore(gptq(weight, qtype, hessian))), seed
+
+
 def test_weighted_rtn_without_statistics_is_todays_rtn():
     """Same bytes as quantize_rtn when K is a multiple of the group; when it is not, the padding
     columns weigh 0 (they multiply zero inputs), which can only lower the error."""
@@ -186,6 +209,15 @@ def test_sequential_memory_does_not_grow_with_depth(tmp_path):
         assert set(stats) == set(calibration.INPUTS)
         assert all(s.hessian is None for s in stats.values())        # freed once used
     assert len(stored) == 12 * 7
+    assert max(most_alive) == 1, "float weights of more than one layer were alive at once"
+    # the float stream beside the quantized one (--float-target) holds no second copy of a layer
+    alive.clear()
+    most_alive.clear()
+    method = MethodSettings(method="gptq", float_target=True)
+    quantizer = calibration.layer_quantizer(plan, "gptq", method, labels)
+    for layer, stats, tensors in calibration.run_layers(load, source.config, tokens, quantizer, hessian=True,
+                                                        float_target=True):
+        assert all(s.hessian is None and s.input_error is None for s in stats.values())
     assert max(most_alive) == 1, "float weights of more than one layer were alive at once"
 
 
@@ -290,6 +322,7 @@ def test_bad_statistics_files(tiny_llama, tiny_qwen, tmp_path):
     (["--method", "rtn", "--act-order"], ["--act-order", "without calibration"]),
     (["--method", "hqq", "--act-order", "--calib-tokens", "64"], ["--act-order"]),
     (["--bits", "4", "--act-order"], ["--act-order", "rtn"]),
+    (["--method", "hqq", "--float-target"], ["--float-target", "hqq"]),
     (["--method", "gptq", "--stats", "stats.npz"], ["--stats"]),
     (["--calib-tokens", "0"], ["--calib-tokens"]),
 ])
