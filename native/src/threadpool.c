@@ -52,12 +52,15 @@ enum {
  * milliseconds, and every barrier it holds up costs the others that long: a job of many barriers
  * then runs slower on two threads than on one. So the pool watches for it: a wait at a barrier that
  * lasts longer than STALL_NS (a phase takes microseconds) counts as a stall, and a job that spent more
- * than 1/STALL_SHARE of its time stalled makes the next jobs run on the caller alone ("solo"). The
- * first solo stretch is SOLO_FIRST jobs; each stalled probe after it doubles it, up to SOLO_MAX; a
- * clean threaded job resets it. On an idle machine no wait lasts that long, and nothing changes. */
+ * than 1/STALL_SHARE of its time stalled is a stalled job. STALLED_IN_A_ROW of them make the next
+ * jobs run on the caller alone ("solo"): a single one is more often the first pass over freshly
+ * mapped weights (page faults) than a busy core. The first solo stretch is SOLO_FIRST jobs; each
+ * stalled probe after it doubles it, up to SOLO_MAX; a clean threaded job resets it. On an idle
+ * machine no wait lasts that long, and nothing changes. */
 enum {
     STALL_NS = 250 * 1000,
     STALL_SHARE = 8,
+    STALLED_IN_A_ROW = 2,
     SOLO_FIRST = 16,
     SOLO_MAX = 1024
 };
@@ -81,6 +84,7 @@ struct eq_pool {
     _Atomic uint64_t stalled_ns;        /* time waited in stalls during the current job */
     unsigned solo_left;                 /* the caller's: jobs still to run alone */
     unsigned solo_next;                 /* the caller's: length of the next solo stretch */
+    unsigned stalled_in_a_row;          /* the caller's: consecutive stalled threaded jobs */
     uint64_t n_jobs, n_jobs_alone;      /* the caller's: threaded jobs asked for, and run alone */
 #if !defined(__linux__)
     pthread_mutex_t mutex;              /* the futex fallback: one mutex and condition for both words */
@@ -346,11 +350,12 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
     /* every chunk is done, so every stall of this job has been counted (a worker counts its barrier
      * wait before it runs the chunk it waited for) */
     uint64_t stalled = atomic_load_explicit(&pool->stalled_ns, memory_order_relaxed);
-    if (stalled * STALL_SHARE > now_ns() - start) {
-        pool->solo_left = pool->solo_next ? pool->solo_next : SOLO_FIRST;
-        pool->solo_next = pool->solo_left * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_left * 2;
-    } else {
+    if (stalled * STALL_SHARE <= now_ns() - start) {
+        pool->stalled_in_a_row = 0;
         pool->solo_next = 0;
+    } else if (++pool->stalled_in_a_row >= STALLED_IN_A_ROW || pool->solo_next) {
+        pool->solo_left = pool->solo_next ? pool->solo_next : SOLO_FIRST;   /* a stalled probe doubles it */
+        pool->solo_next = pool->solo_left * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_left * 2;
     }
 }
 
