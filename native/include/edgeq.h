@@ -243,8 +243,8 @@ typedef struct eq_model_info {
     uint64_t kv_bytes;       /* bytes of the KV cache allocation */
     uint64_t file_bytes;     /* size of the mapped file */
     uint64_t pool_jobs;      /* threaded jobs since open (a forward pass is one or two: layers, head) */
-    uint64_t pool_jobs_alone;  /* of those, run on the calling thread alone because another
-                                  thread's core was taken by another process (threadpool.h) */
+    uint64_t pool_jobs_alone;  /* of those, run on one thread alone because one of the threads'
+                                  cores was taken by another process (threadpool.h) */
 } eq_model_info;
 
 /* Open, map and validate `path`. On success returns the model; on failure returns NULL and writes

@@ -52,15 +52,19 @@ enum {
  * milliseconds, and every barrier it holds up costs the others that long: a job of many barriers
  * then runs slower on two threads than on one. So the pool watches for it: a wait at a barrier that
  * lasts longer than STALL_NS (a phase takes microseconds) counts as a stall, and a job that spent more
- * than 1/STALL_SHARE of its time stalled is a stalled job. STALLED_IN_A_ROW of them make the next
- * jobs run on the caller alone ("solo"): a single one is more often the first pass over freshly
- * mapped weights (page faults) than a busy core. The first solo stretch is SOLO_FIRST jobs; each
- * stalled probe after it doubles it, up to SOLO_MAX; a clean threaded job resets it. On an idle
- * machine no wait lasts that long, and nothing changes. */
+ * than 1/STALL_SHARE of its time stalled is contended. So is a job in which one thread ran less than
+ * 1/IDLE_SHARE of its fair share of the chunks: when the busy core is the caller's, the caller holds
+ * nobody up (its few chunks are short), it just gets little done. STALLED_IN_A_ROW contended jobs
+ * make the next ones run on one thread ("solo"), the one that ran the most chunks: the caller, or a
+ * worker on a free core while the caller sleeps. A single contended job is more often the first pass
+ * over freshly mapped weights (page faults) than a busy core. The first solo stretch is SOLO_FIRST
+ * jobs; each contended probe after it doubles it, up to SOLO_MAX; a clean threaded job resets it. On
+ * an idle machine none of this triggers, and nothing changes. */
 enum {
     STALL_NS = 250 * 1000,
     STALL_SHARE = 8,
     STALLED_IN_A_ROW = 2,
+    IDLE_SHARE = 4,
     SOLO_FIRST = 16,
     SOLO_MAX = 1024
 };
@@ -68,8 +72,14 @@ enum {
 typedef struct job {
     const eq_pool_phase *phases;
     int n_phases;
+    int only;                           /* -1: every thread claims chunks; else only this thread */
     atomic_uint total;                  /* chunks over all phases; read before a claim is won */
 } job;
+
+typedef struct ran_count {
+    atomic_uint n;
+    char pad[64 - sizeof(atomic_uint)];   /* one cache line per thread */
+} ran_count;
 
 struct eq_pool {
     int n_threads;
@@ -84,7 +94,9 @@ struct eq_pool {
     _Atomic uint64_t stalled_ns;        /* time waited in stalls during the current job */
     unsigned solo_left;                 /* the caller's: jobs still to run alone */
     unsigned solo_next;                 /* the caller's: length of the next solo stretch */
-    unsigned stalled_in_a_row;          /* the caller's: consecutive stalled threaded jobs */
+    unsigned stalled_in_a_row;          /* the caller's: consecutive contended threaded jobs */
+    int solo_thread;                    /* the caller's: which thread runs the jobs alone */
+    ran_count *ran;                     /* (n_threads,) chunks each thread ran in the current job */
     uint64_t n_jobs, n_jobs_alone;      /* the caller's: threaded jobs asked for, and run alone */
 #if !defined(__linux__)
     pthread_mutex_t mutex;              /* the futex fallback: one mutex and condition for both words */
@@ -192,6 +204,8 @@ static void wait_for_done(eq_pool *pool, unsigned target)
 static void run_chunks(eq_pool *pool, unsigned generation, int thread)
 {
     job *j = &pool->jobs[generation & 1];
+    if (j->only >= 0 && j->only != thread)     /* a stale slot only makes the claim below fail */
+        return;
     int phase = 0;
     unsigned phase_begin = 0, phase_end = 0;   /* this thread's cursor: claimed indices only grow */
     bool cursor_set = false;
@@ -218,6 +232,7 @@ static void run_chunks(eq_pool *pool, unsigned generation, int thread)
             wait_for_done(pool, phase_begin);                  /* the barrier before this phase */
         const eq_pool_phase *p = &j->phases[phase];
         p->fn(p->ctx, (int)(index - phase_begin), thread);
+        atomic_fetch_add_explicit(&pool->ran[thread].n, 1, memory_order_relaxed);   /* before `done` */
         atomic_fetch_add(&pool->done, 1);                      /* seq_cst: before the sleepers check */
         if (atomic_load(&pool->done_sleepers) > 0)
             wake_all(pool, &pool->done);
@@ -267,7 +282,8 @@ eq_pool *eq_pool_create(int n_threads)
     pthread_cond_init(&pool->changed, NULL);
 #endif
     pool->threads = calloc((size_t)n_threads, sizeof *pool->threads);
-    if (!pool->threads) {
+    pool->ran = calloc((size_t)n_threads, sizeof *pool->ran);
+    if (!pool->threads || !pool->ran) {
         eq_pool_destroy(pool);
         return NULL;
     }
@@ -298,6 +314,7 @@ void eq_pool_destroy(eq_pool *pool)
         for (int i = 1; i < pool->n_threads; i++)
             pthread_join(pool->threads[i - 1], NULL);
     free(pool->threads);
+    free(pool->ran);
 #if !defined(__linux__)
     pthread_mutex_destroy(&pool->mutex);
     pthread_cond_destroy(&pool->changed);
@@ -327,34 +344,59 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
         return;
     }
     pool->n_jobs++;
-    if (pool->solo_left > 0) {          /* the workers' cores are contended: see STALL_NS */
+    int only = -1;
+    if (pool->solo_left > 0) {          /* a core is contended: see STALL_NS */
         pool->solo_left--;
         pool->n_jobs_alone++;
-        run_alone(phases, n_phases);
-        return;
+        if (pool->solo_thread == 0) {
+            run_alone(phases, n_phases);
+            return;
+        }
+        only = pool->solo_thread;       /* a worker on a free core runs it; the caller waits */
     }
     uint64_t start = now_ns();
     atomic_store_explicit(&pool->stalled_ns, 0, memory_order_relaxed);
+    for (int t = 0; t < pool->n_threads; t++)
+        atomic_store_explicit(&pool->ran[t].n, 0, memory_order_relaxed);
     unsigned generation = ++pool->next_generation;
     job *j = &pool->jobs[generation & 1];
     j->phases = phases;
     j->n_phases = n_phases;
+    j->only = only;
     atomic_store_explicit(&j->total, total, memory_order_relaxed);
     atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->claim, (uint64_t)generation << 32, memory_order_release);
     atomic_store(&pool->generation, generation);               /* seq_cst: before the sleepers check */
     if (atomic_load(&pool->job_sleepers) > 0)
         wake_all(pool, &pool->generation);
-    run_chunks(pool, generation, 0);
+    if (only < 0)
+        run_chunks(pool, generation, 0);
     wait_for_done(pool, total);
-    /* every chunk is done, so every stall of this job has been counted (a worker counts its barrier
-     * wait before it runs the chunk it waited for) */
+    if (only >= 0)
+        return;
+    /* every chunk is done, so every stall and every chunk of this job has been counted (a worker
+     * counts its barrier wait before it runs the chunk it waited for, and a chunk before `done`).
+     * Contended: long barrier waits, or a thread that ran under 1/IDLE_SHARE of its fair share of
+     * the chunks (the caller itself shares a busy core: it holds nobody up, it just does little). */
     uint64_t stalled = atomic_load_explicit(&pool->stalled_ns, memory_order_relaxed);
-    if (stalled * STALL_SHARE <= now_ns() - start) {
+    unsigned fewest = UINT_MAX, most = 0;
+    int busiest = 0;
+    for (int t = 0; t < pool->n_threads; t++) {
+        unsigned n = atomic_load_explicit(&pool->ran[t].n, memory_order_relaxed);
+        fewest = n < fewest ? n : fewest;
+        if (n > most) {
+            most = n;
+            busiest = t;
+        }
+    }
+    bool starved = total >= (unsigned)(IDLE_SHARE * pool->n_threads) &&
+                   fewest * (unsigned)(IDLE_SHARE * pool->n_threads) < total;
+    if (!starved && stalled * STALL_SHARE <= now_ns() - start) {
         pool->stalled_in_a_row = 0;
         pool->solo_next = 0;
     } else if (++pool->stalled_in_a_row >= STALLED_IN_A_ROW || pool->solo_next) {
         pool->solo_left = pool->solo_next ? pool->solo_next : SOLO_FIRST;   /* a stalled probe doubles it */
+        pool->solo_thread = busiest;    /* the thread that got the most done has a core to itself */
         pool->solo_next = pool->solo_left * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_left * 2;
     }
 }

@@ -11,8 +11,9 @@
  *
  * Waiting (for a job, or at a barrier) spins briefly with a pause, then yields the core, then
  * sleeps (a futex on Linux, a condition variable elsewhere), so an oversubscribed machine is not
- * made worse by threads that wait. When waits at barriers show that a worker's core is taken by
- * another process, the next jobs run on the caller alone for a while (see STALL_NS in threadpool.c).
+ * made worse by threads that wait. When waits at barriers or an uneven share of the chunks show that
+ * one thread's core is taken by another process, the next jobs run on one thread, the one that got
+ * the most done, for a while (see STALL_NS in threadpool.c).
  * One caller at a time: the model serializes its use of the pool.
  */
 #ifndef EDGEQ_THREADPOOL_H
