@@ -72,7 +72,8 @@ enum {
 typedef struct job {
     const eq_pool_phase *phases;
     int n_phases;
-    int only;                           /* -1: every thread claims chunks; else only this thread */
+    atomic_int only;                    /* -1: every thread claims chunks; else only this thread
+                                           (atomic: read before a claim, so possibly while rewritten) */
     atomic_uint total;                  /* chunks over all phases; read before a claim is won */
 } job;
 
@@ -204,7 +205,8 @@ static void wait_for_done(eq_pool *pool, unsigned target)
 static void run_chunks(eq_pool *pool, unsigned generation, int thread)
 {
     job *j = &pool->jobs[generation & 1];
-    if (j->only >= 0 && j->only != thread)     /* a stale slot only makes the claim below fail */
+    int only = atomic_load_explicit(&j->only, memory_order_relaxed);
+    if (only >= 0 && only != thread)           /* a stale slot only makes the claim below fail */
         return;
     int phase = 0;
     unsigned phase_begin = 0, phase_end = 0;   /* this thread's cursor: claimed indices only grow */
@@ -362,7 +364,7 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
     job *j = &pool->jobs[generation & 1];
     j->phases = phases;
     j->n_phases = n_phases;
-    j->only = only;
+    atomic_store_explicit(&j->only, only, memory_order_relaxed);   /* published by `claim` below */
     atomic_store_explicit(&j->total, total, memory_order_relaxed);
     atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->claim, (uint64_t)generation << 32, memory_order_release);
