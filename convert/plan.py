@@ -1,7 +1,7 @@
 """Plan: one quant type per tensor, from uniform settings and the head/embedding rules, keeping a
 llama.cpp source's own grid where an edgeq type holds it exactly.
 
-Defaults (documented in the README): linear layers at --bits (4) with --group (64), asymmetric
+Defaults (documented in the README): linear layers at --bits (4) with --group (64; 32 at 2-3 bits), asymmetric
 unless --sym; the output head at max(--bits, 6) and the token embeddings at max(--bits, 4)
 (llama.cpp keeps these higher too); when the head is tied to the embeddings the one tensor takes the
 higher of the two; norms and biases stay F32. Bits 16 and 32 mean plain F16 / F32 storage.
@@ -22,12 +22,15 @@ from edgeq.quant_types import QuantType
 PLAIN_BITS = {16: "f16", 32: "f32"}
 ALLOWED_BITS = tuple(quant_types.BITS) + tuple(PLAIN_BITS)
 DEFAULT_BITS, DEFAULT_GROUP = 4, 64
+# at 2-3 bits a group's scale and min matter more than the bytes they cost: measured on SmolLM2 with
+# gptq at 3 bits (benchmarks/README.md), groups of 32 give ppl +29 % over float against +52 % for 64
+LOW_BITS, LOW_BITS_GROUP = 3, 32
 
 
 @dataclass
 class PlanSettings:
     bits: int | None = None        # None: DEFAULT_BITS where the source has no exact grid to keep
-    group: int | None = None       # None: DEFAULT_GROUP
+    group: int | None = None       # None: DEFAULT_GROUP, or LOW_BITS_GROUP at <= LOW_BITS bits
     symmetric: bool = False
     head_bits: int | None = None
     embed_bits: int | None = None
@@ -45,7 +48,9 @@ class PlanSettings:
         return self.bits if self.bits is not None else DEFAULT_BITS
 
     def group_size(self) -> int:
-        return self.group if self.group is not None else DEFAULT_GROUP
+        if self.group is not None:
+            return self.group
+        return LOW_BITS_GROUP if self.linear() <= LOW_BITS else DEFAULT_GROUP
 
     def head(self) -> int:
         return self.head_bits if self.head_bits is not None else max(self.linear(), 6)

@@ -54,7 +54,7 @@ def test_every_bit_width_round_trips(tiny_model, tmp_path, bits):
         if weight.ndim == 1:
             assert info.qtype.name == "f32" and np.array_equal(restored, weight)
             continue
-        assert info.qtype == quant_types.uniform_type(bits, 64, False)
+        assert info.qtype == quant_types.uniform_type(bits, 32 if bits <= 3 else 64, False)   # the default group
         error = np.linalg.norm(restored - weight) / np.linalg.norm(weight)
         assert error < MAX_REL_ERROR[bits], (name, error)
         assert info.data.ctypes.data % 64 == 0, f"{name} data is not 64-byte aligned"
@@ -100,7 +100,9 @@ def test_group_size_symmetry_and_defaults(tiny_qwen, tmp_path):
 def test_tied_head_takes_the_higher_precision(tiny_llama, tmp_path):
     model = _convert(tiny_llama, tmp_path, bits=2, head_bits=8, embed_bits=3)
     assert "output.weight" not in model.tensors
-    assert model.tensors["token_embd.weight"].qtype.name == "u8g64a"
+    assert model.tensors["token_embd.weight"].qtype.name == "u8g32a"   # groups of 32 at 2-3 bits
+    assert model.tensors["blk.0.ffn_up.weight"].qtype.name == "u2g32a"
+    assert _convert(tiny_llama, tmp_path, bits=3, group=64).tensors["blk.0.ffn_up.weight"].qtype.name == "u3g64a"
 
 
 def test_file_is_readable_by_gguf_tools(tiny_qwen, tmp_path):
