@@ -24,15 +24,19 @@ def _mb(n: float) -> str:
 
 def memory_estimate(model: ModelFile, ctx: int, kv_bytes: int = 2, threads: int | None = None) -> dict:
     """Bytes to run at context `ctx`: mapped weights + KV cache + the runtime's buffers, as
-    native/src/model.c allocates them (a batch of activations, the kernels' tables for one batch
-    input, attention scores per thread) plus one row of logits."""
+    native/src/model.c allocates them (a batch of activations, the kernels' tables for the three
+    prepared inputs of a layer: normed x (dim), attention output (q_dim), SwiGLU output (hidden),
+    attention scores per thread) plus one row of logits."""
     c = model.config
     kv = 2 * c.n_layers * ctx * c.n_kv_heads * c.head_dim * kv_bytes
     q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     wide = max(c.dim, q_dim)
-    padded = -(-max(wide, c.hidden_dim) // 128) * 128
     batch = BATCH * (2 * c.dim + wide + 2 * c.hidden_dim + q_dim + 2 * kv_dim) * 4
-    tables = BATCH * (padded * 8 + (padded // 64 + padded // 32) * 4)
+
+    def table_bytes(cols: int) -> int:      # eq_acts_reserve: tables, one scale per 64, sums per 32
+        padded = -(-cols // 128) * 128
+        return BATCH * (padded * 8 + (padded // 64 + padded // 32) * 4)
+    tables = table_bytes(c.dim) + table_bytes(q_dim) + table_bytes(c.hidden_dim)
     scores = (threads or os.cpu_count() or 1) * ctx * 4
     activations = batch + tables + scores + 4 * c.vocab_size
     weights = sum(t.nbytes for t in model.tensors.values())
