@@ -21,7 +21,7 @@ from edgeq.quant_types import TILE_ROWS, TYPES, QuantType, pack, unpack
 from edgeq.quant_types import dequantize as numpy_dequantize
 
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "edgeq.h"
-PACKED = [qtype for qtype in TYPES.values() if qtype.family == quant_types.UNIFORM_BITPLANE]
+PACKED = [qtype for qtype in TYPES.values() if qtype.is_uniform()]      # bit-plane and packed levels
 PLAIN = [qtype for qtype in TYPES.values() if qtype.family == quant_types.PLAIN]
 SHAPES_FOR_NBYTES = [(1, 1), (16, 32), (17, 33), (15, 128), (100, 130), (576, 1536), (4097, 11008)]
 
@@ -39,7 +39,7 @@ def random_packed(qtype: QuantType, rows: int, cols: int, rng: np.random.Generat
     tiny = rng.random(scales.shape) < 0.1
     scales[tiny] = rng.normal(0.0, 3e-6, size=int(tiny.sum()))     # fp16 subnormals (< 6.1e-5)
     mins = None if qtype.symmetric else rng.normal(0.0, 0.5, size=(padded_rows, n_groups))
-    return pack(qtype, levels, scales.astype(np.float16), None if mins is None else mins.astype(np.float16))
+    return pack(qtype, levels, scales.astype(np.float16), None if mins is None else mins.astype(np.float16), cols)
 
 
 def random_shapes(qtype: QuantType, rng: np.random.Generator) -> list[tuple[int, int]]:

@@ -155,6 +155,42 @@ static inline size_t eq_block_bytes(const eq_qtype_traits *type)
     return scale_bytes + (size_t)type->bits * 2u * (size_t)type->group;
 }
 
+/* Uniform packed family (edgeq.h): bytes of a block's scales and mins, of a block of c columns
+ * (c a multiple of 32), the columns group g stores, and one 16-row tile (the blocks of every group). */
+static inline size_t eq_packed_header_bytes(const eq_qtype_traits *type)
+{
+    return 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
+}
+
+static inline size_t eq_packed_block_bytes(const eq_qtype_traits *type, size_t block_cols)
+{
+    return eq_packed_header_bytes(type) + (type->bits == 4 ? 8u : 16u) * block_cols;
+}
+
+static inline size_t eq_packed_group_cols(const eq_qtype_traits *type, size_t cols, size_t g)
+{
+    size_t stored = (cols + EQ_PACKED_BLOCK_COLS - 1) / EQ_PACKED_BLOCK_COLS * EQ_PACKED_BLOCK_COLS;
+    size_t left = stored - g * (size_t)type->group;
+    return left < (size_t)type->group ? left : (size_t)type->group;
+}
+
+static inline size_t eq_packed_tile_bytes(const eq_qtype_traits *type, size_t cols)
+{
+    size_t n_groups = (cols + (size_t)type->group - 1) / (size_t)type->group;
+    return (n_groups - 1) * eq_packed_block_bytes(type, (size_t)type->group) +
+           eq_packed_block_bytes(type, eq_packed_group_cols(type, cols, n_groups - 1));
+}
+
+/* Level q[r, col] of a packed block's levels (col < the block's columns). */
+static inline unsigned eq_packed_level(const uint8_t *levels, int bits, size_t r, size_t col)
+{
+    if (bits == 4) {
+        uint8_t byte = levels[(col / 8) * 64 + r * 4 + col % 4];
+        return col % 8 < 4 ? byte & 15u : byte >> 4;
+    }
+    return levels[(col / 4) * 64 + r * 4 + col % 4];
+}
+
 /* Little-endian readers: the file format is little-endian and mmapped data may be unaligned. */
 static inline uint16_t eq_read_u16le(const uint8_t *p)
 {
