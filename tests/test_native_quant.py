@@ -219,13 +219,38 @@ def lut_error_bound(qtype: QuantType, data: np.ndarray, rows: int, cols: int, x:
     return ((1 << qtype.bits) - 1) * np.abs(scales[:rows].astype(np.float64)) @ per_group
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def int8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the multiply-add kernels multiply the levels with: x (cols,) rounded to int8 per block of
+    32 with the float32 scale s_b = max |x_b| / 127 (round to nearest even), as float64 values
+    s_b xq_k, and the (cols,) half steps s_b / 2 that bound each rounding."""
+    cols = len(x)
+    blocks = np.zeros(-(-cols // 32) * 32, np.float32)
+    blocks[:cols] = x
+    blocks = blocks.reshape(-1, 32)
+    largest = np.abs(blocks).max(1)
+    inv = np.where(largest > 0, np.float32(127.0) / np.where(largest > 0, largest, 1), 0).astype(np.float32)
+    xq = np.rint(blocks * inv[:, None])
+    step = (largest / np.float32(127.0)).astype(np.float32)
+    rounded = (xq.astype(np.float64) * step.astype(np.float64)[:, None]).reshape(-1)[:cols]
+    return rounded, np.repeat(step.astype(np.float64) / 2.0, 32)[:cols]
+
+
+def levels_term(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) float64 scale[r, g(k)] q[r, k]: the part of W the int8 activations multiply
+    (the min, or the symmetric zero point, meets Σx computed from x itself)."""
+    levels, scales, _ = unpack(qtype, data, rows, cols)
+    return (np.repeat(scales.astype(np.float64), qtype.group, axis=1) * levels)[:rows, :cols]
+
+
+@pytest.mark.parametrize("isa", _ffi.all_kernel_sets()[:-1])     # every set but the reference
 @pytest.mark.parametrize("qtype", [q for q in TYPES.values()], ids=lambda q: q.name)
 def test_every_kernel_set_matches_the_reference(qtype, isa):
-    """Every kernel set agrees with the double-accumulating reference: float32 accuracy for
-    scalar; for avx2 within what its int16 tables can change, and far inside that on average."""
+    """Every kernel set agrees with the double-accumulating reference: float32 accuracy for float
+    paths (plain, scalar LUT); within what int16 tables (SIMD LUT) or int8 activations
+    (multiply-add) can change, and far inside that bound on average."""
     if isa not in _ffi.kernel_sets():
         pytest.skip(f"this CPU does not run the {isa} kernels")
+    route = _ffi.kernel_route(qtype.name, isa, 3)
     rng = np.random.default_rng(5000 + qtype.id)
     plain = qtype.family == quant_types.PLAIN
     shapes = random_shapes(qtype, rng) if not plain else [(37, 45), (16, 64), (5, 1000)]
@@ -243,11 +268,22 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
         for v in range(len(x)):
             reference = _ffi.gemv(qtype.name, data, rows, cols, x[v], isa="ref").astype(np.float64)
             magnitude = np.abs(weights) @ np.abs(x[v].astype(np.float64))
+            rms = lambda a: np.sqrt(np.mean(a ** 2))
             allowed = 1e-5 * magnitude + 1e-30
-            if isa == "avx2" and qtype.family == quant_types.UNIFORM_BITPLANE:
+            if route["path"] == "lut" and route["set"] != "scalar":         # int16 tables
                 bound = lut_error_bound(qtype, data, rows, cols, x[v])
                 allowed += bound
-                assert np.sqrt(np.mean((got[v] - reference) ** 2)) <= 0.25 * np.sqrt(np.mean(bound ** 2)) + 1e-5 * magnitude.max()
+                assert rms(got[v] - reference) <= 0.25 * rms(bound) + 1e-5 * magnitude.max()
+            elif route["path"] == "multiply-add":                           # int8 activations
+                # |x_k - s_b xq_k| <= s_b / 2, so |Δy[r]| <= Σ_k |scale q[r,k]| s_b(k) / 2 = bound
+                rounded, half_step = int8_activations(x[v])
+                term = levels_term(qtype, data, rows, cols)
+                bound = np.abs(term) @ half_step
+                float_sums = 1e-5 * (magnitude + np.abs(term) @ np.abs(rounded))
+                allowed += bound + float_sums
+                # and exactly the reference's sums with x rounded so, up to float32 accumulation
+                expected = reference + term @ (rounded - x[v].astype(np.float64))
+                assert np.all(np.abs(got[v] - expected) <= float_sums + 1e-6 * np.abs(reference) + 1e-30)
             assert np.all(np.abs(got[v] - reference) <= allowed), (qtype.name, rows, cols, v)
             # one vector alone gives the same bits as inside the batch
             assert np.array_equal(_ffi.gemv(qtype.name, data, rows, cols, x[v], isa=isa), got[v].astype(np.float32))

@@ -143,6 +143,19 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
 float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n);
 void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 
+/* Uniform packed family, int8 multiply-add decode path (activations int8 per block of 32): one
+ * file per set, the set's struct in its main file names them. scalar/packed.c (portable C),
+ * x86/avx2_packed.c (vpmaddubsw), x86/avx512_packed.c (VNNI vpdpbusd; needs avx512vnni besides the
+ * avx512 set's own features: eq_packed_avx512_available). */
+size_t eq_packed_prepared_bytes_scalar(size_t cols);
+void eq_packed_prepare_scalar(const float *x, size_t cols, uint8_t *out);
+void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                           const eq_input *in, float *y, size_t y_stride);
+size_t eq_packed_prepared_bytes_avx2(size_t cols);
+void eq_packed_prepare_avx2(const float *x, size_t cols, uint8_t *out);
+void eq_packed_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                         const eq_input *in, float *y, size_t y_stride);
+
 /* Bytes of a (rows, cols) tensor of `type` (rows, cols >= 1), or EQ_ERR_SIZE_OVERFLOW. */
 int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out);
 
