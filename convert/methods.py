@@ -129,7 +129,7 @@ def pack_result(weight: np.ndarray, qtype: QuantType, levels: np.ndarray, scales
     """(Mp, Kp) levels and (Mp, Kp/G) fp16 scales/mins -> the packed tensor, with its error against W."""
     rows, cols = weight.shape
     levels = levels.astype(np.uint8)
-    data = quant_types.pack(qtype, levels, scales16, mins16)
+    data = quant_types.pack(qtype, levels, scales16, mins16, cols)
     restored = quant_types.dequantize_levels(qtype, levels, scales16, mins16)[:rows, :cols]
     return QuantizedTensor(qtype, (rows, cols), data, method, *_squares(weight, restored))
 
@@ -143,8 +143,8 @@ def _padded_groups(weight: np.ndarray, qtype: QuantType) -> np.ndarray:
 
 
 def _check(weight: np.ndarray, qtype: QuantType, importance) -> None:
-    if qtype.family != quant_types.UNIFORM_BITPLANE:
-        raise ValueError(f"{qtype.name} is a {qtype.family} type; these methods write uniform bit-plane types")
+    if not qtype.is_uniform():
+        raise ValueError(f"{qtype.name} is a {qtype.family} type; these methods write uniform types")
     if weight.ndim != 2:
         raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
     if importance is not None and np.shape(importance) != (weight.shape[1],):

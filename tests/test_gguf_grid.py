@@ -199,7 +199,7 @@ def test_smollm2_default_conversion_is_as_good_as_its_source(smollm2_gguf, tmp_p
     report = convert(smollm2_gguf, out, progress=False)
     assert len(report.kept_grid) == 211 and report.refused_grid == {}   # 210 Q4_1 + the Q8_0 embeddings
     source, model = open_source(smollm2_gguf), ModelFile(out)
-    assert model.tensors["token_embd.weight"].qtype.name == "u8g32a"
+    assert model.tensors["token_embd.weight"].qtype.name == "p8g32a"    # Q8_0's numbers, packed (--layout auto)
     for name in model.tensors:
         assert np.array_equal(model.load(name), source.load(name)), name
     text = (Path(edgeq.__file__).parent / "data" / "evaluation.txt").read_text(encoding="utf-8")

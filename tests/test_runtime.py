@@ -23,6 +23,14 @@ PROMPT = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42, 9, 199, 3, 88, 61, 7, 1
 # activations' largest subset sum per lookup), so its error is larger but still far below what
 # quantizing the weights changes.
 KERNEL_SETS = {"scalar": 1e-5, "avx2": 5e-4}
+# Packed (p*g*) files take the multiply-add path in every set but the reference: activations rounded
+# to int8 per block of 32 (each off by at most 1/254 of its block's largest), whatever the set;
+# measured 0.020-0.033 of the logit range on these tiny random models (scalar and avx2 alike), with
+# 90-100 % of greedy tokens unchanged (the real model's perplexity: benchmarks/README.md).
+MULTIPLY_ADD = 0.05
+# (bits, symmetric, layout) of the converted files
+VARIANTS = [(8, False, "bitplane"), (4, False, "bitplane"), (3, True, "bitplane"), (2, False, "bitplane"),
+            (16, False, "bitplane"), (8, False, "packed"), (5, True, "packed"), (4, False, "packed")]
 
 
 @pytest.fixture(params=list(KERNEL_SETS))
@@ -52,15 +60,15 @@ def c_logits(path, tokens, chunks=(), **options):
 
 @pytest.fixture(scope="module")
 def converted(tiny_llama, tiny_qwen, tmp_path_factory):
-    """{(arch, settings): path} for a few bit widths and both symmetries."""
+    """{(arch, bits, symmetric[, "packed"]): path} for a few bit widths, both symmetries, both layouts."""
     folder = tmp_path_factory.mktemp("runtime")
     out = {}
     for arch, source in (("llama", tiny_llama), ("qwen2", tiny_qwen)):
-        for bits, symmetric in ((8, False), (4, False), (3, True), (2, False), (16, False)):
-            path = folder / f"{arch}-{bits}{'s' if symmetric else 'a'}.edgeq"
-            convert(source, path, PlanSettings(bits=bits, symmetric=symmetric, group=32 if bits == 3 else 64),
-                    progress=False)
-            out[arch, bits, symmetric] = path
+        for bits, symmetric, layout in VARIANTS:
+            path = folder / f"{arch}-{bits}{'s' if symmetric else 'a'}-{layout}.edgeq"
+            convert(source, path, PlanSettings(bits=bits, symmetric=symmetric, group=32 if bits == 3 else 64,
+                                               layout=layout), progress=False)
+            out[(arch, bits, symmetric) + (("packed",) if layout == "packed" else ())] = path
     return out
 
 
@@ -82,25 +90,27 @@ def reference():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("bits, symmetric", [(8, False), (4, False), (3, True), (2, False), (16, False)])
-def test_logits_equal_the_reference(converted, reference, arch, bits, symmetric, kernel_set):
-    path = converted[arch, bits, symmetric]
+@pytest.mark.parametrize("bits, symmetric, layout", VARIANTS)
+def test_logits_equal_the_reference(converted, reference, arch, bits, symmetric, layout, kernel_set):
+    path = converted[(arch, bits, symmetric) + (("packed",) if layout == "packed" else ())]
     expected = reference(path, PROMPT)
     span = np.ptp(expected)
     exact = c_logits(path, PROMPT, chunks=(7, 1, 5), kv_fp32=True, threads=2)
-    assert np.abs(exact - expected).max() < KERNEL_SETS[kernel_set] * span
+    tolerance = MULTIPLY_ADD if layout == "packed" else KERNEL_SETS[kernel_set]
+    assert np.abs(exact - expected).max() < tolerance * span
     cached = c_logits(path, PROMPT, kv_fp32=False, threads=1)      # fp16 KV cache: small, bounded drift
-    assert np.abs(cached - expected).max() < 2e-3 * span
-    assert (cached.argmax(-1) == expected.argmax(-1)).all()
+    assert np.abs(cached - expected).max() < max(2e-3, tolerance) * span
+    assert (cached.argmax(-1) == expected.argmax(-1)).mean() >= (0.85 if layout == "packed" else 1.0)
 
 
 def test_threads_and_batching_do_not_change_the_result(converted, kernel_set):
-    """A prompt in one batch, in several, token by token, on 1 or 2 threads: the same bits."""
-    path = converted["qwen2", 4, False]
-    one = c_logits(path, PROMPT, threads=1)
-    assert np.array_equal(one, c_logits(path, PROMPT, threads=2))
-    assert np.array_equal(one, c_logits(path, PROMPT, chunks=(1, 1, 3, 9), threads=2))
-    assert np.array_equal(one, c_logits(path, PROMPT, chunks=[1] * len(PROMPT), threads=2))
+    """A prompt in one batch, in several, token by token, on 1 or 2 threads: the same bits (LUT and
+    multiply-add paths)."""
+    for path in (converted["qwen2", 4, False], converted["qwen2", 8, False, "packed"]):
+        one = c_logits(path, PROMPT, threads=1)
+        assert np.array_equal(one, c_logits(path, PROMPT, threads=2))
+        assert np.array_equal(one, c_logits(path, PROMPT, chunks=(1, 1, 3, 9), threads=2))
+        assert np.array_equal(one, c_logits(path, PROMPT, chunks=[1] * len(PROMPT), threads=2))
 
 
 def test_a_busy_core_does_not_change_the_result(converted):
