@@ -155,6 +155,11 @@ size_t eq_packed_prepared_bytes_avx2(size_t cols);
 void eq_packed_prepare_avx2(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                          const eq_input *in, float *y, size_t y_stride);
+int eq_packed_avx512_available(void);
+size_t eq_packed_prepared_bytes_avx512(size_t cols);
+void eq_packed_prepare_avx512(const float *x, size_t cols, uint8_t *out);
+void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                           const eq_input *in, float *y, size_t y_stride);
 
 /* Bytes of a (rows, cols) tensor of `type` (rows, cols >= 1), or EQ_ERR_SIZE_OVERFLOW. */
 int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out);
