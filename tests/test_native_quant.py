@@ -220,9 +220,9 @@ def lut_error_bound(qtype: QuantType, data: np.ndarray, rows: int, cols: int, x:
 
 
 def int8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What the multiply-add kernels multiply the levels with: x (cols,) rounded to int8 per block of
-    32 with the float32 scale s_b = max |x_b| / 127 (round to nearest even), as float64 values
-    s_b xq_k, and the (cols,) half steps s_b / 2 that bound each rounding."""
+    """What the multiply-add kernels multiply W with: x (cols,) rounded to int8 per block of 32 with
+    the float32 scale s_b = max |x_b| / 127 (round to nearest even), as float64 values x̂_k = s_b xq_k,
+    and the (cols,) half steps s_b / 2 that bound each rounding."""
     cols = len(x)
     blocks = np.zeros(-(-cols // 32) * 32, np.float32)
     blocks[:cols] = x
@@ -233,13 +233,6 @@ def int8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     step = (largest / np.float32(127.0)).astype(np.float32)
     rounded = (xq.astype(np.float64) * step.astype(np.float64)[:, None]).reshape(-1)[:cols]
     return rounded, np.repeat(step.astype(np.float64) / 2.0, 32)[:cols]
-
-
-def levels_term(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """(rows, cols) float64 scale[r, g(k)] q[r, k]: the part of W the int8 activations multiply
-    (the min, or the symmetric zero point, meets Σx computed from x itself)."""
-    levels, scales, _ = unpack(qtype, data, rows, cols)
-    return (np.repeat(scales.astype(np.float64), qtype.group, axis=1) * levels)[:rows, :cols]
 
 
 @pytest.mark.parametrize("isa", _ffi.all_kernel_sets()[:-1])     # every set but the reference
@@ -275,15 +268,20 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
                 allowed += bound
                 assert rms(got[v] - reference) <= 0.25 * rms(bound) + 1e-5 * magnitude.max()
             elif route["path"] == "multiply-add":                           # int8 activations
-                # |x_k - s_b xq_k| <= s_b / 2, so |Δy[r]| <= Σ_k |scale q[r,k]| s_b(k) / 2 = bound
+                # the kernels compute W x̂ with x̂_k = s_b xq_k (the min / zero-point term too, through
+                # Σx̂ = s_b Σ xq), and |x_k - x̂_k| <= s_b / 2, so |Δy[r]| <= Σ_k |w[r,k]| s_b(k) / 2
                 rounded, half_step = int8_activations(x[v])
-                term = levels_term(qtype, data, rows, cols)
-                bound = np.abs(term) @ half_step
-                float_sums = 1e-5 * (magnitude + np.abs(term) @ np.abs(rounded))
-                allowed += bound + float_sums
-                # and exactly the reference's sums with x rounded so, up to float32 accumulation
-                expected = reference + term @ (rounded - x[v].astype(np.float64))
+                bound = np.abs(weights) @ half_step
+                allowed += bound
+                # and exactly the reference's product with x rounded so, up to float32 accumulation
+                # (whose terms are |scale q| |x̂| <= (|w| + |min|) |x̂|, and |min Σx̂|)
+                _, scales, mins = unpack(qtype, data, rows, cols)
+                offset = np.repeat(np.abs(scales if mins is None else mins).astype(np.float64), qtype.group, axis=1)
+                offset = offset[:rows, :cols] * (((1 << qtype.bits) - 1) / 2.0 if mins is None else 1.0)
+                float_sums = 1e-5 * ((np.abs(weights) + 2 * offset) @ np.abs(rounded))
+                expected = reference + weights @ (rounded - x[v].astype(np.float64))
                 assert np.all(np.abs(got[v] - expected) <= float_sums + 1e-6 * np.abs(reference) + 1e-30)
+                allowed += float_sums
             assert np.all(np.abs(got[v] - reference) <= allowed), (qtype.name, rows, cols, v)
             # one vector alone gives the same bits as inside the batch
             assert np.array_equal(_ffi.gemv(qtype.name, data, rows, cols, x[v], isa=isa), got[v].astype(np.float32))

@@ -1,7 +1,7 @@
 /* x86/avx2_packed.c — int8 multiply-add decode kernels for the uniform packed family, set `avx2`.
  *
- * Same algorithm as scalar/packed.c (activations int8 per block of 32 with a float scale, Σx per
- * block as float; per 16-row tile and block an int32 dot product of levels and int8 activations,
+ * Same algorithm as scalar/packed.c (activations int8 per block of 32 with a float scale s_b, and
+ * Σx̂ = s_b Σ xq per block for the min / zero-point term; per 16-row tile and block an int32 dot product of levels and int8 activations,
  * scaled per block in fp32, then per group by the fp16 scale, + min Σx or - zero_point scale Σx),
  * with vpmaddubsw (u8 x s8 -> pairs summed into s16) and vpmaddwd (pairs of s16 -> s32):
  *   - one 32-byte load of levels is 8 rows x 4 columns (4-bit: 8 rows x 8 columns, two nibbles),
@@ -36,7 +36,7 @@ enum { BLOCK = EQ_PACKED_BLOCK_COLS };
 /* ---- prepare: int8 activations per block of 32 ------------------------------------------------ */
 
 /* One vector's prepared bytes (padded = cols rounded up to EQ_LARGEST_GROUP, zeros past cols):
- * int8 xq[padded], then per block of 32: float scale, int32 Σ xq, float Σ x. */
+ * int8 xq[padded], then per block of 32: float scale s_b, int32 Σ xq, float Σx̂ = s_b Σ xq. */
 typedef struct int8_input {
     const int8_t *xq;
     const float *scales;
@@ -70,13 +70,11 @@ void eq_packed_prepare_avx2(const float *x, size_t cols, uint8_t *out)
     float *scales = (float *)(void *)(out + padded), *sums = scales + 2 * blocks;
     int32_t *xq_sums = (int32_t *)(void *)(scales + blocks);
     for (size_t b = 0; b < blocks; b++) {
-        float values[BLOCK] = {0}, largest = 0.0f, sum = 0.0f;
+        float values[BLOCK] = {0}, largest = 0.0f;
         for (size_t i = 0; i < BLOCK && b * BLOCK + i < cols; i++)
             values[i] = x[b * BLOCK + i];
-        for (int i = 0; i < BLOCK; i++) {
+        for (int i = 0; i < BLOCK; i++)
             largest = fabsf(values[i]) > largest ? fabsf(values[i]) : largest;
-            sum += values[i];
-        }
         const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
         int32_t xq_sum = 0;
         for (int i = 0; i < BLOCK; i++) {
@@ -85,7 +83,7 @@ void eq_packed_prepare_avx2(const float *x, size_t cols, uint8_t *out)
         }
         scales[b] = largest / 127.0f;
         xq_sums[b] = xq_sum;
-        sums[b] = sum;
+        sums[b] = scales[b] * (float)xq_sum;
     }
 }
 

@@ -2,7 +2,7 @@
  * VNNI, for the `avx512` set (x86/avx512.c names them in its struct).
  *
  * The algorithm of scalar/packed.c, whose prepare (int8 activations per block of 32, float scale
- * and Σx per block) it shares: vpdpbusd multiplies u8 levels by s8 activations and adds each row's
+ * and Σx̂ = s_b Σ xq per block) it shares: vpdpbusd multiplies u8 levels by s8 activations and adds each row's
  * 4 products into its int32 lane without saturation (4 x 255 x 127 per step), so every width takes
  * the same path: one 64-byte load of levels is the 16 rows x 4 columns of a quad (edgeq.h), the
  * quad's 4 activations broadcast to every lane; 4-bit quads are masked and shifted into two.
@@ -43,7 +43,7 @@ int eq_packed_avx512_available(void)
     return ((ebx >> 16) & 1) && ((ebx >> 30) & 1) && ((ebx >> 31) & 1) && ((ecx >> 11) & 1);
 }
 
-/* The prepared layout is scalar/packed.c's: int8 xq[padded], float scale[padded/32], float Σx[padded/32]. */
+/* The prepared layout is scalar/packed.c's: int8 xq[padded], float scale[padded/32], float Σx̂[padded/32]. */
 static size_t padded_columns(size_t cols)
 {
     return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
