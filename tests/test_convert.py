@@ -175,7 +175,7 @@ def test_cli_convert_and_info(tiny_qwen, tmp_path):
     assert info.returncode == 0, info.stderr
     text = info.stdout
     assert "qwen2: 2 layers, dim 64" in text
-    assert "blk.1.ffn_down.weight" in text and "u3g128s" in text and "u8g128s" in text and "u5g128s" in text
+    assert "blk.1.ffn_down.weight" in text and "u3g128s" in text and "p8g128s" in text and "u5g128s" in text   # head packed at 8 bits
     model = ModelFile(out)
     blocks = [t for t in model.tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
     bpw = 8 * sum(t.nbytes for t in blocks) / sum(t.shape[0] * t.shape[1] for t in blocks)
