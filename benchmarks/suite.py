@@ -75,15 +75,22 @@ EDGEQ_VARIANTS = ["8", "6", "5", "4", "3", "2"]
 PEERS = {8: ["Q8_0"], 6: ["Q6_K"], 5: ["Q5_K_M"], 4: ["Q4_0", "Q4_K_M"], 3: ["Q3_K_M"], 2: ["Q2_K"]}
 # rough edgeq prefill tok/s at 2 threads, 4 bits (avx2 LUT kernels, 2026-11), for the estimate only
 EDGEQ_RATE_GUESS = {"smollm2": 150.0, "qwen": 40.0}
-# conversion wall seconds on the 2-core development machine, for the estimate only, by what the
-# method does: plain (no calibration: rtn at 8 bits, hqq, rtn), imatrix (a calibration pass for
-# E[x^2], rtn weighted: auto at 4-6 bits), gptq (calibration with Hessians and GPTQ: auto at <= 3 bits).
-# Measured (benchmarks/README.md "The suite"): SmolLM2 u3g32a gptq and u4g64a rtn-imatrix; Qwen gptq
-# from issue 9's trials (591 CPU s), the rest scaled by the models' sizes.
-CONVERT_SECONDS_GUESS = {"smollm2": {"plain": 15.0, "imatrix": 45.0, "gptq": 75.0},
-                         "qwen": {"plain": 60.0, "imatrix": 180.0, "gptq": 600.0}}
+# conversion seconds on the 2-core development machine when quiet, for the estimate only, by what the
+# method does: plain (no calibration: rtn at 8 bits, hqq, rtn), imatrix (a calibration pass for E[x^2],
+# then weighted rtn: auto at 4-6 bits), gptq (calibration with Hessians and GPTQ: auto at <= 3 bits).
+# Measured as CPU seconds (the steady number on a shared machine; benchmarks/README.md "Conversion cost
+# in the suite"): SmolLM2 u4g64a rtn-imatrix 65 s, u3g32a gptq 157 s, u4g64a plain rtn 12 s
+# (bench_convert.py); Qwen u3g64a gptq 591 s (issue 9's trials), plain 55 s, imatrix scaled by the
+# two models' gptq ratio.
+CONVERT_SECONDS_GUESS = {"smollm2": {"plain": 15.0, "imatrix": 65.0, "gptq": 160.0},
+                         "qwen": {"plain": 60.0, "imatrix": 240.0, "gptq": 600.0}}
 
 
+# llama.cpp perplexity, mirroring edgeq/perplexity.py's "llama" convention: the text with one trailing
+# newline dropped, tokenized once without special-token parsing, BOS put first (and over the first
+# token of every chunk) only when the model adds BOS, each chunk from an empty KV cache (reset(): the
+# next eval removes every cached position), logits at ctx/2 .. ctx-2 scoring tokens ctx/2+1 .. ctx-1,
+# log-softmax in float64, llama.cpp's standard error.
 LLAMA_PPL = r"""
 import json, math, sys, time
 import numpy as np
