@@ -23,8 +23,8 @@ AARCH64_CC = os.environ.get("AARCH64_CC", "aarch64-linux-gnu-gcc")
 QEMU = os.environ.get("QEMU_AARCH64", "qemu-aarch64")
 
 # The kernel sets an aarch64 build has, best first, and the best one qemu's CPU model runs.
-ARM_SETS = ("scalar", "ref")
-QEMU_CPUS = {"cortex-a72": "scalar", "max": "scalar"}
+ARM_SETS = ("neon", "scalar", "ref")
+QEMU_CPUS = {"cortex-a72": "neon", "max": "neon"}
 
 PROMPTS = ([1, 2, 3, 4], [5, 17, 33, 2, 120, 77, 8, 250, 1, 64], [300, 42, 9, 199], [7])
 N_GENERATE = 8

@@ -94,6 +94,14 @@ void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
 float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n);
 void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n);
 
+/* arm/: NEON LUT kernels with int16 tables as two byte tables (vqtbl1q_u8), aarch64 only */
+int eq_neon_available(void);
+void eq_prepare_neon(eq_acts *acts, size_t first, size_t count);
+void eq_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                  const eq_acts *acts, float *y, size_t y_stride);
+float eq_dot_f16_neon(const uint16_t *a, const float *b, size_t n);
+void eq_axpy_f16_neon(float *y, float w, const uint16_t *x, size_t n);
+
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 
 /* Bytes of one (tile, group) block of a packed type: scales, mins, planes. */

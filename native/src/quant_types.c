@@ -245,10 +245,12 @@ static int always_available(void)
     return 1;
 }
 
-/* Best first; the reference is last and always available. Later: neon (arm/). */
+/* Best first; the reference is last and always available. */
 static const eq_kernel_set kernel_sets[] = {
     {"avx2", eq_avx2_available, eq_dequantize_rows_ref, NULL, eq_prepare_avx2, eq_gemm_avx2,
      eq_dot_f16_avx2, eq_axpy_f16_avx2},
+    {"neon", eq_neon_available, eq_dequantize_rows_ref, NULL, eq_prepare_neon, eq_gemm_neon,
+     eq_dot_f16_neon, eq_axpy_f16_neon},
     {"scalar", always_available, eq_dequantize_rows_ref, eq_gemv_scalar, NULL, NULL,
      eq_dot_f16_scalar, eq_axpy_f16_scalar},
     {"ref", always_available, eq_dequantize_rows_ref, eq_gemv_ref, NULL, NULL,
