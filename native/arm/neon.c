@@ -210,7 +210,7 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
                     for (int p0 = 0; p0 < bits; p0 += 4) {
                         const int p_end = bits < p0 + 4 ? bits : p0 + 4;
                         unit_sums unit = {{vdupq_n_u16(0), vdupq_n_u16(0)}, {vdupq_n_u16(0), vdupq_n_u16(0)}};
-#pragma GCC unroll 8
+#pragma GCC unroll 2   /* 4 and 8 spill registers at 5-8 bits (objdump) */
                         for (size_t c = 0; c < chunks; c++) {
 #pragma GCC unroll 4
                             for (int p = p0; p < p_end; p++)
@@ -222,12 +222,14 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
                         widen_unit_sums(&unit, bias, p0, total);
                     }
                     const float32x4_t table_scale = vdupq_n_f32(table_scales[col0 / EQ_LUT_UNIT]);
+#pragma GCC unroll 4
                     for (int i = 0; i < 4; i++)
                         dot[i] = vfmaq_f32(dot[i], vcvtq_f32_s32(total[i]), table_scale);
                 }
                 float sum_x = 0.0f;
                 for (size_t i = 0; i < group / 32; i++)
                     sum_x += sums[g * group / 32 + i];
+#pragma GCC unroll 4
                 for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
                     const float32x4_t scale = load_f16x4(block + 8 * i);
                     if (type->symmetric) {
