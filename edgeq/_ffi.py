@@ -145,7 +145,7 @@ def dequantize(qtype_name: str, data: np.ndarray, rows: int, cols: int,
 def gemm(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
          isa: str | None = None) -> np.ndarray:
     """Y = X W^T for W the (rows, cols) tensor in `data`: x float32 (n, cols) -> y float32 (n, rows),
-    every vector through one batched call. isa names a kernel set ("ref", "scalar", "avx2")
+    every vector through one batched call. isa names a kernel set ("ref", "scalar", "avx2", "neon")
     instead of the active one."""
     qtype_id = _qtype_id(qtype_name)
     rows, cols = _check_shape(rows, cols)
@@ -173,19 +173,19 @@ def gemm(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
 def gemv(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
          isa: str | None = None) -> np.ndarray:
     """y = W x for W the (rows, cols) tensor in `data`; x float32 (cols,) -> y float32 (rows,).
-    isa names a kernel set ("ref", "scalar", "avx2") instead of the active one."""
+    isa names a kernel set ("ref", "scalar", "avx2", "neon") instead of the active one."""
     _check_floats(x, _check_shape(rows, cols)[1], "x")
     return gemm(qtype_name, data, rows, cols, x.reshape(1, -1), isa=isa).reshape(-1)
 
 
 def isa() -> str:
-    """The active kernel set: "avx2" (int8 LUT), "scalar" (portable LUT) or "ref" (the reference)."""
+    """The active kernel set: "avx2" or "neon" (int16 LUT), "scalar" (portable LUT) or "ref" (the reference)."""
     return ffi.string(lib.eq_isa_name()).decode()
 
 
 def kernel_sets() -> list[str]:
     """The kernel sets this CPU runs, best first."""
-    return [name for name in ("avx2", "scalar", "ref") if lib.eq_isa_available(name.encode())]
+    return [name for name in ("avx2", "neon", "scalar", "ref") if lib.eq_isa_available(name.encode())]
 
 
 def select_isa(name: str) -> None:

@@ -13,6 +13,8 @@ BATCH = 64            # tokens the runtime evaluates together (native/src/model.
 KERNELS = {
     "avx2": {UNIFORM_BITPLANE: "LUT: int16 tables of 4-activation subset sums, pshufb lookups per bit-plane",
              PLAIN: "fp32 FMA"},
+    "neon": {UNIFORM_BITPLANE: "LUT: int16 tables of 4-activation subset sums, vqtbl1q lookups per bit-plane",
+             PLAIN: "fp32 FMA"},
     "scalar": {UNIFORM_BITPLANE: "LUT: float tables of 4-activation subset sums, portable C", PLAIN: "portable C"},
     "ref": {UNIFORM_BITPLANE: "reference: bit by bit, double accumulation", PLAIN: "reference"},
 }

@@ -158,7 +158,7 @@ uint16_t eq_fp32_to_fp16(float value);
 
 /* ---------------------------------------------------------------------------------------------
  * kernels (dispatched once, at first use, to the best kernel set this CPU runs; EDGEQ_ISA=ref,
- * scalar or avx2 forces a set; an unknown or unavailable EDGEQ_ISA value falls back to the best
+ * scalar, avx2 or neon forces a set; an unknown or unavailable EDGEQ_ISA value falls back to the best
  * available set)
  * ------------------------------------------------------------------------------------------- */
 
@@ -185,8 +185,8 @@ int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t col
 int eq_gemm(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, size_t n, float *y);
 
-/* Name of the active kernel set: "avx2" (int8 LUT, pshufb), "scalar" (portable LUT, float tables)
- * or "ref" (the specification). Selects it if not yet done. */
+/* Name of the active kernel set: "avx2" / "neon" (int16 LUT, pshufb / vqtbl1q), "scalar" (portable
+ * LUT, float tables) or "ref" (the specification). Selects it if not yet done. */
 const char *eq_isa_name(void);
 
 /* 1 if the kernel set called `isa` exists and this CPU runs it, else 0. */

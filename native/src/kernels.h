@@ -2,7 +2,7 @@
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA folder (ref/, scalar/, x86/, later arm/) defines the functions of one kernel set with its
+ * Each ISA folder (ref/, scalar/, x86/, arm/) defines the functions of one kernel set with its
  * own suffix: eq_dequantize_rows_<isa>, eq_gemv_<isa>, and for the LUT sets eq_prepare_<isa>,
  * eq_gemm_<isa> (the batched product over prepared activations).
  */
@@ -55,7 +55,7 @@ typedef void (*eq_axpy_f16_fn)(float *y, float w, const uint16_t *x, size_t n);
 /* One kernel set per ISA; src/quant_types.c holds the list and picks one at first use.
  * A set without prepare/gemm reads x directly and multiplies one vector at a time with gemv. */
 typedef struct eq_kernel_set {
-    const char *isa;                         /* "ref", "scalar", "avx2" (EDGEQ_ISA values) */
+    const char *isa;                         /* "ref", "scalar", "avx2", "neon" (EDGEQ_ISA values) */
     int (*is_available)(void);               /* nonzero if this CPU runs the set */
     eq_dequantize_rows_fn dequantize_rows;
     eq_gemv_fn gemv;                         /* used when gemm is NULL */
