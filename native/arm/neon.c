@@ -35,7 +35,7 @@
 
 /* AdvSIMD with fp16 conversions is part of every aarch64 CPU that runs Linux distributions, but
  * the kernel says so in AT_HWCAP; elsewhere (macOS, the BSDs) aarch64 implies it. */
-int eq_neon_available(void)
+static int neon_available(void)
 {
 #if defined(__linux__)
     return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
@@ -47,8 +47,10 @@ int eq_neon_available(void)
 /* ---- prepare: int16 tables as two byte tables ------------------------------------------------- */
 
 enum {
-    QUADS_PER_UNIT = EQ_LUT_UNIT / 4,
-    CHUNK_TABLE_BYTES = 8 * EQ_LUT_BYTES_PER_COL   /* 64: the four byte tables of one plane chunk */
+    LUT_UNIT = 64,                  /* activations per table scale */
+    LUT_BYTES_PER_COL = 8,          /* 16 two-byte entries per 4 activations */
+    QUADS_PER_UNIT = LUT_UNIT / 4,
+    CHUNK_TABLE_BYTES = 8 * LUT_BYTES_PER_COL   /* 64: the four byte tables of one plane chunk */
 };
 
 /* The 16 subset sums of one quad, entries 4j..4j+3 in entries[j]: added in the order x86/avx2.c
@@ -78,43 +80,65 @@ static inline void quantize_table(const float32x4_t entries[4], float32x4_t inv,
                                                                 vshrn_n_s16(second, 8))), sign));
 }
 
-void eq_prepare_neon(eq_acts *acts, size_t first, size_t count)
+/* One vector's prepared bytes: (padded / 8, 64) byte tables, then padded / 64 float table scales,
+ * then padded / 32 float sums of x; padded = cols rounded up to EQ_LARGEST_GROUP. */
+typedef struct lut_input {
+    uint8_t *tables;
+    float *table_scales;
+    float *sums;
+} lut_input;
+
+static size_t padded_columns(size_t cols)
 {
-    const size_t cols = acts->cols, padded = acts->padded_cols;
-    for (size_t v = first; v < first + count; v++) {
-        const float *x = acts->x + v * cols;
-        uint8_t *tables = (uint8_t *)acts->tables + v * padded * EQ_LUT_BYTES_PER_COL;
-        float *scales = acts->table_scales + v * (padded / EQ_LUT_UNIT);
-        float *sums = acts->sums + v * (padded / 32);
-        for (size_t u0 = 0; u0 < padded; u0 += EQ_LUT_UNIT) {
-            float32x4_t entries[QUADS_PER_UNIT][4];
-            float quad_sum[QUADS_PER_UNIT];
-            float32x4_t max_abs = vdupq_n_f32(0.0f);
-            for (int q = 0; q < QUADS_PER_UNIT; q++) {
-                float a[4];
-                for (int i = 0; i < 4; i++) {
-                    size_t k = u0 + 4u * (size_t)q + (size_t)i;
-                    a[i] = k < cols ? x[k] : 0.0f;
-                }
-                quad_entries(a, entries[q]);
-                for (int j = 0; j < 4; j++)
-                    max_abs = vmaxq_f32(max_abs, vabsq_f32(entries[q][j]));
-                quad_sum[q] = ((a[0] + a[1]) + a[2]) + a[3];
+    return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
+}
+
+static size_t lut_prepared_bytes(size_t cols)
+{
+    size_t padded = padded_columns(cols);
+    return padded * LUT_BYTES_PER_COL + (padded / LUT_UNIT + padded / 32) * sizeof(float);
+}
+
+static lut_input lut_input_at(uint8_t *prepared, size_t cols)
+{
+    size_t padded = padded_columns(cols);
+    lut_input in = {prepared, (float *)(void *)(prepared + padded * LUT_BYTES_PER_COL), NULL};
+    in.sums = in.table_scales + padded / LUT_UNIT;
+    return in;
+}
+
+static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
+{
+    const size_t padded = padded_columns(cols);
+    const lut_input prepared = lut_input_at(bytes, cols);
+    for (size_t u0 = 0; u0 < padded; u0 += LUT_UNIT) {
+        float32x4_t entries[QUADS_PER_UNIT][4];
+        float quad_sum[QUADS_PER_UNIT];
+        float32x4_t max_abs = vdupq_n_f32(0.0f);
+        for (int q = 0; q < QUADS_PER_UNIT; q++) {
+            float a[4];
+            for (int i = 0; i < 4; i++) {
+                size_t k = u0 + 4u * (size_t)q + (size_t)i;
+                a[i] = k < cols ? x[k] : 0.0f;
             }
-            float largest = vmaxvq_f32(max_abs);
-            scales[u0 / EQ_LUT_UNIT] = largest / 32767.0f;
-            float32x4_t inv = vdupq_n_f32(largest > 0.0f ? 32767.0f / largest : 0.0f);
-            for (int half = 0; half < 2; half++) {
-                float sum = 0.0f;
-                for (int q = 8 * half; q < 8 * half + 8; q++)
-                    sum += quad_sum[q];
-                sums[u0 / 32 + (size_t)half] = sum;
-            }
-            for (int q = 0; q < QUADS_PER_UNIT; q++) {
-                /* quad q is chunk q/2's even (low-nibble) or odd (high-nibble) quad */
-                uint8_t *chunk = tables + (u0 / 8 + (size_t)q / 2) * CHUNK_TABLE_BYTES + 16 * (q % 2);
-                quantize_table(entries[q], inv, chunk, chunk + 32);
-            }
+            quad_entries(a, entries[q]);
+            for (int j = 0; j < 4; j++)
+                max_abs = vmaxq_f32(max_abs, vabsq_f32(entries[q][j]));
+            quad_sum[q] = ((a[0] + a[1]) + a[2]) + a[3];
+        }
+        float largest = vmaxvq_f32(max_abs);
+        prepared.table_scales[u0 / LUT_UNIT] = largest / 32767.0f;
+        float32x4_t inv = vdupq_n_f32(largest > 0.0f ? 32767.0f / largest : 0.0f);
+        for (int half = 0; half < 2; half++) {
+            float sum = 0.0f;
+            for (int q = 8 * half; q < 8 * half + 8; q++)
+                sum += quad_sum[q];
+            prepared.sums[u0 / 32 + (size_t)half] = sum;
+        }
+        for (int q = 0; q < QUADS_PER_UNIT; q++) {
+            /* quad q is chunk q/2's even (low-nibble) or odd (high-nibble) quad */
+            uint8_t *chunk = prepared.tables + (u0 / 8 + (size_t)q / 2) * CHUNK_TABLE_BYTES + 16 * (q % 2);
+            quantize_table(entries[q], inv, chunk, chunk + 32);
         }
     }
 }
@@ -177,7 +201,7 @@ static inline float32x4_t load_f16x4(const uint8_t *p)
  * have constant trip counts and unroll. */
 static inline __attribute__((always_inline)) void
 gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                 const eq_acts *acts, float *y, size_t y_stride, const int bits, const size_t group)
+                 const eq_input *in, float *y, size_t y_stride, const int bits, const size_t group)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_groups = (cols + group - 1) / group;
@@ -185,25 +209,24 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
     const size_t plane_bytes = 2u * group;
-    const size_t unit_cols = group < EQ_LUT_UNIT ? group : EQ_LUT_UNIT;
+    const size_t unit_cols = group < LUT_UNIT ? group : LUT_UNIT;
     const size_t units = group / unit_cols, chunks = unit_cols / EQ_CHUNK_COLS;
     const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
-    const size_t table_stride = acts->padded_cols * EQ_LUT_BYTES_PER_COL;
-    const size_t scale_stride = acts->padded_cols / EQ_LUT_UNIT, sum_stride = acts->padded_cols / 32;
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * n_groups * block_bytes;
-        for (size_t v = 0; v < acts->n; v++) {
-            const uint8_t *tables = (const uint8_t *)acts->tables + v * table_stride;
-            const float *table_scales = acts->table_scales + v * scale_stride;
-            const float *sums = acts->sums + v * sum_stride;
+        for (size_t v = 0; v < in->n; v++) {
+            const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
+            const uint8_t *tables = prepared.tables;
+            const float *table_scales = prepared.table_scales;
+            const float *sums = prepared.sums;
             float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
             const uint8_t *block = tile_data;
             for (size_t g = 0; g < n_groups; g++, block += block_bytes) {
                 float32x4_t dot[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
                 for (size_t u = 0; u < units; u++) {
                     const size_t col0 = g * group + u * unit_cols;
-                    const uint8_t *unit_tables = tables + col0 * EQ_LUT_BYTES_PER_COL;
+                    const uint8_t *unit_tables = tables + col0 * LUT_BYTES_PER_COL;
                     const uint8_t *unit_planes = block + planes_offset + u * unit_cols * 2u;
                     int32x4_t total[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
 #pragma GCC unroll 2
@@ -221,7 +244,7 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
                         const uint16_t bias = (uint16_t)(2u * 128u * chunks * ((1u << (p_end - p0)) - 1u));
                         widen_unit_sums(&unit, bias, p0, total);
                     }
-                    const float32x4_t table_scale = vdupq_n_f32(table_scales[col0 / EQ_LUT_UNIT]);
+                    const float32x4_t table_scale = vdupq_n_f32(table_scales[col0 / LUT_UNIT]);
 #pragma GCC unroll 4
                     for (int i = 0; i < 4; i++)
                         dot[i] = vfmaq_f32(dot[i], vcvtq_f32_s32(total[i]), table_scale);
@@ -251,16 +274,16 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
     }
 }
 
-static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                        const eq_acts *acts, float *y, size_t y_stride)
+static void lut_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                     const eq_input *in, float *y, size_t y_stride)
 {
 #define BODY_CASE(b, g) \
-    case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, acts, y, y_stride, (b), (g)); return;
+    case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, in, y, y_stride, (b), (g)); return;
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
     BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
     default:   /* a type added to the table without a case here: correct, not unrolled */
-        gemm_packed_body(type, data, rows, cols, acts, y, y_stride, type->bits, (size_t)type->group);
+        gemm_packed_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);
     }
 #undef BODY_CASES
 #undef BODY_CASE
@@ -291,14 +314,14 @@ static inline void load_row8(const uint8_t *w, size_t width, float32x4_t out[2])
 }
 
 /* plain f32 / f16 rows: fp32 FMA dot products, each row reused for every vector */
-static void gemm_plain(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                       const eq_acts *acts, float *y, size_t y_stride)
+static void plain_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                       const eq_input *in, float *y, size_t y_stride)
 {
     const size_t width = (size_t)type->bits / 8u, body = cols / 8 * 8;
     for (size_t r = 0; r < rows; r++) {
         const uint8_t *w = data + r * cols * width;
-        for (size_t v = 0; v < acts->n; v++) {
-            const float *x = acts->x + v * cols;
+        for (size_t v = 0; v < in->n; v++) {
+            const float *x = in->x + v * in->cols;
             float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
             for (size_t k = 0; k < body; k += 8) {
                 float32x4_t weights[2];
@@ -314,24 +337,9 @@ static void gemm_plain(const eq_qtype_traits *type, const uint8_t *data, size_t 
     }
 }
 
-void eq_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                  const eq_acts *acts, float *y, size_t y_stride)
-{
-    switch ((eq_qfamily)type->family) {
-    case EQ_QFAMILY_PLAIN:
-        gemm_plain(type, data, rows, cols, acts, y, y_stride);
-        break;
-    case EQ_QFAMILY_UNIFORM_BITPLANE:
-        gemm_packed(type, data, rows, cols, acts, y, y_stride);
-        break;
-    case EQ_QFAMILY_COUNT:
-        break;   /* not a family: the entry points only pass table rows */
-    }
-}
-
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
 
-float eq_dot_f16_neon(const uint16_t *a, const float *b, size_t n)
+static float dot_f16(const uint16_t *a, const float *b, size_t n)
 {
     float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
     size_t i = 0;
@@ -346,7 +354,7 @@ float eq_dot_f16_neon(const uint16_t *a, const float *b, size_t n)
     return dot;
 }
 
-void eq_axpy_f16_neon(float *y, float w, const uint16_t *x, size_t n)
+static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
 {
     const float32x4_t weight = vdupq_n_f32(w);
     size_t i = 0;
@@ -359,35 +367,29 @@ void eq_axpy_f16_neon(float *y, float w, const uint16_t *x, size_t n)
         y[i] += w * eq_fp16_to_fp32(x[i]);
 }
 
+/* ---- the set -------------------------------------------------------------------------------- */
+
+const eq_kernel_set eq_kernels_neon = {
+    .isa = "neon",
+    .is_available = neon_available,
+    .family = {
+        [EQ_QFAMILY_PLAIN] = {"float", "fp32 FMA dot products (NEON)", NULL, NULL, plain_gemm, NULL},
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {"lut", "LUT: int16 tables of 4-activation subset sums, two vqtbl1q per lookup",
+                                         lut_prepared_bytes, lut_prepare, lut_gemm, NULL},
+    },
+    .dot_f16 = dot_f16,
+    .axpy_f16 = axpy_f16,
+};
+
 #else   /* not aarch64: the set exists but is never available */
 
 #include "kernels.h"
 
-int eq_neon_available(void)
+static int neon_available(void)
 {
     return 0;
 }
 
-void eq_prepare_neon(eq_acts *acts, size_t first, size_t count)
-{
-    (void)acts, (void)first, (void)count;
-}
-
-void eq_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                  const eq_acts *acts, float *y, size_t y_stride)
-{
-    (void)type, (void)data, (void)rows, (void)cols, (void)acts, (void)y, (void)y_stride;
-}
-
-float eq_dot_f16_neon(const uint16_t *a, const float *b, size_t n)
-{
-    (void)a, (void)b, (void)n;
-    return 0.0f;
-}
-
-void eq_axpy_f16_neon(float *y, float w, const uint16_t *x, size_t n)
-{
-    (void)y, (void)w, (void)x, (void)n;
-}
+const eq_kernel_set eq_kernels_neon = {.isa = "neon", .is_available = neon_available};
 
 #endif
