@@ -192,6 +192,13 @@ const char *eq_isa_name(void);
 /* 1 if the kernel set called `isa` exists and this CPU runs it, else 0. */
 int eq_isa_available(const char *isa);
 
+/* Number of kernel sets this library was built with, whether or not this CPU runs them. */
+int eq_kernel_set_count(void);
+
+/* Name of kernel set `index` (0 .. eq_kernel_set_count() - 1, best first, "ref" last), or NULL.
+ * The one list of sets: tests and tools enumerate it and ask eq_isa_available about each. */
+const char *eq_kernel_set_name(int index);
+
 /* Make `isa` the active kernel set for the whole process (tests, benchmarks). A model evaluation
  * already running finishes with the set it started with. EQ_ERR_NOT_FOUND if that set does not
  * exist or this CPU cannot run it. */

@@ -302,6 +302,19 @@ int eq_isa_available(const char *isa)
     return find_kernel_set(isa) != NULL;
 }
 
+int eq_kernel_set_count(void)
+{
+    return KERNEL_SET_COUNT;
+}
+
+const char *eq_kernel_set_name(int index)
+{
+    if (index < 0 || index >= KERNEL_SET_COUNT) {
+        return NULL;
+    }
+    return kernel_sets[index].isa;
+}
+
 int eq_select_isa(const char *isa)
 {
     const eq_kernel_set *set = find_kernel_set(isa);
