@@ -304,13 +304,31 @@ static void write_u16le(uint8_t *p, uint16_t v)
     p[1] = (uint8_t)(v >> 8);
 }
 
-/* Bytes of t by the layout in edgeq.h's opening comment: (tile, group) blocks of scale[16],
- * min[16] (asymmetric), then b planes of G/8 chunks of 16 bytes. */
-static size_t layout_bytes(const tensor *t)
+/* Columns stored for group g (the planes' width): every group is stored whole, G columns, the
+ * padding of a partial last group included. The one place that says how wide a group is. */
+static size_t stored_columns(const tensor *t, size_t g)
+{
+    (void)g;
+    return (size_t)t->type->group;
+}
+
+/* Bytes of one (tile, group) block: scale[16] fp16, min[16] fp16 (asymmetric), then b planes of
+ * one 16-byte chunk per 8 stored columns. */
+static size_t block_bytes(const tensor *t, size_t g)
 {
     const size_t scale_bytes = 2u * EQ_TILE_ROWS * (t->type->symmetric ? 1u : 2u);
-    const size_t plane_bytes = (size_t)t->type->group / EQ_CHUNK_COLS * EQ_TILE_ROWS;
-    return t->padded_rows / EQ_TILE_ROWS * t->n_groups * (scale_bytes + (size_t)t->type->bits * plane_bytes);
+    return scale_bytes + (size_t)t->type->bits * (stored_columns(t, g) / EQ_CHUNK_COLS) * EQ_TILE_ROWS;
+}
+
+/* Bytes of t by the layout in edgeq.h's opening comment: tiles of 16 rows, each a run of blocks,
+ * one per group. */
+static size_t layout_bytes(const tensor *t)
+{
+    size_t tile_bytes = 0;
+    for (size_t g = 0; g < t->n_groups; g++) {
+        tile_bytes += block_bytes(t, g);
+    }
+    return t->padded_rows / EQ_TILE_ROWS * tile_bytes;
 }
 
 /* out (layout_bytes(t)) = t's levels, scales and mins packed: byte r of chunk c of plane p holds
@@ -328,7 +346,7 @@ static void pack_levels(const tensor *t, uint8_t *out)
                 write_u16le(p, t->mins[(tile * EQ_TILE_ROWS + (size_t)r) * t->n_groups + g]);
             }
             for (int plane = 0; plane < t->type->bits; plane++) {
-                for (size_t chunk = 0; chunk < group / EQ_CHUNK_COLS; chunk++) {
+                for (size_t chunk = 0; chunk < stored_columns(t, g) / EQ_CHUNK_COLS; chunk++) {
                     for (int r = 0; r < EQ_TILE_ROWS; r++, p++) {
                         const uint8_t *levels = t->levels + (tile * EQ_TILE_ROWS + (size_t)r) * padded_cols
                                                 + g * group + chunk * EQ_CHUNK_COLS;
@@ -400,7 +418,7 @@ static tensor make_tensor(rng *r, const eq_qtype_traits *type, const test_case *
     const size_t packed = layout_bytes(&t);
     if (packed != t.nbytes) {
         fprintf(stderr, "check_kernels: %s (%zu, %zu): eq_qtype_nbytes says %zu bytes, the layout in "
-                "edgeq.h gives %zu: update layout_bytes and pack_levels\n", type->name, c->rows, c->cols, t.nbytes, packed);
+                "edgeq.h gives %zu: update stored_columns\n", type->name, c->rows, c->cols, t.nbytes, packed);
         exit(2);
     }
     pack_levels(&t, t.data);
