@@ -32,8 +32,8 @@
  *       float operations a set makes, D = n_groups + G/4 + b + 64 (packed: a table entry is 3 adds,
  *       a plane sum G/4 lookups, b planes, one add per group, Σx at most G/4 + 3 adds) or
  *       D = K + 64 (plain: one sequential dot product).
- *   table_term, for sets that quantize their activation tables (avx2: int16, one scale per 64
- *       activations, "levels" 32767): the table of a quad of 4 activations holds every subset sum
+ *   table_term, for paths that quantize their activation tables (avx2's lut: int16, one scale
+ *       per 64 activations, "levels" 32767): the table of a quad of 4 activations holds every subset sum
  *       T, stored as round(T / s) with s = L / 32767 and L the largest |T| of the 64-column unit,
  *       L = max over its quads of max(Σ positive x, -Σ negative x). Each lookup is then off by at
  *       most s/2, plus 2 x 32767 x 2^-24 s from rounding T x (32767 / L) in float: (1/2 + 2^-7) s.
@@ -42,9 +42,11 @@
  *           table_term = Σ_g |scale_g| (2^b - 1) Σ_{quads q of g with k < K} (1/2 + 2^-7) s_unit(q)
  *       (the integer sums after the lookup are exact: the harness's all-levels-maximal cases with
  *       tables at +-32767 are where an int16 sum would wrap and break the bound by 2^16 s).
- *       Sets with float tables (scalar) and plain types have table_term = 0.
- * The tolerance per set is in set_precisions[]; a set the library lists and this table does not
- * is an error (a new set states how it rounds before it is trusted).
+ *       Float tables (scalar's lut) and the "float" and "reference" paths have table_term = 0.
+ * Which set and path multiply a type under a set comes from the library (eq_kernel_route: a set
+ * hands a family it lacks to the next one); how that path rounds is in path_precisions[] below. A
+ * route this table does not describe is an error (a new set or path states how it rounds before it
+ * is trusted).
  *
  * A mismatch prints the set, type, case, shape, vector, row, got, expected, error and bound (the
  * first 20; all are counted); at the end, one summary line per set.
@@ -59,29 +61,42 @@
 #include "edgeq.h"
 
 /* ============================================================================================= */
-/* the sets' precision: what the tolerance is derived from (see the opening comment)              */
+/* how each route rounds: what the tolerance is derived from (see the opening comment)           */
 /* ============================================================================================= */
 
-typedef struct set_precision {
+/* One (set, path) as eq_kernel_route names it: the set that runs a product and how. */
+typedef struct path_precision {
     const char *isa;
-    int table_levels;   /* largest |entry| of its quantized activation tables; 0: float tables */
+    const char *path;
+    int table_levels;   /* largest |entry| of its quantized activation tables; 0: none or float */
     int table_unit;     /* activations sharing one table scale, aligned from column 0 */
-} set_precision;
+} path_precision;
 
-static const set_precision set_precisions[] = {
-    {"ref", 0, 0},          /* the specification: double accumulation */
-    {"scalar", 0, 0},       /* float tables */
-    {"avx2", 32767, 64},    /* int16 tables split into two pshufb byte tables */
+static const path_precision path_precisions[] = {
+    {"ref", "reference", 0, 0},     /* the specification: double accumulation */
+    {"scalar", "float", 0, 0},      /* float dot products */
+    {"scalar", "lut", 0, 0},        /* float tables */
+    {"avx2", "float", 0, 0},        /* fp32 FMA dot products */
+    {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
 };
 
-static const set_precision *find_precision(const char *isa)
+/* The precision of the route that multiplies `type` under set `isa`; exits if it has none. */
+static const path_precision *route_precision(const char *isa, const eq_qtype_traits *type)
 {
-    for (size_t i = 0; i < sizeof set_precisions / sizeof set_precisions[0]; i++) {
-        if (strcmp(set_precisions[i].isa, isa) == 0) {
-            return &set_precisions[i];
+    const char *run_isa = NULL, *path = NULL;
+    int code = eq_kernel_route(isa, type->id, &run_isa, &path, NULL);
+    if (code != EQ_OK) {
+        fprintf(stderr, "check_kernels: eq_kernel_route(%s, %s): %s\n", isa, type->name, eq_error_string(code));
+        exit(2);
+    }
+    for (size_t i = 0; i < sizeof path_precisions / sizeof path_precisions[0]; i++) {
+        if (strcmp(path_precisions[i].isa, run_isa) == 0 && strcmp(path_precisions[i].path, path) == 0) {
+            return &path_precisions[i];
         }
     }
-    return NULL;
+    fprintf(stderr, "check_kernels: set %s multiplies %s by set %s, path \"%s\", which path_precisions[] "
+            "does not describe: add how it rounds there\n", isa, type->name, run_isa, path);
+    exit(2);
 }
 
 /* ============================================================================================= */
@@ -520,7 +535,7 @@ static double float_depth(const tensor *t)
 
 /* table_error (n, rows): table_term of the opening comment for a set whose tables have
  * `levels` and `unit` (0 for float tables: all zero). */
-static void table_error_bound(const tensor *t, const float *x, size_t n, const set_precision *precision,
+static void table_error_bound(const tensor *t, const float *x, size_t n, const path_precision *precision,
                               double *table_error)
 {
     memset(table_error, 0, n * t->rows * sizeof(double));
@@ -570,7 +585,6 @@ enum { MAX_SETS = 16, MAX_PRINTED = 20 };
 
 typedef struct set_report {
     const char *isa;
-    const set_precision *precision;
     int available;
     int types, cases;
     size_t products, outputs, mismatches;
@@ -691,7 +705,7 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
         }
         check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c->rows, c->cols, x, c->n, y),
                    "eq_gemm_isa", report->isa, type, c);
-        table_error_bound(&t, x, c->n, report->precision, bound);
+        table_error_bound(&t, x, c->n, route_precision(report->isa, type), bound);
         for (size_t i = 0; i < outputs; i++) {
             bound[i] += depth * 0x1p-23 * magnitude[i] + 1e-30;
         }
@@ -738,12 +752,7 @@ int main(int argc, char **argv)
     }
     for (int s = 0; s < n_sets; s++) {
         const char *isa = eq_kernel_set_name(s);
-        reports[s] = (set_report){.isa = isa, .precision = find_precision(isa), .available = eq_isa_available(isa)};
-        if (reports[s].precision == NULL) {
-            fprintf(stderr, "check_kernels: the library lists kernel set \"%s\", which set_precisions[] "
-                    "does not describe: add its table precision there\n", isa);
-            return 2;
-        }
+        reports[s] = (set_report){.isa = isa, .available = eq_isa_available(isa)};
     }
     if (!eq_isa_available("ref")) {
         fprintf(stderr, "check_kernels: the reference set \"ref\" is not available\n");
@@ -755,6 +764,26 @@ int main(int argc, char **argv)
         printf(" %s%s", reports[s].isa, reports[s].available ? "" : " (not on this CPU)");
     }
     printf("\n");
+    /* every route known before anything runs; one line per set: which set and path run each family */
+    for (int s = 0; s < n_sets; s++) {
+        if (!reports[s].available) {
+            continue;
+        }
+        printf("  %s:", reports[s].isa);
+        for (int family = 0; family < EQ_QFAMILY_COUNT; family++) {
+            for (int id = 0; id < eq_qtype_count(); id++) {
+                if (eq_qtype_get(id)->family == family) {
+                    const path_precision *route = route_precision(reports[s].isa, eq_qtype_get(id));
+                    printf("%s %s by %s %s", family ? "," : "", eq_qfamily_name(family), route->isa, route->path);
+                    break;
+                }
+            }
+        }
+        for (int id = 0; id < eq_qtype_count(); id++) {
+            route_precision(reports[s].isa, eq_qtype_get(id));
+        }
+        printf("\n");
+    }
 
     int n_cases_total = 0;
     for (int id = 0; id < eq_qtype_count(); id++) {
