@@ -208,12 +208,14 @@ def isa() -> str:
     return ffi.string(name).decode()
 
 
-def kernel_route(qtype_name: str, isa: str | None = None) -> dict:
-    """How products of `qtype_name` run under kernel set `isa` (None: the active one): the set that
-    runs them ("set", a set hands families it lacks to the next one), the path ("lut",
-    "multiply-add", "float", "reference") and a one-line description ("detail")."""
+def kernel_route(qtype_name: str, isa: str | None = None, batch: int = 1) -> dict:
+    """How a product of `qtype_name` with `batch` input vectors (1: decode; a prompt: prefill) runs
+    under kernel set `isa` (None: the active one): the set that runs it ("set"; a set hands paths
+    it lacks to the next one), the path ("lut", "multiply-add", "float", "reference") and a
+    one-line description ("detail")."""
     set_name, path, detail = ffi.new("char *[1]"), ffi.new("char *[1]"), ffi.new("char *[1]")
-    code = lib.eq_kernel_route(isa.encode() if isa else ffi.NULL, _qtype_id(qtype_name), set_name, path, detail)
+    code = lib.eq_kernel_route(isa.encode() if isa else ffi.NULL, _qtype_id(qtype_name), max(1, int(batch)),
+                               set_name, path, detail)
     if code == lib.EQ_ERR_NOT_FOUND:
         raise EdgeqError(f"kernel set {isa!r} does not exist or this CPU cannot run it")
     _check(code, f"kernel route of {qtype_name}")

@@ -84,8 +84,11 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
     isa = _ffi.isa()
     lines.append(f"kernels       {isa} on this machine (sets here: {', '.join(_ffi.kernel_sets())})")
     for name in sorted({t.qtype.name for t in model.tensors.values()}):
-        route = _ffi.kernel_route(name, isa)
-        lines.append(f"  {name:<10}  {route['set']} {route['path']}: {route['detail']}")
+        decode, prefill = _ffi.kernel_route(name, isa, 1), _ffi.kernel_route(name, isa, BATCH)
+        line = f"  {name:<10}  decode: {decode['set']} {decode['path']} ({decode['detail']})"
+        if prefill != decode:
+            line += f"; prefill: {prefill['set']} {prefill['path']} ({prefill['detail']})"
+        lines.append(line)
     for kv_bytes, label in ((2, "fp16"), (4, "fp32")):
         mem = memory_estimate(model, ctx, kv_bytes)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "

@@ -360,7 +360,7 @@ def test_kernel_route_names_the_set_and_path_for_every_type():
     """Each set in the list runs every type of the table itself or hands it on, the reference last."""
     for isa in _ffi.kernel_sets():
         for qtype in quant_types.TYPES.values():
-            route = _ffi.kernel_route(qtype.name, isa)
+            route = _ffi.kernel_route(qtype.name, isa, batch=64)
             assert route["set"] in _ffi.kernel_sets()[_ffi.kernel_sets().index(isa):]
             assert route["path"] in ("lut", "multiply-add", "float", "reference") and route["detail"]
     assert _ffi.kernel_route("u4g64a", "ref") == {"set": "ref", "path": "reference",

@@ -210,12 +210,13 @@ int eq_select_isa(const char *isa);
 int eq_gemm_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows,
                 size_t cols, const float *x, size_t n, float *y);
 
-/* Which set runs products of quant type `qtype_id` under kernel set `isa` (NULL: the active one;
- * a set hands a family it does not implement to the next available set, the reference last), by
- * which path ("lut", "multiply-add", "float", "reference") and a one-line description. Any out
- * pointer may be NULL. EQ_ERR_NOT_FOUND (isa unknown or unavailable), EQ_ERR_ISA (isa NULL and
- * EDGEQ_ISA invalid), EQ_ERR_UNKNOWN_QTYPE. */
-int eq_kernel_route(const char *isa, int qtype_id, const char **set_isa, const char **path,
+/* Which set runs a product of quant type `qtype_id` with a batch of `batch` vectors (1: decode, a
+ * prompt's tokens: prefill) under kernel set `isa` (NULL: the active one; a set hands a path it
+ * does not have to the next available set, the reference last), by which path ("lut",
+ * "multiply-add", "float", "reference") and a one-line description. Any out pointer may be NULL.
+ * EQ_ERR_NOT_FOUND (isa unknown or unavailable), EQ_ERR_ISA (isa NULL and EDGEQ_ISA invalid),
+ * EQ_ERR_UNKNOWN_QTYPE. */
+int eq_kernel_route(const char *isa, int qtype_id, size_t batch, const char **set_isa, const char **path,
                     const char **detail);
 
 /* Bytes the runtime reserves to prepare n input vectors of cols activations for products of quant

@@ -146,10 +146,14 @@ const eq_kernel_set eq_kernels_ref = {
     .isa = "ref",
     .is_available = always_available,
     .family = {
-        [EQ_QFAMILY_PLAIN] = {"reference", "reference: double accumulation", NULL, NULL, gemm_ref,
-                              eq_dequantize_rows_ref},
-        [EQ_QFAMILY_UNIFORM_BITPLANE] = {"reference", "reference: bit by bit, double accumulation", NULL,
-                                         NULL, gemm_ref, eq_dequantize_rows_ref},
+        [EQ_QFAMILY_PLAIN] = {
+            .decode = {"reference", "reference: double accumulation", NULL, NULL, gemm_ref},
+            .dequantize_rows = eq_dequantize_rows_ref,
+        },
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {
+            .decode = {"reference", "reference: bit by bit, double accumulation", NULL, NULL, gemm_ref},
+            .dequantize_rows = eq_dequantize_rows_ref,
+        },
     },
     .dot_f16 = eq_dot_f16_ref,
     .axpy_f16 = eq_axpy_f16_ref,

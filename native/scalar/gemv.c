@@ -143,8 +143,10 @@ const eq_kernel_set eq_kernels_scalar = {
     .isa = "scalar",
     .is_available = always_available,
     .family = {
-        [EQ_QFAMILY_PLAIN] = {"float", "portable C, float accumulation", NULL, NULL, plain_gemm, NULL},
-        [EQ_QFAMILY_UNIFORM_BITPLANE] = {"lut", "LUT: float tables of 4-activation subset sums, portable C",
-                                         bitplane_prepared_bytes, bitplane_prepare, bitplane_gemm, NULL},
+        [EQ_QFAMILY_PLAIN] = {.decode = {"float", "portable C, float accumulation", NULL, NULL, plain_gemm}},
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {
+            .decode = {"lut", "LUT: float tables of 4-activation subset sums, portable C",
+                       bitplane_prepared_bytes, bitplane_prepare, bitplane_gemm},
+        },
     },
 };

@@ -44,16 +44,18 @@ static void resolve_sets(void)
                 continue;
             for (int f = 0; f < EQ_QFAMILY_COUNT; f++) {
                 const eq_family_kernels *have = &set->family[f];
-                if (k->family[f].gemm == NULL && have->gemm != NULL) {
-                    k->family[f].path = have->path;
-                    k->family[f].detail = have->detail;
-                    k->family[f].prepared_bytes = have->prepared_bytes;
-                    k->family[f].prepare = have->prepare;
-                    k->family[f].gemm = have->gemm;
-                    k->family_isa[f] = set->isa;
+                eq_family_kernels *want = &k->family[f];
+                if (want->decode.gemm == NULL && have->decode.gemm != NULL) {
+                    want->decode = have->decode;
+                    k->decode_isa[f] = set->isa;
                 }
-                if (k->family[f].dequantize_rows == NULL)
-                    k->family[f].dequantize_rows = have->dequantize_rows;
+                if (want->prefill.gemm == NULL && have->prefill.gemm != NULL) {
+                    want->prefill = have->prefill;
+                    want->prefill_from = have->prefill_from < 2 ? 2 : have->prefill_from;
+                    k->prefill_isa[f] = set->isa;
+                }
+                if (want->dequantize_rows == NULL)
+                    want->dequantize_rows = have->dequantize_rows;
             }
             if (k->dot_f16 == NULL)
                 k->dot_f16 = set->dot_f16;
@@ -140,7 +142,7 @@ int eq_select_isa(const char *isa)
     return EQ_OK;
 }
 
-int eq_kernel_route(const char *isa, int qtype_id, const char **set_isa, const char **path,
+int eq_kernel_route(const char *isa, int qtype_id, size_t batch, const char **set_isa, const char **path,
                     const char **detail)
 {
     const eq_kernels *k = isa != NULL ? eq_kernels_named(isa) : eq_active_kernels();
@@ -149,12 +151,14 @@ int eq_kernel_route(const char *isa, int qtype_id, const char **set_isa, const c
         return isa != NULL ? EQ_ERR_NOT_FOUND : EQ_ERR_ISA;
     if (type == NULL)
         return EQ_ERR_UNKNOWN_QTYPE;
+    const eq_path_kernels *route = eq_path_for(k, type->family, batch);
     if (set_isa != NULL)
-        *set_isa = k->family_isa[type->family];
+        *set_isa = route == &k->family[type->family].prefill ? k->prefill_isa[type->family]
+                                                              : k->decode_isa[type->family];
     if (path != NULL)
-        *path = k->family[type->family].path;
+        *path = route->path;
     if (detail != NULL)
-        *detail = k->family[type->family].detail;
+        *detail = route->detail;
     return EQ_OK;
 }
 
@@ -162,24 +166,29 @@ int eq_kernel_route(const char *isa, int qtype_id, const char **set_isa, const c
 /* prepared activations and the batched product                                                   */
 /* ============================================================================================= */
 
-/* Bytes per prepared vector of `family` under k, aligned; 0 when the family prepares nothing. */
-static size_t prepared_stride(const eq_kernels *k, int family, size_t cols)
+/* Bytes per prepared vector of a batch of n of `family` under k, aligned; 0: nothing prepared. */
+static size_t prepared_stride(const eq_kernels *k, int family, size_t n, size_t cols)
 {
-    const eq_family_kernels *fk = &k->family[family];
-    if (fk->prepared_bytes == NULL)
+    const eq_path_kernels *route = eq_path_for(k, family, n);
+    if (route->prepared_bytes == NULL)
         return 0;
-    size_t bytes = fk->prepared_bytes(cols);
+    size_t bytes = route->prepared_bytes(cols);
     return (bytes + EQ_PREPARED_ALIGN - 1) / EQ_PREPARED_ALIGN * EQ_PREPARED_ALIGN;
 }
 
-/* Bytes family f needs for n vectors of cols under the widest available set; SIZE_MAX on overflow. */
+/* Bytes family f needs for any batch of up to n vectors of cols under any available set (the
+ * widest of every set's paths); SIZE_MAX on overflow. */
 static size_t family_bytes(int f, size_t n, size_t cols)
 {
     pthread_once(&resolve_once, resolve_sets);
     size_t widest = 0;
     for (int i = 0; i < KERNEL_SET_COUNT; i++) {
-        size_t stride = set_available[i] ? prepared_stride(&resolved[i], f, cols) : 0;
-        widest = stride > widest ? stride : widest;
+        if (!set_available[i])
+            continue;
+        size_t decode = prepared_stride(&resolved[i], f, 1, cols);
+        size_t prefill = prepared_stride(&resolved[i], f, n, cols);   /* the prefill path, if n reaches it */
+        widest = decode > widest ? decode : widest;
+        widest = prefill > widest ? prefill : widest;
     }
     return widest != 0 && n > SIZE_MAX / widest ? SIZE_MAX : widest * n;
 }
@@ -232,23 +241,23 @@ void eq_acts_bind(eq_acts *acts, const float *x, size_t n, size_t cols)
 void eq_acts_prepare(const eq_kernels *kernels, eq_acts *acts, size_t first, size_t count)
 {
     for (int f = 0; f < EQ_QFAMILY_COUNT; f++) {
-        const eq_family_kernels *fk = &kernels->family[f];
-        if (!(acts->families & (1u << f)) || fk->prepare == NULL)
+        const eq_path_kernels *route = eq_path_for(kernels, f, acts->n);
+        if (!(acts->families & (1u << f)) || route->prepare == NULL)
             continue;
-        size_t stride = prepared_stride(kernels, f, acts->cols);
+        size_t stride = prepared_stride(kernels, f, acts->n, acts->cols);
         for (size_t v = first; v < first + count; v++)
-            fk->prepare(acts->x + v * acts->cols, acts->cols, acts->prepared[f] + v * stride);
+            route->prepare(acts->x + v * acts->cols, acts->cols, acts->prepared[f] + v * stride);
     }
 }
 
 void eq_gemm_prepared(const eq_kernels *kernels, const eq_qtype_traits *type, const uint8_t *data,
                       size_t rows, size_t cols, const eq_acts *acts, float *y, size_t y_stride)
 {
-    const eq_family_kernels *fk = &kernels->family[type->family];
+    const eq_path_kernels *route = eq_path_for(kernels, type->family, acts->n);
     eq_input in = {acts->n, acts->cols, acts->x, NULL, 0};
-    if (fk->prepared_bytes != NULL) {
+    if (route->prepared_bytes != NULL) {
         in.prepared = acts->prepared[type->family];
-        in.stride = prepared_stride(kernels, type->family, acts->cols);
+        in.stride = prepared_stride(kernels, type->family, acts->n, acts->cols);
     }
-    fk->gemm(type, data, rows, cols, &in, y, y_stride);
+    route->gemm(type, data, rows, cols, &in, y, y_stride);
 }

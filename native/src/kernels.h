@@ -54,14 +54,24 @@ typedef void (*eq_gemm_fn)(const eq_qtype_traits *type, const uint8_t *data, siz
 typedef float (*eq_dot_f16_fn)(const uint16_t *a, const float *b, size_t n);
 typedef void (*eq_axpy_f16_fn)(float *y, float w, const uint16_t *x, size_t n);
 
-/* How one set runs one family. gemm NULL: the set does not implement the family's product (path,
- * prepared_bytes, prepare and gemm then all come from the next set that does). */
-typedef struct eq_family_kernels {
+/* One way of multiplying a family: what it derives once per input vector (its own layout, read
+ * only by its own gemm) and the product. gemm NULL: the set does not have this path, and the next
+ * set that does fills it in (path, detail, prepared_bytes, prepare, gemm always come together). */
+typedef struct eq_path_kernels {
     const char *path;                        /* "lut", "multiply-add", "float", "reference" */
     const char *detail;                      /* one line for `edgeq info` */
     eq_prepared_bytes_fn prepared_bytes;     /* NULL: gemm reads in->x only */
     eq_prepare_fn prepare;                   /* non-NULL exactly when prepared_bytes is */
     eq_gemm_fn gemm;
+} eq_path_kernels;
+
+/* How one set runs one family: a batch of fewer than prefill_from vectors (decode) goes through
+ * `decode`, a larger one (prefill) through `prefill` (weights read once, expanded and reused for
+ * every vector). prefill.gemm NULL: decode serves every batch size. */
+typedef struct eq_family_kernels {
+    eq_path_kernels decode;
+    eq_path_kernels prefill;
+    size_t prefill_from;                     /* with prefill: the smallest batch it takes (>= 2) */
     eq_dequantize_rows_fn dequantize_rows;   /* NULL: the next set's */
 } eq_family_kernels;
 
@@ -81,11 +91,19 @@ extern const eq_kernel_set eq_kernels_ref;      /* ref/gemv.c */
 /* A set with every gap filled from the available sets after it: what evaluation uses. */
 typedef struct eq_kernels {
     const char *isa;
-    const char *family_isa[EQ_QFAMILY_COUNT];           /* which set runs each family's product */
-    eq_family_kernels family[EQ_QFAMILY_COUNT];         /* every pointer but prepare set */
+    eq_family_kernels family[EQ_QFAMILY_COUNT];         /* decode.gemm and dequantize_rows always set */
+    const char *decode_isa[EQ_QFAMILY_COUNT];           /* which set runs each family's paths */
+    const char *prefill_isa[EQ_QFAMILY_COUNT];          /* (NULL: no prefill path) */
     eq_dot_f16_fn dot_f16;
     eq_axpy_f16_fn axpy_f16;
 } eq_kernels;
+
+/* The path a batch of n vectors of `family` takes under k. */
+static inline const eq_path_kernels *eq_path_for(const eq_kernels *k, int family, size_t n)
+{
+    const eq_family_kernels *fk = &k->family[family];
+    return fk->prefill.gemm != NULL && n >= fk->prefill_from ? &fk->prefill : &fk->decode;
+}
 
 /* The active kernels (EDGEQ_ISA, else the first available set; NULL when EDGEQ_ISA names no set
  * this CPU runs), and the named ones (NULL: unknown or unavailable). */

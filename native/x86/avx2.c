@@ -351,9 +351,11 @@ const eq_kernel_set eq_kernels_avx2 = {
     .isa = "avx2",
     .is_available = avx2_available,
     .family = {
-        [EQ_QFAMILY_PLAIN] = {"float", "fp32 FMA dot products (AVX2)", NULL, NULL, plain_gemm, NULL},
-        [EQ_QFAMILY_UNIFORM_BITPLANE] = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
-                                         lut_prepared_bytes, lut_prepare, lut_gemm, NULL},
+        [EQ_QFAMILY_PLAIN] = {.decode = {"float", "fp32 FMA dot products (AVX2)", NULL, NULL, plain_gemm}},
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {
+            .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
+                       lut_prepared_bytes, lut_prepare, lut_gemm},
+        },
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
