@@ -21,7 +21,8 @@
  *      float32 formula of edgeq.h computed here (scale * q rounded, then + min; or
  *      scale * (q - zero_point)), since every set must dequantize exactly like the reference.
  *   3. eq_gemm_isa(set) against eq_gemm_isa("ref"): |got - ref| <= table_term + float_term, and
- *      vectors 0 and n-1 multiplied alone give the same bits as inside the batch.
+ *      vectors 0 and n-1 multiplied alone give the same bits as inside the batch (when one vector
+ *      and n vectors take the same route: a prefill path may serve larger batches).
  *
  * The tolerance (per vector v and row r):
  *   A = Σ_g (|scale| (2^b - 1) + (symmetric ? |scale| zero_point : |min|)) Σ_{k in g} |x_k|
@@ -80,13 +81,15 @@ static const path_precision path_precisions[] = {
     {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
 };
 
-/* The precision of the route that multiplies `type` under set `isa`; exits if it has none. */
-static const path_precision *route_precision(const char *isa, const eq_qtype_traits *type)
+/* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
+ * (decode and prefill may take different paths); exits if it has none. */
+static const path_precision *route_precision(const char *isa, const eq_qtype_traits *type, size_t n)
 {
     const char *run_isa = NULL, *path = NULL;
-    int code = eq_kernel_route(isa, type->id, &run_isa, &path, NULL);
+    int code = eq_kernel_route(isa, type->id, n, &run_isa, &path, NULL);
     if (code != EQ_OK) {
-        fprintf(stderr, "check_kernels: eq_kernel_route(%s, %s): %s\n", isa, type->name, eq_error_string(code));
+        fprintf(stderr, "check_kernels: eq_kernel_route(%s, %s, %zu): %s\n", isa, type->name, n,
+                eq_error_string(code));
         exit(2);
     }
     for (size_t i = 0; i < sizeof path_precisions / sizeof path_precisions[0]; i++) {
@@ -94,8 +97,8 @@ static const path_precision *route_precision(const char *isa, const eq_qtype_tra
             return &path_precisions[i];
         }
     }
-    fprintf(stderr, "check_kernels: set %s multiplies %s by set %s, path \"%s\", which path_precisions[] "
-            "does not describe: add how it rounds there\n", isa, type->name, run_isa, path);
+    fprintf(stderr, "check_kernels: set %s multiplies %s x %zu vectors by set %s, path \"%s\", which "
+            "path_precisions[] does not describe: add how it rounds there\n", isa, type->name, n, run_isa, path);
     exit(2);
 }
 
@@ -164,7 +167,7 @@ typedef struct test_case {
     activation_pattern acts;
 } test_case;
 
-enum { LONG_K = 4883, MAX_CASES = 16 };   /* 4883 = 4864 + 19: a multiple of no group or tile */
+enum { LONG_K = 4883, MAX_CASES = 16, MAX_BATCH = 64 };   /* 4883 = 4864 + 19: a multiple of no group or tile */
 
 /* The cases for a type with group G (plain types: G = 64 for the shapes). */
 static int make_cases(rng *r, size_t group, test_case *cases)
@@ -175,7 +178,7 @@ static int make_cases(rng *r, size_t group, test_case *cases)
     cases[count++] = (test_case){"awkward", 33, 2 * group + 5, 7, WEIGHTS_RANDOM, ACTS_MIXED};
     /* random shapes: the first with a full batch of 64, the second with one vector */
     cases[count++] = (test_case){"random, 64 vectors", rng_range(r, 1, 24), rng_range(r, 1, 2 * group + 40),
-                                 64, WEIGHTS_RANDOM, ACTS_MIXED};
+                                 MAX_BATCH, WEIGHTS_RANDOM, ACTS_MIXED};
     cases[count++] = (test_case){"random, 1 vector", rng_range(r, 1, 80), rng_range(r, 1, 3 * group + 40),
                                  1, WEIGHTS_RANDOM, ACTS_MIXED};
     for (int i = 0; i < 3; i++) {
@@ -190,7 +193,7 @@ static int make_cases(rng *r, size_t group, test_case *cases)
                                  WEIGHTS_MAX_LEVELS, ACTS_EQUAL_POSITIVE};
     cases[count++] = (test_case){"extreme levels, activations 2^-24..2^24", 35, 1000 + group + 1, 4,
                                  WEIGHTS_EXTREME_LEVELS, ACTS_DYNAMIC_RANGE};
-    cases[count++] = (test_case){"extreme levels, mixed activations, 64 vectors", 19, 3 * group + 3, 64,
+    cases[count++] = (test_case){"extreme levels, mixed activations, 64 vectors", 19, 3 * group + 3, MAX_BATCH,
                                  WEIGHTS_EXTREME_LEVELS, ACTS_MIXED};
     return count;
 }
@@ -705,13 +708,15 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
         }
         check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c->rows, c->cols, x, c->n, y),
                    "eq_gemm_isa", report->isa, type, c);
-        table_error_bound(&t, x, c->n, route_precision(report->isa, type), bound);
+        const path_precision *route = route_precision(report->isa, type, c->n);
+        table_error_bound(&t, x, c->n, route, bound);
         for (size_t i = 0; i < outputs; i++) {
             bound[i] += depth * 0x1p-23 * magnitude[i] + 1e-30;
         }
         compare(report, "gemm against ref", type, c, y, ref_as_double, bound);
-        /* a vector alone gives the bits it gets inside the batch */
-        for (size_t v = 0; v < c->n; v += (c->n > 1 ? c->n - 1 : 1)) {
+        /* a vector alone gives the bits it gets inside the batch, when both take the same route */
+        for (size_t v = 0; route == route_precision(report->isa, type, 1) && v < c->n;
+             v += (c->n > 1 ? c->n - 1 : 1)) {
             check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c->rows, c->cols,
                                    x + v * c->cols, 1, y_one),
                        "eq_gemm_isa", report->isa, type, c);
@@ -773,14 +778,20 @@ int main(int argc, char **argv)
         for (int family = 0; family < EQ_QFAMILY_COUNT; family++) {
             for (int id = 0; id < eq_qtype_count(); id++) {
                 if (eq_qtype_get(id)->family == family) {
-                    const path_precision *route = route_precision(reports[s].isa, eq_qtype_get(id));
-                    printf("%s %s by %s %s", family ? "," : "", eq_qfamily_name(family), route->isa, route->path);
+                    const path_precision *decode = route_precision(reports[s].isa, eq_qtype_get(id), 1);
+                    const path_precision *batch = route_precision(reports[s].isa, eq_qtype_get(id), MAX_BATCH);
+                    printf("%s %s by %s %s", family ? "," : "", eq_qfamily_name(family), decode->isa, decode->path);
+                    if (batch != decode) {
+                        printf(" (%d vectors: %s %s)", MAX_BATCH, batch->isa, batch->path);
+                    }
                     break;
                 }
             }
         }
         for (int id = 0; id < eq_qtype_count(); id++) {
-            route_precision(reports[s].isa, eq_qtype_get(id));
+            for (size_t n = 1; n <= MAX_BATCH; n++) {
+                route_precision(reports[s].isa, eq_qtype_get(id), n);
+            }
         }
         printf("\n");
     }
