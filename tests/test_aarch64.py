@@ -4,6 +4,8 @@ naming what is missing.
 
 - Every C source `pip install .` compiles (native/build_ffi.py's SOURCE_DIRS, with its COMPILE_ARGS)
   compiles for aarch64 without a warning: no x86-only flag or source reaches an ARM build.
+- The kernel harness (native/tests/check_kernels.c; `make check-kernels-aarch64`) cross-built and
+  run under qemu-aarch64 as cortex-a72 and max: every ARM set against the reference, every type.
 - The C example (`make aarch64`: build/aarch64/generate, static) decodes tiny converted models
   greedily under qemu-aarch64 (`-cpu cortex-a72`: ARMv8.0 without the dot product, like a Pi 4;
   `-cpu max`) with the set it picks, and with every set of the library's one list forced by
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,6 +73,22 @@ def test_extension_sources_compile_for_aarch64(arm_tools, tmp_path):
         assert result.returncode == 0, f"{source}:\n{result.stderr}"
         header = obj.read_bytes()[:20]
         assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183, obj  # EM_AARCH64
+
+
+def test_kernel_harness_under_qemu(arm_tools):
+    """check_kernels passes under both CPU models and checked neon (the set the library lists for
+    aarch64), scalar and ref; avx2 is listed and not run."""
+    result = subprocess.run(["make", "--no-print-directory", "check-kernels-aarch64"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, f"make check-kernels-aarch64 failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
+    runs = result.stdout.split("check_kernels: seed ")[1:]
+    assert len(runs) == len(QEMU_CPUS), result.stdout
+    for run, best in zip(runs, QEMU_CPUS.values()):
+        assert "\ncheck_kernels: ok\n" in run, run
+        checked = re.findall(r"^(\S+)\s+\d+ types x \d+ cases = \d+ products, \d+ outputs against \S+, 0 mismatches",
+                             run, re.MULTILINE)
+        assert checked == [best, "scalar", "ref"], run
+        assert re.search(r"^avx2\s+not run", run, re.MULTILINE), run
 
 
 def _run(command: list[str], path: Path, prompt: list[int], isa: str | None, threads: int):
