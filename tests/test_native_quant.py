@@ -422,7 +422,7 @@ def test_avx512_packed_kernels_match_the_portable_ones(tmp_path):
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         pytest.skip("no C compiler")
-    sources = [str(p) for folder in ("src", "ref", "scalar", "x86") for p in sorted((native / folder).glob("*.c"))]
+    sources = [str(p) for folder in ("src", "ref", "scalar", "x86", "arm") for p in sorted((native / folder).glob("*.c"))]
     binary = tmp_path / "check_packed_avx512"
     build = subprocess.run([compiler, "-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
                             f"-I{native / 'include'}", f"-I{native / 'src'}", str(native / "tests" / "check_packed_avx512.c"),
