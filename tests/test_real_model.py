@@ -45,7 +45,7 @@ def test_8bit_file_decodes_greedily_like_the_source(smollm2_hf, smollm2_q8):
 def test_8bit_file_metadata(smollm2_hf, smollm2_q8):
     config = smollm2_q8.config
     assert (config.arch, config.n_layers, config.dim, config.n_heads, config.n_kv_heads) == ("llama", 30, 576, 9, 3)
-    assert config.tied_embeddings and smollm2_q8.tensors["token_embd.weight"].qtype.name == "p8g64a"
+    assert config.tied_embeddings and smollm2_q8.tensors["token_embd.weight"].qtype.name == "u8g64a"
     assert smollm2_q8.tokenizer.eos_id == 2 and "<|im_start|>" in smollm2_q8.tokenizer.chat_template
     assert json.loads(smollm2_q8.get("edgeq.generation"))["eos_token_id"][0] == 2
 
