@@ -118,10 +118,11 @@ def test_cached_file_matches_only_its_variant(suite, tiny_llama, tiny_converted,
     assert "symmetric" in suite.cached_mismatch(plain, suite.parse_variant("8:sym"))
     assert "bits" in suite.cached_mismatch(plain, suite.parse_variant("4"))
     # a calibrated file (auto at 4 bits: E[x^2] from the shipped text) records its hash and token count
-    calibrated = tiny_converted("llama", 4)
-    assert suite.cached_mismatch(calibrated, suite.parse_variant("4")) is None
-    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:rtn"))
-    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:hqq"))
+    calibrated = tiny_converted("llama", 4)                     # a bit-plane file (conftest)
+    assert suite.cached_mismatch(calibrated, suite.parse_variant("4:bitplane")) is None
+    assert "layout" in suite.cached_mismatch(calibrated, suite.parse_variant("4"))
+    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:rtn:bitplane"))
+    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:hqq:bitplane"))
     broken = tmp_path / "broken.eq"
     broken.write_bytes(plain.read_bytes()[:4096])
     assert "does not open" in suite.cached_mismatch(broken, v8)
