@@ -7,6 +7,8 @@ since it usually comes from a file. Everything above this module works with nump
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import EdgeqError
@@ -27,6 +29,8 @@ def _check(code: int, what: str, model=None) -> None:
     """Raise for a negative code; `model` (an eq_model pointer) adds its eq_model_last_error."""
     if code == lib.EQ_ERR_BUSY:
         raise EdgeqError(f"{what}: model is in use by another thread")
+    if code == lib.EQ_ERR_ISA:
+        raise EdgeqError(_isa_error())
     if code < 0:
         detail = ffi.string(lib.eq_model_last_error(model)).decode() if model is not None else ""
         message = detail or ffi.string(lib.eq_error_string(code)).decode()
@@ -145,8 +149,8 @@ def dequantize(qtype_name: str, data: np.ndarray, rows: int, cols: int,
 def gemm(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
          isa: str | None = None) -> np.ndarray:
     """Y = X W^T for W the (rows, cols) tensor in `data`: x float32 (n, cols) -> y float32 (n, rows),
-    every vector through one batched call. isa names a kernel set ("ref", "scalar", "avx2")
-    instead of the active one."""
+    every vector through one batched call. isa names a kernel set (one of kernel_sets()) instead
+    of the active one."""
     qtype_id = _qtype_id(qtype_name)
     rows, cols = _check_shape(rows, cols)
     data = _check_bytes(data)
@@ -173,19 +177,56 @@ def gemm(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
 def gemv(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
          isa: str | None = None) -> np.ndarray:
     """y = W x for W the (rows, cols) tensor in `data`; x float32 (cols,) -> y float32 (rows,).
-    isa names a kernel set ("ref", "scalar", "avx2") instead of the active one."""
+    isa names a kernel set (one of kernel_sets()) instead of the active one."""
     _check_floats(x, _check_shape(rows, cols)[1], "x")
     return gemm(qtype_name, data, rows, cols, x.reshape(1, -1), isa=isa).reshape(-1)
 
 
-def isa() -> str:
-    """The active kernel set: "avx2" (int8 LUT), "scalar" (portable LUT) or "ref" (the reference)."""
-    return ffi.string(lib.eq_isa_name()).decode()
+def all_kernel_sets() -> list[str]:
+    """Every kernel set this library has, best first (the reference "ref" last): the one list."""
+    return [ffi.string(lib.eq_kernel_set_name(i)).decode() for i in range(lib.eq_kernel_set_count())]
 
 
 def kernel_sets() -> list[str]:
     """The kernel sets this CPU runs, best first."""
-    return [name for name in ("avx2", "scalar", "ref") if lib.eq_isa_available(name.encode())]
+    return [name for name in all_kernel_sets() if lib.eq_isa_available(name.encode())]
+
+
+def _isa_error() -> str:
+    requested = os.environ.get("EDGEQ_ISA", "")
+    reason = "this CPU cannot run it" if requested in all_kernel_sets() else "no kernel set has that name"
+    return (f"EDGEQ_ISA={requested}: {reason}; sets this CPU runs: {', '.join(kernel_sets())} "
+            f"(unset EDGEQ_ISA or set it to auto to choose the best)")
+
+
+def isa() -> str:
+    """The active kernel set's name (see kernel_sets()); EdgeqError when EDGEQ_ISA names no set
+    this CPU runs."""
+    name = lib.eq_isa_name()
+    if name == ffi.NULL:
+        raise EdgeqError(_isa_error())
+    return ffi.string(name).decode()
+
+
+def kernel_route(qtype_name: str, isa: str | None = None, batch: int = 1) -> dict:
+    """How a product of `qtype_name` with `batch` input vectors (1: decode; a prompt: prefill) runs
+    under kernel set `isa` (None: the active one): the set that runs it ("set"; a set hands paths
+    it lacks to the next one), the path ("lut", "multiply-add", "float", "reference") and a
+    one-line description ("detail")."""
+    set_name, path, detail = ffi.new("char *[1]"), ffi.new("char *[1]"), ffi.new("char *[1]")
+    code = lib.eq_kernel_route(isa.encode() if isa else ffi.NULL, _qtype_id(qtype_name), max(1, int(batch)),
+                               set_name, path, detail)
+    if code == lib.EQ_ERR_NOT_FOUND:
+        raise EdgeqError(f"kernel set {isa!r} does not exist or this CPU cannot run it")
+    _check(code, f"kernel route of {qtype_name}")
+    return {name: ffi.string(value[0]).decode() for name, value in
+            (("set", set_name), ("path", path), ("detail", detail))}
+
+
+def prepared_bytes(qtype_name: str, n: int, cols: int) -> int:
+    """Bytes the runtime reserves to prepare n input vectors of cols activations for products of
+    `qtype_name` (0 when its family prepares nothing)."""
+    return int(lib.eq_prepared_bytes(_qtype_id(qtype_name), n, cols))
 
 
 def select_isa(name: str) -> None:
@@ -247,6 +288,7 @@ def model_open(path, threads: int = 0, ctx: int = 0, kv_fp32: bool = False) -> M
     params.n_threads = _int_arg(threads, "threads")
     params.n_ctx = _int_arg(ctx, "ctx")
     params.kv_fp32 = 1 if kv_fp32 else 0
+    isa()   # an EDGEQ_ISA naming no set this CPU runs: say which sets it does
     path = str(path)
     err = ffi.new("char[]", 512)
     pointer = lib.eq_model_open(path.encode(), params, err, len(err))

@@ -5,18 +5,8 @@ import os
 
 from . import _ffi
 from .fileformat import ModelFile
-from .quant_types import FAMILIES, PLAIN, UNIFORM_BITPLANE
 
 BATCH = 64            # tokens the runtime evaluates together (native/src/model.c BATCH)
-
-# what each kernel set does with each quant family, for `edgeq info`
-KERNELS = {
-    "avx2": {UNIFORM_BITPLANE: "LUT: int16 tables of 4-activation subset sums, pshufb lookups per bit-plane",
-             PLAIN: "fp32 FMA"},
-    "scalar": {UNIFORM_BITPLANE: "LUT: float tables of 4-activation subset sums, portable C", PLAIN: "portable C"},
-    "ref": {UNIFORM_BITPLANE: "reference: bit by bit, double accumulation", PLAIN: "reference"},
-}
-
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
@@ -33,10 +23,15 @@ def memory_estimate(model: ModelFile, ctx: int, kv_bytes: int = 2, threads: int 
     wide = max(c.dim, q_dim)
     batch = BATCH * (2 * c.dim + wide + 2 * c.hidden_dim + q_dim + 2 * kv_dim) * 4
 
-    def table_bytes(cols: int) -> int:      # eq_acts_reserve: tables, one scale per 64, sums per 32
-        padded = -(-cols // 128) * 128
-        return BATCH * (padded * 8 + (padded // 64 + padded // 32) * 4)
-    tables = table_bytes(c.dim) + table_bytes(q_dim) + table_bytes(c.hidden_dim)
+    def prepared_bytes(cols: int, readers: list[str]) -> int:   # eq_acts_reserve: per family read
+        families = {model.tensors[n].qtype.family: model.tensors[n].qtype.name for n in readers if n in model.tensors}
+        return sum(_ffi.prepared_bytes(name, BATCH, cols) for name in families.values())
+    blocks = [f"blk.{i}." for i in range(c.n_layers)]
+    x_readers = ["output.weight" if "output.weight" in model.tensors else "token_embd.weight"]
+    x_readers += [b + w for b in blocks for w in ("attn_q.weight", "attn_k.weight", "attn_v.weight",
+                                                   "ffn_gate.weight", "ffn_up.weight")]
+    tables = (prepared_bytes(c.dim, x_readers) + prepared_bytes(q_dim, [b + "attn_output.weight" for b in blocks])
+              + prepared_bytes(c.hidden_dim, [b + "ffn_down.weight" for b in blocks]))
     scores = (threads or os.cpu_count() or 1) * ctx * 4
     activations = batch + tables + scores + 4 * c.vocab_size
     weights = sum(t.nbytes for t in model.tensors.values())
@@ -87,9 +82,13 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
     lines.append(f"weights read per token: {per_token} bytes ({_mb(per_token)}; the decode roofline is "
                  f"memory bandwidth / this)")
     isa = _ffi.isa()
-    families = sorted({t.qtype.family for t in model.tensors.values()}, key=FAMILIES.index)
-    how = "; ".join(f"{family} types {KERNELS.get(isa, {}).get(family, '?')}" for family in families)
-    lines.append(f"kernels       {isa} on this machine: {how}")
+    lines.append(f"kernels       {isa} on this machine (sets here: {', '.join(_ffi.kernel_sets())})")
+    for name in sorted({t.qtype.name for t in model.tensors.values()}):
+        decode, prefill = _ffi.kernel_route(name, isa, 1), _ffi.kernel_route(name, isa, BATCH)
+        line = f"  {name:<10}  decode: {decode['set']} {decode['path']} ({decode['detail']})"
+        if prefill != decode:
+            line += f"; prefill: {prefill['set']} {prefill['path']} ({prefill['detail']})"
+        lines.append(line)
     for kv_bytes, label in ((2, "fp16"), (4, "fp32")):
         mem = memory_estimate(model, ctx, kv_bytes)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "

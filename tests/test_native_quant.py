@@ -360,19 +360,49 @@ def test_bad_python_arguments_are_rejected_before_c():
 # dispatch
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("requested", ["ref", "scalar", "avx2", "no-such-isa"])
-def test_edgeq_isa_forces_or_falls_back_to_a_kernel_set(requested):
-    if requested == "avx2" and requested not in _ffi.kernel_sets():
-        pytest.skip("this CPU does not run the avx2 kernels")
-    env = dict(os.environ, EDGEQ_ISA=requested)
+def active_isa_with(requested: str) -> subprocess.CompletedProcess:
     script = "from edgeq import _ffi; print(_ffi.isa())"
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            check=True)
-    active = result.stdout.strip()
-    if requested != "no-such-isa":
-        assert active == requested
-    else:
-        assert active in {"scalar", "avx2", "neon"}   # the best available set, never the slow reference
+    return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, EDGEQ_ISA=requested),
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("requested", _ffi.all_kernel_sets() + ["auto", ""])
+def test_edgeq_isa_forces_a_kernel_set(requested):
+    """Every set in the library's one list can be forced where the CPU runs it; "auto" and an empty
+    value choose the best available set, never the slow reference."""
+    if requested not in ("auto", "") and requested not in _ffi.kernel_sets():
+        pytest.skip(f"this CPU does not run the {requested} kernels")
+    result = active_isa_with(requested)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (requested if requested not in ("auto", "") else _ffi.kernel_sets()[0])
+    assert _ffi.kernel_sets()[0] != "ref" and _ffi.all_kernel_sets()[-1] == "ref"
+
+
+def test_edgeq_isa_naming_no_runnable_set_is_an_error_not_a_fallback(tiny_converted):
+    """A set that does not exist, or one this CPU lacks, is refused by the kernels, the loader and
+    the CLI with one line naming the sets this CPU runs."""
+    missing = [name for name in _ffi.all_kernel_sets() if name not in _ffi.kernel_sets()]
+    for requested in ["no-such-isa"] + missing[:1]:
+        result = active_isa_with(requested)
+        assert result.returncode != 0 and f"EDGEQ_ISA={requested}" in result.stderr
+        assert ("this CPU cannot run it" if requested in missing else "no kernel set has that name") in result.stderr
+        cli = subprocess.run([sys.executable, "-m", "edgeq", "run", str(tiny_converted("llama", 4)), "-p", "Hi",
+                              "-n", "2"], env=dict(os.environ, EDGEQ_ISA=requested), capture_output=True,
+                             text=True, timeout=120)
+        assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
+        assert len(cli.stderr.strip().splitlines()) == 1 and f"EDGEQ_ISA={requested}" in cli.stderr, cli.stderr
+        assert ", ".join(_ffi.kernel_sets()) in cli.stderr
+
+
+def test_kernel_route_names_the_set_and_path_for_every_type():
+    """Each set in the list runs every type of the table itself or hands it on, the reference last."""
+    for isa in _ffi.kernel_sets():
+        for qtype in quant_types.TYPES.values():
+            route = _ffi.kernel_route(qtype.name, isa, batch=64)
+            assert route["set"] in _ffi.kernel_sets()[_ffi.kernel_sets().index(isa):]
+            assert route["path"] in ("lut", "multiply-add", "float", "reference") and route["detail"]
+    assert _ffi.kernel_route("u4g64a", "ref") == {"set": "ref", "path": "reference",
+                                                  "detail": "reference: bit by bit, double accumulation"}
 
 
 def test_select_isa_switches_and_refuses_unknown_sets():

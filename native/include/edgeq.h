@@ -50,7 +50,8 @@ typedef enum eq_error {
     EQ_ERR_NO_MEMORY = -8,         /* an allocation failed */
     EQ_ERR_NOT_FOUND = -9,         /* a metadata key or tensor is absent */
     EQ_ERR_FORMAT = -10,           /* the file is malformed, or a value has the wrong type or range */
-    EQ_ERR_IO = -11                /* the file cannot be opened, read or mapped */
+    EQ_ERR_IO = -11,               /* the file cannot be opened, read or mapped */
+    EQ_ERR_ISA = -12               /* EDGEQ_ISA names no kernel set this CPU runs */
 } eq_error;
 
 /* A static, human-readable description of an error code ("unknown error" for other values). */
@@ -160,16 +161,16 @@ float eq_fp16_to_fp32(uint16_t bits);
 uint16_t eq_fp32_to_fp16(float value);
 
 /* ---------------------------------------------------------------------------------------------
- * kernels (dispatched once, at first use, to the best kernel set this CPU runs; EDGEQ_ISA=ref,
- * scalar or avx2 forces a set; an unknown or unavailable EDGEQ_ISA value falls back to the best
- * available set)
+ * kernels (dispatched once, at first use, to the best kernel set this CPU runs; EDGEQ_ISA=<set>
+ * forces a set, and one that does not exist or that this CPU cannot run makes every kernel call
+ * and eq_model_open fail with EQ_ERR_ISA instead of falling back; unset, empty or "auto" chooses)
  * ------------------------------------------------------------------------------------------- */
 
 /* Dequantize rows [row_begin, row_begin + row_count) of the (rows, cols) tensor of type `id`.
  *   data        packed bytes of the whole tensor, data_bytes of them (>= eq_qtype_nbytes)
  *   out         (row_count, cols) float32, row-major; padding columns are not written
  * Returns EQ_OK, or EQ_ERR_UNKNOWN_QTYPE, EQ_ERR_INVALID_ARGUMENT (NULL data/out, rows or cols 0),
- * EQ_ERR_SIZE_OVERFLOW, EQ_ERR_DATA_TOO_SHORT, EQ_ERR_ROW_RANGE. row_count 0 is a no-op. */
+ * EQ_ERR_SIZE_OVERFLOW, EQ_ERR_DATA_TOO_SHORT, EQ_ERR_ROW_RANGE, EQ_ERR_ISA. row_count 0 is a no-op. */
 int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
                        size_t row_begin, size_t row_count, float *out);
 
@@ -178,18 +179,25 @@ int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows,
  *   x           (cols,) float32; padding columns of W never contribute, whatever they hold
  *   y           (rows,) float32, overwritten
  * Returns EQ_OK, or EQ_ERR_UNKNOWN_QTYPE, EQ_ERR_INVALID_ARGUMENT (NULL pointer, rows or cols 0),
- * EQ_ERR_SIZE_OVERFLOW, EQ_ERR_DATA_TOO_SHORT, EQ_ERR_NO_MEMORY (the LUT sets' tables for x). */
+ * EQ_ERR_SIZE_OVERFLOW, EQ_ERR_DATA_TOO_SHORT, EQ_ERR_NO_MEMORY (the sets' prepared input),
+ * EQ_ERR_ISA. */
 int eq_gemv(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, float *y);
 
-/* Y = X W^T for n vectors at once: x (n, cols) and y (n, rows) row-major float32. The LUT kernel
- * sets prepare each x once (int8 tables) and reuse every weight tile across the n vectors.
+/* Y = X W^T for n vectors at once: x (n, cols) and y (n, rows) row-major float32. The kernel sets
+ * prepare each x once (lookup tables, quantized activations) and reuse every weight tile across
+ * the n vectors.
  * Same returns as eq_gemv, plus EQ_ERR_NO_MEMORY; n 0 is EQ_ERR_INVALID_ARGUMENT. */
 int eq_gemm(int id, const void *data, size_t data_bytes, size_t rows, size_t cols,
             const float *x, size_t n, float *y);
 
-/* Name of the active kernel set: "avx2" (int8 LUT, pshufb), "scalar" (portable LUT, float tables)
- * or "ref" (the specification). Selects it if not yet done. */
+/* The kernel sets this library has, best first (the reference "ref" last), whether or not this
+ * CPU runs them: index 0 .. eq_kernel_set_count() - 1; eq_kernel_set_name is NULL out of range. */
+int eq_kernel_set_count(void);
+const char *eq_kernel_set_name(int index);
+
+/* Name of the active kernel set (selected at first use), or NULL when EDGEQ_ISA names no set
+ * this CPU runs. */
 const char *eq_isa_name(void);
 
 /* 1 if the kernel set called `isa` exists and this CPU runs it, else 0. */
@@ -204,6 +212,20 @@ int eq_select_isa(const char *isa);
  * "ref"). EQ_ERR_NOT_FOUND if that set does not exist or this CPU cannot run it. */
 int eq_gemm_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows,
                 size_t cols, const float *x, size_t n, float *y);
+
+/* Which set runs a product of quant type `qtype_id` with a batch of `batch` vectors (1: decode, a
+ * prompt's tokens: prefill) under kernel set `isa` (NULL: the active one; a set hands a path it
+ * does not have to the next available set, the reference last), by which path ("lut",
+ * "multiply-add", "float", "reference") and a one-line description. Any out pointer may be NULL.
+ * EQ_ERR_NOT_FOUND (isa unknown or unavailable), EQ_ERR_ISA (isa NULL and EDGEQ_ISA invalid),
+ * EQ_ERR_UNKNOWN_QTYPE. */
+int eq_kernel_route(const char *isa, int qtype_id, size_t batch, const char **set_isa, const char **path,
+                    const char **detail);
+
+/* Bytes the runtime reserves to prepare n input vectors of cols activations for products of quant
+ * type `qtype_id` (the widest of the sets this CPU runs; 0 if the family prepares nothing, the id
+ * is unknown or the size overflows). `edgeq info`'s memory estimate adds these up. */
+size_t eq_prepared_bytes(int qtype_id, size_t n, size_t cols);
 
 /* ---------------------------------------------------------------------------------------------
  * the runtime: open a converted file (mmapped, validated as untrusted input), evaluate tokens

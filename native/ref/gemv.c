@@ -112,3 +112,51 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
         break;   /* not a family: the entry points only pass table rows */
     }
 }
+
+/* The batched product, one vector at a time: the reference prepares nothing. */
+static void gemm_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                     const eq_input *in, float *y, size_t y_stride)
+{
+    for (size_t v = 0; v < in->n; v++)
+        eq_gemv_ref(type, data, rows, cols, in->x + v * in->cols, y + v * y_stride);
+}
+
+/* ---- attention over an fp16 KV cache ------------------------------------------------------- */
+
+float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n)
+{
+    float dot = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        dot += eq_fp16_to_fp32(a[i]) * b[i];
+    return dot;
+}
+
+void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] += w * eq_fp16_to_fp32(x[i]);
+}
+
+/* ---- the set -------------------------------------------------------------------------------- */
+
+static int always_available(void)
+{
+    return 1;
+}
+
+const eq_kernel_set eq_kernels_ref = {
+    .isa = "ref",
+    .is_available = always_available,
+    .family = {
+        [EQ_QFAMILY_PLAIN] = {
+            .decode = {"reference", "reference: double accumulation", NULL, NULL, gemm_ref},
+            .dequantize_rows = eq_dequantize_rows_ref,
+        },
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {
+            .decode = {"reference", "reference: bit by bit, double accumulation", NULL, NULL, gemm_ref},
+            .dequantize_rows = eq_dequantize_rows_ref,
+        },
+    },
+    .dot_f16 = eq_dot_f16_ref,
+    .axpy_f16 = eq_axpy_f16_ref,
+};

@@ -1,7 +1,7 @@
 /* scalar/gemv.c — portable lookup-table GEMV: the T-MAC idea in plain C, with float tables.
  *
  * For every group of 4 activations x[k0..k0+3] a 16-entry table T[idx] = Σ_{bit i of idx} x[k0+i]
- * is built once per call and shared by all rows and bit-planes; then each plane byte of the packed
+ * is built once per input vector (prepare) and shared by all rows, bit-planes and matrices; then each plane byte of the packed
  * layout (the 4-bit indices of one row for two groups of 4) costs two lookups and two adds:
  *     plane_dot[r] += T[2c][byte & 15] + T[2c+1][byte >> 4]
  * and per group  y[r] += scale[r] * Σ_p 2^p plane_dot_p[r]  + (min[r] or -zero_point*scale[r]) * Σx.
@@ -9,7 +9,6 @@
  * do the same with int8 tables. Used where no SIMD kernel set applies.
  */
 #include <stdint.h>
-#include <stdlib.h>
 
 #include "kernels.h"
 
@@ -32,7 +31,7 @@ static void build_tables(const float *x, size_t cols, size_t padded_cols, float 
 }
 
 static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                        const float *x, float *y, float *tables)
+                        const float *tables, float *y)
 {
     const size_t group = (size_t)type->group;
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
@@ -43,7 +42,6 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
     const float zero_point = (float)((1u << type->bits) - 1u) / 2.0f;
 
-    build_tables(x, cols, n_groups * group, tables);
     for (size_t tile = 0; tile < n_tiles; tile++) {
         float acc[EQ_TILE_ROWS] = {0};
         for (size_t g = 0; g < n_groups; g++) {
@@ -99,47 +97,58 @@ static void gemv_plain(const eq_qtype_traits *type, const uint8_t *data, size_t 
     }
 }
 
-/* The LUT product for the uniform bit-plane family, with its float tables. */
-static void gemv_uniform_bitplane(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                                  const float *x, float *y)
+/* ---- prepare and gemm ------------------------------------------------------------------------ */
+
+static size_t padded_columns(size_t cols)
 {
-    size_t padded_cols = (cols + (size_t)type->group - 1) / (size_t)type->group * (size_t)type->group;
-    float *tables = malloc(sizeof(float) * (padded_cols / 4) * TABLE);
-    if (!tables) {   /* cannot happen for model-sized rows; fall back to the table-free reference */
-        eq_gemv_ref(type, data, rows, cols, x, y);
-        return;
-    }
-    gemv_packed(type, data, rows, cols, x, y, tables);
-    free(tables);
+    return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
 }
 
-void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                    const float *x, float *y)
+/* prepared: (padded_cols / 4, 16) float tables */
+static size_t bitplane_prepared_bytes(size_t cols)
 {
-    switch ((eq_qfamily)type->family) {
-    case EQ_QFAMILY_PLAIN:
-        gemv_plain(type, data, rows, cols, x, y);
-        break;
-    case EQ_QFAMILY_UNIFORM_BITPLANE:
-        gemv_uniform_bitplane(type, data, rows, cols, x, y);
-        break;
-    case EQ_QFAMILY_COUNT:
-        break;   /* not a family: the entry points only pass table rows */
-    }
+    return padded_columns(cols) / 4 * TABLE * sizeof(float);
+}
+
+static void bitplane_prepare(const float *x, size_t cols, uint8_t *out)
+{
+    build_tables(x, cols, padded_columns(cols), (float *)(void *)out);
+}
+
+static void bitplane_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                          const eq_input *in, float *y, size_t y_stride)
+{
+    for (size_t v = 0; v < in->n; v++)
+        gemv_packed(type, data, rows, cols, (const float *)(const void *)(in->prepared + v * in->stride),
+                    y + v * y_stride);
+}
+
+static void plain_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                       const eq_input *in, float *y, size_t y_stride)
+{
+    for (size_t v = 0; v < in->n; v++)
+        gemv_plain(type, data, rows, cols, in->x + v * in->cols, y + v * y_stride);
 }
 
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
 
-float eq_dot_f16_scalar(const uint16_t *a, const float *b, size_t n)
+/* The reference's plain loops (ref/gemv.c) are already what portable C can do. */
+
+/* ---- the set -------------------------------------------------------------------------------- */
+
+static int always_available(void)
 {
-    float dot = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        dot += eq_fp16_to_fp32(a[i]) * b[i];
-    return dot;
+    return 1;
 }
 
-void eq_axpy_f16_scalar(float *y, float w, const uint16_t *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        y[i] += w * eq_fp16_to_fp32(x[i]);
-}
+const eq_kernel_set eq_kernels_scalar = {
+    .isa = "scalar",
+    .is_available = always_available,
+    .family = {
+        [EQ_QFAMILY_PLAIN] = {.decode = {"float", "portable C, float accumulation", NULL, NULL, plain_gemm}},
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {
+            .decode = {"lut", "LUT: float tables of 4-activation subset sums, portable C",
+                       bitplane_prepared_bytes, bitplane_prepare, bitplane_gemm},
+        },
+    },
+};

@@ -1,10 +1,9 @@
-/* kernels.h — internal: the kernel signatures every ISA folder implements, and byte readers.
+/* kernels.h — internal: what a kernel set is, prepared activations, and byte readers.
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA folder (ref/, scalar/, x86/, later arm/) defines the functions of one kernel set with its
- * own suffix: eq_dequantize_rows_<isa>, eq_gemv_<isa>, and for the LUT sets eq_prepare_<isa>,
- * eq_gemm_<isa> (the batched product over prepared activations).
+ * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, later x86/avx512.c, arm/neon.c) defines one
+ * `const eq_kernel_set eq_kernels_<isa>`; src/kernel_sets.c lists them once and picks one.
  */
 #ifndef EDGEQ_KERNELS_H
 #define EDGEQ_KERNELS_H
@@ -14,66 +13,135 @@
 
 #include "edgeq.h"
 
-/* Activations prepared for a kernel set: n vectors of cols floats, plus whatever that set's
- * prepare step derives from them once per input (the LUT kernels' int8 tables), so every matrix
- * multiplied by the same input (q/k/v, gate/up) and every thread shares one copy. */
+/* ---- what a kernel set is --------------------------------------------------------------------
+ *
+ * A kernel set (one per ISA: ref/, scalar/, x86/avx2.c, ...) is one struct: for every type family,
+ * how it multiplies that family (prepare the input once, then gemm over a batch of vectors) and
+ * dequantizes it, plus the fp16 attention helpers. A set may leave a family (or a helper) empty:
+ * the next available set in the list (src/kernel_sets.c) fills the gap, the reference last, so a new
+ * family needs only the reference to run everywhere. Generic code never sees a set's buffer layout:
+ * it asks the family's prepared_bytes for the size and hands the bytes from prepare to gemm. */
+
 enum {
-    EQ_ACTS_PAD = 128,          /* columns are padded with zeros to a multiple of the largest group */
-    EQ_LUT_UNIT = 64,           /* activations per int8 table scale */
-    EQ_LUT_BYTES_PER_COL = 8    /* 16 two-byte entries per 4 activations */
+    EQ_PREPARED_ALIGN = 64,   /* every vector's prepared bytes start 64-byte aligned */
+    EQ_LARGEST_GROUP = 128    /* prepared inputs cover cols rounded up to this, zeros past cols */
 };
 
-typedef struct eq_acts {
-    size_t n, cols, padded_cols;    /* padded_cols: cols rounded up to EQ_ACTS_PAD */
+/* A batch of input vectors as one family's gemm reads them. */
+typedef struct eq_input {
+    size_t n, cols;                 /* n vectors of cols activations */
     const float *x;                 /* (n, cols) row-major, the caller's */
-    int8_t *tables;                 /* (capacity, padded_cols * 4) set-specific table layout */
-    float *table_scales;            /* (capacity, padded_cols / EQ_LUT_UNIT) */
-    float *sums;                    /* (capacity, padded_cols / 32) Σ x per 32 columns */
-    size_t capacity_bytes;          /* of tables; scales and sums are sized to match */
-} eq_acts;
+    const uint8_t *prepared;        /* (n, stride) what the family's prepare derived; NULL if none */
+    size_t stride;                  /* bytes per vector of prepared, a multiple of EQ_PREPARED_ALIGN */
+} eq_input;
 
 /* out (row_count, cols) = rows [row_begin, row_begin + row_count) of W (rows, cols) */
 typedef void (*eq_dequantize_rows_fn)(const eq_qtype_traits *type, const uint8_t *data,
                                       size_t rows, size_t cols, size_t row_begin, size_t row_count,
                                       float *out);
 
-/* y (rows,) = W (rows, cols) x (cols,) */
-typedef void (*eq_gemv_fn)(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
-                           size_t cols, const float *x, float *y);
+/* Bytes of prepared data for one vector of cols activations (before rounding to the alignment). */
+typedef size_t (*eq_prepared_bytes_fn)(size_t cols);
 
-/* Fill the set's derived data for vectors [first, first + count) of acts (threads split n). */
-typedef void (*eq_prepare_fn)(eq_acts *acts, size_t first, size_t count);
+/* out (prepared_bytes(cols),) = what gemm needs of one input vector x (cols,) */
+typedef void (*eq_prepare_fn)(const float *x, size_t cols, uint8_t *out);
 
-/* y[v * y_stride + r] = (W acts->x[v])[r] for every vector v < acts->n and row r < rows */
+/* y[v * y_stride + r] = (W in->x[v])[r] for every vector v < in->n and row r < rows */
 typedef void (*eq_gemm_fn)(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
-                           size_t cols, const eq_acts *acts, float *y, size_t y_stride);
+                           size_t cols, const eq_input *in, float *y, size_t y_stride);
 
 /* Attention over an fp16 KV cache: Σ a[i] b[i], and y[i] += w x[i], for fp16 a / x. */
 typedef float (*eq_dot_f16_fn)(const uint16_t *a, const float *b, size_t n);
 typedef void (*eq_axpy_f16_fn)(float *y, float w, const uint16_t *x, size_t n);
 
-/* One kernel set per ISA; src/quant_types.c holds the list and picks one at first use.
- * A set without prepare/gemm reads x directly and multiplies one vector at a time with gemv. */
+/* One way of multiplying a family: what it derives once per input vector (its own layout, read
+ * only by its own gemm) and the product. gemm NULL: the set does not have this path, and the next
+ * set that does fills it in (path, detail, prepared_bytes, prepare, gemm always come together). */
+typedef struct eq_path_kernels {
+    const char *path;                        /* "lut", "multiply-add", "float", "reference" */
+    const char *detail;                      /* one line for `edgeq info` */
+    eq_prepared_bytes_fn prepared_bytes;     /* NULL: gemm reads in->x only */
+    eq_prepare_fn prepare;                   /* non-NULL exactly when prepared_bytes is */
+    eq_gemm_fn gemm;
+} eq_path_kernels;
+
+/* How one set runs one family: a batch of fewer than prefill_from vectors (decode) goes through
+ * `decode`, a larger one (prefill) through `prefill` (weights read once, expanded and reused for
+ * every vector). prefill.gemm NULL: decode serves every batch size. */
+typedef struct eq_family_kernels {
+    eq_path_kernels decode;
+    eq_path_kernels prefill;
+    size_t prefill_from;                     /* with prefill: the smallest batch it takes (>= 2) */
+    eq_dequantize_rows_fn dequantize_rows;   /* NULL: the next set's */
+} eq_family_kernels;
+
 typedef struct eq_kernel_set {
-    const char *isa;                         /* "ref", "scalar", "avx2" (EDGEQ_ISA values) */
+    const char *isa;                         /* the EDGEQ_ISA value: "avx2", "scalar", "ref", ... */
     int (*is_available)(void);               /* nonzero if this CPU runs the set */
-    eq_dequantize_rows_fn dequantize_rows;
-    eq_gemv_fn gemv;                         /* used when gemm is NULL */
-    eq_prepare_fn prepare;                   /* NULL: nothing to derive */
-    eq_gemm_fn gemm;                         /* NULL: gemv per vector */
-    eq_dot_f16_fn dot_f16;
+    eq_family_kernels family[EQ_QFAMILY_COUNT];
+    eq_dot_f16_fn dot_f16;                   /* NULL: the next set's */
     eq_axpy_f16_fn axpy_f16;
 } eq_kernel_set;
 
-/* The active set (selected at first use) and the generic entry points built on a set; the model
- * takes the set once per evaluation so that prepare and gemm always come from the same one. */
-const eq_kernel_set *eq_active_kernels(void);
-int eq_acts_reserve(eq_acts *acts, size_t n, size_t cols);    /* grow buffers; EQ_ERR_NO_MEMORY */
+/* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
+extern const eq_kernel_set eq_kernels_avx2;     /* x86/avx2.c */
+extern const eq_kernel_set eq_kernels_scalar;   /* scalar/gemv.c */
+extern const eq_kernel_set eq_kernels_ref;      /* ref/gemv.c */
+
+/* A set with every gap filled from the available sets after it: what evaluation uses. */
+typedef struct eq_kernels {
+    const char *isa;
+    eq_family_kernels family[EQ_QFAMILY_COUNT];         /* decode.gemm and dequantize_rows always set */
+    const char *decode_isa[EQ_QFAMILY_COUNT];           /* which set runs each family's paths */
+    const char *prefill_isa[EQ_QFAMILY_COUNT];          /* (NULL: no prefill path) */
+    eq_dot_f16_fn dot_f16;
+    eq_axpy_f16_fn axpy_f16;
+} eq_kernels;
+
+/* The path a batch of n vectors of `family` takes under k. */
+static inline const eq_path_kernels *eq_path_for(const eq_kernels *k, int family, size_t n)
+{
+    const eq_family_kernels *fk = &k->family[family];
+    return fk->prefill.gemm != NULL && n >= fk->prefill_from ? &fk->prefill : &fk->decode;
+}
+
+/* The active kernels (EDGEQ_ISA, else the first available set; NULL when EDGEQ_ISA names no set
+ * this CPU runs), and the named ones (NULL: unknown or unavailable). */
+const eq_kernels *eq_active_kernels(void);
+const eq_kernels *eq_kernels_named(const char *isa);
+
+/* ---- prepared activations ------------------------------------------------------------------- */
+
+/* Input vectors with, per family whose products read them, the bytes that family's prepare made:
+ * every matrix multiplied by the same input (q/k/v, gate/up) and every thread shares one copy. */
+typedef struct eq_acts {
+    size_t n, cols;                           /* bound: n vectors of cols floats */
+    const float *x;                           /* (n, cols) row-major, the caller's */
+    unsigned families;                        /* bit f: products of family f read this input */
+    uint8_t *prepared[EQ_QFAMILY_COUNT];      /* (capacity,) bytes per family that prepares */
+    size_t capacity[EQ_QFAMILY_COUNT];
+} eq_acts;
+
+/* Room for n vectors of up to cols activations for the given families under every available set
+ * (the active set can change between evaluations); EQ_ERR_NO_MEMORY / EQ_ERR_SIZE_OVERFLOW. */
+int eq_acts_reserve(eq_acts *acts, size_t n, size_t cols, unsigned families);
 void eq_acts_free(eq_acts *acts);
 void eq_acts_bind(eq_acts *acts, const float *x, size_t n, size_t cols);   /* after reserve */
-void eq_acts_prepare(const eq_kernel_set *set, eq_acts *acts, size_t first, size_t count);
-void eq_gemm_prepared(const eq_kernel_set *set, const eq_qtype_traits *type, const uint8_t *data,
+/* Prepare vectors [first, first + count) for every family of acts (threads split n). */
+void eq_acts_prepare(const eq_kernels *kernels, eq_acts *acts, size_t first, size_t count);
+/* y (acts->n, rows) with row stride y_stride = W acts->x[v], through the family's gemm */
+void eq_gemm_prepared(const eq_kernels *kernels, const eq_qtype_traits *type, const uint8_t *data,
                       size_t rows, size_t cols, const eq_acts *acts, float *y, size_t y_stride);
+
+/* ---- per-ISA functions, same names with the ISA's suffix ------------------------------------ */
+
+/* ref/: the specification (double accumulation, bit by bit) */
+void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
+                            size_t cols, size_t row_begin, size_t row_count, float *out);
+void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                 const float *x, float *y);
+float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n);
+void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 
 /* *out = bytes of a (rows >= 1, cols >= 1) tensor of `type`, or EQ_ERR_SIZE_OVERFLOW (or
  * EQ_ERR_UNKNOWN_QTYPE: a family without a size rule). eq_padded_tail_nbytes: in the layout of
@@ -85,25 +153,6 @@ int eq_padded_tail_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols,
  * last group cut to eq_last_group_cols columns; only for cols % G != 0. */
 void eq_compact_tail(const eq_qtype_traits *type, const uint8_t *padded, size_t rows, size_t cols,
                      uint8_t *out);
-
-void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
-                            size_t cols, size_t row_begin, size_t row_count, float *out);
-void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                 const float *x, float *y);
-
-/* scalar/: portable LUT kernels with float tables (faster than ref, no SIMD) */
-void eq_gemv_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                    const float *x, float *y);
-float eq_dot_f16_scalar(const uint16_t *a, const float *b, size_t n);
-void eq_axpy_f16_scalar(float *y, float w, const uint16_t *x, size_t n);
-
-/* x86/: AVX2 + FMA + F16C LUT kernels with int8 tables (pshufb) */
-int eq_avx2_available(void);
-void eq_prepare_avx2(eq_acts *acts, size_t first, size_t count);
-void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                  const eq_acts *acts, float *y, size_t y_stride);
-float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n);
-void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n);
 
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 

@@ -123,7 +123,7 @@ struct eq_model {
     int n_ctx, n_past;
     bool kv_fp32;
     eq_pool *pool;
-    const eq_kernel_set *kernels;    /* taken at the start of each eval */
+    const eq_kernels *kernels;       /* taken at the start of each eval */
     atomic_int busy;
     char last_error[192];            /* why the latest eval/truncate failed */
 };
@@ -486,6 +486,24 @@ static void *alloc_array(size_t count, size_t size)
     return calloc(count ? count : 1, size);
 }
 
+/* Bit f set when a product reads an input prepared for family f: which families acts_x (normed x:
+ * q/k/v, gate/up, the head), acts_attn (wo) and acts_ffn (w_down) prepare for. */
+static void input_families(const eq_model *m, unsigned *x_families, unsigned *attn_families,
+                           unsigned *ffn_families)
+{
+#define FAMILY_BIT(w) (1u << eq_qtype_get((w).qtype)->family)
+    *x_families = FAMILY_BIT(m->output);
+    *attn_families = *ffn_families = 0;
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        const layer *l = &m->layers[i];
+        *x_families |= FAMILY_BIT(l->wq) | FAMILY_BIT(l->wk) | FAMILY_BIT(l->wv) | FAMILY_BIT(l->w_gate) |
+                       FAMILY_BIT(l->w_up);
+        *attn_families |= FAMILY_BIT(l->wo);
+        *ffn_families |= FAMILY_BIT(l->w_down);
+    }
+#undef FAMILY_BIT
+}
+
 static int alloc_state(loader *ld, eq_model *m)
 {
     const config *c = &m->cfg;
@@ -518,13 +536,15 @@ static int alloc_state(loader *ld, eq_model *m)
     s->scores = alloc_array(n_scores / sizeof(float), sizeof(float));
     s->key_cache = alloc_array(n_cache, elem);
     s->value_cache = alloc_array(n_cache, elem);
+    unsigned x_families, attn_families, ffn_families;
+    input_families(m, &x_families, &attn_families, &ffn_families);
     s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->steps);
     s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->phases);
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores ||
         !s->key_cache || !s->value_cache || !s->steps || !s->phases ||
-        eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim) != EQ_OK ||
-        eq_acts_reserve(&s->acts_attn, BATCH, q_dim) != EQ_OK ||
-        eq_acts_reserve(&s->acts_ffn, BATCH, (size_t)c->hidden_dim) != EQ_OK)
+        eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim, x_families) != EQ_OK ||
+        eq_acts_reserve(&s->acts_attn, BATCH, q_dim, attn_families) != EQ_OK ||
+        eq_acts_reserve(&s->acts_ffn, BATCH, (size_t)c->hidden_dim, ffn_families) != EQ_OK)
         return fail(ld, "out of memory allocating the KV cache and buffers for context %d "
                         "(%.1f MB); choose a smaller context", m->n_ctx, 2.0 * (double)n_cache_bytes / 1e6);
     return 0;
@@ -571,6 +591,10 @@ eq_model *eq_model_open(const char *path, const eq_model_params *params, char *e
     }
     if (alloc_state(&ld, m))
         goto failed;
+    if (eq_active_kernels() == NULL) {
+        fail(&ld, "EDGEQ_ISA=%s names no kernel set this CPU runs", getenv("EDGEQ_ISA"));
+        goto failed;
+    }
     return m;
 failed:
     eq_model_close(m);
@@ -890,7 +914,7 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
 
     const eq_qtype_traits *embd_type = eq_qtype_get(m->token_embd.qtype);
     for (int t = 0; t < n; t++)   /* tokens checked against the vocabulary by eq_model_eval */
-        m->kernels->dequantize_rows(embd_type, m->token_embd.data, m->token_embd.rows, m->token_embd.cols,
+        m->kernels->family[embd_type->family].dequantize_rows(embd_type, m->token_embd.data, m->token_embd.rows, m->token_embd.cols,
                                     (size_t)tokens[t], 1, s->x + (size_t)t * dim);
     s->n = n;
     s->pos0 = pos0;
@@ -998,6 +1022,11 @@ int eq_model_eval(eq_model *m, const int32_t *tokens, int32_t n_tokens, float *l
                  m->n_past, (int)n_tokens, m->n_ctx);
     }
     m->kernels = eq_active_kernels();
+    if (rc == EQ_OK && m->kernels == NULL) {
+        rc = EQ_ERR_ISA;
+        snprintf(m->last_error, sizeof m->last_error, "EDGEQ_ISA=%s names no kernel set this CPU runs",
+                 getenv("EDGEQ_ISA"));
+    }
     for (int32_t i = 0; i < n_tokens && rc == EQ_OK; i += BATCH) {
         int n = n_tokens - i < BATCH ? (int)(n_tokens - i) : BATCH;
         float *out = NULL;

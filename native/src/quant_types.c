@@ -1,9 +1,9 @@
 /* quant_types.c — the quant-type table (C mirror of edgeq/quant_types.py), the generic functions on
  * it (sizes, fp16 conversion), and the public kernel entry points: validate, dispatch once, call.
  *
- * Does not touch weights itself: the kernels live in ref/ (and later x86/, arm/).
+ * Does not touch weights itself: the kernels live in the ISA folders, the list of kernel sets and
+ * prepared activations in src/kernel_sets.c.
  */
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +30,7 @@ const char *eq_error_string(int code)
     case EQ_ERR_NOT_FOUND: return "not found";
     case EQ_ERR_FORMAT: return "malformed file or value of the wrong type";
     case EQ_ERR_IO: return "cannot open, read or map the file";
+    case EQ_ERR_ISA: return "EDGEQ_ISA names a kernel set that does not exist or this CPU cannot run";
     default: return "unknown error";
     }
 }
@@ -189,11 +190,6 @@ int eq_padded_tail_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols,
     return stored_nbytes(type, rows, cols, type->group > 0 ? (size_t)type->group : 1u, out);
 }
 
-static int tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out)
-{
-    return eq_tensor_nbytes(type, rows, cols, out);
-}
-
 void eq_compact_tail(const eq_qtype_traits *type, const uint8_t *padded, size_t rows, size_t cols,
                      uint8_t *out)
 {
@@ -218,7 +214,7 @@ size_t eq_qtype_nbytes(int id, size_t rows, size_t cols)
 {
     const eq_qtype_traits *type = eq_qtype_get(id);
     size_t nbytes;
-    if (type == NULL || rows == 0 || cols == 0 || tensor_nbytes(type, rows, cols, &nbytes) != EQ_OK) {
+    if (type == NULL || rows == 0 || cols == 0 || eq_tensor_nbytes(type, rows, cols, &nbytes) != EQ_OK) {
         return 0;
     }
     return nbytes;
@@ -288,166 +284,6 @@ uint16_t eq_fp32_to_fp16(float value)
 }
 
 /* ============================================================================================= */
-/* kernel dispatch: pick one kernel set at first use                                              */
-/* ============================================================================================= */
-
-static int always_available(void)
-{
-    return 1;
-}
-
-/* Best first; the reference is last and always available. Later: neon (arm/). */
-static const eq_kernel_set kernel_sets[] = {
-    {"avx2", eq_avx2_available, eq_dequantize_rows_ref, NULL, eq_prepare_avx2, eq_gemm_avx2,
-     eq_dot_f16_avx2, eq_axpy_f16_avx2},
-    {"scalar", always_available, eq_dequantize_rows_ref, eq_gemv_scalar, NULL, NULL,
-     eq_dot_f16_scalar, eq_axpy_f16_scalar},
-    {"ref", always_available, eq_dequantize_rows_ref, eq_gemv_ref, NULL, NULL,
-     eq_dot_f16_scalar, eq_axpy_f16_scalar},
-};
-
-enum { KERNEL_SET_COUNT = sizeof kernel_sets / sizeof kernel_sets[0] };
-
-/* Selection is deterministic, so a race at first use only stores the same pointer twice. */
-static _Atomic(const eq_kernel_set *) active_kernel_set = NULL;
-
-/* The set called `isa` if this CPU runs it, else NULL. */
-static const eq_kernel_set *find_kernel_set(const char *isa)
-{
-    for (int i = 0; isa != NULL && i < KERNEL_SET_COUNT; i++) {
-        if (strcmp(kernel_sets[i].isa, isa) == 0 && kernel_sets[i].is_available()) {
-            return &kernel_sets[i];
-        }
-    }
-    return NULL;
-}
-
-/* EDGEQ_ISA=<isa> picks that set if this CPU runs it; otherwise (unset, "auto", unknown or
- * unavailable) the first available set in kernel_sets. */
-static const eq_kernel_set *select_kernel_set(void)
-{
-    const eq_kernel_set *requested = find_kernel_set(getenv("EDGEQ_ISA"));
-    if (requested != NULL) {
-        return requested;
-    }
-    for (int i = 0; i < KERNEL_SET_COUNT; i++) {
-        if (kernel_sets[i].is_available()) {
-            return &kernel_sets[i];
-        }
-    }
-    return &kernel_sets[KERNEL_SET_COUNT - 1];
-}
-
-const eq_kernel_set *eq_active_kernels(void)
-{
-    const eq_kernel_set *set = atomic_load_explicit(&active_kernel_set, memory_order_acquire);
-    if (set == NULL) {
-        set = select_kernel_set();
-        atomic_store_explicit(&active_kernel_set, set, memory_order_release);
-    }
-    return set;
-}
-
-int eq_isa_available(const char *isa)
-{
-    return find_kernel_set(isa) != NULL;
-}
-
-int eq_select_isa(const char *isa)
-{
-    const eq_kernel_set *set = find_kernel_set(isa);
-    if (set == NULL) {
-        return EQ_ERR_NOT_FOUND;
-    }
-    atomic_store_explicit(&active_kernel_set, set, memory_order_release);
-    return EQ_OK;
-}
-
-/* ============================================================================================= */
-/* prepared activations and the batched product                                                   */
-/* ============================================================================================= */
-
-static size_t padded_columns(size_t cols)
-{
-    return (cols + EQ_ACTS_PAD - 1) / EQ_ACTS_PAD * EQ_ACTS_PAD;
-}
-
-int eq_acts_reserve(eq_acts *acts, size_t n, size_t cols)
-{
-    size_t padded = padded_columns(cols), table_bytes;
-    if (multiply_size(n, padded * EQ_LUT_BYTES_PER_COL, &table_bytes) != EQ_OK) {
-        return EQ_ERR_SIZE_OVERFLOW;
-    }
-    if (table_bytes <= acts->capacity_bytes) {
-        return EQ_OK;
-    }
-    eq_acts_free(acts);
-    /* tables: 64-byte aligned rows for aligned 32-byte loads; scales and sums by the same count */
-    acts->tables = aligned_alloc(64, table_bytes);
-    acts->table_scales = malloc(table_bytes / (EQ_LUT_UNIT * EQ_LUT_BYTES_PER_COL) * sizeof(float));
-    acts->sums = malloc(table_bytes / (32 * EQ_LUT_BYTES_PER_COL) * sizeof(float));
-    if (!acts->tables || !acts->table_scales || !acts->sums) {
-        eq_acts_free(acts);
-        return EQ_ERR_NO_MEMORY;
-    }
-    acts->capacity_bytes = table_bytes;
-    return EQ_OK;
-}
-
-void eq_acts_free(eq_acts *acts)
-{
-    free(acts->tables);
-    free(acts->table_scales);
-    free(acts->sums);
-    acts->tables = NULL;
-    acts->table_scales = acts->sums = NULL;
-    acts->capacity_bytes = 0;
-}
-
-void eq_acts_bind(eq_acts *acts, const float *x, size_t n, size_t cols)
-{
-    acts->x = x;
-    acts->n = n;
-    acts->cols = cols;
-    acts->padded_cols = padded_columns(cols);
-}
-
-void eq_acts_prepare(const eq_kernel_set *set, eq_acts *acts, size_t first, size_t count)
-{
-    if (set->prepare != NULL && count > 0) {
-        set->prepare(acts, first, count);
-    }
-}
-
-void eq_gemm_prepared(const eq_kernel_set *set, const eq_qtype_traits *type, const uint8_t *data,
-                      size_t rows, size_t cols, const eq_acts *acts, float *y, size_t y_stride)
-{
-    if (set->gemm != NULL) {
-        set->gemm(type, data, rows, cols, acts, y, y_stride);
-        return;
-    }
-    /* one vector at a time, through a stack buffer of whole tiles for the strided output */
-    enum { SLICE_ROWS = 16 * EQ_TILE_ROWS };
-    float slice[SLICE_ROWS];
-    for (size_t v = 0; v < acts->n; v++) {
-        for (size_t row0 = 0; row0 < rows; row0 += SLICE_ROWS) {
-            size_t n_rows = rows - row0 < SLICE_ROWS ? rows - row0 : SLICE_ROWS;
-            size_t offset = 0;   /* bytes of the first row0 rows: whole tiles, no overflow (row0 < rows) */
-            if (row0 > 0) {
-                tensor_nbytes(type, row0, cols, &offset);
-            }
-            set->gemv(type, data + offset, n_rows, cols, acts->x + v * cols, slice);
-            memcpy(y + v * y_stride + row0, slice, n_rows * sizeof(float));
-        }
-    }
-}
-
-const char *eq_isa_name(void)
-{
-    return eq_active_kernels()->isa;
-}
-
-/* ============================================================================================= */
 /* public kernel entry points: validate, then call the active set                                 */
 /* ============================================================================================= */
 
@@ -463,7 +299,7 @@ static int check_tensor(int id, const void *data, size_t data_bytes, size_t rows
         return EQ_ERR_INVALID_ARGUMENT;
     }
     size_t nbytes;
-    int err = tensor_nbytes(*type, rows, cols, &nbytes);
+    int err = eq_tensor_nbytes(*type, rows, cols, &nbytes);
     if (err != EQ_OK) {
         return err;
     }
@@ -490,12 +326,17 @@ int eq_dequantize_rows(int id, const void *data, size_t data_bytes, size_t rows,
     if (out == NULL) {
         return EQ_ERR_INVALID_ARGUMENT;
     }
-    eq_active_kernels()->dequantize_rows(type, (const uint8_t *)data, rows, cols, row_begin, row_count, out);
+    const eq_kernels *kernels = eq_active_kernels();
+    if (kernels == NULL) {
+        return EQ_ERR_ISA;
+    }
+    kernels->family[type->family].dequantize_rows(type, (const uint8_t *)data, rows, cols, row_begin,
+                                                  row_count, out);
     return EQ_OK;
 }
 
-/* Validate, then y (n, rows) = W x[v] through `set` with activations prepared here. */
-static int gemm_with(const eq_kernel_set *set, int id, const void *data, size_t data_bytes,
+/* Validate, then y (n, rows) = W x[v] through `kernels` with activations prepared here. */
+static int gemm_with(const eq_kernels *kernels, int id, const void *data, size_t data_bytes,
                      size_t rows, size_t cols, const float *x, size_t n, float *y)
 {
     const eq_qtype_traits *type;
@@ -503,16 +344,20 @@ static int gemm_with(const eq_kernel_set *set, int id, const void *data, size_t 
     if (err != EQ_OK) {
         return err;
     }
-    if (set == NULL || x == NULL || y == NULL || n == 0) {
+    if (x == NULL || y == NULL || n == 0) {
         return EQ_ERR_INVALID_ARGUMENT;
     }
+    if (kernels == NULL) {
+        return EQ_ERR_ISA;
+    }
     eq_acts acts = {0};
-    if (set->prepare != NULL && (err = eq_acts_reserve(&acts, n, cols)) != EQ_OK) {
+    if ((err = eq_acts_reserve(&acts, n, cols, 1u << type->family)) != EQ_OK) {
+        eq_acts_free(&acts);
         return err;
     }
     eq_acts_bind(&acts, x, n, cols);
-    eq_acts_prepare(set, &acts, 0, n);
-    eq_gemm_prepared(set, type, (const uint8_t *)data, rows, cols, &acts, y, rows);
+    eq_acts_prepare(kernels, &acts, 0, n);
+    eq_gemm_prepared(kernels, type, (const uint8_t *)data, rows, cols, &acts, y, rows);
     eq_acts_free(&acts);
     return EQ_OK;
 }
@@ -532,9 +377,9 @@ int eq_gemm(int id, const void *data, size_t data_bytes, size_t rows, size_t col
 int eq_gemm_isa(const char *isa, int id, const void *data, size_t data_bytes, size_t rows,
                 size_t cols, const float *x, size_t n, float *y)
 {
-    const eq_kernel_set *set = find_kernel_set(isa);
-    if (set == NULL) {
+    const eq_kernels *kernels = eq_kernels_named(isa);
+    if (kernels == NULL) {
         return EQ_ERR_NOT_FOUND;
     }
-    return gemm_with(set, id, data, data_bytes, rows, cols, x, n, y);
+    return gemm_with(kernels, id, data, data_bytes, rows, cols, x, n, y);
 }

@@ -21,7 +21,7 @@
  * and once more for the partial last group of a K that is not a multiple of G (64- and 32-column units).
  *
  * Everything here is compiled for AVX2/FMA/F16C by the pragmas (GCC's target, clang's attribute)
- * and only called after eq_avx2_available() said the CPU has them; other translation units stay
+ * and only called after avx2_available() said the CPU has them; other translation units stay
  * portable.
  */
 #if defined(__x86_64__) || defined(__i386__)
@@ -41,7 +41,7 @@
 
 /* cpuid: AVX2 (leaf 7 EBX bit 5), FMA and F16C (leaf 1 ECX bits 12, 29), and the OS saving the
  * YMM registers (OSXSAVE, ECX bit 27, then XCR0 bits 1-2). */
-int eq_avx2_available(void)
+static int avx2_available(void)
 {
     unsigned int eax, ebx, ecx, edx;
     if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
@@ -60,7 +60,11 @@ int eq_avx2_available(void)
 
 /* ---- prepare: int8 tables ---------------------------------------------------------------------- */
 
-enum { QUADS_PER_UNIT = EQ_LUT_UNIT / 4 };
+enum {
+    EQ_LUT_UNIT = 64,            /* activations per table scale */
+    EQ_LUT_BYTES_PER_COL = 8,    /* 16 two-byte entries per 4 activations */
+    QUADS_PER_UNIT = EQ_LUT_UNIT / 4
+};
 
 static float horizontal_max(__m256 v)
 {
@@ -86,18 +90,45 @@ static void quantize_table(__m256 first, __m256 second, __m256 inv, int8_t *low_
     _mm_storeu_si128((__m128i *)high_out, _mm256_castsi256_si128(high_bytes));
 }
 
-void eq_prepare_avx2(eq_acts *acts, size_t first, size_t count)
+/* One vector's prepared bytes: (padded / 16, 128) int8 tables, then padded / 64 float table
+ * scales, then padded / 32 float sums of x; padded = cols rounded up to EQ_LARGEST_GROUP. */
+typedef struct lut_input {
+    int8_t *tables;
+    float *table_scales;
+    float *sums;
+} lut_input;
+
+static size_t padded_columns(size_t cols)
 {
-    const size_t cols = acts->cols, padded = acts->padded_cols;
+    return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
+}
+
+static size_t lut_prepared_bytes(size_t cols)
+{
+    size_t padded = padded_columns(cols);
+    return padded * EQ_LUT_BYTES_PER_COL + (padded / EQ_LUT_UNIT + padded / 32) * sizeof(float);
+}
+
+static lut_input lut_input_at(uint8_t *prepared, size_t cols)
+{
+    size_t padded = padded_columns(cols);
+    lut_input in = {(int8_t *)prepared, (float *)(void *)(prepared + padded * EQ_LUT_BYTES_PER_COL), NULL};
+    in.sums = in.table_scales + padded / EQ_LUT_UNIT;
+    return in;
+}
+
+static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
+{
+    const size_t padded = padded_columns(cols);
+    const lut_input prepared = lut_input_at(bytes, cols);
     const __m256 bit0 = _mm256_setr_ps(0, 1, 0, 1, 0, 1, 0, 1);
     const __m256 bit1 = _mm256_setr_ps(0, 0, 1, 1, 0, 0, 1, 1);
     const __m256 bit2 = _mm256_setr_ps(0, 0, 0, 0, 1, 1, 1, 1);
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (size_t v = first; v < first + count; v++) {
-        const float *x = acts->x + v * cols;
-        int8_t *tables = acts->tables + v * padded * EQ_LUT_BYTES_PER_COL;
-        float *scales = acts->table_scales + v * (padded / EQ_LUT_UNIT);
-        float *sums = acts->sums + v * (padded / 32);
+    {
+        int8_t *tables = prepared.tables;
+        float *scales = prepared.table_scales;
+        float *sums = prepared.sums;
         for (size_t u0 = 0; u0 < padded; u0 += EQ_LUT_UNIT) {
             __m256 low[QUADS_PER_UNIT], high[QUADS_PER_UNIT];     /* entries 0..7, 8..15 */
             float quad_sum[QUADS_PER_UNIT];
@@ -241,22 +272,20 @@ group_dot(const eq_qtype_traits *type, const uint8_t *block, const size_t width,
  * known only at run time) goes through the same steps in units of 64 and 32 columns. */
 static inline __attribute__((always_inline)) void
 gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                 const eq_acts *acts, float *y, size_t y_stride, const int bits, const size_t group)
+                 const eq_input *in, float *y, size_t y_stride, const int bits, const size_t group)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_full = cols / group;                           /* whole groups, then ... */
     const size_t last_width = cols % group ? eq_last_group_cols(type, cols) : 0;   /* ... a partial one */
     const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
-    const size_t table_stride = acts->padded_cols * EQ_LUT_BYTES_PER_COL;
-    const size_t scale_stride = acts->padded_cols / EQ_LUT_UNIT, sum_stride = acts->padded_cols / 32;
-
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * tile_bytes;
-        for (size_t v = 0; v < acts->n; v++) {
-            const int8_t *tables = acts->tables + v * table_stride;
-            const float *table_scales = acts->table_scales + v * scale_stride;
-            const float *sums = acts->sums + v * sum_stride;
+        for (size_t v = 0; v < in->n; v++) {
+            const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
+            const int8_t *tables = prepared.tables;
+            const float *table_scales = prepared.table_scales;
+            const float *sums = prepared.sums;
             __m256 acc_low = _mm256_setzero_ps(), acc_high = _mm256_setzero_ps();   /* rows 0-7, 8-15 */
             const uint8_t *block = tile_data;
             for (size_t g = 0; g < n_full; g++, block += block_bytes)
@@ -274,16 +303,16 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
     }
 }
 
-static void gemm_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                        const eq_acts *acts, float *y, size_t y_stride)
+static void lut_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                     const eq_input *in, float *y, size_t y_stride)
 {
 #define BODY_CASE(b, g) \
-    case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, acts, y, y_stride, (b), (g)); return;
+    case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, in, y, y_stride, (b), (g)); return;
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
     BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
     default:   /* a type added to the table without a case here: correct, not unrolled */
-        gemm_packed_body(type, data, rows, cols, acts, y, y_stride, type->bits, (size_t)type->group);
+        gemm_packed_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);
     }
 #undef BODY_CASES
 #undef BODY_CASE
@@ -298,14 +327,14 @@ static float horizontal_sum(__m256 v)
 }
 
 /* plain f32 / f16 rows: fp32 FMA dot products, each row reused for every vector */
-static void gemm_plain(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                       const eq_acts *acts, float *y, size_t y_stride)
+static void plain_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                       const eq_input *in, float *y, size_t y_stride)
 {
     const size_t width = (size_t)type->bits / 8u, body = cols / 8 * 8;
     for (size_t r = 0; r < rows; r++) {
         const uint8_t *w = data + r * cols * width;
-        for (size_t v = 0; v < acts->n; v++) {
-            const float *x = acts->x + v * cols;
+        for (size_t v = 0; v < in->n; v++) {
+            const float *x = in->x + v * in->cols;
             __m256 acc = _mm256_setzero_ps();
             for (size_t k = 0; k < body; k += 8) {
                 __m256 wv = width == 4 ? _mm256_loadu_ps((const float *)(w + 4 * k))
@@ -320,24 +349,9 @@ static void gemm_plain(const eq_qtype_traits *type, const uint8_t *data, size_t 
     }
 }
 
-void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                  const eq_acts *acts, float *y, size_t y_stride)
-{
-    switch ((eq_qfamily)type->family) {
-    case EQ_QFAMILY_PLAIN:
-        gemm_plain(type, data, rows, cols, acts, y, y_stride);
-        break;
-    case EQ_QFAMILY_UNIFORM_BITPLANE:
-        gemm_packed(type, data, rows, cols, acts, y, y_stride);
-        break;
-    case EQ_QFAMILY_COUNT:
-        break;   /* not a family: the entry points only pass table rows */
-    }
-}
-
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
 
-float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n)
+static float dot_f16(const uint16_t *a, const float *b, size_t n)
 {
     __m256 acc = _mm256_setzero_ps();
     size_t i = 0;
@@ -349,7 +363,7 @@ float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n)
     return dot;
 }
 
-void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n)
+static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
 {
     __m256 weight = _mm256_set1_ps(w);
     size_t i = 0;
@@ -361,6 +375,22 @@ void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n)
         y[i] += w * eq_fp16_to_fp32(x[i]);
 }
 
+/* ---- the set -------------------------------------------------------------------------------- */
+
+const eq_kernel_set eq_kernels_avx2 = {
+    .isa = "avx2",
+    .is_available = avx2_available,
+    .family = {
+        [EQ_QFAMILY_PLAIN] = {.decode = {"float", "fp32 FMA dot products (AVX2)", NULL, NULL, plain_gemm}},
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {
+            .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
+                       lut_prepared_bytes, lut_prepare, lut_gemm},
+        },
+    },
+    .dot_f16 = dot_f16,
+    .axpy_f16 = axpy_f16,
+};
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
@@ -369,31 +399,11 @@ void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n)
 
 #include "kernels.h"
 
-int eq_avx2_available(void)
+static int avx2_available(void)
 {
     return 0;
 }
 
-void eq_prepare_avx2(eq_acts *acts, size_t first, size_t count)
-{
-    (void)acts, (void)first, (void)count;
-}
-
-void eq_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                  const eq_acts *acts, float *y, size_t y_stride)
-{
-    (void)type, (void)data, (void)rows, (void)cols, (void)acts, (void)y, (void)y_stride;
-}
-
-float eq_dot_f16_avx2(const uint16_t *a, const float *b, size_t n)
-{
-    (void)a, (void)b, (void)n;
-    return 0.0f;
-}
-
-void eq_axpy_f16_avx2(float *y, float w, const uint16_t *x, size_t n)
-{
-    (void)y, (void)w, (void)x, (void)n;
-}
+const eq_kernel_set eq_kernels_avx2 = {.isa = "avx2", .is_available = avx2_available};
 
 #endif
