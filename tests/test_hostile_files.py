@@ -22,6 +22,7 @@ import edgeq
 from edgeq import _ffi, fileformat
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import ModelFile
+from edgeq.info import weight_bytes_per_token
 from edgeq.reference import Reference
 
 import hostile_files
@@ -168,6 +169,12 @@ def test_padded_tail_file_loads_and_reproduces_its_greedy_ids():
     q = model.tensors["blk.0.attn_q.weight"]
     assert (q.qtype.name, q.shape, q.nbytes) == ("u3g128a", (96, 96), 6 * (64 + 3 * 2 * 128))
     assert Reference(model.config, model.load).greedy(V1_PROMPT, len(PADDED_TAIL_GREEDY)) == PADDED_TAIL_GREEDY
+    handle = _ffi.model_open(PADDED_TAIL_FILE, threads=1, ctx=16)
+    try:                                          # the runtime reads the converted (compact) bytes
+        assert _ffi.model_info(handle)["weight_bytes"] == weight_bytes_per_token(model) < \
+            sum(t.nbytes for t in model.tensors.values()) - model.tensors["token_embd.weight"].nbytes
+    finally:
+        _ffi.model_close(handle)
     active = _ffi.isa()
     try:
         for isa in _ffi.kernel_sets():
