@@ -25,7 +25,7 @@
  *
  * Everything here is compiled for AVX-512 by the pragmas (GCC's target, clang's attribute) and only
  * called after avx512_available() said the CPU and the OS have it; other translation units stay
- * portable. The prefill path is left to the next set (avx2) in the list.
+ * portable. No prefill path here: the next set in the list that has one fills it.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
