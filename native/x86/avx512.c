@@ -1,27 +1,22 @@
-/* x86/avx512.c — the kernel set for AVX-512 (F, BW, VL, VBMI + FMA, F16C): the avx2 LUT algorithm
- * on 512-bit registers, fp32 FMA for plain rows, masked tails.
+/* x86/avx512.c — the kernel set for AVX-512 (F, BW, VL, VBMI, VNNI + FMA, F16C): LUT lookups with
+ * vpermb from 64-entry tables summed by vpdpbusd, fp32 FMA for plain rows, masked tails.
  *
  * LUT (uniform bit-plane family), the same int16 tables and integer sums as x86/avx2.c, so the two
  * sets give the same bits:
- * prepare: for every group of 4 activations the 16 subset sums T[idx] = Σ_{bit i of idx} x[k0+i],
- * quantized to int16 with one scale per 64 activations (max |T| -> 32767), split into a low-byte
- * and a high-byte table (stored + 128, so both are unsigned). Stored so that one 64-byte load gives
- * the tables a 64-byte load of weight planes (4 chunks = 32 columns of 16 rows) needs:
- *     per 32 columns (quads 0..7), 256 bytes:
- *     low bytes  T(q0) T(q2) T(q4) T(q6) | T(q1) T(q3) T(q5) T(q7),  then high bytes likewise
- * Lane j of a plane load is chunk j (columns 8j..8j+7): its low nibbles index quad 2j, its high
- * nibbles quad 2j+1, and vpshufb looks up within each lane: 64 rows x 4 activations per instruction
- * and byte table.
- * gemm: per (tile, vector, group, 64-column unit), lookups are summed in int16 (maddubs adds a row's
- * low- and high-nibble lookups and weighs plane p by 2^(p - p0)), planes four at a time (per lane
- * at most 2 loads x 15 x 510 < 2^15), the high bytes' +128 removed; vpmaddwd makes 256 high + low
- * per row and lane in int32, a 4x4 transpose of 128-bit lanes adds the four chunks, leaving the 16
- * rows of the tile in one register: scaled by the table scale, then per group by the fp16 scale
- * (+ min x Σx, or - zero_point x Σx for symmetric types) in fp32, in the same order as avx2.
- * Why not vpermb: the file's nibbles are laid out for 16-entry tables per 128-bit lane, which
- * vpshufb serves in one instruction; a 64/128-entry vpermb/vpermi2b lookup needs the lane and
- * nibble folded into each index first (one more instruction per lookup register) and saves none of
- * the widening (unpack + maddubs + add), which is two thirds of the work (benchmarks/README.md).
+ * prepare: for every group of 4 activations (a quad) the 16 subset sums T[idx] = Σ_{bit i of idx}
+ * x[k0+i], quantized to int16 with one scale per 64 activations (max |T| -> 32767), split into a
+ * low-byte and a high-byte table (stored + 128, so both are unsigned). Per 32 columns (quads 0..7),
+ * 256 bytes: low bytes T(q0) T(q1) T(q2) T(q3) | T(q4) .. T(q7), then high bytes likewise: each
+ * 64 bytes is one vpermb table of the 4 quads of two chunks.
+ * gemm: a 64-byte plane load holds chunks 0..3 (columns 8c..8c+7) of the tile's 16 rows. vpermb
+ * gathers chunks (0, 1) so that each qword holds two rows' two bytes, vpmultishiftqb cuts them into
+ * the row's 4 nibbles (quads 0..3) and vpternlogd puts each nibble's quad in bits 4-5: one 64-entry
+ * vpermb lookup per byte table then gives 16 rows x 4 quads, and vpdpbusd adds a row's 4 lookups,
+ * weighted 2^(p - p0), straight into its int32 sum; chunks (2, 3) likewise. Planes up to 7 at a time
+ * (int8 weights <= 64), the high bytes' +128 removed, 256 high + low per row; no widening or lane
+ * reduction is left (the avx2 algorithm on 512 bits, which kept them, took 1.3x the time and 1.8x
+ * the instructions: benchmarks/README.md). Then per 64-column unit the table scale, per group the
+ * fp16 scale (+ min x Σx, or - zero_point x Σx for symmetric types) in fp32, in avx2's order.
  *
  * Everything here is compiled for AVX-512 by the pragmas (GCC's target, clang's attribute) and only
  * called after avx512_available() said the CPU and the OS have it; other translation units stay
@@ -30,9 +25,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,f16c"))), apply_to = function)
 #else
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,f16c")
 #endif
 
 #include <cpuid.h>
@@ -43,8 +38,8 @@
 #include "kernels.h"
 
 /* cpuid: FMA, F16C, OSXSAVE (leaf 1 ECX bits 12, 29, 27); AVX512F, BW, VL (leaf 7 EBX bits 16, 30,
- * 31) and VBMI (leaf 7 ECX bit 1); and the OS saving the YMM, opmask and ZMM state (XCR0 bits 1, 2
- * and 5, 6, 7). */
+ * 31), VBMI and VNNI (leaf 7 ECX bits 1, 11); and the OS saving the YMM, opmask and ZMM state (XCR0
+ * bits 1, 2 and 5, 6, 7). */
 static int avx512_available(void)
 {
     unsigned int eax, ebx, ecx, edx;
@@ -59,8 +54,9 @@ static int avx512_available(void)
         return 0;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
         return 0;
-    int f = (ebx >> 16) & 1, bw = (ebx >> 30) & 1, vl = (ebx >> 31) & 1, vbmi = (ecx >> 1) & 1;
-    return f && bw && vl && vbmi;
+    int f = (ebx >> 16) & 1, bw = (ebx >> 30) & 1, vl = (ebx >> 31) & 1;
+    int vbmi = (ecx >> 1) & 1, vnni = (ecx >> 11) & 1;
+    return f && bw && vl && vbmi && vnni;
 }
 
 /* ---- prepare: int16 tables as two byte tables ----------------------------------------------- */
@@ -140,9 +136,9 @@ static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
             prepared.sums[u0 / 32 + (size_t)half] = sum;
         }
         for (int q = 0; q < QUADS_PER_UNIT; q++) {
-            /* quad q of the unit: load block q / 8, chunk (lane) (q % 8) / 2, odd table if q is odd */
+            /* quad q of the unit: load block q / 8, table (q % 8) / 4 of it, slot q % 4 */
             uint8_t *out = prepared.tables + (u0 + EQ_LUT_LOAD_COLS * (size_t)(q / 8)) * EQ_LUT_BYTES_PER_COL +
-                           64 * (q % 2) + 16 * ((q % 8) / 2);
+                           64 * ((q % 8) / 4) + 16 * (q % 4);
             __m512i values = _mm512_cvtps_epi32(_mm512_mul_ps(table[q], inv));   /* |values| <= 32767 */
             __m512i high = _mm512_add_epi32(_mm512_srai_epi32(values, 8), _mm512_set1_epi32(128));
             _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(values));          /* low bytes */
@@ -153,77 +149,77 @@ static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
 
-/* The four 128-bit lanes of (rows 0-3 | 4-7 | 8-11 | 12-15) x lane sums added: in each of p, q, r, s
- * lane j holds chunk j's int32 sums of 4 rows (p rows 0-3, q 4-7, r 8-11, s 12-15); the result is
- * the 16 rows' totals in order. */
-static inline __m512i sum_lanes_4x4(__m512i p, __m512i q, __m512i r, __m512i s)
+/* Indices of one plane load's 4 chunks as vpermb reads them: gathered so that qword k holds rows
+ * 2k, 2k+1 of two chunks (pick), cut into their 4 nibbles per row (vpmultishiftqb), each nibble's
+ * table slot in bits 4-5 (ternlog): byte 4r + n of the result indexes quad n of the chunk pair. */
+typedef struct plane_indices {
+    __m512i pick_first, pick_second;   /* chunks 0, 1 and chunks 2, 3 */
+    __m512i nibble_shifts, nibble_mask, slots;
+} plane_indices;
+
+static plane_indices plane_indices_make(void)
 {
-    __m512i pq = _mm512_add_epi32(_mm512_shuffle_i32x4(p, q, 0x44), _mm512_shuffle_i32x4(p, q, 0xEE));
-    __m512i rs = _mm512_add_epi32(_mm512_shuffle_i32x4(r, s, 0x44), _mm512_shuffle_i32x4(r, s, 0xEE));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(pq, rs, 0x88), _mm512_shuffle_i32x4(pq, rs, 0xDD));
+    plane_indices c;
+    uint8_t first[64], second[64], shifts[64], slots[64];
+    for (int k = 0; k < 8; k++) {
+        for (int j = 0; j < 8; j++) {
+            int n = j % 4;   /* row 2k + j / 4; n: low/high nibble of chunk 0/1 of the pair */
+            int byte = 8 * k + j;
+            first[byte] = (uint8_t)(j < 4 ? (j % 2) * 16 + 2 * k + j / 2 : 0);
+            second[byte] = (uint8_t)(first[byte] + (j < 4 ? 32 : 0));
+            shifts[byte] = (uint8_t)(16 * (j / 4) + 4 * n);
+            slots[byte] = (uint8_t)(n << 4);
+        }
+    }
+    c.pick_first = _mm512_loadu_si512(first);
+    c.pick_second = _mm512_loadu_si512(second);
+    c.nibble_shifts = _mm512_loadu_si512(shifts);
+    c.nibble_mask = _mm512_set1_epi8(0x0f);
+    c.slots = _mm512_loadu_si512(slots);
+    return c;
 }
 
-/* int16 sums per lane of one byte table's lookups, rows 0-7 and 8-15 of a tile */
-typedef struct lookup_sums {
-    __m512i rows_low, rows_high;
-} lookup_sums;
-
-/* sums += 2^(p - p0) x (the table looked up at a row's low nibbles + at its high nibbles) */
-static inline __attribute__((always_inline)) void
-lookup_add(lookup_sums *sums, __m512i even_table, __m512i odd_table, __m512i low_nibbles,
-           __m512i high_nibbles, __m512i weight)
+/* 64 lookups' table indices of chunks (0, 1) or (2, 3) of a plane load, 16 rows x 4 quads */
+static inline __m512i plane_lookup_indices(const plane_indices *c, __m512i pick, __m512i packed)
 {
-    __m512i at_low = _mm512_shuffle_epi8(even_table, low_nibbles);
-    __m512i at_high = _mm512_shuffle_epi8(odd_table, high_nibbles);
-    sums->rows_low = _mm512_add_epi16(sums->rows_low,
-                                      _mm512_maddubs_epi16(_mm512_unpacklo_epi8(at_low, at_high), weight));
-    sums->rows_high = _mm512_add_epi16(sums->rows_high,
-                                       _mm512_maddubs_epi16(_mm512_unpackhi_epi8(at_low, at_high), weight));
+    __m512i nibbles = _mm512_multishift_epi64_epi8(c->nibble_shifts, _mm512_permutexvar_epi8(pick, packed));
+    return _mm512_ternarylogic_epi32(nibbles, c->nibble_mask, c->slots, 0xEA);   /* (a & b) | c */
 }
 
-/* The 16 rows' int32 Σ (256 high + low) over the lanes, the high bytes' bias already removed. */
-static inline __m512i combine_bytes(lookup_sums low, lookup_sums high)
-{
-    const __m512i byte_weights = _mm512_set1_epi32(0x01000001);   /* (1, 256) per int16 pair */
-    __m512i p = _mm512_madd_epi16(_mm512_unpacklo_epi16(low.rows_low, high.rows_low), byte_weights);
-    __m512i q = _mm512_madd_epi16(_mm512_unpackhi_epi16(low.rows_low, high.rows_low), byte_weights);
-    __m512i r = _mm512_madd_epi16(_mm512_unpacklo_epi16(low.rows_high, high.rows_high), byte_weights);
-    __m512i s = _mm512_madd_epi16(_mm512_unpackhi_epi16(low.rows_high, high.rows_high), byte_weights);
-    return sum_lanes_4x4(p, q, r, s);
-}
-
-/* Σ_p 2^p Σ_k bit_p(q[r,k]) T-quantized over one unit of unit_cols columns, for the 16 rows */
+/* The 16 rows' int32 Σ_p 2^p Σ_k bit_p(q[r,k]) T-quantized over one unit of unit_cols columns */
 static inline __attribute__((always_inline)) __m512i
-unit_dot(const uint8_t *unit_tables, const uint8_t *unit_planes, size_t plane_bytes, const int bits,
-         const size_t loads)
+unit_dot(const plane_indices *c, const uint8_t *unit_tables, const uint8_t *unit_planes, size_t plane_bytes,
+         const int bits, const size_t loads)
 {
-    const __m512i nibble = _mm512_set1_epi8(0x0f);
     __m512i total = _mm512_setzero_si512();
 #pragma GCC unroll 2
-    for (int p0 = 0; p0 < bits; p0 += 4) {
-        lookup_sums low = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-        lookup_sums high = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-        const int p_end = bits < p0 + 4 ? bits : p0 + 4;
+    for (int p0 = 0; p0 < bits; p0 += 7) {   /* plane weights 2^(p - p0) <= 64 fit the int8 operand */
+        const int p_end = bits < p0 + 7 ? bits : p0 + 7;
+        /* int32 sums per row of the low / high byte tables' lookups, chunks (0, 1) and (2, 3) */
+        __m512i low_first = _mm512_setzero_si512(), high_first = _mm512_setzero_si512();
+        __m512i low_second = _mm512_setzero_si512(), high_second = _mm512_setzero_si512();
 #pragma GCC unroll 2
-        for (size_t c = 0; c < loads; c++) {
-            const __m512i *t = (const __m512i *)(unit_tables + 256 * c);
-            const __m512i low_even = _mm512_load_si512(t), low_odd = _mm512_load_si512(t + 1);
-            const __m512i high_even = _mm512_load_si512(t + 2), high_odd = _mm512_load_si512(t + 3);
-#pragma GCC unroll 4
+        for (size_t l = 0; l < loads; l++) {
+            const __m512i *t = (const __m512i *)(unit_tables + 256 * l);
+            const __m512i low_a = _mm512_load_si512(t), low_b = _mm512_load_si512(t + 1);
+            const __m512i high_a = _mm512_load_si512(t + 2), high_b = _mm512_load_si512(t + 3);
+#pragma GCC unroll 8
             for (int p = p0; p < p_end; p++) {
                 const __m512i weight = _mm512_set1_epi8((char)(1 << (p - p0)));
-                __m512i packed = _mm512_loadu_si512(unit_planes + (size_t)p * plane_bytes + 64 * c);
-                __m512i low_nibbles = _mm512_and_si512(packed, nibble);
-                __m512i high_nibbles = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-                lookup_add(&high, high_even, high_odd, low_nibbles, high_nibbles, weight);
-                lookup_add(&low, low_even, low_odd, low_nibbles, high_nibbles, weight);
+                __m512i packed = _mm512_loadu_si512(unit_planes + (size_t)p * plane_bytes + 64 * l);
+                __m512i first = plane_lookup_indices(c, c->pick_first, packed);
+                __m512i second = plane_lookup_indices(c, c->pick_second, packed);
+                low_first = _mm512_dpbusd_epi32(low_first, _mm512_permutexvar_epi8(first, low_a), weight);
+                high_first = _mm512_dpbusd_epi32(high_first, _mm512_permutexvar_epi8(first, high_a), weight);
+                low_second = _mm512_dpbusd_epi32(low_second, _mm512_permutexvar_epi8(second, low_b), weight);
+                high_second = _mm512_dpbusd_epi32(high_second, _mm512_permutexvar_epi8(second, high_b), weight);
             }
         }
-        /* the high bytes carry +128: 2 lookups x 128 x 2^(p - p0) per plane and load */
-        const __m512i bias = _mm512_set1_epi16((short)(256 * (int)loads * ((1 << (p_end - p0)) - 1)));
-        high.rows_low = _mm512_sub_epi16(high.rows_low, bias);
-        high.rows_high = _mm512_sub_epi16(high.rows_high, bias);
-        total = _mm512_add_epi32(total, _mm512_sll_epi32(combine_bytes(low, high), _mm_cvtsi32_si128(p0)));
+        /* the high bytes carry +128: 2 x 4 lookups x 128 x 2^(p - p0) per plane and load */
+        const __m512i bias = _mm512_set1_epi32(1024 * (int)loads * ((1 << (p_end - p0)) - 1));
+        __m512i high = _mm512_sub_epi32(_mm512_add_epi32(high_first, high_second), bias);
+        __m512i sum = _mm512_add_epi32(_mm512_add_epi32(low_first, low_second), _mm512_slli_epi32(high, 8));
+        total = _mm512_add_epi32(total, _mm512_sll_epi32(sum, _mm_cvtsi32_si128(p0)));
     }
     return total;
 }
@@ -242,6 +238,7 @@ lut_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, siz
     const size_t unit_cols = group < EQ_LUT_UNIT ? group : EQ_LUT_UNIT;
     const size_t units = group / unit_cols, loads = unit_cols / EQ_LUT_LOAD_COLS;
     const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+    const plane_indices indices = plane_indices_make();
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * n_groups * block_bytes;
@@ -256,7 +253,7 @@ lut_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, siz
                 __m512 dot = _mm512_setzero_ps();
                 for (size_t u = 0; u < units; u++) {
                     const size_t col0 = g * group + u * unit_cols;
-                    __m512i total = unit_dot(prepared.tables + col0 * EQ_LUT_BYTES_PER_COL,
+                    __m512i total = unit_dot(&indices, prepared.tables + col0 * EQ_LUT_BYTES_PER_COL,
                                              block + planes_offset + u * unit_cols * 2u, plane_bytes, bits, loads);
                     __m512 table_scale = _mm512_set1_ps(prepared.table_scales[col0 / EQ_LUT_UNIT]);
                     dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), table_scale, dot);
@@ -368,7 +365,7 @@ const eq_kernel_set eq_kernels_avx512 = {
     .family = {
         [EQ_QFAMILY_PLAIN] = {.decode = {"float", "fp32 FMA dot products (AVX-512, masked tails)", NULL, NULL, plain_gemm}},
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
-            .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two vpshufb per lookup, 64 rows per instruction",
+            .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, vpermb from 64-entry tables (two per lookup), vpdpbusd sums",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
         },
     },
