@@ -9,10 +9,10 @@
  * 256 bytes: low bytes T(q0) T(q1) T(q2) T(q3) | T(q4) .. T(q7), then high bytes likewise: each
  * 64 bytes is one vpermb table of the 4 quads of two chunks.
  * gemm: a 64-byte plane load holds chunks 0..3 (columns 8c..8c+7) of the tile's 16 rows. vpermb
- * gathers chunks (0, 1) so that each qword holds two rows' two bytes, vpmultishiftqb cuts them into
- * the row's 4 nibbles (quads 0..3) and vpternlogd puts each nibble's quad in bits 4-5: one 64-entry
- * vpermb lookup per byte table then gives 16 rows x 4 quads, and vpdpbusd adds a row's 4 lookups,
- * weighted 2^(p - p0), straight into its int32 sum; chunks (2, 3) likewise. Planes up to 7 at a time
+ * gathers them so that each qword holds two rows' four bytes, vpmultishiftqb cuts out a row's 4
+ * nibbles of chunks (0, 1) (quads 0..3) and vpternlogd puts each nibble's quad in bits 4-5: one
+ * 64-entry vpermb lookup per byte table then gives 16 rows x 4 quads, and vpdpbusd adds a row's 4
+ * lookups, weighted 2^(p - p0), straight into its int32 sum; chunks (2, 3) likewise. Planes up to 7 at a time
  * (int8 weights <= 64), the high bytes' +128 removed, 256 high + low per row; no widening or lane
  * reduction is left (the avx2 algorithm on 512 bits, which kept them, took 1.3x the time and 1.8x
  * the instructions: benchmarks/README.md). Then per 64-column unit the table scale, per group the
@@ -150,39 +150,39 @@ static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
 /* ---- gemm ------------------------------------------------------------------------------------- */
 
 /* Indices of one plane load's 4 chunks as vpermb reads them: gathered so that qword k holds rows
- * 2k, 2k+1 of two chunks (pick), cut into their 4 nibbles per row (vpmultishiftqb), each nibble's
- * table slot in bits 4-5 (ternlog): byte 4r + n of the result indexes quad n of the chunk pair. */
+ * 2k, 2k+1 of the 4 chunks (pick: chunk 0, 1 of row 2k, of row 2k + 1, then chunks 2, 3 likewise),
+ * cut into 4 nibbles per row and chunk pair (vpmultishiftqb, chunks 0-1 or 2-3), each nibble's table
+ * slot in bits 4-5 (ternlog): byte 4r + n of a result indexes quad n of the chunk pair. */
 typedef struct plane_indices {
-    __m512i pick_first, pick_second;   /* chunks 0, 1 and chunks 2, 3 */
-    __m512i nibble_shifts, nibble_mask, slots;
+    __m512i pick, shifts_first, shifts_second, nibble_mask, slots;
 } plane_indices;
 
 static plane_indices plane_indices_make(void)
 {
     plane_indices c;
-    uint8_t first[64], second[64], shifts[64], slots[64];
+    uint8_t pick[64], first[64], second[64], slots[64];
     for (int k = 0; k < 8; k++) {
         for (int j = 0; j < 8; j++) {
-            int n = j % 4;   /* row 2k + j / 4; n: low/high nibble of chunk 0/1 of the pair */
+            int n = j % 4;   /* row 2k + j / 4; n: low/high nibble of the first/second chunk of a pair */
             int byte = 8 * k + j;
-            first[byte] = (uint8_t)(j < 4 ? (j % 2) * 16 + 2 * k + j / 2 : 0);
-            second[byte] = (uint8_t)(first[byte] + (j < 4 ? 32 : 0));
-            shifts[byte] = (uint8_t)(16 * (j / 4) + 4 * n);
+            pick[byte] = (uint8_t)(32 * (j / 4) + 16 * (j % 2) + 2 * k + (j / 2) % 2);
+            first[byte] = (uint8_t)(16 * (j / 4) + 4 * n);
+            second[byte] = (uint8_t)(first[byte] + 32);
             slots[byte] = (uint8_t)(n << 4);
         }
     }
-    c.pick_first = _mm512_loadu_si512(first);
-    c.pick_second = _mm512_loadu_si512(second);
-    c.nibble_shifts = _mm512_loadu_si512(shifts);
+    c.pick = _mm512_loadu_si512(pick);
+    c.shifts_first = _mm512_loadu_si512(first);
+    c.shifts_second = _mm512_loadu_si512(second);
     c.nibble_mask = _mm512_set1_epi8(0x0f);
     c.slots = _mm512_loadu_si512(slots);
     return c;
 }
 
-/* 64 lookups' table indices of chunks (0, 1) or (2, 3) of a plane load, 16 rows x 4 quads */
-static inline __m512i plane_lookup_indices(const plane_indices *c, __m512i pick, __m512i packed)
+/* 64 lookups' table indices of one chunk pair of a gathered plane load, 16 rows x 4 quads */
+static inline __m512i plane_lookup_indices(const plane_indices *c, __m512i shifts, __m512i gathered)
 {
-    __m512i nibbles = _mm512_multishift_epi64_epi8(c->nibble_shifts, _mm512_permutexvar_epi8(pick, packed));
+    __m512i nibbles = _mm512_multishift_epi64_epi8(shifts, gathered);
     return _mm512_ternarylogic_epi32(nibbles, c->nibble_mask, c->slots, 0xEA);   /* (a & b) | c */
 }
 
@@ -207,8 +207,9 @@ unit_dot(const plane_indices *c, const uint8_t *unit_tables, const uint8_t *unit
             for (int p = p0; p < p_end; p++) {
                 const __m512i weight = _mm512_set1_epi8((char)(1 << (p - p0)));
                 __m512i packed = _mm512_loadu_si512(unit_planes + (size_t)p * plane_bytes + 64 * l);
-                __m512i first = plane_lookup_indices(c, c->pick_first, packed);
-                __m512i second = plane_lookup_indices(c, c->pick_second, packed);
+                __m512i gathered = _mm512_permutexvar_epi8(c->pick, packed);
+                __m512i first = plane_lookup_indices(c, c->shifts_first, gathered);
+                __m512i second = plane_lookup_indices(c, c->shifts_second, gathered);
                 low_first = _mm512_dpbusd_epi32(low_first, _mm512_permutexvar_epi8(first, low_a), weight);
                 high_first = _mm512_dpbusd_epi32(high_first, _mm512_permutexvar_epi8(first, high_a), weight);
                 low_second = _mm512_dpbusd_epi32(low_second, _mm512_permutexvar_epi8(second, low_b), weight);
