@@ -31,11 +31,21 @@ clean:
 	rm -rf build dist *.egg-info edgeq/_native*.so native/_edgeq_native.c .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# ---- native C: the example, sanitizer builds, fuzzing (plain compilers, no Python) -------------
+# ---- native C: the example, the kernel harness, sanitizer builds, fuzzing (plain compilers, no Python)
 # `make example` builds build/examples/generate; `make native-test` the ASan/UBSan check_loader (and
 # example); `make fuzz` runs libFuzzer on the loaders for FUZZ_SECONDS over FUZZ_CORPUS (seeded from
 # tiny converted models by tests/test_native_safety.py when empty). tests/test_native_safety.py drives all three.
+# `make check-kernels` builds and runs native/tests/check_kernels (every kernel set this CPU runs
+# against "ref", every quant type; CHECK_KERNELS_SEED picks other random cases), `make
+# check-kernels-asan` the same under ASan/UBSan; tests/test_native_kernels.py runs both.
+# NATIVE_BUILD is the output folder of the example and the harness, so a cross build keeps its own:
+#   make NATIVE_CC=aarch64-linux-gnu-gcc NATIVE_BUILD=build/aarch64 \
+#        NATIVE_RUN="qemu-aarch64 -L /usr/aarch64-linux-gnu" check-kernels
+# (NATIVE_RUN prefixes the run: an emulator for a cross build, empty natively).
 NATIVE_CC ?= gcc
+NATIVE_BUILD ?= build
+NATIVE_RUN ?=
+CHECK_KERNELS_SEED ?= 1
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CORPUS ?= build/fuzz/corpus
@@ -49,13 +59,27 @@ build/.installed: pyproject.toml setup.py native/build_ffi.py $(NATIVE_SOURCES) 
 	$(MAKE) install
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer
 
-.PHONY: example native-test fuzz fuzz-deps
+.PHONY: example native-test fuzz fuzz-deps check-kernels check-kernels-asan
 
-example: build/examples/generate
+example: $(NATIVE_BUILD)/examples/generate
 
-build/examples/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+$(NATIVE_BUILD)/examples/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
 	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+check-kernels: $(NATIVE_BUILD)/tests/check_kernels
+	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_kernels $(CHECK_KERNELS_SEED)
+
+check-kernels-asan: $(NATIVE_BUILD)/asan/check_kernels
+	$(NATIVE_RUN) $(NATIVE_BUILD)/asan/check_kernels $(CHECK_KERNELS_SEED)
+
+$(NATIVE_BUILD)/tests/check_kernels: native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+$(NATIVE_BUILD)/asan/check_kernels: native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
 
 native-test: build/asan/check_loader build/asan/generate
 
