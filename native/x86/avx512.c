@@ -201,8 +201,8 @@ unit_dot(const plane_indices *c, const uint8_t *unit_tables, const uint8_t *unit
 #pragma GCC unroll 2
         for (size_t l = 0; l < loads; l++) {
             const __m512i *t = (const __m512i *)(unit_tables + 256 * l);
-            const __m512i low_a = _mm512_load_si512(t), low_b = _mm512_load_si512(t + 1);
-            const __m512i high_a = _mm512_load_si512(t + 2), high_b = _mm512_load_si512(t + 3);
+            const __m512i low_table_first = _mm512_load_si512(t), low_table_second = _mm512_load_si512(t + 1);
+            const __m512i high_table_first = _mm512_load_si512(t + 2), high_table_second = _mm512_load_si512(t + 3);
 #pragma GCC unroll 8
             for (int p = p0; p < p_end; p++) {
                 const __m512i weight = _mm512_set1_epi8((char)(1 << (p - p0)));
@@ -210,10 +210,10 @@ unit_dot(const plane_indices *c, const uint8_t *unit_tables, const uint8_t *unit
                 __m512i gathered = _mm512_permutexvar_epi8(c->pick, packed);
                 __m512i first = plane_lookup_indices(c, c->shifts_first, gathered);
                 __m512i second = plane_lookup_indices(c, c->shifts_second, gathered);
-                low_first = _mm512_dpbusd_epi32(low_first, _mm512_permutexvar_epi8(first, low_a), weight);
-                high_first = _mm512_dpbusd_epi32(high_first, _mm512_permutexvar_epi8(first, high_a), weight);
-                low_second = _mm512_dpbusd_epi32(low_second, _mm512_permutexvar_epi8(second, low_b), weight);
-                high_second = _mm512_dpbusd_epi32(high_second, _mm512_permutexvar_epi8(second, high_b), weight);
+                low_first = _mm512_dpbusd_epi32(low_first, _mm512_permutexvar_epi8(first, low_table_first), weight);
+                high_first = _mm512_dpbusd_epi32(high_first, _mm512_permutexvar_epi8(first, high_table_first), weight);
+                low_second = _mm512_dpbusd_epi32(low_second, _mm512_permutexvar_epi8(second, low_table_second), weight);
+                high_second = _mm512_dpbusd_epi32(high_second, _mm512_permutexvar_epi8(second, high_table_second), weight);
             }
         }
         /* the high bytes carry +128: 2 x 4 lookups x 128 x 2^(p - p0) per plane and load */
