@@ -20,7 +20,8 @@ demo: build/.installed
 	$(PYTHON) -m edgeq run -p "Once upon a time, in a small town by the sea," --max-tokens 64 --verbose
 
 # The suite against llama.cpp (benchmarks/suite.py): SmolLM2 by default; e.g.
-# make bench BENCH_ARGS="--models smollm2 qwen --chunks 20" (it prints an estimate before starting).
+# make bench BENCH_ARGS="--models smollm2 qwen --chunks 20" (it prints an estimate before starting);
+# edgeq variants and kernel sets: BENCH_ARGS="--edgeq-variants 8 4 4:g32 3 3:g64:gptq 2 --isa avx2 avx512".
 BENCH_ARGS ?=
 bench: build/.installed
 	$(PYTHON) -m pip install --quiet -e ".[bench]"
