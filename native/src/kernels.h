@@ -2,7 +2,7 @@
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, later x86/avx512.c, arm/neon.c) defines one
+ * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, x86/avx512.c, arm/neon.c) defines one
  * `const eq_kernel_set eq_kernels_<isa>`; src/kernel_sets.c lists them once and picks one.
  */
 #ifndef EDGEQ_KERNELS_H
@@ -84,7 +84,9 @@ typedef struct eq_kernel_set {
 } eq_kernel_set;
 
 /* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
+extern const eq_kernel_set eq_kernels_avx512;   /* x86/avx512.c */
 extern const eq_kernel_set eq_kernels_avx2;     /* x86/avx2.c */
+extern const eq_kernel_set eq_kernels_neon;     /* arm/neon.c */
 extern const eq_kernel_set eq_kernels_scalar;   /* scalar/gemv.c */
 extern const eq_kernel_set eq_kernels_ref;      /* ref/gemv.c */
 

@@ -80,6 +80,10 @@ static const path_precision path_precisions[] = {
     {"scalar", "lut", 0, 0},        /* float tables */
     {"avx2", "float", 0, 0},        /* fp32 FMA dot products */
     {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
+    {"avx512", "float", 0, 0},      /* fp32 FMA dot products, masked tails */
+    {"avx512", "lut", 32767, 64},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
+    {"neon", "float", 0, 0},        /* fp32 FMA dot products */
+    {"neon", "lut", 32767, 64},     /* the same int16 tables, two vqtbl1q byte tables */
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
