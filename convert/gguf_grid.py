@@ -102,4 +102,4 @@ def pack_rows(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np
     padded_rows, padded_cols = qtype.padded_shape(rows, cols)
     assert padded_cols == cols, "ggml rows are whole blocks of 32"
     pad = ((0, padded_rows - rows), (0, 0))
-    return quant_types.pack(qtype, np.pad(levels, pad), np.pad(scales, pad), np.pad(mins, pad))
+    return quant_types.pack(qtype, np.pad(levels, pad), np.pad(scales, pad), np.pad(mins, pad), cols)

@@ -120,7 +120,7 @@ def quantize_rtn(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     levels = np.clip(levels, 0, n_max).astype(np.uint8).reshape(padded_rows, padded_cols)
     shape2d = (padded_rows, padded_cols // qtype.group)
     scales16, mins16 = scales16.reshape(shape2d), None if qtype.symmetric else mins16.reshape(shape2d)
-    data = quant_types.pack(qtype, levels, scales16, mins16)
+    data = quant_types.pack(qtype, levels, scales16, mins16, cols)
     restored = quant_types.dequantize_levels(qtype, levels, scales16, mins16)[:rows, :cols]
     return QuantizedTensor(qtype, (rows, cols), data, "rtn-clip-search", *_squares(weight, restored))
 

@@ -9,12 +9,17 @@ by a function is an error, never a fall-through to bit-planes.
 This module packs and unpacks; choosing levels (scale/min search) lives in edgeq.convert.quantize.
 
 Packed layout of a uniform grouped (bit-serial) tensor W of logical shape (M, K), ISA-neutral:
-  - K is padded with zeros to Kp = ceil(K / G) * G, M to Mp = ceil(M / 16) * 16.
+  - M is padded to Mp = ceil(M / 16) * 16. K is cut into n_groups = ceil(K / G) groups of G columns;
+    a partial last group (K % G = tail != 0) is stored in ceil(tail / GROUP_STEP) * GROUP_STEP
+    columns (GROUP_STEP = 32), so the stored width is Ks = ceil(K / 32) * 32 and padding costs at
+    most 31 columns, not G - 1. Padding columns hold zero levels; no kernel reads them into a result.
   - Rows are cut into tiles of TILE_ROWS = 16. The tensor is n_tiles blocks of n_groups blocks:
-        for tile t, for group g (G weights along K):
+        for tile t, for group g (width w = G, or the last group's stored width):
             scale[16]  fp16   one per row of the tile
             min[16]    fp16   (asymmetric types only)
-            plane[b]   each 2*G bytes: G/8 chunks of 16 bytes, one byte per row of the tile
+            plane[b]   each 2*w bytes: w/8 chunks of 16 bytes, one byte per row of the tile
+    so a tile is n_groups * (32 or 64) + b * 2 * Ks bytes and group g starts g * block_bytes()
+    bytes into it (every group before the last is whole).
   - Chunk c of plane p covers columns k0 = g*G + 8c .. k0+7; byte r holds
         low nibble  = bits p of q[r, k0+0..k0+3]   (bit i = weight k0+i)
         high nibble = bits p of q[r, k0+4..k0+7]
@@ -23,6 +28,14 @@ Packed layout of a uniform grouped (bit-serial) tensor W of logical shape (M, K)
   - Dequantized value: asymmetric  w = scale * q + min
                        symmetric   w = scale * (q - (2^b - 1) / 2)      (levels ±0.5, ±1.5, ... × scale)
     with q in [0, 2^b - 1]. The symmetric zero point makes the LUT mirror trick exact: no Σx term.
+Why 32 columns: every group size is a multiple of 32, so every stored width is too, and each SIMD
+kernel's step divides it: AVX2 reads 16 columns per 32-byte plane load and keeps Σx per 32
+activations, AVX-512 reads 32 columns per 64-byte load, NEON 8 per 16-byte load. A finer step would
+give AVX2/AVX-512 a second, partial-load path for at most 24 more columns per row; real models' K
+(576, 896, 1536, 4864) are multiples of 32 anyway.
+Files written before this layout (no "compact-tail" in edgeq.required_features) store a partial
+last group padded to all G columns (Ks = ceil(K / G) * G); the functions here read and write both
+(compact_tail=False), and the readers turn such tensors into this layout when they load them.
 """
 from __future__ import annotations
 
@@ -32,6 +45,7 @@ import numpy as np
 
 TILE_ROWS = 16
 CHUNK_COLS = 8  # columns covered by one byte of a plane (two nibbles of 4)
+GROUP_STEP = 32  # a partial last group is stored in a multiple of this many columns
 
 # families (mirror of enum eq_qfamily in native/): the value is what error messages show
 PLAIN = "plain"
@@ -54,36 +68,45 @@ class QuantType:
     dtype: str         # numpy dtype of the stored elements: "<f4", "<f2" (plain) or "u1" (packed bytes)
 
     def padded_shape(self, rows: int, cols: int) -> tuple[int, int]:
+        """(Mp, whole groups of columns): the grid the quantizers fit, zeros beyond (rows, cols).
+        What is stored may be narrower: stored_cols."""
         if self.family == PLAIN:
             return rows, cols
         if self.family == UNIFORM_BITPLANE:
             return -(-rows // TILE_ROWS) * TILE_ROWS, -(-cols // self.group) * self.group
         raise _unknown_family(self.family)
 
-    def block_bytes(self) -> int:
-        """Bytes of one (tile, group) block: scales, mins, planes."""
-        scale_bytes = 2 * TILE_ROWS * (1 if self.symmetric else 2)
-        return scale_bytes + self.bits * 2 * self.group
+    def stored_cols(self, cols: int, compact_tail: bool = True) -> int:
+        """Columns stored per row of a bit-plane tensor: the last group rounded up to GROUP_STEP
+        columns (compact_tail), or to the whole group (files written before that layout)."""
+        step = GROUP_STEP if compact_tail else self.group
+        return -(-cols // step) * step
 
-    def nbytes(self, rows: int, cols: int) -> int:
+    def block_bytes(self, width: int | None = None) -> int:
+        """Bytes of one (tile, group) block of `width` stored columns (default G): scales, mins, planes."""
+        scale_bytes = 2 * TILE_ROWS * (1 if self.symmetric else 2)
+        return scale_bytes + self.bits * 2 * (self.group if width is None else width)
+
+    def nbytes(self, rows: int, cols: int, compact_tail: bool = True) -> int:
         if self.family == PLAIN:
             return rows * cols * self.bits // 8
         if self.family == UNIFORM_BITPLANE:
-            padded_rows, padded_cols = self.padded_shape(rows, cols)
-            return (padded_rows // TILE_ROWS) * (padded_cols // self.group) * self.block_bytes()
+            n_tiles, n_groups = -(-rows // TILE_ROWS), -(-cols // self.group)
+            tile_bytes = n_groups * self.block_bytes(0) + self.bits * 2 * self.stored_cols(cols, compact_tail)
+            return n_tiles * tile_bytes
         raise _unknown_family(self.family)
 
     def allows_1d(self) -> bool:
         """Whether a tensor of this type may have a 1-D shape (n,): plain types only."""
         return self.family == PLAIN
 
-    def nbytes_for_shape(self, shape: tuple[int, ...]) -> int:
+    def nbytes_for_shape(self, shape: tuple[int, ...], compact_tail: bool = True) -> int:
         """Bytes of a stored tensor of logical `shape`: (M, K), or (n,) for the types that allow it."""
         if len(shape) == 1:
             if not self.allows_1d():
                 raise ValueError(f"{self.name} needs a 2-D shape, got {shape}")
-            return self.nbytes(1, shape[0])
-        return self.nbytes(*shape)
+            return self.nbytes(1, shape[0], compact_tail)
+        return self.nbytes(*shape, compact_tail=compact_tail)
 
     def bits_per_weight(self, rows: int, cols: int) -> float:
         return 8.0 * self.nbytes(rows, cols) / (rows * cols)
@@ -122,11 +145,12 @@ def uniform_type(bits: int, group: int, symmetric: bool) -> QuantType:
 # packing: integer levels + per-group scale/min -> canonical bytes, and back
 # ---------------------------------------------------------------------------------------------
 
-def pack(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None) -> np.ndarray:
-    """levels (Mp, Kp) uint8 in [0, 2^b), scales/mins (Mp, Kp/G) -> packed uint8 bytes."""
+def _pack_blocks(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
+                 width: int) -> np.ndarray:
+    """levels (Mp, n * width), scales/mins (Mp, n) -> (n_tiles, n, block_bytes(width)) blocks."""
     rows, cols = levels.shape
-    group, bits = qtype.group, qtype.bits
-    n_tiles, n_groups, n_chunks = rows // TILE_ROWS, cols // group, group // CHUNK_COLS
+    bits, n_groups, n_chunks = qtype.bits, cols // width, width // CHUNK_COLS
+    n_tiles = rows // TILE_ROWS
     # (tile, row, group, chunk, 8 columns)
     q = levels.reshape(n_tiles, TILE_ROWS, n_groups, n_chunks, CHUNK_COLS)
     weights_of_bit = (1 << np.arange(4, dtype=np.uint8))
@@ -143,16 +167,33 @@ def pack(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndar
         parts.append(mins.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1))
     scale_bytes = [np.ascontiguousarray(part).view(np.uint8).reshape(n_tiles, n_groups, -1) for part in parts]
     block = np.concatenate(scale_bytes + [plane_bytes], axis=2)
-    assert block.shape[2] == qtype.block_bytes()
-    return block.reshape(-1)
+    assert block.shape[2] == qtype.block_bytes(width)
+    return block
 
 
-def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
-    """Packed bytes -> (levels (Mp, Kp) uint8, scales (Mp, Kp/G) f16, mins or None)."""
-    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
-    group, bits = qtype.group, qtype.bits
-    n_tiles, n_groups, n_chunks = padded_rows // TILE_ROWS, padded_cols // group, group // CHUNK_COLS
-    blocks = np.asarray(data, dtype=np.uint8).reshape(n_tiles, n_groups, qtype.block_bytes())
+def pack(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
+         cols: int | None = None, compact_tail: bool = True) -> np.ndarray:
+    """levels (Mp, >= Ks) uint8 in [0, 2^b), scales/mins (Mp, ceil(K/G)) -> packed uint8 bytes of a
+    tensor of `cols` = K logical columns (default: all of levels' columns, a multiple of
+    GROUP_STEP); levels beyond Ks = stored_cols(K) are dropped (the quantizers' zero padding)."""
+    group, n_tiles = qtype.group, levels.shape[0] // TILE_ROWS
+    stored = levels.shape[1] if cols is None else qtype.stored_cols(cols, compact_tail)
+    n_full, width = stored // group, stored % group                        # width: a partial last group
+    pick = lambda a, begin, end: None if a is None else a[:, begin:end]
+    tiles = []
+    if n_full:
+        tiles.append(_pack_blocks(qtype, levels[:, :n_full * group], scales[:, :n_full],
+                                  pick(mins, 0, n_full), group).reshape(n_tiles, -1))
+    if width:
+        tiles.append(_pack_blocks(qtype, levels[:, n_full * group:stored], scales[:, n_full:n_full + 1],
+                                  pick(mins, n_full, n_full + 1), width).reshape(n_tiles, -1))
+    return np.concatenate(tiles, axis=1).reshape(-1)
+
+
+def _unpack_blocks(qtype: QuantType, blocks: np.ndarray, width: int):
+    """(n_tiles, n, block_bytes(width)) blocks -> (levels (Mp, n * width), scales (Mp, n), mins or None)."""
+    n_tiles, n_groups, _ = blocks.shape
+    bits, n_chunks, padded_rows = qtype.bits, width // CHUNK_COLS, n_tiles * TILE_ROWS
     scale_span = 2 * TILE_ROWS
 
     def halves(offset):
@@ -169,33 +210,68 @@ def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
     for p in range(bits):
         levels |= columns[:, :, p] << p
     levels = levels.transpose(0, 3, 1, 2, 4)                              # (t, r, g, c, 8)
-    return levels.reshape(padded_rows, padded_cols), scales, mins
+    return levels.reshape(padded_rows, n_groups * width), scales, mins
+
+
+def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool = True):
+    """Packed bytes -> (levels (Mp, Ks) uint8, scales (Mp, ceil(K/G)) f16, mins or None)."""
+    group, n_tiles = qtype.group, -(-rows // TILE_ROWS)
+    stored = qtype.stored_cols(cols, compact_tail)
+    n_full, width = stored // group, stored % group
+    tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
+    full_bytes = n_full * qtype.block_bytes()
+    parts = []
+    if n_full:
+        parts.append(_unpack_blocks(qtype, tiles[:, :full_bytes].reshape(n_tiles, n_full, -1), group))
+    if width:
+        parts.append(_unpack_blocks(qtype, tiles[:, full_bytes:].reshape(n_tiles, 1, -1), width))
+    levels = np.concatenate([part[0] for part in parts], axis=1)
+    scales = np.concatenate([part[1] for part in parts], axis=1)
+    mins = None if qtype.symmetric else np.concatenate([part[2] for part in parts], axis=1)
+    return levels, scales, mins
+
+
+def compact_tail_bytes(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A tensor stored in the layout before compact tails (the last group padded to G) -> the same
+    tensor in today's layout. Copies only what is kept: scales, mins and each plane's first chunks."""
+    if qtype.family != UNIFORM_BITPLANE or qtype.stored_cols(cols) == qtype.stored_cols(cols, False):
+        return np.asarray(data, dtype=np.uint8)
+    n_tiles, n_full = -(-rows // TILE_ROWS), cols // qtype.group
+    width = qtype.stored_cols(cols) - n_full * qtype.group
+    tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
+    full_bytes = n_full * qtype.block_bytes()
+    scale_bytes = qtype.block_bytes(0)
+    last = tiles[:, full_bytes:].reshape(n_tiles, -1)                      # (t, block_bytes(G))
+    planes = last[:, scale_bytes:].reshape(n_tiles, qtype.bits, 2 * qtype.group)[:, :, :2 * width]
+    return np.concatenate([tiles[:, :full_bytes], last[:, :scale_bytes], planes.reshape(n_tiles, -1)],
+                          axis=1).reshape(-1)
 
 
 def dequantize_levels(qtype: QuantType, levels, scales, mins) -> np.ndarray:
-    """(Mp, Kp) levels and group scales -> (Mp, Kp) float32."""
-    group = qtype.group
-    expand = lambda a: np.repeat(a.astype(np.float32), group, axis=1)
+    """(Mp, Ks) levels and group scales (Mp, ceil(Ks/G)) -> (Mp, Ks) float32."""
+    group, stored = qtype.group, levels.shape[1]
+    expand = lambda a: np.repeat(a.astype(np.float32), group, axis=1)[:, :stored]
     q = levels.astype(np.float32)
     if qtype.symmetric:
         return expand(scales) * (q - ((1 << qtype.bits) - 1) / 2.0)
     return expand(scales) * q + expand(mins)
 
 
-def _dequantize_plain(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def _dequantize_plain(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool) -> np.ndarray:
     return np.asarray(data).view(qtype.dtype).astype(np.float32).reshape(rows, cols)
 
 
-def _dequantize_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    levels, scales, mins = unpack(qtype, data, rows, cols)
+def _dequantize_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool) -> np.ndarray:
+    levels, scales, mins = unpack(qtype, data, rows, cols, compact_tail)
     return dequantize_levels(qtype, levels, scales, mins)[:rows, :cols]
 
 
 _DEQUANTIZE = {PLAIN: _dequantize_plain, UNIFORM_BITPLANE: _dequantize_bitplane}
 
 
-def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Stored tensor bytes (uint8, as in the file) -> (rows, cols) float32."""
+def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool = True) -> np.ndarray:
+    """Stored tensor bytes (uint8, as in the file) -> (rows, cols) float32; compact_tail=False reads
+    the layout of files without the "compact-tail" feature."""
     if qtype.family not in _DEQUANTIZE:
         raise _unknown_family(qtype.family)
-    return _DEQUANTIZE[qtype.family](qtype, np.asarray(data).view(np.uint8).reshape(-1), rows, cols)
+    return _DEQUANTIZE[qtype.family](qtype, np.asarray(data).view(np.uint8).reshape(-1), rows, cols, compact_tail)

@@ -30,7 +30,7 @@ def random_packed(qtype: QuantType, rows: int, cols: int, rng: np.random.Generat
     """Packed bytes of a (rows, cols) tensor with random levels, scales and mins.
 
     Padding rows and columns get random levels too (not zeros), so the tests see that C never
-    reads them into the logical result. Scales mix normal and subnormal fp16 values, signs included.
+    reads them into the logical result. A partial last group is stored compactly (quant_types). Scales mix normal and subnormal fp16 values, signs included.
     """
     padded_rows, padded_cols = qtype.padded_shape(rows, cols)
     n_groups = padded_cols // qtype.group
@@ -39,13 +39,16 @@ def random_packed(qtype: QuantType, rows: int, cols: int, rng: np.random.Generat
     tiny = rng.random(scales.shape) < 0.1
     scales[tiny] = rng.normal(0.0, 3e-6, size=int(tiny.sum()))     # fp16 subnormals (< 6.1e-5)
     mins = None if qtype.symmetric else rng.normal(0.0, 0.5, size=(padded_rows, n_groups))
-    return pack(qtype, levels, scales.astype(np.float16), None if mins is None else mins.astype(np.float16))
+    return pack(qtype, levels, scales.astype(np.float16), None if mins is None else mins.astype(np.float16), cols)
 
 
 def random_shapes(qtype: QuantType, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """A fixed awkward shape, an aligned one, and two random ones per type."""
+    """A fixed awkward shape, an aligned one, one per stored width of a partial last group (32 ..
+    G - 32 columns, reached from below and exactly), and two random ones per type."""
     group = qtype.group
     shapes = [(33, 2 * group + 5), (2 * TILE_ROWS, 2 * group)]
+    for width in range(32, group, 32):
+        shapes += [(19, group + width - 7), (7, width)]
     for _ in range(2):
         shapes.append((int(rng.integers(1, 70)), int(rng.integers(1, 3 * group + 20))))
     return shapes
@@ -62,7 +65,7 @@ def exact_weights(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> n
     float32: an 11-bit fp16 mantissa times a <= 9-bit half-integer), and gemv works with the exact
     values, so this is the oracle to hold gemv to a tight tolerance."""
     levels, scales, mins = unpack(qtype, data, rows, cols)
-    expand = lambda a: np.repeat(a.astype(np.float64), qtype.group, axis=1)
+    expand = lambda a: np.repeat(a.astype(np.float64), qtype.group, axis=1)[:, :levels.shape[1]]
     q = levels.astype(np.float64)
     if qtype.symmetric:
         weights = expand(scales) * (q - ((1 << qtype.bits) - 1) / 2.0)
@@ -110,6 +113,41 @@ def test_header_enum_equals_python_ids():
 def test_nbytes_equals_python(qtype):
     for rows, cols in SHAPES_FOR_NBYTES:
         assert _ffi.nbytes(qtype.name, rows, cols) == qtype.nbytes(rows, cols), (rows, cols)
+
+
+def test_a_partial_last_group_costs_only_its_own_bytes():
+    """SmolLM2's 576 input columns at 2 bits: groups of 128 store 4 x 128 + 64 columns (not 640),
+    so g128 is smaller than g64 (fewer scales, the same planes), in Python and in C; K % G == 0
+    and groups of 32 are what they were; the layout of older files pads the tail to G."""
+    g64, g128 = TYPES["u2g64a"], TYPES["u2g128a"]
+    tiles = 576 // TILE_ROWS
+    assert g128.nbytes(576, 576) == tiles * (5 * 64 + 2 * 2 * 576) < g64.nbytes(576, 576) == tiles * (9 * 64 + 2 * 2 * 576)
+    assert g128.nbytes(576, 576, compact_tail=False) == tiles * 5 * g128.block_bytes()
+    assert g128.nbytes(1536, 576) < g64.nbytes(1536, 576)          # gate/up; down (576, 1536) is whole groups
+    assert g128.nbytes(576, 1536) == g128.nbytes(576, 1536, compact_tail=False)
+    for qtype in (g64, g128):
+        assert _ffi.nbytes(qtype.name, 576, 576) == qtype.nbytes(576, 576)
+    for qtype in PACKED:                                            # at most 31 padding columns
+        for cols in (1, 31, 33, qtype.group + 1, 5 * qtype.group - 33):
+            assert qtype.stored_cols(cols) == -(-cols // 32) * 32 <= qtype.stored_cols(cols, compact_tail=False)
+
+
+@pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
+def test_padded_tail_layout_reads_the_same_numbers(qtype):
+    """The same levels packed in the layout before compact tails (last group padded to G) dequantize
+    to the same values, and converting those bytes gives today's bytes exactly."""
+    rng = np.random.default_rng(700 + qtype.id)
+    for rows, cols in [(19, qtype.group + 25), (16, 2 * qtype.group + 64), (5, 40), (33, 3 * qtype.group)]:
+        padded_rows, padded_cols = qtype.padded_shape(rows, cols)
+        levels = rng.integers(0, 1 << qtype.bits, size=(padded_rows, padded_cols), dtype=np.uint8)
+        scales = rng.normal(0.0, 0.05, size=(padded_rows, padded_cols // qtype.group)).astype(np.float16)
+        mins = None if qtype.symmetric else rng.normal(0.0, 0.5, size=scales.shape).astype(np.float16)
+        compact = pack(qtype, levels, scales, mins, cols)
+        padded = pack(qtype, levels, scales, mins, cols, compact_tail=False)
+        assert padded.size == qtype.nbytes(rows, cols, compact_tail=False) >= compact.size == qtype.nbytes(rows, cols)
+        assert np.array_equal(quant_types.compact_tail_bytes(qtype, padded, rows, cols), compact)
+        assert np.array_equal(as_bits(numpy_dequantize(qtype, padded, rows, cols, compact_tail=False)),
+                              as_bits(numpy_dequantize(qtype, compact, rows, cols)))
 
 
 def test_nbytes_overflow_is_an_error():

@@ -96,6 +96,47 @@ def test_logits_equal_the_reference(converted, reference, arch, bits, symmetric,
     assert (cached.argmax(-1) == expected.argmax(-1)).all()
 
 
+@pytest.fixture(scope="module")
+def converted_partial(tiny_qwen_partial, tmp_path_factory):
+    """{(bits, symmetric, group): path} of a model whose K (96, 176) are not multiples of the group."""
+    folder = tmp_path_factory.mktemp("runtime-partial")
+    out = {}
+    for bits, symmetric, group in ((3, False, 128), (4, True, 64)):
+        out[bits, symmetric, group] = folder / f"partial-{bits}-{group}.edgeq"
+        convert(tiny_qwen_partial, out[bits, symmetric, group],
+                PlanSettings(bits=bits, symmetric=symmetric, group=group), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("bits, symmetric, group", [(3, False, 128), (4, True, 64)])
+def test_partial_last_groups_convert_and_run(converted_partial, reference, bits, symmetric, group, kernel_set):
+    """A partial last group costs only its own bytes (rounded up to 32 columns), the file says it
+    needs "compact-tail", and every kernel set's logits and greedy ids agree with the reference."""
+    path = converted_partial[bits, symmetric, group]
+    model = ModelFile(path)
+    assert model.get("edgeq.required_features") == ["compact-tail"] and model.compact_tail
+    down = model.tensors["blk.0.ffn_down.weight"]                   # (96, 176)
+    assert down.qtype.group == group and down.nbytes == down.qtype.nbytes(96, 176)
+    # 176 columns stored as 192: 128 + a tail of 48 in 64 (g128), 2 x 64 + 48 in 64 (g64: no saving)
+    assert down.nbytes == 6 * (-(-176 // group) * down.qtype.block_bytes(0) + 2 * bits * 192)
+    q = model.tensors["blk.0.attn_q.weight"]                        # (96, 96): 96 stored, not 128
+    assert q.nbytes == 6 * (-(-96 // group) * q.qtype.block_bytes(0) + 2 * bits * 96)
+    assert q.nbytes < q.qtype.nbytes(96, 96, compact_tail=False)
+    expected = reference(path, PROMPT)
+    got = c_logits(path, PROMPT, chunks=(7, 1, 5), kv_fp32=True, threads=2)
+    assert np.abs(got - expected).max() < KERNEL_SETS[kernel_set] * np.ptp(expected)
+    greedy = reference(path, PROMPT[:6], greedy=8)
+    handle = _ffi.model_open(path, threads=1, kv_fp32=True)
+    try:
+        logits, ids = _ffi.model_eval(handle, PROMPT[:6]), []
+        for _ in range(8):
+            ids.append(int(np.argmax(logits)))
+            logits = _ffi.model_eval(handle, [ids[-1]])
+    finally:
+        _ffi.model_close(handle)
+    assert ids == greedy
+
+
 def test_threads_and_batching_do_not_change_the_result(converted, kernel_set):
     """A prompt in one batch, in several, token by token, on 1 or 2 threads: the same bits."""
     path = converted["qwen2", 4, False]

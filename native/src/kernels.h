@@ -145,16 +145,50 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
 float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n);
 void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 
-/* Bytes of a (rows, cols) tensor of `type` (rows, cols >= 1), or EQ_ERR_SIZE_OVERFLOW. */
+/* *out = bytes of a (rows >= 1, cols >= 1) tensor of `type`, or EQ_ERR_SIZE_OVERFLOW (or
+ * EQ_ERR_UNKNOWN_QTYPE: a family without a size rule). eq_padded_tail_nbytes: in the layout of
+ * files without the "compact-tail" feature, a partial last group padded to G columns. */
 int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out);
+int eq_padded_tail_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out);
+
+/* out (eq_tensor_nbytes) = the bit-plane tensor `padded` (eq_padded_tail_nbytes) with its partial
+ * last group cut to eq_last_group_cols columns; only for cols % G != 0. */
+void eq_compact_tail(const eq_qtype_traits *type, const uint8_t *padded, size_t rows, size_t cols,
+                     uint8_t *out);
 
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 
-/* Bytes of one (tile, group) block of a packed type: scales, mins, planes. */
-static inline size_t eq_block_bytes(const eq_qtype_traits *type)
+/* A bit-plane tensor of K = cols columns is ceil(K / G) groups per tile: every group but the last
+ * holds G columns, the last one K - (n_groups - 1) G weights stored in eq_last_group_cols columns
+ * (a multiple of EQ_GROUP_STEP). Group g of a tile starts g * eq_block_bytes(type) into the tile. */
+
+/* Bytes of one (tile, group) block of `width` stored columns: scales, mins, planes. */
+static inline size_t eq_group_block_bytes(const eq_qtype_traits *type, size_t width)
 {
     size_t scale_bytes = 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
-    return scale_bytes + (size_t)type->bits * 2u * (size_t)type->group;
+    return scale_bytes + (size_t)type->bits * 2u * width;
+}
+
+/* Bytes of a whole (tile, group) block: scales, mins, planes of G columns. */
+static inline size_t eq_block_bytes(const eq_qtype_traits *type)
+{
+    return eq_group_block_bytes(type, (size_t)type->group);
+}
+
+/* Stored columns of the last group of a row of cols >= 1 weights: G, or a partial group's
+ * columns rounded up to EQ_GROUP_STEP. */
+static inline size_t eq_last_group_cols(const eq_qtype_traits *type, size_t cols)
+{
+    size_t last = (cols - 1) % (size_t)type->group + 1;
+    return (last + EQ_GROUP_STEP - 1) / EQ_GROUP_STEP * EQ_GROUP_STEP;
+}
+
+/* Bytes of one tile (16 rows) of a (rows, cols >= 1) tensor; the caller has checked that the whole
+ * tensor's size does not overflow (eq_qtype_nbytes), so neither does this. */
+static inline size_t eq_tile_bytes(const eq_qtype_traits *type, size_t cols)
+{
+    size_t n_groups = (cols - 1) / (size_t)type->group + 1;
+    return (n_groups - 1) * eq_block_bytes(type) + eq_group_block_bytes(type, eq_last_group_cols(type, cols));
 }
 
 /* Little-endian readers: the file format is little-endian and mmapped data may be unaligned. */

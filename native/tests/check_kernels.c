@@ -10,7 +10,8 @@
  * all-negative rows, activations all equal so every table sits at its largest entry, weights at
  * level 0 or 2^b - 1 in every plane, K up to 4883, activations from 2^-24 to 2^24). The weights
  * are random levels / fp16 scales / fp16 mins, packed here by the layout in edgeq.h's opening
- * comment (padding rows and columns hold random levels too: they must never reach a result).
+ * comment (padding rows and columns hold random levels too: they must never reach a result; a
+ * partial last group is stored in its columns rounded up to EQ_GROUP_STEP, stored_columns below).
  *
  * What is checked, for a batch x (n, K), weights W (M, K), one output y[v][r]:
  *   1. ref against a float64 oracle computed here from the levels: |ref - exact| <= 2^-24 |exact|
@@ -199,6 +200,15 @@ static int make_cases(rng *r, size_t group, test_case *cases)
                                  WEIGHTS_EXTREME_LEVELS, ACTS_DYNAMIC_RANGE};
     cases[count++] = (test_case){"extreme levels, mixed activations, 64 vectors", 19, 3 * group + 3, MAX_BATCH,
                                  WEIGHTS_EXTREME_LEVELS, ACTS_MIXED};
+    /* partial last groups stored in 64 and G - 32 columns (a 32-column tail is in the cases above) */
+    if (group > 64) {
+        cases[count++] = (test_case){"max levels, one huge activation, 64-column tail", 18, 2 * group + 57, 3,
+                                     WEIGHTS_MAX_LEVELS, ACTS_ONE_HUGE};
+    }
+    if (group > 32) {
+        cases[count++] = (test_case){"max levels, all-negative activations, (G-32)-column tail", 21,
+                                     2 * group - 39, 5, WEIGHTS_MAX_LEVELS, ACTS_ALL_NEGATIVE};
+    }
     return count;
 }
 
@@ -326,12 +336,15 @@ static void write_u16le(uint8_t *p, uint16_t v)
     p[1] = (uint8_t)(v >> 8);
 }
 
-/* Columns stored for group g (the planes' width): every group is stored whole, G columns, the
- * padding of a partial last group included. The one place that says how wide a group is. */
+/* Columns stored for group g (the planes' width): G, except a partial last group (K % G != 0),
+ * stored in its columns rounded up to EQ_GROUP_STEP. The one place that says how wide a group is. */
 static size_t stored_columns(const tensor *t, size_t g)
 {
-    (void)g;
-    return (size_t)t->type->group;
+    const size_t group = (size_t)t->type->group, tail = t->cols % group;
+    if (g + 1 < t->n_groups || tail == 0) {
+        return group;
+    }
+    return (tail + EQ_GROUP_STEP - 1) / EQ_GROUP_STEP * EQ_GROUP_STEP;
 }
 
 /* Bytes of one (tile, group) block: scale[16] fp16, min[16] fp16 (asymmetric), then b planes of

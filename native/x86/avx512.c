@@ -16,7 +16,8 @@
  * (int8 weights <= 64), the high bytes' +128 removed, 256 high + low per row; no widening or lane
  * reduction is left (the avx2 algorithm on 512 bits, which kept them, took 1.3x the time and 1.8x
  * the instructions: benchmarks/README.md). Then per 64-column unit the table scale, per group the
- * fp16 scale (+ min x Σx, or - zero_point x Σx for symmetric types) in fp32, in avx2's order.
+ * fp16 scale (+ min x Σx, or - zero_point x Σx for symmetric types) in fp32, in avx2's order; a
+ * partial last group (stored in a multiple of 32 columns) runs units of 64 and 32 columns.
  *
  * Everything here is compiled for AVX-512 by the pragmas (GCC's target, clang's attribute) and only
  * called after avx512_available() said the CPU and the OS have it; other translation units stay
@@ -225,24 +226,54 @@ unit_dot(const plane_indices *c, const uint8_t *unit_tables, const uint8_t *unit
     return total;
 }
 
-/* The kernel body, inlined once per (bits, group) by lut_gemm so that the plane and load loops have
- * constant trip counts and unroll. */
+/* acc (16 rows) += one group's contribution to W x: its planes' sums over the tables in units of
+ * 64 columns (32 for a 32-column group or the last 32 columns of a partial group), each scaled by
+ * its table scale, then the group's fp16 scales (+ min x Σx, or - zero_point x Σx), in avx2's order.
+ *   block  the group's block of `width` stored columns (G, or a partial last group's: a multiple of
+ *          32) starting at column col0 */
+static inline __attribute__((always_inline)) __m512
+group_dot(const eq_qtype_traits *type, const plane_indices *indices, const lut_input *prepared,
+          const uint8_t *block, const size_t width, size_t col0, const int bits, __m512 acc)
+{
+    const uint8_t *planes = block + 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
+    __m512 dot = _mm512_setzero_ps();
+    for (size_t u0 = 0; u0 < width; u0 += EQ_LUT_UNIT) {
+        const uint8_t *unit_tables = prepared->tables + (col0 + u0) * EQ_LUT_BYTES_PER_COL;
+        __m512i total = width - u0 >= EQ_LUT_UNIT
+            ? unit_dot(indices, unit_tables, planes + 2u * u0, 2u * width, bits, EQ_LUT_UNIT / EQ_LUT_LOAD_COLS)
+            : unit_dot(indices, unit_tables, planes + 2u * u0, 2u * width, bits, 1);
+        __m512 table_scale = _mm512_set1_ps(prepared->table_scales[(col0 + u0) / EQ_LUT_UNIT]);
+        dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), table_scale, dot);
+    }
+    float sum_x = 0.0f;
+    for (size_t i = 0; i < width / 32; i++)
+        sum_x += prepared->sums[col0 / 32 + i];
+    __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
+    if (type->symmetric) {
+        const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+        __m512 offset = _mm512_set1_ps(zero_point * sum_x);
+        return _mm512_fmadd_ps(scale, _mm512_sub_ps(dot, offset), acc);
+    }
+    __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
+    return _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x), _mm512_fmadd_ps(scale, dot, acc));
+}
+
+/* The kernel body, inlined once per (bits, group) by lut_gemm so that the plane and load loops of
+ * whole groups have constant trip counts and unroll; a partial last group (its stored width known
+ * only at run time) goes through the same steps in units of 64 and 32 columns. */
 static inline __attribute__((always_inline)) void
 lut_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
               const eq_input *in, float *y, size_t y_stride, const int bits, const size_t group)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
-    const size_t n_groups = (cols + group - 1) / group;
+    const size_t n_full = cols / group;                           /* whole groups, then ... */
+    const size_t last_width = cols % group ? eq_last_group_cols(type, cols) : 0;   /* ... a partial one */
+    const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
-    const size_t planes_offset = 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
-    const size_t plane_bytes = 2u * group;
-    const size_t unit_cols = group < EQ_LUT_UNIT ? group : EQ_LUT_UNIT;
-    const size_t units = group / unit_cols, loads = unit_cols / EQ_LUT_LOAD_COLS;
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
     const plane_indices indices = plane_indices_make();
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
-        const uint8_t *tile_data = data + tile * n_groups * block_bytes;
+        const uint8_t *tile_data = data + tile * tile_bytes;
         const size_t row0 = tile * EQ_TILE_ROWS;
         const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
         const __mmask16 row_mask = (__mmask16)((1u << n_rows) - 1u);
@@ -250,27 +281,10 @@ lut_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, siz
             const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
             __m512 acc = _mm512_setzero_ps();   /* (16,) y of this tile */
             const uint8_t *block = tile_data;
-            for (size_t g = 0; g < n_groups; g++, block += block_bytes) {
-                __m512 dot = _mm512_setzero_ps();
-                for (size_t u = 0; u < units; u++) {
-                    const size_t col0 = g * group + u * unit_cols;
-                    __m512i total = unit_dot(&indices, prepared.tables + col0 * EQ_LUT_BYTES_PER_COL,
-                                             block + planes_offset + u * unit_cols * 2u, plane_bytes, bits, loads);
-                    __m512 table_scale = _mm512_set1_ps(prepared.table_scales[col0 / EQ_LUT_UNIT]);
-                    dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), table_scale, dot);
-                }
-                float sum_x = 0.0f;
-                for (size_t i = 0; i < group / 32; i++)
-                    sum_x += prepared.sums[g * group / 32 + i];
-                __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
-                if (type->symmetric) {
-                    __m512 offset = _mm512_set1_ps(zero_point * sum_x);
-                    acc = _mm512_fmadd_ps(scale, _mm512_sub_ps(dot, offset), acc);
-                } else {
-                    __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
-                    acc = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x), _mm512_fmadd_ps(scale, dot, acc));
-                }
-            }
+            for (size_t g = 0; g < n_full; g++, block += block_bytes)
+                acc = group_dot(type, &indices, &prepared, block, group, g * group, bits, acc);
+            if (last_width)
+                acc = group_dot(type, &indices, &prepared, block, last_width, n_full * group, bits, acc);
             _mm512_mask_storeu_ps(y + v * y_stride + row0, row_mask, acc);
         }
     }
