@@ -146,6 +146,13 @@ void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 /* Bytes of a (rows, cols) tensor of `type` (rows, cols >= 1), or EQ_ERR_SIZE_OVERFLOW. */
 int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out);
 
+/* x86/avx2_prefill.c: the multiply-add (prefill) path for uniform bit-plane types (int8
+ * activations per block of 32, layout in x86/q8_acts.h); the prepare serves x86/avx512_prefill.c too */
+size_t eq_prefill_prepared_bytes_avx2(size_t cols);
+void eq_prefill_prepare_avx2(const float *x, size_t cols, uint8_t *out);
+void eq_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                          const eq_input *in, float *y, size_t y_stride);
+
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 
 /* Bytes of one (tile, group) block of a packed type: scales, mins, planes. */
