@@ -153,6 +153,12 @@ void eq_prefill_prepare_avx2(const float *x, size_t cols, uint8_t *out);
 void eq_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                           const eq_input *in, float *y, size_t y_stride);
 
+/* x86/avx512_prefill.c: the same path with vpdpbusd (prepare: eq_prefill_prepare_avx2); a set that
+ * hooks it must require eq_prefill_avx512_available (AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C) */
+int eq_prefill_avx512_available(void);
+void eq_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                            const eq_input *in, float *y, size_t y_stride);
+
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 
 /* Bytes of one (tile, group) block of a packed type: scales, mins, planes. */
