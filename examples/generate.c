@@ -1,10 +1,11 @@
 /* generate.c — greedy decoding with the edgeq C API, and nothing else: token ids in, token ids out
  * (tokenizing text is the Python layer's job). Uses only the public header edgeq.h.
  *
- *     generate MODEL N_TOKENS ID [ID...] [--threads N] [--ctx N]
+ *     generate MODEL N_TOKENS ID [ID...] [--threads N] [--ctx N] [--verbose]
  *
  * Evaluates the prompt ids, then N_TOKENS times takes the argmax of the logits and feeds it back;
- * prints the generated ids on one line, space-separated. Build: `make example`.
+ * prints the generated ids on one line, space-separated; --verbose also prints the kernel set that
+ * ran them on stderr ("generate: kernel set avx2"). Build: `make example` (`make aarch64` for ARM).
  */
 #include <errno.h>
 #include <limits.h>
@@ -14,7 +15,7 @@
 
 #include "edgeq.h"
 
-static const char usage[] = "usage: generate MODEL N_TOKENS ID [ID...] [--threads N] [--ctx N]";
+static const char usage[] = "usage: generate MODEL N_TOKENS ID [ID...] [--threads N] [--ctx N] [--verbose]";
 
 static int fail(const char *message)
 {
@@ -47,12 +48,15 @@ static int32_t argmax(const float *logits, int32_t n)
     return best;
 }
 
-/* Parse the command line into *params, *path, *n_generate and prompt (argc slots). 0 or exit code 2. */
+/* Parse the command line into *params, *path, *n_generate, prompt (argc slots) and *verbose.
+ * 0 or exit code 2. */
 static int parse_args(int argc, char **argv, eq_model_params *params, const char **path,
-                      int32_t *n_generate, int32_t *prompt, int32_t *n_prompt)
+                      int32_t *n_generate, int32_t *prompt, int32_t *n_prompt, int *verbose)
 {
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--threads") == 0 || strcmp(argv[i], "--ctx") == 0) {
+        if (strcmp(argv[i], "--verbose") == 0) {
+            *verbose = 1;
+        } else if (strcmp(argv[i], "--threads") == 0 || strcmp(argv[i], "--ctx") == 0) {
             int32_t *field = argv[i][2] == 't' ? &params->n_threads : &params->n_ctx;
             if (i + 1 >= argc || !parse_int(argv[i + 1], 1, INT32_MAX, field)) {
                 fprintf(stderr, "generate: error: %s needs a positive integer\n%s\n", argv[i], usage);
@@ -112,11 +116,12 @@ int main(int argc, char **argv)
     eq_model_params params = {0, 0, 0};
     const char *path = NULL;
     int32_t n_generate = -1, n_prompt = 0;
+    int verbose = 0;
     int32_t *prompt = malloc((size_t)argc * sizeof *prompt);   /* (n_prompt,) */
     if (prompt == NULL) {
         return fail("out of memory");
     }
-    int code = parse_args(argc, argv, &params, &path, &n_generate, prompt, &n_prompt);
+    int code = parse_args(argc, argv, &params, &path, &n_generate, prompt, &n_prompt, &verbose);
     if (code != 0) {
         free(prompt);
         return code;
@@ -137,6 +142,9 @@ int main(int argc, char **argv)
             printf(t == 0 ? "%d" : " %d", (int)generated[t]);
         }
         printf("\n");
+        if (verbose) {
+            fprintf(stderr, "generate: kernel set %s\n", eq_isa_name());
+        }
     }
     free(generated);
     free(prompt);

@@ -219,11 +219,11 @@ def lut_error_bound(qtype: QuantType, data: np.ndarray, rows: int, cols: int, x:
     return ((1 << qtype.bits) - 1) * np.abs(scales[:rows].astype(np.float64)) @ per_group
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "neon"])
 @pytest.mark.parametrize("qtype", [q for q in TYPES.values()], ids=lambda q: q.name)
 def test_every_kernel_set_matches_the_reference(qtype, isa):
     """Every kernel set agrees with the double-accumulating reference: float32 accuracy for
-    scalar; for avx2 within what its int16 tables can change, and far inside that on average."""
+    scalar; for avx2 and neon within what their int16 tables can change, and far inside that on average."""
     if isa not in _ffi.kernel_sets():
         pytest.skip(f"this CPU does not run the {isa} kernels")
     rng = np.random.default_rng(5000 + qtype.id)
@@ -244,7 +244,7 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
             reference = _ffi.gemv(qtype.name, data, rows, cols, x[v], isa="ref").astype(np.float64)
             magnitude = np.abs(weights) @ np.abs(x[v].astype(np.float64))
             allowed = 1e-5 * magnitude + 1e-30
-            if isa == "avx2" and qtype.family == quant_types.UNIFORM_BITPLANE:
+            if isa in ("avx2", "neon") and qtype.family == quant_types.UNIFORM_BITPLANE:
                 bound = lut_error_bound(qtype, data, rows, cols, x[v])
                 allowed += bound
                 assert np.sqrt(np.mean((got[v] - reference) ** 2)) <= 0.25 * np.sqrt(np.mean(bound ** 2)) + 1e-5 * magnitude.max()

@@ -19,10 +19,10 @@ from edgeq.reference import Reference
 PROMPT = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42, 9, 199, 3, 88, 61, 7, 150, 222]
 
 # How far each kernel set's logits may be from the float64 reference, as a fraction of the logit
-# range: scalar accumulates in float32; avx2 looks up int16-quantized tables (2^-15 of each 64
-# activations' largest subset sum per lookup), so its error is larger but still far below what
+# range: scalar accumulates in float32; avx2 and neon look up int16-quantized tables (2^-15 of each
+# 64 activations' largest subset sum per lookup), so their error is larger but still far below what
 # quantizing the weights changes.
-KERNEL_SETS = {"scalar": 1e-5, "avx2": 5e-4}
+KERNEL_SETS = {"scalar": 1e-5, "avx2": 5e-4, "neon": 5e-4}
 # Batches from a set's prefill_from on (a prompt) may take its multiply-add path, whose int8
 # activations per block of 32 change each product by up to Σ_k |w_k| d_b / 2 with d_b = max |x| / 127
 # over the block (x86/avx2_prefill.c): up to 1/254 of max |x| Σ |w| per product, compounded over the

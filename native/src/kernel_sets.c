@@ -20,6 +20,7 @@
 
 static const eq_kernel_set *const kernel_sets[] = {
     &eq_kernels_avx2,
+    &eq_kernels_neon,
     &eq_kernels_scalar,
     &eq_kernels_ref,
 };

@@ -85,6 +85,7 @@ typedef struct eq_kernel_set {
 
 /* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
 extern const eq_kernel_set eq_kernels_avx2;     /* x86/avx2.c */
+extern const eq_kernel_set eq_kernels_neon;     /* arm/neon.c */
 extern const eq_kernel_set eq_kernels_scalar;   /* scalar/gemv.c */
 extern const eq_kernel_set eq_kernels_ref;      /* ref/gemv.c */
 

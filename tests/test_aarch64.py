@@ -1,0 +1,145 @@
+"""The native code on aarch64, cross-compiled with Debian's gcc-aarch64-linux-gnu and run under
+qemu-user (`make arm-deps` installs both; `make test` runs it first). Without them these tests skip,
+naming what is missing.
+
+- Every C source `pip install .` compiles (native/build_ffi.py's SOURCE_DIRS, with its COMPILE_ARGS)
+  compiles for aarch64 without a warning: no x86-only flag or source reaches an ARM build.
+- The kernel harness (native/tests/check_kernels.c; `make check-kernels-aarch64`) cross-built and
+  run under qemu-aarch64 as cortex-a72 and max: every ARM set against the reference, every type.
+- The C example (`make aarch64`: build/aarch64/generate, static) decodes tiny converted models
+  greedily under qemu-aarch64 (`-cpu cortex-a72`: ARMv8.0 without the dot product, like a Pi 4;
+  `-cpu max`) with the set it picks, and with every set of the library's one list forced by
+  EDGEQ_ISA, and prints the token ids the x86 build prints with each of its sets; a set aarch64
+  cannot run (avx2) is a one-line error.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+AARCH64_CC = os.environ.get("AARCH64_CC", "aarch64-linux-gnu-gcc")
+QEMU = os.environ.get("QEMU_AARCH64", "qemu-aarch64")
+
+# qemu's CPU models, and the set an aarch64 build must pick on each (the best it runs).
+QEMU_CPUS = {"cortex-a72": "neon", "max": "neon"}
+
+PROMPTS = ([1, 2, 3, 4], [5, 17, 33, 2, 120, 77, 8, 250, 1, 64], [300, 42, 9, 199], [7])
+N_GENERATE = 8
+
+
+def _missing_tools() -> list[str]:
+    return [tool for tool in (AARCH64_CC, QEMU, "make", "gcc") if shutil.which(tool) is None]
+
+
+@pytest.fixture(scope="module")
+def arm_tools():
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (`make arm-deps` installs the aarch64 "
+                    "cross compiler and qemu-user on Debian/Ubuntu)")
+
+
+def _make(*targets: str) -> None:
+    result = subprocess.run(["make", "--no-print-directory", *targets], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, f"make {' '.join(targets)} failed:\n{result.stdout}{result.stderr}"
+
+
+def _build_ffi():
+    spec = importlib.util.spec_from_file_location("edgeq_build_ffi", ROOT / "native" / "build_ffi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extension_sources_compile_for_aarch64(arm_tools, tmp_path):
+    """What `pip install .` compiles on an aarch64 machine, compiled (to objects) by the cross
+    compiler with the builder's own flags plus -Werror."""
+    build_ffi = _build_ffi()
+    sources = [ROOT / source for source in build_ffi._sources()]   # absolute stays absolute
+    assert {source.parent.name for source in sources} >= {"src", "ref", "scalar"}
+    flags = [*build_ffi.COMPILE_ARGS, "-Werror", f"-I{build_ffi.INCLUDE}", f"-I{build_ffi.NATIVE / 'src'}"]
+    for index, source in enumerate(sources):
+        obj = tmp_path / f"{index}-{source.stem}.o"
+        result = subprocess.run([AARCH64_CC, "-c", *flags, str(source), "-o", str(obj)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{source}:\n{result.stderr}"
+        header = obj.read_bytes()[:20]
+        assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183, obj  # EM_AARCH64
+
+
+def test_kernel_harness_under_qemu(arm_tools):
+    """check_kernels passes under both CPU models and checked neon (the set the library lists for
+    aarch64), scalar and ref; avx2 is listed and not run."""
+    result = subprocess.run(["make", "--no-print-directory", "check-kernels-aarch64"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, f"make check-kernels-aarch64 failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
+    runs = result.stdout.split("check_kernels: seed ")[1:]
+    assert len(runs) == len(QEMU_CPUS), result.stdout
+    for run, best in zip(runs, QEMU_CPUS.values()):
+        assert "\ncheck_kernels: ok\n" in run, run
+        checked = re.findall(r"^(\S+)\s+\d+ types x \d+ cases = \d+ products, \d+ outputs against \S+, 0 mismatches",
+                             run, re.MULTILINE)
+        assert checked == [best, "scalar", "ref"], run
+        assert re.search(r"^avx2\s+not run", run, re.MULTILINE), run
+
+
+def _run(command: list[str], path: Path, prompt: list[int], isa: str | None, threads: int):
+    env = {k: v for k, v in os.environ.items() if k != "EDGEQ_ISA"}
+    if isa is not None:
+        env["EDGEQ_ISA"] = isa
+    return subprocess.run([*command, str(path), str(N_GENERATE), *map(str, prompt),
+                           "--threads", str(threads), "--ctx", "64", "--verbose"],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def _generate(command: list[str], path: Path, prompt: list[int], isa: str | None, threads: int):
+    result = _run(command, path, prompt, isa, threads)
+    assert result.returncode == 0, result.stderr
+    ids = [int(t) for t in result.stdout.split()]
+    assert len(ids) == N_GENERATE
+    used = result.stderr.strip().removeprefix("generate: kernel set ")
+    return ids, used
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_example_under_qemu_matches_x86(arm_tools, tiny_converted, arch, bits):
+    """Greedy ids of build/aarch64/generate under qemu-aarch64, with the set it picks on each CPU
+    model and with every set of the list it runs forced (on the ARMv8.0 model), equal those of
+    build/examples/generate (x86) with each set this machine runs."""
+    from edgeq import _ffi
+    _make("example", "aarch64")
+    path = tiny_converted(arch, bits)
+    native = [str(ROOT / "build" / "examples" / "generate")]
+    expected = {}
+    for prompt in PROMPTS:
+        expected[tuple(prompt)], _ = _generate(native, path, prompt, None, 1)
+        for isa in _ffi.kernel_sets():
+            ids, used = _generate(native, path, prompt, isa, 2)
+            assert used == isa and ids == expected[tuple(prompt)], f"x86 {isa}: {ids} (prompt {prompt})"
+    binary = str(ROOT / "build" / "aarch64" / "generate")
+    for cpu, best in QEMU_CPUS.items():           # the set each CPU model gets by default
+        for prompt in PROMPTS:
+            ids, used = _generate([QEMU, "-cpu", cpu, binary], path, prompt, None, 2)
+            assert used == best, f"qemu -cpu {cpu} ran the {used} set, not {best}"
+            assert ids == expected[tuple(prompt)], f"aarch64 ({cpu}, {used}): {ids} (prompt {prompt})"
+    baseline = [QEMU, "-cpu", "cortex-a72", binary]   # every set of the list, forced
+    runnable = []
+    for isa in _ffi.all_kernel_sets():
+        result = _run(baseline, path, PROMPTS[0], isa, 1)
+        if result.returncode != 0:
+            assert result.stderr == f"generate: error: {path}: EDGEQ_ISA={isa} names no kernel set this CPU runs\n"
+            continue
+        runnable.append(isa)
+        for prompt in PROMPTS:
+            ids, used = _generate(baseline, path, prompt, isa, 1)
+            assert used == isa and ids == expected[tuple(prompt)], f"aarch64 ({isa}): {ids} (prompt {prompt})"
+    assert runnable == [QEMU_CPUS["cortex-a72"], "scalar", "ref"], runnable

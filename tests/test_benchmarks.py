@@ -1,0 +1,234 @@
+"""benchmarks/suite.py without llama.cpp or real models: the edgeq variant parser and its one-line
+errors, file names, the reuse of a cached file only when its recorded settings match (tiny models),
+and the report's peers at equal size and dominance verdicts (synthetic records)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeq import _ffi
+from edgeq.convert import convert
+from edgeq.convert.plan import DEFAULT_GROUP, LOW_BITS_GROUP
+
+
+@pytest.fixture(scope="module")
+def suite():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
+    spec = importlib.util.spec_from_file_location("edgeq_bench_suite", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# variants
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, name, flags", [
+    ("8", "u8g64a-rtn", ["--bits", "8"]),                               # auto at 8 bits: plain rtn
+    ("4", "u4g64a-rtn-imatrix", ["--bits", "4"]),                       # auto at 4-6: rtn weighted by E[x^2]
+    ("3", f"u3g{LOW_BITS_GROUP}a-gptq", ["--bits", "3"]),               # auto at <= 3: gptq, groups of 32
+    ("2", f"u2g{LOW_BITS_GROUP}a-gptq", ["--bits", "2"]),
+    ("4:g32", "u4g32a-rtn-imatrix", ["--bits", "4", "--group", "32"]),
+    ("3:g64:gptq", "u3g64a-gptq", ["--bits", "3", "--group", "64", "--method", "gptq"]),
+    ("4:rtn", "u4g64a-rtn", ["--bits", "4", "--method", "rtn"]),
+    ("2:hqq:g128", "u2g128a-hqq", ["--bits", "2", "--group", "128", "--method", "hqq"]),
+    ("6:sym", "u6g64s-rtn-imatrix", ["--bits", "6", "--sym"]),
+    ("3:act-order", "u3g32a-gptq-act-order", ["--bits", "3", "--act-order"]),
+])
+def test_variant_name_and_convert_flags(suite, spec, name, flags):
+    variant = suite.parse_variant(spec)
+    assert variant.name == name
+    assert variant.file_name == f"edgeq-{name}.eq"
+    assert variant.convert_flags() == flags
+    assert variant.describe()["linear_type"] == variant.linear_type().name == name.split("-")[0]
+
+
+def test_default_groups_are_the_converters(suite):
+    assert suite.parse_variant("4").linear_type().group == DEFAULT_GROUP
+    assert suite.parse_variant("3").linear_type().group == LOW_BITS_GROUP
+
+
+def test_same_file_one_name_different_settings_different_names(suite):
+    same = [suite.parse_variant(s) for s in ("3", "3:gptq", "3:g32:gptq", "3:auto")]
+    assert len({v.file_name for v in same}) == 1
+    assert len(suite.unique_variants(same)) == 1
+    specs = ["8", "6", "5", "4", "3", "2", "4:g32", "4:rtn", "4:hqq", "4:sym", "3:g64", "3:rtn", "3:act-order", "2:g64"]
+    assert len({suite.parse_variant(s).file_name for s in specs}) == len(specs)
+    assert [v.bits for v in suite.unique_variants([suite.parse_variant(s) for s in ("2", "8", "4")])] == [8, 4, 2]
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("7", "starts with the bits"),
+    ("four", "starts with the bits"),
+    ("4:g48", "unknown option 'g48'"),
+    ("4:fast", "unknown option 'fast'"),
+    ("4:g32:g64", "repeats the group"),
+    ("4:gptq:rtn", "repeats the method"),
+    ("4:rtn:act-order", "--act-order"),
+    ("8:hqq:act-order", "--act-order"),
+])
+def test_bad_variant_is_a_one_line_error(suite, spec, words):
+    with pytest.raises(ValueError, match="^variant .*" + words.replace("[", r"\[")) as error:
+        suite.parse_variant(spec)
+    assert "\n" not in str(error.value)
+
+
+def test_layout_option_needs_a_converter_with_layout(suite):
+    if suite.converter_has_layout():
+        with pytest.raises(ValueError, match="--layout packed"):
+            suite.parse_variant("3:packed")           # packed levels exist from 4 bits up
+        assert "-".join(suite.parse_variant("8:bitplane").convert_flags()[-2:]) == "--layout-bitplane"
+    else:
+        with pytest.raises(ValueError, match="has no --layout"):
+            suite.parse_variant("8:packed")
+
+
+def test_command_line_checks_variants_and_kernel_sets_up_front(suite, capsys):
+    with pytest.raises(SystemExit):
+        suite.build_parser().parse_args(["--edgeq-variants", "4", "4:g48"])
+    assert "unknown option 'g48'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        suite.build_parser().parse_args(["--isa", "no-such-set"])
+    assert "no kernel set 'no-such-set'" in capsys.readouterr().err
+    args = suite.build_parser().parse_args(["--edgeq-variants", "4:g32", "3", "--isa", *_ffi.kernel_sets()])
+    assert [v.name for v in args.edgeq_variants] == ["u4g32a-rtn-imatrix", f"u3g{LOW_BITS_GROUP}a-gptq"]
+    assert args.isa == _ffi.kernel_sets()
+    default = suite.build_parser().parse_args([])
+    assert [v.spec for v in default.edgeq_variants] == suite.EDGEQ_VARIANTS
+    assert {"Q5_K_M", "Q6_K"} <= set(default.llama_types) and default.isa is None
+
+
+# ---------------------------------------------------------------------------------------------
+# cached files: reused only when their recorded settings match
+# ---------------------------------------------------------------------------------------------
+
+def test_cached_file_matches_only_its_variant(suite, tiny_llama, tiny_converted, tmp_path):
+    plain = tmp_path / "plain.eq"
+    v8 = suite.parse_variant("8")
+    convert(tiny_llama, plain, v8.plan_settings(), progress=False, method=v8.method_settings())
+    assert suite.cached_mismatch(plain, v8) is None
+    assert "group" in suite.cached_mismatch(plain, suite.parse_variant("8:g32"))
+    assert "symmetric" in suite.cached_mismatch(plain, suite.parse_variant("8:sym"))
+    assert "bits" in suite.cached_mismatch(plain, suite.parse_variant("4"))
+    # a calibrated file (auto at 4 bits: E[x^2] from the shipped text) records its hash and token count
+    calibrated = tiny_converted("llama", 4)
+    assert suite.cached_mismatch(calibrated, suite.parse_variant("4")) is None
+    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:rtn"))
+    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:hqq"))
+    broken = tmp_path / "broken.eq"
+    broken.write_bytes(plain.read_bytes()[:4096])
+    assert "does not open" in suite.cached_mismatch(broken, v8)
+
+
+def test_edgeq_file_converts_measures_reuses_and_reconverts(suite, tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "bench_dir", lambda model: tmp_path)
+    monkeypatch.setattr(suite, "hf_folder", lambda model: tiny_llama)
+    v8 = suite.parse_variant("8")
+    path, measured = suite.edgeq_file("tiny", v8)
+    assert path == tmp_path / "edgeq-u8g64a-rtn.eq" and suite.cached_mismatch(path, v8) is None
+    assert measured["convert_s"] > 0 and measured["convert_cpu_s"] > 0 and measured["convert_peak_rss_mb"] > 10
+    assert measured["convert_command"] == "edgeq convert SRC -o OUT --bits 8"
+    assert json.loads(suite.conversion_record(path).read_text()) == measured
+    assert suite.edgeq_file_ready("tiny", v8)
+    stamp = path.stat().st_mtime_ns
+    assert suite.edgeq_file("tiny", v8) == (path, measured) and path.stat().st_mtime_ns == stamp   # reused
+    # the same name holding a file made with other settings is converted again
+    other = tmp_path / "other.eq"
+    convert(tiny_llama, other, suite.parse_variant("8:g32").plan_settings(), progress=False)
+    shutil.copyfile(other, path)
+    assert not suite.edgeq_file_ready("tiny", v8)
+    again, measured_again = suite.edgeq_file("tiny", v8)
+    assert again == path and suite.cached_mismatch(path, v8) is None and measured_again["convert_s"] > 0
+
+
+def test_estimate_counts_conversions_that_calibrate(suite, monkeypatch):
+    monkeypatch.setattr(suite, "edgeq_file_ready", lambda model, variant: False)
+    args = suite.build_parser().parse_args(["--quality-only", "--chunks", "1", "--llama-types"])
+    variants = [suite.parse_variant(s) for s in ("8", "4", "3")]
+    _, converting = suite.estimate(args, ["qwen"], False, [], variants, [], [None])
+    guess = suite.CONVERT_SECONDS_GUESS["qwen"]
+    assert converting == guess["plain"] + guess["imatrix"] + guess["gptq"]
+    monkeypatch.setattr(suite, "edgeq_file_ready", lambda model, variant: True)
+    assert suite.estimate(args, ["qwen"], False, [], variants, [], [None])[1] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the report: peers at equal size, dominance
+# ---------------------------------------------------------------------------------------------
+
+def _records():
+    def speed(system, kind, mb, tok_s, isa=None, bits=None):
+        return {"model": "smollm2", "system": system, "type": kind, "bits": bits, "file_mb": mb, "kind": "speed",
+                "threads": 2, "decode_tok_s": tok_s, "prefill_tok_s": 2 * tok_s, **({"isa": isa} if isa else {})}
+
+    def ppl(system, kind, mb, value, bits=None):
+        return {"model": "smollm2", "system": system, "type": kind, "bits": bits, "file_mb": mb, "kind": "perplexity",
+                "threads": 2, "ppl": value, "ppl_stderr": 1.0, "chunks": 2}
+    edgeq_file = {"variant": "4", "linear_type": "u4g64a", "group": 64, "layout": "uniform-bitplane",
+                  "method": "rtn-imatrix", "convert_s": 40.0, "convert_cpu_s": 70.0, "convert_peak_rss_mb": 900.0}
+    return [
+        speed("llama.cpp", "Q8_0", 144.8, 100.0), ppl("llama.cpp", "Q8_0", 144.8, 27.0),
+        speed("llama.cpp", "Q4_0", 91.7, 130.0), ppl("llama.cpp", "Q4_0", 91.7, 30.8),
+        speed("llama.cpp", "Q3_K_M", 93.5, 120.0), ppl("llama.cpp", "Q3_K_M", 93.5, 29.6),
+        speed("llama.cpp", "Q2_K", 88.2, 110.0),                                         # no perplexity
+        {**speed("edgeq", "u8g64a-rtn", 144.9, 90.0, "avx2", 8)}, ppl("edgeq", "u8g64a-rtn", 144.9, 26.9, 8),
+        {**speed("edgeq", "u4g64a-rtn-imatrix", 84.7, 140.0, "avx2", 4), **edgeq_file},
+        {**speed("edgeq", "u4g64a-rtn-imatrix", 84.7, 125.0, "scalar", 4), **edgeq_file},
+        {**ppl("edgeq", "u4g64a-rtn-imatrix", 84.7, 29.3, 4), **edgeq_file},
+        speed("edgeq", "u3g32a-gptq", 79.9, 150.0, "avx2", 3), ppl("edgeq", "u3g32a-gptq", 79.9, 34.7, 3),
+    ]
+
+
+def test_rows_per_kernel_set_share_the_files_perplexity(suite):
+    rows = suite.table_rows(_records(), "smollm2")
+    four = [r for r in rows if r["type"] == "u4g64a-rtn-imatrix"]
+    assert [r["isa"] for r in four] == ["avx2", "scalar"]
+    assert all(r["ppl"]["ppl"] == 29.3 and r["file"]["method"] == "rtn-imatrix" for r in four)
+    assert [suite.decode(r, 2) for r in four] == [140.0, 125.0]
+
+
+def test_peers_by_nominal_bits_and_by_size(suite):
+    rows = suite.table_rows(_records(), "smollm2")
+    by_type = {r["type"]: r for r in rows if r["isa"] in (None, "avx2")}
+    assert suite.peer_of(by_type["u8g64a-rtn"], rows)["type"] == "Q8_0"
+    assert suite.size_peer_of(by_type["u8g64a-rtn"], rows) is None          # 0.1 MB larger than Q8_0: nothing is
+    assert suite.size_peer_of(by_type["u4g64a-rtn-imatrix"], rows)["type"] == "Q2_K"    # 88.2 >= 84.7, the nearest
+    assert suite.size_peer_of(by_type["u3g32a-gptq"], rows)["type"] == "Q2_K"
+    assert suite.size_peer_of(by_type["Q4_0"], rows) is None                 # only edgeq rows have peers
+
+
+def test_dominance_per_llama_type(suite):
+    rows = suite.table_rows(_records(), "smollm2")
+    verdicts = {d["llama"]["type"]: d for d in suite.dominance(rows, 2)}
+    # Q4_0: the 4-bit file is smaller, better and faster under avx2 (not under scalar)
+    assert verdicts["Q4_0"]["status"] == "dominated"
+    assert (verdicts["Q4_0"]["best"]["type"], verdicts["Q4_0"]["best"]["isa"]) == ("u4g64a-rtn-imatrix", "avx2")
+    assert verdicts["Q3_K_M"]["status"] == "dominated"
+    # Q8_0: the 8-bit file is no worse but 0.1 MB larger; nothing smaller is as good
+    assert verdicts["Q8_0"]["status"] == "worse"
+    assert verdicts["Q8_0"]["best"]["type"] == "u4g64a-rtn-imatrix"        # best perplexity at no larger size
+    assert verdicts["Q8_0"]["smallest"]["type"] == "u8g64a-rtn"
+    assert verdicts["Q2_K"]["status"] == "unmeasured"
+    slower = [r for r in _records() if not (r["type"] == "u4g64a-rtn-imatrix" and r.get("isa") == "avx2")]
+    verdicts = {d["llama"]["type"]: d for d in suite.dominance(suite.table_rows(slower, "smollm2"), 2)}
+    assert verdicts["Q4_0"]["status"] == "slower" and verdicts["Q4_0"]["best"]["isa"] == "scalar"
+
+
+def test_report_states_peers_dominance_and_conversions(suite, tmp_path):
+    path = tmp_path / "RESULTS.md"
+    suite.write_markdown(path, _records(), {"cpu": "test cpu", "cores": 2}, "edgeq/data/evaluation.txt")
+    text = path.read_text()
+    assert "| edgeq | u4g64a-rtn-imatrix [avx2] | 84.7 |" in text and "u4g64a-rtn-imatrix [scalar]" in text
+    assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 130.0 tok/s t2): **dominated** by edgeq " \
+           "u4g64a-rtn-imatrix [avx2] (84.7 MB, ppl 29.30, decode 1.08x)." in text
+    assert "- llama.cpp Q8_0 (144.8 MB, ppl 27.00, decode 100.0 tok/s t2): not dominated: no edgeq file is no " \
+           "larger and no worse in perplexity" in text
+    assert "- llama.cpp Q2_K (88.2 MB): not decided" in text
+    assert "| u4g64a-rtn-imatrix | `4` | u4g64a | 64 | uniform-bitplane | rtn-imatrix | 40.0 | 70.0 | 900 |" in text

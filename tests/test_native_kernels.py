@@ -1,0 +1,97 @@
+"""The C kernel harness (native/tests/check_kernels.c), built and run natively, plain and under ASan/UBSan.
+
+check_kernels compares every kernel set this CPU runs with the reference set "ref" (and ref with a
+float64 oracle) for every quant type, over random and worst-case shapes and inputs, with the
+tolerance derived in its opening comment; `make check-kernels` / `make check-kernels-asan` build and
+run it. Here: both runs pass and cover the sets the Python layer sees, and the harness catches two
+small kernel bugs planted in a copy of the sources (it is a test that can fail).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgeq import _ffi
+from edgeq.quant_types import TYPES
+
+ROOT = Path(__file__).resolve().parent.parent
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
+SUMMARY = re.compile(r"^(\S+)\s+(\d+) types x (\d+) cases = (\d+) products, (\d+) outputs against \S+, "
+                     r"(\d+) mismatches", re.MULTILINE)
+
+
+def _make(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _summaries(output: str) -> dict[str, dict]:
+    return {m[1]: {"types": int(m[2]), "cases": int(m[3]), "outputs": int(m[5]), "mismatches": int(m[6])}
+            for m in SUMMARY.finditer(output)}
+
+
+@pytest.fixture(scope="module")
+def compiler():
+    name = os.environ.get("NATIVE_CC", "gcc")
+    if shutil.which(name) is None or shutil.which("make") is None:
+        pytest.skip(f"no C compiler ({name}) or make: the C kernel harness cannot be built")
+    return name
+
+
+@pytest.mark.parametrize("target", ["check-kernels", "check-kernels-asan"])
+def test_every_kernel_set_matches_the_reference(compiler, target):
+    result = _make(target)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"make {target} failed:\n{_tail(output)}"
+    assert not any(marker in output for marker in SANITIZER_MARKERS), _tail(output)
+    assert "check_kernels: ok" in result.stdout
+    summaries = _summaries(result.stdout)
+    # the sets it ran are the ones the library says this CPU runs (the same list Python sees)
+    assert sorted(summaries) == sorted(_ffi.kernel_sets()), result.stdout
+    for isa, summary in summaries.items():
+        assert summary["types"] == len(TYPES), (isa, summary)
+        assert summary["cases"] >= 10 and summary["outputs"] > 10_000, (isa, summary)
+        assert summary["mismatches"] == 0, (isa, summary)
+
+
+def test_another_seed_passes_too(compiler):
+    result = _make("check-kernels", "CHECK_KERNELS_SEED=20240611")
+    assert result.returncode == 0, f"check_kernels 20240611 failed:\n{_tail(result.stdout + result.stderr)}"
+    assert "seed 20240611" in result.stdout
+
+
+def test_the_harness_catches_planted_kernel_bugs(compiler, tmp_path):
+    """A copy of the sources with two small bugs: the scalar set drops the last 4 columns of every
+    group on its highest bit-plane, and (where the CPU runs it) the avx2 set truncates its int16
+    table entries instead of rounding them, an error under one table step per lookup."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    shutil.copytree(ROOT / "native", tmp_path / "native", ignore=shutil.ignore_patterns("*.so", "_edgeq_native.c"))
+    plants = {
+        "native/scalar/gemv.c": ("plane_dot[r] += low[plane[r] & 15u] + high[plane[r] >> 4];",
+                                 "plane_dot[r] += low[plane[r] & 15u] + "
+                                 "(p == type->bits - 1 && c == n_chunks - 1 ? 0.0f : high[plane[r] >> 4]);"),
+        "native/x86/avx2.c": ("_mm256_cvtps_epi32(_mm256_mul_ps(first, inv))",
+                              "_mm256_cvttps_epi32(_mm256_mul_ps(first, inv))"),
+    }
+    for path, (before, after) in plants.items():
+        source = (tmp_path / path).read_text()
+        assert source.count(before) == 1, f"{path} changed: update the planted bug"
+        (tmp_path / path).write_text(source.replace(before, after))
+    result = _make("check-kernels", cwd=tmp_path)
+    assert result.returncode != 0, "check_kernels passed with planted bugs"
+    summaries = _summaries(result.stdout)
+    assert re.search(r"^MISMATCH gemm against ref: set \w+, type \w+, case \"[^\"]+\", shape \(\d+, \d+\) "
+                     r"x \d+ vectors, vector \d+, row \d+: got \S+, expected \S+, error \S+ > bound \S+$",
+                     result.stdout, re.MULTILINE), _tail(result.stdout)
+    assert summaries["scalar"]["mismatches"] > 0 and summaries["ref"]["mismatches"] == 0, result.stdout
+    if "avx2" in _ffi.kernel_sets():
+        assert summaries["avx2"]["mismatches"] > 0, result.stdout
