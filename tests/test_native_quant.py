@@ -284,7 +284,7 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
         else:
             data = random_packed(qtype, rows, cols, rng)
             weights = exact_weights(qtype, data, rows, cols)
-        x = rng.normal(0.0, 1.0, (3, cols)).astype(np.float32)
+        x = rng.normal(0.0, 1.0, (3, cols)).astype(np.float32)       # below prefill_from: decode path
         x[1, rng.integers(0, cols)] = 40.0                              # an outlier activation
         got = _ffi.gemm(qtype.name, data, rows, cols, x, isa=isa).astype(np.float64)
         for v in range(len(x)):
@@ -315,6 +315,86 @@ def test_sets_sharing_int16_tables_give_the_same_bits(qtype):
         first = _ffi.gemm(qtype.name, data, rows, cols, x, isa=sets[0])
         for other in sets[1:]:
             assert np.array_equal(as_bits(_ffi.gemm(qtype.name, data, rows, cols, x, isa=other)), as_bits(first))
+
+
+def first_prefill_batch(qtype: QuantType, isa: str) -> int | None:
+    """The smallest batch that set `isa` runs through a path other than its decode path (its
+    prefill_from), or None when every batch size takes the decode path."""
+    decode = _ffi.kernel_route(qtype.name, isa, batch=1)
+    return next((n for n in range(2, 65) if _ffi.kernel_route(qtype.name, isa, batch=n) != decode), None)
+
+
+def int8_activation_bound(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(rows,) bound on what int8 activations per block of 32 change in W x (the multiply-add path):
+    d_b = max |x| over block b / 127 and |x_k - d_b round(x_k / d_b)| <= d_b / 2, so
+    |Δy_r| <= Σ_k |w_rk| d_b(k) / 2 (x86/avx2_prefill.c derives it)."""
+    cols = x.shape[0]
+    padded = np.zeros(-(-cols // 32) * 32, np.float64)
+    padded[:cols] = np.abs(x)
+    half_step = np.repeat(padded.reshape(-1, 32).max(1) / 127.0 / 2.0, 32)[:cols]
+    return np.abs(weights) @ half_step
+
+
+@pytest.mark.parametrize("isa", _ffi.all_kernel_sets())
+@pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
+def test_prefill_path_matches_the_reference_within_the_int8_activation_bound(qtype, isa):
+    """Batches from a set's prefill_from on (the forward pass's prompt batches) take its prefill path;
+    every vector of every batch size agrees with the reference within int8_activation_bound, and
+    inside it on average as rounding errors are. Batches larger than the kernels' 64-vector pass are covered too."""
+    if isa not in _ffi.kernel_sets():
+        pytest.skip(f"this CPU does not run the {isa} kernels")
+    first = first_prefill_batch(qtype, isa)
+    if first is None:
+        pytest.skip(f"the {isa} set has no prefill path for {qtype.family}")
+    assert _ffi.kernel_route(qtype.name, isa, batch=64)["path"] == "multiply-add"
+    rng = np.random.default_rng(7000 + qtype.id)
+    for (rows, cols), n in zip(random_shapes(qtype, rng), [first, 67, 19, 64]):
+        data = random_packed(qtype, rows, cols, rng)
+        weights = exact_weights(qtype, data, rows, cols)
+        x = rng.normal(0.0, 1.0, (n, cols)).astype(np.float32)
+        x[1 % n, rng.integers(0, cols)] = 40.0                          # an outlier activation
+        x[n - 1] = 0.0                                                  # all-zero blocks: scale 0
+        got = _ffi.gemm(qtype.name, data, rows, cols, x, isa=isa).astype(np.float64)
+        errors, bounds = [], []
+        for v in range(n):
+            reference = _ffi.gemv(qtype.name, data, rows, cols, x[v], isa="ref").astype(np.float64)
+            bound = int8_activation_bound(weights, x[v].astype(np.float64))
+            allowed = bound + 1e-5 * (np.abs(weights) @ np.abs(x[v].astype(np.float64))) + 1e-30
+            error = np.abs(got[v] - reference)
+            assert np.all(error <= allowed), (qtype.name, rows, cols, n, v, float(np.max(error / allowed)))
+            errors.append(error)
+            bounds.append(bound)
+        # rounding errors uniform in ±d/2 have an rms of bound / sqrt(3) for one term and less for sums
+        errors, bounds = np.concatenate(errors), np.concatenate(bounds)
+        assert np.sqrt(np.mean(errors ** 2)) <= 0.6 * np.sqrt(np.mean(bounds ** 2)) + 1e-6
+
+
+@pytest.mark.parametrize("isa", _ffi.all_kernel_sets())
+@pytest.mark.parametrize("bits", sorted({q.bits for q in PACKED}))
+def test_prefill_path_does_not_overflow_on_extreme_levels(bits, isa):
+    """The largest products a narrow accumulator could overflow on: every level at its maximum (and
+    every level 0, which 8-bit kernels may store as -128), activations all at +max or alternating in
+    sign, long rows. The prefill path must stay within the int8 activation bound of the reference."""
+    qtype = quant_types.TYPES[f"u{bits}g32a"]
+    if isa not in _ffi.kernel_sets() or first_prefill_batch(qtype, isa) is None:
+        pytest.skip(f"{isa}: not runnable here or no prefill path")
+    rows, cols = 32, 1024
+    n_groups = cols // qtype.group
+    for level in (0, (1 << bits) - 1):
+        levels = np.full((rows, cols), level, np.uint8)
+        scales = np.full((rows, n_groups), 0.01, np.float16)
+        mins = np.full((rows, n_groups), -0.5, np.float16)
+        data = pack(qtype, levels, scales, mins)
+        weights = exact_weights(qtype, data, rows, cols)
+        x = np.ones((8, cols), np.float32) * 3.0
+        x[1::2, 1::2] = -3.0                                            # alternating signs
+        x[2, :] = np.linspace(-1.0, 1.0, cols, dtype=np.float32)
+        got = _ffi.gemm(qtype.name, data, rows, cols, x, isa=isa).astype(np.float64)
+        for v in range(len(x)):
+            exact = weights @ x[v].astype(np.float64)
+            bound = int8_activation_bound(weights, x[v].astype(np.float64))
+            allowed = bound + 1e-5 * (np.abs(weights) @ np.abs(x[v].astype(np.float64)))
+            assert np.all(np.abs(got[v] - exact) <= allowed), (bits, level, v)
 
 
 def test_unknown_kernel_set_is_a_clean_error():

@@ -45,6 +45,8 @@
  *       (the integer sums after the lookup are exact: the harness's all-levels-maximal cases with
  *       tables at +-32767 are where an int16 sum would wrap and break the bound by 2^16 s).
  *       Float tables (scalar's lut) and the "float" and "reference" paths have table_term = 0.
+ *       Multiply-add paths (int8 activations per block of 32, d_b = max |x| / 127) have instead
+ *       table_term = Σ_k |w_k| (1/2 + 2^-7) d_b(k)  (x86/avx2_prefill.c).
  * Which set and path multiply a type under a set comes from the library (eq_kernel_route: a set
  * hands a family it lacks to the next one); how that path rounds is in path_precisions[] below. A
  * route this table does not describe is an error (a new set or path states how it rounds before it
@@ -72,6 +74,7 @@ typedef struct path_precision {
     const char *path;
     int table_levels;   /* largest |entry| of its quantized activation tables; 0: none or float */
     int table_unit;     /* activations sharing one table scale, aligned from column 0 */
+    int int8_block;     /* multiply-add paths: activations per int8 scale (max |x| -> 127); 0: none */
 } path_precision;
 
 static const path_precision path_precisions[] = {
@@ -82,6 +85,7 @@ static const path_precision path_precisions[] = {
     {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
     {"avx512", "float", 0, 0},      /* fp32 FMA dot products, masked tails */
     {"avx512", "lut", 32767, 64},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
+    {"avx2", "multiply-add", 0, 0, 32},   /* int8 activations per block of 32 (x86/avx2_prefill.c) */
     {"neon", "float", 0, 0},        /* fp32 FMA dot products */
     {"neon", "lut", 32767, 64},     /* the same int16 tables, two vqtbl1q byte tables */
 };
@@ -553,12 +557,40 @@ static double float_depth(const tensor *t)
     return (double)t->n_groups + (double)t->type->group / 4.0 + t->type->bits + 64.0;
 }
 
+/* error (n, rows) = Σ_k |w_rk| (1/2 + 2^-7) d_b(k), d_b = max |x| over block b / 127: int8
+ * activations rounded to nearest are off by d_b / 2 each (plus float rounding of x 127 / max), and
+ * the integer products and sums after them are exact (x86/avx2_prefill.c derives it). */
+static void int8_activation_bound(const tensor *t, const float *x, size_t n, size_t block, double *error)
+{
+    double *step = checked_calloc((t->cols + block - 1) / block, sizeof(double));
+    for (size_t v = 0; v < n; v++) {
+        const float *xv = x + v * t->cols;
+        for (size_t b = 0; b * block < t->cols; b++) {
+            double largest = 0.0;
+            for (size_t k = b * block; k < (b + 1) * block && k < t->cols; k++)
+                largest = fmax(largest, fabs((double)xv[k]));
+            step[b] = (0.5 + 0x1p-7) * largest / 127.0;
+        }
+        for (size_t row = 0; row < t->rows; row++) {
+            double bound = 0.0;
+            for (size_t k = 0; k < t->cols; k++)
+                bound += fabs(weight_exact(t, row, k)) * step[k / block];
+            error[v * t->rows + row] = bound;
+        }
+    }
+    free(step);
+}
+
 /* table_error (n, rows): table_term of the opening comment for a set whose tables have
  * `levels` and `unit` (0 for float tables: all zero). */
 static void table_error_bound(const tensor *t, const float *x, size_t n, const path_precision *precision,
                               double *table_error)
 {
     memset(table_error, 0, n * t->rows * sizeof(double));
+    if (precision->int8_block != 0 && is_packed(t->type)) {
+        int8_activation_bound(t, x, n, (size_t)precision->int8_block, table_error);
+        return;
+    }
     if (precision->table_levels == 0 || !is_packed(t->type)) {
         return;
     }

@@ -385,6 +385,9 @@ const eq_kernel_set eq_kernels_avx2 = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
+            .prefill = {"multiply-add", "multiply-add: int8 activations per 32, levels expanded once per tile, maddubs",
+                        eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx2},
+            .prefill_from = 4,
         },
     },
     .dot_f16 = dot_f16,
