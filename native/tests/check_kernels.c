@@ -22,8 +22,9 @@
  *      float32 formula of edgeq.h computed here (scale * q rounded, then + min; or
  *      scale * (q - zero_point)), since every set must dequantize exactly like the reference.
  *   3. eq_gemm_isa(set) against eq_gemm_isa("ref"): |got - ref| <= table_term + float_term, and
- *      vectors 0 and n-1 multiplied alone give the same bits as inside the batch (when one vector
- *      and n vectors take the same route: a prefill path may serve larger batches).
+ *      vectors 0 and n-1 multiplied alone give the same bits as inside the batch when one vector
+ *      and n vectors take the same route; when the batch takes a prefill path, each of them alone
+ *      (the decode route) is held to the decode route's own bound, so every case checks both.
  *
  * The tolerance (per vector v and row r):
  *   A = Σ_g (|scale| (2^b - 1) + (symmetric ? |scale| zero_point : |min|)) Σ_{k in g} |x_k|
@@ -763,12 +764,25 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
             bound[i] += depth * 0x1p-23 * magnitude[i] + 1e-30;
         }
         compare(report, "gemm against ref", type, c, y, ref_as_double, bound);
-        /* a vector alone gives the bits it gets inside the batch, when both take the same route */
-        for (size_t v = 0; route == route_precision(report->isa, type, 1) && v < c->n;
-             v += (c->n > 1 ? c->n - 1 : 1)) {
+        /* vectors 0 and n - 1 alone: the decode route. Where the batch took another route (a
+         * prefill path), each is held to the decode route's own bound, so every case checks both
+         * paths; where it took the same route, alone gives the bits it gets inside the batch. */
+        const path_precision *alone_route = route_precision(report->isa, type, 1);
+        for (size_t v = 0; v < c->n; v += (c->n > 1 ? c->n - 1 : 1)) {
             check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c->rows, c->cols,
                                    x + v * c->cols, 1, y_one),
                        "eq_gemm_isa", report->isa, type, c);
+            if (route != alone_route) {
+                test_case one = *c;
+                one.n = 1;
+                table_error_bound(&t, x + v * c->cols, 1, alone_route, bound);
+                for (size_t row = 0; row < c->rows; row++) {
+                    bound[row] += depth * 0x1p-23 * magnitude[v * c->rows + row] + 1e-30;
+                }
+                compare(report, "gemm of one vector against ref", type, &one, y_one,
+                        ref_as_double + v * c->rows, bound);
+                continue;
+            }
             if (memcmp(y_one, y + v * c->rows, c->rows * sizeof(float)) != 0) {
                 report->mismatches++;
                 if (printed++ < MAX_PRINTED) {

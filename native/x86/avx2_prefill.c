@@ -105,19 +105,20 @@ void eq_prefill_prepare_avx2(const float *x, size_t cols, uint8_t *out)
 
 /* ---- expand: bit-planes -> levels ------------------------------------------------------------- */
 
-/* levels (group / 4, 16, 4) of one (tile, group) block from its planes (bits, group / 8, 16):
+/* levels (width / 4, 16, 4) of one (tile, group) block from its planes (bits, width / 8, 16), width
+ * its stored columns (the group's G, or a partial last group's multiple of EQ_GROUP_STEP):
  * per 8-column chunk, each row's plane byte is spread over 4 bytes (pshufb), bit i is tested in
  * byte i mod 4 of columns 0-3 / 4-7, and a set bit adds 2^p. At 8 bits the result is l - 128. */
 static inline __attribute__((always_inline)) void
-expand_group(const uint8_t *planes, const int bits, const size_t group, uint8_t *levels)
+expand_group(const uint8_t *planes, const int bits, const size_t width, uint8_t *levels)
 {
     const __m256i spread_rows_0_7 = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
                                                      4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
     const __m256i spread_rows_8_15 = _mm256_add_epi8(spread_rows_0_7, _mm256_set1_epi8(8));
     const __m256i columns_0_3 = _mm256_set1_epi32(0x08040201);
     const __m256i columns_4_7 = _mm256_set1_epi32((int)0x80402010u);
-    const size_t plane_bytes = 2u * group;
-    for (size_t c = 0; c < group / EQ_CHUNK_COLS; c++) {
+    const size_t plane_bytes = 2u * width;
+    for (size_t c = 0; c < width / EQ_CHUNK_COLS; c++) {
         __m256i low_0_7 = _mm256_setzero_si256(), low_8_15 = _mm256_setzero_si256();     /* cols 0-3 */
         __m256i high_0_7 = _mm256_setzero_si256(), high_8_15 = _mm256_setzero_si256();   /* cols 4-7 */
         for (int p = 0; p < bits; p++) {
@@ -159,16 +160,18 @@ static inline int s16_run(int bits)
 }
 
 /* y[v][0], y[v][1] (rows 0-7, 8-15) += scale[r] Σ_b d_b Σ_{k in b} l'[r, k] q_v[k] + bias[r] Σ x̂_v
- * over one group, for `vectors` (1 or 2: each level load serves both) vectors; levels (group / 4,
- * 16, 4) as expand_group left them, x[v] the vectors' prepared inputs, scale and bias (16,) per row */
+ * over group g's `width` stored columns, for `vectors` (1 or 2: each level load serves both)
+ * vectors; levels (width / 4, 16, 4) as expand_group left them, x[v] the vectors' prepared inputs
+ * (blocks of 32 up to cols rounded up to 32: exactly a partial last group's stored columns), scale
+ * and bias (16,) per row */
 static inline __attribute__((always_inline)) void
 group_product(const uint8_t *levels, const eq_q8_acts x[2], const int vectors, size_t g, const float *scale,
-              const float *bias, const int bits, const size_t group, __m256 y[2][2])
+              const float *bias, const int bits, const size_t group, const size_t width, __m256 y[2][2])
 {
     const int run = s16_run(bits);
     const __m256i ones = _mm256_set1_epi16(1);
     const size_t first_block = g * group / EQ_Q8_BLOCK;
-    for (size_t b = 0; b < group / EQ_Q8_BLOCK; b++) {
+    for (size_t b = 0; b < width / EQ_Q8_BLOCK; b++) {
         const size_t block = first_block + b;
         __m256i sum[2][2];                                   /* s32 per (vector, row half) */
 #pragma GCC unroll 8
@@ -216,7 +219,7 @@ group_product(const uint8_t *levels, const eq_q8_acts x[2], const int vectors, s
 #pragma GCC unroll 8
     for (int v = 0; v < vectors; v++) {
         float x_sum = 0.0f;
-        for (size_t b = 0; b < group / EQ_Q8_BLOCK; b++)
+        for (size_t b = 0; b < width / EQ_Q8_BLOCK; b++)
             x_sum += x[v].sum[first_block + b];
         const __m256 sum = _mm256_set1_ps(x_sum);
 #pragma GCC unroll 8
@@ -225,11 +228,12 @@ group_product(const uint8_t *levels, const eq_q8_acts x[2], const int vectors, s
     }
 }
 
-/* acc[v] (16 rows) += the span's groups g0 .. g_end applied to `vectors` (1 or 2) vectors */
+/* acc[v] (16 rows) += the span's groups g0 .. g_end applied to `vectors` (1 or 2) vectors; the
+ * last group of the row (n_groups - 1) stores last_width columns */
 static inline __attribute__((always_inline)) void
 span_vectors(const uint8_t *levels, const float (*scales)[EQ_TILE_ROWS], const float (*biases)[EQ_TILE_ROWS],
              const eq_q8_acts x[2], const int vectors, size_t g0, size_t g_end, const int bits,
-             const size_t group, float *const acc[2])
+             const size_t group, const size_t n_groups, const size_t last_width, float *const acc[2])
 {
     __m256 y[2][2];
 #pragma GCC unroll 8
@@ -237,9 +241,13 @@ span_vectors(const uint8_t *levels, const float (*scales)[EQ_TILE_ROWS], const f
         y[v][0] = _mm256_load_ps(acc[v]);
         y[v][1] = _mm256_load_ps(acc[v] + 8);
     }
-    for (size_t g = g0; g < g_end; g++)
-        group_product(levels + (g - g0) * group * EQ_TILE_ROWS, x, vectors, g, scales[g - g0], biases[g - g0],
-                      bits, group, y);
+    for (size_t g = g0; g < g_end; g++) {
+        const uint8_t *group_levels = levels + (g - g0) * group * EQ_TILE_ROWS;
+        if (g + 1 == n_groups && last_width != group)   /* a partial last group: its own trip counts */
+            group_product(group_levels, x, vectors, g, scales[g - g0], biases[g - g0], bits, group, last_width, y);
+        else
+            group_product(group_levels, x, vectors, g, scales[g - g0], biases[g - g0], bits, group, group, y);
+    }
 #pragma GCC unroll 8
     for (int v = 0; v < vectors; v++) {
         _mm256_store_ps(acc[v], y[v][0]);
@@ -258,6 +266,8 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_groups = (cols + group - 1) / group;
     const size_t block_bytes = eq_block_bytes(type);
+    const size_t tile_bytes = eq_tile_bytes(type, cols);
+    const size_t last_width = eq_last_group_cols(type, cols);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
     const size_t span_groups = SPAN_COLS / group;
@@ -270,7 +280,7 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
     _Alignas(32) float biases[SPAN_COLS / EQ_Q8_BLOCK][EQ_TILE_ROWS];  /* what multiplies Σ x̂ */
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
-        const uint8_t *tile_data = data + tile * n_groups * block_bytes;
+        const uint8_t *tile_data = data + tile * tile_bytes;
         const size_t row0 = tile * EQ_TILE_ROWS;
         const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
         for (size_t v0 = 0; v0 < in->n; v0 += BATCH_MAX) {
@@ -280,7 +290,11 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                 const size_t g_end = g0 + span_groups < n_groups ? g0 + span_groups : n_groups;
                 for (size_t g = g0; g < g_end; g++) {
                     const uint8_t *block = tile_data + g * block_bytes;
-                    expand_group(block + planes_offset, bits, group, levels + (g - g0) * group * EQ_TILE_ROWS);
+                    uint8_t *group_levels = levels + (g - g0) * group * EQ_TILE_ROWS;
+                    if (g + 1 == n_groups && last_width != group)
+                        expand_group(block + planes_offset, bits, last_width, group_levels);
+                    else
+                        expand_group(block + planes_offset, bits, group, group_levels);
 #pragma GCC unroll 8
                     for (int half = 0; half < 2; half++) {
                         const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16 * half)));
@@ -304,9 +318,9 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                         eq_q8_acts_at(in->prepared + (v0 + v + (size_t)vectors - 1) * in->stride, cols)};
                     float *const out[2] = {acc[v], acc[v + (size_t)vectors - 1]};
                     if (vectors == 2)
-                        span_vectors(levels, scales, biases, x, 2, g0, g_end, bits, group, out);
+                        span_vectors(levels, scales, biases, x, 2, g0, g_end, bits, group, n_groups, last_width, out);
                     else
-                        span_vectors(levels, scales, biases, x, 1, g0, g_end, bits, group, out);
+                        span_vectors(levels, scales, biases, x, 1, g0, g_end, bits, group, n_groups, last_width, out);
                 }
             }
             for (size_t v = 0; v < n_vectors; v++)
