@@ -126,7 +126,8 @@ def levels_for(qtype: QuantType, values: np.ndarray, scales16: np.ndarray, mins1
 
 def pack_result(weight: np.ndarray, qtype: QuantType, levels: np.ndarray, scales16, mins16,
                 method: str) -> QuantizedTensor:
-    """(Mp, Kp) levels and (Mp, Kp/G) fp16 scales/mins -> the packed tensor, with its error against W."""
+    """(Mp, Kp) levels and (Mp, Kp/G) fp16 scales/mins -> the packed tensor (a partial last group
+    keeps only its stored columns, quant_types.stored_cols), with its error against W."""
     rows, cols = weight.shape
     levels = levels.astype(np.uint8)
     data = quant_types.pack(qtype, levels, scales16, mins16, cols)

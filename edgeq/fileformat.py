@@ -4,7 +4,9 @@ written with gguf.GGUFWriter and read with the bounded reader in edgeq.gguffile.
 Metadata (what the writer puts in; "optional" keys may be absent):
   edgeq.format_version            u32   FORMAT_VERSION (2; version 1 files are read too)
   edgeq.required_features         str[] optional (since version 2): features a reader must have to use
-                                        the file; absent = none. Writers list only what a file needs.
+                                        the file; absent = none. Writers list only what a file needs:
+                                        "compact-tail" when some tensor has a partial last group
+                                        stored in fewer columns than G (edgeq.quant_types)
   edgeq.arch                      str   "llama" | "qwen2"
   edgeq.<hyper-parameter>         ModelConfig fields (u32 / f64 / bool / str), see CONFIG_KEYS
   edgeq.tokenizer.kind            str   "hf-json" -> tokenizer.huggingface.json (str)
@@ -27,8 +29,11 @@ Compatibility policy (the C loader in native/src/model.c applies the same):
     older edgeq keep loading. A higher version is refused: "FILE: edgeq format version N, written
     by edgeq V; this edgeq (X) reads versions 1–2: upgrade edgeq".
   - A file naming a feature in edgeq.required_features that this reader lacks (FEATURES, empty
-    today) is refused: "FILE: needs feature 'NAME' (written by edgeq V), which this edgeq (X) does
-    not have; upgrade edgeq".
+    today: "compact-tail") is refused: "FILE: needs feature 'NAME' (written by edgeq V), which this
+    edgeq (X) does not have; upgrade edgeq". So a file whose K are all multiples of their groups
+    (the layouts agree) stays readable by the edgeq versions before compact tails.
+  - Files without "compact-tail" pad a partial last group to G columns: readers check sizes and
+    dequantize with that layout (TensorInfo.compact_tail False; the C loader converts at load).
   - Config keys added after version 1 are optional: ADDED_CONFIG_KEYS lists them, and a file
     without one gets the ModelConfig default (edgeq.config). None yet.
   - A tensor whose quant type this reader does not know is refused, naming the type and the
@@ -55,7 +60,8 @@ from .errors import EdgeqError
 
 FORMAT_VERSION = 2                  # what the writer writes
 READ_VERSIONS = (1, 2)              # what the reader accepts
-FEATURES: frozenset[str] = frozenset()   # the edgeq.required_features this reader implements
+COMPACT_TAIL = "compact-tail"       # a partial last group is stored in GROUP_STEP columns, not G
+FEATURES: frozenset[str] = frozenset({COMPACT_TAIL})   # the edgeq.required_features this reader implements
 ARCHITECTURE = "edgeq"
 ALIGNMENT = 64
 CONFIG_KEYS = [f.name for f in fields(ModelConfig) if f.name != "extra"]
@@ -124,6 +130,14 @@ def _storage(entry: TensorPlanEntry) -> tuple[tuple[int, ...], np.dtype]:
     raise ValueError(f"{entry.name}: no storage for the {family} family")
 
 
+def required_features(entries: list[TensorPlanEntry]) -> list[str]:
+    """What a reader must implement to read these tensors: "compact-tail" when a partial last group
+    is stored narrower than the layout before it (only then: other files stay readable by older edgeq)."""
+    compact = any(entry.nbytes() != entry.qtype.nbytes_for_shape(entry.shape, compact_tail=False)
+                  for entry in entries)
+    return [COMPACT_TAIL] if compact else []
+
+
 def _umask() -> int:
     mask = os.umask(0o22)
     os.umask(mask)
@@ -155,6 +169,9 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: To
         writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
         writer.add_custom_alignment(ALIGNMENT)
         writer.add_uint32("edgeq.format_version", FORMAT_VERSION)
+        features = required_features(entries)
+        if features:
+            writer.add_array("edgeq.required_features", features)
         if provenance.get("source_name"):
             writer.add_name(provenance["source_name"])
         _add_config(writer, config)
@@ -232,6 +249,7 @@ class TensorInfo:
     method: str
     nbytes: int
     data: np.ndarray          # (nbytes,) uint8, a read-only view of the mapped file
+    compact_tail: bool = True  # data's layout: False in files without "compact-tail" (quant_types)
 
 
 class ModelFile:
@@ -252,6 +270,8 @@ class ModelFile:
                              f"`edgeq convert {self.path.name} -o model.edgeq`")
         self.gguf.read_tensors()
         self.format_version = self._check_version()
+        self.compact_tail = COMPACT_TAIL in self._array("edgeq.required_features", (gguffile.STRING,),
+                                                        "an array of strings", [])
         self.config = self._config()
         self.tokenizer = self._tokenizer()
         self.generation = self._generation()
@@ -428,14 +448,14 @@ class ModelFile:
                 raise EdgeqError(f"{self.path}: tensor {name}: bits/group/symmetric disagree with its type {type_name}")
             if len(shape) == 1 and qtype != VECTOR_TYPE:
                 raise EdgeqError(f"{self.path}: tensor {name} must be {VECTOR_TYPE.name}, not {type_name}")
-            tensor, nbytes = stored[name], qtype.nbytes_for_shape(shape)
+            tensor, nbytes = stored[name], qtype.nbytes_for_shape(shape, self.compact_tail)
             if tensor.ggml_type != self._ggml_type(qtype) or tensor.nbytes != nbytes:
                 raise EdgeqError(f"{self.path}: tensor {name}: stored size or type disagrees with its metadata "
                                  f"({type_name}: {nbytes} bytes, stored {tensor.nbytes})")
             if (len(shape) == 1 or qtype.family != quant_types.PLAIN) and tensor.offset % ALIGNED_BYTES:
                 raise EdgeqError(f"{self.path}: tensor {name} is misaligned")
             result[name] = TensorInfo(name, qtype, shape, self._str(f"{prefix}.method", ""), nbytes,
-                                      self.gguf.tensor_data(tensor))
+                                      self.gguf.tensor_data(tensor), self.compact_tail)
         return result
 
     @staticmethod
@@ -450,7 +470,7 @@ class ModelFile:
         """Dequantized float32 tensor in its logical shape."""
         info = self.tensors[name]
         rows, cols = (1, info.shape[0]) if len(info.shape) == 1 else info.shape
-        return quant_types.dequantize(info.qtype, info.data, rows, cols).reshape(info.shape)
+        return quant_types.dequantize(info.qtype, info.data, rows, cols, info.compact_tail).reshape(info.shape)
 
     def file_size(self) -> int:
         return self.gguf.size

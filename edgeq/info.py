@@ -47,10 +47,12 @@ def linear_bits_per_weight(model: ModelFile) -> tuple[float, int]:
 
 def weight_bytes_per_token(model: ModelFile) -> int:
     """Bytes of weights one decoded token reads, as the runtime counts them (eq_model_info.weight_bytes):
-    every tensor once, except an untied token embedding, of which a token reads one row (a lookup)."""
-    total = sum(t.nbytes for t in model.tensors.values())
+    every tensor once, except an untied token embedding, of which a token reads one row (a lookup).
+    In today's layout: the runtime converts the padded last groups of files before "compact-tail"."""
+    runtime_bytes = lambda t: t.qtype.nbytes_for_shape(t.shape)
+    total = sum(runtime_bytes(t) for t in model.tensors.values())
     if not model.config.tied_embeddings:
-        total -= model.tensors["token_embd.weight"].nbytes
+        total -= runtime_bytes(model.tensors["token_embd.weight"])
     return total
 
 

@@ -16,12 +16,17 @@ by a function is an error, never a fall-through to bit-planes.
 This module packs and unpacks; choosing levels (scale/min search) lives in edgeq.convert.quantize.
 
 Packed layout of a uniform grouped (bit-serial) tensor W of logical shape (M, K), ISA-neutral:
-  - K is padded with zeros to Kp = ceil(K / G) * G, M to Mp = ceil(M / 16) * 16.
+  - M is padded to Mp = ceil(M / 16) * 16. K is cut into n_groups = ceil(K / G) groups of G columns;
+    a partial last group (K % G = tail != 0) is stored in ceil(tail / GROUP_STEP) * GROUP_STEP
+    columns (GROUP_STEP = 32), so the stored width is Ks = ceil(K / 32) * 32 and padding costs at
+    most 31 columns, not G - 1. Padding columns hold zero levels; no kernel reads them into a result.
   - Rows are cut into tiles of TILE_ROWS = 16. The tensor is n_tiles blocks of n_groups blocks:
-        for tile t, for group g (G weights along K):
+        for tile t, for group g (width w = G, or the last group's stored width):
             scale[16]  fp16   one per row of the tile
             min[16]    fp16   (asymmetric types only)
-            plane[b]   each 2*G bytes: G/8 chunks of 16 bytes, one byte per row of the tile
+            plane[b]   each 2*w bytes: w/8 chunks of 16 bytes, one byte per row of the tile
+    so a tile is n_groups * (32 or 64) + b * 2 * Ks bytes and group g starts g * block_bytes()
+    bytes into it (every group before the last is whole).
   - Chunk c of plane p covers columns k0 = g*G + 8c .. k0+7; byte r holds
         low nibble  = bits p of q[r, k0+0..k0+3]   (bit i = weight k0+i)
         high nibble = bits p of q[r, k0+4..k0+7]
@@ -30,20 +35,28 @@ Packed layout of a uniform grouped (bit-serial) tensor W of logical shape (M, K)
   - Dequantized value: asymmetric  w = scale * q + min
                        symmetric   w = scale * (q - (2^b - 1) / 2)      (levels ±0.5, ±1.5, ... × scale)
     with q in [0, 2^b - 1]. The symmetric zero point makes the LUT mirror trick exact: no Σx term.
+Why 32 columns: every group size is a multiple of 32, so every stored width is too, and each SIMD
+kernel's step divides it: AVX2 reads 16 columns per 32-byte plane load and keeps Σx per 32
+activations, AVX-512 reads 32 columns per 64-byte load, NEON 8 per 16-byte load. A finer step would
+give AVX2/AVX-512 a second, partial-load path for at most 24 more columns per row; real models' K
+(576, 896, 1536, 4864) are multiples of 32 anyway.
+Files written before this layout (no "compact-tail" in edgeq.required_features) store a partial
+last group padded to all G columns (Ks = ceil(K / G) * G); the functions here read and write both
+(compact_tail=False), and the readers turn such tensors into this layout when they load them.
 
 Packed layout of a uniform packed tensor (p<b>g<G><a|s>), same numbers, ISA-neutral:
-  - M is padded to Mp = ceil(M / 16) * 16; rows are cut into tiles of 16 as above. K is NOT padded
-    to the group: the last group of a row holds only ceil(tail / 32) * 32 columns (tail = the
-    columns left for it, 1..G), zeros past K; 32 columns is one block of the int8 activations, the
-    unit every multiply-add kernel reads, so no kernel needs a ragged loop.
+  - M is padded to Mp = ceil(M / 16) * 16; rows are cut into tiles of 16 as above; groups as above,
+    the last one stored in ceil(tail / 32) * 32 columns (32 columns is also one block of the int8
+    activations, the unit every multiply-add kernel reads). There is no padded-tail variant: the
+    family is newer than compact tails.
   - The tensor is n_tiles tiles of equal size, each ceil(K / G) blocks in group order:
         scale[16]  fp16   one per row of the tile
         min[16]    fp16   (asymmetric types only)
-        levels     for the block's c columns (c = G, or the last group's rounded tail):
-            b = 5, 6, 8: c / 4 quads of 64 bytes, [c/4][16 rows][4 columns]: byte (j, r, i) is
+        levels     for the block's w columns (w = G, or the last group's stored width):
+            b = 5, 6, 8: w / 4 quads of 64 bytes, [w/4][16 rows][4 columns]: byte (j, r, i) is
                          q[r, 4j + i] (one byte per level; 5 and 6 bits take a whole byte, so they
                          are only as small as 8-bit files and exist for the speed of their kernels)
-            b = 4:       c / 8 quads of 64 bytes, [c/8][16 rows][4 columns]: byte (j, r, i) holds
+            b = 4:       w / 8 quads of 64 bytes, [w/8][16 rows][4 columns]: byte (j, r, i) holds
                          q[r, 8j + i] in its low nibble and q[r, 8j + 4 + i] in its high nibble
   - Why: one 64-byte load is 16 rows x 4 consecutive columns, what AVX-512 VNNI vpdpbusd multiplies
     by 4 activations broadcast to every row (u8 levels x s8 activations, summed per row in int32);
@@ -59,6 +72,7 @@ import numpy as np
 
 TILE_ROWS = 16
 CHUNK_COLS = 8  # columns covered by one byte of a plane (two nibbles of 4)
+GROUP_STEP = 32  # a partial last group is stored in a multiple of this many columns
 
 # families (mirror of enum eq_qfamily in native/): the value is what error messages show
 PLAIN = "plain"
@@ -66,7 +80,6 @@ UNIFORM_BITPLANE = "uniform-bitplane"
 UNIFORM_PACKED = "uniform-packed"
 FAMILIES = (PLAIN, UNIFORM_BITPLANE, UNIFORM_PACKED)
 UNIFORM_FAMILIES = (UNIFORM_BITPLANE, UNIFORM_PACKED)    # grouped uniform levels: every method writes both
-PACKED_BLOCK_COLS = 32   # the packed family's column granularity (one block of int8 activations)
 
 
 def _unknown_family(family: str):
@@ -88,57 +101,62 @@ class QuantType:
         return self.family in UNIFORM_FAMILIES
 
     def padded_shape(self, rows: int, cols: int) -> tuple[int, int]:
-        """The (Mp, Kp) levels array pack() takes: rows to whole tiles, columns to whole groups."""
+        """(Mp, whole groups of columns): the grid the quantizers fit, zeros beyond (rows, cols).
+        What is stored may be narrower: stored_cols."""
         if self.family == PLAIN:
             return rows, cols
         if self.is_uniform():
             return -(-rows // TILE_ROWS) * TILE_ROWS, -(-cols // self.group) * self.group
         raise _unknown_family(self.family)
 
+    def stored_cols(self, cols: int, compact_tail: bool = True) -> int:
+        """Columns stored per row of a uniform tensor: the last group rounded up to GROUP_STEP
+        columns (compact_tail, and always for the packed family), or to the whole group (bit-plane
+        files written before that layout)."""
+        step = GROUP_STEP if compact_tail or self.family == UNIFORM_PACKED else self.group
+        return -(-cols // step) * step
+
     def header_bytes(self) -> int:
         """Bytes of a block's scales and mins: 16 fp16 each."""
         return 2 * TILE_ROWS * (1 if self.symmetric else 2)
-
-    def block_bytes(self, block_cols: int | None = None) -> int:
-        """Bytes of one (tile, group) block of block_cols columns (default: a whole group)."""
-        block_cols = self.group if block_cols is None else block_cols
-        if self.family == UNIFORM_BITPLANE:
-            return self.header_bytes() + self.bits * 2 * block_cols
-        if self.family == UNIFORM_PACKED:
-            return self.header_bytes() + TILE_ROWS * block_cols * self.level_bits() // 8
-        raise _unknown_family(self.family)
 
     def level_bits(self) -> int:
         """Packed family: bits each level takes in the file (a nibble at 4 bits, else a byte)."""
         return 4 if self.bits == 4 else 8
 
-    def group_columns(self, cols: int) -> list[int]:
-        """Packed family: the columns each group's block stores (the last one rounded up to 32)."""
-        stored = -(-cols // PACKED_BLOCK_COLS) * PACKED_BLOCK_COLS
-        return [min(self.group, stored - start) for start in range(0, stored, self.group)]
+    def block_bytes(self, width: int | None = None) -> int:
+        """Bytes of one (tile, group) block of `width` stored columns (default G): scales, mins, then
+        planes (bit-plane) or levels (packed)."""
+        width = self.group if width is None else width
+        if self.family == UNIFORM_BITPLANE:
+            return self.header_bytes() + self.bits * 2 * width
+        if self.family == UNIFORM_PACKED:
+            return self.header_bytes() + TILE_ROWS * width * self.level_bits() // 8
+        raise _unknown_family(self.family)
 
-    def nbytes(self, rows: int, cols: int) -> int:
+    def nbytes(self, rows: int, cols: int, compact_tail: bool = True) -> int:
         if self.family == PLAIN:
             return rows * cols * self.bits // 8
-        n_tiles = -(-rows // TILE_ROWS)
         if self.family == UNIFORM_BITPLANE:
-            return n_tiles * -(-cols // self.group) * self.block_bytes()
+            n_tiles, n_groups = -(-rows // TILE_ROWS), -(-cols // self.group)
+            tile_bytes = n_groups * self.block_bytes(0) + self.bits * 2 * self.stored_cols(cols, compact_tail)
+            return n_tiles * tile_bytes
         if self.family == UNIFORM_PACKED:
-            full, tail = divmod(-(-cols // PACKED_BLOCK_COLS) * PACKED_BLOCK_COLS, self.group)
-            return n_tiles * (full * self.block_bytes() + (self.block_bytes(tail) if tail else 0))
+            n_tiles, n_groups = -(-rows // TILE_ROWS), -(-cols // self.group)
+            return n_tiles * (n_groups * self.block_bytes(0) + TILE_ROWS * self.stored_cols(cols) * self.level_bits() // 8)
         raise _unknown_family(self.family)
 
     def allows_1d(self) -> bool:
         """Whether a tensor of this type may have a 1-D shape (n,): plain types only."""
         return self.family == PLAIN
 
-    def nbytes_for_shape(self, shape: tuple[int, ...]) -> int:
+    def nbytes_for_shape(self, shape: tuple[int, ...], compact_tail: bool = True) -> int:
         """Bytes of a stored tensor of logical `shape`: (M, K), or (n,) for the types that allow it."""
         if len(shape) == 1:
             if not self.allows_1d():
                 raise ValueError(f"{self.name} needs a 2-D shape, got {shape}")
-            return self.nbytes(1, shape[0])
-        return self.nbytes(*shape)
+            return self.nbytes(1, shape[0], compact_tail)
+        return self.nbytes(*shape, compact_tail=compact_tail)
 
     def bits_per_weight(self, rows: int, cols: int) -> float:
         return 8.0 * self.nbytes(rows, cols) / (rows * cols)
@@ -189,50 +207,12 @@ def with_family(qtype: QuantType, family: str) -> QuantType:
 # packing: integer levels + per-group scale/min -> canonical bytes, and back
 # ---------------------------------------------------------------------------------------------
 
-def pack(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
-         cols: int | None = None) -> np.ndarray:
-    """levels (Mp, Kp) uint8 in [0, 2^b), scales/mins (Mp, Kp/G) -> packed uint8 bytes of a tensor
-    of `cols` logical columns (default Kp; the packed family stores only ceil(cols / 32) * 32)."""
-    if qtype.family == UNIFORM_BITPLANE:
-        return _pack_bitplane(qtype, levels, scales, mins)
-    if qtype.family == UNIFORM_PACKED:
-        return _pack_packed(qtype, levels, scales, mins, levels.shape[1] if cols is None else cols)
-    raise _unknown_family(qtype.family)
-
-
-def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
-    """Packed bytes -> (levels (Mp, Kp) uint8, scales (Mp, Kp/G) f16, mins or None); levels of
-    columns a layout does not store are 0."""
-    if qtype.family == UNIFORM_BITPLANE:
-        return _unpack_bitplane(qtype, data, rows, cols)
-    if qtype.family == UNIFORM_PACKED:
-        return _unpack_packed(qtype, data, rows, cols)
-    raise _unknown_family(qtype.family)
-
-
-def _scale_bytes(qtype: QuantType, scales, mins, n_tiles: int, n_groups: int) -> np.ndarray:
-    """(Mp, n_groups) scales/mins -> (tile, group, header_bytes): 16 fp16 scales, then 16 mins."""
-    parts = [scales.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1)]
-    if not qtype.symmetric:
-        parts.append(mins.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1))
-    return np.concatenate([np.ascontiguousarray(part).view(np.uint8).reshape(n_tiles, n_groups, -1)
-                           for part in parts], axis=2)
-
-
-def _scales_of(qtype: QuantType, headers: np.ndarray, padded_rows: int):
-    """(tile, group, header_bytes) -> scales, mins (Mp, n_groups) f16 (mins None if symmetric)."""
-    n_groups, span = headers.shape[1], 2 * TILE_ROWS
-
-    def halves(offset):
-        raw = np.ascontiguousarray(headers[:, :, offset:offset + span]).view(np.float16)
-        return raw.transpose(0, 2, 1).reshape(padded_rows, n_groups)        # (t, g, r) -> (t*r, g)
-    return halves(0), None if qtype.symmetric else halves(span)
-
-
-def _pack_bitplane(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None) -> np.ndarray:
+def _pack_blocks(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
+                 width: int) -> np.ndarray:
+    """levels (Mp, n * width), scales/mins (Mp, n) -> (n_tiles, n, block_bytes(width)) blocks."""
     rows, cols = levels.shape
-    group, bits = qtype.group, qtype.bits
-    n_tiles, n_groups, n_chunks = rows // TILE_ROWS, cols // group, group // CHUNK_COLS
+    bits, n_groups, n_chunks = qtype.bits, cols // width, width // CHUNK_COLS
+    n_tiles = rows // TILE_ROWS
     # (tile, row, group, chunk, 8 columns)
     q = levels.reshape(n_tiles, TILE_ROWS, n_groups, n_chunks, CHUNK_COLS)
     weights_of_bit = (1 << np.arange(4, dtype=np.uint8))
@@ -244,18 +224,51 @@ def _pack_bitplane(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, min
         byte = low | (high << 4)                                           # (t, r, g, c)
         planes.append(byte.transpose(0, 2, 3, 1))                          # (t, g, c, r)
     plane_bytes = np.stack(planes, axis=2).reshape(n_tiles, n_groups, bits * n_chunks * TILE_ROWS)
-    block = np.concatenate([_scale_bytes(qtype, scales, mins, n_tiles, n_groups), plane_bytes], axis=2)
-    assert block.shape[2] == qtype.block_bytes()
-    return block.reshape(-1)
+    parts = [scales.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1)]
+    if not qtype.symmetric:
+        parts.append(mins.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1))
+    scale_bytes = [np.ascontiguousarray(part).view(np.uint8).reshape(n_tiles, n_groups, -1) for part in parts]
+    block = np.concatenate(scale_bytes + [plane_bytes], axis=2)
+    assert block.shape[2] == qtype.block_bytes(width)
+    return block
 
 
-def _unpack_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
-    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
-    group, bits = qtype.group, qtype.bits
-    n_tiles, n_groups, n_chunks = padded_rows // TILE_ROWS, padded_cols // group, group // CHUNK_COLS
-    blocks = np.asarray(data, dtype=np.uint8).reshape(n_tiles, n_groups, qtype.block_bytes())
-    start = qtype.header_bytes()
-    scales, mins = _scales_of(qtype, blocks[:, :, :start], padded_rows)
+def pack(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
+         cols: int | None = None, compact_tail: bool = True) -> np.ndarray:
+    """levels (Mp, >= Ks) uint8 in [0, 2^b), scales/mins (Mp, ceil(K/G)) -> packed uint8 bytes of a
+    tensor of `cols` = K logical columns (default: all of levels' columns, a multiple of
+    GROUP_STEP); levels beyond Ks = stored_cols(K) are dropped (the quantizers' zero padding)."""
+    if qtype.family == UNIFORM_PACKED:
+        return _pack_packed(qtype, levels, scales, mins, levels.shape[1] if cols is None else cols)
+    if qtype.family != UNIFORM_BITPLANE:
+        raise _unknown_family(qtype.family)
+    group, n_tiles = qtype.group, levels.shape[0] // TILE_ROWS
+    stored = levels.shape[1] if cols is None else qtype.stored_cols(cols, compact_tail)
+    n_full, width = stored // group, stored % group                        # width: a partial last group
+    pick = lambda a, begin, end: None if a is None else a[:, begin:end]
+    tiles = []
+    if n_full:
+        tiles.append(_pack_blocks(qtype, levels[:, :n_full * group], scales[:, :n_full],
+                                  pick(mins, 0, n_full), group).reshape(n_tiles, -1))
+    if width:
+        tiles.append(_pack_blocks(qtype, levels[:, n_full * group:stored], scales[:, n_full:n_full + 1],
+                                  pick(mins, n_full, n_full + 1), width).reshape(n_tiles, -1))
+    return np.concatenate(tiles, axis=1).reshape(-1)
+
+
+def _unpack_blocks(qtype: QuantType, blocks: np.ndarray, width: int):
+    """(n_tiles, n, block_bytes(width)) blocks -> (levels (Mp, n * width), scales (Mp, n), mins or None)."""
+    n_tiles, n_groups, _ = blocks.shape
+    bits, n_chunks, padded_rows = qtype.bits, width // CHUNK_COLS, n_tiles * TILE_ROWS
+    scale_span = 2 * TILE_ROWS
+
+    def halves(offset):
+        raw = np.ascontiguousarray(blocks[:, :, offset:offset + scale_span]).view(np.float16)
+        return raw.transpose(0, 2, 1).reshape(padded_rows, n_groups)        # (t, g, r) -> (t*r, g)
+
+    scales = halves(0)
+    mins = None if qtype.symmetric else halves(scale_span)
+    start = scale_span * (1 if qtype.symmetric else 2)
     planes = blocks[:, :, start:].reshape(n_tiles, n_groups, bits, n_chunks, TILE_ROWS)
     # bit i of a byte is column i of its chunk (low nibble columns 0-3, high nibble 4-7)
     columns = np.unpackbits(planes[..., None], axis=-1, bitorder="little")  # (t, g, p, c, r, 8)
@@ -263,89 +276,138 @@ def _unpack_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
     for p in range(bits):
         levels |= columns[:, :, p] << p
     levels = levels.transpose(0, 3, 1, 2, 4)                              # (t, r, g, c, 8)
-    return levels.reshape(padded_rows, padded_cols), scales, mins
+    return levels.reshape(padded_rows, n_groups * width), scales, mins
+
+
+def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool = True):
+    """Packed bytes -> (levels (Mp, Ks) uint8, scales (Mp, ceil(K/G)) f16, mins or None)."""
+    if qtype.family == UNIFORM_PACKED:
+        return _unpack_packed(qtype, data, rows, cols)
+    if qtype.family != UNIFORM_BITPLANE:
+        raise _unknown_family(qtype.family)
+    group, n_tiles = qtype.group, -(-rows // TILE_ROWS)
+    stored = qtype.stored_cols(cols, compact_tail)
+    n_full, width = stored // group, stored % group
+    tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
+    full_bytes = n_full * qtype.block_bytes()
+    parts = []
+    if n_full:
+        parts.append(_unpack_blocks(qtype, tiles[:, :full_bytes].reshape(n_tiles, n_full, -1), group))
+    if width:
+        parts.append(_unpack_blocks(qtype, tiles[:, full_bytes:].reshape(n_tiles, 1, -1), width))
+    levels = np.concatenate([part[0] for part in parts], axis=1)
+    scales = np.concatenate([part[1] for part in parts], axis=1)
+    mins = None if qtype.symmetric else np.concatenate([part[2] for part in parts], axis=1)
+    return levels, scales, mins
 
 
 def _packed_level_bytes(qtype: QuantType, q: np.ndarray) -> np.ndarray:
-    """(tile, 16 rows, groups, c) levels -> (tile, groups, level bytes of c columns)."""
-    n_tiles, _, n_groups, c = q.shape
-    if qtype.level_bits() == 8:                                            # [c/4][16][4]
-        quads = q.reshape(n_tiles, TILE_ROWS, n_groups, c // 4, 4)
-    else:                                                                  # [c/8][16][4] nibbles
-        pairs = q.reshape(n_tiles, TILE_ROWS, n_groups, c // 8, 2, 4)
+    """(tile, 16 rows, groups, w) levels -> (tile, groups, level bytes of w columns)."""
+    n_tiles, _, n_groups, width = q.shape
+    if qtype.level_bits() == 8:                                            # [w/4][16][4]
+        quads = q.reshape(n_tiles, TILE_ROWS, n_groups, width // 4, 4)
+    else:                                                                  # [w/8][16][4] nibbles
+        pairs = q.reshape(n_tiles, TILE_ROWS, n_groups, width // 8, 2, 4)
         quads = pairs[..., 0, :] | (pairs[..., 1, :] << 4)
     return np.ascontiguousarray(quads.transpose(0, 2, 3, 1, 4)).reshape(n_tiles, n_groups, -1)
 
 
+def _scale_bytes(qtype: QuantType, scales, mins, n_tiles: int, n_groups: int) -> np.ndarray:
+    """(Mp, n_groups) scales/mins -> (tile, group, header_bytes): 16 fp16 scales, then 16 mins."""
+    parts = [scales.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1)]
+    if not qtype.symmetric:
+        parts.append(mins.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1))
+    return np.concatenate([np.ascontiguousarray(part).view(np.uint8).reshape(n_tiles, n_groups, -1)
+                           for part in parts], axis=2)
+
+
 def _pack_packed(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
                  cols: int) -> np.ndarray:
-    padded_rows, padded_cols = levels.shape
-    n_tiles, n_groups, group = padded_rows // TILE_ROWS, padded_cols // qtype.group, qtype.group
-    if qtype.padded_shape(padded_rows, cols) != levels.shape:
-        raise ValueError(f"{qtype.name}: levels {levels.shape} are not a padded ({padded_rows}, {cols}) tensor")
-    q = levels.astype(np.uint8).reshape(n_tiles, TILE_ROWS, padded_cols)
-    headers = _scale_bytes(qtype, scales, mins, n_tiles, n_groups)          # (t, g, header)
-    widths = qtype.group_columns(cols)
-    full = sum(1 for width in widths if width == group)
+    """The packed family's pack: levels (Mp, >= Ks) -> tiles of (scales, mins, level quads) blocks."""
+    group, stored = qtype.group, qtype.stored_cols(cols)
+    n_tiles, n_full, width = levels.shape[0] // TILE_ROWS, stored // qtype.group, stored % qtype.group
+    q = levels[:, :stored].astype(np.uint8).reshape(n_tiles, TILE_ROWS, stored)
+    headers = _scale_bytes(qtype, scales[:, :n_full + (width > 0)],
+                           None if mins is None else mins[:, :n_full + (width > 0)], n_tiles, n_full + (width > 0))
     parts = []
-    if full:
-        whole = q[:, :, :full * group].reshape(n_tiles, TILE_ROWS, full, group)
-        parts.append(np.concatenate([headers[:, :full], _packed_level_bytes(qtype, whole)], axis=2).reshape(n_tiles, -1))
-    if full < len(widths):                                                 # the last group's rounded tail
-        tail = widths[-1]
-        last = q[:, :, full * group:full * group + tail].reshape(n_tiles, TILE_ROWS, 1, tail)
-        parts.append(np.concatenate([headers[:, full:], _packed_level_bytes(qtype, last)], axis=2).reshape(n_tiles, -1))
-    data = np.concatenate(parts, axis=1).reshape(-1)
-    assert data.size == qtype.nbytes(padded_rows, cols)
-    return data
+    if n_full:
+        whole = q[:, :, :n_full * group].reshape(n_tiles, TILE_ROWS, n_full, group)
+        parts.append(np.concatenate([headers[:, :n_full], _packed_level_bytes(qtype, whole)], axis=2).reshape(n_tiles, -1))
+    if width:                                                              # the last group's stored width
+        last = q[:, :, n_full * group:].reshape(n_tiles, TILE_ROWS, 1, width)
+        parts.append(np.concatenate([headers[:, n_full:], _packed_level_bytes(qtype, last)], axis=2).reshape(n_tiles, -1))
+    return np.concatenate(parts, axis=1).reshape(-1)
 
 
 def _unpack_packed(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
-    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
-    n_tiles, group = padded_rows // TILE_ROWS, qtype.group
-    header = qtype.header_bytes()
+    """The packed family's unpack: -> (levels (Mp, Ks), scales (Mp, ceil(K/G)), mins or None)."""
+    group, stored, header = qtype.group, qtype.stored_cols(cols), qtype.header_bytes()
+    n_tiles = -(-rows // TILE_ROWS)
     tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
-    levels = np.zeros((n_tiles, TILE_ROWS, padded_cols), dtype=np.uint8)
-    headers, at, start = [], 0, 0
-    for width in qtype.group_columns(cols):
+    levels = np.zeros((n_tiles, TILE_ROWS, stored), dtype=np.uint8)
+    headers, at = [], 0
+    for start in range(0, stored, group):
+        width = min(group, stored - start)
         block = tiles[:, at:at + qtype.block_bytes(width)]
         headers.append(block[:, None, :header])
-        body = block[:, header:]
         if qtype.level_bits() == 8:
-            q = body.reshape(n_tiles, width // 4, TILE_ROWS, 4).transpose(0, 2, 1, 3)
+            q = block[:, header:].reshape(n_tiles, width // 4, TILE_ROWS, 4).transpose(0, 2, 1, 3)
         else:
-            nibbles = body.reshape(n_tiles, width // 8, TILE_ROWS, 1, 4)
+            nibbles = block[:, header:].reshape(n_tiles, width // 8, TILE_ROWS, 1, 4)
             q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=3).transpose(0, 2, 1, 3, 4)
         levels[:, :, start:start + width] = q.reshape(n_tiles, TILE_ROWS, width)
-        at, start = at + qtype.block_bytes(width), start + group
-    scales, mins = _scales_of(qtype, np.concatenate(headers, axis=1), padded_rows)
-    return levels.reshape(padded_rows, padded_cols), scales, mins
+        at += qtype.block_bytes(width)
+    headers = np.concatenate(headers, axis=1)
+    n_groups, span = headers.shape[1], 2 * TILE_ROWS
+
+    def halves(offset):
+        raw = np.ascontiguousarray(headers[:, :, offset:offset + span]).view(np.float16)
+        return raw.transpose(0, 2, 1).reshape(n_tiles * TILE_ROWS, n_groups)
+    return levels.reshape(n_tiles * TILE_ROWS, stored), halves(0), None if qtype.symmetric else halves(span)
+
+
+def compact_tail_bytes(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A tensor stored in the layout before compact tails (the last group padded to G) -> the same
+    tensor in today's layout. Copies only what is kept: scales, mins and each plane's first chunks."""
+    if qtype.family != UNIFORM_BITPLANE or qtype.stored_cols(cols) == qtype.stored_cols(cols, False):
+        return np.asarray(data, dtype=np.uint8)
+    n_tiles, n_full = -(-rows // TILE_ROWS), cols // qtype.group
+    width = qtype.stored_cols(cols) - n_full * qtype.group
+    tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
+    full_bytes = n_full * qtype.block_bytes()
+    scale_bytes = qtype.block_bytes(0)
+    last = tiles[:, full_bytes:].reshape(n_tiles, -1)                      # (t, block_bytes(G))
+    planes = last[:, scale_bytes:].reshape(n_tiles, qtype.bits, 2 * qtype.group)[:, :, :2 * width]
+    return np.concatenate([tiles[:, :full_bytes], last[:, :scale_bytes], planes.reshape(n_tiles, -1)],
+                          axis=1).reshape(-1)
 
 
 def dequantize_levels(qtype: QuantType, levels, scales, mins) -> np.ndarray:
-    """(Mp, Kp) levels and group scales -> (Mp, Kp) float32."""
-    group = qtype.group
-    expand = lambda a: np.repeat(a.astype(np.float32), group, axis=1)
+    """(Mp, Ks) levels and group scales (Mp, ceil(Ks/G)) -> (Mp, Ks) float32."""
+    group, stored = qtype.group, levels.shape[1]
+    expand = lambda a: np.repeat(a.astype(np.float32), group, axis=1)[:, :stored]
     q = levels.astype(np.float32)
     if qtype.symmetric:
         return expand(scales) * (q - ((1 << qtype.bits) - 1) / 2.0)
     return expand(scales) * q + expand(mins)
 
 
-def _dequantize_plain(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def _dequantize_plain(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool) -> np.ndarray:
     return np.asarray(data).view(qtype.dtype).astype(np.float32).reshape(rows, cols)
 
 
-def _dequantize_uniform(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    levels, scales, mins = unpack(qtype, data, rows, cols)
+def _dequantize_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool) -> np.ndarray:
+    levels, scales, mins = unpack(qtype, data, rows, cols, compact_tail)
     return dequantize_levels(qtype, levels, scales, mins)[:rows, :cols]
 
 
-_DEQUANTIZE = {PLAIN: _dequantize_plain, UNIFORM_BITPLANE: _dequantize_uniform, UNIFORM_PACKED: _dequantize_uniform}
+_DEQUANTIZE = {PLAIN: _dequantize_plain, UNIFORM_BITPLANE: _dequantize_bitplane,
+               UNIFORM_PACKED: _dequantize_bitplane}    # unpack knows both layouts
 
 
-def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Stored tensor bytes (uint8, as in the file) -> (rows, cols) float32."""
+def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool = True) -> np.ndarray:
+    """Stored tensor bytes (uint8, as in the file) -> (rows, cols) float32; compact_tail=False reads
+    the layout of files without the "compact-tail" feature."""
     if qtype.family not in _DEQUANTIZE:
         raise _unknown_family(qtype.family)
-    return _DEQUANTIZE[qtype.family](qtype, np.asarray(data).view(np.uint8).reshape(-1), rows, cols)
+    return _DEQUANTIZE[qtype.family](qtype, np.asarray(data).view(np.uint8).reshape(-1), rows, cols, compact_tail)

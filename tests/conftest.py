@@ -23,6 +23,14 @@ def tiny_qwen(tmp_path_factory):
                               tied=False, sharded=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen_partial(tmp_path_factory):
+    """qwen2 with dim 96 and hidden 176: K is not a multiple of 64 or 128 (partial last groups)."""
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "qwen2-partial", arch="qwen2", dtype="float32",
+                              tied=False, hidden_size=96, intermediate_size=176, num_attention_heads=6,
+                              num_key_value_heads=2, head_dim=16)
+
+
 @pytest.fixture(params=["llama", "qwen2"])
 def tiny_model(request, tiny_llama, tiny_qwen):
     return tiny_llama if request.param == "llama" else tiny_qwen

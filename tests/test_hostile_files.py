@@ -22,6 +22,7 @@ import edgeq
 from edgeq import _ffi, fileformat
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import ModelFile
+from edgeq.info import weight_bytes_per_token
 from edgeq.reference import Reference
 
 import hostile_files
@@ -31,6 +32,8 @@ COMPAT = Path(__file__).resolve().parent / "data" / "compat"
 V1_FILE = COMPAT / "format-v1-qwen2.q4"
 V1_PROMPT = [5, 6, 7, 8, 9, 10]
 V1_GREEDY = [53, 305, 90, 305, 145, 227, 146, 227, 63, 19, 63, 19, 63, 15, 121, 282]   # its README
+PADDED_TAIL_FILE = COMPAT / "padded-tail-qwen2.q3"      # K % G != 0, last groups padded to G
+PADDED_TAIL_GREEDY = [202, 365, 20, 306, 224, 317, 14, 264, 290, 375, 345, 97, 14, 55, 246, 245]   # its README
 IN_PROCESS_SECONDS = 2.0     # one refusal inside this process (a valid tiny file opens in ~10 ms)
 SUBPROCESS_SECONDS = 10.0    # `edgeq info` including interpreter start and imports, on a shared machine
 
@@ -158,13 +161,40 @@ def test_version_1_file_loads_and_reproduces_its_greedy_ids():
     assert "edgeq format 1," in result.stdout
 
 
+def test_padded_tail_file_loads_and_reproduces_its_greedy_ids():
+    """A file written before partial last groups were stored compactly (every K = 96 or 224 with
+    groups of 128, padded to 128 / 256 columns) keeps loading in every reader with the same ids."""
+    model = ModelFile(PADDED_TAIL_FILE)
+    assert model.format_version == 2 and model.get("edgeq.required_features") is None
+    q = model.tensors["blk.0.attn_q.weight"]
+    assert (q.qtype.name, q.shape, q.nbytes) == ("u3g128a", (96, 96), 6 * (64 + 3 * 2 * 128))
+    assert Reference(model.config, model.load).greedy(V1_PROMPT, len(PADDED_TAIL_GREEDY)) == PADDED_TAIL_GREEDY
+    handle = _ffi.model_open(PADDED_TAIL_FILE, threads=1, ctx=16)
+    try:                                          # the runtime reads the converted (compact) bytes
+        assert _ffi.model_info(handle)["weight_bytes"] == weight_bytes_per_token(model) < \
+            sum(t.nbytes for t in model.tensors.values()) - model.tensors["token_embd.weight"].nbytes
+    finally:
+        _ffi.model_close(handle)
+    active = _ffi.isa()
+    try:
+        for isa in _ffi.kernel_sets():
+            _ffi.select_isa(isa)
+            with edgeq.load(PADDED_TAIL_FILE) as runtime:
+                ids = []
+                for _ in PADDED_TAIL_GREEDY:
+                    ids.append(int(np.argmax(runtime.logits(V1_PROMPT + ids)[-1])))
+            assert ids == PADDED_TAIL_GREEDY, isa
+    finally:
+        _ffi.select_isa(active)
+
+
 def test_new_files_are_version_2_and_need_no_feature(good_blob, tmp_path):
     path = tmp_path / "new.edgeq"
     path.write_bytes(good_blob)
     model = ModelFile(path)
     assert fileformat.FORMAT_VERSION == 2 and model.format_version == 2
     assert model.get("edgeq.required_features") is None
-    assert fileformat.READ_VERSIONS == (1, 2) and fileformat.FEATURES == frozenset()
+    assert fileformat.READ_VERSIONS == (1, 2) and fileformat.FEATURES == frozenset({"compact-tail"})
 
 
 def _version_3_words(path):

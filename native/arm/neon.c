@@ -197,73 +197,95 @@ static inline float32x4_t load_f16x4(const uint8_t *p)
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(bits)));
 }
 
+/* total[4] (int32, rows 4i..4i+3) = the 16 rows' Σ_p 2^p Σ_k bit_p(q[r,k]) T-quantized over one unit
+ * of 8 * chunks columns (a whole LUT_UNIT, or 32 columns) */
+static inline __attribute__((always_inline)) void
+unit_dot(const uint8_t *unit_planes, size_t plane_bytes, const uint8_t *unit_tables, const int bits,
+         const size_t chunks, int32x4_t total[4])
+{
+    for (int i = 0; i < 4; i++)
+        total[i] = vdupq_n_s32(0);
+#pragma GCC unroll 2
+    for (int p0 = 0; p0 < bits; p0 += 4) {
+        const int p_end = bits < p0 + 4 ? bits : p0 + 4;
+        unit_sums unit = {{vdupq_n_u16(0), vdupq_n_u16(0)}, {vdupq_n_u16(0), vdupq_n_u16(0)}};
+#pragma GCC unroll 2   /* 4 and 8 spill registers at 5-8 bits (objdump) */
+        for (size_t c = 0; c < chunks; c++) {
+#pragma GCC unroll 4
+            for (int p = p0; p < p_end; p++)
+                lookup_chunk(unit_planes + (size_t)p * plane_bytes + 16 * c,
+                             unit_tables + CHUNK_TABLE_BYTES * c,
+                             vdupq_n_u8((uint8_t)(1u << (p - p0))), &unit);
+        }
+        const uint16_t bias = (uint16_t)(2u * 128u * chunks * ((1u << (p_end - p0)) - 1u));
+        widen_unit_sums(&unit, bias, p0, total);
+    }
+}
+
+/* acc[4] (rows 4i..4i+3) += one group's contribution to W x: its planes' sums in units of LUT_UNIT
+ * columns (32 for a 32-column group or the last 32 columns of a partial group), each scaled by its
+ * table scale, then the group's fp16 scales (+ min x Σx, or - zero_point x Σx).
+ *   block  the group's block of `width` stored columns (G, or a partial last group's: a multiple of
+ *          32) starting at column col0 */
+static inline __attribute__((always_inline)) void
+group_dot(const eq_qtype_traits *type, const lut_input *prepared, const uint8_t *block, const size_t width,
+          size_t col0, const int bits, float32x4_t acc[4])
+{
+    const size_t scale_bytes = 2u * EQ_TILE_ROWS;
+    const uint8_t *planes = block + scale_bytes * (type->symmetric ? 1u : 2u);
+    float32x4_t dot[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (size_t u0 = 0; u0 < width; u0 += LUT_UNIT) {
+        const uint8_t *unit_tables = prepared->tables + (col0 + u0) * LUT_BYTES_PER_COL;
+        int32x4_t total[4];
+        if (width - u0 >= LUT_UNIT)
+            unit_dot(planes + 2u * u0, 2u * width, unit_tables, bits, LUT_UNIT / EQ_CHUNK_COLS, total);
+        else
+            unit_dot(planes + 2u * u0, 2u * width, unit_tables, bits, 32 / EQ_CHUNK_COLS, total);
+        const float32x4_t table_scale = vdupq_n_f32(prepared->table_scales[(col0 + u0) / LUT_UNIT]);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            dot[i] = vfmaq_f32(dot[i], vcvtq_f32_s32(total[i]), table_scale);
+    }
+    float sum_x = 0.0f;
+    for (size_t i = 0; i < width / 32; i++)
+        sum_x += prepared->sums[col0 / 32 + i];
+    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
+        const float32x4_t scale = load_f16x4(block + 8 * i);
+        if (type->symmetric) {
+            const float32x4_t offset = vdupq_n_f32(zero_point * sum_x);
+            acc[i] = vfmaq_f32(acc[i], scale, vsubq_f32(dot[i], offset));
+        } else {
+            const float32x4_t min = load_f16x4(block + scale_bytes + 8 * i);
+            acc[i] = vfmaq_f32(vfmaq_f32(acc[i], scale, dot[i]), min, vdupq_n_f32(sum_x));
+        }
+    }
+}
+
 /* The kernel body, inlined once per (bits, group) by gemm_packed so that the plane and chunk loops
- * have constant trip counts and unroll. */
+ * of whole groups have constant trip counts and unroll; a partial last group (its stored width
+ * known only at run time) goes through the same steps in units of LUT_UNIT and 32 columns. */
 static inline __attribute__((always_inline)) void
 gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                  const eq_input *in, float *y, size_t y_stride, const int bits, const size_t group)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
-    const size_t n_groups = (cols + group - 1) / group;
+    const size_t n_full = cols / group;                           /* whole groups, then ... */
+    const size_t last_width = cols % group ? eq_last_group_cols(type, cols) : 0;   /* ... a partial one */
+    const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
-    const size_t scale_bytes = 2u * EQ_TILE_ROWS;
-    const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
-    const size_t plane_bytes = 2u * group;
-    const size_t unit_cols = group < LUT_UNIT ? group : LUT_UNIT;
-    const size_t units = group / unit_cols, chunks = unit_cols / EQ_CHUNK_COLS;
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
-        const uint8_t *tile_data = data + tile * n_groups * block_bytes;
+        const uint8_t *tile_data = data + tile * tile_bytes;
         for (size_t v = 0; v < in->n; v++) {
             const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
-            const uint8_t *tables = prepared.tables;
-            const float *table_scales = prepared.table_scales;
-            const float *sums = prepared.sums;
             float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
             const uint8_t *block = tile_data;
-            for (size_t g = 0; g < n_groups; g++, block += block_bytes) {
-                float32x4_t dot[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-                for (size_t u = 0; u < units; u++) {
-                    const size_t col0 = g * group + u * unit_cols;
-                    const uint8_t *unit_tables = tables + col0 * LUT_BYTES_PER_COL;
-                    const uint8_t *unit_planes = block + planes_offset + u * unit_cols * 2u;
-                    int32x4_t total[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
-#pragma GCC unroll 2
-                    for (int p0 = 0; p0 < bits; p0 += 4) {
-                        const int p_end = bits < p0 + 4 ? bits : p0 + 4;
-                        unit_sums unit = {{vdupq_n_u16(0), vdupq_n_u16(0)}, {vdupq_n_u16(0), vdupq_n_u16(0)}};
-#pragma GCC unroll 2   /* 4 and 8 spill registers at 5-8 bits (objdump) */
-                        for (size_t c = 0; c < chunks; c++) {
-#pragma GCC unroll 4
-                            for (int p = p0; p < p_end; p++)
-                                lookup_chunk(unit_planes + (size_t)p * plane_bytes + 16 * c,
-                                             unit_tables + CHUNK_TABLE_BYTES * c,
-                                             vdupq_n_u8((uint8_t)(1u << (p - p0))), &unit);
-                        }
-                        const uint16_t bias = (uint16_t)(2u * 128u * chunks * ((1u << (p_end - p0)) - 1u));
-                        widen_unit_sums(&unit, bias, p0, total);
-                    }
-                    const float32x4_t table_scale = vdupq_n_f32(table_scales[col0 / LUT_UNIT]);
-#pragma GCC unroll 4
-                    for (int i = 0; i < 4; i++)
-                        dot[i] = vfmaq_f32(dot[i], vcvtq_f32_s32(total[i]), table_scale);
-                }
-                float sum_x = 0.0f;
-                for (size_t i = 0; i < group / 32; i++)
-                    sum_x += sums[g * group / 32 + i];
-#pragma GCC unroll 4
-                for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
-                    const float32x4_t scale = load_f16x4(block + 8 * i);
-                    if (type->symmetric) {
-                        const float32x4_t offset = vdupq_n_f32(zero_point * sum_x);
-                        acc[i] = vfmaq_f32(acc[i], scale, vsubq_f32(dot[i], offset));
-                    } else {
-                        const float32x4_t min = load_f16x4(block + scale_bytes + 8 * i);
-                        acc[i] = vfmaq_f32(vfmaq_f32(acc[i], scale, dot[i]), min, vdupq_n_f32(sum_x));
-                    }
-                }
-            }
+            for (size_t g = 0; g < n_full; g++, block += block_bytes)
+                group_dot(type, &prepared, block, group, g * group, bits, acc);
+            if (last_width)
+                group_dot(type, &prepared, block, last_width, n_full * group, bits, acc);
             float out[EQ_TILE_ROWS];
             for (int i = 0; i < 4; i++)
                 vst1q_f32(out + 4 * i, acc[i]);

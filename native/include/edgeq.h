@@ -9,15 +9,16 @@
  * and macros, and use enum constants instead of #defines there.
  *
  * Packed layout of a uniform grouped tensor W (M, K) with b bits and group G (see quant_types.py):
- *   K padded to Kp = ceil(K/G)*G, M padded to Mp = ceil(M/16)*16; tiles of 16 rows; the tensor is
- *   (Mp/16, Kp/G) blocks, each: scale[16] fp16, min[16] fp16 (asymmetric only), then b planes of
- *   2*G bytes = G/8 chunks of 16 bytes (byte r = row r of the tile; bit i = column 8c+i of the
- *   chunk). All fp16 values are little-endian.
+ *   M padded to Mp = ceil(M/16)*16; tiles of 16 rows; the tensor is (Mp/16, ceil(K/G)) blocks, each:
+ *   scale[16] fp16, min[16] fp16 (asymmetric only), then b planes of 2*w bytes = w/8 chunks of 16
+ *   bytes (byte r = row r of the tile; bit i = column 8c+i of the chunk), where w = G, except for a
+ *   partial last group (K % G != 0): w = its columns rounded up to EQ_GROUP_STEP = 32. So K is
+ *   stored as Ks = ceil(K/32)*32 columns. All fp16 values are little-endian.
  *     asymmetric  w = scale * q + min
  *     symmetric   w = scale * (q - (2^b - 1) / 2)
  * Packed layout of a uniform packed tensor (p{b}g{G}{a|s}, b in 4,5,6,8; the same numbers, for the
- * int8 multiply-add kernels): M padded to Mp as above, K not padded to the group: group g stores
- * c_g = min(G, Kc - g*G) columns, Kc = ceil(K/32)*32 (zeros past K). Each tile is ceil(K/G) blocks:
+ * int8 multiply-add kernels): M padded to Mp as above, groups stored as above: group g stores
+ * c_g = min(G, Ks - g*G) columns, Ks = ceil(K/32)*32 (zeros past K). Each tile is ceil(K/G) blocks:
  *   scale[16] fp16, min[16] fp16 (asymmetric only), then the levels of c_g columns as 64-byte quads
  *   [quad][16 rows][4 columns]: b = 5, 6, 8: one byte per level, c_g/4 quads, byte (j, r, i) =
  *   q[r, 4j+i]; b = 4: c_g/8 quads, byte (j, r, i) = q[r, 8j+i] | q[r, 8j+4+i] << 4. One 64-byte
@@ -140,7 +141,8 @@ typedef enum eq_qtype {
 enum {
     EQ_TILE_ROWS = 16,  /* rows per tile: one plane byte per row, 16 bytes per chunk */
     EQ_CHUNK_COLS = 8,  /* columns covered by one plane byte (low nibble 0..3, high nibble 4..7) */
-    EQ_PACKED_BLOCK_COLS = 32   /* uniform packed: columns per activation block; a last group's width */
+    EQ_GROUP_STEP = 32, /* a partial last group is stored in a multiple of this many columns */
+    EQ_PACKED_BLOCK_COLS = 32   /* uniform packed: activations per int8 scale in multiply-add kernels */
 };
 
 /* How a type's weights are stored and multiplied; kernels and the loader dispatch on the family,
@@ -179,7 +181,8 @@ int eq_qtype_count(void);
 int eq_qtype_from_name(const char *name);
 
 /* Bytes of a (rows, cols) tensor of type `id` in the canonical layout, padding included
- * (plain: rows*cols*bits/8). Returns 0 if id is unknown, rows or cols is 0, or the size
+ * (plain: rows*cols*bits/8). Files without the "compact-tail" feature padded a partial last group
+ * to G columns; the loader converts such tensors to this layout. Returns 0 if id is unknown, rows or cols is 0, or the size
  * overflows size_t. */
 size_t eq_qtype_nbytes(int id, size_t rows, size_t cols);
 

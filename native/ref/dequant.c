@@ -9,27 +9,29 @@
 
 #include "kernels.h"
 
-/* Level q in [0, 2^bits) of row `lane` of a tile, column `col` of a group (0 <= col < group).
- *   planes   (bits, group/8, 16) bytes: plane p, chunk c, tile row r at p*2*group + c*16 + r */
-static unsigned packed_level(const uint8_t *planes, int bits, size_t group, size_t lane, size_t col)
+/* Level q in [0, 2^bits) of row `lane` of a tile, column `col` of a group (0 <= col < width).
+ *   planes   (bits, width/8, 16) bytes: plane p, chunk c, tile row r at p*2*width + c*16 + r */
+static unsigned packed_level(const uint8_t *planes, int bits, size_t width, size_t lane, size_t col)
 {
     const size_t chunk = col / EQ_CHUNK_COLS;
     const unsigned bit = (unsigned)(col % EQ_CHUNK_COLS);  /* low nibble: 0..3, high nibble: 4..7 */
     unsigned level = 0;
     for (int p = 0; p < bits; p++) {
-        const uint8_t byte = planes[(size_t)p * 2 * group + chunk * EQ_TILE_ROWS + lane];
+        const uint8_t byte = planes[(size_t)p * 2 * width + chunk * EQ_TILE_ROWS + lane];
         level |= ((byte >> bit) & 1u) << p;
     }
     return level;
 }
 
 /* out (row_count, cols) = rows [row_begin, row_begin + row_count) of a packed (rows, cols) tensor.
- *   data   (ceil(rows/16), ceil(cols/G)) blocks of eq_block_bytes(type) bytes */
+ *   data   (ceil(rows/16), ceil(cols/G)) blocks of eq_block_bytes(type) bytes, the last group of
+ *          each tile eq_group_block_bytes(type, eq_last_group_cols(type, cols)) */
 static void dequantize_rows_packed(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
                                    size_t row_begin, size_t row_count, float *out)
 {
     const size_t group = (size_t)type->group;
     const size_t n_groups = (cols + group - 1) / group;
+    const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;                      /* 16 fp16 values */
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
@@ -42,7 +44,8 @@ static void dequantize_rows_packed(const eq_qtype_traits *type, const uint8_t *d
         float *out_row = out + i * cols;                               /* (cols,) */
 
         for (size_t g = 0; g < n_groups; g++) {
-            const uint8_t *block = data + (tile * n_groups + g) * block_bytes;
+            const uint8_t *block = data + tile * tile_bytes + g * block_bytes;
+            const size_t width = g + 1 < n_groups ? group : eq_last_group_cols(type, cols);
             const float scale = eq_read_f16le(block + 2 * lane);
             const float min = type->symmetric ? 0.0f : eq_read_f16le(block + scale_bytes + 2 * lane);
             const uint8_t *planes = block + planes_offset;
@@ -51,7 +54,7 @@ static void dequantize_rows_packed(const eq_qtype_traits *type, const uint8_t *d
 
             for (size_t col = col_begin; col < col_end; col++) {
                 const float level =
-                    (float)packed_level(planes, type->bits, group, lane, col - col_begin);
+                    (float)packed_level(planes, type->bits, width, lane, col - col_begin);
                 if (type->symmetric) {
                     out_row[col] = scale * (level - zero_point);
                 } else {

@@ -13,7 +13,7 @@
 
 #include "kernels.h"
 
-/* y (rows,) = W x for a packed W (rows, cols); x (cols,). Padding columns (cols .. Kp) are skipped,
+/* y (rows,) = W x for a packed W (rows, cols); x (cols,). Padding columns (cols .. Ks) are skipped,
  * exactly as if x were padded with zeros; padding rows (rows .. Mp) are computed and dropped. */
 static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                         const float *x, float *y)
@@ -21,8 +21,7 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
     const size_t group = (size_t)type->group;
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_groups = (cols + group - 1) / group;
-    const size_t n_chunks = group / EQ_CHUNK_COLS;
-    const size_t plane_bytes = 2u * group;                             /* (group/8, 16) */
+    const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;                      /* 16 fp16 values */
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
@@ -32,8 +31,11 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
         double acc[EQ_TILE_ROWS] = {0};                                /* (16,) y of this tile */
 
         for (size_t g = 0; g < n_groups; g++) {
-            const uint8_t *block = data + (tile * n_groups + g) * block_bytes;
-            const uint8_t *planes = block + planes_offset;             /* (bits, group/8, 16) */
+            const uint8_t *block = data + tile * tile_bytes + g * block_bytes;
+            const size_t width = g + 1 < n_groups ? group : eq_last_group_cols(type, cols);
+            const size_t n_chunks = width / EQ_CHUNK_COLS;
+            const size_t plane_bytes = 2u * width;                     /* (width/8, 16) */
+            const uint8_t *planes = block + planes_offset;             /* (bits, width/8, 16) */
             const float *x_group = x + g * group;                      /* (n_valid,) */
             const size_t n_valid = cols - g * group < group ? cols - g * group : group;
 

@@ -37,7 +37,7 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
     const size_t group = (size_t)type->group;
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_groups = (cols + group - 1) / group;
-    const size_t n_chunks = group / EQ_CHUNK_COLS;
+    const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
@@ -46,11 +46,13 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
     for (size_t tile = 0; tile < n_tiles; tile++) {
         float acc[EQ_TILE_ROWS] = {0};
         for (size_t g = 0; g < n_groups; g++) {
-            const uint8_t *block = data + (tile * n_groups + g) * block_bytes;
-            const uint8_t *plane = block + planes_offset;              /* (bits, group/8, 16) */
+            const uint8_t *block = data + tile * tile_bytes + g * block_bytes;
+            const size_t width = g + 1 < n_groups ? group : eq_last_group_cols(type, cols);
+            const size_t n_chunks = width / EQ_CHUNK_COLS;
+            const uint8_t *plane = block + planes_offset;              /* (bits, width/8, 16) */
             const float *group_tables = tables + g * (group / 4) * TABLE;
             float sum_x = 0.0f;                                        /* Σ x: entry 15 sums all 4 */
-            for (size_t q = 0; q < group / 4; q++)
+            for (size_t q = 0; q < width / 4; q++)
                 sum_x += group_tables[q * TABLE + TABLE - 1];
             float dot[EQ_TILE_ROWS] = {0};                             /* Σ_k q[r,k] x[k] */
             for (int p = 0; p < type->bits; p++) {

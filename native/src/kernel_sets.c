@@ -19,6 +19,7 @@
 /* ============================================================================================= */
 
 static const eq_kernel_set *const kernel_sets[] = {
+    &eq_kernels_avx512,
     &eq_kernels_avx2,
     &eq_kernels_neon,
     &eq_kernels_scalar,

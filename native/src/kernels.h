@@ -2,7 +2,7 @@
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, later x86/avx512.c, arm/neon.c) defines one
+ * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, x86/avx512.c, arm/neon.c) defines one
  * `const eq_kernel_set eq_kernels_<isa>`; src/kernel_sets.c lists them once and picks one.
  */
 #ifndef EDGEQ_KERNELS_H
@@ -84,6 +84,7 @@ typedef struct eq_kernel_set {
 } eq_kernel_set;
 
 /* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
+extern const eq_kernel_set eq_kernels_avx512;   /* x86/avx512.c */
 extern const eq_kernel_set eq_kernels_avx2;     /* x86/avx2.c */
 extern const eq_kernel_set eq_kernels_neon;     /* arm/neon.c */
 extern const eq_kernel_set eq_kernels_scalar;   /* scalar/gemv.c */
@@ -146,8 +147,8 @@ void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 
 /* Uniform packed family, int8 multiply-add decode path (activations int8 per block of 32): one
  * file per set, the set's struct in its main file names them. scalar/packed.c (portable C),
- * x86/avx2_packed.c (vpmaddubsw), x86/avx512_packed.c (VNNI vpdpbusd; needs avx512vnni besides the
- * avx512 set's own features: eq_packed_avx512_available). */
+ * x86/avx2_packed.c (vpmaddubsw), x86/avx512_packed.c (VNNI vpdpbusd, within the avx512 set
+ * whose availability includes VNNI; eq_packed_avx512_available checks just what it needs). */
 size_t eq_packed_prepared_bytes_scalar(size_t cols);
 void eq_packed_prepare_scalar(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
@@ -162,16 +163,63 @@ void eq_packed_prepare_avx512(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                            const eq_input *in, float *y, size_t y_stride);
 
-/* Bytes of a (rows, cols) tensor of `type` (rows, cols >= 1), or EQ_ERR_SIZE_OVERFLOW. */
+/* *out = bytes of a (rows >= 1, cols >= 1) tensor of `type`, or EQ_ERR_SIZE_OVERFLOW (or
+ * EQ_ERR_UNKNOWN_QTYPE: a family without a size rule). eq_padded_tail_nbytes: in the layout of
+ * files without the "compact-tail" feature, a partial last group padded to G columns. */
 int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out);
+int eq_padded_tail_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out);
+
+/* out (eq_tensor_nbytes) = the bit-plane tensor `padded` (eq_padded_tail_nbytes) with its partial
+ * last group cut to eq_last_group_cols columns; only for cols % G != 0. */
+void eq_compact_tail(const eq_qtype_traits *type, const uint8_t *padded, size_t rows, size_t cols,
+                     uint8_t *out);
+
+/* x86/avx2_prefill.c: the multiply-add (prefill) path for uniform bit-plane types (int8
+ * activations per block of 32, layout in x86/q8_acts.h); the prepare serves x86/avx512_prefill.c too */
+size_t eq_prefill_prepared_bytes_avx2(size_t cols);
+void eq_prefill_prepare_avx2(const float *x, size_t cols, uint8_t *out);
+void eq_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                          const eq_input *in, float *y, size_t y_stride);
+
+/* x86/avx512_prefill.c: the same path with vpdpbusd (prepare: eq_prefill_prepare_avx2); a set that
+ * hooks it must require eq_prefill_avx512_available (AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C) */
+int eq_prefill_avx512_available(void);
+void eq_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                            const eq_input *in, float *y, size_t y_stride);
 
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 
-/* Bytes of one (tile, group) block of a packed type: scales, mins, planes. */
-static inline size_t eq_block_bytes(const eq_qtype_traits *type)
+/* A bit-plane tensor of K = cols columns is ceil(K / G) groups per tile: every group but the last
+ * holds G columns, the last one K - (n_groups - 1) G weights stored in eq_last_group_cols columns
+ * (a multiple of EQ_GROUP_STEP). Group g of a tile starts g * eq_block_bytes(type) into the tile. */
+
+/* Bytes of one (tile, group) block of `width` stored columns: scales, mins, planes. */
+static inline size_t eq_group_block_bytes(const eq_qtype_traits *type, size_t width)
 {
     size_t scale_bytes = 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
-    return scale_bytes + (size_t)type->bits * 2u * (size_t)type->group;
+    return scale_bytes + (size_t)type->bits * 2u * width;
+}
+
+/* Bytes of a whole (tile, group) block: scales, mins, planes of G columns. */
+static inline size_t eq_block_bytes(const eq_qtype_traits *type)
+{
+    return eq_group_block_bytes(type, (size_t)type->group);
+}
+
+/* Stored columns of the last group of a row of cols >= 1 weights: G, or a partial group's
+ * columns rounded up to EQ_GROUP_STEP. */
+static inline size_t eq_last_group_cols(const eq_qtype_traits *type, size_t cols)
+{
+    size_t last = (cols - 1) % (size_t)type->group + 1;
+    return (last + EQ_GROUP_STEP - 1) / EQ_GROUP_STEP * EQ_GROUP_STEP;
+}
+
+/* Bytes of one tile (16 rows) of a (rows, cols >= 1) tensor; the caller has checked that the whole
+ * tensor's size does not overflow (eq_qtype_nbytes), so neither does this. */
+static inline size_t eq_tile_bytes(const eq_qtype_traits *type, size_t cols)
+{
+    size_t n_groups = (cols - 1) / (size_t)type->group + 1;
+    return (n_groups - 1) * eq_block_bytes(type) + eq_group_block_bytes(type, eq_last_group_cols(type, cols));
 }
 
 /* Uniform packed family (edgeq.h): bytes of a block's scales and mins, of a block of c columns
@@ -188,7 +236,7 @@ static inline size_t eq_packed_block_bytes(const eq_qtype_traits *type, size_t b
 
 static inline size_t eq_packed_group_cols(const eq_qtype_traits *type, size_t cols, size_t g)
 {
-    size_t stored = (cols + EQ_PACKED_BLOCK_COLS - 1) / EQ_PACKED_BLOCK_COLS * EQ_PACKED_BLOCK_COLS;
+    size_t stored = (cols + EQ_GROUP_STEP - 1) / EQ_GROUP_STEP * EQ_GROUP_STEP;
     size_t left = stored - g * (size_t)type->group;
     return left < (size_t)type->group ? left : (size_t)type->group;
 }

@@ -27,7 +27,10 @@
  * every edgeq.format_version from 1 to FORMAT_VERSION_MAX is read; a higher one is refused. Version 2
  * adds the optional edgeq.required_features (array of strings, absent = none): a file naming a
  * feature missing from known_features is refused, naming it. Config keys added after version 1 are
- * optional, with the defaults the format documents (none so far). */
+ * optional, with the defaults the format documents (none so far).
+ * Feature "compact-tail": a partial last group is stored in EQ_GROUP_STEP columns (edgeq.h). Files
+ * without it padded that group to G columns; their tensors with K % G != 0 are converted to today's
+ * layout into memory the model owns (a copy, only for those files: the kernels know one layout). */
 enum {
     FORMAT_VERSION_MIN = 1,
     FORMAT_VERSION_MAX = 2,
@@ -51,6 +54,7 @@ typedef struct config {
 typedef struct matrix {         /* a (rows, cols) weight in any quant type, pointing into the map */
     int qtype;
     const uint8_t *data;
+    uint8_t *owned;             /* data when it is a converted copy (files before "compact-tail"), else NULL */
     size_t nbytes;
     size_t rows, cols;
     size_t tile_rows;           /* rows per unit of work: 16 for bit-plane types, 1 for plain */
@@ -134,10 +138,11 @@ typedef struct loader {
     size_t err_size;
     int failed;
     char writer[48];    /* edgeq.converter_version, for messages ("unknown" if absent) */
+    bool compact_tail;  /* the file requires "compact-tail"; else partial last groups are padded to G */
 } loader;
 
-/* Features this reader implements, by the names files list in edgeq.required_features (none yet). */
-static const char *const known_features[] = {NULL};
+/* Features this reader implements, by the names files list in edgeq.required_features. */
+static const char *const known_features[] = {"compact-tail", NULL};
 
 static int fail(loader *ld, const char *format, ...)
 {
@@ -275,17 +280,29 @@ static int load_matrix(loader *ld, const char *name, size_t rows, size_t cols, m
     family_storage storage;
     if (storage_of(traits, &storage))
         return fail(ld, "tensor %s has quant type %s of an unknown family", name, traits->name);
-    if (t->type != storage.ggml_type || t->nbytes != nbytes)
+    size_t stored_bytes = nbytes;   /* <= nbytes for files before "compact-tail", which fit too */
+    if (!ld->compact_tail && eq_padded_tail_nbytes(traits, rows, cols ? cols : 1, &stored_bytes) != EQ_OK)
+        return fail(ld, "tensor %s: a (%zu, %zu) %s tensor does not fit in this system's address space",
+                    name, rows, cols ? cols : 1, traits->name);
+    if (t->type != storage.ggml_type || t->nbytes != stored_bytes)
         return fail(ld, "tensor %s: stored size or type disagrees with its metadata (%s)", name, traits->name);
+    if ((uintptr_t)t->data % storage.data_alignment != 0)
+        return fail(ld, "tensor %s is misaligned", name);
     out->qtype = id;
     out->data = t->data;
+    out->owned = NULL;
+    if (stored_bytes != nbytes) {   /* a partial last group padded to G: convert to today's layout */
+        out->owned = aligned_alloc(64, (nbytes + 63) / 64 * 64);
+        if (!out->owned)
+            return fail(ld, "out of memory converting tensor %s to the compact-tail layout", name);
+        eq_compact_tail(traits, t->data, rows, cols, out->owned);
+        out->data = out->owned;
+    }
     out->nbytes = nbytes;
     out->rows = rows;
     out->cols = cols ? cols : 1;
     out->tile_rows = storage.tile_rows;
     out->tile_bytes = eq_qtype_nbytes(id, storage.tile_rows, out->cols);   /* <= nbytes: no overflow */
-    if ((uintptr_t)t->data % storage.data_alignment != 0)
-        return fail(ld, "tensor %s is misaligned", name);
     return 0;
 }
 
@@ -335,6 +352,8 @@ static int read_compatibility(loader *ld)
         if (!known)
             return fail(ld, "needs feature '%.*s' (written by edgeq %s), which this edgeq (%s) does not "
                         "have; upgrade edgeq", len > 64 ? 64 : (int)len, text, ld->writer, eq_version());
+        if (len == strlen("compact-tail") && memcmp(text, "compact-tail", (size_t)len) == 0)
+            ld->compact_tail = true;
     }
     return 0;
 }
@@ -534,7 +553,7 @@ static int alloc_state(loader *ld, eq_model *m)
 
 eq_model *eq_model_open(const char *path, const eq_model_params *params, char *err, size_t err_size)
 {
-    loader ld = {NULL, err, err_size, 0, "unknown"};
+    loader ld = {NULL, err, err_size, 0, "unknown", false};
     if (err && err_size)
         err[0] = '\0';
     if (!path) {
@@ -593,6 +612,14 @@ void eq_model_close(eq_model *m)
     free(m->s.key_cache); free(m->s.value_cache);
     free(m->s.steps); free(m->s.phases);
     eq_acts_free(&m->s.acts_x); eq_acts_free(&m->s.acts_attn); eq_acts_free(&m->s.acts_ffn);
+    free(m->token_embd.owned);
+    if (m->output.owned != m->token_embd.owned)   /* the same matrix when tied */
+        free(m->output.owned);
+    for (int i = 0; m->layers && i < m->cfg.n_layers; i++) {
+        layer *l = &m->layers[i];
+        free(l->wq.owned); free(l->wk.owned); free(l->wv.owned); free(l->wo.owned);
+        free(l->w_gate.owned); free(l->w_up.owned); free(l->w_down.owned);
+    }
     free(m->layers);
     free(m->cfg.inv_freq);
     eq_gguf_close(m->file);

@@ -163,8 +163,19 @@ static int multiply_size(size_t a, size_t b, size_t *out)
     return EQ_OK;
 }
 
-/* *out = bytes of a (rows, cols) tensor of `type`, padding included; 0 dims are the caller's job. */
-int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out)
+/* *out = a + b, or EQ_ERR_SIZE_OVERFLOW. */
+static int add_size(size_t a, size_t b, size_t *out)
+{
+    if (b > SIZE_MAX - a) {
+        return EQ_ERR_SIZE_OVERFLOW;
+    }
+    *out = a + b;
+    return EQ_OK;
+}
+
+/* *out = bytes of a (rows, cols) tensor whose bit-plane rows store cols rounded up to `step` columns
+ * (EQ_GROUP_STEP: today's layout; G: files without "compact-tail"). */
+static int stored_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t step, size_t *out)
 {
     size_t count;
     int err;
@@ -175,18 +186,23 @@ int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size
         }
         return multiply_size(count, (size_t)type->bits / 8u, out);
     case EQ_QFAMILY_UNIFORM_BITPLANE: {
-        /* ceil without overflow: (n - 1) / d + 1 for n >= 1 */
+        /* a tile: n_groups blocks of scales (and mins), then bits planes of 2 bytes per stored column;
+         * ceil without overflow: (n - 1) / d + 1 for n >= 1 */
         size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
         size_t n_groups = (cols - 1) / (size_t)type->group + 1;
-        if ((err = multiply_size(n_tiles, n_groups, &count)) != EQ_OK) {
+        size_t stored_cols, scale_bytes, plane_bytes, tile_bytes;
+        if ((err = multiply_size((cols - 1) / step + 1, step, &stored_cols)) != EQ_OK ||
+            (err = multiply_size(n_groups, eq_group_block_bytes(type, 0), &scale_bytes)) != EQ_OK ||
+            (err = multiply_size(stored_cols, 2u * (size_t)type->bits, &plane_bytes)) != EQ_OK ||
+            (err = add_size(scale_bytes, plane_bytes, &tile_bytes)) != EQ_OK) {
             return err;
         }
-        return multiply_size(count, eq_block_bytes(type), out);
+        return multiply_size(n_tiles, tile_bytes, out);
     }
     case EQ_QFAMILY_UNIFORM_PACKED: {
         /* tiles of equal size: whole groups, then the last group's columns rounded up to 32 */
         size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
-        size_t stored = ((cols - 1) / EQ_PACKED_BLOCK_COLS + 1) * EQ_PACKED_BLOCK_COLS;   /* cols <= SIZE_MAX / 2 */
+        size_t stored = ((cols - 1) / EQ_GROUP_STEP + 1) * EQ_GROUP_STEP;   /* cols <= SIZE_MAX / 2; never padded to G */
         size_t full = stored / (size_t)type->group, tail = stored % (size_t)type->group;
         if (cols > SIZE_MAX / 2 || (err = multiply_size(full, eq_packed_block_bytes(type, (size_t)type->group),
                                                         &count)) != EQ_OK) {
@@ -202,6 +218,36 @@ int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size
         break;
     }
     return EQ_ERR_UNKNOWN_QTYPE;
+}
+
+int eq_tensor_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out)
+{
+    return stored_nbytes(type, rows, cols, EQ_GROUP_STEP, out);
+}
+
+int eq_padded_tail_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, size_t *out)
+{
+    return stored_nbytes(type, rows, cols, type->group > 0 ? (size_t)type->group : 1u, out);
+}
+
+void eq_compact_tail(const eq_qtype_traits *type, const uint8_t *padded, size_t rows, size_t cols,
+                     uint8_t *out)
+{
+    const size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
+    const size_t n_full = cols / (size_t)type->group;                 /* whole groups, then the last */
+    const size_t full_bytes = n_full * eq_block_bytes(type);
+    const size_t scale_bytes = eq_group_block_bytes(type, 0);
+    const size_t width = eq_last_group_cols(type, cols);              /* < G: cols % G != 0 */
+    for (size_t tile = 0; tile < n_tiles; tile++) {
+        memcpy(out, padded, full_bytes + scale_bytes);
+        out += full_bytes + scale_bytes;
+        padded += full_bytes + scale_bytes;
+        for (int p = 0; p < type->bits; p++) {                       /* each plane's first chunks */
+            memcpy(out, padded, 2u * width);
+            out += 2u * width;
+            padded += 2u * (size_t)type->group;
+        }
+    }
 }
 
 size_t eq_qtype_nbytes(int id, size_t rows, size_t cols)

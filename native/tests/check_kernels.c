@@ -10,7 +10,8 @@
  * all-negative rows, activations all equal so every table sits at its largest entry, weights at
  * level 0 or 2^b - 1 in every plane, K up to 4883, activations from 2^-24 to 2^24). The weights
  * are random levels / fp16 scales / fp16 mins, packed here by the layout in edgeq.h's opening
- * comment (padding rows and columns hold random levels too: they must never reach a result).
+ * comment (padding rows and columns hold random levels too: they must never reach a result; a
+ * partial last group is stored in its columns rounded up to EQ_GROUP_STEP, stored_columns below).
  *
  * What is checked, for a batch x (n, K), weights W (M, K), one output y[v][r]:
  *   1. ref against a float64 oracle computed here from the levels: |ref - exact| <= 2^-24 |exact|
@@ -21,8 +22,9 @@
  *      float32 formula of edgeq.h computed here (scale * q rounded, then + min; or
  *      scale * (q - zero_point)), since every set must dequantize exactly like the reference.
  *   3. eq_gemm_isa(set) against eq_gemm_isa("ref"): |got - ref| <= table_term + float_term, and
- *      vectors 0 and n-1 multiplied alone give the same bits as inside the batch (when one vector
- *      and n vectors take the same route: a prefill path may serve larger batches).
+ *      vectors 0 and n-1 multiplied alone give the same bits as inside the batch when one vector
+ *      and n vectors take the same route; when the batch takes a prefill path, each of them alone
+ *      (the decode route) is held to the decode route's own bound, so every case checks both.
  *
  * The tolerance (per vector v and row r):
  *   A = Σ_g (|scale| (2^b - 1) + (symmetric ? |scale| zero_point : |min|)) Σ_{k in g} |x_k|
@@ -44,10 +46,8 @@
  *       (the integer sums after the lookup are exact: the harness's all-levels-maximal cases with
  *       tables at +-32767 are where an int16 sum would wrap and break the bound by 2^16 s).
  *       Float tables (scalar's lut) and the "float" and "reference" paths have table_term = 0.
- *   For multiply-add paths (the uniform packed family) table_term is the int8 activations' term:
- *       each block of 32 activations is rounded to xq s_b, s_b = max |x_b| / 127, and the product is
- *       W x̂ (the min / zero-point term through s_b Σ xq), so |Δy| <= Σ_k |w_k| (1/2 + 2^-7) s_b(k)
- *       (2^-7: rounding x 127 / max in float before rounding to an integer); the int32 sums are exact.
+ *       Multiply-add paths (int8 activations per block of 32, d_b = max |x| / 127) have instead
+ *       table_term = Σ_k |w_k| (1/2 + 2^-7) d_b(k)  (x86/avx2_prefill.c).
  * Which set and path multiply a type under a set comes from the library (eq_kernel_route: a set
  * hands a family it lacks to the next one); how that path rounds is in path_precisions[] below. A
  * route this table does not describe is an error (a new set or path states how it rounds before it
@@ -75,19 +75,22 @@ typedef struct path_precision {
     const char *path;
     int table_levels;   /* largest |entry| of its quantized activation tables; 0: none or float */
     int table_unit;     /* activations sharing one table scale, aligned from column 0 */
-    int int8_block;     /* activations rounded to int8 with one scale per this many; 0: none */
+    int int8_block;     /* multiply-add paths: activations per int8 scale (max |x| -> 127); 0: none */
 } path_precision;
 
 static const path_precision path_precisions[] = {
-    {"ref", "reference", 0, 0, 0},     /* the specification: double accumulation */
-    {"scalar", "float", 0, 0, 0},      /* float dot products */
-    {"scalar", "lut", 0, 0, 0},        /* float tables */
-    {"avx2", "float", 0, 0, 0},        /* fp32 FMA dot products */
-    {"avx2", "lut", 32767, 64, 0},     /* int16 tables split into two pshufb byte tables */
-    {"neon", "float", 0, 0, 0},        /* fp32 FMA dot products */
-    {"neon", "lut", 32767, 64, 0},     /* the same int16 tables, two vqtbl1q byte tables */
-    {"scalar", "multiply-add", 0, 0, 32},   /* int8 activations per 32, int32 dot products */
-    {"avx2", "multiply-add", 0, 0, 32},     /* the same, vpmaddubsw */
+    {"ref", "reference", 0, 0},     /* the specification: double accumulation */
+    {"scalar", "float", 0, 0},      /* float dot products */
+    {"scalar", "lut", 0, 0},        /* float tables */
+    {"avx2", "float", 0, 0},        /* fp32 FMA dot products */
+    {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
+    {"avx512", "float", 0, 0},      /* fp32 FMA dot products, masked tails */
+    {"avx512", "lut", 32767, 64},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
+    {"avx2", "multiply-add", 0, 0, 32},   /* int8 activations per block of 32 (avx2_prefill.c, avx2_packed.c) */
+    {"scalar", "multiply-add", 0, 0, 32}, /* the same in portable C (scalar/packed.c) */
+    {"avx512", "multiply-add", 0, 0, 32}, /* the same with vpdpbusd (x86/avx512_packed.c) */
+    {"neon", "float", 0, 0},        /* fp32 FMA dot products */
+    {"neon", "lut", 32767, 64},     /* the same int16 tables, two vqtbl1q byte tables */
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
@@ -204,6 +207,15 @@ static int make_cases(rng *r, size_t group, test_case *cases)
                                  WEIGHTS_EXTREME_LEVELS, ACTS_DYNAMIC_RANGE};
     cases[count++] = (test_case){"extreme levels, mixed activations, 64 vectors", 19, 3 * group + 3, MAX_BATCH,
                                  WEIGHTS_EXTREME_LEVELS, ACTS_MIXED};
+    /* partial last groups stored in 64 and G - 32 columns (a 32-column tail is in the cases above) */
+    if (group > 64) {
+        cases[count++] = (test_case){"max levels, one huge activation, 64-column tail", 18, 2 * group + 57, 3,
+                                     WEIGHTS_MAX_LEVELS, ACTS_ONE_HUGE};
+    }
+    if (group > 32) {
+        cases[count++] = (test_case){"max levels, all-negative activations, (G-32)-column tail", 21,
+                                     2 * group - 39, 5, WEIGHTS_MAX_LEVELS, ACTS_ALL_NEGATIVE};
+    }
     return count;
 }
 
@@ -332,17 +344,15 @@ static void write_u16le(uint8_t *p, uint16_t v)
     p[1] = (uint8_t)(v >> 8);
 }
 
-/* Columns stored for group g: bit-planes store every group whole, G columns, the padding of a
- * partial last group included; packed levels store the last group's columns rounded up to 32.
- * The one place that says how wide a group is. */
+/* Columns stored for group g (the planes' width): G, except a partial last group (K % G != 0),
+ * stored in its columns rounded up to EQ_GROUP_STEP. The one place that says how wide a group is. */
 static size_t stored_columns(const tensor *t, size_t g)
 {
-    const size_t group = (size_t)t->type->group;
-    if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED) {
-        const size_t stored = (t->cols + EQ_PACKED_BLOCK_COLS - 1) / EQ_PACKED_BLOCK_COLS * EQ_PACKED_BLOCK_COLS;
-        return stored - g * group < group ? stored - g * group : group;
+    const size_t group = (size_t)t->type->group, tail = t->cols % group;
+    if (g + 1 < t->n_groups || tail == 0) {
+        return group;
     }
-    return group;
+    return (tail + EQ_GROUP_STEP - 1) / EQ_GROUP_STEP * EQ_GROUP_STEP;
 }
 
 /* Bytes of one (tile, group) block: scale[16] fp16, min[16] fp16 (asymmetric), then b planes of
@@ -569,29 +579,38 @@ static double float_depth(const tensor *t)
     return (double)t->n_groups + (double)t->type->group / 4.0 + t->type->bits + 64.0;
 }
 
+/* error (n, rows) = Σ_k |w_rk| (1/2 + 2^-7) d_b(k), d_b = max |x| over block b / 127: int8
+ * activations rounded to nearest are off by d_b / 2 each (plus float rounding of x 127 / max), and
+ * the integer products and sums after them are exact (x86/avx2_prefill.c derives it). */
+static void int8_activation_bound(const tensor *t, const float *x, size_t n, size_t block, double *error)
+{
+    double *step = checked_calloc((t->cols + block - 1) / block, sizeof(double));
+    for (size_t v = 0; v < n; v++) {
+        const float *xv = x + v * t->cols;
+        for (size_t b = 0; b * block < t->cols; b++) {
+            double largest = 0.0;
+            for (size_t k = b * block; k < (b + 1) * block && k < t->cols; k++)
+                largest = fmax(largest, fabs((double)xv[k]));
+            step[b] = (0.5 + 0x1p-7) * largest / 127.0;
+        }
+        for (size_t row = 0; row < t->rows; row++) {
+            double bound = 0.0;
+            for (size_t k = 0; k < t->cols; k++)
+                bound += fabs(weight_exact(t, row, k)) * step[k / block];
+            error[v * t->rows + row] = bound;
+        }
+    }
+    free(step);
+}
+
 /* table_error (n, rows): table_term of the opening comment for a set whose tables have
  * `levels` and `unit` (0 for float tables: all zero). */
 static void table_error_bound(const tensor *t, const float *x, size_t n, const path_precision *precision,
                               double *table_error)
 {
     memset(table_error, 0, n * t->rows * sizeof(double));
-    if (precision->int8_block != 0 && is_packed(t->type)) {      /* int8 activations */
-        const size_t block = (size_t)precision->int8_block;
-        for (size_t v = 0; v < n; v++) {
-            const float *xv = x + v * t->cols;
-            for (size_t b0 = 0; b0 < t->cols; b0 += block) {
-                double largest = 0.0;
-                for (size_t k = b0; k < b0 + block && k < t->cols; k++) {
-                    largest = fmax(largest, fabs((double)xv[k]));
-                }
-                const double step = (0.5 + 0x1p-7) * largest / 127.0;
-                for (size_t row = 0; row < t->rows; row++) {
-                    for (size_t k = b0; k < b0 + block && k < t->cols; k++) {
-                        table_error[v * t->rows + row] += fabs(weight_exact(t, row, k)) * step;
-                    }
-                }
-            }
-        }
+    if (precision->int8_block != 0 && is_packed(t->type)) {
+        int8_activation_bound(t, x, n, (size_t)precision->int8_block, table_error);
         return;
     }
     if (precision->table_levels == 0 || !is_packed(t->type)) {
@@ -766,12 +785,25 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
             bound[i] += depth * 0x1p-23 * magnitude[i] + 1e-30;
         }
         compare(report, "gemm against ref", type, c, y, ref_as_double, bound);
-        /* a vector alone gives the bits it gets inside the batch, when both take the same route */
-        for (size_t v = 0; route == route_precision(report->isa, type, 1) && v < c->n;
-             v += (c->n > 1 ? c->n - 1 : 1)) {
+        /* vectors 0 and n - 1 alone: the decode route. Where the batch took another route (a
+         * prefill path), each is held to the decode route's own bound, so every case checks both
+         * paths; where it took the same route, alone gives the bits it gets inside the batch. */
+        const path_precision *alone_route = route_precision(report->isa, type, 1);
+        for (size_t v = 0; v < c->n; v += (c->n > 1 ? c->n - 1 : 1)) {
             check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c->rows, c->cols,
                                    x + v * c->cols, 1, y_one),
                        "eq_gemm_isa", report->isa, type, c);
+            if (route != alone_route) {
+                test_case one = *c;
+                one.n = 1;
+                table_error_bound(&t, x + v * c->cols, 1, alone_route, bound);
+                for (size_t row = 0; row < c->rows; row++) {
+                    bound[row] += depth * 0x1p-23 * magnitude[v * c->rows + row] + 1e-30;
+                }
+                compare(report, "gemm of one vector against ref", type, &one, y_one,
+                        ref_as_double + v * c->rows, bound);
+                continue;
+            }
             if (memcmp(y_one, y + v * c->rows, c->rows * sizeof(float)) != 0) {
                 report->mismatches++;
                 if (printed++ < MAX_PRINTED) {

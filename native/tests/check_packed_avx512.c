@@ -1,6 +1,6 @@
 /* check_packed_avx512.c — the AVX-512 VNNI multiply-add kernels of the uniform packed family
- * (x86/avx512_packed.c) against the portable ones (scalar/packed.c) they share a prepare with, until
- * the avx512 set lists them and tests/test_native_quant.py covers them like every set.
+ * (x86/avx512_packed.c, the avx512 set's packed decode path) against the portable ones
+ * (scalar/packed.c) they share a prepare with: float rounding is the only difference allowed.
  *
  *     check_packed_avx512          prints "skip: ..." (exit 0) on a CPU without AVX-512 VNNI, else
  *                                  one line per failing case and "ok N" / exit 1 on any failure

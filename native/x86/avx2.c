@@ -11,13 +11,15 @@
  * A plane load covers chunk c in its low 128-bit lane and chunk c+1 in its high lane; its low
  * nibbles index quads 0 and 2 of the 16 columns, its high nibbles quads 1 and 3, and pshufb looks
  * up within each lane: 32 rows x 4 activations per instruction and byte table.
- * gemm: per (tile, vector, group, 64-column unit), lookups are summed in int16 (maddubs adds a row's
+ * gemm: per (tile, vector, group, 64-column unit: 32 for groups of 32 and the last 32 columns of a
+ * partial last group), lookups are summed in int16 (maddubs adds a row's
  * low- and high-nibble lookups and weighs plane p by 2^(p - p0)), planes four at a time (per lane
  * at most 4 pairs x 15 x 510 < 2^15), the high bytes' +128 removed, then widened to int32 as
  * 256 high + low, scaled by the table scale, and per group by the fp16 scale (+ min x Σx, or
  * - zero_point x Σx for symmetric types) in fp32. Σx per group is exact (float), not from tables.
  * Each weight tile is read once per call and reused for every vector while it is in cache.
- * The loops over planes and chunk pairs are unrolled per (bits, group) (gemm_packed's switch).
+ * The loops over planes and chunk pairs are unrolled per (bits, group) (gemm_packed's switch),
+ * and once more for the partial last group of a K that is not a multiple of G (64- and 32-column units).
  *
  * Everything here is compiled for AVX2/FMA/F16C by the pragmas (GCC's target, clang's attribute)
  * and only called after avx2_available() said the CPU has them; other translation units stay
@@ -167,24 +169,119 @@ static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
 
+/* *total_low, *total_high (rows 0-7, 8-15; int32) = Σ_p 2^p Σ_k bit_p[r, k] T[k] in table units, over
+ * one unit of 16 * pairs columns (pairs = 4: a whole 64-column unit, 2: 32 columns).
+ *   planes  (bits, plane_bytes) the unit's first plane bytes in each of the group's planes
+ *   tables  the unit's int16 tables, 128 bytes per 16 columns (prepare's layout) */
+static inline __attribute__((always_inline)) void
+unit_dot(const uint8_t *planes, size_t plane_bytes, const int8_t *tables, const int bits, const size_t pairs,
+         __m256i *total_low, __m256i *total_high)
+{
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    *total_low = _mm256_setzero_si256();
+    *total_high = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int p0 = 0; p0 < bits; p0 += 4) {
+        /* int16 sums of rows 0-7 (_a) and 8-15 (_b) per lane (lanes: even/odd chunks), from the
+         * high-byte (hi_) and low-byte (lo_) tables; maddubs weighs plane p by 2^(p - p0) as it
+         * adds a row's two lookups (both byte tables unsigned, so the weight can be its signed
+         * memory operand) */
+        __m256i hi_a = _mm256_setzero_si256(), hi_b = _mm256_setzero_si256();
+        __m256i lo_a = _mm256_setzero_si256(), lo_b = _mm256_setzero_si256();
+        const int p_end = bits < p0 + 4 ? bits : p0 + 4;
+#pragma GCC unroll 4
+        for (size_t c = 0; c < pairs; c++) {
+            const __m256i *t = (const __m256i *)(tables + 128 * c);
+            const __m256i low_even = _mm256_load_si256(t), low_odd = _mm256_load_si256(t + 1);
+            const __m256i high_even = _mm256_load_si256(t + 2), high_odd = _mm256_load_si256(t + 3);
+#pragma GCC unroll 4
+            for (int p = p0; p < p_end; p++) {
+                const __m256i weight = _mm256_set1_epi8((char)(1 << (p - p0)));
+                __m256i packed = _mm256_loadu_si256((const __m256i *)(planes + (size_t)p * plane_bytes + 32 * c));
+                __m256i lo = _mm256_and_si256(packed, nibble);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                __m256i high_lo = _mm256_shuffle_epi8(high_even, lo);
+                __m256i high_hi = _mm256_shuffle_epi8(high_odd, hi);
+                hi_a = _mm256_add_epi16(hi_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(high_lo, high_hi), weight));
+                hi_b = _mm256_add_epi16(hi_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(high_lo, high_hi), weight));
+                __m256i low_lo = _mm256_shuffle_epi8(low_even, lo);
+                __m256i low_hi = _mm256_shuffle_epi8(low_odd, hi);
+                lo_a = _mm256_add_epi16(lo_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(low_lo, low_hi), weight));
+                lo_b = _mm256_add_epi16(lo_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(low_lo, low_hi), weight));
+            }
+        }
+        /* the high bytes carry +128: 2 lookups x 128 x 2^(p - p0) per plane and pair */
+        const __m256i bias = _mm256_set1_epi16((short)(256 * (int)pairs * ((1 << (p_end - p0)) - 1)));
+        hi_a = _mm256_sub_epi16(hi_a, bias);
+        hi_b = _mm256_sub_epi16(hi_b, bias);
+        __m256i sum_a = _mm256_add_epi32(
+            _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(hi_a), _mm256_extracti128_si256(hi_a, 1))), 8),
+            _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo_a)), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo_a, 1))));
+        __m256i sum_b = _mm256_add_epi32(
+            _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(hi_b), _mm256_extracti128_si256(hi_b, 1))), 8),
+            _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo_b)), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo_b, 1))));
+        __m128i shift = _mm_cvtsi32_si128(p0);
+        *total_low = _mm256_add_epi32(*total_low, _mm256_sll_epi32(sum_a, shift));
+        *total_high = _mm256_add_epi32(*total_high, _mm256_sll_epi32(sum_b, shift));
+    }
+}
+
+/* *acc_low, *acc_high (rows 0-7, 8-15) += the group's contribution to W x: its planes' dot products
+ * with the tables, in units of 64 columns (32 for a 32-column group or tail) each scaled by its table
+ * scale, then the group's fp16 scales (+ min x Σx, or - zero_point x Σx for symmetric types).
+ *   block  the group's block of `width` stored columns (G, or a partial last group's, a multiple of
+ *          32) starting at column col0 */
+static inline __attribute__((always_inline)) void
+group_dot(const eq_qtype_traits *type, const uint8_t *block, const size_t width, size_t col0,
+          const int8_t *tables, const float *table_scales, const float *sums, const int bits,
+          __m256 *acc_low, __m256 *acc_high)
+{
+    const uint8_t *planes = block + 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
+    __m256 dot_low = _mm256_setzero_ps(), dot_high = _mm256_setzero_ps();
+    for (size_t u0 = 0; u0 < width; u0 += EQ_LUT_UNIT) {
+        const int8_t *unit_tables = tables + (col0 + u0) * EQ_LUT_BYTES_PER_COL;
+        __m256i total_low, total_high;
+        if (width - u0 >= EQ_LUT_UNIT)
+            unit_dot(planes + 2u * u0, 2u * width, unit_tables, bits, EQ_LUT_UNIT / 16, &total_low, &total_high);
+        else
+            unit_dot(planes + 2u * u0, 2u * width, unit_tables, bits, 2, &total_low, &total_high);
+        __m256 table_scale = _mm256_set1_ps(table_scales[(col0 + u0) / EQ_LUT_UNIT]);
+        dot_low = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_low), table_scale, dot_low);
+        dot_high = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_high), table_scale, dot_high);
+    }
+    float sum_x = 0.0f;
+    for (size_t i = 0; i < width / 32; i++)
+        sum_x += sums[col0 / 32 + i];
+    __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
+    __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
+    if (type->symmetric) {
+        const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+        __m256 offset = _mm256_set1_ps(zero_point * sum_x);
+        *acc_low = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low, offset), *acc_low);
+        *acc_high = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high, offset), *acc_high);
+    } else {
+        __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
+        __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
+        __m256 sum = _mm256_set1_ps(sum_x);
+        *acc_low = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low, *acc_low));
+        *acc_high = _mm256_fmadd_ps(min_high, sum, _mm256_fmadd_ps(scale_high, dot_high, *acc_high));
+    }
+}
+
 /* The kernel body, inlined once per (bits, group) by gemm_packed so that the plane and chunk loops
- * have constant trip counts and unroll. */
+ * of whole groups have constant trip counts and unroll; a partial last group (its stored width
+ * known only at run time) goes through the same steps in units of 64 and 32 columns. */
 static inline __attribute__((always_inline)) void
 gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                  const eq_input *in, float *y, size_t y_stride, const int bits, const size_t group)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
-    const size_t n_groups = (cols + group - 1) / group;
+    const size_t n_full = cols / group;                           /* whole groups, then ... */
+    const size_t last_width = cols % group ? eq_last_group_cols(type, cols) : 0;   /* ... a partial one */
+    const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
-    const size_t planes_offset = 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
-    const size_t plane_bytes = 2u * group;
-    const size_t unit_cols = group < EQ_LUT_UNIT ? group : EQ_LUT_UNIT;
-    const size_t units = group / unit_cols, pairs = unit_cols / 16;
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
-    const __m256i nibble = _mm256_set1_epi8(0x0f);
-
     for (size_t tile = 0; tile < n_tiles; tile++) {
-        const uint8_t *tile_data = data + tile * n_groups * block_bytes;
+        const uint8_t *tile_data = data + tile * tile_bytes;
         for (size_t v = 0; v < in->n; v++) {
             const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
             const int8_t *tables = prepared.tables;
@@ -192,78 +289,11 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
             const float *sums = prepared.sums;
             __m256 acc_low = _mm256_setzero_ps(), acc_high = _mm256_setzero_ps();   /* rows 0-7, 8-15 */
             const uint8_t *block = tile_data;
-            for (size_t g = 0; g < n_groups; g++, block += block_bytes) {
-                __m256 dot_low = _mm256_setzero_ps(), dot_high = _mm256_setzero_ps();
-                for (size_t u = 0; u < units; u++) {
-                    const size_t col0 = g * group + u * unit_cols;
-                    const int8_t *unit_tables = tables + col0 * EQ_LUT_BYTES_PER_COL;
-                    const uint8_t *unit_planes = block + planes_offset + u * unit_cols * 2u;
-                    __m256i total_low = _mm256_setzero_si256(), total_high = _mm256_setzero_si256();
-#pragma GCC unroll 2
-                    for (int p0 = 0; p0 < bits; p0 += 4) {
-                        /* int16 sums of rows 0-7 (_a) and 8-15 (_b) per lane (lanes: even/odd
-                         * chunks), from the high-byte (hi_) and low-byte (lo_) tables; maddubs
-                         * weighs plane p by 2^(p - p0) as it adds a row's two lookups (both byte
-                         * tables unsigned, so the weight can be its signed memory operand) */
-                        __m256i hi_a = _mm256_setzero_si256(), hi_b = _mm256_setzero_si256();
-                        __m256i lo_a = _mm256_setzero_si256(), lo_b = _mm256_setzero_si256();
-                        const int p_end = bits < p0 + 4 ? bits : p0 + 4;
-#pragma GCC unroll 4
-                        for (size_t c = 0; c < pairs; c++) {
-                            const __m256i *t = (const __m256i *)(unit_tables + 128 * c);
-                            const __m256i low_even = _mm256_load_si256(t), low_odd = _mm256_load_si256(t + 1);
-                            const __m256i high_even = _mm256_load_si256(t + 2), high_odd = _mm256_load_si256(t + 3);
-#pragma GCC unroll 4
-                            for (int p = p0; p < p_end; p++) {
-                                const __m256i weight = _mm256_set1_epi8((char)(1 << (p - p0)));
-                                __m256i packed = _mm256_loadu_si256((const __m256i *)(unit_planes + (size_t)p * plane_bytes + 32 * c));
-                                __m256i lo = _mm256_and_si256(packed, nibble);
-                                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                                __m256i high_lo = _mm256_shuffle_epi8(high_even, lo);
-                                __m256i high_hi = _mm256_shuffle_epi8(high_odd, hi);
-                                hi_a = _mm256_add_epi16(hi_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(high_lo, high_hi), weight));
-                                hi_b = _mm256_add_epi16(hi_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(high_lo, high_hi), weight));
-                                __m256i low_lo = _mm256_shuffle_epi8(low_even, lo);
-                                __m256i low_hi = _mm256_shuffle_epi8(low_odd, hi);
-                                lo_a = _mm256_add_epi16(lo_a, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(low_lo, low_hi), weight));
-                                lo_b = _mm256_add_epi16(lo_b, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(low_lo, low_hi), weight));
-                            }
-                        }
-                        /* the high bytes carry +128: 2 lookups x 128 x 2^(p - p0) per plane and pair */
-                        const __m256i bias = _mm256_set1_epi16((short)(256 * (int)pairs * ((1 << (p_end - p0)) - 1)));
-                        hi_a = _mm256_sub_epi16(hi_a, bias);
-                        hi_b = _mm256_sub_epi16(hi_b, bias);
-                        __m256i sum_a = _mm256_add_epi32(
-                            _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(hi_a), _mm256_extracti128_si256(hi_a, 1))), 8),
-                            _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo_a)), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo_a, 1))));
-                        __m256i sum_b = _mm256_add_epi32(
-                            _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(hi_b), _mm256_extracti128_si256(hi_b, 1))), 8),
-                            _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo_b)), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo_b, 1))));
-                        __m128i shift = _mm_cvtsi32_si128(p0);
-                        total_low = _mm256_add_epi32(total_low, _mm256_sll_epi32(sum_a, shift));
-                        total_high = _mm256_add_epi32(total_high, _mm256_sll_epi32(sum_b, shift));
-                    }
-                    __m256 table_scale = _mm256_set1_ps(table_scales[col0 / EQ_LUT_UNIT]);
-                    dot_low = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_low), table_scale, dot_low);
-                    dot_high = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_high), table_scale, dot_high);
-                }
-                float sum_x = 0.0f;
-                for (size_t i = 0; i < group / 32; i++)
-                    sum_x += sums[g * group / 32 + i];
-                __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
-                __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
-                if (type->symmetric) {
-                    __m256 offset = _mm256_set1_ps(zero_point * sum_x);
-                    acc_low = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low, offset), acc_low);
-                    acc_high = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high, offset), acc_high);
-                } else {
-                    __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
-                    __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
-                    __m256 sum = _mm256_set1_ps(sum_x);
-                    acc_low = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low, acc_low));
-                    acc_high = _mm256_fmadd_ps(min_high, sum, _mm256_fmadd_ps(scale_high, dot_high, acc_high));
-                }
-            }
+            for (size_t g = 0; g < n_full; g++, block += block_bytes)
+                group_dot(type, block, group, g * group, tables, table_scales, sums, bits, &acc_low, &acc_high);
+            if (last_width)
+                group_dot(type, block, last_width, n_full * group, tables, table_scales, sums, bits,
+                          &acc_low, &acc_high);
             float out[EQ_TILE_ROWS];
             _mm256_storeu_ps(out, acc_low);
             _mm256_storeu_ps(out + 8, acc_high);
@@ -356,6 +386,10 @@ const eq_kernel_set eq_kernels_avx2 = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
+            /* No prefill path yet: x86/avx2_prefill.c's int8 multiply-add (eq_prefill_*_avx2, from 4
+             * vectors) is 1.3-2.8x faster on prompts but its int8 activations cost +0.5-0.6 %
+             * perplexity on SmolLM2 and change greedy continuations (benchmarks/README "Prefill");
+             * hook it here as .prefill once that loss is under the issue's 0.5 %. */
         },
         [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx2_packed.c */
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd",

@@ -1,5 +1,5 @@
 /* x86/avx512_packed.c — int8 multiply-add decode kernels for the uniform packed family with AVX-512
- * VNNI, for the `avx512` set (x86/avx512.c names them in its struct).
+ * VNNI: the `avx512` set's decode path for that family (x86/avx512.c names them in its struct).
  *
  * The algorithm of scalar/packed.c, whose prepare (int8 activations per block of 32, float scale
  * and Σx̂ = s_b Σ xq per block) it shares: vpdpbusd multiplies u8 levels by s8 activations and adds each row's
@@ -7,7 +7,7 @@
  * the same path: one 64-byte load of levels is the 16 rows x 4 columns of a quad (edgeq.h), the
  * quad's 4 activations broadcast to every lane; 4-bit quads are masked and shifted into two.
  * Compiled for AVX-512 F/BW/VL/VNNI + FMA/F16C by its pragma; call only when
- * eq_packed_avx512_available() says the CPU has them (the set's own check does not include VNNI).
+ * eq_packed_avx512_available() says the CPU has them (the avx512 set's own check includes VNNI).
  */
 #if defined(__x86_64__) || defined(__i386__)
 
