@@ -400,6 +400,10 @@ const eq_kernel_set eq_kernels_neon = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two vqtbl1q per lookup",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
         },
+        [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in arm/neon_packed.c (its sdot path: set neon-dotprod) */
+            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, smull/smlal + sadalp (ARMv8.0, no sdot)",
+                       eq_packed_prepared_bytes_neon, eq_packed_prepare_neon, eq_packed_gemm_neon},
+        },
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
