@@ -16,7 +16,9 @@
  * The plain family (f32/f16 rows) is fp32 FMA; the fp16 attention helpers convert with vcvt_f32_f16.
  *
  * Deliberately not here: sdot/udot. They add four adjacent bytes, which in the bit-plane layout are
- * four different rows, so they fit a multiply-add path over packed weights, not these lookups.
+ * four different rows, so they fit a multiply-add path over packed weights, not these lookups: the
+ * uniform packed family's path is arm/neon_packed.c (this set's ARMv8.0 smull/smlal kernel; its
+ * sdot kernel is set neon-dotprod, listed before this one, which takes everything else from here).
  * Baseline ARMv8.0 needs no target attribute; other architectures compile stubs of a set that is
  * never available (as x86/avx2.c does off x86).
  */

@@ -114,84 +114,64 @@ static inline int8x16_t repeat4(const int8_t *xq)
     return vreinterpretq_s8_s32(vdupq_n_s32(four));
 }
 
-/* sums[v][h] (int16 x 8: rows 4v+2h, 4v+2h+1 x 4 columns) += rows_v x x4, for the four 16-byte
- * vectors of one quad (already unpacked to signed bytes) */
-static inline __attribute__((always_inline)) void
-quad_mlal(const int8x16_t rows[4], int8x16_t x4, int16x8_t sums[4][2])
-{
-    #pragma GCC unroll 4
-    for (int v = 0; v < 4; v++) {
-        sums[v][0] = vmlal_s8(sums[v][0], vget_low_s8(rows[v]), vget_low_s8(x4));
-        sums[v][1] = vmlal_high_s8(sums[v][1], rows[v], x4);
-    }
-}
-
 /* the four 16-byte vectors of one quad as signed bytes: 8 bits flipped to q - 128 */
 static inline __attribute__((always_inline)) void
 load_quad(const uint8_t *quad, int flip, int8x16_t rows[4])
 {
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int v = 0; v < 4; v++) {
         const uint8x16_t bytes = vld1q_u8(quad + 16 * v);
         rows[v] = vreinterpretq_s8_u8(flip ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes);
     }
 }
 
-/* ARMv8.0: smull/smlal into int16, sadalp into int32 every `quads per flush`, addp per 4 rows. */
+/* sums[h] (int16 x 8: rows 4v+2h, 4v+2h+1 x 4 columns) += rows (16 bytes: 4 rows x 4 columns) x x4 */
+static inline __attribute__((always_inline)) void
+rows_mlal(int8x16_t rows, int8x16_t x4, int16x8_t sums[2])
+{
+    sums[0] = vmlal_s8(sums[0], vget_low_s8(rows), vget_low_s8(x4));
+    sums[1] = vmlal_high_s8(sums[1], rows, x4);
+}
+
+/* ARMv8.0: 4 rows at a time (few live registers: no spills), each quad's 16 bytes by smull/smlal
+ * into int16, sadalp into int32 every `per_flush` quads, one addp folding the column pairs. */
 static inline __attribute__((always_inline)) void
 block_dot_mull(const uint8_t *levels, const int bits, const int8_t *xq, int32x4_t dot[4])
 {
-    int32x4_t pairs[4][2];   /* [v][h]: lanes (row 4v+2h, columns 0-1), (.., 2-3), (row 4v+2h+1, 0-1), (.., 2-3) */
-    #pragma GCC unroll 4
-    for (int v = 0; v < 4; v++)
-        pairs[v][0] = pairs[v][1] = vdupq_n_s32(0);
-    if (bits == 4) {         /* 4 quads of 8 columns: low nibbles columns 8j..8j+3, high 8j+4..8j+7 */
-        int16x8_t sums[4][2];
-        #pragma GCC unroll 4
-        for (int v = 0; v < 4; v++)
-            sums[v][0] = sums[v][1] = vdupq_n_s16(0);
+    int8x16_t x4[BLOCK / 4];   /* the 4 activations of columns 4j..4j+3 in every 32-bit lane */
+#pragma GCC unroll 8
+    for (int j = 0; j < BLOCK / 4; j++)
+        x4[j] = repeat4(xq + 4 * j);
 #pragma GCC unroll 4
-        for (int j = 0; j < BLOCK / 8; j++) {
-            int8x16_t packed[4], nibbles[4];
-            load_quad(levels + 64 * j, 0, packed);
-            #pragma GCC unroll 4
-            for (int v = 0; v < 4; v++)
-                nibbles[v] = vandq_s8(packed[v], vdupq_n_s8(0x0f));
-            quad_mlal(nibbles, repeat4(xq + 8 * j), sums);
-            #pragma GCC unroll 4
-            for (int v = 0; v < 4; v++)
-                nibbles[v] = vreinterpretq_s8_u8(vshrq_n_u8(vreinterpretq_u8_s8(packed[v]), 4));
-            quad_mlal(nibbles, repeat4(xq + 8 * j + 4), sums);
-        }
-        #pragma GCC unroll 4
-        for (int v = 0; v < 4; v++)
-            #pragma GCC unroll 4
-            for (int h = 0; h < 2; h++)
-                pairs[v][h] = vpaddlq_s16(sums[v][h]);
-    } else {                 /* 8 quads of 4 columns, a byte each */
-        const int per_flush = bits <= 6 ? 4 : 2;   /* quads an int16 sum holds (opening comment) */
+    for (int v = 0; v < 4; v++) {   /* rows 4v..4v+3: bytes 16v..16v+15 of every quad */
+        int32x4_t pairs[2];   /* [h]: lanes (row 4v+2h, columns 0-1), (.., 2-3), (row 4v+2h+1, 0-1), (.., 2-3) */
+        if (bits == 4) {      /* 4 quads of 8 columns: low nibbles columns 8j..8j+3, high 8j+4..8j+7 */
+            int16x8_t sums[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
 #pragma GCC unroll 4
-        for (int j0 = 0; j0 < BLOCK / 4; j0 += per_flush) {
-            int16x8_t sums[4][2];
-            #pragma GCC unroll 4
-            for (int v = 0; v < 4; v++)
-                sums[v][0] = sums[v][1] = vdupq_n_s16(0);
-#pragma GCC unroll 4
-            for (int j = j0; j < j0 + per_flush; j++) {
-                int8x16_t rows[4];
-                load_quad(levels + 64 * j, bits > 6, rows);
-                quad_mlal(rows, repeat4(xq + 4 * j), sums);
+            for (int j = 0; j < BLOCK / 8; j++) {
+                const uint8x16_t packed = vld1q_u8(levels + 64 * j + 16 * v);
+                rows_mlal(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0f))), x4[2 * j], sums);
+                rows_mlal(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), x4[2 * j + 1], sums);
             }
-            #pragma GCC unroll 4
-            for (int v = 0; v < 4; v++)
-                #pragma GCC unroll 4
-                for (int h = 0; h < 2; h++)
-                    pairs[v][h] = vpadalq_s16(pairs[v][h], sums[v][h]);
+            pairs[0] = vpaddlq_s16(sums[0]);
+            pairs[1] = vpaddlq_s16(sums[1]);
+        } else {              /* 8 quads of 4 columns, a byte each */
+            const int per_flush = bits <= 6 ? 4 : 2;   /* quads an int16 sum holds (opening comment) */
+            pairs[0] = pairs[1] = vdupq_n_s32(0);
+#pragma GCC unroll 4
+            for (int j0 = 0; j0 < BLOCK / 4; j0 += per_flush) {
+                int16x8_t sums[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
+#pragma GCC unroll 4
+                for (int j = j0; j < j0 + per_flush; j++) {
+                    const uint8x16_t bytes = vld1q_u8(levels + 64 * j + 16 * v);
+                    rows_mlal(vreinterpretq_s8_u8(bits > 6 ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes), x4[j], sums);
+                }
+                pairs[0] = vpadalq_s16(pairs[0], sums[0]);
+                pairs[1] = vpadalq_s16(pairs[1], sums[1]);
+            }
         }
+        dot[v] = vpaddq_s32(pairs[0], pairs[1]);
     }
-    #pragma GCC unroll 4
-    for (int v = 0; v < 4; v++)
-        dot[v] = vpaddq_s32(pairs[v][0], pairs[v][1]);
 }
 
 /* gcc's arm_neon.h defines the sdot intrinsics under target("arch=armv8.2-a+dotprod"), and a function

@@ -2,8 +2,9 @@
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, x86/avx512.c, arm/neon.c) defines one
- * `const eq_kernel_set eq_kernels_<isa>`; src/kernel_sets.c lists them once and picks one.
+ * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, x86/avx512.c, arm/neon.c, and
+ * arm/neon_packed.c for neon-dotprod) defines one `const eq_kernel_set eq_kernels_<isa>`;
+ * src/kernel_sets.c lists them once and picks one.
  */
 #ifndef EDGEQ_KERNELS_H
 #define EDGEQ_KERNELS_H
