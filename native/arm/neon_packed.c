@@ -15,14 +15,17 @@
  * A 64-byte quad of levels (edgeq.h) is four 16-byte vectors, rows 4v..4v+3 x the quad's 4 columns:
  *   - sdot (vdotq_laneq_s32) adds each 32-bit lane's 4 bytes times 4 activations into that row's
  *     int32 lane: one instruction per 4 rows x 4 columns, exact at any width (4 x 128 x 127 per step);
- *   - ARMv8.0: smull/smlal (8 x s8 -> s16: rows 2 at a time, the quad's 4 activations repeated)
+ *   - ARMv8.0, 4 rows at a time: smull/smlal (8 x s8 -> s16: rows 2 at a time, the quad's 4
+ *     activations repeated)
  *     add up to 4 quads in int16 (5, 6 bits: levels <= 63, 4 x 63 x 127 = 32004; 4 bits: a block's 8
  *     nibble products, 8 x 15 x 127 = 15240; 8 bits: 2 quads, 2 x 128 x 127 = 32512), sadalp widens
  *     pairs into int32, and one addp per 4 rows folds the column pairs.
  * Levels are unsigned; both multiply signed bytes, so 8-bit levels are flipped to q - 128 (eor 0x80)
  * and Σ q x = Σ (q - 128) x + 128 Σ xq (as avx2 does); 4-6-bit levels are < 128 and used as they are.
- * The dot-product instructions exist only inside functions compiled with target("+dotprod"), called
- * only by the `neon-dotprod` set, which the CPU must report (getauxval(AT_HWCAP) & HWCAP_ASIMDDP).
+ * The dot-product instructions exist only inside functions compiled with
+ * target("arch=armv8.2-a+dotprod") (EQ_TARGET_DOTPROD), reached only through the `neon-dotprod`
+ * set, which the CPU must report (getauxval(AT_HWCAP) & HWCAP_ASIMDDP). Static instruction counts
+ * of both block loops, and what they predict for a Pi 5: benchmarks/README "Raspberry Pi 5".
  */
 #if defined(__aarch64__)
 
