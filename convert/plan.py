@@ -37,7 +37,8 @@ LOW_BITS, LOW_BITS_GROUP = 3, 32
 LAYOUTS = ("auto", "bitplane", "packed")
 # --layout auto stores a tensor as packed levels from this many bits up: SmolLM2 decode, avx2, 1 and
 # 2 threads (benchmarks/README.md): multiply-add wins at 8 bits; at 5 and 6 bits it is faster but its
-# byte per level makes the file 1.6x / 1.3x larger, and at 4 bits the LUT kernels are as fast
+# byte per level makes the file 1.6x / 1.3x larger; at 4 bits it measured 1.5x faster on a loaded
+# machine, at equal perplexity on SmolLM2, not yet confirmed on a quiet one or on Qwen
 AUTO_PACKED_FROM = 8
 
 
