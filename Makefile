@@ -132,7 +132,8 @@ arm-deps:
 aarch64: build/aarch64/generate
 
 # The kernel harness cross-built (static) into build/aarch64/tests/, run under qemu as an ARMv8.0 CPU
-# without the dot product (cortex-a72, a Pi 4) and as one with every extension (max).
+# without the dot product (cortex-a72, a Pi 4: sets neon, scalar, ref) and as one with every
+# extension (max: neon-dotprod's sdot path too).
 check-kernels-aarch64: | arm-deps
 	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
 	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-kernels

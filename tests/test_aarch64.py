@@ -5,12 +5,17 @@ naming what is missing.
 - Every C source `pip install .` compiles (native/build_ffi.py's SOURCE_DIRS, with its COMPILE_ARGS)
   compiles for aarch64 without a warning: no x86-only flag or source reaches an ARM build.
 - The kernel harness (native/tests/check_kernels.c; `make check-kernels-aarch64`) cross-built and
-  run under qemu-aarch64 as cortex-a72 and max: every ARM set against the reference, every type.
+  run under qemu-aarch64 as cortex-a72 and max: every ARM set against the reference, every type;
+  neon-dotprod (sdot) runs on max only, and its and neon's packed-family outputs are the bits
+  x86's avx2/avx512 multiply-add give on the same inputs (the harness's digests).
 - The C example (`make aarch64`: build/aarch64/generate, static) decodes tiny converted models
   greedily under qemu-aarch64 (`-cpu cortex-a72`: ARMv8.0 without the dot product, like a Pi 4;
   `-cpu max`) with the set it picks, and with every set of the library's one list forced by
   EDGEQ_ISA, and prints the token ids the x86 build prints with each of its sets; a set aarch64
   cannot run (avx2) is a one-line error.
+- A tiny model converted with --layout packed (the int8 multiply-add path) decodes under qemu to
+  the ids x86's multiply-add sets give: neon's ARMv8.0 path (cortex-a72, and forced on max) and
+  neon-dotprod's sdot path (max).
 """
 from __future__ import annotations
 
@@ -27,8 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 AARCH64_CC = os.environ.get("AARCH64_CC", "aarch64-linux-gnu-gcc")
 QEMU = os.environ.get("QEMU_AARCH64", "qemu-aarch64")
 
-# qemu's CPU models, and the set an aarch64 build must pick on each (the best it runs).
-QEMU_CPUS = {"cortex-a72": "neon", "max": "neon"}
+# qemu's CPU models, and the set an aarch64 build must pick on each (the best it runs): cortex-a72
+# is ARMv8.0 without the dot-product extension (a Pi 4), max has it (HWCAP_ASIMDDP).
+QEMU_CPUS = {"cortex-a72": "neon", "max": "neon-dotprod"}
+# The sets the harness checks on each CPU model, in the list's order.
+QEMU_SETS = {"cortex-a72": ["neon", "scalar", "ref"], "max": ["neon-dotprod", "neon", "scalar", "ref"]}
 
 PROMPTS = ([1, 2, 3, 4], [5, 17, 33, 2, 120, 77, 8, 250, 1, 64], [300, 42, 9, 199], [7])
 N_GENERATE = 8
@@ -44,6 +52,12 @@ def arm_tools():
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (`make arm-deps` installs the aarch64 "
                     "cross compiler and qemu-user on Debian/Ubuntu)")
+
+
+@pytest.fixture(scope="module")
+def built(arm_tools):
+    """build/examples/generate (x86) and build/aarch64/generate (static), once per module."""
+    _make("example", "aarch64")
 
 
 def _make(*targets: str) -> None:
@@ -75,20 +89,51 @@ def test_extension_sources_compile_for_aarch64(arm_tools, tmp_path):
         assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183, obj  # EM_AARCH64
 
 
+def _harness_summary(output: str) -> tuple[list[str], dict[str, str]]:
+    """The sets one check_kernels run checked, and its uniform-packed digests (inputs, per set)."""
+    checked = re.findall(r"^(\S+)\s+\d+ types x \d+ cases = \d+ products, \d+ outputs against \S+, 0 mismatches",
+                         output, re.MULTILINE)
+    line = re.search(r"^uniform-packed digests: (.*)$", output, re.MULTILINE)
+    assert line, output
+    digests = dict(item.split(" ") for item in line.group(1).split(", "))
+    return checked, digests
+
+
 def test_kernel_harness_under_qemu(arm_tools):
-    """check_kernels passes under both CPU models and checked neon (the set the library lists for
-    aarch64), scalar and ref; avx2 is listed and not run."""
+    """check_kernels passes under both CPU models and checked neon-dotprod (max only: sdot), neon,
+    scalar and ref; avx2 is listed and not run. The packed family goes through neon-dotprod's
+    multiply-add on max and neon's (ARMv8.0) on both, and both give, case for case, the bits of
+    x86's avx2 and avx512 multiply-add paths (the harness's digests of the same inputs)."""
     result = subprocess.run(["make", "--no-print-directory", "check-kernels-aarch64"], cwd=ROOT,
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, f"make check-kernels-aarch64 failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
     runs = result.stdout.split("check_kernels: seed ")[1:]
     assert len(runs) == len(QEMU_CPUS), result.stdout
-    for run, best in zip(runs, QEMU_CPUS.values()):
+    arm_digests = {}
+    for run, cpu in zip(runs, QEMU_CPUS):
         assert "\ncheck_kernels: ok\n" in run, run
-        checked = re.findall(r"^(\S+)\s+\d+ types x \d+ cases = \d+ products, \d+ outputs against \S+, 0 mismatches",
-                             run, re.MULTILINE)
-        assert checked == [best, "scalar", "ref"], run
+        checked, digests = _harness_summary(run)
+        assert checked == QEMU_SETS[cpu], run
         assert re.search(r"^avx2\s+not run", run, re.MULTILINE), run
+        assert re.search(r"^  neon: .*uniform-packed by neon multiply-add", run, re.MULTILINE), run
+        if "neon-dotprod" in checked:
+            assert re.search(r"^  neon-dotprod: .*uniform-bitplane by neon lut, uniform-packed by neon-dotprod "
+                             r"multiply-add", run, re.MULTILINE), run
+        else:
+            assert re.search(r"^neon-dotprod\s+not run", run, re.MULTILINE), run
+        assert digests["neon"] == digests.get("neon-dotprod", digests["neon"]), run
+        arm_digests[cpu] = digests
+    assert arm_digests["cortex-a72"]["neon"] == arm_digests["max"]["neon-dotprod"]
+    native = subprocess.run(["make", "--no-print-directory", "check-kernels"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert native.returncode == 0, native.stdout[-4000:]
+    _, x86 = _harness_summary(native.stdout)
+    multiply_add = [isa for isa in ("avx512", "avx2") if isa in x86]
+    if not multiply_add:
+        pytest.skip("this x86 CPU runs no multiply-add set of avx2's rounding (avx2, avx512)")
+    assert x86["inputs"] == arm_digests["max"]["inputs"], "the harness drew different inputs on x86 and aarch64"
+    for isa in multiply_add:
+        assert x86[isa] == arm_digests["max"]["neon-dotprod"], f"x86 {isa}'s packed outputs differ from aarch64's"
 
 
 def _run(command: list[str], path: Path, prompt: list[int], isa: str | None, threads: int):
@@ -111,12 +156,11 @@ def _generate(command: list[str], path: Path, prompt: list[int], isa: str | None
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_example_under_qemu_matches_x86(arm_tools, tiny_converted, arch, bits):
+def test_example_under_qemu_matches_x86(built, tiny_converted, arch, bits):
     """Greedy ids of build/aarch64/generate under qemu-aarch64, with the set it picks on each CPU
     model and with every set of the list it runs forced (on the ARMv8.0 model), equal those of
     build/examples/generate (x86) with each set this machine runs."""
     from edgeq import _ffi
-    _make("example", "aarch64")
     path = tiny_converted(arch, bits)
     native = [str(ROOT / "build" / "examples" / "generate")]
     expected = {}
@@ -148,3 +192,47 @@ def test_example_under_qemu_matches_x86(arm_tools, tiny_converted, arch, bits):
             ids, used = _generate(baseline, path, prompt, isa, 1)
             assert used == isa and ids == expected[tuple(prompt)], f"aarch64 ({isa}): {ids} (prompt {prompt})"
     assert runnable == [QEMU_CPUS["cortex-a72"], "scalar", "ref"], runnable
+
+
+@pytest.fixture(scope="module")
+def tiny_packed(tiny_llama, tmp_path_factory):
+    """tiny_packed(bits) -> the tiny llama converted with --layout packed at `bits`, once per module."""
+    from edgeq.convert import PlanSettings, convert
+    folder, made = tmp_path_factory.mktemp("tiny-packed"), {}
+
+    def get(bits: int):
+        if bits not in made:
+            made[bits] = folder / f"llama.p{bits}"
+            convert(tiny_llama, made[bits], PlanSettings(bits=bits, layout="packed"), progress=False)
+        return made[bits]
+    return get
+
+
+@pytest.mark.parametrize("bits", [4, 8])   # nibble quads, and byte quads flipped to q - 128
+def test_packed_file_under_qemu_matches_x86_multiply_add(built, tiny_packed, bits):
+    """A file of packed (p*g*) types: build/aarch64/generate's greedy ids under qemu with neon's
+    ARMv8.0 multiply-add (cortex-a72; and max with EDGEQ_ISA=neon) and neon-dotprod's sdot (max, its
+    default) equal x86's with its multiply-add sets of the same rounding (avx512, avx2)."""
+    from edgeq import _ffi
+    from edgeq import quant_types
+    from edgeq.fileformat import ModelFile
+    path = tiny_packed(bits)
+    packed = {t.qtype.name for t in ModelFile(path).tensors.values() if t.qtype.family == quant_types.UNIFORM_PACKED}
+    assert packed, f"{path} has no packed tensors"
+    x86_sets = [isa for isa in ("avx512", "avx2") if isa in _ffi.kernel_sets()]
+    if not x86_sets:
+        pytest.skip("this x86 CPU runs no multiply-add set of avx2's rounding (avx2, avx512)")
+    for isa in x86_sets:
+        for name in packed:
+            assert _ffi.kernel_route(name, isa, batch=1)["path"] == "multiply-add", (isa, name)
+    native = [str(ROOT / "build" / "examples" / "generate")]
+    binary = str(ROOT / "build" / "aarch64" / "generate")
+    prompts = PROMPTS[:2]
+    for prompt in prompts:
+        expected, _ = _generate(native, path, prompt, x86_sets[0], 2)
+        for isa in x86_sets[1:]:
+            assert _generate(native, path, prompt, isa, 2)[0] == expected, f"x86 {isa} (prompt {prompt})"
+        for cpu, isa, want in (("cortex-a72", None, "neon"), ("max", None, "neon-dotprod"), ("max", "neon", "neon")):
+            ids, used = _generate([QEMU, "-cpu", cpu, binary], path, prompt, isa, 2)
+            assert used == want, f"qemu -cpu {cpu} (EDGEQ_ISA={isa}) ran the {used} set, not {want}"
+            assert ids == expected, f"aarch64 ({cpu}, {used}): {ids}, x86 {x86_sets[0]}: {expected} (prompt {prompt})"

@@ -276,7 +276,8 @@ def int8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # How closely each kernel set's bit-plane products follow the reference: "float" (float tables or
 # accumulation: float32 rounding) or "int16 tables" (within lut_error_bound). Every set in the C
 # list is tested; one missing here fails until its accuracy is stated.
-BITPLANE_ACCURACY = {"scalar": "float", "avx2": "int16 tables", "avx512": "int16 tables", "neon": "int16 tables"}
+BITPLANE_ACCURACY = {"scalar": "float", "avx2": "int16 tables", "avx512": "int16 tables",
+                     "neon-dotprod": "int16 tables", "neon": "int16 tables"}   # neon-dotprod's are neon's
 KERNEL_SETS_UNDER_TEST = [name for name in _ffi.all_kernel_sets() if name != "ref"]
 
 

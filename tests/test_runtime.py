@@ -23,7 +23,7 @@ PROMPT = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42, 9, 199, 3, 88, 61, 7, 1
 # (2^-15 of each 64 activations' largest subset sum per lookup), so their error is larger but still
 # far below what quantizing the weights changes. Every set in the C list but the reference is run;
 # one missing here fails until its bound is stated.
-KERNEL_SETS = {"scalar": 1e-5, "avx2": 5e-4, "avx512": 5e-4, "neon": 5e-4}
+KERNEL_SETS = {"scalar": 1e-5, "avx2": 5e-4, "avx512": 5e-4, "neon-dotprod": 5e-4, "neon": 5e-4}
 # Batches from a set's prefill_from on (a prompt) may take its multiply-add path, whose int8
 # activations per block of 32 change each product by up to Σ_k |w_k| d_b / 2 with d_b = max |x| / 127
 # over the block (x86/avx2_prefill.c): up to 1/254 of max |x| Σ |w| per product, compounded over the

@@ -16,7 +16,9 @@
  * The plain family (f32/f16 rows) is fp32 FMA; the fp16 attention helpers convert with vcvt_f32_f16.
  *
  * Deliberately not here: sdot/udot. They add four adjacent bytes, which in the bit-plane layout are
- * four different rows, so they fit a multiply-add path over packed weights, not these lookups.
+ * four different rows, so they fit a multiply-add path over packed weights, not these lookups: the
+ * uniform packed family's path is arm/neon_packed.c (this set's ARMv8.0 smull/smlal kernel; its
+ * sdot kernel is set neon-dotprod, listed before this one, which takes everything else from here).
  * Baseline ARMv8.0 needs no target attribute; other architectures compile stubs of a set that is
  * never available (as x86/avx2.c does off x86).
  */
@@ -399,6 +401,10 @@ const eq_kernel_set eq_kernels_neon = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two vqtbl1q per lookup",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
+        },
+        [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in arm/neon_packed.c (its sdot path: set neon-dotprod) */
+            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, smull/smlal + sadalp (ARMv8.0, no sdot)",
+                       eq_packed_prepared_bytes_neon, eq_packed_prepare_neon, eq_packed_gemm_neon},
         },
     },
     .dot_f16 = dot_f16,

@@ -21,6 +21,7 @@
 static const eq_kernel_set *const kernel_sets[] = {
     &eq_kernels_avx512,
     &eq_kernels_avx2,
+    &eq_kernels_neon_dotprod,   /* only the packed family (sdot); the rest from neon */
     &eq_kernels_neon,
     &eq_kernels_scalar,
     &eq_kernels_ref,

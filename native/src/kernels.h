@@ -2,8 +2,9 @@
  *
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
- * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, x86/avx512.c, arm/neon.c) defines one
- * `const eq_kernel_set eq_kernels_<isa>`; src/kernel_sets.c lists them once and picks one.
+ * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, x86/avx512.c, arm/neon.c, and
+ * arm/neon_packed.c for neon-dotprod) defines one `const eq_kernel_set eq_kernels_<isa>`;
+ * src/kernel_sets.c lists them once and picks one.
  */
 #ifndef EDGEQ_KERNELS_H
 #define EDGEQ_KERNELS_H
@@ -86,6 +87,7 @@ typedef struct eq_kernel_set {
 /* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
 extern const eq_kernel_set eq_kernels_avx512;   /* x86/avx512.c */
 extern const eq_kernel_set eq_kernels_avx2;     /* x86/avx2.c */
+extern const eq_kernel_set eq_kernels_neon_dotprod;   /* arm/neon_packed.c */
 extern const eq_kernel_set eq_kernels_neon;     /* arm/neon.c */
 extern const eq_kernel_set eq_kernels_scalar;   /* scalar/gemv.c */
 extern const eq_kernel_set eq_kernels_ref;      /* ref/gemv.c */
@@ -162,6 +164,12 @@ size_t eq_packed_prepared_bytes_avx512(size_t cols);
 void eq_packed_prepare_avx512(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                            const eq_input *in, float *y, size_t y_stride);
+/* arm/neon_packed.c: the neon set's ARMv8.0 path (smull/smlal + sadalp); the same file's sdot path
+ * is the whole of the neon-dotprod set, which shares this prepare */
+size_t eq_packed_prepared_bytes_neon(size_t cols);
+void eq_packed_prepare_neon(const float *x, size_t cols, uint8_t *out);
+void eq_packed_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                         const eq_input *in, float *y, size_t y_stride);
 
 /* *out = bytes of a (rows >= 1, cols >= 1) tensor of `type`, or EQ_ERR_SIZE_OVERFLOW (or
  * EQ_ERR_UNKNOWN_QTYPE: a family without a size rule). eq_padded_tail_nbytes: in the layout of

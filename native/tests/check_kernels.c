@@ -54,7 +54,9 @@
  * is trusted).
  *
  * A mismatch prints the set, type, case, shape, vector, row, got, expected, error and bound (the
- * first 20; all are counted); at the end, one summary line per set.
+ * first 20; all are counted); at the end, one summary line per set, and one line of FNV-1a digests
+ * over the uniform-packed cases: of their inputs, and per set of the bits of its outputs (sets with
+ * equal digests on equal inputs gave the same bits, across machines too).
  */
 #include <inttypes.h>
 #include <math.h>
@@ -91,6 +93,8 @@ static const path_precision path_precisions[] = {
     {"avx512", "multiply-add", 0, 0, 32}, /* the same with vpdpbusd (x86/avx512_packed.c) */
     {"neon", "float", 0, 0},        /* fp32 FMA dot products */
     {"neon", "lut", 32767, 64},     /* the same int16 tables, two vqtbl1q byte tables */
+    {"neon", "multiply-add", 0, 0, 32},          /* int8 activations per 32, smull/smlal (arm/neon_packed.c) */
+    {"neon-dotprod", "multiply-add", 0, 0, 32},  /* the same with sdot (arm/neon_packed.c) */
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
@@ -664,9 +668,24 @@ typedef struct set_report {
     size_t products, outputs, mismatches;
     double worst_ratio;   /* largest error / bound seen, and where */
     const char *worst_type, *worst_case;
+    uint64_t packed_digest;   /* FNV-1a of the bits of every uniform-packed product's outputs */
 } set_report;
 
 static size_t printed;
+
+/* FNV-1a over the uniform-packed cases' inputs (activations, tensor bytes): sets on different
+ * machines whose packed digests agree gave the same bits on the same inputs when these agree too
+ * (tests/test_aarch64.py compares x86's avx2/avx512 with aarch64's neon/neon-dotprod this way). */
+static uint64_t packed_inputs_digest = 0xcbf29ce484222325ull;
+
+static uint64_t fnv1a(uint64_t hash, const void *bytes, size_t n)
+{
+    const uint8_t *p = bytes;
+    for (size_t i = 0; i < n; i++) {
+        hash = (hash ^ p[i]) * 0x100000001b3ull;
+    }
+    return hash;
+}
 
 static void report_mismatch(const char *what, const char *isa, const eq_qtype_traits *type,
                             const test_case *c, size_t v, size_t row, double got, double expected,
@@ -756,6 +775,11 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
     const size_t begin = rng_range(r, 0, c->rows - 1), count = rng_range(r, 1, c->rows - begin);
     oracle(&t, x, c->n, exact, magnitude);
     const double depth = float_depth(&t);
+    const int packed_family = type->family == EQ_QFAMILY_UNIFORM_PACKED;
+    if (packed_family) {
+        packed_inputs_digest = fnv1a(packed_inputs_digest, x, c->n * c->cols * sizeof(float));
+        packed_inputs_digest = fnv1a(packed_inputs_digest, t.data, t.nbytes);
+    }
 
     check_call(eq_gemm_isa("ref", type->id, t.data, t.nbytes, c->rows, c->cols, x, c->n, y_ref),
                "eq_gemm_isa", "ref", type, c);
@@ -779,6 +803,9 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
         }
         check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c->rows, c->cols, x, c->n, y),
                    "eq_gemm_isa", report->isa, type, c);
+        if (packed_family) {
+            report->packed_digest = fnv1a(report->packed_digest, y, outputs * sizeof(float));
+        }
         const path_precision *route = route_precision(report->isa, type, c->n);
         table_error_bound(&t, x, c->n, route, bound);
         for (size_t i = 0; i < outputs; i++) {
@@ -841,7 +868,7 @@ int main(int argc, char **argv)
     }
     for (int s = 0; s < n_sets; s++) {
         const char *isa = eq_kernel_set_name(s);
-        reports[s] = (set_report){.isa = isa, .available = eq_isa_available(isa)};
+        reports[s] = (set_report){.isa = isa, .available = eq_isa_available(isa), .packed_digest = 0xcbf29ce484222325ull};
     }
     if (!eq_isa_available("ref")) {
         fprintf(stderr, "check_kernels: the reference set \"ref\" is not available\n");
@@ -910,6 +937,15 @@ int main(int argc, char **argv)
                report->worst_case ? report->worst_case : "-");
         mismatches += report->mismatches;
     }
+    /* which sets gave the same bits on the packed family (ref's digest covers nothing: it is
+     * compared with the oracle, not hashed) */
+    printf("uniform-packed digests: inputs %016" PRIx64, packed_inputs_digest);
+    for (int s = 0; s < n_sets; s++) {
+        if (reports[s].available && strcmp(reports[s].isa, "ref") != 0) {
+            printf(", %s %016" PRIx64, reports[s].isa, reports[s].packed_digest);
+        }
+    }
+    printf("\n");
     if (mismatches > 0) {
         printf("check_kernels: FAILED, %zu mismatches (seed %" PRIu64 ")\n", mismatches, seed);
         return 1;
