@@ -4,8 +4,8 @@
  * Reads top to bottom: config, weights (pointers into the mmapped file), run state, validation and
  * open, the building blocks (rmsnorm, rope, matrix products cut into chunks of rows, attention),
  * the forward pass over batches of up to BATCH tokens (prefill reuses every weight tile across the
- * batch; decode is a batch of one) as one thread-pool job of phases per batch, the public entry
- * points.
+ * batch; decode is a batch of one) as one thread-pool job of phases per batch (the head included),
+ * the public entry points.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -68,9 +68,9 @@ typedef struct layer {
     matrix w_gate, w_up, w_down;                /* (hidden, dim) x2, (dim, hidden) */
 } layer;
 
-/* The pass is one pool job of STEPS_PER_LAYER phases per layer (the workers are handed work once
- * per batch, plus once for the head); a phase waits for the one before. Per-token steps take one
- * token per chunk, products a run of rows, attention one (token, head) pair. */
+/* The pass is one pool job of STEPS_PER_LAYER phases per layer, then HEAD_STEPS for the logits (the
+ * workers are handed work once per batch); a phase waits for the one before. Per-token steps take
+ * one token per chunk, products a run of rows, attention one (token, head) pair. */
 typedef enum step_kind {
     STEP_ATTN_NORM,       /* x -> rmsnorm -> xb, prepared in acts_x                 (per token)  */
     STEP_QKV,             /* q, k, v = xb wq^T, xb wk^T, xb wv^T                    (row chunks) */
@@ -83,8 +83,9 @@ typedef enum step_kind {
     STEP_FFN_PREPARE,     /* hb prepared in acts_ffn                                (per token)  */
     STEP_FFN_DOWN,        /* x += hb w_down^T                                       (row chunks) */
     STEPS_PER_LAYER,
-    STEP_OUTPUT_NORM = STEPS_PER_LAYER,   /* the head's job: x -> rmsnorm -> xb, in acts_x      */
-    STEP_OUTPUT           /* logits = xb output^T                                   (row chunks) */
+    STEP_OUTPUT_NORM = STEPS_PER_LAYER,   /* the head: x -> rmsnorm -> xb, in acts_head  (per token) */
+    STEP_OUTPUT,          /* logits = xb output^T                                   (row chunks) */
+    HEAD_STEPS = STEP_OUTPUT + 1 - STEPS_PER_LAYER
 } step_kind;
 
 typedef struct forward_step {
@@ -103,11 +104,12 @@ typedef struct run_state {
     float *scores;     /* (n_threads, n_ctx) attention weights, one row per thread */
     eq_acts acts_x;    /* the products' inputs prepared for the kernel set: normed x (n, dim), */
     eq_acts acts_attn; /* attention output (n, q_dim), */
-    eq_acts acts_ffn;  /* SwiGLU output (n, hidden_dim) */
+    eq_acts acts_ffn;  /* SwiGLU output (n, hidden_dim), */
+    eq_acts acts_head; /* acts_x's buffers bound to the head's batch: normed x (n_logits, dim) */
     int n, pos0;       /* the batch being evaluated: tokens at positions pos0 .. pos0 + n - 1 */
     int n_logits;      /* the head's batch: the last n_logits tokens, */
     float *logits;     /* (n_logits, vocab) */
-    forward_step *steps;       /* (n_layers * STEPS_PER_LAYER,) the pass's phases and */
+    forward_step *steps;       /* (n_layers * STEPS_PER_LAYER + HEAD_STEPS,) the pass's phases and */
     eq_pool_phase *phases;     /* their pool descriptions, rebuilt per batch */
     void *key_cache;   /* (n_layers, n_ctx, kv_dim) fp16 or fp32 */
     void *value_cache;
@@ -539,8 +541,8 @@ static int alloc_state(loader *ld, eq_model *m)
     s->value_cache = alloc_array(n_cache, elem);
     unsigned x_families, attn_families, ffn_families;
     input_families(m, &x_families, &attn_families, &ffn_families);
-    s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->steps);
-    s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER, sizeof *s->phases);
+    s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->steps);
+    s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->phases);
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores ||
         !s->key_cache || !s->value_cache || !s->steps || !s->phases ||
         eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim, x_families) != EQ_OK ||
@@ -896,11 +898,11 @@ static void forward_chunk(void *raw, int chunk, int thread)
     case STEP_OUTPUT_NORM:
         rmsnorm(s->xb + t * dim, s->x + ((size_t)(s->n - s->n_logits) + t) * dim, m->output_norm, c->dim,
                 c->norm_eps);
-        eq_acts_prepare(m->kernels, &s->acts_x, t, 1);
+        eq_acts_prepare(m->kernels, &s->acts_head, t, 1);
         break;
     case STEP_OUTPUT:
         chunk_rows(m->output.rows, row_unit(&m->output), chunk, matrix_chunks(m, &m->output), &row0, &row1);
-        gemm_rows(m, &m->output, &s->acts_x, row0, row1, s->logits);
+        gemm_rows(m, &m->output, &s->acts_head, row0, row1, s->logits);
         break;
     }
 }
@@ -922,21 +924,18 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
     eq_acts_bind(&s->acts_x, s->xb, (size_t)n, dim);
     eq_acts_bind(&s->acts_attn, s->xb, (size_t)n, q_dim);
     eq_acts_bind(&s->acts_ffn, s->hb, (size_t)n, (size_t)c->hidden_dim);
-    int n_steps = c->n_layers * STEPS_PER_LAYER;
+    s->n_logits = !logits ? 0 : all_logits ? n : 1;
+    s->logits = logits;
+    s->acts_head = s->acts_x;   /* the head's norm overwrites acts_x's tables after the last layer's barrier */
+    eq_acts_bind(&s->acts_head, s->xb, (size_t)s->n_logits, dim);
+    int n_steps = c->n_layers * STEPS_PER_LAYER + (logits ? HEAD_STEPS : 0);
     for (int i = 0; i < n_steps; i++) {
-        s->steps[i] = (forward_step){m, i / STEPS_PER_LAYER, (step_kind)(i % STEPS_PER_LAYER)};
+        s->steps[i] = i < c->n_layers * STEPS_PER_LAYER
+            ? (forward_step){m, i / STEPS_PER_LAYER, (step_kind)(i % STEPS_PER_LAYER)}
+            : (forward_step){m, 0, (step_kind)(STEP_OUTPUT_NORM + i - c->n_layers * STEPS_PER_LAYER)};
         s->phases[i] = (eq_pool_phase){forward_chunk, &s->steps[i], step_chunks(m, &s->steps[i])};
     }
-    eq_pool_run(m->pool, s->phases, n_steps);
-    if (logits) {
-        s->n_logits = all_logits ? n : 1;
-        s->logits = logits;
-        eq_acts_bind(&s->acts_x, s->xb, (size_t)s->n_logits, dim);
-        forward_step head[2] = {{m, 0, STEP_OUTPUT_NORM}, {m, 0, STEP_OUTPUT}};
-        eq_pool_phase phases[2] = {{forward_chunk, &head[0], step_chunks(m, &head[0])},
-                                   {forward_chunk, &head[1], step_chunks(m, &head[1])}};
-        eq_pool_run(m->pool, phases, 2);
-    }
+    eq_pool_run(m->pool, s->phases, n_steps);   /* one hand-off to the workers per batch */
 }
 
 /* ============================================================================================= */

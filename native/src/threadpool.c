@@ -1,5 +1,6 @@
 /* threadpool.c — persistent worker threads that claim chunks of a phased job from one atomic
- * counter; waiting spins, then yields, then sleeps. See threadpool.h for the contract.
+ * counter; waiting spins, then yields, then sleeps; under a busy core, jobs run on one thread that
+ * has a core to itself. See threadpool.h for the contract.
  *
  * Publishing a job: the caller fills the job slot of generation g (two slots, alternating, so a
  * worker still looking at job g - 1 never reads a slot being rewritten for g), resets `done`, sets
@@ -10,7 +11,7 @@
  * Barriers: chunk i of phase p starts once `done` (chunks finished in this job) reaches the number
  * of chunks before phase p; the job is over when `done` reaches the total.
  */
-#define _GNU_SOURCE   /* syscall(), for the futex */
+#define _GNU_SOURCE   /* syscall(), for the futex; RUSAGE_THREAD */
 #include "threadpool.h"
 
 #include <limits.h>
@@ -24,6 +25,7 @@
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -56,17 +58,28 @@ enum {
  * 1/IDLE_SHARE of its fair share of the chunks: when the busy core is the caller's, the caller holds
  * nobody up (its few chunks are short), it just gets little done. STALLED_IN_A_ROW contended jobs
  * make the next ones run on one thread ("solo"), the one that ran the most chunks: the caller, or a
- * worker on a free core while the caller sleeps. A single contended job is more often the first pass
- * over freshly mapped weights (page faults) than a busy core. The first solo stretch is SOLO_FIRST
- * jobs; each contended probe after it doubles it, up to SOLO_MAX; a clean threaded job resets it. On
- * an idle machine none of this triggers, and nothing changes. */
+ * worker while the caller sleeps. A single contended job is more often the first pass over freshly
+ * mapped weights (page faults) than a busy core.
+ *
+ * Solo, every job checks that its thread has a core to itself: from the job's start to its end the
+ * thread was never preempted (involuntary context switches, Linux) and got at least
+ * FREE_SHARE_EIGHTHS/8 of the wall time as CPU time. After SOLO_FIRST solo jobs (then twice as many
+ * each time, up to SOLO_MAX), or at once when the solo thread lost its core, a job is a probe: it
+ * still runs on the solo thread, while every other thread spins beside it and checks the same thing.
+ * A probe costs the other process a share of its core for one job, and us nothing: the threaded job
+ * that used to be the probe held every barrier for a time slice. After a probe, if every thread had
+ * a core, jobs run threaded again (if that is contended, solo resumes with a doubled stretch); if the
+ * solo thread did not and another did, that one runs solo; else the solo thread keeps going.
+ * Decisions are made at the start of the next job (one per evaluation): a worker's report is written
+ * just after the job ends. On an idle machine none of this triggers, and nothing changes. */
 enum {
     STALL_NS = 250 * 1000,
     STALL_SHARE = 8,
     STALLED_IN_A_ROW = 2,
     IDLE_SHARE = 4,
+    FREE_SHARE_EIGHTHS = 7,
     SOLO_FIRST = 16,
-    SOLO_MAX = 1024
+    SOLO_MAX = 256
 };
 
 typedef struct job {
@@ -74,13 +87,17 @@ typedef struct job {
     int n_phases;
     atomic_int only;                    /* -1: every thread claims chunks; else only this thread
                                            (atomic: read before a claim, so possibly while rewritten) */
+    atomic_bool probe;                  /* with only >= 0: the other threads check their cores */
     atomic_uint total;                  /* chunks over all phases; read before a claim is won */
+    _Atomic uint64_t start_ns;          /* when the caller published it (CLOCK_MONOTONIC) */
 } job;
 
-typedef struct ran_count {
-    atomic_uint n;
-    char pad[64 - sizeof(atomic_uint)];   /* one cache line per thread */
-} ran_count;
+typedef struct thread_slot {
+    atomic_uint n;                      /* chunks this thread ran in the current job */
+    _Atomic uint64_t had_core;          /* a worker's report on a solo or probe job:
+                                           generation << 32 | 1 if it had a core to itself, else 0 */
+    char pad[64 - 2 * sizeof(uint64_t)];                     /* one cache line per thread */
+} thread_slot;
 
 struct eq_pool {
     int n_threads;
@@ -93,11 +110,16 @@ struct eq_pool {
     atomic_int job_sleepers, done_sleepers;
     atomic_bool shutdown;
     _Atomic uint64_t stalled_ns;        /* time waited in stalls during the current job */
-    unsigned solo_left;                 /* the caller's: jobs still to run alone */
+    int solo_thread;                    /* the caller's: -1 (threaded), else the thread that runs jobs */
+    unsigned solo_left;                 /* the caller's: solo jobs before the next probe */
     unsigned solo_next;                 /* the caller's: length of the next solo stretch */
     unsigned stalled_in_a_row;          /* the caller's: consecutive contended threaded jobs */
-    int solo_thread;                    /* the caller's: which thread runs the jobs alone */
-    ran_count *ran;                     /* (n_threads,) chunks each thread ran in the current job */
+    bool solo_pending;                  /* the caller's: a solo job ran and has not been judged yet */
+    unsigned solo_generation;           /* the caller's: its generation (none if the caller ran it unpublished) */
+    bool solo_was_probe;                /* the caller's: it was a probe */
+    bool caller_had_core;               /* the caller's: it had a core during that job */
+    bool probe_found_none;              /* the caller's: the last probe found no thread with a core */
+    thread_slot *ran;                   /* (n_threads,) per-thread counts and reports */
     uint64_t n_jobs, n_jobs_alone;      /* the caller's: threaded jobs asked for, and run alone */
 #if !defined(__linux__)
     pthread_mutex_t mutex;              /* the futex fallback: one mutex and condition for both words */
@@ -142,6 +164,37 @@ static uint64_t now_ns(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* ---- does this thread have a core to itself? ------------------------------------------------ */
+
+typedef struct core_sample {
+    uint64_t cpu_ns;                    /* this thread's CPU time */
+    long preempted;                     /* its involuntary context switches (Linux; else 0) */
+} core_sample;
+
+static core_sample core_sample_now(void)
+{
+    core_sample sample = {0, 0};
+    struct timespec t;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) == 0)
+        sample.cpu_ns = (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+#if defined(__linux__)
+    struct rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) == 0)
+        sample.preempted = usage.ru_nivcsw;
+#endif
+    return sample;
+}
+
+/* Since `since_ns` (the job's start; `before` sampled on this thread after it), this thread was not
+ * preempted and got at least FREE_SHARE_EIGHTHS/8 of the wall time as CPU time. */
+static bool had_core_since(uint64_t since_ns, const core_sample *before)
+{
+    core_sample after = core_sample_now();
+    uint64_t wall = now_ns() - since_ns;
+    return after.preempted == before->preempted &&
+           (after.cpu_ns - before->cpu_ns) * 8 >= wall * FREE_SHARE_EIGHTHS;
 }
 
 /* One round of waiting: a pause at first, then sched_yield; false once the budget is spent. */
@@ -202,12 +255,9 @@ static void wait_for_done(eq_pool *pool, unsigned target)
 /* ---- running a job ------------------------------------------------------------------------- */
 
 /* Claim and run chunks of job `generation` until none are left (or the job is no longer current). */
-static void run_chunks(eq_pool *pool, unsigned generation, int thread)
+static void claim_chunks(eq_pool *pool, unsigned generation, int thread)
 {
     job *j = &pool->jobs[generation & 1];
-    int only = atomic_load_explicit(&j->only, memory_order_relaxed);
-    if (only >= 0 && only != thread)           /* a stale slot only makes the claim below fail */
-        return;
     int phase = 0;
     unsigned phase_begin = 0, phase_end = 0;   /* this thread's cursor: claimed indices only grow */
     bool cursor_set = false;
@@ -239,6 +289,40 @@ static void run_chunks(eq_pool *pool, unsigned generation, int thread)
         if (atomic_load(&pool->done_sleepers) > 0)
             wake_all(pool, &pool->done);
     }
+}
+
+/* Spin until job `generation` is over (a probe: the spinning measures whether this thread has a core). */
+static void spin_through_job(eq_pool *pool, unsigned generation)
+{
+    job *j = &pool->jobs[generation & 1];
+    for (;;) {
+        uint64_t claim = atomic_load_explicit(&pool->claim, memory_order_acquire);
+        if ((unsigned)(claim >> 32) != generation ||
+            atomic_load_explicit(&pool->done, memory_order_acquire) >= atomic_load_explicit(&j->total, memory_order_relaxed))
+            return;
+        EQ_CPU_RELAX();
+    }
+}
+
+/* A worker's part in job `generation`: claim chunks, or on a solo job run it / check its core beside
+ * it, and report whether it had a core. A stale slot (the job is over) only makes claims fail. */
+static void run_chunks(eq_pool *pool, unsigned generation, int thread)
+{
+    job *j = &pool->jobs[generation & 1];
+    int only = atomic_load_explicit(&j->only, memory_order_relaxed);
+    if (only < 0) {
+        claim_chunks(pool, generation, thread);
+        return;
+    }
+    if (only != thread && !atomic_load_explicit(&j->probe, memory_order_relaxed))
+        return;
+    core_sample before = core_sample_now();
+    if (only == thread)
+        claim_chunks(pool, generation, thread);
+    else
+        spin_through_job(pool, generation);
+    bool had_core = had_core_since(atomic_load_explicit(&j->start_ns, memory_order_relaxed), &before);
+    atomic_store_explicit(&pool->ran[thread].had_core, (uint64_t)generation << 32 | had_core, memory_order_release);
 }
 
 typedef struct worker_arg {
@@ -279,6 +363,7 @@ eq_pool *eq_pool_create(int n_threads)
     if (!pool)
         return NULL;
     pool->n_threads = n_threads;
+    pool->solo_thread = -1;
 #if !defined(__linux__)
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->changed, NULL);
@@ -336,6 +421,106 @@ static void run_alone(const eq_pool_phase *phases, int n_phases)
             phases[p].fn(phases[p].ctx, c, 0);
 }
 
+/* Thread t's verdict on solo or probe job `generation`: 1 had a core, 0 did not, -1 no report yet. */
+static int had_core(const eq_pool *pool, int t, unsigned generation)
+{
+    if (t == 0)
+        return pool->caller_had_core;
+    uint64_t report = atomic_load_explicit(&pool->ran[t].had_core, memory_order_acquire);
+    return (unsigned)(report >> 32) != generation ? -1 : (int)(report & 1);
+}
+
+/* Before a job: what the last solo (or probe) job showed decides how this one runs. */
+static void judge_solo(eq_pool *pool)
+{
+    unsigned g = pool->solo_generation;
+    int solo = pool->solo_thread;
+    bool solo_had_core = had_core(pool, solo, g) != 0;    /* no report yet: no sign of trouble */
+    pool->solo_pending = false;
+    if (!pool->solo_was_probe) {
+        if (!solo_had_core && !pool->probe_found_none)
+            pool->solo_left = 0;        /* the solo thread lost its core: probe the others now */
+        return;
+    }
+    int free_other = -1;
+    bool all_free = solo_had_core;
+    for (int t = 0; t < pool->n_threads; t++) {
+        if (t == solo)
+            continue;
+        if (had_core(pool, t, g) == 1)
+            free_other = free_other < 0 ? t : free_other;
+        else
+            all_free = false;
+    }
+    pool->probe_found_none = !solo_had_core && free_other < 0;
+    if (all_free) {
+        pool->solo_thread = -1;         /* threaded again; solo_next kept: if contended, a longer stretch */
+        pool->stalled_in_a_row = 0;
+    } else if (!solo_had_core && free_other >= 0) {
+        pool->solo_thread = free_other;
+        pool->solo_left = pool->solo_next;
+    } else {
+        pool->solo_left = pool->solo_next;
+        pool->solo_next = pool->solo_next * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_next * 2;
+    }
+}
+
+/* Publish job `generation` (only: -1 every thread, else that thread; probe: the others check their cores). */
+static void publish(eq_pool *pool, unsigned generation, const eq_pool_phase *phases, int n_phases, unsigned total,
+                    int only, bool probe, uint64_t start)
+{
+    for (int t = 0; t < pool->n_threads; t++)
+        atomic_store_explicit(&pool->ran[t].n, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->stalled_ns, 0, memory_order_relaxed);
+    job *j = &pool->jobs[generation & 1];
+    j->phases = phases;
+    j->n_phases = n_phases;
+    atomic_store_explicit(&j->only, only, memory_order_relaxed);   /* published by `claim` below */
+    atomic_store_explicit(&j->probe, probe, memory_order_relaxed);
+    atomic_store_explicit(&j->total, total, memory_order_relaxed);
+    atomic_store_explicit(&j->start_ns, start, memory_order_relaxed);
+    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->claim, (uint64_t)generation << 32, memory_order_release);
+    atomic_store(&pool->generation, generation);               /* seq_cst: before the sleepers check */
+    if (atomic_load(&pool->job_sleepers) > 0)
+        wake_all(pool, &pool->generation);
+}
+
+/* A solo job: on the caller (workers asleep, or spinning beside it on a probe) or on one worker
+ * (the caller sleeps, or spins beside it on a probe). */
+static void run_solo(eq_pool *pool, const eq_pool_phase *phases, int n_phases, unsigned total)
+{
+    bool probe = pool->solo_left == 0;
+    if (!probe)
+        pool->solo_left--;
+    pool->n_jobs_alone++;
+    pool->solo_pending = true;
+    pool->solo_was_probe = probe;
+    pool->solo_generation = 0;
+    uint64_t start = now_ns();
+    core_sample before = {0, 0};        /* the caller checks its core when it runs the job or a probe */
+    if (pool->solo_thread == 0 || probe)
+        before = core_sample_now();
+    if (pool->solo_thread == 0 && !probe) {
+        run_alone(phases, n_phases);
+        pool->caller_had_core = had_core_since(start, &before);
+        return;
+    }
+    unsigned generation = ++pool->next_generation;
+    pool->solo_generation = generation;
+    publish(pool, generation, phases, n_phases, total, pool->solo_thread, probe, start);
+    if (pool->solo_thread == 0) {
+        run_alone(phases, n_phases);
+        atomic_store_explicit(&pool->done, total, memory_order_release);   /* the probers stop */
+    } else if (probe) {
+        spin_through_job(pool, generation);
+    } else {
+        wait_for_done(pool, total);     /* a worker reports on its own core */
+        return;
+    }
+    pool->caller_had_core = had_core_since(start, &before);
+}
+
 void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
 {
     unsigned total = 0;
@@ -346,36 +531,17 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
         return;
     }
     pool->n_jobs++;
-    int only = -1;
-    if (pool->solo_left > 0) {          /* a core is contended: see STALL_NS */
-        pool->solo_left--;
-        pool->n_jobs_alone++;
-        if (pool->solo_thread == 0) {
-            run_alone(phases, n_phases);
-            return;
-        }
-        only = pool->solo_thread;       /* a worker on a free core runs it; the caller waits */
+    if (pool->solo_pending)             /* a core was contended: see STALL_NS */
+        judge_solo(pool);
+    if (pool->solo_thread >= 0) {
+        run_solo(pool, phases, n_phases, total);
+        return;
     }
     uint64_t start = now_ns();
-    atomic_store_explicit(&pool->stalled_ns, 0, memory_order_relaxed);
-    for (int t = 0; t < pool->n_threads; t++)
-        atomic_store_explicit(&pool->ran[t].n, 0, memory_order_relaxed);
     unsigned generation = ++pool->next_generation;
-    job *j = &pool->jobs[generation & 1];
-    j->phases = phases;
-    j->n_phases = n_phases;
-    atomic_store_explicit(&j->only, only, memory_order_relaxed);   /* published by `claim` below */
-    atomic_store_explicit(&j->total, total, memory_order_relaxed);
-    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool->claim, (uint64_t)generation << 32, memory_order_release);
-    atomic_store(&pool->generation, generation);               /* seq_cst: before the sleepers check */
-    if (atomic_load(&pool->job_sleepers) > 0)
-        wake_all(pool, &pool->generation);
-    if (only < 0)
-        run_chunks(pool, generation, 0);
+    publish(pool, generation, phases, n_phases, total, -1, false, start);
+    claim_chunks(pool, generation, 0);
     wait_for_done(pool, total);
-    if (only >= 0)
-        return;
     /* every chunk is done, so every stall and every chunk of this job has been counted (a worker
      * counts its barrier wait before it runs the chunk it waited for, and a chunk before `done`).
      * Contended: long barrier waits, or a thread that ran under 1/IDLE_SHARE of its fair share of
@@ -397,9 +563,10 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
         pool->stalled_in_a_row = 0;
         pool->solo_next = 0;
     } else if (++pool->stalled_in_a_row >= STALLED_IN_A_ROW || pool->solo_next) {
-        pool->solo_left = pool->solo_next ? pool->solo_next : SOLO_FIRST;   /* a stalled probe doubles it */
+        pool->solo_left = pool->solo_next ? pool->solo_next : SOLO_FIRST;   /* a contended return doubles it */
         pool->solo_thread = busiest;    /* the thread that got the most done has a core to itself */
         pool->solo_next = pool->solo_left * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_left * 2;
+        pool->probe_found_none = false;
     }
 }
 

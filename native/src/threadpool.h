@@ -13,7 +13,9 @@
  * sleeps (a futex on Linux, a condition variable elsewhere), so an oversubscribed machine is not
  * made worse by threads that wait. When waits at barriers or an uneven share of the chunks show that
  * one thread's core is taken by another process, the next jobs run on one thread, the one that got
- * the most done, for a while (see STALL_NS in threadpool.c).
+ * the most done; that thread checks each job that it still has a core to itself (CPU time against
+ * wall time, preemptions), and now and then the others check theirs beside it, without running
+ * chunks, to hand the jobs to another thread or go back to threaded (see STALL_NS in threadpool.c).
  * One caller at a time: the model serializes its use of the pool.
  */
 #ifndef EDGEQ_THREADPOOL_H
@@ -40,7 +42,7 @@ int eq_pool_size(const eq_pool *pool);
 void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases);
 
 /* Jobs of more than one chunk run on a pool of several threads since it was created, and how many
- * of them ran on the caller alone because the workers' cores were contended. */
+ * of them ran on one thread because a core was contended (probes included). */
 void eq_pool_counts(const eq_pool *pool, uint64_t *jobs, uint64_t *jobs_alone);
 
 #endif /* EDGEQ_THREADPOOL_H */
