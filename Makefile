@@ -2,6 +2,9 @@
 PYTHON ?= python3
 
 .PHONY: install test demo bench clean
+# a recipe that fails or is interrupted leaves no half-written target behind (a half-linked
+# build/fuzz/fuzz_loader would count as up to date and fail later with "Permission denied")
+.DELETE_ON_ERROR:
 
 # `make install` always reinstalls; test, demo and bench reinstall only when a build input changed
 # (build/.installed records the last install).
