@@ -86,7 +86,9 @@ static const path_precision path_precisions[] = {
     {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
     {"avx512", "float", 0, 0},      /* fp32 FMA dot products, masked tails */
     {"avx512", "lut", 32767, 64},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
-    {"avx2", "multiply-add", 0, 0, 32},   /* int8 activations per block of 32 (x86/avx2_prefill.c) */
+    {"avx2", "multiply-add", 0, 0, 32},   /* int8 activations per block of 32 (avx2_prefill.c, avx2_packed.c) */
+    {"scalar", "multiply-add", 0, 0, 32}, /* the same in portable C (scalar/packed.c) */
+    {"avx512", "multiply-add", 0, 0, 32}, /* the same with vpdpbusd (x86/avx512_packed.c) */
     {"neon", "float", 0, 0},        /* fp32 FMA dot products */
     {"neon", "lut", 32767, 64},     /* the same int16 tables, two vqtbl1q byte tables */
 };
@@ -268,6 +270,7 @@ static int is_packed(const eq_qtype_traits *type)
     switch ((eq_qfamily)type->family) {
     case EQ_QFAMILY_PLAIN: return 0;
     case EQ_QFAMILY_UNIFORM_BITPLANE: return 1;
+    case EQ_QFAMILY_UNIFORM_PACKED: return 1;
     case EQ_QFAMILY_COUNT: break;
     }
     fprintf(stderr, "check_kernels: type %s has family %d, which this harness does not know\n",
@@ -353,10 +356,13 @@ static size_t stored_columns(const tensor *t, size_t g)
 }
 
 /* Bytes of one (tile, group) block: scale[16] fp16, min[16] fp16 (asymmetric), then b planes of
- * one 16-byte chunk per 8 stored columns. */
+ * one 16-byte chunk per 8 stored columns, or (packed) a byte per level, a nibble at 4 bits. */
 static size_t block_bytes(const tensor *t, size_t g)
 {
     const size_t scale_bytes = 2u * EQ_TILE_ROWS * (t->type->symmetric ? 1u : 2u);
+    if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED) {
+        return scale_bytes + stored_columns(t, g) * EQ_TILE_ROWS / (t->type->bits == 4 ? 2u : 1u);
+    }
     return scale_bytes + (size_t)t->type->bits * (stored_columns(t, g) / EQ_CHUNK_COLS) * EQ_TILE_ROWS;
 }
 
@@ -384,6 +390,21 @@ static void pack_levels(const tensor *t, uint8_t *out)
             }
             for (int r = 0; !t->type->symmetric && r < EQ_TILE_ROWS; r++, p += 2) {
                 write_u16le(p, t->mins[(tile * EQ_TILE_ROWS + (size_t)r) * t->n_groups + g]);
+            }
+            if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED) {
+                /* quads of 64 bytes [16 rows][4 columns]: byte (j, r, i) = level of column 4j + i,
+                 * or at 4 bits column 8j + i in the low nibble and 8j + 4 + i in the high one */
+                const size_t quad_cols = t->type->bits == 4 ? 8 : 4;
+                for (size_t j = 0; j < stored_columns(t, g) / quad_cols; j++) {
+                    for (int r = 0; r < EQ_TILE_ROWS; r++) {
+                        const uint8_t *levels = t->levels + (tile * EQ_TILE_ROWS + (size_t)r) * padded_cols
+                                                + g * group + j * quad_cols;
+                        for (int i = 0; i < 4; i++, p++) {
+                            *p = quad_cols == 8 ? (uint8_t)(levels[i] | (levels[4 + i] << 4)) : levels[i];
+                        }
+                    }
+                }
+                continue;
             }
             for (int plane = 0; plane < t->type->bits; plane++) {
                 for (size_t chunk = 0; chunk < stored_columns(t, g) / EQ_CHUNK_COLS; chunk++) {

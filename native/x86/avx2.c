@@ -1,4 +1,5 @@
-/* x86/avx2.c — the LUT kernel set for AVX2 (+ FMA, F16C): int16 tables looked up with pshufb.
+/* x86/avx2.c — the LUT kernel set for AVX2 (+ FMA, F16C): int16 tables looked up with pshufb; the
+ * set's struct (its uniform packed family's multiply-add kernels are in x86/avx2_packed.c).
  *
  * prepare: for every group of 4 activations the 16 subset sums T[idx] = Σ_{bit i of idx} x[k0+i],
  * quantized to int16 with one scale per 64 activations (max |T| -> 32767) and split into a low-byte
@@ -389,6 +390,10 @@ const eq_kernel_set eq_kernels_avx2 = {
              * vectors) is 1.3-2.8x faster on prompts but its int8 activations cost +0.5-0.6 %
              * perplexity on SmolLM2 and change greedy continuations (benchmarks/README "Prefill");
              * hook it here as .prefill once that loss is under the issue's 0.5 %. */
+        },
+        [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx2_packed.c */
+            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd",
+                       eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_gemm_avx2},
         },
     },
     .dot_f16 = dot_f16,

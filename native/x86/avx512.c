@@ -383,6 +383,10 @@ const eq_kernel_set eq_kernels_avx512 = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, vpermb from 64-entry tables (two per lookup), vpdpbusd sums",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
         },
+        [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx512_packed.c (this set requires VNNI) */
+            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpdpbusd on 16-row quads",
+                       eq_packed_prepared_bytes_avx512, eq_packed_prepare_avx512, eq_packed_gemm_avx512},
+        },
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
