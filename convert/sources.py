@@ -1,8 +1,9 @@
 """Model sources: a Hugging Face folder, a hub id, or a llama.cpp GGUF file, normalized to one description.
 
 Every source gives a ModelConfig, a TokenizerSpec, generation defaults, provenance, and float32
-tensors by canonical name, read one at a time (safetensors memory-mapped, GGUF tensors dequantized
-with gguf.quants) so converting never holds the whole model in memory. A GGUF source also gives the
+tensors by canonical name, read one at a time (safetensors by explicit file reads into arrays the
+converter owns and drops, not a memory map whose touched pages stay resident; GGUF tensors
+dequantized with gguf.quants) so converting never holds the whole model in memory. A GGUF source also gives the
 integer grid of tensors whose ggml blocks an edgeq type holds exactly (grid_type, load_grid; see
 gguf_grid), so the default conversion can keep them as they are.
 """

@@ -221,6 +221,60 @@ def test_sequential_memory_does_not_grow_with_depth(tmp_path):
     assert max(most_alive) == 1, "float weights of more than one layer were alive at once"
 
 
+def test_conversion_holds_no_more_than_a_layer_of_the_source(tmp_path, monkeypatch):
+    """Peak RSS of converting a float safetensors source: the source is read into arrays the
+    converter owns (never memory-mapped, whose touched pages would stay resident), and the source
+    bytes alive at once stay near one layer's, however deep the model (a GPTQ conversion)."""
+    from edgeq.convert import safetensors_io
+    folder = make_tiny_hf_model(tmp_path / "deep", arch="llama", num_hidden_layers=12)
+    source = open_source(folder)
+    config = source.config
+    layer_bytes = sum(4 * int(np.prod(config.tensor_shape(n))) for n in config.tensor_names()
+                      if n.startswith("blk.0."))
+    largest = max(4 * int(np.prod(config.tensor_shape(n))) for n in config.tensor_names())
+    whole = sum(4 * int(np.prod(config.tensor_shape(n))) for n in config.tensor_names())
+    assert whole > 3 * (layer_bytes + largest)     # the bound below can tell one layer from all
+    alive, peaks, mapped = [0], [], []
+    original = safetensors_io.SafetensorsFile.load
+
+    def load(self, name, rows=None):
+        array = original(self, name, rows)
+        assert array.flags.owndata or array.base is not None and array.base.flags.owndata, \
+            "a source tensor is a view of something other than its own buffer"
+        with open("/proc/self/maps") as maps:
+            mapped.append(any(str(self.path) in line for line in maps))
+        alive[0] += array.nbytes
+        weakref.finalize(array, lambda n=array.nbytes: alive.__setitem__(0, alive[0] - n))
+        peaks.append(alive[0])
+        return array
+
+    monkeypatch.setattr(safetensors_io.SafetensorsFile, "load", load)
+    convert(folder, tmp_path / "out.eq", PlanSettings(bits=3), progress=False,
+            method=MethodSettings(method="gptq", calib_tokens=256, calib_ctx=64))
+    assert len(peaks) >= 12 * 9 and not any(mapped), "the source file is memory-mapped"
+    assert max(peaks) <= layer_bytes + largest, \
+        f"{max(peaks)} source bytes alive at once; one layer is {layer_bytes}, the largest tensor {largest}"
+
+
+def test_safetensors_reads_rows_and_dtypes(tmp_path):
+    """Row ranges read only those rows' bytes and equal slicing the whole tensor, in every dtype."""
+    from edgeq.convert.safetensors_io import SafetensorsFile
+    from tiny_models import write_safetensors
+    rng = np.random.default_rng(3)
+    tensors = {"a": rng.standard_normal((37, 9)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+    for dtype in ("float32", "float16", "bfloat16"):
+        write_safetensors(tmp_path / f"{dtype}.safetensors", tensors, dtype)
+        reader = SafetensorsFile(tmp_path / f"{dtype}.safetensors")
+        whole = reader.load("a")
+        tolerance = {"float32": 0, "float16": 1e-3, "bfloat16": 1e-2}[dtype]
+        np.testing.assert_allclose(whole, tensors["a"], atol=tolerance * 4, rtol=tolerance)
+        np.testing.assert_allclose(reader.load("b"), tensors["b"], atol=tolerance * 4, rtol=tolerance)
+        for rows in (slice(0, 8), slice(30, 37), slice(5, 5), slice(2, 30, 3), slice(None)):
+            part = reader.load("a", rows)
+            assert part.dtype == np.float32 and part.flags.c_contiguous
+            np.testing.assert_array_equal(part, whole[rows])
+
+
 def test_calibrated_conversion_is_deterministic_and_recorded(tiny_qwen, tmp_path):
     method = MethodSettings(method="gptq", calib_tokens=384, calib_ctx=128, act_order=True)
     paths = [tmp_path / f"m{i}.edgeq" for i in range(2)]
