@@ -46,8 +46,9 @@
  *       (the integer sums after the lookup are exact: the harness's all-levels-maximal cases with
  *       tables at +-32767 are where an int16 sum would wrap and break the bound by 2^16 s).
  *       Float tables (scalar's lut) and the "float" and "reference" paths have table_term = 0.
- *       Multiply-add paths (int8 activations per block of 32, d_b = max |x| / 127) have instead
- *       table_term = Σ_k |w_k| (1/2 + 2^-7) d_b(k)  (x86/avx2_prefill.c).
+ *       Multiply-add paths (int16 activations per block of 32, d_b = max |x| / 32767) have instead
+ *       table_term = Σ_k |w_k| (1/2 + 2^-7) d_b(k)  (x86/avx2_prefill.c derives it: rounding to
+ *       nearest, plus the float rounding of x 32767 / max and of d_b; the integer sums are exact).
  * Which set and path multiply a type under a set comes from the library (eq_kernel_route: a set
  * hands a family it lacks to the next one); how that path rounds is in path_precisions[] below. A
  * route this table does not describe is an error (a new set or path states how it rounds before it
@@ -75,20 +76,22 @@ typedef struct path_precision {
     const char *path;
     int table_levels;   /* largest |entry| of its quantized activation tables; 0: none or float */
     int table_unit;     /* activations sharing one table scale, aligned from column 0 */
-    int int8_block;     /* multiply-add paths: activations per int8 scale (max |x| -> 127); 0: none */
+    int act_block;      /* multiply-add paths: activations per scale (max |x| -> act_levels); 0: none */
+    int act_levels;     /* largest |q| of their quantized activations */
 } path_precision;
 
 static const path_precision path_precisions[] = {
-    {"ref", "reference", 0, 0},     /* the specification: double accumulation */
-    {"scalar", "float", 0, 0},      /* float dot products */
-    {"scalar", "lut", 0, 0},        /* float tables */
-    {"avx2", "float", 0, 0},        /* fp32 FMA dot products */
-    {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
-    {"avx512", "float", 0, 0},      /* fp32 FMA dot products, masked tails */
-    {"avx512", "lut", 32767, 64},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
-    {"avx2", "multiply-add", 0, 0, 32},   /* int8 activations per block of 32 (x86/avx2_prefill.c) */
-    {"neon", "float", 0, 0},        /* fp32 FMA dot products */
-    {"neon", "lut", 32767, 64},     /* the same int16 tables, two vqtbl1q byte tables */
+    {"ref", "reference", 0, 0, 0, 0},     /* the specification: double accumulation */
+    {"scalar", "float", 0, 0, 0, 0},      /* float dot products */
+    {"scalar", "lut", 0, 0, 0, 0},        /* float tables */
+    {"avx2", "float", 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"avx2", "lut", 32767, 64, 0, 0},     /* int16 tables split into two pshufb byte tables */
+    {"avx512", "float", 0, 0, 0, 0},      /* fp32 FMA dot products, masked tails */
+    {"avx512", "lut", 32767, 64, 0, 0},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
+    {"avx2", "multiply-add", 0, 0, 32, 32767},     /* int16 activations per 32 (x86/avx2_prefill.c) */
+    {"avx512", "multiply-add", 0, 0, 32, 32767},   /* the same, vpdpwssd (x86/avx512_prefill.c) */
+    {"neon", "float", 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"neon", "lut", 32767, 64, 0, 0},     /* the same int16 tables, two vqtbl1q byte tables */
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
@@ -558,10 +561,10 @@ static double float_depth(const tensor *t)
     return (double)t->n_groups + (double)t->type->group / 4.0 + t->type->bits + 64.0;
 }
 
-/* error (n, rows) = Σ_k |w_rk| (1/2 + 2^-7) d_b(k), d_b = max |x| over block b / 127: int8
- * activations rounded to nearest are off by d_b / 2 each (plus float rounding of x 127 / max), and
+/* error (n, rows) = Σ_k |w_rk| (1/2 + 2^-7) d_b(k), d_b = max |x| over block b / levels: quantized
+ * activations rounded to nearest are off by d_b / 2 each (plus float rounding of x levels / max and of d_b), and
  * the integer products and sums after them are exact (x86/avx2_prefill.c derives it). */
-static void int8_activation_bound(const tensor *t, const float *x, size_t n, size_t block, double *error)
+static void activation_bound(const tensor *t, const float *x, size_t n, size_t block, int levels, double *error)
 {
     double *step = checked_calloc((t->cols + block - 1) / block, sizeof(double));
     for (size_t v = 0; v < n; v++) {
@@ -570,7 +573,7 @@ static void int8_activation_bound(const tensor *t, const float *x, size_t n, siz
             double largest = 0.0;
             for (size_t k = b * block; k < (b + 1) * block && k < t->cols; k++)
                 largest = fmax(largest, fabs((double)xv[k]));
-            step[b] = (0.5 + 0x1p-7) * largest / 127.0;
+            step[b] = (0.5 + 0x1p-7) * largest / (double)levels;
         }
         for (size_t row = 0; row < t->rows; row++) {
             double bound = 0.0;
@@ -588,8 +591,8 @@ static void table_error_bound(const tensor *t, const float *x, size_t n, const p
                               double *table_error)
 {
     memset(table_error, 0, n * t->rows * sizeof(double));
-    if (precision->int8_block != 0 && is_packed(t->type)) {
-        int8_activation_bound(t, x, n, (size_t)precision->int8_block, table_error);
+    if (precision->act_block != 0 && is_packed(t->type)) {
+        activation_bound(t, x, n, (size_t)precision->act_block, precision->act_levels, table_error);
         return;
     }
     if (precision->table_levels == 0 || !is_packed(t->type)) {

@@ -385,10 +385,9 @@ const eq_kernel_set eq_kernels_avx2 = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
-            /* No prefill path yet: x86/avx2_prefill.c's int8 multiply-add (eq_prefill_*_avx2, from 4
-             * vectors) is 1.3-2.8x faster on prompts but its int8 activations cost +0.5-0.6 %
-             * perplexity on SmolLM2 and change greedy continuations (benchmarks/README "Prefill");
-             * hook it here as .prefill once that loss is under the issue's 0.5 %. */
+            .prefill = {"multiply-add", "multiply-add: int16 activations per 32, int16 levels expanded once per tile, vpmaddwd",
+                        eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx2},
+            .prefill_from = 4,
         },
     },
     .dot_f16 = dot_f16,

@@ -382,6 +382,9 @@ const eq_kernel_set eq_kernels_avx512 = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, vpermb from 64-entry tables (two per lookup), vpdpbusd sums",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
+            .prefill = {"multiply-add", "multiply-add: int16 activations per 32, int16 levels expanded once per tile, vpdpwssd",
+                        eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx512},
+            .prefill_from = 4,
         },
     },
     .dot_f16 = dot_f16,
