@@ -184,7 +184,8 @@ group_product(const int16_t *levels, const eq_q16_acts *x, const int vectors, si
 #pragma GCC unroll 8
         for (int v = 0; v < vectors; v++)
             sum[v][0] = sum[v][1] = _mm256_setzero_si256();
-#pragma GCC unroll 16
+/* not unrolled: unrolled, gcc computes every product first and spills them */
+#pragma GCC unroll 1
         for (int j = 0; j < EQ_Q16_BLOCK / 2; j++) {
             const int16_t *pair = levels + (b * (EQ_Q16_BLOCK / 2) + (size_t)j) * PAIR_LEVELS;
             const __m256i w_0_7 = _mm256_load_si256((const __m256i *)pair);
@@ -289,6 +290,12 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                     for (int i = 0; i < VECTORS; i++)
                         x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
                     span_vectors(levels, scales, biases, x, VECTORS, g0, g_end, group, n_groups, last_width, acc + v);
+                }
+                if (v + 2 <= n_vectors) {   /* the rest: 2 at a time, then one by one */
+                    for (int i = 0; i < 2; i++)
+                        x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
+                    span_vectors(levels, scales, biases, x, 2, g0, g_end, group, n_groups, last_width, acc + v);
+                    v += 2;
                 }
                 for (; v < n_vectors; v++) {
                     x[0] = eq_q16_acts_at(in->prepared + (v0 + v) * in->stride, cols);

@@ -198,6 +198,12 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                         x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
                     span_vectors(levels, scales, biases, x, VECTORS, g0, g_end, group, n_groups, last_width, acc + v);
                 }
+                if (v + 4 <= n_vectors) {   /* the rest: 4 at a time, then one by one */
+                    for (int i = 0; i < 4; i++)
+                        x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
+                    span_vectors(levels, scales, biases, x, 4, g0, g_end, group, n_groups, last_width, acc + v);
+                    v += 4;
+                }
                 for (; v < n_vectors; v++) {
                     x[0] = eq_q16_acts_at(in->prepared + (v0 + v) * in->stride, cols);
                     span_vectors(levels, scales, biases, x, 1, g0, g_end, group, n_groups, last_width, acc + v);
