@@ -115,6 +115,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     provenance = dict(model.provenance)
     provenance["settings"] = {"bits": settings.linear(), "group": settings.group_size(), "symmetric": settings.symmetric,
                               "head_bits": settings.head(), "embed_bits": settings.embed(), "method": label,
+                              "layout": settings.layout,
                               "source_grid": f"kept for {len(kept)} tensors" if kept else "none kept"}
     if uses_data:
         provenance["calibration_hash"] = calibration_hash

@@ -88,8 +88,8 @@ def gptq(weight: np.ndarray, qtype: QuantType, hessian: np.ndarray, damp: float 
          block_size: int = BLOCK, act_order: bool = False, method: str = "gptq"):
     """(M, K) float, (K, K) XᵀX -> QuantizedTensor. Rows are independent, so callers may stack
     matrices that share an input (q/k/v, gate/up) and split the result."""
-    if qtype.family != quant_types.UNIFORM_BITPLANE:
-        raise ValueError(f"{qtype.name} is a {qtype.family} type; gptq writes uniform bit-plane types")
+    if not qtype.is_uniform():
+        raise ValueError(f"{qtype.name} is a {qtype.family} type; gptq writes uniform types")
     if weight.ndim != 2:
         raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
     group, n_max = qtype.group, float((1 << qtype.bits) - 1)

@@ -144,8 +144,8 @@ def _padded_groups(weight: np.ndarray, qtype: QuantType) -> np.ndarray:
 
 
 def _check(weight: np.ndarray, qtype: QuantType, importance) -> None:
-    if qtype.family != quant_types.UNIFORM_BITPLANE:
-        raise ValueError(f"{qtype.name} is a {qtype.family} type; these methods write uniform bit-plane types")
+    if not qtype.is_uniform():
+        raise ValueError(f"{qtype.name} is a {qtype.family} type; these methods write uniform types")
     if weight.ndim != 2:
         raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
     if importance is not None and np.shape(importance) != (weight.shape[1],):

@@ -9,6 +9,15 @@ A tensor whose type no flag sets keeps its source grid when the source has one (
 Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0: convert.gguf_grid) and every block of it reads back exactly; any
 other tensor takes the type above. So `edgeq convert model.Q4_1.gguf -o out` is lossless for the
 Q4_1 tensors, and an explicit --bits/--group/--sym re-quantizes every linear layer as asked.
+
+Layout (--layout): each uniform tensor is stored as bit-planes (u*g*, the LUT kernels: cost grows
+with the bits) or as packed levels (p*g*, the int8 multiply-add kernels: cost per weight), the same
+numbers either way. auto = packed from AUTO_PACKED_FROM bits up, where multiply-add decodes faster
+(measured: benchmarks/README.md "Two ways to multiply"), bit-planes below; bitplane / packed force
+one (packed exists at 4, 5, 6, 8 bits). The choice is per tensor and recorded by its type's name.
+A kept source grid stays bit-planes under auto: the LUT path multiplies float activations (SmolLM2's
+Q4_1 GGUF converted by default follows its source to KL 1e-6), where int8 activations on its Q8_0
+head measured KL 8.7e-4 and 98 % top-1 agreement (tests/test_gguf_grid.py).
 """
 from __future__ import annotations
 
@@ -25,6 +34,12 @@ DEFAULT_BITS, DEFAULT_GROUP = 4, 64
 # at 2-3 bits a group's scale and min matter more than the bytes they cost: measured on SmolLM2 with
 # gptq at 3 bits (benchmarks/README.md), groups of 32 give ppl +29 % over float against +52 % for 64
 LOW_BITS, LOW_BITS_GROUP = 3, 32
+LAYOUTS = ("auto", "bitplane", "packed")
+# --layout auto stores a tensor as packed levels from this many bits up: SmolLM2 decode, avx2, 1 and
+# 2 threads (benchmarks/README.md): multiply-add wins at 8 bits; at 5 and 6 bits it is faster but its
+# byte per level makes the file 1.6x / 1.3x larger; at 4 bits it measured 1.5x faster on a loaded
+# machine, at equal perplexity on SmolLM2, not yet confirmed on a quiet one or on Qwen
+AUTO_PACKED_FROM = 8
 
 
 @dataclass
@@ -34,8 +49,14 @@ class PlanSettings:
     symmetric: bool = False
     head_bits: int | None = None
     embed_bits: int | None = None
+    layout: str = "auto"           # LAYOUTS: how uniform tensors are stored (module docstring)
 
     def validate(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise EdgeqError(f"--layout {self.layout} is not supported; choose one of {', '.join(LAYOUTS)}")
+        if self.layout == "packed" and self.linear() not in quant_types.PACKED_BITS:
+            raise EdgeqError(f"--layout packed stores {', '.join(map(str, quant_types.PACKED_BITS))}-bit "
+                             f"types, not --bits {self.linear()}; use --layout auto or bitplane")
         for flag, value in (("--bits", self.bits), ("--head-bits", self.head_bits), ("--embed-bits", self.embed_bits)):
             if value is not None and value not in ALLOWED_BITS:
                 raise EdgeqError(f"{flag} {value} is not supported; choose one of "
@@ -67,11 +88,16 @@ class PlanSettings:
             return linear_flags or self.embed_bits is not None or (config.tied_embeddings and self.head_bits is not None)
         return linear_flags
 
+    def family_for(self, bits: int) -> str:
+        """The uniform family a tensor of `bits` bits is stored in under --layout."""
+        packed = {"auto": bits >= AUTO_PACKED_FROM, "bitplane": False, "packed": True}[self.layout]
+        return quant_types.UNIFORM_PACKED if packed and bits in quant_types.PACKED_BITS else quant_types.UNIFORM_BITPLANE
+
 
 def type_for_bits(bits: int, settings: PlanSettings) -> QuantType:
     if bits in PLAIN_BITS:
         return quant_types.TYPES[PLAIN_BITS[bits]]
-    return quant_types.uniform_type(bits, settings.group_size(), settings.symmetric)
+    return quant_types.uniform_type(bits, settings.group_size(), settings.symmetric, settings.family_for(bits))
 
 
 def make_plan(config: ModelConfig, settings: PlanSettings) -> dict[str, QuantType]:
@@ -99,8 +125,8 @@ def source_grids(source, settings: PlanSettings) -> tuple[dict[str, QuantType], 
         qtype = source.grid_type(name)
         if qtype is None or settings.sets_type_of(name, source.config):
             continue
-        if source.grid_is_exact(name):
-            kept[name] = qtype
+        if source.grid_is_exact(name):      # the same numbers; bit-planes unless --layout says otherwise
+            kept[name] = qtype if settings.layout == "auto" else quant_types.with_family(qtype, settings.family_for(qtype.bits))
         else:
             refused[name] = (f"its source grid does not fit {qtype.name} exactly (an fp16 min overflows "
                              "or a value is not finite)")

@@ -1,7 +1,7 @@
 """Quantizers: pure functions (weights, quant type) -> QuantizedTensor. No I/O here.
 
 The quantizer is chosen by the type's family (edgeq.quant_types): plain types are stored as floats;
-uniform bit-plane types use round-to-nearest with a per-group clipping search: for every group of G
+uniform types (bit-plane or packed levels: the same numbers) use round-to-nearest with a per-group clipping search: for every group of G
 weights along K, try shrinking the range by each factor of a grid, refit scale (and min) by least squares for the
 resulting levels, and keep the candidate with the smallest squared error. Scales and mins are then
 rounded to fp16 and the levels recomputed against the rounded values.
@@ -132,7 +132,7 @@ def quantize_plain(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
                            *_squares(weight, data.astype(np.float32)))
 
 
-def _quantize_bitplane(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
+def _quantize_uniform(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     if weight.ndim != 2:
         raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
     return quantize_rtn(np.ascontiguousarray(weight, dtype=np.float32), qtype)
@@ -141,7 +141,8 @@ def _quantize_bitplane(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
 # family -> (quantizer, the method name recorded in the file, whether rows quantize independently)
 _FAMILIES = {
     quant_types.PLAIN: (quantize_plain, None, False),
-    quant_types.UNIFORM_BITPLANE: (_quantize_bitplane, "rtn-clip-search", True),
+    quant_types.UNIFORM_BITPLANE: (_quantize_uniform, "rtn-clip-search", True),
+    quant_types.UNIFORM_PACKED: (_quantize_uniform, "rtn-clip-search", True),
 }
 
 

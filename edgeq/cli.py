@@ -13,7 +13,7 @@ from .errors import EdgeqError
 def _cmd_convert(args) -> int:
     from edgeq.convert import MethodSettings, PlanSettings, convert
     settings = PlanSettings(bits=args.bits, group=args.group, symmetric=args.sym,
-                            head_bits=args.head_bits, embed_bits=args.embed_bits)
+                            head_bits=args.head_bits, embed_bits=args.embed_bits, layout=args.layout)
     method = MethodSettings(method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
                             calib_ctx=args.calib_ctx, stats=args.stats, act_order=args.act_order,
                             float_target=args.float_target)
@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "grid unless --bits, --group or --sym is given]")
     convert.add_argument("--group", type=int, default=None, help="weights per scale along the input: 32, 64, 128 [default: 64; 32 at 2-3 bits]")
     convert.add_argument("--sym", action="store_true", help="symmetric levels (scale only, no min)")
+    convert.add_argument("--layout", choices=["auto", "bitplane", "packed"], default="auto",
+                         help="how quantized tensors are stored: bitplane (u*g* types, LUT kernels: cost "
+                         "grows with the bits), packed (p*g* types at 4, 5, 6, 8 bits: whole levels, int8 "
+                         "multiply-add kernels, cost per weight); auto = packed at 8 bits, bitplane below "
+                         "(benchmarks/README.md) [default: auto]")
     convert.add_argument("--head-bits", type=int, default=None, help=f"bits of the output head: {widths} [default: max(bits, 6)]")
     convert.add_argument("--embed-bits", type=int, default=None, help=f"bits of the token embeddings: {widths} [default: max(bits, 4)]")
     convert.add_argument("--method", choices=["auto", "rtn", "hqq", "gptq"], default="auto",

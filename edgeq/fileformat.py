@@ -19,7 +19,9 @@ Metadata (what the writer puts in; "optional" keys may be absent):
   edgeq.tensor.<name>.shape       u64[] logical shape, numpy order ((M, K) for linear weights)
   edgeq.tensor.<name>.bits / .group (u32), .symmetric (bool), .method (str)
 Tensors carry canonical names (edgeq.config). How a tensor is stored follows its type's family:
-plain types are GGUF F32/F16 tensors, uniform bit-plane types I8 blobs of the type's nbytes.
+plain types are GGUF F32/F16 tensors, uniform bit-plane and uniform packed types I8 blobs of the
+type's nbytes. An older reader that lacks a type (e.g. the packed p*g* types, added in 0.1.0 after
+the bit-plane ones) refuses the file naming the type and the writer's version.
 Tensor data is 64-byte aligned. Files are created with the mode the umask gives (0666 & ~umask).
 
 Compatibility policy (the C loader in native/src/model.c applies the same):
@@ -123,7 +125,7 @@ def _storage(entry: TensorPlanEntry) -> tuple[tuple[int, ...], np.dtype]:
     family = entry.qtype.family
     if family == quant_types.PLAIN:
         return entry.shape, np.dtype(entry.qtype.dtype)          # F32 / F16
-    if family == quant_types.UNIFORM_BITPLANE:
+    if family in quant_types.UNIFORM_FAMILIES:
         return (entry.nbytes(),), np.dtype(np.int8)             # an I8 blob of packed bytes
     raise ValueError(f"{entry.name}: no storage for the {family} family")
 
@@ -460,7 +462,7 @@ class ModelFile:
     def _ggml_type(qtype: quant_types.QuantType) -> int:
         if qtype.family == quant_types.PLAIN:
             return _PLAIN_GGML[qtype.dtype]
-        if qtype.family == quant_types.UNIFORM_BITPLANE:
+        if qtype.family in quant_types.UNIFORM_FAMILIES:
             return gguffile.GGML_I8
         raise EdgeqError(f"no storage rule for the {qtype.family} family")
 

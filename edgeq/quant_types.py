@@ -2,7 +2,14 @@
 
 Each row names its family: how the type's weights are stored and multiplied. Today:
   PLAIN             f32, f16: a plain float tensor (GGUF F32/F16) in (M, K) numpy order.
-  UNIFORM_BITPLANE  u<b>g<G><a|s>: grouped uniform levels stored as b one-bit planes (below).
+  UNIFORM_BITPLANE  u<b>g<G><a|s>: grouped uniform levels stored as b one-bit planes (below), for
+                    the LUT kernels (cost per bit-plane: what 2-3 bits want).
+  UNIFORM_PACKED    p<b>g<G><a|s>, b in 4, 5, 6, 8: the same numbers (levels, fp16 scale and min or
+                    scale only, groups of G along K) stored as whole levels, bytes or nibbles, for
+                    the int8 multiply-add kernels (cost per weight: what 5-8 bits want). Type names
+                    read "uniform, b bits, groups of G, asymmetric|symmetric" with u = bit-planes and
+                    p = packed levels; which layout a tensor uses is the converter's choice
+                    (`edgeq convert --layout`), recorded by its type.
 Code dispatches on the family (the per-family functions here), never on a type's name; nothing
 else in the project switches on type names; tests and tools iterate TYPES. A family not handled
 by a function is an error, never a fall-through to bit-planes.
@@ -36,6 +43,26 @@ give AVX2/AVX-512 a second, partial-load path for at most 24 more columns per ro
 Files written before this layout (no "compact-tail" in edgeq.required_features) store a partial
 last group padded to all G columns (Ks = ceil(K / G) * G); the functions here read and write both
 (compact_tail=False), and the readers turn such tensors into this layout when they load them.
+
+Packed layout of a uniform packed tensor (p<b>g<G><a|s>), same numbers, ISA-neutral:
+  - M is padded to Mp = ceil(M / 16) * 16; rows are cut into tiles of 16 as above; groups as above,
+    the last one stored in ceil(tail / 32) * 32 columns (32 columns is also one block of the int8
+    activations, the unit every multiply-add kernel reads). There is no padded-tail variant: the
+    family is newer than compact tails.
+  - The tensor is n_tiles tiles of equal size, each ceil(K / G) blocks in group order:
+        scale[16]  fp16   one per row of the tile
+        min[16]    fp16   (asymmetric types only)
+        levels     for the block's w columns (w = G, or the last group's stored width):
+            b = 5, 6, 8: w / 4 quads of 64 bytes, [w/4][16 rows][4 columns]: byte (j, r, i) is
+                         q[r, 4j + i] (one byte per level; 5 and 6 bits take a whole byte, so they
+                         are only as small as 8-bit files and exist for the speed of their kernels)
+            b = 4:       w / 8 quads of 64 bytes, [w/8][16 rows][4 columns]: byte (j, r, i) holds
+                         q[r, 8j + i] in its low nibble and q[r, 8j + 4 + i] in its high nibble
+  - Why: one 64-byte load is 16 rows x 4 consecutive columns, what AVX-512 VNNI vpdpbusd multiplies
+    by 4 activations broadcast to every row (u8 levels x s8 activations, summed per row in int32);
+    two 32-byte loads feed AVX2 vpmaddubsw for 8 rows each, four 16-byte loads NEON sdot for 4 rows.
+    The 4-bit byte holds two such 4-column blocks: mask the low nibbles, shift the high ones.
+  - Dequantized value: exactly as the bit-plane types above (the same levels, scales and mins).
 """
 from __future__ import annotations
 
@@ -50,7 +77,9 @@ GROUP_STEP = 32  # a partial last group is stored in a multiple of this many col
 # families (mirror of enum eq_qfamily in native/): the value is what error messages show
 PLAIN = "plain"
 UNIFORM_BITPLANE = "uniform-bitplane"
-FAMILIES = (PLAIN, UNIFORM_BITPLANE)
+UNIFORM_PACKED = "uniform-packed"
+FAMILIES = (PLAIN, UNIFORM_BITPLANE, UNIFORM_PACKED)
+UNIFORM_FAMILIES = (UNIFORM_BITPLANE, UNIFORM_PACKED)    # grouped uniform levels: every method writes both
 
 
 def _unknown_family(family: str):
@@ -61,31 +90,49 @@ def _unknown_family(family: str):
 class QuantType:
     name: str          # stored in the file, e.g. "u4g64a"
     id: int            # mirror of enum eq_qtype in native/include/edgeq.h
-    family: str        # PLAIN | UNIFORM_BITPLANE
+    family: str        # PLAIN | UNIFORM_BITPLANE | UNIFORM_PACKED
     bits: int          # bits per weight before scales (32 / 16 for plain types)
     group: int         # weights per scale along K (0 for plain types)
     symmetric: bool
     dtype: str         # numpy dtype of the stored elements: "<f4", "<f2" (plain) or "u1" (packed bytes)
+
+    def is_uniform(self) -> bool:
+        """Grouped uniform levels with fp16 scales (every quantization method writes these)."""
+        return self.family in UNIFORM_FAMILIES
 
     def padded_shape(self, rows: int, cols: int) -> tuple[int, int]:
         """(Mp, whole groups of columns): the grid the quantizers fit, zeros beyond (rows, cols).
         What is stored may be narrower: stored_cols."""
         if self.family == PLAIN:
             return rows, cols
-        if self.family == UNIFORM_BITPLANE:
+        if self.is_uniform():
             return -(-rows // TILE_ROWS) * TILE_ROWS, -(-cols // self.group) * self.group
         raise _unknown_family(self.family)
 
     def stored_cols(self, cols: int, compact_tail: bool = True) -> int:
-        """Columns stored per row of a bit-plane tensor: the last group rounded up to GROUP_STEP
-        columns (compact_tail), or to the whole group (files written before that layout)."""
-        step = GROUP_STEP if compact_tail else self.group
+        """Columns stored per row of a uniform tensor: the last group rounded up to GROUP_STEP
+        columns (compact_tail, and always for the packed family), or to the whole group (bit-plane
+        files written before that layout)."""
+        step = GROUP_STEP if compact_tail or self.family == UNIFORM_PACKED else self.group
         return -(-cols // step) * step
 
+    def header_bytes(self) -> int:
+        """Bytes of a block's scales and mins: 16 fp16 each."""
+        return 2 * TILE_ROWS * (1 if self.symmetric else 2)
+
+    def level_bits(self) -> int:
+        """Packed family: bits each level takes in the file (a nibble at 4 bits, else a byte)."""
+        return 4 if self.bits == 4 else 8
+
     def block_bytes(self, width: int | None = None) -> int:
-        """Bytes of one (tile, group) block of `width` stored columns (default G): scales, mins, planes."""
-        scale_bytes = 2 * TILE_ROWS * (1 if self.symmetric else 2)
-        return scale_bytes + self.bits * 2 * (self.group if width is None else width)
+        """Bytes of one (tile, group) block of `width` stored columns (default G): scales, mins, then
+        planes (bit-plane) or levels (packed)."""
+        width = self.group if width is None else width
+        if self.family == UNIFORM_BITPLANE:
+            return self.header_bytes() + self.bits * 2 * width
+        if self.family == UNIFORM_PACKED:
+            return self.header_bytes() + TILE_ROWS * width * self.level_bits() // 8
+        raise _unknown_family(self.family)
 
     def nbytes(self, rows: int, cols: int, compact_tail: bool = True) -> int:
         if self.family == PLAIN:
@@ -94,6 +141,9 @@ class QuantType:
             n_tiles, n_groups = -(-rows // TILE_ROWS), -(-cols // self.group)
             tile_bytes = n_groups * self.block_bytes(0) + self.bits * 2 * self.stored_cols(cols, compact_tail)
             return n_tiles * tile_bytes
+        if self.family == UNIFORM_PACKED:
+            n_tiles, n_groups = -(-rows // TILE_ROWS), -(-cols // self.group)
+            return n_tiles * (n_groups * self.block_bytes(0) + TILE_ROWS * self.stored_cols(cols) * self.level_bits() // 8)
         raise _unknown_family(self.family)
 
     def allows_1d(self) -> bool:
@@ -113,32 +163,44 @@ class QuantType:
 
 
 BITS = (2, 3, 4, 5, 6, 8)
+PACKED_BITS = (4, 5, 6, 8)      # the widths multiply-add can win at (benchmarks/README.md)
 GROUPS = (32, 64, 128)
+LAYOUTS = {UNIFORM_BITPLANE: "u", UNIFORM_PACKED: "p"}   # family -> the type names' first letter
 
 
 def _build_table() -> dict[str, QuantType]:
+    """f32, f16, then per family in LAYOUTS order every (bits, group, a|s): ids never change, a new
+    family's rows go at the end."""
     table = {
         "f32": QuantType("f32", 0, PLAIN, 32, 0, False, "<f4"),
         "f16": QuantType("f16", 1, PLAIN, 16, 0, False, "<f2"),
     }
     next_id = 2
-    for bits in BITS:
-        for group in GROUPS:
-            for symmetric in (False, True):
-                name = f"u{bits}g{group}{'s' if symmetric else 'a'}"
-                table[name] = QuantType(name, next_id, UNIFORM_BITPLANE, bits, group, symmetric, "u1")
-                next_id += 1
+    for family, widths in ((UNIFORM_BITPLANE, BITS), (UNIFORM_PACKED, PACKED_BITS)):
+        for bits in widths:
+            for group in GROUPS:
+                for symmetric in (False, True):
+                    name = f"{LAYOUTS[family]}{bits}g{group}{'s' if symmetric else 'a'}"
+                    table[name] = QuantType(name, next_id, family, bits, group, symmetric, "u1")
+                    next_id += 1
     return table
 
 
 TYPES: dict[str, QuantType] = _build_table()
 
 
-def uniform_type(bits: int, group: int, symmetric: bool) -> QuantType:
-    name = f"u{bits}g{group}{'s' if symmetric else 'a'}"
+def uniform_type(bits: int, group: int, symmetric: bool, family: str = UNIFORM_BITPLANE) -> QuantType:
+    if family not in LAYOUTS:
+        raise _unknown_family(family)
+    name = f"{LAYOUTS[family]}{bits}g{group}{'s' if symmetric else 'a'}"
     if name not in TYPES:
         raise KeyError(name)
     return TYPES[name]
+
+
+def with_family(qtype: QuantType, family: str) -> QuantType:
+    """The type holding the same numbers as uniform `qtype` in the other layout (KeyError: none)."""
+    return uniform_type(qtype.bits, qtype.group, qtype.symmetric, family)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +238,10 @@ def pack(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndar
     """levels (Mp, >= Ks) uint8 in [0, 2^b), scales/mins (Mp, ceil(K/G)) -> packed uint8 bytes of a
     tensor of `cols` = K logical columns (default: all of levels' columns, a multiple of
     GROUP_STEP); levels beyond Ks = stored_cols(K) are dropped (the quantizers' zero padding)."""
+    if qtype.family == UNIFORM_PACKED:
+        return _pack_packed(qtype, levels, scales, mins, levels.shape[1] if cols is None else cols)
+    if qtype.family != UNIFORM_BITPLANE:
+        raise _unknown_family(qtype.family)
     group, n_tiles = qtype.group, levels.shape[0] // TILE_ROWS
     stored = levels.shape[1] if cols is None else qtype.stored_cols(cols, compact_tail)
     n_full, width = stored // group, stored % group                        # width: a partial last group
@@ -215,6 +281,10 @@ def _unpack_blocks(qtype: QuantType, blocks: np.ndarray, width: int):
 
 def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool = True):
     """Packed bytes -> (levels (Mp, Ks) uint8, scales (Mp, ceil(K/G)) f16, mins or None)."""
+    if qtype.family == UNIFORM_PACKED:
+        return _unpack_packed(qtype, data, rows, cols)
+    if qtype.family != UNIFORM_BITPLANE:
+        raise _unknown_family(qtype.family)
     group, n_tiles = qtype.group, -(-rows // TILE_ROWS)
     stored = qtype.stored_cols(cols, compact_tail)
     n_full, width = stored // group, stored % group
@@ -229,6 +299,71 @@ def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tai
     scales = np.concatenate([part[1] for part in parts], axis=1)
     mins = None if qtype.symmetric else np.concatenate([part[2] for part in parts], axis=1)
     return levels, scales, mins
+
+
+def _packed_level_bytes(qtype: QuantType, q: np.ndarray) -> np.ndarray:
+    """(tile, 16 rows, groups, w) levels -> (tile, groups, level bytes of w columns)."""
+    n_tiles, _, n_groups, width = q.shape
+    if qtype.level_bits() == 8:                                            # [w/4][16][4]
+        quads = q.reshape(n_tiles, TILE_ROWS, n_groups, width // 4, 4)
+    else:                                                                  # [w/8][16][4] nibbles
+        pairs = q.reshape(n_tiles, TILE_ROWS, n_groups, width // 8, 2, 4)
+        quads = pairs[..., 0, :] | (pairs[..., 1, :] << 4)
+    return np.ascontiguousarray(quads.transpose(0, 2, 3, 1, 4)).reshape(n_tiles, n_groups, -1)
+
+
+def _scale_bytes(qtype: QuantType, scales, mins, n_tiles: int, n_groups: int) -> np.ndarray:
+    """(Mp, n_groups) scales/mins -> (tile, group, header_bytes): 16 fp16 scales, then 16 mins."""
+    parts = [scales.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1)]
+    if not qtype.symmetric:
+        parts.append(mins.astype(np.float16).reshape(n_tiles, TILE_ROWS, n_groups).transpose(0, 2, 1))
+    return np.concatenate([np.ascontiguousarray(part).view(np.uint8).reshape(n_tiles, n_groups, -1)
+                           for part in parts], axis=2)
+
+
+def _pack_packed(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
+                 cols: int) -> np.ndarray:
+    """The packed family's pack: levels (Mp, >= Ks) -> tiles of (scales, mins, level quads) blocks."""
+    group, stored = qtype.group, qtype.stored_cols(cols)
+    n_tiles, n_full, width = levels.shape[0] // TILE_ROWS, stored // qtype.group, stored % qtype.group
+    q = levels[:, :stored].astype(np.uint8).reshape(n_tiles, TILE_ROWS, stored)
+    headers = _scale_bytes(qtype, scales[:, :n_full + (width > 0)],
+                           None if mins is None else mins[:, :n_full + (width > 0)], n_tiles, n_full + (width > 0))
+    parts = []
+    if n_full:
+        whole = q[:, :, :n_full * group].reshape(n_tiles, TILE_ROWS, n_full, group)
+        parts.append(np.concatenate([headers[:, :n_full], _packed_level_bytes(qtype, whole)], axis=2).reshape(n_tiles, -1))
+    if width:                                                              # the last group's stored width
+        last = q[:, :, n_full * group:].reshape(n_tiles, TILE_ROWS, 1, width)
+        parts.append(np.concatenate([headers[:, n_full:], _packed_level_bytes(qtype, last)], axis=2).reshape(n_tiles, -1))
+    return np.concatenate(parts, axis=1).reshape(-1)
+
+
+def _unpack_packed(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
+    """The packed family's unpack: -> (levels (Mp, Ks), scales (Mp, ceil(K/G)), mins or None)."""
+    group, stored, header = qtype.group, qtype.stored_cols(cols), qtype.header_bytes()
+    n_tiles = -(-rows // TILE_ROWS)
+    tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
+    levels = np.zeros((n_tiles, TILE_ROWS, stored), dtype=np.uint8)
+    headers, at = [], 0
+    for start in range(0, stored, group):
+        width = min(group, stored - start)
+        block = tiles[:, at:at + qtype.block_bytes(width)]
+        headers.append(block[:, None, :header])
+        if qtype.level_bits() == 8:
+            q = block[:, header:].reshape(n_tiles, width // 4, TILE_ROWS, 4).transpose(0, 2, 1, 3)
+        else:
+            nibbles = block[:, header:].reshape(n_tiles, width // 8, TILE_ROWS, 1, 4)
+            q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=3).transpose(0, 2, 1, 3, 4)
+        levels[:, :, start:start + width] = q.reshape(n_tiles, TILE_ROWS, width)
+        at += qtype.block_bytes(width)
+    headers = np.concatenate(headers, axis=1)
+    n_groups, span = headers.shape[1], 2 * TILE_ROWS
+
+    def halves(offset):
+        raw = np.ascontiguousarray(headers[:, :, offset:offset + span]).view(np.float16)
+        return raw.transpose(0, 2, 1).reshape(n_tiles * TILE_ROWS, n_groups)
+    return levels.reshape(n_tiles * TILE_ROWS, stored), halves(0), None if qtype.symmetric else halves(span)
 
 
 def compact_tail_bytes(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -266,7 +401,8 @@ def _dequantize_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: in
     return dequantize_levels(qtype, levels, scales, mins)[:rows, :cols]
 
 
-_DEQUANTIZE = {PLAIN: _dequantize_plain, UNIFORM_BITPLANE: _dequantize_bitplane}
+_DEQUANTIZE = {PLAIN: _dequantize_plain, UNIFORM_BITPLANE: _dequantize_bitplane,
+               UNIFORM_PACKED: _dequantize_bitplane}    # unpack knows both layouts
 
 
 def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool = True) -> np.ndarray:

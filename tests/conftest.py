@@ -57,15 +57,17 @@ def smollm2_hf(smollm2_gguf):
 @pytest.fixture(scope="session")
 def tiny_converted(tiny_llama, tiny_qwen, tmp_path_factory):
     """tiny_converted(arch, bits) -> the tiny llama / qwen2 model converted with default settings at
-    `bits`, made once per session on first use. Tests must not modify the file."""
+    `bits`, stored as bit-planes (the LUT path: the tight float-reference oracles of the tests that
+    use these hold there; packed files are tested in test_runtime/test_convert), made once per
+    session on first use. Tests must not modify the file."""
     from edgeq.convert import PlanSettings, convert
     folder, made = tmp_path_factory.mktemp("tiny-converted"), {}
 
     def get(arch: str, bits: int):
         if (arch, bits) not in made:
             made[arch, bits] = folder / f"{arch}.q{bits}"
-            convert(tiny_llama if arch == "llama" else tiny_qwen, made[arch, bits], PlanSettings(bits=bits),
-                    progress=False)
+            convert(tiny_llama if arch == "llama" else tiny_qwen, made[arch, bits],
+                    PlanSettings(bits=bits, layout="bitplane"), progress=False)
         return made[arch, bits]
     return get
 
@@ -73,7 +75,7 @@ def tiny_converted(tiny_llama, tiny_qwen, tmp_path_factory):
 def _convert_once(tmp_path_factory, source, name, bits):
     from edgeq.convert import PlanSettings, convert
     out = tmp_path_factory.mktemp("converted") / name
-    convert(source, out, PlanSettings(bits=bits), progress=False)
+    convert(source, out, PlanSettings(bits=bits, layout="bitplane"), progress=False)   # the LUT path's oracles
     return out
 
 

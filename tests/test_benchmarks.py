@@ -31,7 +31,7 @@ def suite():
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec, name, flags", [
-    ("8", "u8g64a-rtn", ["--bits", "8"]),                               # auto at 8 bits: plain rtn
+    ("8", "p8g64a-rtn", ["--bits", "8"]),                               # auto at 8 bits: plain rtn, packed
     ("4", "u4g64a-rtn-imatrix", ["--bits", "4"]),                       # auto at 4-6: rtn weighted by E[x^2]
     ("3", f"u3g{LOW_BITS_GROUP}a-gptq", ["--bits", "3"]),               # auto at <= 3: gptq, groups of 32
     ("2", f"u2g{LOW_BITS_GROUP}a-gptq", ["--bits", "2"]),
@@ -118,10 +118,11 @@ def test_cached_file_matches_only_its_variant(suite, tiny_llama, tiny_converted,
     assert "symmetric" in suite.cached_mismatch(plain, suite.parse_variant("8:sym"))
     assert "bits" in suite.cached_mismatch(plain, suite.parse_variant("4"))
     # a calibrated file (auto at 4 bits: E[x^2] from the shipped text) records its hash and token count
-    calibrated = tiny_converted("llama", 4)
-    assert suite.cached_mismatch(calibrated, suite.parse_variant("4")) is None
-    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:rtn"))
-    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:hqq"))
+    calibrated = tiny_converted("llama", 4)                     # a bit-plane file (conftest)
+    assert suite.cached_mismatch(calibrated, suite.parse_variant("4:bitplane")) is None
+    assert "layout" in suite.cached_mismatch(calibrated, suite.parse_variant("4"))
+    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:rtn:bitplane"))
+    assert "method" in suite.cached_mismatch(calibrated, suite.parse_variant("4:hqq:bitplane"))
     broken = tmp_path / "broken.eq"
     broken.write_bytes(plain.read_bytes()[:4096])
     assert "does not open" in suite.cached_mismatch(broken, v8)
@@ -132,7 +133,7 @@ def test_edgeq_file_converts_measures_reuses_and_reconverts(suite, tiny_llama, t
     monkeypatch.setattr(suite, "hf_folder", lambda model: tiny_llama)
     v8 = suite.parse_variant("8")
     path, measured = suite.edgeq_file("tiny", v8)
-    assert path == tmp_path / "edgeq-u8g64a-rtn.eq" and suite.cached_mismatch(path, v8) is None
+    assert path == tmp_path / "edgeq-p8g64a-rtn.eq" and suite.cached_mismatch(path, v8) is None
     assert measured["convert_s"] > 0 and measured["convert_cpu_s"] > 0 and measured["convert_peak_rss_mb"] > 10
     assert measured["convert_command"] == "edgeq convert SRC -o OUT --bits 8"
     assert json.loads(suite.conversion_record(path).read_text()) == measured

@@ -54,7 +54,8 @@ def test_every_bit_width_round_trips(tiny_model, tmp_path, bits):
         if weight.ndim == 1:
             assert info.qtype.name == "f32" and np.array_equal(restored, weight)
             continue
-        assert info.qtype == quant_types.uniform_type(bits, 32 if bits <= 3 else 64, False)   # the default group
+        # the default group, and the layout --layout auto picks for this width
+        assert info.qtype == quant_types.uniform_type(bits, 32 if bits <= 3 else 64, False, PlanSettings().family_for(bits))
         error = np.linalg.norm(restored - weight) / np.linalg.norm(weight)
         assert error < MAX_REL_ERROR[bits], (name, error)
         assert info.data.ctypes.data % 64 == 0, f"{name} data is not 64-byte aligned"
@@ -100,7 +101,7 @@ def test_group_size_symmetry_and_defaults(tiny_qwen, tmp_path):
 def test_tied_head_takes_the_higher_precision(tiny_llama, tmp_path):
     model = _convert(tiny_llama, tmp_path, bits=2, head_bits=8, embed_bits=3)
     assert "output.weight" not in model.tensors
-    assert model.tensors["token_embd.weight"].qtype.name == "u8g32a"   # groups of 32 at 2-3 bits
+    assert model.tensors["token_embd.weight"].qtype.name == "p8g32a"   # groups of 32 at 2-3 bits; packed at 8
     assert model.tensors["blk.0.ffn_up.weight"].qtype.name == "u2g32a"
     assert _convert(tiny_llama, tmp_path, bits=3, group=64).tensors["blk.0.ffn_up.weight"].qtype.name == "u3g64a"
 
@@ -174,7 +175,7 @@ def test_cli_convert_and_info(tiny_qwen, tmp_path):
     assert info.returncode == 0, info.stderr
     text = info.stdout
     assert "qwen2: 2 layers, dim 64" in text
-    assert "blk.1.ffn_down.weight" in text and "u3g128s" in text and "u8g128s" in text and "u5g128s" in text
+    assert "blk.1.ffn_down.weight" in text and "u3g128s" in text and "p8g128s" in text and "u5g128s" in text   # head packed at 8 bits
     model = ModelFile(out)
     blocks = [t for t in model.tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
     bpw = 8 * sum(t.nbytes for t in blocks) / sum(t.shape[0] * t.shape[1] for t in blocks)
@@ -183,3 +184,52 @@ def test_cli_convert_and_info(tiny_qwen, tmp_path):
     assert f"KV cache fp16 {kv / 1e6:.1f} MB" in text
     assert f"kernels       {_ffi.isa()} on this machine" in text
     assert json.loads(model.get("edgeq.generation"))["eos_token_id"] == [2, 0]
+
+
+@pytest.mark.parametrize("method", ["rtn", "hqq", "gptq"])
+def test_both_layouts_store_the_same_numbers_with_every_method(tiny_llama, tmp_path, method):
+    """--layout only changes how levels are stored: every method's bit-plane and packed files
+    dequantize to the same values, tensor by tensor (packing is a step after quantizing)."""
+    files = {layout: _convert(tiny_llama, tmp_path, method=method, bits=5, layout=layout)
+             for layout in ("bitplane", "packed")}
+    for name, info in files["packed"].tensors.items():
+        other = files["bitplane"].tensors[name]
+        if info.qtype.family == quant_types.PLAIN:
+            assert other.qtype == info.qtype
+            continue
+        assert (info.qtype.family, other.qtype.family) == (quant_types.UNIFORM_PACKED, quant_types.UNIFORM_BITPLANE)
+        assert info.qtype == quant_types.with_family(other.qtype, quant_types.UNIFORM_PACKED)
+        assert np.array_equal(files["packed"].load(name), files["bitplane"].load(name)), name
+    assert files["packed"].settings["layout"] == "packed"
+
+
+def test_layout_auto_and_its_limits(tiny_qwen, tmp_path):
+    """auto packs from AUTO_PACKED_FROM bits up (the head and embeddings too), bit-planes below;
+    packed exists at 4, 5, 6, 8 bits only."""
+    from edgeq.convert.plan import AUTO_PACKED_FROM
+    from edgeq.errors import EdgeqError
+    model = _convert(tiny_qwen, tmp_path, bits=4, head_bits=8)
+    assert model.tensors["blk.0.ffn_up.weight"].qtype.family == quant_types.UNIFORM_BITPLANE
+    assert model.tensors["output.weight"].qtype.name == ("p8g64a" if AUTO_PACKED_FROM <= 8 else "u8g64a")
+    with pytest.raises(EdgeqError, match="--layout packed stores 4, 5, 6, 8-bit types, not --bits 3"):
+        PlanSettings(bits=3, layout="packed").validate()
+    with pytest.raises(EdgeqError, match="--layout sideways"):
+        PlanSettings(layout="sideways").validate()
+
+
+def test_packed_file_runs_and_info_names_the_multiply_add_route(tiny_llama, tmp_path):
+    """`edgeq convert --layout packed` end to end: the CLI writes p*g* types, `edgeq info` shows them
+    with the multiply-add route, and `edgeq run` generates."""
+    out = tmp_path / "tiny.p6"
+    env = dict(os.environ, EDGEQ_ISA="")
+    converted = subprocess.run([sys.executable, "-m", "edgeq", "convert", str(tiny_llama), "-o", str(out), "--bits", "6",
+                                "--layout", "packed", "--method", "rtn", "-q"], capture_output=True, text=True, env=env)
+    assert converted.returncode == 0, converted.stderr
+    info = subprocess.run([sys.executable, "-m", "edgeq", "info", str(out)], capture_output=True, text=True, env=env)
+    assert info.returncode == 0, info.stderr
+    route = next(line for line in info.stdout.splitlines() if line.strip().startswith("p6g64a"))
+    assert f"decode: {_ffi.kernel_sets()[0]} multiply-add (int8 multiply-add" in route, route
+    assert "blk.0.ffn_up.weight" in info.stdout and "layout packed" in info.stdout
+    run = subprocess.run([sys.executable, "-m", "edgeq", "run", str(out), "-p", "Hello", "-n", "4", "--temp", "0"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr

@@ -21,7 +21,7 @@ from edgeq.quant_types import TILE_ROWS, TYPES, QuantType, pack, unpack
 from edgeq.quant_types import dequantize as numpy_dequantize
 
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "edgeq.h"
-PACKED = [qtype for qtype in TYPES.values() if qtype.family == quant_types.UNIFORM_BITPLANE]
+PACKED = [qtype for qtype in TYPES.values() if qtype.is_uniform()]      # bit-plane and packed levels
 PLAIN = [qtype for qtype in TYPES.values() if qtype.family == quant_types.PLAIN]
 SHAPES_FOR_NBYTES = [(1, 1), (16, 32), (17, 33), (15, 128), (100, 130), (576, 1536), (4097, 11008)]
 
@@ -257,6 +257,22 @@ def lut_error_bound(qtype: QuantType, data: np.ndarray, rows: int, cols: int, x:
     return ((1 << qtype.bits) - 1) * np.abs(scales[:rows].astype(np.float64)) @ per_group
 
 
+def int8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the multiply-add kernels multiply W with: x (cols,) rounded to int8 per block of 32 with
+    the float32 scale s_b = max |x_b| / 127 (round to nearest even), as float64 values x̂_k = s_b xq_k,
+    and the (cols,) half steps s_b / 2 that bound each rounding."""
+    cols = len(x)
+    blocks = np.zeros(-(-cols // 32) * 32, np.float32)
+    blocks[:cols] = x
+    blocks = blocks.reshape(-1, 32)
+    largest = np.abs(blocks).max(1)
+    inv = np.where(largest > 0, np.float32(127.0) / np.where(largest > 0, largest, 1), 0).astype(np.float32)
+    xq = np.rint(blocks * inv[:, None])
+    step = (largest / np.float32(127.0)).astype(np.float32)
+    rounded = (xq.astype(np.float64) * step.astype(np.float64)[:, None]).reshape(-1)[:cols]
+    return rounded, np.repeat(step.astype(np.float64) / 2.0, 32)[:cols]
+
+
 # How closely each kernel set's bit-plane products follow the reference: "float" (float tables or
 # accumulation: float32 rounding) or "int16 tables" (within lut_error_bound). Every set in the C
 # list is tested; one missing here fails until its accuracy is stated.
@@ -269,10 +285,12 @@ KERNEL_SETS_UNDER_TEST = [name for name in _ffi.all_kernel_sets() if name != "re
 def test_every_kernel_set_matches_the_reference(qtype, isa):
     """Every kernel set agrees with the double-accumulating reference: float32 accuracy for
     float sets; for int16-table sets within what their tables can change, and far inside that on
-    average. Plain shapes cover masked and unrolled tails (K mod 16 and mod 32)."""
+    average; on multiply-add routes (the packed family) within the int8 activations' bound, and
+    equal to the reference on the rounded activations up to float32 accumulation. Plain shapes cover masked and unrolled tails (K mod 16 and mod 32)."""
     assert isa in BITPLANE_ACCURACY, f"state the accuracy of kernel set {isa!r} in BITPLANE_ACCURACY"
     if isa not in _ffi.kernel_sets():
         pytest.skip(f"this CPU does not run the {isa} kernels")
+    route = _ffi.kernel_route(qtype.name, isa, 3)
     rng = np.random.default_rng(5000 + qtype.id)
     plain = qtype.family == quant_types.PLAIN
     shapes = random_shapes(qtype, rng) if not plain else [(37, 45), (16, 64), (5, 1000), (7, 48), (4, 7)]
@@ -290,11 +308,27 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
         for v in range(len(x)):
             reference = _ffi.gemv(qtype.name, data, rows, cols, x[v], isa="ref").astype(np.float64)
             magnitude = np.abs(weights) @ np.abs(x[v].astype(np.float64))
+            rms = lambda a: np.sqrt(np.mean(a ** 2))
             allowed = 1e-5 * magnitude + 1e-30
             if BITPLANE_ACCURACY[isa] == "int16 tables" and qtype.family == quant_types.UNIFORM_BITPLANE:
                 bound = lut_error_bound(qtype, data, rows, cols, x[v])
                 allowed += bound
-                assert np.sqrt(np.mean((got[v] - reference) ** 2)) <= 0.25 * np.sqrt(np.mean(bound ** 2)) + 1e-5 * magnitude.max()
+                assert rms(got[v] - reference) <= 0.25 * rms(bound) + 1e-5 * magnitude.max()
+            elif route["path"] == "multiply-add":                           # int8 activations
+                # the kernels compute W x̂ with x̂_k = s_b xq_k (the min / zero-point term too, through
+                # Σx̂ = s_b Σ xq), and |x_k - x̂_k| <= s_b / 2, so |Δy[r]| <= Σ_k |w[r,k]| s_b(k) / 2
+                rounded, half_step = int8_activations(x[v])
+                bound = np.abs(weights) @ half_step
+                allowed += bound
+                # and exactly the reference's product with x rounded so, up to float32 accumulation
+                # (whose terms are |scale q| |x̂| <= (|w| + |min|) |x̂|, and |min Σx̂|)
+                _, scales, mins = unpack(qtype, data, rows, cols)
+                offset = np.repeat(np.abs(scales if mins is None else mins).astype(np.float64), qtype.group, axis=1)
+                offset = offset[:rows, :cols] * (((1 << qtype.bits) - 1) / 2.0 if mins is None else 1.0)
+                float_sums = 1e-5 * ((np.abs(weights) + 2 * offset) @ np.abs(rounded))
+                expected = reference + weights @ (rounded - x[v].astype(np.float64))
+                assert np.all(np.abs(got[v] - expected) <= float_sums + 1e-6 * np.abs(reference) + 1e-30)
+                allowed += float_sums
             assert np.all(np.abs(got[v] - reference) <= allowed), (qtype.name, rows, cols, v)
             # one vector alone gives the same bits as inside the batch
             assert np.array_equal(_ffi.gemv(qtype.name, data, rows, cols, x[v], isa=isa), got[v].astype(np.float32))
@@ -526,3 +560,24 @@ def test_select_isa_switches_and_refuses_unknown_sets():
         assert _ffi.isa() == "ref"
     finally:
         _ffi.select_isa(previous)
+
+
+def test_avx512_packed_kernels_match_the_portable_ones(tmp_path):
+    """x86/avx512_packed.c (VNNI) against scalar/packed.c over every packed type, sharing one
+    prepare, compiled with the library's sources into native/tests/check_packed_avx512.c: closer
+    than the set-by-set test above (float rounding only), and it runs wherever VNNI does."""
+    import shutil
+    native = HEADER.parents[1]
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    sources = [str(p) for folder in ("src", "ref", "scalar", "x86", "arm") for p in sorted((native / folder).glob("*.c"))]
+    binary = tmp_path / "check_packed_avx512"
+    build = subprocess.run([compiler, "-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
+                            f"-I{native / 'include'}", f"-I{native / 'src'}", str(native / "tests" / "check_packed_avx512.c"),
+                            *sources, "-lm", "-pthread", "-o", str(binary)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
+    if result.stdout.startswith("skip:"):
+        pytest.skip(result.stdout.strip())
+    assert result.returncode == 0 and result.stdout.startswith("ok "), result.stdout[-3000:]

@@ -16,6 +16,14 @@
  *   stored as Ks = ceil(K/32)*32 columns. All fp16 values are little-endian.
  *     asymmetric  w = scale * q + min
  *     symmetric   w = scale * (q - (2^b - 1) / 2)
+ * Packed layout of a uniform packed tensor (p{b}g{G}{a|s}, b in 4,5,6,8; the same numbers, for the
+ * int8 multiply-add kernels): M padded to Mp as above, groups stored as above: group g stores
+ * c_g = min(G, Ks - g*G) columns, Ks = ceil(K/32)*32 (zeros past K). Each tile is ceil(K/G) blocks:
+ *   scale[16] fp16, min[16] fp16 (asymmetric only), then the levels of c_g columns as 64-byte quads
+ *   [quad][16 rows][4 columns]: b = 5, 6, 8: one byte per level, c_g/4 quads, byte (j, r, i) =
+ *   q[r, 4j+i]; b = 4: c_g/8 quads, byte (j, r, i) = q[r, 8j+i] | q[r, 8j+4+i] << 4. One 64-byte
+ *   load is 16 rows x 4 columns for vpdpbusd (AVX-512 VNNI), two 32-byte loads feed vpmaddubsw
+ *   (AVX2), four 16-byte loads NEON sdot.
  * Plain types (f32, f16) are (M, K) row-major little-endian floats.
  */
 #ifndef EDGEQ_H
@@ -59,7 +67,8 @@ const char *eq_error_string(int code);
 
 /* ---------------------------------------------------------------------------------------------
  * quant types: ids equal the Python ids in edgeq/quant_types.py (f32, f16, then
- * u{bits}g{group}{a|s} for bits in 2,3,4,5,6,8, group in 32,64,128, asymmetric before symmetric)
+ * u{bits}g{group}{a|s} for bits in 2,3,4,5,6,8, group in 32,64,128, asymmetric before symmetric,
+ * then the packed p{bits}g{group}{a|s} for bits in 4,5,6,8 in the same order)
  * ------------------------------------------------------------------------------------------- */
 
 typedef enum eq_qtype {
@@ -101,22 +110,48 @@ typedef enum eq_qtype {
     EQ_QTYPE_U8G64S = 35,
     EQ_QTYPE_U8G128A = 36,
     EQ_QTYPE_U8G128S = 37,
-    EQ_QTYPE_COUNT = 38
+    EQ_QTYPE_P4G32A = 38,
+    EQ_QTYPE_P4G32S = 39,
+    EQ_QTYPE_P4G64A = 40,
+    EQ_QTYPE_P4G64S = 41,
+    EQ_QTYPE_P4G128A = 42,
+    EQ_QTYPE_P4G128S = 43,
+    EQ_QTYPE_P5G32A = 44,
+    EQ_QTYPE_P5G32S = 45,
+    EQ_QTYPE_P5G64A = 46,
+    EQ_QTYPE_P5G64S = 47,
+    EQ_QTYPE_P5G128A = 48,
+    EQ_QTYPE_P5G128S = 49,
+    EQ_QTYPE_P6G32A = 50,
+    EQ_QTYPE_P6G32S = 51,
+    EQ_QTYPE_P6G64A = 52,
+    EQ_QTYPE_P6G64S = 53,
+    EQ_QTYPE_P6G128A = 54,
+    EQ_QTYPE_P6G128S = 55,
+    EQ_QTYPE_P8G32A = 56,
+    EQ_QTYPE_P8G32S = 57,
+    EQ_QTYPE_P8G64A = 58,
+    EQ_QTYPE_P8G64S = 59,
+    EQ_QTYPE_P8G128A = 60,
+    EQ_QTYPE_P8G128S = 61,
+    EQ_QTYPE_COUNT = 62
 } eq_qtype;
 
 /* Layout constants shared by every packed type. */
 enum {
     EQ_TILE_ROWS = 16,  /* rows per tile: one plane byte per row, 16 bytes per chunk */
     EQ_CHUNK_COLS = 8,  /* columns covered by one plane byte (low nibble 0..3, high nibble 4..7) */
-    EQ_GROUP_STEP = 32  /* a partial last group is stored in a multiple of this many columns */
+    EQ_GROUP_STEP = 32, /* a partial last group is stored in a multiple of this many columns */
+    EQ_PACKED_BLOCK_COLS = 32   /* uniform packed: activations per int8 scale in multiply-add kernels */
 };
 
 /* How a type's weights are stored and multiplied; kernels and the loader dispatch on the family,
  * never on a type's name. Names as in edgeq/quant_types.py. */
 typedef enum eq_qfamily {
     EQ_QFAMILY_PLAIN = 0,             /* "plain": f32 / f16, (M, K) row-major */
-    EQ_QFAMILY_UNIFORM_BITPLANE = 1,  /* "uniform-bitplane": the u{b}g{G}{a|s} packed layout above */
-    EQ_QFAMILY_COUNT = 2
+    EQ_QFAMILY_UNIFORM_BITPLANE = 1,  /* "uniform-bitplane": the u{b}g{G}{a|s} bit-plane layout above */
+    EQ_QFAMILY_UNIFORM_PACKED = 2,    /* "uniform-packed": the p{b}g{G}{a|s} level layout above */
+    EQ_QFAMILY_COUNT = 3
 } eq_qfamily;
 
 /* One row of the quant-type table. */
@@ -129,7 +164,8 @@ typedef struct eq_qtype_traits {
     bool symmetric;    /* scale only, zero point (2^bits - 1) / 2; else scale and min */
 } eq_qtype_traits;
 
-/* The family's name as in edgeq/quant_types.py ("plain", "uniform-bitplane"), or NULL. */
+/* The family's name as in edgeq/quant_types.py ("plain", "uniform-bitplane", "uniform-packed"), or
+ * NULL. */
 const char *eq_qfamily_name(int family);
 
 /* This library's version (edgeq.__version__ of the package it was built with), e.g. "0.1.0". */

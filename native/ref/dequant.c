@@ -66,6 +66,41 @@ static void dequantize_rows_packed(const eq_qtype_traits *type, const uint8_t *d
     }
 }
 
+/* out (row_count, cols) = rows [row_begin, row_begin + row_count) of a uniform packed tensor:
+ * the same values as the bit-plane family, levels read whole (edgeq.h's layout). */
+static void dequantize_rows_uniform_packed(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
+                                           size_t row_begin, size_t row_count, float *out)
+{
+    const size_t group = (size_t)type->group;
+    const size_t n_groups = (cols + group - 1) / group;
+    const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
+    const size_t header_bytes = eq_packed_header_bytes(type);
+    const float zero_point = (float)((1u << type->bits) - 1u) / 2.0f;
+
+    for (size_t i = 0; i < row_count; i++) {
+        const size_t row = row_begin + i;
+        const size_t lane = row % EQ_TILE_ROWS;
+        const uint8_t *block = data + row / EQ_TILE_ROWS * tile_bytes;
+        float *out_row = out + i * cols;                               /* (cols,) */
+        for (size_t g = 0; g < n_groups; g++) {
+            const size_t block_cols = eq_packed_group_cols(type, cols, g);
+            const float scale = eq_read_f16le(block + 2 * lane);
+            const float min = type->symmetric ? 0.0f : eq_read_f16le(block + 2 * EQ_TILE_ROWS + 2 * lane);
+            const size_t col_end = g * group + block_cols < cols ? g * group + block_cols : cols;
+            for (size_t col = g * group; col < col_end; col++) {
+                const float level = (float)eq_packed_level(block + header_bytes, type->bits, lane, col - g * group);
+                if (type->symmetric) {
+                    out_row[col] = scale * (level - zero_point);
+                } else {
+                    const float scaled = scale * level;  /* rounded, then the min added: no FMA */
+                    out_row[col] = scaled + min;
+                }
+            }
+            block += eq_packed_block_bytes(type, block_cols);
+        }
+    }
+}
+
 /* out (row_count, cols) = rows of a plain f32 or f16 (rows, cols) row-major tensor. */
 static void dequantize_rows_plain(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
                                   size_t row_begin, size_t row_count, float *out)
@@ -88,6 +123,9 @@ void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, si
         break;
     case EQ_QFAMILY_UNIFORM_BITPLANE:
         dequantize_rows_packed(type, data, cols, row_begin, row_count, out);
+        break;
+    case EQ_QFAMILY_UNIFORM_PACKED:
+        dequantize_rows_uniform_packed(type, data, cols, row_begin, row_count, out);
         break;
     case EQ_QFAMILY_COUNT:
         break;   /* not a family: the entry points only pass table rows */

@@ -1,4 +1,5 @@
-/* scalar/gemv.c — portable lookup-table GEMV: the T-MAC idea in plain C, with float tables.
+/* scalar/gemv.c — portable lookup-table GEMV: the T-MAC idea in plain C, with float tables; and
+ * the set `scalar` (its uniform packed family's multiply-add kernels are in scalar/packed.c).
  *
  * For every group of 4 activations x[k0..k0+3] a 16-entry table T[idx] = Σ_{bit i of idx} x[k0+i]
  * is built once per input vector (prepare) and shared by all rows, bit-planes and matrices; then each plane byte of the packed
@@ -149,6 +150,10 @@ const eq_kernel_set eq_kernels_scalar = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: float tables of 4-activation subset sums, portable C",
                        bitplane_prepared_bytes, bitplane_prepare, bitplane_gemm},
+        },
+        [EQ_QFAMILY_UNIFORM_PACKED] = {
+            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32 (float scale), portable C",
+                       eq_packed_prepared_bytes_scalar, eq_packed_prepare_scalar, eq_packed_gemm_scalar},
         },
     },
 };

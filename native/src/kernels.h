@@ -145,6 +145,24 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
 float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n);
 void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 
+/* Uniform packed family, int8 multiply-add decode path (activations int8 per block of 32): one
+ * file per set, the set's struct in its main file names them. scalar/packed.c (portable C),
+ * x86/avx2_packed.c (vpmaddubsw), x86/avx512_packed.c (VNNI vpdpbusd, within the avx512 set
+ * whose availability includes VNNI; eq_packed_avx512_available checks just what it needs). */
+size_t eq_packed_prepared_bytes_scalar(size_t cols);
+void eq_packed_prepare_scalar(const float *x, size_t cols, uint8_t *out);
+void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                           const eq_input *in, float *y, size_t y_stride);
+size_t eq_packed_prepared_bytes_avx2(size_t cols);
+void eq_packed_prepare_avx2(const float *x, size_t cols, uint8_t *out);
+void eq_packed_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                         const eq_input *in, float *y, size_t y_stride);
+int eq_packed_avx512_available(void);
+size_t eq_packed_prepared_bytes_avx512(size_t cols);
+void eq_packed_prepare_avx512(const float *x, size_t cols, uint8_t *out);
+void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                           const eq_input *in, float *y, size_t y_stride);
+
 /* *out = bytes of a (rows >= 1, cols >= 1) tensor of `type`, or EQ_ERR_SIZE_OVERFLOW (or
  * EQ_ERR_UNKNOWN_QTYPE: a family without a size rule). eq_padded_tail_nbytes: in the layout of
  * files without the "compact-tail" feature, a partial last group padded to G columns. */
@@ -201,6 +219,42 @@ static inline size_t eq_tile_bytes(const eq_qtype_traits *type, size_t cols)
 {
     size_t n_groups = (cols - 1) / (size_t)type->group + 1;
     return (n_groups - 1) * eq_block_bytes(type) + eq_group_block_bytes(type, eq_last_group_cols(type, cols));
+}
+
+/* Uniform packed family (edgeq.h): bytes of a block's scales and mins, of a block of c columns
+ * (c a multiple of 32), the columns group g stores, and one 16-row tile (the blocks of every group). */
+static inline size_t eq_packed_header_bytes(const eq_qtype_traits *type)
+{
+    return 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
+}
+
+static inline size_t eq_packed_block_bytes(const eq_qtype_traits *type, size_t block_cols)
+{
+    return eq_packed_header_bytes(type) + (type->bits == 4 ? 8u : 16u) * block_cols;
+}
+
+static inline size_t eq_packed_group_cols(const eq_qtype_traits *type, size_t cols, size_t g)
+{
+    size_t stored = (cols + EQ_GROUP_STEP - 1) / EQ_GROUP_STEP * EQ_GROUP_STEP;
+    size_t left = stored - g * (size_t)type->group;
+    return left < (size_t)type->group ? left : (size_t)type->group;
+}
+
+static inline size_t eq_packed_tile_bytes(const eq_qtype_traits *type, size_t cols)
+{
+    size_t n_groups = (cols + (size_t)type->group - 1) / (size_t)type->group;
+    return (n_groups - 1) * eq_packed_block_bytes(type, (size_t)type->group) +
+           eq_packed_block_bytes(type, eq_packed_group_cols(type, cols, n_groups - 1));
+}
+
+/* Level q[r, col] of a packed block's levels (col < the block's columns). */
+static inline unsigned eq_packed_level(const uint8_t *levels, int bits, size_t r, size_t col)
+{
+    if (bits == 4) {
+        uint8_t byte = levels[(col / 8) * 64 + r * 4 + col % 4];
+        return col % 8 < 4 ? byte & 15u : byte >> 4;
+    }
+    return levels[(col / 4) * 64 + r * 4 + col % 4];
 }
 
 /* Little-endian readers: the file format is little-endian and mmapped data may be unaligned. */

@@ -218,6 +218,7 @@ static int storage_of(const eq_qtype_traits *traits, family_storage *out)
         *out = (family_storage){traits->bits == 32 ? EQ_GGML_TYPE_F32 : EQ_GGML_TYPE_F16, 1, 1};
         return 0;
     case EQ_QFAMILY_UNIFORM_BITPLANE:
+    case EQ_QFAMILY_UNIFORM_PACKED:
         *out = (family_storage){EQ_GGML_TYPE_I8, EQ_TILE_ROWS, 4};
         return 0;
     case EQ_QFAMILY_COUNT:

@@ -79,6 +79,30 @@ static const eq_qtype_traits qtype_table[EQ_QTYPE_COUNT] = {
     [EQ_QTYPE_U8G64S]  = {"u8g64s",  EQ_QTYPE_U8G64S,  EQ_QFAMILY_UNIFORM_BITPLANE, 8,   64, true},
     [EQ_QTYPE_U8G128A] = {"u8g128a", EQ_QTYPE_U8G128A, EQ_QFAMILY_UNIFORM_BITPLANE, 8,  128, false},
     [EQ_QTYPE_U8G128S] = {"u8g128s", EQ_QTYPE_U8G128S, EQ_QFAMILY_UNIFORM_BITPLANE, 8,  128, true},
+    [EQ_QTYPE_P4G32A]  = {"p4g32a",  EQ_QTYPE_P4G32A,  EQ_QFAMILY_UNIFORM_PACKED,   4,   32, false},
+    [EQ_QTYPE_P4G32S]  = {"p4g32s",  EQ_QTYPE_P4G32S,  EQ_QFAMILY_UNIFORM_PACKED,   4,   32, true},
+    [EQ_QTYPE_P4G64A]  = {"p4g64a",  EQ_QTYPE_P4G64A,  EQ_QFAMILY_UNIFORM_PACKED,   4,   64, false},
+    [EQ_QTYPE_P4G64S]  = {"p4g64s",  EQ_QTYPE_P4G64S,  EQ_QFAMILY_UNIFORM_PACKED,   4,   64, true},
+    [EQ_QTYPE_P4G128A] = {"p4g128a", EQ_QTYPE_P4G128A, EQ_QFAMILY_UNIFORM_PACKED,   4,  128, false},
+    [EQ_QTYPE_P4G128S] = {"p4g128s", EQ_QTYPE_P4G128S, EQ_QFAMILY_UNIFORM_PACKED,   4,  128, true},
+    [EQ_QTYPE_P5G32A]  = {"p5g32a",  EQ_QTYPE_P5G32A,  EQ_QFAMILY_UNIFORM_PACKED,   5,   32, false},
+    [EQ_QTYPE_P5G32S]  = {"p5g32s",  EQ_QTYPE_P5G32S,  EQ_QFAMILY_UNIFORM_PACKED,   5,   32, true},
+    [EQ_QTYPE_P5G64A]  = {"p5g64a",  EQ_QTYPE_P5G64A,  EQ_QFAMILY_UNIFORM_PACKED,   5,   64, false},
+    [EQ_QTYPE_P5G64S]  = {"p5g64s",  EQ_QTYPE_P5G64S,  EQ_QFAMILY_UNIFORM_PACKED,   5,   64, true},
+    [EQ_QTYPE_P5G128A] = {"p5g128a", EQ_QTYPE_P5G128A, EQ_QFAMILY_UNIFORM_PACKED,   5,  128, false},
+    [EQ_QTYPE_P5G128S] = {"p5g128s", EQ_QTYPE_P5G128S, EQ_QFAMILY_UNIFORM_PACKED,   5,  128, true},
+    [EQ_QTYPE_P6G32A]  = {"p6g32a",  EQ_QTYPE_P6G32A,  EQ_QFAMILY_UNIFORM_PACKED,   6,   32, false},
+    [EQ_QTYPE_P6G32S]  = {"p6g32s",  EQ_QTYPE_P6G32S,  EQ_QFAMILY_UNIFORM_PACKED,   6,   32, true},
+    [EQ_QTYPE_P6G64A]  = {"p6g64a",  EQ_QTYPE_P6G64A,  EQ_QFAMILY_UNIFORM_PACKED,   6,   64, false},
+    [EQ_QTYPE_P6G64S]  = {"p6g64s",  EQ_QTYPE_P6G64S,  EQ_QFAMILY_UNIFORM_PACKED,   6,   64, true},
+    [EQ_QTYPE_P6G128A] = {"p6g128a", EQ_QTYPE_P6G128A, EQ_QFAMILY_UNIFORM_PACKED,   6,  128, false},
+    [EQ_QTYPE_P6G128S] = {"p6g128s", EQ_QTYPE_P6G128S, EQ_QFAMILY_UNIFORM_PACKED,   6,  128, true},
+    [EQ_QTYPE_P8G32A]  = {"p8g32a",  EQ_QTYPE_P8G32A,  EQ_QFAMILY_UNIFORM_PACKED,   8,   32, false},
+    [EQ_QTYPE_P8G32S]  = {"p8g32s",  EQ_QTYPE_P8G32S,  EQ_QFAMILY_UNIFORM_PACKED,   8,   32, true},
+    [EQ_QTYPE_P8G64A]  = {"p8g64a",  EQ_QTYPE_P8G64A,  EQ_QFAMILY_UNIFORM_PACKED,   8,   64, false},
+    [EQ_QTYPE_P8G64S]  = {"p8g64s",  EQ_QTYPE_P8G64S,  EQ_QFAMILY_UNIFORM_PACKED,   8,   64, true},
+    [EQ_QTYPE_P8G128A] = {"p8g128a", EQ_QTYPE_P8G128A, EQ_QFAMILY_UNIFORM_PACKED,   8,  128, false},
+    [EQ_QTYPE_P8G128S] = {"p8g128s", EQ_QTYPE_P8G128S, EQ_QFAMILY_UNIFORM_PACKED,   8,  128, true},
 };
 
 _Static_assert(sizeof qtype_table / sizeof qtype_table[0] == EQ_QTYPE_COUNT,
@@ -97,6 +121,7 @@ const char *eq_qfamily_name(int family)
     switch (family) {
     case EQ_QFAMILY_PLAIN: return "plain";
     case EQ_QFAMILY_UNIFORM_BITPLANE: return "uniform-bitplane";
+    case EQ_QFAMILY_UNIFORM_PACKED: return "uniform-packed";
     default: return NULL;
     }
 }
@@ -173,6 +198,21 @@ static int stored_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, 
             return err;
         }
         return multiply_size(n_tiles, tile_bytes, out);
+    }
+    case EQ_QFAMILY_UNIFORM_PACKED: {
+        /* tiles of equal size: whole groups, then the last group's columns rounded up to 32 */
+        size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
+        size_t stored = ((cols - 1) / EQ_GROUP_STEP + 1) * EQ_GROUP_STEP;   /* cols <= SIZE_MAX / 2; never padded to G */
+        size_t full = stored / (size_t)type->group, tail = stored % (size_t)type->group;
+        if (cols > SIZE_MAX / 2 || (err = multiply_size(full, eq_packed_block_bytes(type, (size_t)type->group),
+                                                        &count)) != EQ_OK) {
+            return EQ_ERR_SIZE_OVERFLOW;
+        }
+        size_t tail_bytes = tail ? eq_packed_block_bytes(type, tail) : 0;
+        if (count > SIZE_MAX - tail_bytes) {
+            return EQ_ERR_SIZE_OVERFLOW;
+        }
+        return multiply_size(n_tiles, count + tail_bytes, out);
     }
     case EQ_QFAMILY_COUNT:
         break;

@@ -46,9 +46,10 @@
  *       (the integer sums after the lookup are exact: the harness's all-levels-maximal cases with
  *       tables at +-32767 are where an int16 sum would wrap and break the bound by 2^16 s).
  *       Float tables (scalar's lut) and the "float" and "reference" paths have table_term = 0.
- *       Multiply-add paths (int16 activations per block of 32, d_b = max |x| / 32767) have instead
+ *       Multiply-add paths (activations quantized per block of 32, d_b = max |x| / L with L = 32767
+ *       for the bit-plane prefill path's int16, 127 for the packed family's int8) have instead
  *       table_term = Σ_k |w_k| (1/2 + 2^-7) d_b(k)  (x86/avx2_prefill.c derives it: rounding to
- *       nearest, plus the float rounding of x 32767 / max and of d_b; the integer sums are exact).
+ *       nearest, plus the float rounding of x L / max and of d_b; the integer sums are exact).
  * Which set and path multiply a type under a set comes from the library (eq_kernel_route: a set
  * hands a family it lacks to the next one); how that path rounds is in path_precisions[] below. A
  * route this table does not describe is an error (a new set or path states how it rounds before it
@@ -70,10 +71,15 @@
 /* how each route rounds: what the tolerance is derived from (see the opening comment)           */
 /* ============================================================================================= */
 
-/* One (set, path) as eq_kernel_route names it: the set that runs a product and how. */
+/* One (set, path) as eq_kernel_route names it, for one family or all: the set that runs a product
+ * and how (a set's "multiply-add" rounds differently per family: int16 activations for bit-plane
+ * prefill, int8 for packed types). */
+enum { ANY_FAMILY = -1 };
+
 typedef struct path_precision {
     const char *isa;
     const char *path;
+    int family;         /* EQ_QFAMILY_*, or ANY_FAMILY */
     int table_levels;   /* largest |entry| of its quantized activation tables; 0: none or float */
     int table_unit;     /* activations sharing one table scale, aligned from column 0 */
     int act_block;      /* multiply-add paths: activations per scale (max |x| -> act_levels); 0: none */
@@ -81,17 +87,22 @@ typedef struct path_precision {
 } path_precision;
 
 static const path_precision path_precisions[] = {
-    {"ref", "reference", 0, 0, 0, 0},     /* the specification: double accumulation */
-    {"scalar", "float", 0, 0, 0, 0},      /* float dot products */
-    {"scalar", "lut", 0, 0, 0, 0},        /* float tables */
-    {"avx2", "float", 0, 0, 0, 0},        /* fp32 FMA dot products */
-    {"avx2", "lut", 32767, 64, 0, 0},     /* int16 tables split into two pshufb byte tables */
-    {"avx512", "float", 0, 0, 0, 0},      /* fp32 FMA dot products, masked tails */
-    {"avx512", "lut", 32767, 64, 0, 0},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
-    {"avx2", "multiply-add", 0, 0, 32, 32767},     /* int16 activations per 32 (x86/avx2_prefill.c) */
-    {"avx512", "multiply-add", 0, 0, 32, 32767},   /* the same, vpdpwssd (x86/avx512_prefill.c) */
-    {"neon", "float", 0, 0, 0, 0},        /* fp32 FMA dot products */
-    {"neon", "lut", 32767, 64, 0, 0},     /* the same int16 tables, two vqtbl1q byte tables */
+    {"ref", "reference", ANY_FAMILY, 0, 0, 0, 0},     /* the specification: double accumulation */
+    {"scalar", "float", ANY_FAMILY, 0, 0, 0, 0},      /* float dot products */
+    {"scalar", "lut", ANY_FAMILY, 0, 0, 0, 0},        /* float tables */
+    {"avx2", "float", ANY_FAMILY, 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"avx2", "lut", ANY_FAMILY, 32767, 64, 0, 0},     /* int16 tables split into two pshufb byte tables */
+    {"avx512", "float", ANY_FAMILY, 0, 0, 0, 0},      /* fp32 FMA dot products, masked tails */
+    {"avx512", "lut", ANY_FAMILY, 32767, 64, 0, 0},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
+    /* the bit-plane prefill path: int16 activations per 32 (x86/avx2_prefill.c, avx512_prefill.c) */
+    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767},
+    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767},
+    /* the packed family's paths: int8 activations per 32 (avx2_packed.c, scalar/packed.c, avx512_packed.c) */
+    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
+    {"scalar", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
+    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
+    {"neon", "float", ANY_FAMILY, 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"neon", "lut", ANY_FAMILY, 32767, 64, 0, 0},     /* the same int16 tables, two vqtbl1q byte tables */
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
@@ -106,7 +117,8 @@ static const path_precision *route_precision(const char *isa, const eq_qtype_tra
         exit(2);
     }
     for (size_t i = 0; i < sizeof path_precisions / sizeof path_precisions[0]; i++) {
-        if (strcmp(path_precisions[i].isa, run_isa) == 0 && strcmp(path_precisions[i].path, path) == 0) {
+        if (strcmp(path_precisions[i].isa, run_isa) == 0 && strcmp(path_precisions[i].path, path) == 0 &&
+            (path_precisions[i].family == ANY_FAMILY || path_precisions[i].family == (int)type->family)) {
             return &path_precisions[i];
         }
     }
@@ -271,6 +283,7 @@ static int is_packed(const eq_qtype_traits *type)
     switch ((eq_qfamily)type->family) {
     case EQ_QFAMILY_PLAIN: return 0;
     case EQ_QFAMILY_UNIFORM_BITPLANE: return 1;
+    case EQ_QFAMILY_UNIFORM_PACKED: return 1;
     case EQ_QFAMILY_COUNT: break;
     }
     fprintf(stderr, "check_kernels: type %s has family %d, which this harness does not know\n",
@@ -356,10 +369,13 @@ static size_t stored_columns(const tensor *t, size_t g)
 }
 
 /* Bytes of one (tile, group) block: scale[16] fp16, min[16] fp16 (asymmetric), then b planes of
- * one 16-byte chunk per 8 stored columns. */
+ * one 16-byte chunk per 8 stored columns, or (packed) a byte per level, a nibble at 4 bits. */
 static size_t block_bytes(const tensor *t, size_t g)
 {
     const size_t scale_bytes = 2u * EQ_TILE_ROWS * (t->type->symmetric ? 1u : 2u);
+    if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED) {
+        return scale_bytes + stored_columns(t, g) * EQ_TILE_ROWS / (t->type->bits == 4 ? 2u : 1u);
+    }
     return scale_bytes + (size_t)t->type->bits * (stored_columns(t, g) / EQ_CHUNK_COLS) * EQ_TILE_ROWS;
 }
 
@@ -387,6 +403,21 @@ static void pack_levels(const tensor *t, uint8_t *out)
             }
             for (int r = 0; !t->type->symmetric && r < EQ_TILE_ROWS; r++, p += 2) {
                 write_u16le(p, t->mins[(tile * EQ_TILE_ROWS + (size_t)r) * t->n_groups + g]);
+            }
+            if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED) {
+                /* quads of 64 bytes [16 rows][4 columns]: byte (j, r, i) = level of column 4j + i,
+                 * or at 4 bits column 8j + i in the low nibble and 8j + 4 + i in the high one */
+                const size_t quad_cols = t->type->bits == 4 ? 8 : 4;
+                for (size_t j = 0; j < stored_columns(t, g) / quad_cols; j++) {
+                    for (int r = 0; r < EQ_TILE_ROWS; r++) {
+                        const uint8_t *levels = t->levels + (tile * EQ_TILE_ROWS + (size_t)r) * padded_cols
+                                                + g * group + j * quad_cols;
+                        for (int i = 0; i < 4; i++, p++) {
+                            *p = quad_cols == 8 ? (uint8_t)(levels[i] | (levels[4 + i] << 4)) : levels[i];
+                        }
+                    }
+                }
+                continue;
             }
             for (int plane = 0; plane < t->type->bits; plane++) {
                 for (size_t chunk = 0; chunk < stored_columns(t, g) / EQ_CHUNK_COLS; chunk++) {

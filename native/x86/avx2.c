@@ -1,4 +1,5 @@
-/* x86/avx2.c — the LUT kernel set for AVX2 (+ FMA, F16C): int16 tables looked up with pshufb.
+/* x86/avx2.c — the LUT kernel set for AVX2 (+ FMA, F16C): int16 tables looked up with pshufb; the
+ * set's struct (its uniform packed family's multiply-add kernels are in x86/avx2_packed.c).
  *
  * prepare: for every group of 4 activations the 16 subset sums T[idx] = Σ_{bit i of idx} x[k0+i],
  * quantized to int16 with one scale per 64 activations (max |T| -> 32767) and split into a low-byte
@@ -392,6 +393,10 @@ const eq_kernel_set eq_kernels_avx2 = {
             .prefill = {"multiply-add", "multiply-add: int16 activations per 32, int16 levels expanded once per tile, vpmaddwd",
                         eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx2},
             .prefill_from = 16,
+        },
+        [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx2_packed.c */
+            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd",
+                       eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_gemm_avx2},
         },
     },
     .dot_f16 = dot_f16,

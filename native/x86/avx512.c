@@ -389,6 +389,10 @@ const eq_kernel_set eq_kernels_avx512 = {
                         eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx512},
             .prefill_from = 16,
         },
+        [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx512_packed.c (this set requires VNNI) */
+            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpdpbusd on 16-row quads",
+                       eq_packed_prepared_bytes_avx512, eq_packed_prepare_avx512, eq_packed_gemm_avx512},
+        },
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
