@@ -337,14 +337,15 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
 @pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
 def test_sets_sharing_int16_tables_give_the_same_bits(qtype):
     """avx512 builds the same int16 tables as avx2 and sums the same integers (x86/avx512.c), so
-    its bit-plane products are bit-identical, for every batch size that takes the LUT path and
-    partial tile (larger batches take each set's own multiply-add prefill path, held to the
+    its bit-plane products are bit-identical (and the packed family's too), for every batch size
+    that takes the decode path and partial tile (larger batches take each set's own multiply-add prefill path, held to the
     reference by test_prefill_path_matches_the_reference_within_the_int16_activation_bound)."""
     sets = [name for name in _ffi.kernel_sets() if BITPLANE_ACCURACY.get(name) == "int16 tables"]
     if len(sets) < 2:
         pytest.skip(f"this CPU runs fewer than two int16-table kernel sets ({', '.join(sets) or 'none'})")
     batch = min(first_prefill_batch(qtype, name) or 6 for name in sets) - 1
-    assert batch >= 1 and all(_ffi.kernel_route(qtype.name, name, batch=batch)["path"] == "lut" for name in sets)
+    assert batch >= 1 and all(_ffi.kernel_route(qtype.name, name, batch=batch) == _ffi.kernel_route(qtype.name, name, batch=1)
+                              for name in sets)   # each set's decode path (LUT; packed types: multiply-add)
     rng = np.random.default_rng(5500 + qtype.id)
     for rows, cols in random_shapes(qtype, rng) + [(48, 896)]:
         data = random_packed(qtype, rows, cols, rng)
