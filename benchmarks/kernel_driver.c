@@ -1,6 +1,10 @@
-/* kernel_driver.c — one decode GEMV of one kernel set, timed or counted (benchmarks/bench_kernels.py).
+/* kernel_driver.c — one decode GEMV of one kernel set, timed or counted (benchmarks/bench_kernels.py),
+ * or one path's GEMM over a batch of vectors, timed (the prefill_from measurement, benchmarks/README).
  *
  *   kernel_driver time  ISA TYPE ROWS COLS REPEAT   median ns of prepare and of gemm over REPEAT runs
+ *   kernel_driver time  ISA TYPE ROWS COLS REPEAT PATH N   the same for N vectors through the set's
+ *                                                   `decode` or `prefill` path (whatever N the set
+ *                                                   would route there; prepare: all N vectors)
  *   kernel_driver count ISA TYPE ROWS COLS          user-mode instructions of one prepare, one gemm
  *
  * Built from the native sources by bench_kernels.py. Counting single-steps the work under ptrace
@@ -108,30 +112,37 @@ int main(int argc, char **argv)
     const eq_qtype_traits *type = type_named(argv[3]);
     const size_t rows = strtoul(argv[4], NULL, 10), cols = strtoul(argv[5], NULL, 10);
     const int repeat = argc > 6 ? atoi(argv[6]) : 50;
-    if (kernels == NULL || type == NULL || rows == 0 || cols == 0) {
-        fprintf(stderr, "no runnable set %s, no type %s, or an empty shape\n", argv[2], argv[3]);
+    const char *path_name = argc > 8 ? argv[7] : "decode";
+    const size_t n = argc > 8 ? strtoul(argv[8], NULL, 10) : 1;
+    if (kernels == NULL || type == NULL || rows == 0 || cols == 0 || n == 0 || (counting && n != 1)) {
+        fprintf(stderr, "no runnable set %s, no type %s, an empty shape or batch\n", argv[2], argv[3]);
         return 2;
     }
-    const eq_path_kernels *path = eq_path_for(kernels, type->family, 1);
+    const eq_family_kernels *family = &kernels->family[type->family];
+    const eq_path_kernels *path = strcmp(path_name, "prefill") == 0 ? &family->prefill : &family->decode;
+    if (path->gemm == NULL) {
+        fprintf(stderr, "set %s has no %s path for %s\n", argv[2], path_name, argv[3]);
+        return 2;
+    }
     size_t bytes;
     uint8_t *weights = random_weights(type, rows, cols, &bytes);
-    float *x = malloc(cols * sizeof(float)), *y = malloc(rows * sizeof(float));
+    float *x = malloc(n * cols * sizeof(float)), *y = malloc(n * rows * sizeof(float));
     size_t prepared_bytes = path->prepared_bytes != NULL ? path->prepared_bytes(cols) : 0;
-    uint8_t *prepared = aligned_alloc(EQ_PREPARED_ALIGN, (prepared_bytes / EQ_PREPARED_ALIGN + 1) * EQ_PREPARED_ALIGN);
+    size_t stride = (prepared_bytes / EQ_PREPARED_ALIGN + 1) * EQ_PREPARED_ALIGN;
+    uint8_t *prepared = aligned_alloc(EQ_PREPARED_ALIGN, n * stride);
     if (weights == NULL || x == NULL || y == NULL || prepared == NULL)
         return 1;
     uint64_t state = 12345;
-    for (size_t k = 0; k < cols; k++)
+    for (size_t k = 0; k < n * cols; k++)
         x[k] = (float)((int64_t)(next_random(&state) % 2001) - 1000) / 1000.0f;
-    eq_input in = {1, cols, x, path->prepare != NULL ? prepared : NULL,
-                   (prepared_bytes + EQ_PREPARED_ALIGN - 1) / EQ_PREPARED_ALIGN * EQ_PREPARED_ALIGN};
+    eq_input in = {n, cols, x, path->prepare != NULL ? prepared : NULL, stride};
 
     if (!counting) {
         double *prepare_ns = malloc((size_t)repeat * sizeof(double)), *gemm_ns = malloc((size_t)repeat * sizeof(double));
         for (int run = -3; run < repeat; run++) {   /* 3 warm-up runs */
             double t0 = now_ns();
-            if (path->prepare != NULL)
-                path->prepare(x, cols, prepared);
+            for (size_t v = 0; v < n && path->prepare != NULL; v++)
+                path->prepare(x + v * cols, cols, prepared + v * stride);
             double t1 = now_ns();
             path->gemm(type, weights, rows, cols, &in, y, rows);
             double t2 = now_ns();

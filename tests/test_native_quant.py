@@ -338,15 +338,20 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
 @pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
 def test_sets_sharing_int16_tables_give_the_same_bits(qtype):
     """avx512 builds the same int16 tables as avx2 and sums the same integers (x86/avx512.c), so
-    its bit-plane products are bit-identical, for every batch size and partial tile."""
+    its bit-plane products are bit-identical (and the packed family's too), for every batch size
+    that takes the decode path and partial tile (larger batches take each set's own multiply-add prefill path, held to the
+    reference by test_prefill_path_matches_the_reference_within_the_int16_activation_bound)."""
     sets = [name for name in _ffi.kernel_sets() if BITPLANE_ACCURACY.get(name) == "int16 tables"]
     if len(sets) < 2:
         pytest.skip(f"this CPU runs fewer than two int16-table kernel sets ({', '.join(sets) or 'none'})")
+    batch = min(first_prefill_batch(qtype, name) or 6 for name in sets) - 1
+    assert batch >= 1 and all(_ffi.kernel_route(qtype.name, name, batch=batch) == _ffi.kernel_route(qtype.name, name, batch=1)
+                              for name in sets)   # each set's decode path (LUT; packed types: multiply-add)
     rng = np.random.default_rng(5500 + qtype.id)
     for rows, cols in random_shapes(qtype, rng) + [(48, 896)]:
         data = random_packed(qtype, rows, cols, rng)
-        x = rng.normal(0.0, 1.0, (5, cols)).astype(np.float32)
-        x[2, rng.integers(0, cols)] = -60.0
+        x = rng.normal(0.0, 1.0, (batch, cols)).astype(np.float32)
+        x[batch // 2, rng.integers(0, cols)] = -60.0
         first = _ffi.gemm(qtype.name, data, rows, cols, x, isa=sets[0])
         for other in sets[1:]:
             assert np.array_equal(as_bits(_ffi.gemm(qtype.name, data, rows, cols, x, isa=other)), as_bits(first))
@@ -359,22 +364,23 @@ def first_prefill_batch(qtype: QuantType, isa: str) -> int | None:
     return next((n for n in range(2, 65) if _ffi.kernel_route(qtype.name, isa, batch=n) != decode), None)
 
 
-def int8_activation_bound(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(rows,) bound on what int8 activations per block of 32 change in W x (the multiply-add path):
-    d_b = max |x| over block b / 127 and |x_k - d_b round(x_k / d_b)| <= d_b / 2, so
-    |Δy_r| <= Σ_k |w_rk| d_b(k) / 2 (x86/avx2_prefill.c derives it)."""
+def activation_bound(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(rows,) bound on what int16 activations per block of 32 change in W x (the multiply-add path):
+    d_b = max |x| over block b / 32767 and |x_k - d_b round(x_k / d_b)| <= (1/2 + 2^-7) d_b with the
+    float rounding of x / d_b and of d_b, so |Δy_r| <= Σ_k |w_rk| (1/2 + 2^-7) d_b(k)
+    (x86/avx2_prefill.c derives it)."""
     cols = x.shape[0]
     padded = np.zeros(-(-cols // 32) * 32, np.float64)
     padded[:cols] = np.abs(x)
-    half_step = np.repeat(padded.reshape(-1, 32).max(1) / 127.0 / 2.0, 32)[:cols]
-    return np.abs(weights) @ half_step
+    step = np.repeat(padded.reshape(-1, 32).max(1) / 32767.0 * (0.5 + 2.0 ** -7), 32)[:cols]
+    return np.abs(weights) @ step
 
 
 @pytest.mark.parametrize("isa", _ffi.all_kernel_sets())
 @pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
-def test_prefill_path_matches_the_reference_within_the_int8_activation_bound(qtype, isa):
+def test_prefill_path_matches_the_reference_within_the_int16_activation_bound(qtype, isa):
     """Batches from a set's prefill_from on (the forward pass's prompt batches) take its prefill path;
-    every vector of every batch size agrees with the reference within int8_activation_bound, and
+    every vector of every batch size agrees with the reference within activation_bound, and
     inside it on average as rounding errors are. Batches larger than the kernels' 64-vector pass are covered too."""
     if isa not in _ffi.kernel_sets():
         pytest.skip(f"this CPU does not run the {isa} kernels")
@@ -393,7 +399,7 @@ def test_prefill_path_matches_the_reference_within_the_int8_activation_bound(qty
         errors, bounds = [], []
         for v in range(n):
             reference = _ffi.gemv(qtype.name, data, rows, cols, x[v], isa="ref").astype(np.float64)
-            bound = int8_activation_bound(weights, x[v].astype(np.float64))
+            bound = activation_bound(weights, x[v].astype(np.float64))
             allowed = bound + 1e-5 * (np.abs(weights) @ np.abs(x[v].astype(np.float64))) + 1e-30
             error = np.abs(got[v] - reference)
             assert np.all(error <= allowed), (qtype.name, rows, cols, n, v, float(np.max(error / allowed)))
@@ -409,7 +415,7 @@ def test_prefill_path_matches_the_reference_within_the_int8_activation_bound(qty
 def test_prefill_path_does_not_overflow_on_extreme_levels(bits, isa):
     """The largest products a narrow accumulator could overflow on: every level at its maximum (and
     every level 0, which 8-bit kernels may store as -128), activations all at +max or alternating in
-    sign, long rows. The prefill path must stay within the int8 activation bound of the reference."""
+    sign, long rows. The prefill path must stay within the int16 activation bound of the reference."""
     qtype = quant_types.TYPES[f"u{bits}g32a"]
     if isa not in _ffi.kernel_sets() or first_prefill_batch(qtype, isa) is None:
         pytest.skip(f"{isa}: not runnable here or no prefill path")
@@ -427,7 +433,7 @@ def test_prefill_path_does_not_overflow_on_extreme_levels(bits, isa):
         got = _ffi.gemm(qtype.name, data, rows, cols, x, isa=isa).astype(np.float64)
         for v in range(len(x)):
             exact = weights @ x[v].astype(np.float64)
-            bound = int8_activation_bound(weights, x[v].astype(np.float64))
+            bound = activation_bound(weights, x[v].astype(np.float64))
             allowed = bound + 1e-5 * (np.abs(weights) @ np.abs(x[v].astype(np.float64)))
             assert np.all(np.abs(got[v] - exact) <= allowed), (bits, level, v)
 

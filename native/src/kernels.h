@@ -182,16 +182,15 @@ int eq_padded_tail_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols,
 void eq_compact_tail(const eq_qtype_traits *type, const uint8_t *padded, size_t rows, size_t cols,
                      uint8_t *out);
 
-/* x86/avx2_prefill.c: the multiply-add (prefill) path for uniform bit-plane types (int8
- * activations per block of 32, layout in x86/q8_acts.h); the prepare serves x86/avx512_prefill.c too */
+/* x86/avx2_prefill.c: the multiply-add (prefill) path for uniform bit-plane types (int16
+ * activations per block of 32, layout in x86/q16_acts.h); the prepare serves x86/avx512_prefill.c too */
 size_t eq_prefill_prepared_bytes_avx2(size_t cols);
 void eq_prefill_prepare_avx2(const float *x, size_t cols, uint8_t *out);
 void eq_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                           const eq_input *in, float *y, size_t y_stride);
 
-/* x86/avx512_prefill.c: the same path with vpdpbusd (prepare: eq_prefill_prepare_avx2); a set that
- * hooks it must require eq_prefill_avx512_available (AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C) */
-int eq_prefill_avx512_available(void);
+/* x86/avx512_prefill.c: the same path with vpdpwssd (prepare: eq_prefill_prepare_avx2), called only
+ * by the avx512 set (its check covers AVX-512 F/BW/VL/VNNI, FMA, F16C) */
 void eq_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                             const eq_input *in, float *y, size_t y_stride);
 

@@ -46,8 +46,10 @@
  *       (the integer sums after the lookup are exact: the harness's all-levels-maximal cases with
  *       tables at +-32767 are where an int16 sum would wrap and break the bound by 2^16 s).
  *       Float tables (scalar's lut) and the "float" and "reference" paths have table_term = 0.
- *       Multiply-add paths (int8 activations per block of 32, d_b = max |x| / 127) have instead
- *       table_term = Σ_k |w_k| (1/2 + 2^-7) d_b(k)  (x86/avx2_prefill.c).
+ *       Multiply-add paths (activations quantized per block of 32, d_b = max |x| / L with L = 32767
+ *       for the bit-plane prefill path's int16, 127 for the packed family's int8) have instead
+ *       table_term = Σ_k |w_k| (1/2 + 2^-7) d_b(k)  (x86/avx2_prefill.c derives it: rounding to
+ *       nearest, plus the float rounding of x L / max and of d_b; the integer sums are exact).
  * Which set and path multiply a type under a set comes from the library (eq_kernel_route: a set
  * hands a family it lacks to the next one); how that path rounds is in path_precisions[] below. A
  * route this table does not describe is an error (a new set or path states how it rounds before it
@@ -71,30 +73,40 @@
 /* how each route rounds: what the tolerance is derived from (see the opening comment)           */
 /* ============================================================================================= */
 
-/* One (set, path) as eq_kernel_route names it: the set that runs a product and how. */
+/* One (set, path) as eq_kernel_route names it, for one family or all: the set that runs a product
+ * and how (a set's "multiply-add" rounds differently per family: int16 activations for bit-plane
+ * prefill, int8 for packed types). */
+enum { ANY_FAMILY = -1 };
+
 typedef struct path_precision {
     const char *isa;
     const char *path;
+    int family;         /* EQ_QFAMILY_*, or ANY_FAMILY */
     int table_levels;   /* largest |entry| of its quantized activation tables; 0: none or float */
     int table_unit;     /* activations sharing one table scale, aligned from column 0 */
-    int int8_block;     /* multiply-add paths: activations per int8 scale (max |x| -> 127); 0: none */
+    int act_block;      /* multiply-add paths: activations per scale (max |x| -> act_levels); 0: none */
+    int act_levels;     /* largest |q| of their quantized activations */
 } path_precision;
 
 static const path_precision path_precisions[] = {
-    {"ref", "reference", 0, 0},     /* the specification: double accumulation */
-    {"scalar", "float", 0, 0},      /* float dot products */
-    {"scalar", "lut", 0, 0},        /* float tables */
-    {"avx2", "float", 0, 0},        /* fp32 FMA dot products */
-    {"avx2", "lut", 32767, 64},     /* int16 tables split into two pshufb byte tables */
-    {"avx512", "float", 0, 0},      /* fp32 FMA dot products, masked tails */
-    {"avx512", "lut", 32767, 64},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
-    {"avx2", "multiply-add", 0, 0, 32},   /* int8 activations per block of 32 (avx2_prefill.c, avx2_packed.c) */
-    {"scalar", "multiply-add", 0, 0, 32}, /* the same in portable C (scalar/packed.c) */
-    {"avx512", "multiply-add", 0, 0, 32}, /* the same with vpdpbusd (x86/avx512_packed.c) */
-    {"neon", "float", 0, 0},        /* fp32 FMA dot products */
-    {"neon", "lut", 32767, 64},     /* the same int16 tables, two vqtbl1q byte tables */
-    {"neon", "multiply-add", 0, 0, 32},          /* int8 activations per 32, smull/smlal (arm/neon_packed.c) */
-    {"neon-dotprod", "multiply-add", 0, 0, 32},  /* the same with sdot (arm/neon_packed.c) */
+    {"ref", "reference", ANY_FAMILY, 0, 0, 0, 0},     /* the specification: double accumulation */
+    {"scalar", "float", ANY_FAMILY, 0, 0, 0, 0},      /* float dot products */
+    {"scalar", "lut", ANY_FAMILY, 0, 0, 0, 0},        /* float tables */
+    {"avx2", "float", ANY_FAMILY, 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"avx2", "lut", ANY_FAMILY, 32767, 64, 0, 0},     /* int16 tables split into two pshufb byte tables */
+    {"avx512", "float", ANY_FAMILY, 0, 0, 0, 0},      /* fp32 FMA dot products, masked tails */
+    {"avx512", "lut", ANY_FAMILY, 32767, 64, 0, 0},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
+    /* the bit-plane prefill path: int16 activations per 32 (x86/avx2_prefill.c, avx512_prefill.c) */
+    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767},
+    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767},
+    /* the packed family's paths: int8 activations per 32 (avx2_packed.c, scalar/packed.c, avx512_packed.c) */
+    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
+    {"scalar", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
+    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
+    {"neon", "float", ANY_FAMILY, 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"neon", "lut", ANY_FAMILY, 32767, 64, 0, 0},     /* the same int16 tables, two vqtbl1q byte tables */
+    {"neon", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},          /* int8 activations per 32, smull/smlal (arm/neon_packed.c) */
+    {"neon-dotprod", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},  /* the same with sdot (arm/neon_packed.c) */
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
@@ -109,7 +121,8 @@ static const path_precision *route_precision(const char *isa, const eq_qtype_tra
         exit(2);
     }
     for (size_t i = 0; i < sizeof path_precisions / sizeof path_precisions[0]; i++) {
-        if (strcmp(path_precisions[i].isa, run_isa) == 0 && strcmp(path_precisions[i].path, path) == 0) {
+        if (strcmp(path_precisions[i].isa, run_isa) == 0 && strcmp(path_precisions[i].path, path) == 0 &&
+            (path_precisions[i].family == ANY_FAMILY || path_precisions[i].family == (int)type->family)) {
             return &path_precisions[i];
         }
     }
@@ -583,10 +596,10 @@ static double float_depth(const tensor *t)
     return (double)t->n_groups + (double)t->type->group / 4.0 + t->type->bits + 64.0;
 }
 
-/* error (n, rows) = Σ_k |w_rk| (1/2 + 2^-7) d_b(k), d_b = max |x| over block b / 127: int8
- * activations rounded to nearest are off by d_b / 2 each (plus float rounding of x 127 / max), and
+/* error (n, rows) = Σ_k |w_rk| (1/2 + 2^-7) d_b(k), d_b = max |x| over block b / levels: quantized
+ * activations rounded to nearest are off by d_b / 2 each (plus float rounding of x levels / max and of d_b), and
  * the integer products and sums after them are exact (x86/avx2_prefill.c derives it). */
-static void int8_activation_bound(const tensor *t, const float *x, size_t n, size_t block, double *error)
+static void activation_bound(const tensor *t, const float *x, size_t n, size_t block, int levels, double *error)
 {
     double *step = checked_calloc((t->cols + block - 1) / block, sizeof(double));
     for (size_t v = 0; v < n; v++) {
@@ -595,7 +608,7 @@ static void int8_activation_bound(const tensor *t, const float *x, size_t n, siz
             double largest = 0.0;
             for (size_t k = b * block; k < (b + 1) * block && k < t->cols; k++)
                 largest = fmax(largest, fabs((double)xv[k]));
-            step[b] = (0.5 + 0x1p-7) * largest / 127.0;
+            step[b] = (0.5 + 0x1p-7) * largest / (double)levels;
         }
         for (size_t row = 0; row < t->rows; row++) {
             double bound = 0.0;
@@ -613,8 +626,8 @@ static void table_error_bound(const tensor *t, const float *x, size_t n, const p
                               double *table_error)
 {
     memset(table_error, 0, n * t->rows * sizeof(double));
-    if (precision->int8_block != 0 && is_packed(t->type)) {
-        int8_activation_bound(t, x, n, (size_t)precision->int8_block, table_error);
+    if (precision->act_block != 0 && is_packed(t->type)) {
+        activation_bound(t, x, n, (size_t)precision->act_block, precision->act_levels, table_error);
         return;
     }
     if (precision->table_levels == 0 || !is_packed(t->type)) {

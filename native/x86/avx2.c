@@ -20,6 +20,8 @@
  * Each weight tile is read once per call and reused for every vector while it is in cache.
  * The loops over planes and chunk pairs are unrolled per (bits, group) (gemm_packed's switch),
  * and once more for the partial last group of a K that is not a multiple of G (64- and 32-column units).
+ * That is the decode path; batches from 16 vectors (prompts) take x86/avx2_prefill.c's multiply-add
+ * path (int16 activations, vpmaddwd), hooked in the set below.
  *
  * Everything here is compiled for AVX2/FMA/F16C by the pragmas (GCC's target, clang's attribute)
  * and only called after avx2_available() said the CPU has them; other translation units stay
@@ -386,10 +388,11 @@ const eq_kernel_set eq_kernels_avx2 = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
-            /* No prefill path yet: x86/avx2_prefill.c's int8 multiply-add (eq_prefill_*_avx2, from 4
-             * vectors) is 1.3-2.8x faster on prompts but its int8 activations cost +0.5-0.6 %
-             * perplexity on SmolLM2 and change greedy continuations (benchmarks/README "Prefill");
-             * hook it here as .prefill once that loss is under the issue's 0.5 %. */
+            /* prompts (batches from 16: below it LUT is as fast or faster at 2-4 bits, measured in
+             * benchmarks/README.md "Prefill"): int16 activations, as accurate as the LUT tables */
+            .prefill = {"multiply-add", "multiply-add: int16 activations per 32, int16 levels expanded once per tile, vpmaddwd",
+                        eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx2},
+            .prefill_from = 16,
         },
         [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx2_packed.c */
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd",

@@ -21,7 +21,8 @@
  *
  * Everything here is compiled for AVX-512 by the pragmas (GCC's target, clang's attribute) and only
  * called after avx512_available() said the CPU and the OS have it; other translation units stay
- * portable. No prefill path here: the next set in the list that has one fills it.
+ * portable. Prefill (batches from 16 vectors) is x86/avx512_prefill.c's multiply-add path: int16
+ * activations, vpdpwssd; measured in benchmarks/README.md "Prefill".
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -382,6 +383,11 @@ const eq_kernel_set eq_kernels_avx512 = {
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, vpermb from 64-entry tables (two per lookup), vpdpbusd sums",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
+            /* prompts (batches from 16: below it LUT is as fast or faster at 2-3 bits, measured in
+             * benchmarks/README.md "Prefill"): int16 activations, as accurate as the LUT tables */
+            .prefill = {"multiply-add", "multiply-add: int16 activations per 32, int16 levels expanded once per tile, vpdpwssd",
+                        eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx512},
+            .prefill_from = 16,
         },
         [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx512_packed.c (this set requires VNNI) */
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpdpbusd on 16-row quads",
