@@ -61,7 +61,7 @@ NATIVE_LIBS := -lm -pthread
 
 build/.installed: pyproject.toml setup.py native/build_ffi.py $(NATIVE_SOURCES) $(NATIVE_HEADERS)
 	$(MAKE) install
-SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer -DEQ_KERNELS_GENERIC
 
 .PHONY: example native-test fuzz fuzz-deps check-kernels check-kernels-asan
 
@@ -105,7 +105,7 @@ fuzz-deps:
 
 build/fuzz/fuzz_loader: native/fuzz/fuzz_loader.c $(NATIVE_SOURCES) $(NATIVE_HEADERS) | fuzz-deps
 	@mkdir -p $(@D)
-	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 $(NATIVE_CFLAGS) native/fuzz/fuzz_loader.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -DEQ_KERNELS_GENERIC $(NATIVE_CFLAGS) native/fuzz/fuzz_loader.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
 
 fuzz: build/fuzz/fuzz_loader
 	@mkdir -p $(FUZZ_CORPUS) build/fuzz/artifacts

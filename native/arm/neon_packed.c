@@ -307,8 +307,10 @@ void eq_packed_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_
                          const eq_input *in, float *y, size_t y_stride)
 {
     switch (type->bits * 1000 + type->group) {
+#ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
     BODY_CASES(4, block_dot_mull) BODY_CASES(5, block_dot_mull)
     BODY_CASES(6, block_dot_mull) BODY_CASES(8, block_dot_mull)
+#endif
     default:   /* a type added to the table without a case here: correct, not unrolled */
         gemm_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group, block_dot_mull);
     }
@@ -319,8 +321,10 @@ static EQ_TARGET_DOTPROD void gemm_dotprod(const eq_qtype_traits *type, const ui
                                            size_t cols, const eq_input *in, float *y, size_t y_stride)
 {
     switch (type->bits * 1000 + type->group) {
+#ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
     BODY_CASES(4, block_dot_sdot) BODY_CASES(5, block_dot_sdot)
     BODY_CASES(6, block_dot_sdot) BODY_CASES(8, block_dot_sdot)
+#endif
     default:
         gemm_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group, block_dot_sdot);
     }

@@ -313,7 +313,9 @@ static void lut_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t ro
     case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, in, y, y_stride, (b), (g)); return;
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
+#ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
     BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
+#endif
     default:   /* a type added to the table without a case here: correct, not unrolled */
         gemm_packed_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);
     }
