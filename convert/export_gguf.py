@@ -311,10 +311,11 @@ def encode_tensor(info: TensorInfo, entry: TensorExport, permute_heads: int | No
             raise AssertionError(f"{info.name}: planned as exact, not exact on the second read")
         parts.append(part if part is not None else _requantized(info.qtype, grid, cols, entry.target))
     data = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    if len(info.shape) == 1:                  # a vector (llama's q/k biases permute like rows)
+        data = data.reshape(-1, 1)
+        return (permute_rows(data, permute_heads) if permute_heads is not None else data).reshape(-1)
     data = data.reshape(rows, -1)
-    if permute_heads is not None:
-        data = permute_rows(data, permute_heads)
-    return data.reshape(info.shape[0]) if len(info.shape) == 1 else data
+    return permute_rows(data, permute_heads) if permute_heads is not None else data
 
 
 def permute_rows(rows: np.ndarray, n_heads: int) -> np.ndarray:

@@ -111,6 +111,14 @@ def test_q_k_permutation_is_the_inverse_of_the_sources_one():
     assert list(permuted[:4, 0]) == [rows[0, 0], rows[32, 0], rows[1, 0], rows[33, 0]]
 
 
+def test_llama_q_k_biases_permute_like_their_rows():
+    bias = np.arange(64, dtype=np.float32)
+    info = TensorInfo("blk.0.attn_q.bias", quant_types.TYPES["f32"], (64,), "test", bias.nbytes, bias.view(np.uint8))
+    entry = export.plan_tensor(info, "auto")
+    assert entry.exact and entry.target.name == "f32"
+    assert np.array_equal(export.encode_tensor(info, entry, 2), export.permute_rows(bias[:, None], 2)[:, 0])
+
+
 def test_llama3_rope_factors_give_our_frequencies():
     config = ModelConfig("llama", 100, 64, 128, 1, 4, 2, 16, 256, 500000.0, 1e-5, True, False,
                          "llama3", 8.0, 1.0, 4.0, 64)
