@@ -25,8 +25,10 @@ the same permutation on the way in). Metadata: llama.cpp's architecture keys, ro
 as keys; llama3 as the rope_freqs tensor llama.cpp's convert_hf_to_gguf.py writes), the tokenizer
 (byte-level BPE as "gpt2" with its pre-tokenizer name, sentencepiece as "llama"), the chat template.
 The file is written to a temporary file and renamed into place when complete.
-What a re-quantized tensor costs: KL divergence on a few chunks of the evaluation text, from the
-numpy float reference on our dequantized weights and on the exported ones (gguf.quants).
+What a re-quantized tensor costs: KL divergence on a few chunks of the evaluation text, edgeq's
+runtime on our file against llama.cpp on the export where llama-cpp-python is found (this python, or
+$EDGEQ_LLAMA_CPP_PYTHON), else the numpy float reference on our dequantized weights and on the
+exported ones (gguf.quants): the export's own cost, without either runtime's rounding.
 Not here: K-quant or IQ output (gguf-py cannot write them), other architectures.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -120,7 +122,7 @@ class ExportReport:
     kld_stderr: float | None = None
     top1_agreement: float | None = None
     kl_tokens: int = 0
-    notes: list[str] = field(default_factory=list)
+    kl_runtime: str = ""               # "reference" (numpy on both weight sets) or "llama.cpp"
 
     def exact(self) -> bool:
         return all(t.exact for t in self.tensors)
@@ -588,33 +590,103 @@ def exported_tensor_loader(path: Path, config) -> Callable[[str], np.ndarray]:
     return load
 
 
+KL_RUNTIMES = ("auto", "reference", "llama.cpp")
+LLAMA_PYTHON_ENV = "EDGEQ_LLAMA_CPP_PYTHON"   # a python that imports llama_cpp, for the llama.cpp KL
+
+# llama.cpp's logits of token chunks, in a child process (llama-cpp-python may live in another
+# environment): argv = model.gguf chunks.npy out.npy threads; writes (chunks, ctx - 1 - ctx/2, vocab)
+# float32 logits at positions ctx/2 .. ctx-2 (the ones llama-perplexity scores) to out.npy.
+LLAMA_LOGITS = r"""
+import sys
+import numpy as np
+import llama_cpp
+path, chunks_file, out_file, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+chunks = np.load(chunks_file)
+ctx = chunks.shape[1]
+first = ctx // 2
+llm = llama_cpp.Llama(model_path=path, logits_all=True, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx,
+                      n_threads=threads, n_threads_batch=threads, verbose=False)
+out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.float32,
+                                shape=(len(chunks), ctx - 1 - first, llm.n_vocab()))
+for i, chunk in enumerate(chunks):
+    llm.reset()
+    llm.eval([int(t) for t in chunk])
+    out[i] = np.asarray(llm.scores[first:ctx - 1], dtype=np.float32)
+out.flush()
+"""
+
+
+def llama_cpp_python() -> str | None:
+    """A python that imports llama_cpp: $EDGEQ_LLAMA_CPP_PYTHON, else this one if it can, else None."""
+    import importlib.util
+    import sys
+    if os.environ.get(LLAMA_PYTHON_ENV):
+        return os.environ[LLAMA_PYTHON_ENV]
+    return sys.executable if importlib.util.find_spec("llama_cpp") is not None else None
+
+
+def _llama_cpp_logits(python: str, exported: Path, batch: np.ndarray, threads: int, folder: Path) -> np.ndarray:
+    import subprocess
+    np.save(folder / "chunks.npy", batch)
+    result = subprocess.run([python, "-c", LLAMA_LOGITS, str(exported), str(folder / "chunks.npy"),
+                             str(folder / "logits.npy"), str(threads)], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise EdgeqError(f"llama.cpp ({python}) could not run {exported}: {last}")
+    return np.load(folder / "logits.npy", mmap_mode="r")
+
+
 def export_kl(model: ModelFile, exported: Path, changed: set[str], text: str, chunks: int,
-              ctx: int = 512) -> tuple[float, float, float, int]:
-    """KL(ours || exported), its standard error, top-1 agreement and the scored token count, on the
-    first `chunks` chunks of `text` (llama-perplexity's convention), both models through the numpy
-    float reference; tensors not in `changed` are shared, not loaded twice."""
+              ctx: int = 512, runtime: str = "auto", threads: int | None = None) -> tuple[float, float, float, int, str]:
+    """KL(ours || exported), its standard error, top-1 agreement, the scored token count and the
+    runtime used, on the first `chunks` chunks of `text` (llama-perplexity's convention).
+    runtime "llama.cpp": edgeq's runtime on our file, llama.cpp on the export (its own kernels'
+    rounding included); "reference": the numpy float reference on both weight sets (tensors not in
+    `changed` shared, not loaded twice); "auto": llama.cpp when a python with llama_cpp is found."""
+    from edgeq.model import check_threads, load
     from edgeq.perplexity import make_chunks, scored_positions, tokenize_text
     from edgeq.reference import Reference
     from edgeq.tokenizer import Tokenizer
+    if runtime not in KL_RUNTIMES:
+        raise EdgeqError(f"unknown KL runtime {runtime!r}; known: {', '.join(KL_RUNTIMES)}")
+    python = llama_cpp_python() if runtime != "reference" else None
+    if runtime == "llama.cpp" and python is None:
+        raise EdgeqError(f"llama.cpp is not available: install llama-cpp-python or set {LLAMA_PYTHON_ENV}")
     config = model.config
     ctx = min(ctx, config.max_seq_len)
     tokenizer = Tokenizer(model.tokenizer)
     batch = make_chunks(tokenize_text(tokenizer, text), ctx, "llama", tokenizer.bos_id, tokenizer.add_bos, chunks)
-    ours = Reference(config, model.load)
-    load_exported = exported_tensor_loader(exported, config)
-    theirs = Reference(config, lambda name: load_exported(name) if name in changed else ours.weights[name])
     rows = scored_positions(ctx, "llama")
+    scored = slice(rows.start, rows.stop)
     kld, same = [], []
-    for chunk in batch:
-        ours.reset()
-        theirs.reset()
-        log_p = _log_softmax(ours.forward(chunk)[rows.start:rows.stop])
-        log_q = _log_softmax(theirs.forward(chunk)[rows.start:rows.stop])
+
+    def score(ours_logits: np.ndarray, their_logits: np.ndarray) -> None:
+        log_p, log_q = _log_softmax(ours_logits), _log_softmax(their_logits)
         kld.append(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1))
         same.append(np.argmax(log_p, axis=-1) == np.argmax(log_q, axis=-1))
+
+    if python is not None:
+        from edgeq import _ffi
+        threads = check_threads(threads) or _ffi.physical_cores()
+        with tempfile.TemporaryDirectory(prefix="edgeq-export-kl-") as folder:
+            theirs = _llama_cpp_logits(python, exported, batch, threads, Path(folder))
+            with load(model.path, threads=threads, ctx=ctx) as ours:
+                for i, chunk in enumerate(batch):
+                    score(ours.logits(chunk.tolist())[scored], np.asarray(theirs[i]))
+            del theirs
+        used = "llama.cpp"
+    else:
+        ours = Reference(config, model.load)
+        load_exported = exported_tensor_loader(exported, config)
+        theirs = Reference(config, lambda name: load_exported(name) if name in changed else ours.weights[name])
+        for chunk in batch:
+            ours.reset()
+            theirs.reset()
+            score(ours.forward(chunk)[scored], theirs.forward(chunk)[scored])
+        used = "reference"
     kld, same = np.concatenate(kld), np.concatenate(same)
     stderr = float(kld.std(ddof=1) / math.sqrt(len(kld))) if len(kld) > 1 else 0.0
-    return float(kld.mean()), stderr, float(same.mean()), len(kld)
+    return float(kld.mean()), stderr, float(same.mean()), len(kld), used
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -628,13 +700,17 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def export_gguf(model_path: str | os.PathLike, output: str | os.PathLike, type_name: str = "auto",
-                kl_chunks: int = DEFAULT_KL_CHUNKS, text: str | None = None) -> ExportReport:
+                kl_chunks: int = DEFAULT_KL_CHUNKS, text: str | None = None, kl_runtime: str = "auto",
+                threads: int | None = None) -> ExportReport:
     """Write the edgeq file at `model_path` as a llama.cpp GGUF at `output` (see the module docstring).
     kl_chunks: chunks of `text` (default: the shipped evaluation text) to measure the KL divergence of
-    re-quantized tensors on; 0 skips it. Nothing is measured when every tensor is exact."""
+    re-quantized tensors on; 0 skips it. Nothing is measured when every tensor is exact.
+    kl_runtime: what runs the two models (export_kl): auto, reference or llama.cpp."""
     start = time.perf_counter()
     if type_name not in TYPE_CHOICES:
         raise EdgeqError(f"unknown export type {type_name!r}; known: {', '.join(TYPE_CHOICES)}")
+    if kl_runtime not in KL_RUNTIMES:
+        raise EdgeqError(f"unknown KL runtime {kl_runtime!r}; known: {', '.join(KL_RUNTIMES)}")
     if kl_chunks < 0:
         raise EdgeqError(f"kl_chunks must be 0 or more, got {kl_chunks}")
     from edgeq.model import check_model_path
@@ -654,7 +730,7 @@ def export_gguf(model_path: str | os.PathLike, output: str | os.PathLike, type_n
         from edgeq.data import text_path
         from edgeq.perplexity import read_text
         text = read_text(text_path("evaluation")) if text is None else text
-        report.kld, report.kld_stderr, report.top1_agreement, report.kl_tokens = export_kl(
-            model, output, changed, text, kl_chunks)
+        (report.kld, report.kld_stderr, report.top1_agreement, report.kl_tokens,
+         report.kl_runtime) = export_kl(model, output, changed, text, kl_chunks, runtime=kl_runtime, threads=threads)
     report.seconds = time.perf_counter() - start
     return report

@@ -29,7 +29,8 @@ def _cmd_export(args) -> int:
     from edgeq.convert.export_gguf import export_gguf
     from .perplexity import read_text
     text = read_text(args.text) if args.text is not None else None
-    report = export_gguf(args.model, args.output, args.type, kl_chunks=args.kl_chunks, text=text)
+    report = export_gguf(args.model, args.output, args.type, kl_chunks=args.kl_chunks, text=text,
+                         kl_runtime=args.kl_runtime, threads=args.threads)
     if not args.quiet:
         print("\n".join(report.kind_lines()))
         kept = sum(t.exact for t in report.tensors)
@@ -40,7 +41,8 @@ def _cmd_export(args) -> int:
         elif report.kld is not None:
             print(f"cost of the re-quantized tensors: KL divergence {report.kld:.6f} ± {report.kld_stderr:.6f}, "
                   f"top-1 agreement {100 * report.top1_agreement:.2f}% over {report.kl_tokens} tokens "
-                  "(numpy float reference, ours vs the exported weights)")
+                  + ("(edgeq on ours, llama.cpp on the export)" if report.kl_runtime == "llama.cpp" else
+                     "(numpy float reference on our weights and on the exported ones)"))
     return 0
 
 
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     calibrate.set_defaults(func=_cmd_calibrate)
 
-    from edgeq.convert.export_gguf import DEFAULT_KL_CHUNKS, TYPE_CHOICES
+    from edgeq.convert.export_gguf import DEFAULT_KL_CHUNKS, KL_RUNTIMES, TYPE_CHOICES
     export = commands.add_parser("export", help="write an edgeq file as a llama.cpp GGUF (llama.cpp, ollama, "
                                  "LM Studio, llama-server)",
                                  description="Write an edgeq file as a GGUF that llama.cpp loads. Tensors whose "
@@ -303,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"re-quantized tensors on, 0 = skip [default: {DEFAULT_KL_CHUNKS}]")
     export.add_argument("--text", default=None, metavar="FILE",
                         help="text for the KL measurement [default: the shipped evaluation text]")
+    export.add_argument("--kl-runtime", choices=KL_RUNTIMES, default="auto",
+                        help="what runs the two models for the KL: llama.cpp (edgeq on ours, llama-cpp-python "
+                        "on the export; this python's or $EDGEQ_LLAMA_CPP_PYTHON), reference (the numpy float "
+                        "reference on both weight sets); auto = llama.cpp when found [default: auto]")
+    export.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                        help="threads for the KL measurement [default: the number of physical cores]")
     export.add_argument("-q", "--quiet", action="store_true", help="no summary")
     export.set_defaults(func=_cmd_export)
 

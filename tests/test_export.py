@@ -217,13 +217,39 @@ def test_edgeq_convert_of_the_export_gives_the_same_logits(exact_pair, arch, tmp
 def test_requantized_export_reports_the_kl_it_costs(tiny_qwen, tmp_path, capsys):
     ours = tmp_path / "q8.eq"
     convert(tiny_qwen, ours, PlanSettings(bits=8, head_bits=8, embed_bits=8), progress=False)   # asymmetric 8-bit
-    assert main(["export", str(ours), "-o", str(tmp_path / "q8.gguf"), "--kl-chunks", "1"]) == 0
+    assert main(["export", str(ours), "-o", str(tmp_path / "q8.gguf"), "--kl-chunks", "1",
+                 "--kl-runtime", "reference"]) == 0
     out = capsys.readouterr().out
     assert "re-quantized (no llama.cpp type holds asymmetric 8-bit levels)" in out
-    report = export.export_gguf(ours, tmp_path / "again.gguf", kl_chunks=1)
+    assert "(numpy float reference on our weights and on the exported ones)" in out
+    report = export.export_gguf(ours, tmp_path / "again.gguf", kl_chunks=1, kl_runtime="reference")
+    assert report.kl_runtime == "reference"
     assert not report.exact() and all(t.target.name in ("q8_0", "f32") for t in report.tensors)
     assert 0 < report.kld < 1e-3 and report.top1_agreement > 0.95 and report.kl_tokens > 100
     assert f"KL divergence {report.kld:.6f}" in out
+
+
+def _llama_cpp_python():
+    """A python with llama-cpp-python: $EDGEQ_LLAMA_CPP_PYTHON, or the benchmarks' cached build."""
+    import os
+    from pathlib import Path
+    from edgeq.registry import cache_dir
+    candidate = os.environ.get(export.LLAMA_PYTHON_ENV) or str(cache_dir() / "llamacpp-0.3.36" / "bin" / "python")
+    return candidate if Path(candidate).is_file() else None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_cpp_runs_the_export_as_edgeq_runs_ours(exact_pair, arch, monkeypatch):
+    """Where llama-cpp-python is available: llama.cpp loads the export, and its next-token
+    distributions match edgeq's on our file (both runtimes' rounding, no export loss)."""
+    python = _llama_cpp_python()
+    if python is None:
+        pytest.skip("llama-cpp-python is not available (set EDGEQ_LLAMA_CPP_PYTHON)")
+    monkeypatch.setenv(export.LLAMA_PYTHON_ENV, python)
+    ours, exported = exact_pair[arch]
+    kld, _, top1, tokens, runtime = export.export_kl(ModelFile(ours), exported, set(), SAMPLE * 40, chunks=2)
+    assert runtime == "llama.cpp" and tokens > 200
+    assert kld < 1e-3 and top1 > 0.9            # random tiny models: near-ties in the argmax
 
 
 def test_partial_groups_export(tiny_qwen_partial, tmp_path):
