@@ -146,10 +146,11 @@ def tiny_plain_llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exact_pair(tiny_plain_llama, tiny_qwen, tmp_path_factory):
-    """arch -> (edgeq file with every matrix at 4 bits in groups of 32, its export)."""
+def exact_pair(tiny_plain_llama, tiny_qwen, tiny_llama, tmp_path_factory):
+    """arch -> (edgeq file with every matrix at 4 bits in groups of 32, its export); "llama3": the
+    tiny llama with llama3 rope scaling (exported with a rope_freqs tensor)."""
     folder, pairs = tmp_path_factory.mktemp("exact"), {}
-    for arch, source in (("llama", tiny_plain_llama), ("qwen2", tiny_qwen)):
+    for arch, source in (("llama", tiny_plain_llama), ("qwen2", tiny_qwen), ("llama3", tiny_llama)):
         ours, exported = folder / f"{arch}.eq", folder / f"{arch}.gguf"
         convert(source, ours, PlanSettings(bits=4, group=32, head_bits=4, embed_bits=4, layout="bitplane"),
                 progress=False)
@@ -238,16 +239,20 @@ def _llama_cpp_python():
     return candidate if Path(candidate).is_file() else None
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "llama3"])
 def test_llama_cpp_runs_the_export_as_edgeq_runs_ours(exact_pair, arch, monkeypatch):
     """Where llama-cpp-python is available: llama.cpp loads the export, and its next-token
-    distributions match edgeq's on our file (both runtimes' rounding, no export loss)."""
+    distributions match edgeq's on our file (both runtimes' rounding, no export loss); with llama3
+    rope scaling over 256 positions (original length 64), the rope_freqs factors are llama.cpp's."""
     python = _llama_cpp_python()
     if python is None:
         pytest.skip("llama-cpp-python is not available (set EDGEQ_LLAMA_CPP_PYTHON)")
     monkeypatch.setenv(export.LLAMA_PYTHON_ENV, python)
     ours, exported = exact_pair[arch]
     kld, _, top1, tokens, runtime = export.export_kl(ModelFile(ours), exported, set(), SAMPLE * 40, chunks=2)
+    if arch == "llama3":
+        fields = {t.name: t for t in gguf.GGUFReader(exported).tensors}
+        assert np.array_equal(fields["rope_freqs.weight"].data, export.llama3_rope_factors(ModelFile(ours).config))
     assert runtime == "llama.cpp" and tokens > 200
     assert kld < 1e-3 and top1 > 0.9            # random tiny models: near-ties in the argmax
 
