@@ -2,7 +2,7 @@
 edgeq's on the edgeq file it came from (within 0.5 % when every tensor is exact).
 
     python benchmarks/bench_export.py [--models smollm2 qwen] [--chunks 4] [--threads 2]
-                                      [--extra model=FILE ...] [--output benchmarks/export_results.json]
+                                      [--extra model=FILE ...] [--extra-only] [--output benchmarks/export_results.json]
 
 For each model, the edgeq files the suite made (`edgeq.registry.cache_dir()/bench/<model>/*.eq`) plus
 any --extra ones are exported with `edgeq export --type auto --kl-chunks 0` into
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--extra", nargs="*", default=[], metavar="MODEL=FILE",
                         help="more edgeq files to export, e.g. qwen=/path/model.eq")
+    parser.add_argument("--extra-only", action="store_true", help="only the --extra files, not the suite's")
     parser.add_argument("--output", type=Path, default=HERE / "export_results.json")
     args = parser.parse_args(argv)
     python = llama_cpp_python()
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         extra.setdefault(model, []).append(Path(file))
     records = []
     for model in args.models:
-        files = sorted(bench_dir(model).glob("*.eq")) + extra.get(model, [])
+        files = ([] if args.extra_only else sorted(bench_dir(model).glob("*.eq"))) + extra.get(model, [])
         for model_file in files:
             exported = bench_dir(model) / "export" / (model_file.stem + ".gguf")
             record = {"model": model, "file": model_file.name, "edgeq_mb": model_file.stat().st_size / 1e6,
