@@ -311,3 +311,23 @@ def test_smollm2_default_model_exports_to_its_llama_cpp_source_bytes(smollm2_ggu
                 "tokenizer.chat_template", "llama.rope.freq_base", "llama.context_length",
                 "llama.attention.head_count_kv", "llama.attention.layer_norm_rms_epsilon"):
         assert back.fields[key].contents() == source.fields[key].contents(), key
+
+
+def test_benchmark_table_names_what_was_requantized():
+    """benchmarks/bench_export.py's summary of `edgeq export`'s per-kind lines (no llama.cpp needed)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("edgeq_bench_export", folder / "bench_export.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(folder))
+    lines = ["  token_embd.weight: u6g64a -> Q8_0, re-quantized (no llama.cpp type holds asymmetric 6-bit levels)",
+             "  ffn_up.weight x30: u8g64a -> Q8_0, re-quantized (no llama.cpp type holds asymmetric 8-bit levels)"]
+    assert bench.requantized_text(lines) == "31 re-quantized to Q8_0 (token_embd, ffn_up)"
+    third = "  output.weight: u6g64a -> Q8_0, re-quantized (no llama.cpp type holds asymmetric 6-bit levels)"
+    assert bench.requantized_text(lines + [third]) == "32 re-quantized to Q8_0 (every matrix)"
