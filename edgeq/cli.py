@@ -68,6 +68,14 @@ def _cmd_perplexity(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .registry import default_model
+    from .serve import serve
+    path = args.model if args.model is not None else default_model()
+    return serve(path, host=args.host, port=args.port, ctx=args.ctx, threads=args.threads, parallel=args.parallel,
+                 api_key=args.api_key, queue=args.queue)
+
+
 # ---------------------------------------------------------------------------------------------
 # run and chat
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
                        f"[default: {DEFAULT_BANDWIDTH_MB}]")
     bench.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     bench.set_defaults(func=_cmd_bench)
+
+    from .serve import DEFAULT_HOST, DEFAULT_PARALLEL, DEFAULT_PORT, DEFAULT_QUEUE
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (needs edgeq[server])",
+                                description="Serve the model over OpenAI's API: /v1/models, /v1/chat/completions, "
+                                "/v1/completions (echo, logprobs), /health. Ctrl-C stops.")
+    serve.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                       help="an edgeq file [default: SmolLM2-135M-Instruct at 4 bits, prepared once in the cache]")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on [default: {DEFAULT_HOST}]")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port, 0 = any free one [default: {DEFAULT_PORT}]")
+    serve.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
+                       help="context length of each slot, 1 to the model's trained length "
+                       "[default: min(trained length, 4096)]")
+    serve.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                       help="threads per slot [default: the physical cores divided among the slots, at least 1]")
+    serve.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                       help=f"slots answering at the same time, each with its own KV cache [default: {DEFAULT_PARALLEL}]")
+    serve.add_argument("--queue", type=int, default=DEFAULT_QUEUE, metavar="N",
+                       help="requests that may wait for a slot; more are answered 503 with Retry-After "
+                       f"[default: {DEFAULT_QUEUE}]")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help="require 'Authorization: Bearer KEY' on /v1/* [default: none]")
+    serve.set_defaults(func=_cmd_serve)
 
     ppl = commands.add_parser("perplexity", help="perplexity of a model on a text, optionally against a base",
                               description="Perplexity on a text (llama-perplexity's convention by default), and with "
