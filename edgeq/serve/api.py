@@ -25,7 +25,6 @@ from starlette.routing import Route
 
 from ..errors import EdgeqError
 from ..model import GenerationStats, Model, TokenLogprob
-from ..sampling import SamplingParams
 from .slots import QueueFull, SlotPool
 
 RETRY_AFTER_SECONDS = 1
@@ -136,9 +135,11 @@ def _generation(body: dict, model: Model, default_max: int | None) -> Generation
                       bool(options.get("include_usage")))
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage; cached_tokens: prompt tokens the slot's KV cache already held (not evaluated)."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,16 +247,16 @@ class _EventStream(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             for event in self.first:
                 await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
-            while not self.cancel.is_set():
+            while True:             # until the job has ended and all it emitted is sent, or the client left
                 getter = asyncio.ensure_future(self.queue.get())
                 await asyncio.wait({getter, watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    if finished.done() and self.queue.empty():
-                        break
+                if getter.done():
+                    await send({"type": "http.response.body", "body": _sse(getter.result()), "more_body": True})
                     continue
-                await send({"type": "http.response.body", "body": _sse(getter.result()), "more_body": True})
-            if not self.cancel.is_set():
+                getter.cancel()
+                if watcher.done() or (finished.done() and self.queue.empty()):
+                    break
+            if not watcher.done():  # (a shutdown stops the job early; its last events still go out)
                 error = finished.exception()
                 if error is not None:              # after the headers: an error event (as OpenAI does)
                     await send({"type": "http.response.body", "more_body": True,
@@ -383,11 +384,11 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
                 "id": ident, "object": "chat.completion", "created": created, "model": model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": content, "finish_reason": _finish_reason(stats)}],
-                "usage": _usage(stats.prompt_tokens, stats.generated_tokens)})
+                "usage": _usage(stats.prompt_tokens, stats.generated_tokens, stats.cached_tokens)})
 
         def job(model, cancel, emit):
             text, stats = _generate(model, cancel, tokens, gen, lambda piece: emit(chunk({"content": piece})))
-            usage = _usage(stats.prompt_tokens, stats.generated_tokens)
+            usage = _usage(stats.prompt_tokens, stats.generated_tokens, stats.cached_tokens)
             emit(chunk({}, _finish_reason(stats), usage=usage))
             if gen.include_usage:
                 emit({**chunk({}), "choices": [], "usage": usage})
@@ -421,7 +422,7 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
                 if echo:
                     emit(chunk(prefix if prefix is not None else model.detokenize(tokens)))
                 text, stats = _generate(model, cancel, tokens, gen, lambda piece: emit(chunk(piece)))
-                usage = _usage(stats.prompt_tokens, stats.generated_tokens)
+                usage = _usage(stats.prompt_tokens, stats.generated_tokens, stats.cached_tokens)
                 emit(chunk("", _finish_reason(stats), usage=usage))
                 if gen.include_usage:
                     emit({**chunk(""), "choices": [], "usage": usage})
@@ -432,10 +433,11 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
             for index, tokens in enumerate(prompts):
                 if cancel.is_set():
                     break
-                choice, prompt_n, generated_n = _complete(model, cancel, tokens, body["prompt"], index, gen,
-                                                          echo, logprobs)
+                choice, stats = _complete(model, cancel, tokens, body["prompt"], index, gen, echo, logprobs)
                 choices.append(choice)
-                usage = _usage(usage["prompt_tokens"] + prompt_n, usage["completion_tokens"] + generated_n)
+                usage = _usage(usage["prompt_tokens"] + stats.prompt_tokens,
+                               usage["completion_tokens"] + stats.generated_tokens,
+                               usage["prompt_tokens_details"]["cached_tokens"] + stats.cached_tokens)
             return choices, usage
         choices, usage = await server.run(request, prompts[0], job)
         return JSONResponse({"id": ident, "object": "text_completion", "created": created, "model": model_id,
@@ -521,18 +523,22 @@ def _prompts(body: dict, model: Model) -> list[list[int]]:
 
 
 def _complete(model: Model, cancel: threading.Event, tokens: list[int], prompt, index: int, gen: Generation,
-              echo: bool, logprobs: int | None) -> tuple[dict, int, int]:
+              echo: bool, logprobs: int | None) -> tuple[dict, GenerationStats]:
     """One /v1/completions choice (on the slot's thread): prompt log-probabilities when echo and
     logprobs are asked (every prompt token after the first, from position 0, as `edgeq perplexity`
-    scores), then the generated text. -> (choice, prompt tokens, generated tokens)."""
+    scores), then the generated text. -> (choice, the generation's stats; cached_tokens 0 when the prompt
+    was scored, which evaluates all of it)."""
     scored = model.prompt_logprobs(tokens, top=logprobs) if echo and logprobs is not None else None
     if gen.max_tokens == 0:
         text, stats = "", GenerationStats(prompt_tokens=len(tokens), stop_reason="length", logprobs=[])
     else:
         text, stats = _generate(model, cancel, tokens, gen, logprobs=logprobs)
+        if scored is not None:
+            stats.cached_tokens = 0
     prompt_text = prompt[index] if isinstance(prompt, list) and isinstance(prompt[index], str) else \
         prompt if isinstance(prompt, str) else model.detokenize(tokens)
-    choice = {"text": prompt_text + text if echo else text, "index": index, "logprobs": None, "finish_reason": _finish_reason(stats)}
+    choice = {"text": prompt_text + text if echo else text, "index": index, "logprobs": None,
+              "finish_reason": _finish_reason(stats)}
     if logprobs is not None:
         entries: list[tuple[int, float | None, dict | None]] = []
         if echo:
@@ -546,7 +552,7 @@ def _complete(model: Model, cancel: threading.Event, tokens: list[int], prompt, 
             at += len(piece)
         choice["logprobs"] = {"tokens": texts, "token_logprobs": [lp for _, lp, _ in entries],
                               "top_logprobs": [top for _, _, top in entries], "text_offset": offsets}
-    return choice, len(tokens), stats.generated_tokens
+    return choice, stats
 
 
 def _top(model: Model, entry: TokenLogprob) -> dict:
