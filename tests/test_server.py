@@ -233,6 +233,22 @@ def test_completion_streaming(server, local):
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 16
 
 
+def test_tokenizer_endpoints_for_lm_evaluation_harness(server, local):
+    """vLLM's /tokenizer_info, /tokenize, /detokenize: lm-evaluation-harness's tokenizer_backend=remote."""
+    status, _, info = server.request("GET", "/tokenizer_info")
+    assert status == 200 and info["model_max_length"] == 2048
+    assert info["eos_token"] == local.tokenizer.token_text(local.tokenizer.eos_id) == "<|im_end|>"
+    assert info["chat_template"] == local.tokenizer.spec.chat_template
+    status, _, body = server.request("POST", "/tokenize", {"prompt": "Hello <|im_end|> world",
+                                                           "add_special_tokens": False})
+    assert status == 200 and body["tokens"] == local.tokenize("Hello <|im_end|> world", add_special=False)
+    assert body["count"] == len(body["tokens"])
+    status, _, back = server.request("POST", "/detokenize", {"tokens": body["tokens"]})
+    assert status == 200 and back["prompt"] == "Hello <|im_end|> world"
+    assert error_of(server.request("POST", "/detokenize", {"tokens": [-1]}))[0] == 400
+    assert error_of(server.request("GET", "/tokenizer_info", key="wrong"))[0] == 401
+
+
 # ----------------------------------------------------------------------------------------------
 # errors: OpenAI's shape, the right status, and the server lives on
 

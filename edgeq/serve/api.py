@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API of `edgeq serve`, on Starlette: /v1/models, /v1/chat/completions,
-/v1/completions (echo and prompt log-probabilities, as lm-evaluation-harness asks), /health.
+/v1/completions (echo and prompt log-probabilities, as lm-evaluation-harness asks), /health, and
+vLLM's /tokenizer_info, /tokenize, /detokenize (lm-evaluation-harness's tokenizer_backend=remote).
 
 A request is checked completely (JSON, fields, model name, prompt length) before it takes a slot;
 errors are OpenAI's JSON shape {"error": {"message", "type", "param", "code"}}. Generation runs on
@@ -443,6 +444,34 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
         return JSONResponse({"id": ident, "object": "text_completion", "created": created, "model": model_id,
                              "choices": choices, "usage": usage})
 
+    # vLLM's tokenizer endpoints, which lm-evaluation-harness's tokenizer_backend=remote uses
+    async def tokenizer_info(request: Request) -> Response:
+        server.authorize(request)
+        tokenizer = server.front.tokenizer
+        return JSONResponse({"tokenizer_class": "edgeq", "model_max_length": server.n_ctx,
+                             "bos_token": tokenizer.token_text(tokenizer.bos_id) if tokenizer.add_bos else None,
+                             "eos_token": tokenizer.token_text(tokenizer.eos_id) or None, "pad_token": None,
+                             "add_bos_token": tokenizer.add_bos,
+                             "chat_template": tokenizer.spec.chat_template or None})
+
+    async def tokenize(request: Request) -> Response:
+        body = await server.body(request)
+        prompt = _field(body, "prompt", (str,), None)
+        if prompt is None:
+            raise ApiError(400, "'prompt' must be a string", param="prompt")
+        add_special = _field(body, "add_special_tokens", (bool,), True)
+        tokens = server.front.tokenize(prompt, add_special=add_special)
+        return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": server.n_ctx})
+
+    async def detokenize(request: Request) -> Response:
+        body = await server.body(request)
+        tokens = _field(body, "tokens", (list,), None)
+        vocab = server.front.tokenizer.vocab_size
+        if tokens is None or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                                     for t in tokens):
+            raise ApiError(400, f"'tokens' must be an array of token ids in [0, {vocab})", param="tokens")
+        return JSONResponse({"prompt": server.front.detokenize(tokens)})
+
     async def not_found(request: Request, error: HTTPException) -> Response:
         status = error.status_code
         message = {404: f"no such endpoint: {request.method} {request.url.path}",
@@ -460,7 +489,10 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
     routes = [Route("/health", health, methods=["GET"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-              Route("/v1/completions", completions, methods=["POST"])]
+              Route("/v1/completions", completions, methods=["POST"]),
+              Route("/tokenizer_info", tokenizer_info, methods=["GET"]),
+              Route("/tokenize", tokenize, methods=["POST"]),
+              Route("/detokenize", detokenize, methods=["POST"])]
     handlers = {HTTPException: not_found, ApiError: api_error, EdgeqError: internal_error,
                 Exception: internal_error}
     return Starlette(routes=routes, exception_handlers=handlers)
