@@ -103,7 +103,8 @@ def _open_model(args):
 def _sampling_args(args) -> dict:
     return {"max_tokens": args.max_tokens, "temperature": args.temperature,
             "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repeat_penalty": args.repeat_penalty, "seed": args.seed, "stop": args.stop or None}
+            "repeat_penalty": args.repeat_penalty, "frequency_penalty": args.frequency_penalty,
+            "presence_penalty": args.presence_penalty, "seed": args.seed, "stop": args.stop or None}
 
 
 def _write_stream(stream, pieces: list[str]) -> None:
@@ -391,6 +392,10 @@ def _add_generation_flags(command) -> None:
     group.add_argument("--min-p", type=float, default=None, metavar="P", help="0 = off [default: 0.05]")
     group.add_argument("--repeat-penalty", type=float, default=None, metavar="R",
                        help="penalty on the last 64 tokens, 1 = off [default: 1.0]")
+    group.add_argument("--frequency-penalty", type=float, default=None, metavar="F",
+                       help="OpenAI's: subtracted per occurrence in the last 64 tokens, -2 to 2 [default: 0]")
+    group.add_argument("--presence-penalty", type=float, default=None, metavar="F",
+                       help="OpenAI's: subtracted once for a token in the last 64 tokens, -2 to 2 [default: 0]")
     group.add_argument("--seed", type=int, default=None, help="makes sampling reproducible [default: random]")
     group.add_argument("--stop", action="append", default=None, metavar="TEXT",
                        help="stop before this text (repeatable)")
