@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -333,20 +334,36 @@ def test_load_every_request_completes_or_gets_503_and_nothing_leaks(server):
     assert rss[-1] - rss[1] < 8 * 1024, rss  # KB: no growth after the first rounds
 
 
+def post(server, path, body) -> http.client.HTTPConnection:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", path, body=json.dumps(body),
+                       headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    return connection
+
+
+def hang_up(connection) -> None:
+    connection.sock.shutdown(socket.SHUT_RDWR)
+    connection.close()
+
+
 def test_disconnect_mid_stream_stops_the_generation(server):
     before = server.health()
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    connection.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": "Once upon a time", "max_tokens": -1, "temperature": 0, "stream": True}),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    response = connection.getresponse()
-    assert response.status == 200 and response.readline().startswith(b"data: ")
-    assert server.health()["busy"] == 1
-    connection.sock.shutdown(2)
-    connection.close()
+    streams = [post(server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": -1, "temperature": 0,
+                                                "stream": True}) for _ in range(2)]
+    for connection in streams:
+        response = connection.getresponse()
+        assert response.status == 200 and response.readline().startswith(b"data: ")
+    assert server.health()["busy"] == 2
+    # a third request waits in the queue; hanging up takes it out of the queue
+    waiting = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    assert wait_for(lambda: server.health()["waiting"] == 1, 5)
+    hang_up(waiting)
+    assert wait_for(lambda: server.health()["waiting"] == 0, 5) and server.health()["busy"] == 2
+    for connection in streams:
+        hang_up(connection)
     assert wait_for(lambda: idle(server), 5)
     after = server.health()
-    assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"] + 1
+    assert after["cancelled"] == before["cancelled"] + 2 and after["served"] == before["served"] + 2
 
 
 def test_ctrl_c_during_a_stream_stops_cleanly(long_file):

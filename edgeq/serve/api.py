@@ -34,6 +34,10 @@ MAX_LOGPROBS = 20                     # alternatives per token, as OpenAI allows
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "": "stop"}
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request got a slot: nothing to answer."""
+
+
 class ApiError(Exception):
     """An error answered to the client: HTTP status and OpenAI's error fields."""
 
@@ -199,35 +203,48 @@ class _Server:
                            param="messages" if what == "the conversation" else "prompt",
                            code="context_length_exceeded")
 
-    async def take_slot(self, tokens):
+    async def take_slot(self, request: Request, tokens: list[int], cancel: threading.Event,
+                        watcher: asyncio.Future):
+        """An idle slot, waiting in the queue if need be; 503 when the queue is full. A client that
+        disconnects while waiting leaves the queue (ClientGone)."""
+        acquire = asyncio.ensure_future(self.pool.acquire(tokens))
+        await asyncio.wait({acquire, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquire.done():
+            acquire.cancel()
+            raise ClientGone()
         try:
-            return await self.pool.acquire(tokens)
+            return acquire.result()
         except QueueFull as error:
             raise ApiError(503, f"the server is busy ({error}); retry later", kind="server_error",
                            code="server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
 
     async def run(self, request: Request, tokens: list[int], job: Callable[[Model, threading.Event], Any]):
         """Run a non-streamed job on a slot; stop it when the client disconnects."""
-        slot = await self.take_slot(tokens)
-        result = self.pool.submit(slot, job)
-        watcher = asyncio.ensure_future(_watch_disconnect(request.receive, slot.cancel))
+        cancel = threading.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(request.receive, cancel))
         try:
-            return await asyncio.shield(result)
+            slot = await self.take_slot(request, tokens, cancel, watcher)
+            return await asyncio.shield(self.pool.submit(slot, job, cancel))
         finally:
             watcher.cancel()
 
     async def stream(self, request: Request, tokens: list[int], job, first: list[dict]) -> Response:
         """Take a slot (503 before anything is sent when there is none), then stream what the job
         emits as server-sent events."""
-        slot = await self.take_slot(tokens)
+        cancel = threading.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(request.receive, cancel))
+        try:
+            slot = await self.take_slot(request, tokens, cancel, watcher)
+        finally:
+            watcher.cancel()
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
         def emit(event: dict) -> None:            # on the slot's thread
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        result = self.pool.submit(slot, lambda model, cancel: job(model, cancel, emit))
-        return _EventStream(queue, result, slot.cancel, first)
+        result = self.pool.submit(slot, lambda model, cancel: job(model, cancel, emit), cancel)
+        return _EventStream(queue, result, cancel, first)
 
 
 class _EventStream(Response):
@@ -481,6 +498,9 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
     async def api_error(request: Request, error: ApiError) -> Response:
         return error.response()
 
+    async def client_gone(request: Request, error: ClientGone) -> Response:
+        return Response(status_code=499)          # (nobody reads it)
+
     async def internal_error(request: Request, error: Exception) -> Response:
         if isinstance(error, (EdgeqError, ValueError, TypeError)):
             return ApiError(400, str(error)).response()
@@ -493,7 +513,7 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
               Route("/tokenizer_info", tokenizer_info, methods=["GET"]),
               Route("/tokenize", tokenize, methods=["POST"]),
               Route("/detokenize", detokenize, methods=["POST"])]
-    handlers = {HTTPException: not_found, ApiError: api_error, EdgeqError: internal_error,
+    handlers = {HTTPException: not_found, ApiError: api_error, ClientGone: client_gone, EdgeqError: internal_error,
                 Exception: internal_error}
     return Starlette(routes=routes, exception_handlers=handlers)
 

@@ -98,11 +98,13 @@ class SlotPool:
                 return
         self.idle.append(slot)
 
-    def submit(self, slot: Slot, job: Callable[[Model, threading.Event], object]) -> asyncio.Future:
-        """Run job(model, cancel) on the slot's thread. The slot returns to the pool when the job
-        ends, whatever becomes of the request. Returns an awaitable for the job's result."""
+    def submit(self, slot: Slot, job: Callable[[Model, threading.Event], object],
+               cancel: threading.Event) -> asyncio.Future:
+        """Run job(model, cancel) on the slot's thread; setting `cancel` asks it to stop. The slot
+        returns to the pool when the job ends, whatever becomes of the request. Returns an awaitable
+        for the job's result."""
         loop = asyncio.get_running_loop()
-        cancel = slot.cancel = threading.Event()
+        slot.cancel = cancel
         if self.closing:
             cancel.set()
 
@@ -115,7 +117,10 @@ class SlotPool:
 
         work = slot.executor.submit(job, slot.model, cancel)
         work.add_done_callback(ended)
-        return asyncio.wrap_future(work, loop=loop)
+        result = asyncio.wrap_future(work, loop=loop)
+        # an error is retrieved here even when no request waits for it any more
+        result.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return result
 
     def cancel_all(self) -> None:
         """Stop every running job at its next token and refuse new requests (shutdown)."""
