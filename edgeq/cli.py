@@ -331,14 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", metavar="MODEL", nargs="?", default=None,
                        help="an edgeq file [default: SmolLM2-135M-Instruct at 4 bits, prepared once in the cache]")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on [default: {DEFAULT_HOST}]")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port, 0 = any free one [default: {DEFAULT_PORT}]")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"port, 0 = any free one [default: {DEFAULT_PORT}]")
     serve.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
                        help="context length of each slot, 1 to the model's trained length "
                        "[default: min(trained length, 4096)]")
     serve.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                        help="threads per slot [default: the physical cores divided among the slots, at least 1]")
     serve.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
-                       help=f"slots answering at the same time, each with its own KV cache [default: {DEFAULT_PARALLEL}]")
+                       help="slots answering at the same time, each with its own KV cache "
+                       f"[default: {DEFAULT_PARALLEL}]")
     serve.add_argument("--queue", type=int, default=DEFAULT_QUEUE, metavar="N",
                        help="requests that may wait for a slot; more are answered 503 with Retry-After "
                        f"[default: {DEFAULT_QUEUE}]")

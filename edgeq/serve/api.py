@@ -295,8 +295,7 @@ def _sse(event: dict) -> bytes:
 def _error_body(error: BaseException) -> dict:
     if isinstance(error, ApiError):
         return {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}}
-    status, kind = (400, "invalid_request_error") if isinstance(error, (EdgeqError, ValueError, TypeError)) \
-        else (500, "server_error")
+    kind = "invalid_request_error" if isinstance(error, (EdgeqError, ValueError, TypeError)) else "server_error"
     return {"error": {"message": str(error) or type(error).__name__, "type": kind, "param": None, "code": None}}
 
 
@@ -304,7 +303,7 @@ def _error_body(error: BaseException) -> dict:
 # what a slot's thread runs
 
 def _generate(model: Model, cancel: threading.Event, prompt, gen: Generation, emit=None,
-              logprobs: int | None = None, chat: bool = False) -> tuple[str, GenerationStats]:
+              logprobs: int | None = None) -> tuple[str, GenerationStats]:
     """Generate from `prompt` (token ids), stopping at the next token once `cancel` is set; each
     piece goes to emit(piece) when streaming. Returns the text and the run's stats."""
     stream = model.generate(prompt, max_tokens=gen.max_tokens, stop=gen.stop, stream=True,
