@@ -50,8 +50,8 @@ from .gguffile import GGUFFile
 from .sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams
 from .tokenizer import Tokenizer
 
-__all__ = ["load", "Model", "GenerationStats", "TokenLogprob", "log_softmax", "EdgeqWarning", "ContextFullError", "DEFAULT_MAX_TOKENS",
-           "check_model_path", "check_ctx", "check_threads", "check_max_tokens"]
+__all__ = ["load", "Model", "GenerationStats", "TokenLogprob", "log_softmax", "EdgeqWarning", "ContextFullError",
+           "DEFAULT_MAX_TOKENS", "check_model_path", "check_ctx", "check_threads", "check_max_tokens"]
 
 PREFILL_CHUNK = 256          # prompt tokens per eq_model_eval call: Ctrl-C is seen between chunks
 # the file's generation defaults (Hugging Face generation_config names) -> SamplingParams fields
@@ -419,7 +419,7 @@ class Model:
 
     def _check_ids(self, tokens) -> list[int]:
         if isinstance(tokens, str):
-            raise TypeError("this takes token ids; use model.tokenize(text) first")
+            raise TypeError("logits() and prompt_logprobs() take token ids; use model.tokenize(text) first")
         ids = [int(t) for t in tokens]
         if not ids:
             raise ValueError("tokens must not be empty")
