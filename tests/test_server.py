@@ -77,10 +77,10 @@ class Server:
         with open(f"/proc/{self.proc.pid}/status") as f:
             return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
-    def stop(self) -> str:
-        """Ctrl-C; returns the stderr it wrote after starting. Asserts a clean exit."""
+    def stop(self, sig=signal.SIGINT) -> str:
+        """Ctrl-C (or `sig`); returns the stderr it wrote after starting. Asserts a clean exit."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(sig)
         try:
             _, err = self.proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
@@ -366,7 +366,8 @@ def test_disconnect_mid_stream_stops_the_generation(server):
     assert after["cancelled"] == before["cancelled"] + 2 and after["served"] == before["served"] + 2
 
 
-def test_ctrl_c_during_a_stream_stops_cleanly(long_file):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_a_stream_stops_cleanly(long_file, sig):
     server = Server(long_file, "--threads", 1)
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("POST", "/v1/chat/completions", body=json.dumps(
@@ -375,7 +376,7 @@ def test_ctrl_c_during_a_stream_stops_cleanly(long_file):
     response = connection.getresponse()
     assert response.readline().startswith(b"data: ")
     start = time.monotonic()
-    err = server.stop()
+    err = server.stop(sig)
     assert time.monotonic() - start < 10
     assert err.count("\n") == 1                                  # only "edgeq serve: stopped" after the start
     connection.close()

@@ -7,8 +7,10 @@ Not here: several models per server, or batching several requests into one forwa
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import sys
+import threading
 import warnings
 
 from ..errors import EdgeqError
@@ -95,10 +97,17 @@ def serve(path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ctx: int | N
               flush=True)
         server = _server_class()(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                         timeout_graceful_shutdown=5), pool)
+        # uvicorn re-raises the signal that stopped it once it has shut down: SIGTERM too becomes a
+        # KeyboardInterrupt here, so both end with the same line
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
             pass
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
         print("edgeq serve: stopped", file=sys.stderr, flush=True)
         return 0
     finally:
@@ -108,6 +117,10 @@ def serve(path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ctx: int | N
         else:
             for model in models:
                 model.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _server_class():
