@@ -12,6 +12,7 @@ bytes, never through float; every block is then checked against gguf.quants' own
 (equal as float32 values, +0 and −0 alike), and a tensor with any block that does not match is
 re-quantized instead. K-quants (Q4_K, Q6_K, ...: sub-block scales multiplied in float) have no
 exact edgeq type and are not handled here; F16/F32 tensors are not grids.
+write_blocks is read_blocks' inverse, for the other direction (convert/export_gguf.py).
 """
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ def _layouts() -> dict:
     }
 
 
+def layout(ggml_type) -> BlockLayout:
+    """The block layout of Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 (KeyError for other types)."""
+    return _layouts()[ggml_type]
+
+
 def edgeq_type(ggml_type) -> QuantType | None:
     """The edgeq type that holds this ggml type's blocks exactly, or None (K-quants, floats, ...)."""
     layout = _layouts().get(ggml_type)
@@ -83,6 +89,29 @@ def read_blocks(ggml_type, raw: np.ndarray, cols: int):
         with np.errstate(over="ignore"):
             mins = (np.float32(-layout.offset) * scales.astype(np.float32)).astype(np.float16)
     return levels.reshape(rows, cols), scales, mins
+
+
+def write_blocks(ggml_type, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None) -> np.ndarray:
+    """read_blocks' inverse: levels (M, K) uint8 in 0..2^bits - 1 (q, with w = d·(q − o) for types
+    without m), d and m (M, K/32) fp16 (m ignored for types without it) -> raw rows of ggml blocks,
+    (M, K/32 * block bytes) uint8, as llama.cpp reads them."""
+    layout = _layouts()[ggml_type]
+    rows, cols = levels.shape
+    q = np.asarray(levels, dtype=np.uint8).reshape(rows, cols // BLOCK, BLOCK)
+    parts = [np.asarray(scales, dtype=np.float16).reshape(rows, -1, 1).view(np.uint8)]
+    if layout.has_min:
+        parts.append(np.asarray(mins, dtype=np.float16).reshape(rows, -1, 1).view(np.uint8))
+    if layout.fifth_bit:
+        fifth = ((q >> 4) & 1).astype(np.uint32) << np.arange(BLOCK, dtype=np.uint32)
+        parts.append(fifth.sum(axis=-1, dtype=np.uint32).astype("<u4").reshape(rows, -1, 1).view(np.uint8))
+    if layout.bits == 8:
+        parts.append((q.astype(np.int16) - layout.offset).astype(np.int8).view(np.uint8))
+    else:   # byte j: level j in the low nibble, level j + 16 in the high one
+        low = q & 0x0F
+        parts.append(low[..., :BLOCK // 2] | (low[..., BLOCK // 2:] << 4))
+    blocks = np.concatenate(parts, axis=-1)
+    assert blocks.shape[-1] == layout.nbytes()
+    return blocks.reshape(rows, -1)
 
 
 def matches_gguf(ggml_type, raw: np.ndarray, cols: int) -> bool:

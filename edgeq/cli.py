@@ -25,6 +25,27 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from edgeq.convert.export_gguf import export_gguf
+    from .perplexity import read_text
+    text = read_text(args.text) if args.text is not None else None
+    report = export_gguf(args.model, args.output, args.type, kl_chunks=args.kl_chunks, text=text,
+                         kl_runtime=args.kl_runtime, threads=args.threads)
+    if not args.quiet:
+        print("\n".join(report.kind_lines()))
+        kept = sum(t.exact for t in report.tensors)
+        print(f"wrote {report.output} ({report.file_bytes / 1e6:.1f} MB, {len(report.tensors)} tensors, {kept} exact, "
+              f"{len(report.tensors) - kept} re-quantized) in {report.seconds:.1f} s")
+        if report.exact():
+            print("every tensor is exact: llama.cpp reads the same weights edgeq runs")
+        elif report.kld is not None:
+            print(f"cost of the re-quantized tensors: KL divergence {report.kld:.6f} ± {report.kld_stderr:.6f}, "
+                  f"top-1 agreement {100 * report.top1_agreement:.2f}% over {report.kl_tokens} tokens "
+                  + ("(edgeq on ours, llama.cpp on the export)" if report.kl_runtime == "llama.cpp" else
+                     "(numpy float reference on our weights and on the exported ones)"))
+    return 0
+
+
 def _cmd_calibrate(args) -> int:
     from edgeq.convert.calibrate import calibrate
     meta = calibrate(args.source, args.output, args.calib, args.calib_tokens, args.calib_ctx,
@@ -275,6 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_flags(calibrate)
     calibrate.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     calibrate.set_defaults(func=_cmd_calibrate)
+
+    from edgeq.convert.export_gguf import DEFAULT_KL_CHUNKS, KL_RUNTIMES, TYPE_CHOICES
+    export = commands.add_parser("export", help="write an edgeq file as a llama.cpp GGUF (llama.cpp, ollama, "
+                                 "LM Studio, llama-server)",
+                                 description="Write an edgeq file as a GGUF that llama.cpp loads. Tensors whose "
+                                 "levels a llama.cpp type holds exactly are copied without loss; the others are "
+                                 "re-quantized, and the KL divergence that costs is measured.")
+    export.add_argument("model", metavar="MODEL", help="an edgeq file")
+    export.add_argument("-o", "--output", required=True, metavar="OUT", help="the .gguf file to write")
+    export.add_argument("--type", choices=TYPE_CHOICES, default="auto",
+                        help="llama.cpp type of the matrices: auto = per tensor the smallest type that holds "
+                        "it exactly, else the smallest with at least its bits (Q8_0); a named type is exact "
+                        "where it can be, else re-quantized [default: auto]")
+    export.add_argument("--kl-chunks", type=int, default=DEFAULT_KL_CHUNKS, metavar="N",
+                        help="chunks of 512 tokens of the evaluation text to measure the KL divergence of "
+                        f"re-quantized tensors on, 0 = skip [default: {DEFAULT_KL_CHUNKS}]")
+    export.add_argument("--text", default=None, metavar="FILE",
+                        help="text for the KL measurement [default: the shipped evaluation text]")
+    export.add_argument("--kl-runtime", choices=KL_RUNTIMES, default="auto",
+                        help="what runs the two models for the KL: llama.cpp (edgeq on ours, llama-cpp-python "
+                        "on the export; this python's or $EDGEQ_LLAMA_CPP_PYTHON), reference (the numpy float "
+                        "reference on both weight sets); auto = llama.cpp when found [default: auto]")
+    export.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                        help="threads for the KL measurement [default: the number of physical cores]")
+    export.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    export.set_defaults(func=_cmd_export)
 
     info = commands.add_parser("info", help="describe an edgeq file", description="Describe an edgeq file.")
     info.add_argument("file", metavar="FILE")
