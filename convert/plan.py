@@ -40,7 +40,7 @@ LAYOUTS = ("auto", "bitplane", "packed")
 # threads (benchmarks/README.md): multiply-add wins at 8 bits; at 5 and 6 bits it is faster but its
 # byte per level makes the file 1.6x / 1.3x larger (so auto never picks them: a 4-bit file's 6-bit
 # head stays bit-planes); 4 bits is the candidate (benchmarks/README.md "Prefill": p4 prefill with
-# the register-blocked gemm costs 0.65-0.75x u4's CPU time, decode 1.19x on Qwen, 0.95x on SmolLM2
+# the register-blocked gemm costs 0.66-0.77x u4's CPU time, decode 1.19x on Qwen, 0.95x on SmolLM2
 # at 2 threads) not switched yet: it waits for a quiet-machine run and SmolLM2's perplexity
 AUTO_PACKED_BITS = (8,)
 
