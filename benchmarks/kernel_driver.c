@@ -6,6 +6,8 @@
  *                                                   `decode` or `prefill` path (whatever N the set
  *                                                   would route there; prepare: all N vectors)
  *   kernel_driver count ISA TYPE ROWS COLS          user-mode instructions of one prepare, one gemm
+ *   kernel_driver count ISA TYPE ROWS COLS 0 PATH N the same for N vectors through that path
+ *                                                   (prepare: all N vectors)
  *
  * Built from the native sources by bench_kernels.py. Counting single-steps the work under ptrace
  * in a forked child (about 50 µs a step on the development VM): valgrind 3.19 has no AVX-512 and
@@ -114,7 +116,7 @@ int main(int argc, char **argv)
     const int repeat = argc > 6 ? atoi(argv[6]) : 50;
     const char *path_name = argc > 8 ? argv[7] : "decode";
     const size_t n = argc > 8 ? strtoul(argv[8], NULL, 10) : 1;
-    if (kernels == NULL || type == NULL || rows == 0 || cols == 0 || n == 0 || (counting && n != 1)) {
+    if (kernels == NULL || type == NULL || rows == 0 || cols == 0 || n == 0) {
         fprintf(stderr, "no runnable set %s, no type %s, an empty shape or batch\n", argv[2], argv[3]);
         return 2;
     }
@@ -159,14 +161,14 @@ int main(int argc, char **argv)
     pid_t child = fork();
     if (child == 0) {
         ptrace(PTRACE_TRACEME, 0, NULL, NULL);
-        if (path->prepare != NULL)   /* warm: lazy binding, first-touch faults */
-            path->prepare(x, cols, prepared);
+        for (size_t v = 0; v < n && path->prepare != NULL; v++)   /* warm: lazy binding, first-touch faults */
+            path->prepare(x + v * cols, cols, prepared + v * stride);
         path->gemm(type, weights, rows, cols, &in, y, rows);
         raise(SIGSTOP);
         raise(SIGSTOP);   /* the empty region */
         raise(SIGSTOP);
-        if (path->prepare != NULL)
-            path->prepare(x, cols, prepared);
+        for (size_t v = 0; v < n && path->prepare != NULL; v++)
+            path->prepare(x + v * cols, cols, prepared + v * stride);
         raise(SIGSTOP);
         path->gemm(type, weights, rows, cols, &in, y, rows);
         raise(SIGSTOP);

@@ -12,8 +12,9 @@ Q4_1 tensors, and an explicit --bits/--group/--sym re-quantizes every linear lay
 
 Layout (--layout): each uniform tensor is stored as bit-planes (u*g*, the LUT kernels: cost grows
 with the bits) or as packed levels (p*g*, the int8 multiply-add kernels: cost per weight), the same
-numbers either way. auto = packed from AUTO_PACKED_FROM bits up, where multiply-add decodes faster
-(measured: benchmarks/README.md "Two ways to multiply"), bit-planes below; bitplane / packed force
+numbers either way. auto = packed at the widths in AUTO_PACKED_BITS (8), where multiply-add decodes
+faster (measured: benchmarks/README.md "Two ways to multiply"), bit-planes at every other width; never
+at 5 or 6 bits, whose packed types store a byte per level (a larger file); bitplane / packed force
 one (packed exists at 4, 5, 6, 8 bits). The choice is per tensor and recorded by its type's name.
 A kept source grid stays bit-planes under auto: the LUT path multiplies float activations (SmolLM2's
 Q4_1 GGUF converted by default follows its source to KL 1e-6), where int8 activations on its Q8_0
@@ -35,11 +36,13 @@ DEFAULT_BITS, DEFAULT_GROUP = 4, 64
 # gptq at 3 bits (benchmarks/README.md), groups of 32 give ppl +29 % over float against +52 % for 64
 LOW_BITS, LOW_BITS_GROUP = 3, 32
 LAYOUTS = ("auto", "bitplane", "packed")
-# --layout auto stores a tensor as packed levels from this many bits up: SmolLM2 decode, avx2, 1 and
-# 2 threads (benchmarks/README.md): multiply-add wins at 8 bits; at 5 and 6 bits it is faster but its
-# byte per level makes the file 1.6x / 1.3x larger; at 4 bits it measured 1.5x faster on a loaded
-# machine, at equal perplexity on SmolLM2, not yet confirmed on a quiet one or on Qwen
-AUTO_PACKED_FROM = 8
+# --layout auto stores a tensor as packed levels at these widths: SmolLM2 decode, avx2, 1 and 2
+# threads (benchmarks/README.md): multiply-add wins at 8 bits; at 5 and 6 bits it is faster but its
+# byte per level makes the file 1.6x / 1.3x larger (so auto never picks them: a 4-bit file's 6-bit
+# head stays bit-planes); 4 bits is the candidate (benchmarks/README.md "Prefill": p4 prefill with
+# the register-blocked gemm costs 0.66-0.77x u4's CPU time, decode 1.19x on Qwen, 0.95x on SmolLM2
+# at 2 threads) not switched yet: it waits for a quiet-machine run and SmolLM2's perplexity
+AUTO_PACKED_BITS = (8,)
 
 
 @dataclass
@@ -90,7 +93,7 @@ class PlanSettings:
 
     def family_for(self, bits: int) -> str:
         """The uniform family a tensor of `bits` bits is stored in under --layout."""
-        packed = {"auto": bits >= AUTO_PACKED_FROM, "bitplane": False, "packed": True}[self.layout]
+        packed = {"auto": bits in AUTO_PACKED_BITS, "bitplane": False, "packed": True}[self.layout]
         return quant_types.UNIFORM_PACKED if packed and bits in quant_types.PACKED_BITS else quant_types.UNIFORM_BITPLANE
 
 

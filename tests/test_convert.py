@@ -204,13 +204,16 @@ def test_both_layouts_store_the_same_numbers_with_every_method(tiny_llama, tmp_p
 
 
 def test_layout_auto_and_its_limits(tiny_qwen, tmp_path):
-    """auto packs from AUTO_PACKED_FROM bits up (the head and embeddings too), bit-planes below;
-    packed exists at 4, 5, 6, 8 bits only."""
-    from edgeq.convert.plan import AUTO_PACKED_FROM
+    """auto packs at the AUTO_PACKED_BITS widths (the head and embeddings too), never at 5 or 6 bits
+    (a byte per level), bit-planes elsewhere; packed exists at 4, 5, 6, 8 bits only."""
+    from edgeq.convert.plan import AUTO_PACKED_BITS
     from edgeq.errors import EdgeqError
     model = _convert(tiny_qwen, tmp_path, bits=4, head_bits=8)
     assert model.tensors["blk.0.ffn_up.weight"].qtype.family == quant_types.UNIFORM_BITPLANE
-    assert model.tensors["output.weight"].qtype.name == ("p8g64a" if AUTO_PACKED_FROM <= 8 else "u8g64a")
+    assert model.tensors["output.weight"].qtype.name == ("p8g64a" if 8 in AUTO_PACKED_BITS else "u8g64a")
+    assert not {5, 6} & set(AUTO_PACKED_BITS)
+    for bits in (5, 6):
+        assert PlanSettings(bits=bits).family_for(bits) == quant_types.UNIFORM_BITPLANE
     with pytest.raises(EdgeqError, match="--layout packed stores 4, 5, 6, 8-bit types, not --bits 3"):
         PlanSettings(bits=3, layout="packed").validate()
     with pytest.raises(EdgeqError, match="--layout sideways"):

@@ -335,6 +335,27 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
             assert np.array_equal(_ffi.gemv(qtype.name, data, rows, cols, x[v], isa=isa), got[v].astype(np.float32))
 
 
+@pytest.mark.parametrize("isa", _ffi.all_kernel_sets())
+@pytest.mark.parametrize("qtype", [q for q in PACKED if q.family == quant_types.UNIFORM_PACKED], ids=lambda q: q.name)
+def test_packed_prefill_path_gives_every_vector_its_decode_bits(qtype, isa):
+    """The packed family's prefill gemms (x86: several vectors per load of levels) multiply the same
+    int8 activations with the same float steps as the decode gemm: every vector of every batch size
+    (the register blocks and their remainders, and batches past the 64-vector pass) gets the bits
+    it gets alone, so greedy output does not depend on how a prompt is batched."""
+    if isa not in _ffi.kernel_sets():
+        pytest.skip(f"this CPU does not run the {isa} kernels")
+    if first_prefill_batch(qtype, isa) is None:
+        pytest.skip(f"the {isa} set has no prefill path for {qtype.family}")
+    rng = np.random.default_rng(7500 + qtype.id)
+    for (rows, cols), n in zip(random_shapes(qtype, rng), [4, 67, 19, 64, 13]):
+        data = random_packed(qtype, rows, cols, rng)
+        x = rng.normal(0.0, 1.0, (n, cols)).astype(np.float32)
+        x[1 % n, rng.integers(0, cols)] = 40.0
+        got = _ffi.gemm(qtype.name, data, rows, cols, x, isa=isa)
+        for v in range(n):
+            assert np.array_equal(_ffi.gemv(qtype.name, data, rows, cols, x[v], isa=isa), got[v]), (rows, cols, n, v)
+
+
 @pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
 def test_sets_sharing_int16_tables_give_the_same_bits(qtype):
     """avx512 builds the same int16 tables as avx2 and sums the same integers (x86/avx512.c), so
@@ -377,7 +398,7 @@ def activation_bound(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("isa", _ffi.all_kernel_sets())
-@pytest.mark.parametrize("qtype", PACKED, ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [q for q in PACKED if q.family == quant_types.UNIFORM_BITPLANE], ids=lambda q: q.name)
 def test_prefill_path_matches_the_reference_within_the_int16_activation_bound(qtype, isa):
     """Batches from a set's prefill_from on (the forward pass's prompt batches) take its prefill path;
     every vector of every batch size agrees with the reference within activation_bound, and

@@ -40,45 +40,24 @@
 #endif
 
 #include "kernels.h"
+#include "packed_acts.h"
 
 enum { BLOCK = EQ_PACKED_BLOCK_COLS };
 
 /* ---- prepare: int8 activations per block of 32 (both paths) ------------------------------------ */
 
-/* One vector's prepared bytes (padded = cols rounded up to EQ_LARGEST_GROUP, zeros past cols):
- * int8 xq[padded], then per block of 32: float scale s_b, int32 Σ xq, float Σx̂ = s_b Σ xq. */
-typedef struct int8_input {
-    const int8_t *xq;
-    const float *scales;
-    const int32_t *xq_sums;
-    const float *sums;
-} int8_input;
-
-static size_t padded_columns(size_t cols)
-{
-    return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
-}
-
-static int8_input int8_input_at(const uint8_t *prepared, size_t cols)
-{
-    const size_t padded = padded_columns(cols), blocks = padded / BLOCK;
-    const float *scales = (const float *)(const void *)(prepared + padded);
-    return (int8_input){(const int8_t *)prepared, scales, (const int32_t *)(const void *)(scales + blocks),
-                        scales + 2 * blocks};
-}
-
+/* The prepared layout (int8 xq, then per block of 32: float scale, int32 Σ xq, float Σx̂) is
+ * packed_acts.h's: this prepare writes the bytes eq_packed_prepare_scalar writes. */
 size_t eq_packed_prepared_bytes_neon(size_t cols)
 {
-    const size_t padded = padded_columns(cols);
-    return padded + 3 * (padded / BLOCK) * sizeof(float);
+    return eq_packed_acts_bytes(cols);
 }
 
 void eq_packed_prepare_neon(const float *x, size_t cols, uint8_t *out)
 {
-    const size_t padded = padded_columns(cols), blocks = padded / BLOCK;
-    int8_t *xq = (int8_t *)out;
-    float *scales = (float *)(void *)(out + padded), *sums = scales + 2 * blocks;
-    int32_t *xq_sums = (int32_t *)(void *)(scales + blocks);
+    const size_t padded = eq_packed_acts_padded(cols), blocks = padded / BLOCK;
+    const eq_packed_acts a = eq_packed_acts_at(out, cols);
+    int8_t *xq = a.xq;
     for (size_t b = 0; b < blocks; b++) {
         float values[BLOCK] = {0};
         for (size_t i = 0; i < BLOCK && b * BLOCK + i < cols; i++)
@@ -97,9 +76,9 @@ void eq_packed_prepare_neon(const float *x, size_t cols, uint8_t *out)
             xq_sum4 = vaddq_s32(xq_sum4, vaddq_s32(first, second));
             vst1_s8(xq + b * BLOCK + 8 * (size_t)i, vqmovn_s16(vcombine_s16(vqmovn_s32(first), vqmovn_s32(second))));
         }
-        scales[b] = largest / 127.0f;
-        xq_sums[b] = vaddvq_s32(xq_sum4);
-        sums[b] = scales[b] * (float)xq_sums[b];
+        a.scale[b] = largest / 127.0f;
+        a.xq_sum[b] = vaddvq_s32(xq_sum4);
+        a.sum[b] = a.scale[b] * (float)a.xq_sum[b];
     }
 }
 
@@ -254,7 +233,7 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         for (size_t v = 0; v < in->n; v++) {
-            const int8_input x = int8_input_at(in->prepared + v * in->stride, cols);
+            const eq_packed_acts x = eq_packed_acts_at(in->prepared + v * in->stride, cols);
             const uint8_t *block = data + tile * tile_bytes;
             float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
             for (size_t g = 0; g < n_groups; g++) {
@@ -265,14 +244,14 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                 for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
                     int32x4_t dot[4];
                     block_dot(levels + c / quad_cols * 64, bits, x.xq + b * BLOCK, dot);
-                    const float32x4_t scale = vdupq_n_f32(x.scales[b]);
+                    const float32x4_t scale = vdupq_n_f32(x.scale[b]);
                     #pragma GCC unroll 4
                     for (int i = 0; i < 4; i++) {
                         if (bits > 6)                                  /* Σ q x = Σ (q - 128) x + 128 Σ x */
-                            dot[i] = vaddq_s32(dot[i], vdupq_n_s32(128 * x.xq_sums[b]));
+                            dot[i] = vaddq_s32(dot[i], vdupq_n_s32(128 * x.xq_sum[b]));
                         dot_f[i] = vfmaq_f32(dot_f[i], vcvtq_f32_s32(dot[i]), scale);
                     }
-                    sum_x += x.sums[b];
+                    sum_x += x.sum[b];
                 }
                 #pragma GCC unroll 4
                 for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */

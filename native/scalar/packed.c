@@ -18,41 +18,21 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "packed_acts.h"
 
 enum { BLOCK = EQ_PACKED_BLOCK_COLS };
 
-/* One vector's prepared bytes: int8 xq[padded], then float scale[padded / 32], float Σx̂[padded / 32];
- * padded = cols rounded up to EQ_LARGEST_GROUP, zeros past cols. */
-typedef struct int8_input {
-    const int8_t *xq;
-    const float *scales;
-    const float *sums;
-} int8_input;
-
-static size_t padded_columns(size_t cols)
-{
-    return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
-}
-
-static int8_input int8_input_at(const uint8_t *prepared, size_t cols)
-{
-    size_t padded = padded_columns(cols);
-    int8_input in = {(const int8_t *)prepared, (const float *)(const void *)(prepared + padded), NULL};
-    in.sums = in.scales + padded / BLOCK;
-    return in;
-}
-
+/* The prepared layout (int8 xq, then per block of 32: float scale, int32 Σ xq, float Σx̂) is
+ * packed_acts.h's, shared by every set's packed path. */
 size_t eq_packed_prepared_bytes_scalar(size_t cols)
 {
-    size_t padded = padded_columns(cols);
-    return padded + 2 * (padded / BLOCK) * sizeof(float);
+    return eq_packed_acts_bytes(cols);
 }
 
 void eq_packed_prepare_scalar(const float *x, size_t cols, uint8_t *out)
 {
-    const size_t padded = padded_columns(cols);
-    int8_t *xq = (int8_t *)out;
-    float *scales = (float *)(void *)(out + padded), *sums = scales + padded / BLOCK;
+    const size_t padded = eq_packed_acts_padded(cols);
+    const eq_packed_acts a = eq_packed_acts_at(out, cols);
     for (size_t b = 0; b < padded / BLOCK; b++) {
         float largest = 0.0f;
         for (size_t k = b * BLOCK; k < (b + 1) * BLOCK && k < cols; k++)
@@ -60,11 +40,12 @@ void eq_packed_prepare_scalar(const float *x, size_t cols, uint8_t *out)
         const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
         int32_t xq_sum = 0;
         for (size_t k = b * BLOCK; k < (b + 1) * BLOCK; k++) {
-            xq[k] = k < cols ? (int8_t)lrintf(x[k] * inv) : 0;
-            xq_sum += xq[k];
+            a.xq[k] = k < cols ? (int8_t)lrintf(x[k] * inv) : 0;
+            xq_sum += a.xq[k];
         }
-        scales[b] = largest / 127.0f;
-        sums[b] = scales[b] * (float)xq_sum;
+        a.scale[b] = largest / 127.0f;
+        a.xq_sum[b] = xq_sum;
+        a.sum[b] = a.scale[b] * (float)xq_sum;
     }
 }
 
@@ -100,7 +81,7 @@ void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, siz
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         for (size_t v = 0; v < in->n; v++) {
-            const int8_input x = int8_input_at(in->prepared + v * in->stride, cols);
+            const eq_packed_acts x = eq_packed_acts_at(in->prepared + v * in->stride, cols);
             const uint8_t *block = data + tile * tile_bytes;
             float acc[EQ_TILE_ROWS] = {0};
             for (size_t g = 0; g < n_groups; g++) {
@@ -111,8 +92,8 @@ void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, siz
                     int32_t dot[EQ_TILE_ROWS];
                     block_dot(block + header_bytes + c / quad_cols * 64, type->bits, x.xq + b * BLOCK, dot);
                     for (int r = 0; r < EQ_TILE_ROWS; r++)
-                        group_dot[r] += x.scales[b] * (float)dot[r];
-                    sum_x += x.sums[b];
+                        group_dot[r] += x.scale[b] * (float)dot[r];
+                    sum_x += x.sum[b];
                 }
                 for (int r = 0; r < EQ_TILE_ROWS; r++) {
                     const float scale = eq_read_f16le(block + 2 * r);

@@ -153,10 +153,12 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
 float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n);
 void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 
-/* Uniform packed family, int8 multiply-add decode path (activations int8 per block of 32): one
- * file per set, the set's struct in its main file names them. scalar/packed.c (portable C),
- * x86/avx2_packed.c (vpmaddubsw), x86/avx512_packed.c (VNNI vpdpbusd, within the avx512 set
- * whose availability includes VNNI; eq_packed_avx512_available checks just what it needs). */
+/* Uniform packed family, int8 multiply-add (activations int8 per block of 32, layout in
+ * packed_acts.h): one file per set, the set's struct in its main file names them; the x86 sets'
+ * prefill gemms multiply several vectors per load of levels, bit-identical to their decode gemms.
+ * scalar/packed.c (portable C), x86/avx2_packed.c (vpmaddubsw), x86/avx512_packed.c (VNNI vpdpbusd,
+ * within the avx512 set whose availability includes VNNI; eq_packed_avx512_available checks just
+ * what it needs). */
 size_t eq_packed_prepared_bytes_scalar(size_t cols);
 void eq_packed_prepare_scalar(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
@@ -165,11 +167,15 @@ size_t eq_packed_prepared_bytes_avx2(size_t cols);
 void eq_packed_prepare_avx2(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                          const eq_input *in, float *y, size_t y_stride);
+void eq_packed_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                 const eq_input *in, float *y, size_t y_stride);
 int eq_packed_avx512_available(void);
 size_t eq_packed_prepared_bytes_avx512(size_t cols);
 void eq_packed_prepare_avx512(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                            const eq_input *in, float *y, size_t y_stride);
+void eq_packed_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                   const eq_input *in, float *y, size_t y_stride);
 /* arm/neon_packed.c: the neon set's ARMv8.0 path (smull/smlal + sadalp); the same file's sdot path
  * is the whole of the neon-dotprod set, which shares this prepare */
 size_t eq_packed_prepared_bytes_neon(size_t cols);

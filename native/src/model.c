@@ -102,6 +102,8 @@ typedef struct run_state {
     float *hb, *hb2;   /* (BATCH, hidden_dim) */
     float *q, *k, *v;  /* (BATCH, q_dim), (BATCH, kv_dim), (BATCH, kv_dim) */
     float *scores;     /* (n_threads, n_ctx) attention weights, one row per thread */
+    float *rotations;  /* (BATCH, head_dim): per token cos then sin of its RoPE angles, made by
+                          layer 0's STEP_ROPE and read by every layer's (libm once per token) */
     eq_acts acts_x;    /* the products' inputs prepared for the kernel set: normed x (n, dim), */
     eq_acts acts_attn; /* attention output (n, q_dim), */
     eq_acts acts_ffn;  /* SwiGLU output (n, hidden_dim), */
@@ -537,13 +539,14 @@ static int alloc_state(loader *ld, eq_model *m)
     s->k = alloc_array(n_kv / sizeof(float), sizeof(float));
     s->v = alloc_array(n_kv / sizeof(float), sizeof(float));
     s->scores = alloc_array(n_scores / sizeof(float), sizeof(float));
+    s->rotations = alloc_array(n_q / sizeof(float), sizeof(float));   /* head_dim <= q_dim */
     s->key_cache = alloc_array(n_cache, elem);
     s->value_cache = alloc_array(n_cache, elem);
     unsigned x_families, attn_families, ffn_families;
     input_families(m, &x_families, &attn_families, &ffn_families);
     s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->steps);
     s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->phases);
-    if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores ||
+    if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores || !s->rotations ||
         !s->key_cache || !s->value_cache || !s->steps || !s->phases ||
         eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim, x_families) != EQ_OK ||
         eq_acts_reserve(&s->acts_attn, BATCH, q_dim, attn_families) != EQ_OK ||
@@ -610,7 +613,7 @@ void eq_model_close(eq_model *m)
         return;
     eq_pool_destroy(m->pool);
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
-    free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores);
+    free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores); free(m->s.rotations);
     free(m->s.key_cache); free(m->s.value_cache);
     free(m->s.steps); free(m->s.phases);
     eq_acts_free(&m->s.acts_x); eq_acts_free(&m->s.acts_attn); eq_acts_free(&m->s.acts_ffn);
@@ -643,14 +646,24 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, doub
         out[i] = x[i] * scale * weight[i];
 }
 
-/* Rotate each head of vec (n_heads, head_dim) in place: Hugging Face's rotate_half convention,
- * dimension i pairs with i + head_dim/2. */
-static void rope(float *vec, int n_heads, int head_dim, int pos, const double *inv_freq)
+/* rotation (head_dim,) = cos, then sin, of position pos's angle per pair (head_dim / 2 each) */
+static void rope_rotation(float *rotation, int head_dim, int pos, const double *inv_freq)
 {
     int half = head_dim / 2;
     for (int i = 0; i < half; i++) {
         double angle = (double)pos * inv_freq[i];
-        float c = (float)cos(angle), s = (float)sin(angle);
+        rotation[i] = (float)cos(angle);
+        rotation[half + i] = (float)sin(angle);
+    }
+}
+
+/* Rotate each head of vec (n_heads, head_dim) in place by rotation (rope_rotation): Hugging Face's
+ * rotate_half convention, dimension i pairs with i + head_dim/2. */
+static void rope(float *vec, int n_heads, int head_dim, const float *rotation)
+{
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float c = rotation[i], s = rotation[half + i];
         for (int h = 0; h < n_heads; h++) {
             float *head = vec + (size_t)h * (size_t)head_dim;
             float a = head[i], b = head[i + half];
@@ -860,8 +873,11 @@ static void forward_chunk(void *raw, int chunk, int thread)
             }
         }
         int pos = s->pos0 + chunk;
-        rope(q, c->n_heads, c->head_dim, pos, c->inv_freq);
-        rope(k, c->n_kv_heads, c->head_dim, pos, c->inv_freq);
+        float *rotation = s->rotations + t * (size_t)c->head_dim;
+        if (st->layer == 0)   /* the phases run in order: every later layer reads this token's row */
+            rope_rotation(rotation, c->head_dim, pos, c->inv_freq);
+        rope(q, c->n_heads, c->head_dim, rotation);
+        rope(k, c->n_kv_heads, c->head_dim, rotation);
         size_t base = ((size_t)st->layer * (size_t)m->n_ctx + (size_t)pos) * kv_dim;
         cache_write(m, s->key_cache, base, k, kv_dim);
         cache_write(m, s->value_cache, base, v, kv_dim);

@@ -25,6 +25,10 @@
  *      vectors 0 and n-1 multiplied alone give the same bits as inside the batch when one vector
  *      and n vectors take the same route; when the batch takes a prefill path, each of them alone
  *      (the decode route) is held to the decode route's own bound, so every case checks both.
+ *   4. every batch size 1..64 on one more case per type (check_batches): each vector of a batch
+ *      that takes the one-vector route (the packed family's register-blocked prefill gemms name
+ *      the same set, path and precision) gives the bits it gets alone; under another route it is
+ *      held to that route's bound against ref.
  *
  * The tolerance (per vector v and row r):
  *   A = Σ_g (|scale| (2^b - 1) + (symmetric ? |scale| zero_point : |min|)) Σ_{k in g} |x_k|
@@ -865,6 +869,86 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
     free_tensor(&t);
 }
 
+/* Every batch size 1..MAX_BATCH through every set, on one tensor and MAX_BATCH vectors: where a batch
+ * of n takes the route one vector takes (or another route that is meant to give the same bits: same
+ * set, same path name and precision, as the packed family's decode and register-blocked prefill
+ * gemms), every vector of the batch gives the bits it gets alone; where it takes another route,
+ * every vector is held to that route's bound against ref. So each register block of a prefill
+ * gemm (8, 4, 1 vectors at a time ...) and its remainders are checked at every batch size. */
+static void check_batches(set_report *reports, int n_sets, const eq_qtype_traits *type, size_t group, rng *r)
+{
+    /* a full tile and a partial one, a full group and a partial last one: small, since it runs
+     * 2080 vector products per set (under qemu and ASan too) */
+    const test_case c = {"batches 1..64", 19, group + 37, MAX_BATCH, WEIGHTS_RANDOM, ACTS_MIXED};
+    tensor t = make_tensor(r, type, &c);
+    const size_t outputs = c.n * c.rows;
+    float *x = checked_calloc(c.n * c.cols, sizeof(float));
+    float *y_ref = checked_calloc(outputs, sizeof(float)), *y = checked_calloc(outputs, sizeof(float));
+    float *y_alone = checked_calloc(outputs, sizeof(float));
+    double *exact = checked_calloc(outputs, sizeof(double)), *magnitude = checked_calloc(outputs, sizeof(double));
+    double *ref_as_double = checked_calloc(outputs, sizeof(double)), *bound = checked_calloc(outputs, sizeof(double));
+    fill_activations(r, &c, x);
+    oracle(&t, x, c.n, exact, magnitude);
+    const double depth = float_depth(&t);
+    check_call(eq_gemm_isa("ref", type->id, t.data, t.nbytes, c.rows, c.cols, x, c.n, y_ref), "eq_gemm_isa", "ref",
+               type, &c);
+    for (size_t i = 0; i < outputs; i++) {
+        ref_as_double[i] = y_ref[i];
+    }
+    for (int s = 0; s < n_sets; s++) {
+        set_report *report = &reports[s];
+        if (!report->available || strcmp(report->isa, "ref") == 0) {
+            continue;
+        }
+        const path_precision *alone_route = route_precision(report->isa, type, 1);
+        for (size_t v = 0; v < c.n; v++) {
+            check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c.rows, c.cols, x + v * c.cols, 1,
+                                   y_alone + v * c.rows),
+                       "eq_gemm_isa", report->isa, type, &c);
+        }
+        const path_precision *bound_route = NULL;
+        for (size_t n = 1; n <= c.n; n++) {
+            const path_precision *route = route_precision(report->isa, type, n);
+            test_case batch = c;
+            batch.n = n;
+            check_call(eq_gemm_isa(report->isa, type->id, t.data, t.nbytes, c.rows, c.cols, x, n, y),
+                       "eq_gemm_isa", report->isa, type, &batch);
+            report->products++;
+            if (route == alone_route) {
+                for (size_t v = 0; v < n; v++) {
+                    if (memcmp(y + v * c.rows, y_alone + v * c.rows, c.rows * sizeof(float)) != 0) {
+                        report->mismatches++;
+                        if (printed++ < MAX_PRINTED) {
+                            printf("MISMATCH batch: set %s, type %s, case \"%s\", shape (%zu, %zu) x %zu "
+                                   "vectors: vector %zu differs from itself alone\n",
+                                   report->isa, type->name, c.name, c.rows, c.cols, n, v);
+                        }
+                    }
+                }
+                report->outputs += n * c.rows;
+                continue;
+            }
+            if (route != bound_route) {   /* the bound of every vector under this route, once */
+                table_error_bound(&t, x, c.n, route, bound);
+                for (size_t i = 0; i < outputs; i++) {
+                    bound[i] += depth * 0x1p-23 * magnitude[i] + 1e-30;
+                }
+                bound_route = route;
+            }
+            compare(report, "gemm against ref", type, &batch, y, ref_as_double, bound);
+        }
+    }
+    free(x);
+    free(y_ref);
+    free(y);
+    free(y_alone);
+    free(exact);
+    free(magnitude);
+    free(ref_as_double);
+    free(bound);
+    free_tensor(&t);
+}
+
 int main(int argc, char **argv)
 {
     uint64_t seed = 1;
@@ -929,7 +1013,8 @@ int main(int argc, char **argv)
         for (int i = 0; i < n_cases; i++) {
             check_case(reports, n_sets, type, &cases[i], &r);
         }
-        n_cases_total += n_cases;
+        check_batches(reports, n_sets, type, is_packed(type) ? (size_t)type->group : 64, &r);
+        n_cases_total += n_cases + 1;
         for (int s = 0; s < n_sets; s++) {
             reports[s].types += reports[s].available;
         }

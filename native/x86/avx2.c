@@ -399,6 +399,10 @@ const eq_kernel_set eq_kernels_avx2 = {
         [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx2_packed.c */
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd",
                        eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_gemm_avx2},
+            /* the same int8 activations and float steps, 4 vectors per load of a quad: bit-identical per vector */
+            .prefill = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd, 4 vectors per quad load",
+                        eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_prefill_gemm_avx2},
+            .prefill_from = 4,
         },
     },
     .dot_f16 = dot_f16,

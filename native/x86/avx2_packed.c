@@ -30,60 +30,64 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "packed_acts.h"
 
-enum { BLOCK = EQ_PACKED_BLOCK_COLS };
+enum {
+    BLOCK = EQ_PACKED_BLOCK_COLS,
+    VECTORS = 4           /* prefill: vectors multiplied per load of a block's levels */
+};
 
 /* ---- prepare: int8 activations per block of 32 ------------------------------------------------ */
 
-/* One vector's prepared bytes (padded = cols rounded up to EQ_LARGEST_GROUP, zeros past cols):
- * int8 xq[padded], then per block of 32: float scale s_b, int32 Σ xq, float Σx̂ = s_b Σ xq. */
-typedef struct int8_input {
-    const int8_t *xq;
-    const float *scales;
-    const int32_t *xq_sums;
-    const float *sums;
-} int8_input;
-
-static size_t padded_columns(size_t cols)
-{
-    return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
-}
-
-static int8_input int8_input_at(const uint8_t *prepared, size_t cols)
-{
-    const size_t padded = padded_columns(cols), blocks = padded / BLOCK;
-    const float *scales = (const float *)(const void *)(prepared + padded);
-    return (int8_input){(const int8_t *)prepared, scales, (const int32_t *)(const void *)(scales + blocks),
-                        scales + 2 * blocks};
-}
-
+/* The layout is packed_acts.h's; the bytes are eq_packed_prepare_scalar's (the same float steps:
+ * max |x|, inv = 127 / max, round(x inv) to nearest even as lrintf, s_b = max / 127, s_b Σ xq).
+ * Also the avx512 set's prepare. */
 size_t eq_packed_prepared_bytes_avx2(size_t cols)
 {
-    const size_t padded = padded_columns(cols);
-    return padded + 3 * (padded / BLOCK) * sizeof(float);
+    return eq_packed_acts_bytes(cols);
 }
 
 void eq_packed_prepare_avx2(const float *x, size_t cols, uint8_t *out)
 {
-    const size_t padded = padded_columns(cols), blocks = padded / BLOCK;
-    int8_t *xq = (int8_t *)out;
-    float *scales = (float *)(void *)(out + padded), *sums = scales + 2 * blocks;
-    int32_t *xq_sums = (int32_t *)(void *)(scales + blocks);
+    const size_t padded = eq_packed_acts_padded(cols), blocks = padded / BLOCK;
+    const eq_packed_acts a = eq_packed_acts_at(out, cols);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (size_t b = 0; b < blocks; b++) {
-        float values[BLOCK] = {0}, largest = 0.0f;
-        for (size_t i = 0; i < BLOCK && b * BLOCK + i < cols; i++)
-            values[i] = x[b * BLOCK + i];
-        for (int i = 0; i < BLOCK; i++)
-            largest = fabsf(values[i]) > largest ? fabsf(values[i]) : largest;
-        const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
-        int32_t xq_sum = 0;
-        for (int i = 0; i < BLOCK; i++) {
-            xq[b * BLOCK + (size_t)i] = (int8_t)lrintf(values[i] * inv);
-            xq_sum += xq[b * BLOCK + (size_t)i];
+        __m256 v[BLOCK / 8];
+        if ((b + 1) * BLOCK <= cols) {
+            for (int i = 0; i < BLOCK / 8; i++)
+                v[i] = _mm256_loadu_ps(x + b * BLOCK + 8 * (size_t)i);
+        } else {
+            float values[BLOCK] = {0};
+            for (size_t i = 0; i < BLOCK && b * BLOCK + i < cols; i++)
+                values[i] = x[b * BLOCK + i];
+            for (int i = 0; i < BLOCK / 8; i++)
+                v[i] = _mm256_loadu_ps(values + 8 * i);
         }
-        scales[b] = largest / 127.0f;
-        xq_sums[b] = xq_sum;
-        sums[b] = scales[b] * (float)xq_sum;
+        __m256 largest8 = _mm256_setzero_ps();
+        for (int i = 0; i < BLOCK / 8; i++)
+            largest8 = _mm256_max_ps(largest8, _mm256_andnot_ps(sign, v[i]));
+        __m128 largest4 = _mm_max_ps(_mm256_castps256_ps128(largest8), _mm256_extractf128_ps(largest8, 1));
+        largest4 = _mm_max_ps(largest4, _mm_movehl_ps(largest4, largest4));
+        largest4 = _mm_max_ss(largest4, _mm_shuffle_ps(largest4, largest4, 1));
+        const float largest = _mm_cvtss_f32(largest4);
+        const __m256 inv = _mm256_set1_ps(largest > 0.0f ? 127.0f / largest : 0.0f);
+        __m256i q[BLOCK / 8], xq_sum8 = _mm256_setzero_si256();
+        for (int i = 0; i < BLOCK / 8; i++) {   /* cvtps: the MXCSR rounding, nearest even (lrintf's) */
+            q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+            xq_sum8 = _mm256_add_epi32(xq_sum8, q[i]);
+        }
+        /* (|q| <= 127: the packs never saturate) 32 x int32 -> 32 x int8 in column order */
+        const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xd8);
+        const __m256i words2 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xd8);
+        const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(words, words2), 0xd8);
+        _mm256_storeu_si256((__m256i *)(a.xq + b * BLOCK), bytes);
+        __m128i xq_sum4 = _mm_add_epi32(_mm256_castsi256_si128(xq_sum8), _mm256_extracti128_si256(xq_sum8, 1));
+        xq_sum4 = _mm_add_epi32(xq_sum4, _mm_shuffle_epi32(xq_sum4, 0x4e));
+        xq_sum4 = _mm_add_epi32(xq_sum4, _mm_shuffle_epi32(xq_sum4, 0xb1));
+        a.scale[b] = largest / 127.0f;
+        a.xq_sum[b] = _mm_cvtsi128_si32(xq_sum4);
+        a.sum[b] = a.scale[b] * (float)a.xq_sum[b];
     }
 }
 
@@ -96,131 +100,221 @@ static inline __m256i broadcast4(const int8_t *p)   /* 4 activations to every 32
     return _mm256_set1_epi32(v);
 }
 
-/* *low, *high (8 x int32: rows 0-7, 8-15) = Σ over one block's 32 columns of q[r,k] xq[k];
- * levels: the block's first 64-byte quad, xq: its 32 activations. */
+/* low[v], high[v] (8 x int32: rows 0-7, 8-15) = Σ over one block's 32 columns of q[r,k] xq_v[k]
+ * for v < vectors; levels: the block's first 64-byte quad, xq[v]: its 32 activations. Each quad's
+ * levels are loaded (and split, flipped) once for every vector. */
 static inline __attribute__((always_inline)) void
-block_dot(const uint8_t *levels, const int bits, const int8_t *xq, __m256i *low, __m256i *high)
+block_dots(const uint8_t *levels, const int bits, const int8_t *const *xq, const int vectors, __m256i *low,
+           __m256i *high)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     if (bits == 4) {        /* 4 quads of 8 columns: low nibbles columns 0-3, high 4-7 */
         const __m256i nibble = _mm256_set1_epi8(0x0f);
-        __m256i sum_low = _mm256_setzero_si256(), sum_high = _mm256_setzero_si256();
+        __m256i sum_low[VECTORS], sum_high[VECTORS];
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++)
+            sum_low[v] = sum_high[v] = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int j = 0; j < BLOCK / 8; j++) {
-            const __m256i x_first = broadcast4(xq + 8 * j), x_second = broadcast4(xq + 8 * j + 4);
             const __m256i rows_low = _mm256_loadu_si256((const __m256i *)(levels + 64 * j));
             const __m256i rows_high = _mm256_loadu_si256((const __m256i *)(levels + 64 * j + 32));
-            sum_low = _mm256_add_epi16(sum_low, _mm256_maddubs_epi16(_mm256_and_si256(rows_low, nibble), x_first));
-            sum_low = _mm256_add_epi16(sum_low, _mm256_maddubs_epi16(
-                _mm256_and_si256(_mm256_srli_epi16(rows_low, 4), nibble), x_second));
-            sum_high = _mm256_add_epi16(sum_high, _mm256_maddubs_epi16(_mm256_and_si256(rows_high, nibble), x_first));
-            sum_high = _mm256_add_epi16(sum_high, _mm256_maddubs_epi16(
-                _mm256_and_si256(_mm256_srli_epi16(rows_high, 4), nibble), x_second));
+            const __m256i low_first = _mm256_and_si256(rows_low, nibble);
+            const __m256i low_second = _mm256_and_si256(_mm256_srli_epi16(rows_low, 4), nibble);
+            const __m256i high_first = _mm256_and_si256(rows_high, nibble);
+            const __m256i high_second = _mm256_and_si256(_mm256_srli_epi16(rows_high, 4), nibble);
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                const __m256i x_first = broadcast4(xq[v] + 8 * j), x_second = broadcast4(xq[v] + 8 * j + 4);
+                sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(low_first, x_first));
+                sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(low_second, x_second));
+                sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(high_first, x_first));
+                sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(high_second, x_second));
+            }
         }
-        *low = _mm256_madd_epi16(sum_low, ones);
-        *high = _mm256_madd_epi16(sum_high, ones);
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            low[v] = _mm256_madd_epi16(sum_low[v], ones);
+            high[v] = _mm256_madd_epi16(sum_high[v], ones);
+        }
     } else if (bits <= 6) { /* 8 quads of 4 columns, levels <= 63: two quads per s16 sum */
-        __m256i dot_low = _mm256_setzero_si256(), dot_high = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++)
+            low[v] = high[v] = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int j = 0; j < BLOCK / 4; j += 2) {
-            const __m256i x_first = broadcast4(xq + 4 * j), x_second = broadcast4(xq + 4 * j + 4);
             const __m256i *quads = (const __m256i *)(levels + 64 * j);
-            __m256i pair_low = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256(quads), x_first),
-                                                _mm256_maddubs_epi16(_mm256_loadu_si256(quads + 2), x_second));
-            __m256i pair_high = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256(quads + 1), x_first),
-                                                 _mm256_maddubs_epi16(_mm256_loadu_si256(quads + 3), x_second));
-            dot_low = _mm256_add_epi32(dot_low, _mm256_madd_epi16(pair_low, ones));
-            dot_high = _mm256_add_epi32(dot_high, _mm256_madd_epi16(pair_high, ones));
+            const __m256i first_low = _mm256_loadu_si256(quads), first_high = _mm256_loadu_si256(quads + 1);
+            const __m256i second_low = _mm256_loadu_si256(quads + 2), second_high = _mm256_loadu_si256(quads + 3);
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                const __m256i x_first = broadcast4(xq[v] + 4 * j), x_second = broadcast4(xq[v] + 4 * j + 4);
+                const __m256i pair_low = _mm256_add_epi16(_mm256_maddubs_epi16(first_low, x_first),
+                                                          _mm256_maddubs_epi16(second_low, x_second));
+                const __m256i pair_high = _mm256_add_epi16(_mm256_maddubs_epi16(first_high, x_first),
+                                                           _mm256_maddubs_epi16(second_high, x_second));
+                low[v] = _mm256_add_epi32(low[v], _mm256_madd_epi16(pair_low, ones));
+                high[v] = _mm256_add_epi32(high[v], _mm256_madd_epi16(pair_high, ones));
+            }
         }
-        *low = dot_low;
-        *high = dot_high;
     } else {                /* 7-8 bits: |q - 128| x (x with the sign of q - 128), pairs <= 32512 */
         const __m256i flip = _mm256_set1_epi8((char)0x80);
-        __m256i dot_low = _mm256_setzero_si256(), dot_high = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++)
+            low[v] = high[v] = _mm256_setzero_si256();
+#pragma GCC unroll 8
         for (int j = 0; j < BLOCK / 4; j++) {
-            const __m256i x4 = broadcast4(xq + 4 * j);
             const __m256i w_low = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(levels + 64 * j)), flip);
             const __m256i w_high = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(levels + 64 * j + 32)), flip);
-            dot_low = _mm256_add_epi32(dot_low, _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_abs_epi8(w_low), _mm256_sign_epi8(x4, w_low)), ones));
-            dot_high = _mm256_add_epi32(dot_high, _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_abs_epi8(w_high), _mm256_sign_epi8(x4, w_high)), ones));
+            const __m256i abs_low = _mm256_abs_epi8(w_low), abs_high = _mm256_abs_epi8(w_high);
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                const __m256i x4 = broadcast4(xq[v] + 4 * j);
+                low[v] = _mm256_add_epi32(low[v], _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(abs_low, _mm256_sign_epi8(x4, w_low)), ones));
+                high[v] = _mm256_add_epi32(high[v], _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(abs_high, _mm256_sign_epi8(x4, w_high)), ones));
+            }
         }
-        *low = dot_low;
-        *high = dot_high;
     }
 }
 
-/* The kernel body, inlined per (bits, group) by eq_packed_gemm_avx2 so the block loops unroll. */
+/* y[v] (the 16 rows of one tile) = W x_v for `vectors` prepared vectors (1 .. VECTORS). Every
+ * vector goes through the same float steps in the same order whatever `vectors` is, so a vector's
+ * bits do not depend on the batch it is in (decode = vectors 1). */
 static inline __attribute__((always_inline)) void
-gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
-          float *y, size_t y_stride, const int bits, const size_t group)
+tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
+             const int vectors, const int bits, const size_t group, const size_t n_rows, float *const *y)
 {
-    const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_groups = (cols + group - 1) / group;
-    const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
     const size_t header_bytes = eq_packed_header_bytes(type);
     const size_t quad_cols = bits == 4 ? 8 : 4;                       /* columns per 64-byte quad */
     const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
-
-    for (size_t tile = 0; tile < n_tiles; tile++) {
-        for (size_t v = 0; v < in->n; v++) {
-            const int8_input x = int8_input_at(in->prepared + v * in->stride, cols);
-            const uint8_t *block = data + tile * tile_bytes;
-            __m256 acc_low = _mm256_setzero_ps(), acc_high = _mm256_setzero_ps();   /* rows 0-7, 8-15 */
-            for (size_t g = 0; g < n_groups; g++) {
-                const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
-                const uint8_t *levels = block + header_bytes;
-                __m256 dot_low = _mm256_setzero_ps(), dot_high = _mm256_setzero_ps();
-                float sum_x = 0.0f;
-                for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
-                    __m256i low, high;
-                    block_dot(levels + c / quad_cols * 64, bits, x.xq + b * BLOCK, &low, &high);
-                    if (bits > 6) {                                    /* Σ q x = Σ (q - 128) x + 128 Σ x */
-                        const __m256i offset = _mm256_set1_epi32(128 * x.xq_sums[b]);
-                        low = _mm256_add_epi32(low, offset);
-                        high = _mm256_add_epi32(high, offset);
-                    }
-                    const __m256 scale = _mm256_set1_ps(x.scales[b]);
-                    dot_low = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), scale, dot_low);
-                    dot_high = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), scale, dot_high);
-                    sum_x += x.sums[b];
+    __m256 acc_low[VECTORS], acc_high[VECTORS];                       /* rows 0-7, 8-15 per vector */
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++)
+        acc_low[v] = acc_high[v] = _mm256_setzero_ps();
+    const uint8_t *block = tile_data;
+    for (size_t g = 0; g < n_groups; g++) {
+        const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
+        const uint8_t *levels = block + header_bytes;
+        __m256 dot_low[VECTORS], dot_high[VECTORS];
+        float sum_x[VECTORS];
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            dot_low[v] = dot_high[v] = _mm256_setzero_ps();
+            sum_x[v] = 0.0f;
+        }
+        for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
+            const int8_t *block_xq[VECTORS];
+            __m256i low[VECTORS], high[VECTORS];
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++)
+                block_xq[v] = x[v].xq + b * BLOCK;
+            block_dots(levels + c / quad_cols * 64, bits, block_xq, vectors, low, high);
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                if (bits > 6) {                                        /* Σ q x = Σ (q - 128) x + 128 Σ x */
+                    const __m256i offset = _mm256_set1_epi32(128 * x[v].xq_sum[b]);
+                    low[v] = _mm256_add_epi32(low[v], offset);
+                    high[v] = _mm256_add_epi32(high[v], offset);
                 }
-                const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
-                const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
-                if (type->symmetric) {
-                    const __m256 offset = _mm256_set1_ps(zero_point * sum_x);
-                    acc_low = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low, offset), acc_low);
-                    acc_high = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high, offset), acc_high);
-                } else {
-                    const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
-                    const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
-                    const __m256 sum = _mm256_set1_ps(sum_x);
-                    acc_low = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low, acc_low));
-                    acc_high = _mm256_fmadd_ps(min_high, sum, _mm256_fmadd_ps(scale_high, dot_high, acc_high));
-                }
-                block += eq_packed_block_bytes(type, block_cols);
+                const __m256 scale = _mm256_set1_ps(x[v].scale[b]);
+                dot_low[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low[v]), scale, dot_low[v]);
+                dot_high[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high[v]), scale, dot_high[v]);
+                sum_x[v] += x[v].sum[b];
             }
-            float out[EQ_TILE_ROWS];
-            _mm256_storeu_ps(out, acc_low);
-            _mm256_storeu_ps(out + 8, acc_high);
-            const size_t row0 = tile * EQ_TILE_ROWS;
-            const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
-            memcpy(y + v * y_stride + row0, out, n_rows * sizeof(float));
+        }
+        const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
+        const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
+        if (type->symmetric) {
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                const __m256 offset = _mm256_set1_ps(zero_point * sum_x[v]);
+                acc_low[v] = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low[v], offset), acc_low[v]);
+                acc_high[v] = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high[v], offset), acc_high[v]);
+            }
+        } else {
+            const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
+            const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                const __m256 sum = _mm256_set1_ps(sum_x[v]);
+                acc_low[v] = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low[v], acc_low[v]));
+                acc_high[v] = _mm256_fmadd_ps(min_high, sum, _mm256_fmadd_ps(scale_high, dot_high[v], acc_high[v]));
+            }
+        }
+        block += eq_packed_block_bytes(type, block_cols);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) {
+        float out[EQ_TILE_ROWS];
+        _mm256_storeu_ps(out, acc_low[v]);
+        _mm256_storeu_ps(out + 8, acc_high[v]);
+        memcpy(y[v], out, n_rows * sizeof(float));
+    }
+}
+
+/* Every tile times every vector, `vectors` at a time (then one by one for the rest of the batch);
+ * each 16-row tile is read once per call and reused for every vector while it is in cache. */
+static inline __attribute__((always_inline)) void
+gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
+          float *y, size_t y_stride, const int vectors, const int bits, const size_t group)
+{
+    const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
+    const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
+    for (size_t tile = 0; tile < n_tiles; tile++) {
+        const size_t row0 = tile * EQ_TILE_ROWS;
+        const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
+        const uint8_t *tile_data = data + tile * tile_bytes;
+        eq_packed_acts x[VECTORS];
+        float *out[VECTORS];
+        size_t v = 0;
+        for (; v + (size_t)vectors <= in->n; v += (size_t)vectors) {
+            for (int i = 0; i < vectors; i++) {
+                x[i] = eq_packed_acts_at(in->prepared + (v + (size_t)i) * in->stride, cols);
+                out[i] = y + (v + (size_t)i) * y_stride + row0;
+            }
+            tile_vectors(type, tile_data, cols, x, vectors, bits, group, n_rows, out);
+        }
+        for (; v < in->n; v++) {
+            x[0] = eq_packed_acts_at(in->prepared + v * in->stride, cols);
+            out[0] = y + v * y_stride + row0;
+            tile_vectors(type, tile_data, cols, x, 1, bits, group, n_rows, out);
         }
     }
 }
 
+/* decode: one vector at a time (a batch below prefill_from) */
 void eq_packed_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                          const eq_input *in, float *y, size_t y_stride)
 {
 #define BODY_CASE(b, g) \
-    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, (b), (g)); return;
+    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, 1, (b), (g)); return;
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
     BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
 #endif
     default:   /* a type added to the table without a case here: correct, not unrolled */
-        gemm_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);
+        gemm_body(type, data, rows, cols, in, y, y_stride, 1, type->bits, (size_t)type->group);
+    }
+#undef BODY_CASES
+#undef BODY_CASE
+}
+
+/* prefill: VECTORS vectors per load of a quad of levels */
+void eq_packed_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                 const eq_input *in, float *y, size_t y_stride)
+{
+#define BODY_CASE(b, g) \
+    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, VECTORS, (b), (g)); return;
+#define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
+    switch (type->bits * 1000 + type->group) {
+#ifndef EQ_KERNELS_GENERIC
+    BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
+#endif
+    default:
+        gemm_body(type, data, rows, cols, in, y, y_stride, VECTORS, type->bits, (size_t)type->group);
     }
 #undef BODY_CASES
 #undef BODY_CASE

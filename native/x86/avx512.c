@@ -394,6 +394,10 @@ const eq_kernel_set eq_kernels_avx512 = {
         [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx512_packed.c (this set requires VNNI) */
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpdpbusd on 16-row quads",
                        eq_packed_prepared_bytes_avx512, eq_packed_prepare_avx512, eq_packed_gemm_avx512},
+            /* the same int8 activations and float steps, 8 vectors per load of a quad: bit-identical per vector */
+            .prefill = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpdpbusd on 16-row quads, 8 vectors per quad load",
+                        eq_packed_prepared_bytes_avx512, eq_packed_prepare_avx512, eq_packed_prefill_gemm_avx512},
+            .prefill_from = 4,
         },
     },
     .dot_f16 = dot_f16,

@@ -24,8 +24,12 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "packed_acts.h"
 
-enum { BLOCK = EQ_PACKED_BLOCK_COLS };
+enum {
+    BLOCK = EQ_PACKED_BLOCK_COLS,
+    VECTORS = 8           /* prefill: vectors multiplied per load of a quad of levels */
+};
 
 /* cpuid: FMA, F16C, OSXSAVE (leaf 1 ECX 12, 29, 27), AVX512F/BW/VL (leaf 7 EBX 16, 30, 31),
  * AVX512_VNNI (leaf 7 ECX 11); XCR0: SSE, AVX, opmask, ZMM state (bits 1, 2, 5, 6, 7). */
@@ -43,20 +47,16 @@ int eq_packed_avx512_available(void)
     return ((ebx >> 16) & 1) && ((ebx >> 30) & 1) && ((ebx >> 31) & 1) && ((ecx >> 11) & 1);
 }
 
-/* The prepared layout is scalar/packed.c's: int8 xq[padded], float scale[padded/32], float Σx̂[padded/32]. */
-static size_t padded_columns(size_t cols)
-{
-    return (cols + EQ_LARGEST_GROUP - 1) / EQ_LARGEST_GROUP * EQ_LARGEST_GROUP;
-}
-
+/* The prepared layout is packed_acts.h's, written by x86/avx2_packed.c's prepare (every CPU with
+ * AVX-512 has AVX2). */
 size_t eq_packed_prepared_bytes_avx512(size_t cols)
 {
-    return eq_packed_prepared_bytes_scalar(cols);
+    return eq_packed_acts_bytes(cols);
 }
 
 void eq_packed_prepare_avx512(const float *x, size_t cols, uint8_t *out)
 {
-    eq_packed_prepare_scalar(x, cols, out);
+    eq_packed_prepare_avx2(x, cols, out);
 }
 
 static inline __m512i broadcast4(const int8_t *p)
@@ -66,81 +66,166 @@ static inline __m512i broadcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-/* 16 x int32: Σ over one block's 32 columns of q[r,k] xq[k] for the tile's 16 rows */
-static inline __attribute__((always_inline)) __m512i block_dot(const uint8_t *levels, const int bits, const int8_t *xq)
+/* dot[v] (16 x int32) = Σ over one block's 32 columns of q[r,k] xq_v[k] for the tile's 16 rows,
+ * v < vectors: each quad of levels is loaded (and split into nibbles) once for every vector */
+static inline __attribute__((always_inline)) void
+block_dots(const uint8_t *levels, const int bits, const int8_t *const *xq, const int vectors, __m512i *dot)
 {
-    __m512i dot = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int v = 0; v < vectors; v++)
+        dot[v] = _mm512_setzero_si512();
     if (bits == 4) {
         const __m512i nibble = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
         for (int j = 0; j < BLOCK / 8; j++) {
             const __m512i quad = _mm512_loadu_si512(levels + 64 * j);
-            dot = _mm512_dpbusd_epi32(dot, _mm512_and_si512(quad, nibble), broadcast4(xq + 8 * j));
-            dot = _mm512_dpbusd_epi32(dot, _mm512_and_si512(_mm512_srli_epi16(quad, 4), nibble), broadcast4(xq + 8 * j + 4));
+            const __m512i low = _mm512_and_si512(quad, nibble), high = _mm512_and_si512(_mm512_srli_epi16(quad, 4), nibble);
+#pragma GCC unroll 8
+            for (int v = 0; v < vectors; v++) {
+                dot[v] = _mm512_dpbusd_epi32(dot[v], low, broadcast4(xq[v] + 8 * j));
+                dot[v] = _mm512_dpbusd_epi32(dot[v], high, broadcast4(xq[v] + 8 * j + 4));
+            }
         }
     } else {
-        for (int j = 0; j < BLOCK / 4; j++)
-            dot = _mm512_dpbusd_epi32(dot, _mm512_loadu_si512(levels + 64 * j), broadcast4(xq + 4 * j));
-    }
-    return dot;
-}
-
-static inline __attribute__((always_inline)) void
-gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
-          float *y, size_t y_stride, const int bits, const size_t group)
-{
-    const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
-    const size_t n_groups = (cols + group - 1) / group;
-    const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
-    const size_t header_bytes = eq_packed_header_bytes(type);
-    const size_t quad_cols = bits == 4 ? 8 : 4;
-    const size_t padded = padded_columns(cols);
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
-
-    for (size_t tile = 0; tile < n_tiles; tile++) {
-        for (size_t v = 0; v < in->n; v++) {
-            const uint8_t *prepared = in->prepared + v * in->stride;
-            const int8_t *xq = (const int8_t *)prepared;
-            const float *scales = (const float *)(const void *)(prepared + padded), *sums = scales + padded / BLOCK;
-            const uint8_t *block = data + tile * tile_bytes;
-            __m512 acc = _mm512_setzero_ps();                          /* the tile's 16 rows */
-            for (size_t g = 0; g < n_groups; g++) {
-                const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
-                const uint8_t *levels = block + header_bytes;
-                __m512 dot = _mm512_setzero_ps();
-                float sum_x = 0.0f;
-                for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
-                    const __m512i sums_int = block_dot(levels + c / quad_cols * 64, bits, xq + b * BLOCK);
-                    dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_int), _mm512_set1_ps(scales[b]), dot);
-                    sum_x += sums[b];
-                }
-                const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
-                if (type->symmetric) {
-                    acc = _mm512_fmadd_ps(scale, _mm512_sub_ps(dot, _mm512_set1_ps(zero_point * sum_x)), acc);
-                } else {
-                    const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
-                    acc = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x), _mm512_fmadd_ps(scale, dot, acc));
-                }
-                block += eq_packed_block_bytes(type, block_cols);
-            }
-            const size_t row0 = tile * EQ_TILE_ROWS;
-            const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
-            _mm512_mask_storeu_ps(y + v * y_stride + row0, (__mmask16)((1u << n_rows) - 1u), acc);
+#pragma GCC unroll 8
+        for (int j = 0; j < BLOCK / 4; j++) {
+            const __m512i quad = _mm512_loadu_si512(levels + 64 * j);
+#pragma GCC unroll 8
+            for (int v = 0; v < vectors; v++)
+                dot[v] = _mm512_dpbusd_epi32(dot[v], quad, broadcast4(xq[v] + 4 * j));
         }
     }
 }
 
+/* y[v] (16 rows of tile `tile`) = W x_v for `vectors` prepared vectors x (1 .. VECTORS). Every
+ * vector goes through the same float steps in the same order whatever `vectors` is, so a vector's
+ * bits do not depend on the batch it is in (decode = vectors 1). */
+static inline __attribute__((always_inline)) void
+tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
+             const int vectors, const int bits, const size_t group, const __mmask16 row_mask, float *const *y)
+{
+    const size_t n_groups = (cols + group - 1) / group;
+    const size_t header_bytes = eq_packed_header_bytes(type);
+    const size_t quad_cols = bits == 4 ? 8 : 4;
+    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+    const int8_t *xq[VECTORS];
+    __m512 acc[VECTORS];                                           /* the tile's 16 rows per vector */
+#pragma GCC unroll 8
+    for (int v = 0; v < vectors; v++) {
+        xq[v] = x[v].xq;
+        acc[v] = _mm512_setzero_ps();
+    }
+    const uint8_t *block = tile_data;
+    for (size_t g = 0; g < n_groups; g++) {
+        const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
+        const uint8_t *levels = block + header_bytes;
+        __m512 dot[VECTORS];
+        float sum_x[VECTORS];
+#pragma GCC unroll 8
+        for (int v = 0; v < vectors; v++) {
+            dot[v] = _mm512_setzero_ps();
+            sum_x[v] = 0.0f;
+        }
+        for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
+            const int8_t *block_xq[VECTORS];
+            __m512i sums_int[VECTORS];
+#pragma GCC unroll 8
+            for (int v = 0; v < vectors; v++)
+                block_xq[v] = xq[v] + b * BLOCK;
+            block_dots(levels + c / quad_cols * 64, bits, block_xq, vectors, sums_int);
+#pragma GCC unroll 8
+            for (int v = 0; v < vectors; v++) {
+                dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_int[v]), _mm512_set1_ps(x[v].scale[b]), dot[v]);
+                sum_x[v] += x[v].sum[b];
+            }
+        }
+        const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
+        if (type->symmetric) {
+#pragma GCC unroll 8
+            for (int v = 0; v < vectors; v++)
+                acc[v] = _mm512_fmadd_ps(scale, _mm512_sub_ps(dot[v], _mm512_set1_ps(zero_point * sum_x[v])), acc[v]);
+        } else {
+            const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
+#pragma GCC unroll 8
+            for (int v = 0; v < vectors; v++)
+                acc[v] = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x[v]), _mm512_fmadd_ps(scale, dot[v], acc[v]));
+        }
+        block += eq_packed_block_bytes(type, block_cols);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < vectors; v++)
+        _mm512_mask_storeu_ps(y[v], row_mask, acc[v]);
+}
+
+/* Every tile times every vector, `vectors` at a time (then 4, then one by one for the rest). */
+static inline __attribute__((always_inline)) void
+gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
+          float *y, size_t y_stride, const int vectors, const int bits, const size_t group)
+{
+    const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
+    const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
+    for (size_t tile = 0; tile < n_tiles; tile++) {
+        const size_t row0 = tile * EQ_TILE_ROWS;
+        const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
+        const __mmask16 row_mask = (__mmask16)((1u << n_rows) - 1u);
+        const uint8_t *tile_data = data + tile * tile_bytes;
+        eq_packed_acts x[VECTORS];
+        float *out[VECTORS];
+        size_t v = 0;
+        for (; v + (size_t)vectors <= in->n; v += (size_t)vectors) {
+            for (int i = 0; i < vectors; i++) {
+                x[i] = eq_packed_acts_at(in->prepared + (v + (size_t)i) * in->stride, cols);
+                out[i] = y + (v + (size_t)i) * y_stride + row0;
+            }
+            tile_vectors(type, tile_data, cols, x, vectors, bits, group, row_mask, out);
+        }
+        if (vectors > 4 && v + 4 <= in->n) {
+            for (int i = 0; i < 4; i++) {
+                x[i] = eq_packed_acts_at(in->prepared + (v + (size_t)i) * in->stride, cols);
+                out[i] = y + (v + (size_t)i) * y_stride + row0;
+            }
+            tile_vectors(type, tile_data, cols, x, 4, bits, group, row_mask, out);
+            v += 4;
+        }
+        for (; v < in->n; v++) {
+            x[0] = eq_packed_acts_at(in->prepared + v * in->stride, cols);
+            out[0] = y + v * y_stride + row0;
+            tile_vectors(type, tile_data, cols, x, 1, bits, group, row_mask, out);
+        }
+    }
+}
+
+/* decode: one vector at a time (a batch below prefill_from) */
 void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                            const eq_input *in, float *y, size_t y_stride)
 {
 #define BODY_CASE(b, g) \
-    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, (b), (g)); return;
+    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, 1, (b), (g)); return;
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
     BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
 #endif
     default:   /* a type added to the table without a case here: correct, not unrolled */
-        gemm_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);
+        gemm_body(type, data, rows, cols, in, y, y_stride, 1, type->bits, (size_t)type->group);
+    }
+#undef BODY_CASES
+#undef BODY_CASE
+}
+
+/* prefill: VECTORS vectors per load of a quad of levels */
+void eq_packed_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                   const eq_input *in, float *y, size_t y_stride)
+{
+#define BODY_CASE(b, g) \
+    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, VECTORS, (b), (g)); return;
+#define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
+    switch (type->bits * 1000 + type->group) {
+#ifndef EQ_KERNELS_GENERIC
+    BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
+#endif
+    default:
+        gemm_body(type, data, rows, cols, in, y, y_stride, VECTORS, type->bits, (size_t)type->group);
     }
 #undef BODY_CASES
 #undef BODY_CASE
