@@ -19,11 +19,13 @@ measured sensitivity (data) and measured cost (bytes, or kernel time on the targ
    padding included, rounded up to the container's alignment), or with a latency budget the
    profile's measured time for the tensor's shape and type (edgeq.profile); the token embeddings
    read one row per token, so an untied embedding costs time(vocab, dim) / vocab.
-5. Solve (solve): the multiple-choice knapsack by exact dynamic programming on a grid of
-   GRID_CELLS cells of the budget. Every cost is rounded *up* to whole cells, so a plan the solver
-   returns never exceeds the budget; it is optimal for the rounded costs, and the optimum of the
-   exact problem under a budget smaller by n_groups cells is no better. Ties go to the candidate
-   listed first (the table's order), so the result is deterministic.
+5. Solve (solve): the multiple-choice knapsack by exact dynamic programming. The cheapest plan
+   is the base; the slack it leaves (budget - its cost) is cut into GRID_CELLS cells and each
+   option's extra cost over its group's cheapest is rounded *up* to whole cells, so a plan the
+   solver returns never exceeds the budget; it is optimal for the rounded costs, hence no worse
+   than the exact optimum under the budget shrunk by n_groups cells (n_groups / GRID_CELLS of the
+   slack: 1 % for SmolLM2's 211 tensors). Ties go to the candidate listed first (the table's
+   order), so the result is deterministic.
 Tensors that must share a type are solved as one group (share_groups). In native/src/model.c no
 fused product needs it: q/k/v and gate/up read one input prepared once per *family* (any mix of
 types and families is fine), and gate/up are cut at the larger of their tiles; so every 2-D tensor
@@ -283,37 +285,37 @@ def prune(options: list[Option]) -> list[Option]:
 
 def solve(groups: list[list[Option]], budget: float, cells: int = GRID_CELLS) -> list[int] | None:
     """Indices of one option per group minimizing the summed score with summed cost <= budget, or
-    None when even the cheapest options exceed it. Exact DP over `cells` cells of the budget, each
-    cost rounded up to whole cells (never over budget; optimal for the rounded costs)."""
-    if budget < 0 or sum(min(o.cost for o in g) for g in groups) > budget:
+    None when even the cheapest options exceed it. Exact DP over the slack the cheapest plan leaves
+    (budget - sum of each group's least cost) cut into `cells` cells, each option's extra cost over
+    its group's least rounded up to whole cells: never over budget, optimal for the rounded costs,
+    so no worse than the exact optimum under a budget smaller by len(groups) cells."""
+    least = [min(o.cost for o in g) for g in groups]
+    slack = budget - sum(least)
+    if slack < 0:
         return None
-    unit = budget / cells if budget > 0 else 1.0
-    units = [np.array([math.ceil(o.cost / unit - 1e-9) if o.cost > 0 else 0 for o in g], dtype=np.int64) for g in groups]
-    capacity = cells if budget > 0 else 0
-    if sum(int(u.min()) for u in units) > capacity:       # the rounding alone: use the exact greedy floor
-        return None
-    inf = np.inf
-    best = np.zeros(capacity + 1)                          # best[c]: least score with cost <= c cells
+    unit = slack / cells if slack > 0 else 1.0
+    capacity = cells if slack > 0 else 0
+    units = [[0 if o.cost <= low else math.ceil((o.cost - low) / unit) if slack > 0 else capacity + 1
+              for o in g] for g, low in zip(groups, least)]
+    best = np.zeros(capacity + 1)                          # best[c]: least score with extra cost <= c cells
     choices = np.zeros((len(groups), capacity + 1), dtype=np.int16)
     for gi, (group, cost_units) in enumerate(zip(groups, units)):
-        new = np.full(capacity + 1, inf)
+        new = np.full(capacity + 1, np.inf)
         pick = np.zeros(capacity + 1, dtype=np.int16)
         for oi, (option, u) in enumerate(zip(group, cost_units)):
             if u > capacity:
                 continue
-            candidate = np.full(capacity + 1, inf)
+            candidate = np.full(capacity + 1, np.inf)
             candidate[u:] = best[:capacity + 1 - u] + option.score
             better = candidate < new
             new[better] = candidate[better]
             pick[better] = oi
         best, choices[gi] = new, pick
-    if not np.isfinite(best[capacity]):
-        return None
     picked, c = [], capacity
     for gi in range(len(groups) - 1, -1, -1):
         oi = int(choices[gi, c])
         picked.append(oi)
-        c -= int(units[gi][oi])
+        c -= units[gi][oi]
     return picked[::-1]
 
 

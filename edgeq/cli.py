@@ -39,7 +39,8 @@ def _cmd_convert(args) -> int:
 def _cmd_profile(args) -> int:
     from .profile import profile, save_profile
     result = profile(args.model, args.shapes_from, threads=args.threads, repeats=args.repeats,
-                     progress=False if args.quiet else None)
+                     progress=False if args.quiet else None,
+                     stream_bytes=None if args.stream_mb is None else int(args.stream_mb * (1 << 20)))
     save_profile(result, args.output)
     if not args.quiet:
         n = sum(len(v) for v in result["times"].values())
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .profile import DEFAULT_REPEATS
     prof.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, metavar="N",
                       help=f"timed runs per product, the median kept [default: {DEFAULT_REPEATS}]")
+    prof.add_argument("--stream-mb", type=float, default=None, metavar="MB",
+                      help="MiB of weight copies each product cycles through [default: max(64, 2x the "
+                      "last-level cache): weights come from memory, as in decode]")
     prof.add_argument("-o", "--output", required=True, metavar="OUT", help="the profile to write (JSON)")
     prof.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     prof.set_defaults(func=_cmd_profile)

@@ -94,9 +94,10 @@ def _decode_seconds(path: str, threads: int) -> float:
 
 
 def profile(model: str | None = None, shapes_from: str | None = None, threads: int | None = None,
-            repeats: int = DEFAULT_REPEATS, progress: bool | None = None) -> dict:
+            repeats: int = DEFAULT_REPEATS, progress: bool | None = None, stream_bytes: int | None = None) -> dict:
     """Measure; returns the profile (what -o writes). Exactly one of model (an edgeq file) and
-    shapes_from (any convert source) names the model."""
+    shapes_from (any convert source) names the model. stream_bytes: what each product's copies span
+    (default max(STREAM_BYTES, 2 x the last-level cache); smaller measures cached weights)."""
     from tqdm import tqdm
     from edgeq.convert.allocate import allocated_tensors, candidate_types
     from .model import check_threads
@@ -124,7 +125,9 @@ def profile(model: str | None = None, shapes_from: str | None = None, threads: i
             qtype = model_file.tensors[name].qtype
             if qtype not in wanted[tuple(config.tensor_shape(name))]:
                 wanted[tuple(config.tensor_shape(name))].append(qtype)
-    stream = max(STREAM_BYTES, 2 * _last_level_cache())
+    stream = stream_bytes if stream_bytes is not None else max(STREAM_BYTES, 2 * _last_level_cache())
+    if stream < 1:
+        raise EdgeqError(f"--stream-mb must be positive, got {stream / (1 << 20):g}")
     rng = np.random.default_rng(0)
     times: dict = {}
     start = time.perf_counter()
