@@ -889,6 +889,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:   # checked before anything is measured: a run must not end without its report
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error("the plots need matplotlib: pip install 'edgeq[bench]'")
     out_dir = args.output_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     results_json, results_md = out_dir / "results.json", out_dir / "RESULTS.md"
