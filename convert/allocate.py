@@ -135,7 +135,7 @@ def _restore(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None
     from . import methods
     from .quantize import quantize
     if qtype.is_uniform():
-        tensor = methods.rtn(weight, qtype, importance)
+        return methods.rtn_restored(weight, qtype, importance)
     else:
         tensor = quantize(weight, qtype)
     if qtype.family == quant_types.PLAIN:
