@@ -181,28 +181,39 @@ def test_profile_on_a_tiny_model(tiny_llama, llama_profile, tmp_path):
     assert 0 <= with_model["overhead_seconds"] < with_model["decode_seconds"]
 
 
-@pytest.mark.parametrize("bpw", [2.6, 3.5])
-def test_bpw_budget(tiny_llama, llama_stats, tmp_path, bpw):
-    out = tmp_path / "mixed.eq"
-    result = run_cli("convert", tiny_llama, "-o", out, "--bpw", bpw, "--stats", llama_stats)
-    assert result.returncode == 0, result.stderr
-    model = _check_plan(out, result.stdout)
-    used = sum(allocate.stored_bytes(model.tensors[n].qtype, model.tensors[n].shape)
-               for n in allocate.allocated_tensors(model.config))
-    assert 8 * used / _weights(model.config) <= bpw
-    assert 8 * used / _weights(model.config) > bpw - 1.0          # the budget is spent, not ignored
-    again = tmp_path / "again.eq"
-    assert run_cli("convert", tiny_llama, "-o", again, "--bpw", bpw, "--stats", llama_stats, "-q").returncode == 0
-    assert {n: t.qtype.name for n, t in ModelFile(again).tensors.items()} == \
-        {n: t.qtype.name for n, t in model.tensors.items()}         # deterministic
+def _convert(source, out, budget, stats, profile=None):
+    """In-process, so the sensitivity/KL analysis of the source is measured once for every budget."""
+    from edgeq.convert import AllocationSettings, MethodSettings, convert
+    return convert(source, out, progress=False, method=MethodSettings(stats=str(stats)),
+                   allocation=AllocationSettings(budget, None if profile is None else str(profile)))
 
 
-def test_size_budget(tiny_llama, llama_stats, tmp_path):
+def test_bpw_budget(tiny_llama, llama_stats, tmp_path):
+    used_bits = []
+    for bpw in (2.6, 3.5):
+        out = tmp_path / f"mixed-{bpw}.eq"
+        report = _convert(tiny_llama, out, allocate.Budget("bpw", bpw), llama_stats)
+        model = _check_plan(out, "\n".join(report.allocation_lines))
+        assert {n: model.tensors[n].qtype for n in report.allocation.plan} == report.allocation.plan
+        used = sum(allocate.stored_bytes(model.tensors[n].qtype, model.tensors[n].shape)
+                   for n in allocate.allocated_tensors(model.config))
+        used_bits.append(8 * used / _weights(model.config))
+        assert bpw - 1.0 < used_bits[-1] <= bpw            # the budget is spent, never exceeded
+    assert used_bits[0] < used_bits[1]
+    again = _convert(tiny_llama, tmp_path / "again.eq", allocate.Budget("bpw", 3.5), llama_stats)
+    assert again.allocation.plan == report.allocation.plan      # deterministic
+    assert (tmp_path / "again.eq").read_bytes() == out.read_bytes()
+
+
+def test_size_budget_from_the_command_line(tiny_llama, llama_stats, tmp_path):
     out = tmp_path / "mixed.eq"
     result = run_cli("convert", tiny_llama, "-o", out, "--size", "90KB", "--stats", llama_stats)
     assert result.returncode == 0, result.stderr
-    _check_plan(out, result.stdout)
+    model = _check_plan(out, result.stdout)
     assert 60_000 < out.stat().st_size <= 90_000
+    info = run_cli("info", out)
+    assert "per kind and depth" in info.stdout and "score" in info.stdout
+    assert str(model.tensors["blk.0.ffn_down.weight"].qtype.name) in info.stdout
 
 
 def test_latency_budget(tiny_llama, llama_stats, llama_profile, tmp_path):
@@ -214,12 +225,11 @@ def test_latency_budget(tiny_llama, llama_stats, llama_profile, tmp_path):
     slowest = sum(max(c.values()) for c in costs.values())
     budget_ms = 1e3 * (fastest + 0.3 * (slowest - fastest))
     out = tmp_path / "mixed.eq"
-    result = run_cli("convert", tiny_llama, "-o", out, "--latency-ms", budget_ms, "--profile", llama_profile,
-                     "--stats", llama_stats)
-    assert result.returncode == 0, result.stderr
-    model = _check_plan(out, result.stdout)
+    report = _convert(tiny_llama, out, allocate.Budget("latency", budget_ms), llama_stats, llama_profile)
+    model = _check_plan(out, "\n".join(report.allocation_lines))
     spent = sum(costs[n][model.tensors[n].qtype.name] for n in allocate.allocated_tensors(config))
     assert spent <= budget_ms / 1e3
+    assert {n: model.tensors[n].qtype for n in report.allocation.plan} == report.allocation.plan
 
 
 def test_bad_budgets_and_profiles(tiny_llama, tiny_qwen_partial, llama_stats, llama_profile, tmp_path):
