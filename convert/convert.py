@@ -1,4 +1,5 @@
-"""The convert pipeline: source -> plan (keeping a GGUF source's exact grid where it can) ->
+"""The convert pipeline: source -> plan (keeping a GGUF source's exact grid where it can; or, with a
+budget, every 2-D tensor's type from convert.allocate's knapsack) ->
 [calibrate and quantize the linear layers, layer by layer] -> quantize the other tensors -> stream
 into an edgeq file."""
 from __future__ import annotations
