@@ -115,6 +115,14 @@ def _cmd_perplexity(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .registry import default_model
+    from .serve import serve
+    path = args.model if args.model is not None else default_model()
+    return serve(path, host=args.host, port=args.port, ctx=args.ctx, threads=args.threads, parallel=args.parallel,
+                 api_key=args.api_key, queue=args.queue)
+
+
 # ---------------------------------------------------------------------------------------------
 # run and chat
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +150,8 @@ def _open_model(args):
 def _sampling_args(args) -> dict:
     return {"max_tokens": args.max_tokens, "temperature": args.temperature,
             "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repeat_penalty": args.repeat_penalty, "seed": args.seed, "stop": args.stop or None}
+            "repeat_penalty": args.repeat_penalty, "frequency_penalty": args.frequency_penalty,
+            "presence_penalty": args.presence_penalty, "seed": args.seed, "stop": args.stop or None}
 
 
 def _write_stream(stream, pieces: list[str]) -> None:
@@ -393,6 +402,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     bench.set_defaults(func=_cmd_bench)
 
+    from .serve import DEFAULT_HOST, DEFAULT_PARALLEL, DEFAULT_PORT, DEFAULT_QUEUE
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (needs edgeq[server])",
+                                description="Serve the model over OpenAI's API: /v1/models, /v1/chat/completions, "
+                                "/v1/completions (echo, logprobs), /health. Ctrl-C stops.")
+    serve.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                       help="an edgeq file [default: SmolLM2-135M-Instruct at 4 bits, prepared once in the cache]")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on [default: {DEFAULT_HOST}]")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"port, 0 = any free one [default: {DEFAULT_PORT}]")
+    serve.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
+                       help="context length of each slot, 1 to the model's trained length "
+                       "[default: min(trained length, 4096)]")
+    serve.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                       help="threads per slot [default: the physical cores divided among the slots, at least 1]")
+    serve.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                       help="slots answering at the same time, each with its own KV cache "
+                       f"[default: {DEFAULT_PARALLEL}]")
+    serve.add_argument("--queue", type=int, default=DEFAULT_QUEUE, metavar="N",
+                       help="requests that may wait for a slot; more are answered 503 with Retry-After "
+                       f"[default: {DEFAULT_QUEUE}]")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help="require 'Authorization: Bearer KEY' on /v1/* [default: none]")
+    serve.set_defaults(func=_cmd_serve)
+
     ppl = commands.add_parser("perplexity", help="perplexity of a model on a text, optionally against a base",
                               description="Perplexity on a text (llama-perplexity's convention by default), and with "
                               "--base the KL divergence, top-1 agreement and Δppl against another model.")
@@ -439,6 +472,10 @@ def _add_generation_flags(command) -> None:
     group.add_argument("--min-p", type=float, default=None, metavar="P", help="0 = off [default: 0.05]")
     group.add_argument("--repeat-penalty", type=float, default=None, metavar="R",
                        help="penalty on the last 64 tokens, 1 = off [default: 1.0]")
+    group.add_argument("--frequency-penalty", type=float, default=None, metavar="F",
+                       help="OpenAI's: subtracted per occurrence in the last 64 tokens, -2 to 2 [default: 0]")
+    group.add_argument("--presence-penalty", type=float, default=None, metavar="F",
+                       help="OpenAI's: subtracted once for a token in the last 64 tokens, -2 to 2 [default: 0]")
     group.add_argument("--seed", type=int, default=None, help="makes sampling reproducible [default: random]")
     group.add_argument("--stop", action="append", default=None, metavar="TEXT",
                        help="stop before this text (repeatable)")

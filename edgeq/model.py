@@ -50,8 +50,8 @@ from .gguffile import GGUFFile
 from .sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams
 from .tokenizer import Tokenizer
 
-__all__ = ["load", "Model", "GenerationStats", "EdgeqWarning", "ContextFullError", "DEFAULT_MAX_TOKENS",
-           "check_model_path", "check_ctx", "check_threads", "check_max_tokens"]
+__all__ = ["load", "Model", "GenerationStats", "TokenLogprob", "log_softmax", "EdgeqWarning", "ContextFullError",
+           "DEFAULT_MAX_TOKENS", "check_model_path", "check_ctx", "check_threads", "check_max_tokens"]
 
 PREFILL_CHUNK = 256          # prompt tokens per eq_model_eval call: Ctrl-C is seen between chunks
 # the file's generation defaults (Hugging Face generation_config names) -> SamplingParams fields
@@ -68,6 +68,32 @@ warnings.filterwarnings("always", category=EdgeqWarning, append=True)
 
 
 @dataclass
+class TokenLogprob:
+    """One position's log-probabilities (natural log, float64 log-softmax of the model's logits, before
+    penalties, temperature and truncation): the token's, and the `top` most likely ids with theirs."""
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-softmax over the last axis (what `edgeq perplexity` scores with)."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _token_logprob(log_p: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """log_p: (vocab,) float64."""
+    best = []
+    if top > 0:
+        ids = np.argpartition(-log_p, top - 1)[:top] if top < len(log_p) else np.arange(len(log_p))
+        ids = ids[np.argsort(-log_p[ids], kind="stable")]
+        best = [(int(i), float(log_p[i])) for i in ids]
+    return TokenLogprob(int(token), float(log_p[token]), best)
+
+
+@dataclass
 class GenerationStats:
     """What the latest generate/chat call did (Model.last_stats; a stream fills it in as it runs)."""
     prompt_tokens: int = 0
@@ -77,6 +103,9 @@ class GenerationStats:
     dropped_messages: int = 0     # chat: oldest messages left out to fit the context
     prompt_seconds: float = 0.0
     generate_seconds: float = 0.0
+    # with logprobs=N: per generated token (an end-of-generation id included, as the model chose it)
+    # its log-probability and the N most likely ids with theirs, from the untempered distribution
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def generated_tokens(self) -> int:
@@ -370,29 +399,58 @@ class Model:
     def detokenize(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special=skip_special)
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """(n, vocab) float32 logits of every position of `tokens`, evaluated from position 0.
-        The KV cache holds `tokens` afterwards (a following generate that extends them reuses it)."""
+    def prompt_logprobs(self, tokens: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+        """The log-probability of every token after the first given the tokens before it (what
+        `edgeq perplexity` scores, with the same evaluation from position 0 in the same chunks), and the
+        `top` most likely ids at each position: len(tokens) - 1 entries. Memory is one chunk of
+        logits, not the whole prompt's; the KV cache holds `tokens` afterwards."""
+        ids = self._check_ids(tokens)
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:
+            raise ValueError(f"top must be an integer >= 0, got {top!r}")
+        top = min(int(top), self._handle.vocab_size)
+        out: list[TokenLogprob] = []
+        with self._use():
+            for begin, rows in self._eval_from_start(ids):
+                log_p = log_softmax(rows)                          # (chunk, vocab) float64
+                for row, position in enumerate(range(begin, begin + len(rows))):
+                    if position + 1 < len(ids):
+                        out.append(_token_logprob(log_p[row], ids[position + 1], top))
+        return out
+
+    def _check_ids(self, tokens) -> list[int]:
         if isinstance(tokens, str):
-            raise TypeError("logits() takes token ids; use model.tokenize(text) first")
+            raise TypeError("logits() and prompt_logprobs() take token ids; use model.tokenize(text) first")
         ids = [int(t) for t in tokens]
         if not ids:
             raise ValueError("tokens must not be empty")
         if len(ids) > self.n_ctx:
             raise EdgeqError(f"{len(ids)} tokens do not fit in the context of {self.n_ctx} tokens "
                              f"(load the model with a larger ctx, at most {self.file.config.max_seq_len})")
+        return ids
+
+    def _eval_from_start(self, ids: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Empty the cache and evaluate `ids` in chunks, yielding (first position, (chunk, vocab)
+        float32 logits of every position). The caller holds the lock."""
+        _ffi.model_truncate(self._handle, 0)
+        self._cached = []
+        for begin in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[begin:begin + PREFILL_CHUNK]
+            self._cached.extend(chunk)
+            try:
+                rows = _ffi.model_eval(self._handle, chunk, all_logits=True)
+            except BaseException:
+                self._sync_cache()
+                raise
+            yield begin, rows
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """(n, vocab) float32 logits of every position of `tokens`, evaluated from position 0.
+        The KV cache holds `tokens` afterwards (a following generate that extends them reuses it)."""
+        ids = self._check_ids(tokens)
         with self._use():
-            _ffi.model_truncate(self._handle, 0)
-            self._cached = []
             out = np.empty((len(ids), self._handle.vocab_size), dtype=np.float32)
-            for begin in range(0, len(ids), PREFILL_CHUNK):
-                chunk = ids[begin:begin + PREFILL_CHUNK]
-                self._cached.extend(chunk)
-                try:
-                    out[begin:begin + len(chunk)] = _ffi.model_eval(self._handle, chunk, all_logits=True)
-                except BaseException:
-                    self._sync_cache()
-                    raise
+            for begin, rows in self._eval_from_start(ids):
+                out[begin:begin + len(rows)] = rows
             return out
 
     # ----------------------------------------------------------------------------------------------
@@ -412,9 +470,11 @@ class Model:
         except ValueError:
             return params          # nonsense in the file: keep the built-in defaults
 
-    def _sampling(self, temperature, top_k, top_p, min_p, repeat_penalty, seed) -> SamplingParams:
+    def _sampling(self, temperature, top_k, top_p, min_p, repeat_penalty, seed, frequency_penalty=None,
+                  presence_penalty=None) -> SamplingParams:
         params = self.defaults.replace(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                       repeat_penalty=repeat_penalty, seed=seed)
+                                       repeat_penalty=repeat_penalty, seed=seed,
+                                       frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
         try:
             return params.validate()
         except ValueError as error:
@@ -423,34 +483,48 @@ class Model:
     # ----------------------------------------------------------------------------------------------
     # generation
 
-    def generate(self, prompt: str, max_tokens: int | None = DEFAULT_MAX_TOKENS, temperature: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                 repeat_penalty: float | None = None, seed: int | None = None, stop=None,
-                 stream: bool = False) -> str | Iterator[str]:
-        """Continue `prompt`. Returns the text, or with stream=True an iterator of text pieces.
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None, repeat_penalty: float | None = None, seed: int | None = None,
+                 stop=None, stream: bool = False, frequency_penalty: float | None = None,
+                 presence_penalty: float | None = None, logprobs: int | None = None) -> str | Iterator[str]:
+        """Continue `prompt` (text, or token ids taken as they are). Returns the text, or with
+        stream=True an iterator of text pieces.
 
         Stops at an end-of-generation token (not part of the text), at a stop string (neither it nor
         a partial prefix of it is ever emitted), after max_tokens tokens (-1 or None: no limit), or at the
         end of the context (with an EdgeqWarning). Sampling arguments left at None take the file's
         generation defaults, else llama.cpp's: temperature 0.8 (0 = greedy), top_k 40, top_p 0.95,
-        min_p 0.05, repeat_penalty 1.0 over the last 64 tokens; seed None draws a random seed.
+        min_p 0.05, repeat_penalty 1.0 over the last 64 tokens, frequency and presence penalties 0 (OpenAI's,
+        over the same window); seed None draws a random seed. logprobs=N records each generated
+        token's log-probability and the N most likely alternatives in last_stats.logprobs.
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         max_tokens = check_max_tokens(max_tokens)
-        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
-        tokens = self.tokenizer.encode(prompt)
+        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, frequency_penalty,
+                                presence_penalty)
+        if isinstance(prompt, str):
+            tokens = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, Sequence) and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+                                                  for t in prompt):
+            tokens = [int(t) for t in prompt]
+            bad = [t for t in tokens if not 0 <= t < self._handle.vocab_size]
+            if bad:
+                raise EdgeqError(f"token id {bad[0]} is outside the vocabulary [0, {self._handle.vocab_size})")
+        else:
+            raise TypeError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
         if not tokens:
             raise EdgeqError("the prompt is empty and the model adds no BOS token; give some text")
         self._check_fits(len(tokens), "the prompt")
-        stats = GenerationStats(prompt_tokens=len(tokens))
-        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream)
+        top = self._check_logprobs(logprobs)
+        stats = GenerationStats(prompt_tokens=len(tokens), logprobs=None if top is None else [])
+        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream, top or 0)
         return self._start(run, stats, stream)
 
     def chat(self, messages: Sequence[dict], max_tokens: int | None = DEFAULT_MAX_TOKENS,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, repeat_penalty: float | None = None, seed: int | None = None,
-             stop=None, stream: bool = False) -> str | Iterator[str]:
+             stop=None, stream: bool = False, frequency_penalty: float | None = None,
+             presence_penalty: float | None = None, logprobs: int | None = None) -> str | Iterator[str]:
         """Answer a conversation: messages [{"role": "system"|"user"|"assistant", "content": str}, ...].
 
         Renders the file's chat template (sandboxed jinja2, add_generation_prompt=True) and
@@ -459,15 +533,26 @@ class Model:
         """
         messages = self._check_messages(messages)
         max_tokens = check_max_tokens(max_tokens)
-        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, frequency_penalty,
+                                presence_penalty)
         reserve = min(max_tokens if max_tokens is not None else self.n_ctx, self.n_ctx // 4)
         tokens, dropped = self._fit_conversation(messages, reserve)
-        stats = GenerationStats(prompt_tokens=len(tokens), dropped_messages=dropped)
+        top = self._check_logprobs(logprobs)
+        stats = GenerationStats(prompt_tokens=len(tokens), dropped_messages=dropped,
+                                logprobs=None if top is None else [])
         if dropped:
             warnings.warn(EdgeqWarning(f"the conversation does not fit the context of {self.n_ctx} tokens: "
                                        f"left out its {dropped} oldest message(s)"), stacklevel=2)
-        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream)
+        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream, top or 0)
         return self._start(run, stats, stream)
+
+    def _check_logprobs(self, logprobs) -> int | None:
+        """logprobs None: not recorded; N >= 0: record them, with the N most likely alternatives."""
+        if logprobs is None:
+            return None
+        if isinstance(logprobs, bool) or not isinstance(logprobs, (int, np.integer)) or logprobs < 0:
+            raise EdgeqError(f"logprobs must be an integer >= 0 or None, got {logprobs!r}")
+        return min(int(logprobs), self._handle.vocab_size)
 
     def _start(self, run: Iterator[str], stats: GenerationStats, stream: bool) -> str | Iterator[str]:
         self.last_stats = stats          # the latest call's, filled in as its stream runs
@@ -552,7 +637,7 @@ class Model:
         return tokens, dropped
 
     def _run(self, prompt: list[int], params: SamplingParams, max_tokens: int | None, stops: list[str],
-             stats: GenerationStats, stream: bool) -> Iterator[str]:
+             stats: GenerationStats, stream: bool, top: int = 0) -> Iterator[str]:
         """The generation loop (a generator: runs as it is iterated, holds the model meanwhile)."""
         with self._use():
             if max_tokens == 0:
@@ -570,6 +655,8 @@ class Model:
                 start = time.perf_counter()
                 while True:
                     token = sampler.sample(logits, history)
+                    if stats.logprobs is not None:
+                        stats.logprobs.append(_token_logprob(log_softmax(logits), token, top))
                     if token in eos_ids:
                         stats.stop_reason = "eos"
                         break

@@ -1,6 +1,7 @@
 """Choosing the next token from logits, in numpy, the way llama.cpp's default sampler chain does.
 
-Order (llama.cpp's common sampler): repetition penalty over the last `repeat_last_n` tokens, top-k,
+Order (llama.cpp's common sampler): penalties over the last `repeat_last_n` tokens (repetition, then
+OpenAI's frequency and presence penalties, as llama.cpp's penalties sampler does), top-k,
 top-p, min-p, temperature, then a draw from the remaining distribution. top-k/top-p/min-p look at
 the untempered distribution; temperature only reshapes what survives them. Temperature 0 is greedy
 (argmax after the penalty). A seed makes the draws reproducible (numpy's PCG64 Generator); no seed
@@ -24,6 +25,8 @@ class SamplingParams:
     top_p: float = 0.95          # >= 1: off
     min_p: float = 0.05          # <= 0: off; keeps tokens with p >= min_p * p_max
     repeat_penalty: float = 1.0  # 1: off; > 1 makes tokens of the last repeat_last_n tokens less likely
+    frequency_penalty: float = 0.0   # 0: off; subtracted from a logit once per occurrence in the window
+    presence_penalty: float = 0.0    # 0: off; subtracted once from the logit of every token in the window
     repeat_last_n: int = 64
     seed: int | None = None
 
@@ -36,6 +39,10 @@ class SamplingParams:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if not np.isfinite(self.repeat_penalty) or self.repeat_penalty <= 0:
             raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {value}")
         if self.repeat_last_n < 0:
             raise ValueError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
         if self.seed is not None and self.seed < 0:
@@ -53,15 +60,21 @@ class SamplingParams:
         return SamplingParams(**values)
 
 
-def apply_repeat_penalty(logits: np.ndarray, history: Sequence[int], penalty: float, last_n: int) -> np.ndarray:
-    """llama.cpp's rule, once per distinct recent token: positive logits divided, negative multiplied."""
-    if penalty == 1.0 or last_n == 0 or not len(history):
+def apply_repeat_penalty(logits: np.ndarray, history: Sequence[int], penalty: float, last_n: int,
+                         frequency: float = 0.0, presence: float = 0.0) -> np.ndarray:
+    """llama.cpp's penalties over the last `last_n` tokens, once per distinct token: the repetition
+    penalty divides positive logits and multiplies negative ones; then count * frequency + presence
+    is subtracted (OpenAI's frequency and presence penalties)."""
+    if (penalty == 1.0 and frequency == 0.0 and presence == 0.0) or last_n == 0 or not len(history):
         return logits
-    recent = np.unique(np.asarray(history[-last_n:], dtype=np.int64))
-    recent = recent[(recent >= 0) & (recent < len(logits))]
+    recent, counts = np.unique(np.asarray(history[-last_n:], dtype=np.int64), return_counts=True)
+    inside = (recent >= 0) & (recent < len(logits))
+    recent, counts = recent[inside], counts[inside]
     logits = logits.copy()
     values = logits[recent]
-    logits[recent] = np.where(values > 0, values / penalty, values * penalty)
+    if penalty != 1.0:
+        values = np.where(values > 0, values / penalty, values * penalty)
+    logits[recent] = values - counts * frequency - presence
     return logits
 
 
@@ -99,7 +112,7 @@ class Sampler:
         """(ids, probabilities) the next token is drawn from; for greedy, the argmax with p = 1."""
         p = self.params
         logits = apply_repeat_penalty(np.asarray(logits, dtype=np.float32), history, p.repeat_penalty,
-                                      p.repeat_last_n)
+                                      p.repeat_last_n, p.frequency_penalty, p.presence_penalty)
         if p.temperature == 0:
             return np.array([int(np.argmax(logits))]), np.ones(1)
         ids, values = candidates(logits, p)

@@ -170,6 +170,43 @@ def test_greedy_and_repeat_penalty():
     assert Sampler(greedy.replace(repeat_penalty=2.0, repeat_last_n=1)).sample(LOGITS, [0, 5]) == 0
 
 
+def test_frequency_and_presence_penalties():
+    """llama.cpp's penalties sampler: logit -= count * frequency + presence, for tokens of the window."""
+    greedy = SamplingParams(temperature=0)
+    gap = LOGITS[0] - LOGITS[1]
+    history = [0, 0, 0, 6]
+    # three 0s: 3 * frequency must pass the gap to the second token; presence once
+    assert Sampler(greedy.replace(frequency_penalty=gap / 3 * 1.01)).sample(LOGITS, history) == 1
+    assert Sampler(greedy.replace(frequency_penalty=gap / 3 * 0.99)).sample(LOGITS, history) == 0
+    assert Sampler(greedy.replace(presence_penalty=gap * 1.01)).sample(LOGITS, history) == 1
+    assert Sampler(greedy.replace(presence_penalty=gap * 0.99)).sample(LOGITS, history) == 0
+    assert Sampler(greedy.replace(presence_penalty=-2.0)).sample(LOGITS, [1]) == 1     # negative: favoured
+    # outside the last repeat_last_n tokens: no penalty
+    assert Sampler(greedy.replace(presence_penalty=2.0, repeat_last_n=1)).sample(LOGITS, [0, 5]) == 0
+    with pytest.raises(ValueError, match="frequency_penalty must be in"):
+        SamplingParams(frequency_penalty=2.5).validate()
+
+
+def test_generation_logprobs_and_prompt_logprobs(tiny):
+    """logprobs=N: the chosen token's log-probability under the model (greedy: the largest), the N
+    likeliest; prompt_logprobs: log-softmax of logits() at the position before each token."""
+    ids = tiny.tokenize("Once upon a time there was")
+    text = tiny.generate(ids, max_tokens=6, temperature=0, logprobs=3)
+    records = tiny.last_stats.logprobs
+    assert text == tiny.generate("Once upon a time there was", max_tokens=6, temperature=0)
+    assert [r.token for r in records][:len(tiny.last_stats.tokens)] == tiny.last_stats.tokens
+    for record in records:
+        assert len(record.top) == 3 and record.top[0] == (record.token, pytest.approx(record.logprob))
+        assert record.top[0][1] >= record.top[1][1] >= record.top[2][1]
+    scored = tiny.prompt_logprobs(ids, top=2)
+    want = edgeq.model.log_softmax(tiny.logits(ids))
+    assert [s.token for s in scored] == ids[1:]
+    assert np.allclose([s.logprob for s in scored], want[np.arange(len(ids) - 1), ids[1:]], atol=1e-12)
+    assert [s.top[0][0] for s in scored] == np.argmax(want[:-1], axis=-1).tolist()
+    with pytest.raises(EdgeqError, match="outside the vocabulary"):
+        tiny.generate([10 ** 7])
+
+
 def test_seed_reproduces_and_no_seed_varies():
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
     assert np.array_equal(draw(params, n=200), draw(params, n=200))
