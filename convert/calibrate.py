@@ -423,18 +423,21 @@ def _gptq_stacked(weights: dict[str, np.ndarray], qtype, stats: InputStats, sett
     return out
 
 
-def layer_quantizer(plan: dict, method: str, settings: MethodSettings, labels: dict) -> LayerQuantizer:
+def layer_quantizer(plan: dict, method: str | dict, settings: MethodSettings, labels: dict) -> LayerQuantizer:
     """The callback run_layers calls at each linear input: quantize the layers reading it with `method`
-    (types from the plan), return {name: (stored tensor, restored float weight)}."""
+    (one for all, or {tensor name: method} from a mixed-precision plan; types from the plan), return
+    {name: (stored tensor, restored float weight)}. Tensors of one type and method that share the
+    input are quantized together (gptq: one Cholesky)."""
     from . import methods
     from .quantize import quantize_plain
+    method_of = (lambda name: method[name]) if isinstance(method, dict) else (lambda name: method)
 
     def quantize(layer: int, input_name: str, weights: dict, stats: InputStats) -> dict:
         out, by_type = {}, {}
         for name in weights:
             if name in labels:           # others (a kept source grid) stay exactly as the source has them
-                by_type.setdefault(plan[name], []).append(name)
-        for qtype, names in by_type.items():
+                by_type.setdefault((plan[name], method_of(name)), []).append(name)
+        for (qtype, method), names in by_type.items():
             if qtype.family == quant_types.PLAIN:
                 for name in names:
                     tensor = quantize_plain(weights[name], qtype)

@@ -1,4 +1,5 @@
-"""The convert pipeline: source -> plan (keeping a GGUF source's exact grid where it can) ->
+"""The convert pipeline: source -> plan (keeping a GGUF source's exact grid where it can; or, with a
+budget, every 2-D tensor's type from convert.allocate's knapsack) ->
 [calibrate and quantize the linear layers, layer by layer] -> quantize the other tensors -> stream
 into an edgeq file."""
 from __future__ import annotations
@@ -16,11 +17,18 @@ from edgeq.errors import EdgeqError
 from edgeq.fileformat import TensorPlanEntry, write_model_file
 
 from . import calibrate as calibration
-from . import gguf_grid, methods
+from . import allocate, gguf_grid, methods
 from .calibrate import MethodSettings
 from .plan import PlanSettings, make_plan, source_grids
 from .quantize import method_name as storage_method, pack_grid_chunked, quantize_chunked
 from .sources import open_source
+
+
+@dataclass
+class AllocationSettings:
+    """A mixed-precision budget (`edgeq convert --bpw/--size/--latency-ms`): convert.allocate."""
+    budget: "allocate.Budget"
+    profile: str | None = None          # an `edgeq profile` file (needed by a latency budget)
 
 
 @dataclass
@@ -32,14 +40,19 @@ class ConvertReport:
     mean_rel_error: float       # sqrt(sum ||W - Q(W)||^2 / sum ||W||^2) over the quantized tensors
     kept_grid: list[str]        # tensors stored on the source's own grid (method gguf-grid-exact)
     refused_grid: dict[str, str]  # tensors with a source grid that were re-quantized instead -> why
+    allocation: "allocate.Allocation | None" = None   # the mixed-precision plan, when a budget was given
+    allocation_lines: list[str] | None = None        # what the converter prints about it
 
 
 def convert(source: str | os.PathLike, output: str | os.PathLike, settings: PlanSettings | None = None,
-            progress: bool | None = None, method: MethodSettings | None = None) -> ConvertReport:
+            progress: bool | None = None, method: MethodSettings | None = None,
+            allocation: AllocationSettings | None = None) -> ConvertReport:
     """Convert a Hugging Face folder, hub id or GGUF file into an edgeq file at `output`.
 
     progress: True shows a progress bar, False hides it, None shows it when stderr is a terminal.
-    method: how the linear layers are quantized (default: auto, see convert.calibrate.MethodSettings).
+    method: how the linear layers are quantized (default: auto, see convert.calibrate.MethodSettings;
+    with a budget, auto resolves per tensor from the bits the plan gives it).
+    allocation: a mixed-precision budget; then every 2-D tensor's type comes from convert.allocate.
     """
     from tqdm import tqdm
     settings = settings or PlanSettings()
@@ -52,10 +65,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         raise EdgeqError(f"{output}: the output would overwrite the source; choose another name")
     model = open_source(source)
     plan = make_plan(model.config, settings)
-    kept, refused = source_grids(model, settings)
-    for name, reason in refused.items():
-        warnings.warn(f"{name}: {reason}; re-quantized to {plan[name].name}")
-    plan.update(kept)
+    disable = None if progress is None else not progress
 
     def load_checked(name: str, rows: slice | None = None) -> np.ndarray:
         weight = model.load(name, rows)
@@ -63,34 +73,63 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
             raise EdgeqError(f"{model.provenance['source']}: tensor {name} contains NaN or infinity")
         return weight
 
+    chosen, allocation_lines = None, None
+    if allocation is not None:       # every 2-D tensor re-quantized to the type the budget buys
+        kept, refused = {}, {}
+        chosen = _allocate(model, load_checked, allocation, method, disable)
+        plan.update(chosen.plan)
+        allocation_lines = [f"allocation for {chosen.budget.describe()}: {_used(chosen)}"] + \
+            [f"  note: {note}" for note in chosen.notes] + ["  " + line for line in chosen.summary(model.config)]
+    else:
+        kept, refused = source_grids(model, settings)
+        for name, reason in refused.items():
+            warnings.warn(f"{name}: {reason}; re-quantized to {plan[name].name}")
+        plan.update(kept)
+
     # the linear layers the method quantizes: not those that keep their source's grid
     to_fit = [name for name, qtype in plan.items() if calibration.is_calibrated_linear(name)
               and qtype.family != quant_types.PLAIN and name not in kept]
+    if chosen is not None:           # auto picks per tensor (gptq at <= 3 bits); the statistics serve all
+        methods_of = {name: method.resolve(plan[name].bits)[0] for name in to_fit}
+        uses_data = bool(to_fit)
+    else:
+        methods_of = {name: method_name for name in to_fit}
     uses_data = uses_data and bool(to_fit)
     tokens, importance, calibration_hash, n_tokens = None, None, "", 0
     if uses_data and method.stats is not None:
         importance, meta = calibration.load_stats(method.stats, model.config,
                                                   calibration.model_fingerprint(model.load, model.config))
         calibration_hash, n_tokens = str(meta.get("calibration_hash", "")), int(meta.get("tokens", 0))
+    elif uses_data and chosen is not None and "gptq" not in methods_of.values():
+        importance, calibration_hash, n_tokens = chosen.importance, chosen.calibration_hash, chosen.tokens
     elif uses_data:
         tokens = calibration.calibration_tokens(method.calib, model.tokenizer, model.config,
                                                 method.calib_tokens, method.calib_ctx)
         calibration_hash, n_tokens = tokens.text_hash, tokens.count
+    linear_method = {name: calibration.tensor_method(methods_of[name], uses_data, method, calibration_hash, n_tokens)
+                     for name in to_fit}
     label = calibration.tensor_method(method_name, uses_data, method, calibration_hash, n_tokens)
-    linear_method = {name: label for name in to_fit}
+    if chosen is not None:
+        label = "per tensor: " + ", ".join(sorted(set(methods_of.values()))) + " (auto: gptq at <= 3 bits)"
+    scores = chosen.scores if chosen is not None else {}
     entries = [TensorPlanEntry(name, qtype, model.config.tensor_shape(name),
-                               gguf_grid.METHOD if name in kept else linear_method.get(name, storage_method(qtype)))
+                               gguf_grid.METHOD if name in kept else linear_method.get(name, storage_method(qtype)),
+                               scores.get(name))
                for name, qtype in plan.items()]
+    if chosen is not None and chosen.budget.kind == "size":
+        size = _file_bytes(model, entries, _provenance(model, settings, label, uses_data, calibration_hash, n_tokens, chosen))
+        if size > chosen.budget.value:    # the header bound makes this unreachable: a bug, not the user's
+            raise AssertionError(f"the plan needs {size} bytes, over the budget {chosen.budget.value:.0f}")
     errors = []
     calibrated = {}      # name -> QuantizedTensor, from the sequential calibration pass
     if tokens is not None:
-        quantizer = calibration.layer_quantizer(plan, method_name, method, linear_method)
-        with tqdm(total=model.config.n_layers, desc=f"calibrating ({method_name}, {tokens.count} tokens)",
-                  unit="layer", disable=None if progress is None else not progress, dynamic_ncols=True,
-                  leave=False) as layer_bar:
+        quantizer = calibration.layer_quantizer(plan, methods_of, method, linear_method)
+        gptq = "gptq" in methods_of.values()
+        with tqdm(total=model.config.n_layers, desc=f"calibrating ({label}, {tokens.count} tokens)",
+                  unit="layer", disable=disable, dynamic_ncols=True, leave=False) as layer_bar:
             for _, _, stored in calibration.run_layers(load_checked, model.config, tokens, quantizer,
-                                                       hessian=method_name == "gptq", progress=layer_bar,
-                                                       float_target=method.float_target):
+                                                       hessian=gptq, progress=layer_bar,
+                                                       float_target=method.float_target and gptq):
                 calibrated.update(stored)
 
     def produce(entry: TensorPlanEntry):
@@ -100,9 +139,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
             tensor = pack_grid_chunked(lambda rows: model.load_grid(entry.name, rows), entry.qtype, entry.shape)
         elif entry.name in calibrated:
             tensor = calibrated.pop(entry.name)
-        elif entry.name in linear_method and (importance is not None or method_name == "hqq"):
+        elif entry.name in linear_method and (importance is not None or methods_of[entry.name] == "hqq"):
             weights = importance[calibration.input_of(entry.name)] if importance is not None else None
-            fit = methods.hqq if method_name == "hqq" else methods.rtn
+            fit = methods.hqq if methods_of[entry.name] == "hqq" else methods.rtn
             tensor = fit(load_rows(slice(None)), entry.qtype, weights, method=entry.method)
         else:
             tensor = quantize_chunked(load_rows, entry.qtype, entry.shape)
@@ -110,16 +149,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
             errors.append((tensor.sq_error, tensor.sq_norm))
         return tensor
 
-    bar = tqdm(entries, desc=f"converting to {output.name}", unit="tensor", disable=None if progress is None else not progress,
+    bar = tqdm(entries, desc=f"converting to {output.name}", unit="tensor", disable=disable,
                dynamic_ncols=True, leave=False)
-    provenance = dict(model.provenance)
-    provenance["settings"] = {"bits": settings.linear(), "group": settings.group_size(), "symmetric": settings.symmetric,
-                              "head_bits": settings.head(), "embed_bits": settings.embed(), "method": label,
-                              "layout": settings.layout,
-                              "source_grid": f"kept for {len(kept)} tensors" if kept else "none kept"}
-    if uses_data:
-        provenance["calibration_hash"] = calibration_hash
-        provenance["settings"]["calibration_tokens"] = n_tokens
+    provenance = _provenance(model, settings, label, uses_data, calibration_hash, n_tokens, chosen, kept)
     try:
         write_model_file(output, model.config, model.tokenizer, model.generation, provenance, entries, produce, bar)
     finally:
@@ -127,4 +159,121 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     total = sum(norm for _, norm in errors)
     mean_error = (sum(error for error, _ in errors) / total) ** 0.5 if total else 0.0
     return ConvertReport(output, time.perf_counter() - start, output.stat().st_size, len(entries), mean_error,
-                         sorted(kept), refused)
+                         sorted(kept), refused, chosen, allocation_lines)
+
+
+def _provenance(model, settings: PlanSettings, label: str, uses_data: bool, calibration_hash: str, n_tokens: int,
+                chosen, kept=()) -> dict:
+    provenance = dict(model.provenance)
+    if chosen is None:
+        provenance["settings"] = {"bits": settings.linear(), "group": settings.group_size(),
+                                  "symmetric": settings.symmetric, "head_bits": settings.head(),
+                                  "embed_bits": settings.embed(), "method": label, "layout": settings.layout,
+                                  "source_grid": f"kept for {len(kept)} tensors" if kept else "none kept"}
+    else:
+        provenance["settings"] = {"budget": chosen.budget.describe(), "method": label,
+                                  "allocation": _used(chosen), "source_grid": "none kept",
+                                  "kl_factors": " ".join(f"{k}/{d}={f:.3g}" for (k, d), f in sorted(chosen.factors.items()))}
+        if chosen.profile_note:
+            provenance["settings"]["profile"] = chosen.profile_note
+    if uses_data:
+        provenance["calibration_hash"] = calibration_hash
+        provenance["settings"]["calibration_tokens"] = n_tokens
+    return provenance
+
+
+def _used(chosen) -> str:
+    total = sum(chosen.costs.values())
+    if chosen.budget.kind == "latency":
+        return (f"products {1e3 * total:.3f} ms of {1e3 * chosen.limit:.3f} ms per token, estimated KL "
+                f"{sum(chosen.scores.values()):.4g}")
+    return f"tensors {total / 1e6:.3f} MB of {chosen.limit / 1e6:.3f} MB, estimated KL {sum(chosen.scores.values()):.4g}"
+
+
+def _file_bytes(model, entries: list[TensorPlanEntry], provenance: dict) -> int:
+    """The size of the file these entries make: header, then each tensor padded to the alignment."""
+    from edgeq.fileformat import header_bytes
+    return header_bytes(model.config, model.tokenizer, model.generation, provenance, entries) + \
+        sum(allocate.stored_bytes(e.qtype, e.shape) for e in entries)
+
+
+# what _analyse found per (source, statistics settings, candidates), so a process converting one
+# source at several budgets (benchmarks) measures sensitivity and KL once
+_ANALYSES: dict = {}
+
+
+def _allocate(model, load, allocation: AllocationSettings, method: MethodSettings, disable):
+    """Statistics, scores, KL factors and the solved plan (convert.allocate) for `model`."""
+    config, budget = model.config, allocation.budget
+    candidates = allocate.candidate_types()
+    profile = allocate.load_profile(allocation.profile, config, candidates) if allocation.profile else None
+    if budget.kind == "latency" and profile is None:
+        raise EdgeqError("--latency-ms needs --profile FILE (make one with `edgeq profile`)")
+    fixed = _fixed_bytes(model, candidates)
+    names = allocate.allocated_tensors(config)       # a budget below the minimum fails before any measuring
+    allocate.allocate(config, budget, {n: {t.name: 0.0 for t in candidates} for n in names}, {}, fixed, profile,
+                      candidates)
+    key = (str(model.provenance.get("source")), calibration.model_fingerprint(model.load, config), method.stats,
+           method.calib, method.calib_tokens, method.calib_ctx, tuple(t.name for t in candidates))
+    if key not in _ANALYSES:
+        _ANALYSES.clear()
+        _ANALYSES[key] = _analyse(model, load, method, candidates, disable)
+    importance, calibration_hash, n_tokens, scores, factors = _ANALYSES[key]
+    chosen = allocate.allocate(config, budget, scores, factors, fixed, profile, candidates)
+    chosen.importance, chosen.calibration_hash, chosen.tokens = importance, calibration_hash, n_tokens
+    chosen.profile_note = (f"{profile['cpu']}, kernels {profile['isa']}, {profile['threads']} threads"
+                           if profile is not None else "")
+    return chosen
+
+
+def _analyse(model, load, method: MethodSettings, candidates, disable):
+    """(E[x^2] per input, calibration hash, tokens, scores per tensor and candidate, KL factors)."""
+    from tqdm import tqdm
+    config = model.config
+    if method.stats is not None:
+        importance, meta = calibration.load_stats(method.stats, config, calibration.model_fingerprint(model.load, config))
+        calibration_hash, n_tokens = str(meta.get("calibration_hash", "")), int(meta.get("tokens", 0))
+    else:                            # the float model's E[x^2] at every linear input
+        tokens = calibration.calibration_tokens(method.calib, model.tokenizer, config, method.calib_tokens,
+                                                method.calib_ctx)
+        importance = {}
+        with tqdm(total=config.n_layers, desc="statistics (float model)", unit="layer", disable=disable,
+                  dynamic_ncols=True, leave=False) as bar:
+            for layer, stats, _ in calibration.run_layers(load, config, tokens, progress=bar):
+                for input_name, input_stats in stats.items():
+                    importance[f"blk.{layer}.{input_name}"] = input_stats.importance
+        calibration_hash, n_tokens = tokens.text_hash, tokens.count
+    importance_of = lambda name: importance[calibration.input_of(name)] if calibration.is_calibrated_linear(name) else None
+    names = allocate.allocated_tensors(config)
+    scores = {}
+    for name in tqdm(names, desc="sensitivity", unit="tensor", disable=disable, dynamic_ncols=True, leave=False):
+        scores[name] = allocate.tensor_scores(load(name), importance_of(name), candidates)
+    n_cells = len({(allocate.kind_of(n), allocate.depth_of(n, config.n_layers)) for n in names})
+    with tqdm(total=n_cells, desc="KL calibration", unit="tensor", disable=disable, dynamic_ncols=True,
+              leave=False) as bar:
+        factors = allocate.kl_factors(load, config, model.tokenizer, importance_of, method.calib, bar)
+    return importance, calibration_hash, n_tokens, scores, factors
+
+
+HEADER_SLACK = 4096      # bytes: the provenance strings the bound below cannot know exactly
+
+
+def _fixed_bytes(model, candidates) -> int:
+    """An upper bound on what the file holds besides the allocated tensors: the header written with
+    each allocated tensor at the longest candidate name, method and a score, plus the 1-D tensors."""
+    from .calibrate import BLOCK_SIZE
+    config = model.config
+    longest = max((t for t in candidates if t.family != quant_types.PLAIN), key=lambda t: (len(t.name), t.id))
+    method = (f"gptq damp=0.01 block={BLOCK_SIZE} act_order=yes target=quantized hessian "
+              f"calib={'0' * 16} tokens={10 ** 9}")
+    entries = []
+    for name in config.tensor_names():
+        shape = config.tensor_shape(name)
+        qtype = longest if len(shape) == 2 else quant_types.TYPES["f32"]
+        entries.append(TensorPlanEntry(name, qtype, shape, method, 0.0))
+    from edgeq.fileformat import header_bytes
+    provenance = dict(model.provenance, settings={})
+    header = header_bytes(config, model.tokenizer, model.generation, provenance, entries)
+    vectors = sum(allocate.stored_bytes(quant_types.TYPES["f32"], config.tensor_shape(n))
+                  for n in config.tensor_names() if len(config.tensor_shape(n)) == 1)
+    return header + HEADER_SLACK + 8 * len(entries) + vectors

@@ -156,12 +156,8 @@ def _check(weight: np.ndarray, qtype: QuantType, importance) -> None:
 # rtn: clip search, weighted by E[x^2]
 # ---------------------------------------------------------------------------------------------
 
-def rtn(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = None,
-        method: str = "rtn") -> QuantizedTensor:
-    """(M, K) float -> packed tensor; per group the clip factor and least-squares (scale, min) that
-    minimize the E[x^2]-weighted squared error (unweighted without importance)."""
-    _check(weight, qtype, importance)
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
+def _rtn_levels(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None):
+    """rtn's fit: (levels (Mp, Kp), fp16 scales, fp16 mins or None) of float32 weight (M, K)."""
     padded = _padded_groups(weight, qtype)
     padded_rows, padded_cols = padded.shape
     groups = padded.reshape(-1, qtype.group)                                  # (Mp*Kp/G, G)
@@ -169,8 +165,26 @@ def rtn(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = No
     shape2d = (padded_rows, padded_cols // qtype.group)
     scales16, mins16 = round_params(qtype, scales.reshape(shape2d), mins.reshape(shape2d))
     expand = lambda a: None if a is None else np.repeat(a, qtype.group, axis=1)
-    levels = levels_for(qtype, padded, expand(scales16), expand(mins16))
+    return levels_for(qtype, padded, expand(scales16), expand(mins16)), scales16, mins16
+
+
+def rtn(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = None,
+        method: str = "rtn") -> QuantizedTensor:
+    """(M, K) float -> packed tensor; per group the clip factor and least-squares (scale, min) that
+    minimize the E[x^2]-weighted squared error (unweighted without importance)."""
+    _check(weight, qtype, importance)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    levels, scales16, mins16 = _rtn_levels(weight, qtype, importance)
     return pack_result(weight, qtype, levels, scales16, mins16, method)
+
+
+def rtn_restored(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = None) -> np.ndarray:
+    """What rtn's tensor dequantizes to, (M, K) float32, without packing it (the allocator's scores)."""
+    _check(weight, qtype, importance)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    levels, scales16, mins16 = _rtn_levels(weight, qtype, importance)
+    rows, cols = weight.shape
+    return quant_types.dequantize_levels(qtype, levels.astype(np.uint8), scales16, mins16)[:rows, :cols]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,6 +152,11 @@ def _family(qtype: QuantType):
     return _FAMILIES[qtype.family]
 
 
+def writes(qtype: QuantType) -> bool:
+    """Whether the converter has a quantizer for this type's family (the allocator's candidates)."""
+    return qtype.family in _FAMILIES
+
+
 def method_name(qtype: QuantType) -> str:
     """What the file records as the tensor's method: the quantizer, or the type for plain storage."""
     return _family(qtype)[1] or qtype.name

@@ -182,6 +182,22 @@ def gemv(qtype_name: str, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
     return gemm(qtype_name, data, rows, cols, x.reshape(1, -1), isa=isa).reshape(-1)
 
 
+def gemv_time(qtype_name: str, data: np.ndarray, rows: int, cols: int, copies: int = 1, threads: int = 0,
+              repeats: int = 15) -> float:
+    """Median seconds of `repeats` decode products with the (rows, cols) tensor in `data`, threaded
+    and chunked as the forward pass runs them on the active kernel set, each reading the least
+    recently read of `copies` copies (eq_gemv_time; edgeq profile)."""
+    qtype_id = _qtype_id(qtype_name)
+    rows, cols = _check_shape(rows, cols)
+    data = _check_bytes(data)
+    seconds = ffi.new("double *")
+    code = lib.eq_gemv_time(qtype_id, ffi.from_buffer("uint8_t[]", data), data.nbytes, rows, cols,
+                            _int_arg(copies, "copies", minimum=1), _int_arg(threads, "threads"),
+                            _int_arg(repeats, "repeats", minimum=1), seconds)
+    _check(code, f"timing gemv {qtype_name} ({rows}, {cols})")
+    return float(seconds[0])
+
+
 def all_kernel_sets() -> list[str]:
     """Every kernel set this library has, best first (the reference "ref" last): the one list."""
     return [ffi.string(lib.eq_kernel_set_name(i)).decode() for i in range(lib.eq_kernel_set_count())]

@@ -17,7 +17,18 @@ def _cmd_convert(args) -> int:
     method = MethodSettings(method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
                             calib_ctx=args.calib_ctx, stats=args.stats, act_order=args.act_order,
                             float_target=args.float_target)
-    report = convert(args.source, args.output, settings, progress=False if args.quiet else None, method=method)
+    budget = _budget(args)
+    allocation = None
+    if budget is not None:
+        from edgeq.convert import AllocationSettings
+        allocation = AllocationSettings(budget, args.profile)
+    elif args.profile is not None:
+        raise EdgeqError("--profile is read with a budget: give --bpw, --size or --latency-ms")
+    report = convert(args.source, args.output, settings, progress=False if args.quiet else None, method=method,
+                     allocation=allocation)
+    if not args.quiet and report.allocation is not None:
+        for line in report.allocation_lines:
+            print(line)
     if not args.quiet:
         kept = f", {len(report.kept_grid)} kept the source's grid" if report.kept_grid else ""
         print(f"wrote {report.output} ({report.file_bytes / 1e6:.1f} MB, {report.n_tensors} tensors{kept}, "
@@ -44,6 +55,42 @@ def _cmd_export(args) -> int:
                   + ("(edgeq on ours, llama.cpp on the export)" if report.kl_runtime == "llama.cpp" else
                      "(numpy float reference on our weights and on the exported ones)"))
     return 0
+
+
+def _cmd_profile(args) -> int:
+    from .profile import profile, save_profile
+    result = profile(args.model, args.shapes_from, threads=args.threads, repeats=args.repeats,
+                     progress=False if args.quiet else None,
+                     stream_bytes=None if args.stream_mb is None else int(args.stream_mb * (1 << 20)))
+    save_profile(result, args.output)
+    if not args.quiet:
+        n = sum(len(v) for v in result["times"].values())
+        overhead = (f"; decode {1e3 * result['decode_seconds']:.2f} ms/token, of which "
+                    f"{1e3 * result['overhead_seconds']:.2f} ms outside the products"
+                    if result["decode_seconds"] is not None else "")
+        print(f"wrote {args.output}: {n} products over {len(result['shapes'])} shapes on {result['cpu']} "
+              f"(kernels {result['isa']}, {result['threads']} threads) in {result['profile_seconds']:.1f} s{overhead}")
+    return 0
+
+
+def _budget(args):
+    from edgeq.convert.allocate import Budget, parse_size
+    given = [(flag, value) for flag, value in (("--bpw", args.bpw), ("--size", args.size),
+                                               ("--latency-ms", args.latency_ms)) if value is not None]
+    if len(given) > 1:
+        raise EdgeqError(f"give one budget, not {' and '.join(flag for flag, _ in given)}")
+    if not given:
+        return None
+    if args.bits is not None or args.head_bits is not None or args.embed_bits is not None or args.group is not None \
+            or args.sym or args.layout != "auto":
+        raise EdgeqError(f"{given[0][0]} chooses every tensor's type; drop --bits/--group/--sym/--head-bits/"
+                         "--embed-bits/--layout")
+    flag, value = given[0]
+    if flag == "--size":
+        return Budget("size", parse_size(value))
+    if not value > 0:
+        raise EdgeqError(f"{flag} {value:g}: give a positive number")
+    return Budget("bpw" if flag == "--bpw" else "latency", float(value))
 
 
 def _cmd_calibrate(args) -> int:
@@ -277,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "--calib/--stats), hqq (half-quadratic scale/min fit), gptq (Hessian error feedback, "
                          "calibrates); auto = gptq at <= 3 bits, rtn weighted by the calibration text's E[x^2] "
                          "at 4-6 bits, plain rtn at 8 [default: auto]")
+    budget = convert.add_argument_group("mixed precision (one budget; every 2-D tensor's type is chosen from "
+                                        "measured sensitivity and cost: a knapsack)")
+    budget.add_argument("--bpw", type=float, default=None, metavar="B",
+                        help="average stored bits per weight over the 2-D tensors, scales and padding included")
+    budget.add_argument("--size", default=None, metavar="SIZE", help="the whole file at most SIZE: bytes or "
+                        "80MB, 1.2GB, 512MiB")
+    budget.add_argument("--latency-ms", type=float, default=None, metavar="MS",
+                        help="decode milliseconds per token on the profiled CPU (needs --profile)")
+    budget.add_argument("--profile", default=None, metavar="FILE",
+                        help="kernel timings from `edgeq profile` (for --latency-ms)")
     _add_calibration_flags(convert)
     convert.add_argument("--stats", default=None, metavar="FILE",
                          help="E[x^2] statistics from `edgeq calibrate` (rtn/hqq), instead of calibrating")
@@ -322,6 +379,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads for the KL measurement [default: the number of physical cores]")
     export.add_argument("-q", "--quiet", action="store_true", help="no summary")
     export.set_defaults(func=_cmd_export)
+    prof = commands.add_parser("profile", help="time every candidate type's kernel for a model's shapes here",
+                               description="Time the decode product of every quant type the allocator may "
+                               "choose, for each (rows, cols) of a model, on this CPU (median of repeats; "
+                               "weights streamed from memory, threaded as decode runs them), for "
+                               "`edgeq convert --latency-ms --profile`.")
+    prof.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                      help="an edgeq file of the model (its decode time per token is measured too)")
+    prof.add_argument("--shapes-from", default=None, metavar="SRC",
+                      help="take the shapes from a convert source instead (HF folder, hub id, .gguf)")
+    prof.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                      help="threads [default: the number of physical cores]")
+    from .profile import DEFAULT_REPEATS
+    prof.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, metavar="N",
+                      help=f"timed runs per product, the median kept [default: {DEFAULT_REPEATS}]")
+    prof.add_argument("--stream-mb", type=float, default=None, metavar="MB",
+                      help="MiB of weight copies each product cycles through [default: max(64, 2x the "
+                      "last-level cache): weights come from memory, as in decode]")
+    prof.add_argument("-o", "--output", required=True, metavar="OUT", help="the profile to write (JSON)")
+    prof.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    prof.set_defaults(func=_cmd_profile)
 
     info = commands.add_parser("info", help="describe an edgeq file", description="Describe an edgeq file.")
     info.add_argument("file", metavar="FILE")

@@ -18,6 +18,9 @@ Metadata (what the writer puts in; "optional" keys may be absent):
   edgeq.tensor.<name>.type        str   quant type name (edgeq.quant_types.TYPES)
   edgeq.tensor.<name>.shape       u64[] logical shape, numpy order ((M, K) for linear weights)
   edgeq.tensor.<name>.bits / .group (u32), .symmetric (bool), .method (str)
+  edgeq.tensor.<name>.score       f64   optional: a mixed-precision plan's error estimate for the tensor
+                                        (estimated KL divergence its quantization costs, nats;
+                                        edgeq.convert.allocate)
 Tensors carry canonical names (edgeq.config). How a tensor is stored follows its type's family:
 plain types are GGUF F32/F16 tensors, uniform bit-plane and uniform packed types I8 blobs of the
 type's nbytes. An older reader that lacks a type (e.g. the packed p*g* types, added in 0.1.0 after
@@ -115,6 +118,7 @@ class TensorPlanEntry:
     qtype: quant_types.QuantType
     shape: tuple[int, ...]
     method: str               # how the quantizer chose levels, e.g. "rtn-clip-search"
+    score: float | None = None  # mixed precision: the allocator's error estimate (KL, nats)
 
     def nbytes(self) -> int:
         return self.qtype.nbytes_for_shape(self.shape)
@@ -166,34 +170,7 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: To
     tmp = Path(tmp_name)
     writer = None
     try:
-        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
-        writer.add_custom_alignment(ALIGNMENT)
-        writer.add_uint32("edgeq.format_version", FORMAT_VERSION)
-        features = required_features(entries)
-        if features:
-            writer.add_array("edgeq.required_features", features)
-        if provenance.get("source_name"):
-            writer.add_name(provenance["source_name"])
-        _add_config(writer, config)
-        _add_tokenizer(writer, tokenizer)
-        writer.add_string("edgeq.generation", json.dumps(generation or {}, sort_keys=True))
-        writer.add_string("edgeq.source", str(provenance.get("source", "")))
-        writer.add_string("edgeq.source_kind", str(provenance.get("source_kind", "")))
-        writer.add_string("edgeq.converter_version", __version__)
-        writer.add_string("edgeq.calibration_hash", str(provenance.get("calibration_hash", "")))
-        for key, value in provenance.get("settings", {}).items():
-            writer.add_string(f"edgeq.settings.{key}", str(value))
-        for entry in entries:
-            prefix = f"edgeq.tensor.{entry.name}"
-            writer.add_string(f"{prefix}.type", entry.qtype.name)
-            writer.add_key_value(f"{prefix}.shape", list(entry.shape), gguf.GGUFValueType.ARRAY,
-                                 sub_type=gguf.GGUFValueType.UINT64)
-            writer.add_uint32(f"{prefix}.bits", entry.qtype.bits)
-            writer.add_uint32(f"{prefix}.group", entry.qtype.group)
-            writer.add_bool(f"{prefix}.symmetric", entry.qtype.symmetric)
-            writer.add_string(f"{prefix}.method", entry.method)
-            stored_shape, dtype = _storage(entry)
-            writer.add_tensor_info(entry.name, stored_shape, dtype, entry.nbytes())
+        writer = _header_writer(gguf, tmp, config, tokenizer, generation, provenance, entries)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -219,6 +196,61 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: To
                 pass
         if tmp.exists():
             tmp.unlink()
+
+
+def header_bytes(config: ModelConfig, tokenizer: TokenizerSpec, generation: dict, provenance: dict,
+                 entries: list[TensorPlanEntry]) -> int:
+    """Bytes before the first tensor of the file write_model_file would write for these entries
+    (header, metadata, tensor infos, padding to ALIGNMENT): written to a scratch file and measured."""
+    gguf = _gguf()
+    handle, tmp_name = tempfile.mkstemp(prefix=".edgeq-header.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        writer = _header_writer(gguf, tmp, config, tokenizer, generation, provenance, entries)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        return -(-tmp.stat().st_size // ALIGNMENT) * ALIGNMENT
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _header_writer(gguf, tmp: Path, config: ModelConfig, tokenizer: TokenizerSpec, generation: dict,
+                   provenance: dict, entries: list[TensorPlanEntry]):
+    """A GGUFWriter on `tmp` holding every key and tensor info of the file (nothing written yet)."""
+    writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+    writer.add_custom_alignment(ALIGNMENT)
+    writer.add_uint32("edgeq.format_version", FORMAT_VERSION)
+    features = required_features(entries)
+    if features:
+        writer.add_array("edgeq.required_features", features)
+    if provenance.get("source_name"):
+        writer.add_name(provenance["source_name"])
+    _add_config(writer, config)
+    _add_tokenizer(writer, tokenizer)
+    writer.add_string("edgeq.generation", json.dumps(generation or {}, sort_keys=True))
+    writer.add_string("edgeq.source", str(provenance.get("source", "")))
+    writer.add_string("edgeq.source_kind", str(provenance.get("source_kind", "")))
+    writer.add_string("edgeq.converter_version", __version__)
+    writer.add_string("edgeq.calibration_hash", str(provenance.get("calibration_hash", "")))
+    for key, value in provenance.get("settings", {}).items():
+        writer.add_string(f"edgeq.settings.{key}", str(value))
+    for entry in entries:
+        prefix = f"edgeq.tensor.{entry.name}"
+        writer.add_string(f"{prefix}.type", entry.qtype.name)
+        writer.add_key_value(f"{prefix}.shape", list(entry.shape), gguf.GGUFValueType.ARRAY,
+                             sub_type=gguf.GGUFValueType.UINT64)
+        writer.add_uint32(f"{prefix}.bits", entry.qtype.bits)
+        writer.add_uint32(f"{prefix}.group", entry.qtype.group)
+        writer.add_bool(f"{prefix}.symmetric", entry.qtype.symmetric)
+        writer.add_string(f"{prefix}.method", entry.method)
+        if entry.score is not None:
+            writer.add_float64(f"{prefix}.score", float(entry.score))
+        stored_shape, dtype = _storage(entry)
+        writer.add_tensor_info(entry.name, stored_shape, dtype, entry.nbytes())
+    return writer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +282,7 @@ class TensorInfo:
     nbytes: int
     data: np.ndarray          # (nbytes,) uint8, a read-only view of the mapped file
     compact_tail: bool = True  # data's layout: False in files without "compact-tail" (quant_types)
+    score: float | None = None  # mixed precision: the allocator's error estimate (KL, nats), when recorded
 
 
 class ModelFile:
@@ -455,7 +488,8 @@ class ModelFile:
             if (len(shape) == 1 or qtype.family != quant_types.PLAIN) and tensor.offset % ALIGNED_BYTES:
                 raise EdgeqError(f"{self.path}: tensor {name} is misaligned")
             result[name] = TensorInfo(name, qtype, shape, self._str(f"{prefix}.method", ""), nbytes,
-                                      self.gguf.tensor_data(tensor), self.compact_tail)
+                                      self.gguf.tensor_data(tensor), self.compact_tail,
+                                      self._real(f"{prefix}.score", 0.0, math.inf, None))
         return result
 
     @staticmethod

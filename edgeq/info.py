@@ -95,17 +95,25 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
         mem = memory_estimate(model, ctx, kv_bytes)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "
                      f"{_mb(mem['kv_cache'])} + buffers {_mb(mem['activations'])}")
+    if any(t.score is not None for t in model.tensors.values()):     # a mixed-precision plan
+        from edgeq.convert.allocate import summary_lines
+        lines.append("")
+        lines.append("per kind and depth (score: the allocator's estimated KL, nats):")
+        lines += ["  " + line for line in summary_lines({t.name: (t.qtype, t.shape, t.score)
+                                                          for t in model.tensors.values()}, c.n_layers)]
     if tensors:
         lines.append("")
         lines.append(f"{'tensor':<28} {'type':<8} {'shape':<14} {'bits':>4} {'group':>5} {'sym':>3} "
-                     f"{'bpw':>6} {'bytes':>11}  method")
+                     f"{'bpw':>6} {'bytes':>11} {'score':>9}  method")
         for t in model.tensors.values():
             shape = "x".join(map(str, t.shape))
             count = 1
             for d in t.shape:
                 count *= d
+            score = "-" if t.score is None else f"{t.score:.3g}"
             lines.append(f"{t.name:<28} {t.qtype.name:<8} {shape:<14} {t.qtype.bits:>4} {t.qtype.group or '-':>5} "
-                         f"{'yes' if t.qtype.symmetric else 'no':>3} {8 * t.nbytes / count:>6.2f} {t.nbytes:>11,}  {t.method}")
+                         f"{'yes' if t.qtype.symmetric else 'no':>3} {8 * t.nbytes / count:>6.2f} {t.nbytes:>11,} "
+                         f"{score:>9}  {t.method}")
         total = sum(t.nbytes for t in model.tensors.values())
         lines.append(f"{'total':<28} {'':<8} {'':<14} {'':>4} {'':>5} {'':>3} {'':>6} {total:>11,}")
     return "\n".join(lines)

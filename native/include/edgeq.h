@@ -337,6 +337,18 @@ int eq_model_truncate(eq_model *model, int32_t n_keep);
  * call on the model. */
 const char *eq_model_last_error(const eq_model *model);
 
+/* Median seconds of `repeats` decode products y = W x of the (rows, cols) tensor W of type `id`,
+ * run as the forward pass runs one: the input prepared once for the active kernel set, the rows cut
+ * into the same chunks on a pool of n_threads threads (0: physical cores). W is copied `copies`
+ * times into one buffer and each repetition reads the copy read longest ago, so copies x nbytes
+ * beyond the last-level cache times weights streamed from memory, as in decode (`edgeq profile`).
+ *   data        packed bytes of W, data_bytes of them (>= eq_qtype_nbytes)
+ * Returns EQ_OK, or EQ_ERR_UNKNOWN_QTYPE, EQ_ERR_INVALID_ARGUMENT (NULL pointer, rows, cols or
+ * copies 0, n_threads < 0, repeats < 1), EQ_ERR_SIZE_OVERFLOW, EQ_ERR_DATA_TOO_SHORT,
+ * EQ_ERR_NO_MEMORY, EQ_ERR_ISA. */
+int eq_gemv_time(int id, const void *data, size_t data_bytes, size_t rows, size_t cols, size_t copies,
+                 int32_t n_threads, int32_t repeats, double *seconds);
+
 /* Physical cores of this machine (at least 1). */
 int32_t eq_physical_cores(void);
 

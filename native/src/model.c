@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "edgeq.h"
@@ -690,13 +691,18 @@ static size_t row_unit(const matrix *w)         /* rows per split unit: the fami
  * line) and restarting the prefetcher cost little against the weights each streams (measured on Qwen
  * 0.5B 4-bit decode at 2 threads: 32 KB chunks 44 tok/s, 128 KB 63, 256 KB 68, 512 KB 56), enough that
  * every thread gets some of a small matrix and one thread's late chunk holds back little. */
-static int row_chunks(const eq_model *m, size_t rows, size_t unit, size_t bytes)
+static int pool_row_chunks(const eq_pool *pool, size_t rows, size_t unit, size_t bytes)
 {
     size_t units = (rows + unit - 1) / unit, chunks = (bytes + CHUNK_BYTES - 1) / CHUNK_BYTES;
-    size_t fewest = (size_t)CHUNKS_PER_THREAD * (size_t)eq_pool_size(m->pool);
+    size_t fewest = (size_t)CHUNKS_PER_THREAD * (size_t)eq_pool_size(pool);
     if (chunks < fewest)
         chunks = fewest;
     return (int)(chunks > units ? units : chunks);
+}
+
+static int row_chunks(const eq_model *m, size_t rows, size_t unit, size_t bytes)
+{
+    return pool_row_chunks(m->pool, rows, unit, bytes);
 }
 
 /* rows [*row0, *row1) of chunk `chunk` of `chunks`: a contiguous run of whole units */
@@ -1076,6 +1082,106 @@ int eq_model_truncate(eq_model *m, int32_t n_keep)
 const char *eq_model_last_error(const eq_model *m)
 {
     return m ? m->last_error : "no model";
+}
+
+/* ============================================================================================= */
+/* timing one product as decode runs it (`edgeq profile`)                                         */
+/* ============================================================================================= */
+
+typedef struct timed_product {
+    const eq_kernels *kernels;
+    const eq_qtype_traits *type;
+    const uint8_t *data;        /* the copy being timed */
+    size_t rows, cols, unit, tile_bytes;
+    int chunks;
+    const eq_acts *acts;
+    float *y;                   /* (rows,) */
+} timed_product;
+
+static void timed_product_chunk(void *raw, int chunk, int thread)
+{
+    const timed_product *p = raw;
+    size_t row0, row1;
+    (void)thread;
+    chunk_rows(p->rows, p->unit, chunk, p->chunks, &row0, &row1);
+    if (row0 < row1)
+        eq_gemm_prepared(p->kernels, p->type, p->data + row0 / p->unit * p->tile_bytes, row1 - row0, p->cols,
+                         p->acts, p->y + row0, p->rows);
+}
+
+static double timing_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int eq_gemv_time(int id, const void *data, size_t data_bytes, size_t rows, size_t cols, size_t copies,
+                 int32_t n_threads, int32_t repeats, double *seconds)
+{
+    const eq_qtype_traits *type = eq_qtype_get(id);
+    const eq_kernels *kernels = eq_active_kernels();
+    family_storage storage;
+    if (type == NULL)
+        return EQ_ERR_UNKNOWN_QTYPE;
+    if (kernels == NULL)
+        return EQ_ERR_ISA;
+    if (!data || !seconds || rows == 0 || cols == 0 || copies == 0 || n_threads < 0 || repeats < 1 ||
+        storage_of(type, &storage))
+        return EQ_ERR_INVALID_ARGUMENT;
+    size_t nbytes = eq_qtype_nbytes(id, rows, cols), stride, total;
+    if (nbytes == 0)
+        return EQ_ERR_SIZE_OVERFLOW;
+    if (data_bytes < nbytes)
+        return EQ_ERR_DATA_TOO_SHORT;
+    stride = (nbytes + 63) / 64 * 64;
+    if (!size_product(stride, copies, 1, &total))
+        return EQ_ERR_SIZE_OVERFLOW;
+    if (n_threads == 0)
+        n_threads = eq_physical_cores();
+    uint8_t *block = aligned_alloc(64, total);
+    float *x = malloc(cols * sizeof *x), *y = malloc(rows * sizeof *y);
+    double *times = malloc((size_t)repeats * sizeof *times);
+    eq_pool *pool = block && x && y && times ? eq_pool_create(n_threads) : NULL;
+    eq_acts acts = {0};
+    int rc = pool ? eq_acts_reserve(&acts, 1, cols, 1u << type->family) : EQ_ERR_NO_MEMORY;
+    if (rc == EQ_OK) {
+        for (size_t c = 0; c < copies; c++)
+            memcpy(block + c * stride, data, nbytes);
+        uint32_t state = 0x12345678u;       /* inputs in [-1, 1): what a normed activation looks like */
+        for (size_t j = 0; j < cols; j++) {
+            state = state * 1664525u + 1013904223u;
+            x[j] = (float)(state >> 8) / 8388608.0f - 1.0f;
+        }
+        eq_acts_bind(&acts, x, 1, cols);
+        eq_acts_prepare(kernels, &acts, 0, 1);
+        timed_product product = {kernels, type, block, rows, cols, storage.tile_rows,
+                                 eq_qtype_nbytes(id, storage.tile_rows, cols), 0, &acts, y};
+        product.chunks = pool_row_chunks(pool, rows, storage.tile_rows, nbytes);
+        eq_pool_phase phase = {timed_product_chunk, &product, product.chunks};
+        eq_pool_run(pool, &phase, 1);        /* warm-up: threads awake, copy 0 read once */
+        for (int32_t r = 0; r < repeats; r++) {
+            product.data = block + (size_t)(r + 1) % copies * stride;   /* the least recently read copy */
+            double start = timing_now();
+            eq_pool_run(pool, &phase, 1);
+            times[r] = timing_now() - start;
+        }
+        qsort(times, (size_t)repeats, sizeof *times, compare_doubles);
+        *seconds = repeats % 2 ? times[repeats / 2] : 0.5 * (times[repeats / 2 - 1] + times[repeats / 2]);
+    }
+    eq_acts_free(&acts);
+    eq_pool_destroy(pool);
+    free(times);
+    free(y);
+    free(x);
+    free(block);
+    return rc;
 }
 
 int32_t eq_physical_cores(void)

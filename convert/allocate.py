@@ -1,0 +1,466 @@
+"""Mixed-precision allocation, HAQ-style: one quant type per 2-D tensor, chosen for a budget from
+measured sensitivity (data) and measured cost (bytes, or kernel time on the target CPU).
+
+1. Candidates: every row of the type table (edgeq.quant_types.TYPES) the converter can write
+   (convert.quantize.writes), except f32: a new family joins without editing this module.
+2. Sensitivity of tensor W (M, K) under candidate t: the calibration-weighted output error
+       score(W, t) = sum_j E[x_j^2] * ||W[:, j] - Q_t(W)[:, j]||^2
+   with Q_t the cheap method (rtn weighted by E[x^2]) on SAMPLE_ROWS rows drawn once per tensor
+   (the same rows for every candidate), scaled by M / SAMPLE_ROWS. Candidates that hold the same
+   numbers (u4g64a and p4g64a) are fitted once. The token embeddings and an untied head have no
+   E[x^2] here: their columns weigh 1, and the KL calibration below gives them their scale.
+3. Calibration against end-to-end KL (kl_factors): for one tensor per (kind, depth) cell, quantize
+   only that tensor with PROBE_TYPE, run the float model on KL_TOKENS calibration tokens from its
+   layer on, and measure the mean KL(float || perturbed) of the next-token distributions. The cell's
+   factor is KL / score, so factor * score estimates the KL one tensor's quantization costs, in nats:
+   the unit every tensor's score is stored in (edgeq.tensor.<name>.score) and the solver sums.
+   Depth cells: "first" (layer 0), "early" (below n_layers / 2), "late", "last" (n_layers - 1).
+4. Cost per (tensor, candidate): the bytes the file holds for it (the type's nbytes, scales and
+   padding included, rounded up to the container's alignment), or with a latency budget the
+   profile's measured time for the tensor's shape and type (edgeq.profile); the token embeddings
+   read one row per token, so an untied embedding costs time(vocab, dim) / vocab.
+5. Solve (solve): the multiple-choice knapsack by exact dynamic programming. The cheapest plan
+   is the base; the slack it leaves (budget - its cost) is cut into GRID_CELLS cells and each
+   option's extra cost over its group's cheapest is rounded *up* to whole cells, so a plan the
+   solver returns never exceeds the budget; it is optimal for the rounded costs, hence no worse
+   than the exact optimum under the budget shrunk by n_groups cells (n_groups / GRID_CELLS of the
+   slack: 1 % for SmolLM2's 211 tensors). Ties go to the candidate listed first (the table's
+   order), so the result is deterministic.
+Tensors that must share a type are solved as one group (share_groups). In native/src/model.c no
+fused product needs it: q/k/v and gate/up read one input prepared once per *family* (any mix of
+types and families is fine), and gate/up are cut at the larger of their tiles; so every 2-D tensor
+is its own group, and a tied embedding is one tensor (it is the head too).
+Not here: writing the file (convert.convert) or quantizing with the final method (gptq/rtn).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeq import quant_types
+from edgeq.errors import EdgeqError
+from edgeq.quant_types import QuantType
+
+SAMPLE_ROWS = 128            # rows of each tensor the sensitivity is measured on
+GRID_CELLS = 20000           # the solver's budget grid
+PROBE_TYPE = "u3g64a"        # the type a tensor is quantized to for its KL measurement
+KL_TOKENS, KL_CTX = 512, 256
+DEPTHS = ("first", "early", "late", "last")
+BUDGET_KINDS = ("bpw", "size", "latency")
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+# ---------------------------------------------------------------------------------------------
+# budgets and candidates
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str        # BUDGET_KINDS
+    value: float     # bits per weight, bytes of the whole file, or milliseconds per decoded token
+
+    def describe(self) -> str:
+        return {"bpw": f"--bpw {self.value:g}", "size": f"--size {self.value / 1e6:.3f}MB",
+                "latency": f"--latency-ms {self.value:g}"}[self.kind]
+
+
+def parse_size(text: str) -> int:
+    """'80MB', '1.2GB', '512MiB' or plain bytes -> bytes (decimal units; KiB/MiB/GiB binary)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _UNITS:
+        raise EdgeqError(f"--size {text}: give bytes or a size with a unit, like 80MB, 1.2GB or 512MiB")
+    size = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(size) or size < 1:
+        raise EdgeqError(f"--size {text}: give a positive size")
+    return int(size)
+
+
+def candidate_types() -> list[QuantType]:
+    """Every type the converter writes, in table order, but f32 (f16 is the float candidate)."""
+    from .quantize import writes
+    return [qtype for qtype in quant_types.TYPES.values() if writes(qtype) and qtype.bits < 32]
+
+
+def allocated_tensors(config) -> list[str]:
+    """The tensors the allocator chooses a type for: every 2-D tensor (1-D ones stay f32)."""
+    return [name for name in config.tensor_names() if len(config.tensor_shape(name)) == 2]
+
+
+def share_groups(config) -> list[list[str]]:
+    """Tensors that must take one type together (module docstring: none today in model.c)."""
+    return [[name] for name in allocated_tensors(config)]
+
+
+def kind_of(name: str) -> str:
+    """blk.3.attn_v.weight -> attn_v; token_embd.weight -> token_embd."""
+    parts = name.split(".")
+    return parts[2] if parts[0] == "blk" else parts[0]
+
+
+def depth_of(name: str, n_layers: int) -> str:
+    """The depth cell of a tensor: first / early / late / last, or "-" outside the blocks."""
+    parts = name.split(".")
+    if parts[0] != "blk":
+        return "-"
+    layer = int(parts[1])
+    if layer == 0:
+        return "first"
+    if layer == n_layers - 1:
+        return "last"
+    return "early" if layer < n_layers / 2 else "late"
+
+
+def stored_bytes(qtype: QuantType, shape: tuple[int, ...]) -> int:
+    """Bytes the file holds for a tensor: its data rounded up to the container's alignment."""
+    from edgeq.fileformat import ALIGNMENT
+    return -(-qtype.nbytes_for_shape(shape) // ALIGNMENT) * ALIGNMENT
+
+
+# ---------------------------------------------------------------------------------------------
+# sensitivity
+# ---------------------------------------------------------------------------------------------
+
+def _numbers_key(qtype: QuantType):
+    """Types that hold the same numbers (bit-plane and packed layouts of one grid) share a key."""
+    return ("uniform", qtype.bits, qtype.group, qtype.symmetric) if qtype.is_uniform() else qtype.name
+
+
+def _restore(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None) -> np.ndarray:
+    from . import methods
+    from .quantize import quantize
+    if qtype.is_uniform():
+        return methods.rtn_restored(weight, qtype, importance)
+    else:
+        tensor = quantize(weight, qtype)
+    if qtype.family == quant_types.PLAIN:
+        return np.asarray(tensor.data, dtype=np.float32).reshape(weight.shape)
+    return quant_types.dequantize(qtype, np.asarray(tensor.data).view(np.uint8), *weight.shape)
+
+
+def tensor_scores(weight: np.ndarray, importance: np.ndarray | None, candidates: list[QuantType],
+                  sample_rows: int = SAMPLE_ROWS, seed: int = 0) -> dict[str, float]:
+    """{candidate name: sum_j E[x_j^2] ||ΔW[:, j]||^2} for W (M, K), measured on sample_rows rows."""
+    from .methods import weighted_error
+    rows = weight.shape[0]
+    if rows > sample_rows:
+        picked = np.sort(np.random.default_rng(seed).choice(rows, sample_rows, replace=False))
+        sample = np.ascontiguousarray(weight[picked], dtype=np.float32)
+    else:
+        sample = np.ascontiguousarray(weight, dtype=np.float32)
+    scale = rows / sample.shape[0]
+    by_numbers: dict = {}
+    scores = {}
+    for qtype in candidates:
+        key = _numbers_key(qtype)
+        if key not in by_numbers:
+            by_numbers[key] = scale * weighted_error(sample, _restore(sample, qtype, importance), importance)
+        scores[qtype.name] = by_numbers[key]
+    return scores
+
+
+def tensor_error(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """(the whole tensor's score under qtype, its restored float weights)."""
+    from .methods import weighted_error
+    restored = _restore(np.ascontiguousarray(weight, dtype=np.float32), qtype, importance)
+    return weighted_error(weight, restored, importance), restored
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration against end-to-end KL
+# ---------------------------------------------------------------------------------------------
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+class FloatRunner:
+    """The float model on a few calibration windows, keeping each layer's input so a run with one
+    tensor replaced restarts at that tensor's layer. Math: convert.calibrate's layer forward."""
+
+    def __init__(self, load, config, tokens: np.ndarray):
+        from edgeq.reference import rope_inv_freq, rope_tables
+        from .calibrate import embed
+        self.load, self.config = load, config
+        self.n_seq, self.ctx = tokens.shape
+        self.tokens = tokens
+        self.cos, self.sin = rope_tables(rope_inv_freq(config), np.arange(self.ctx))
+        self.mask = np.arange(self.ctx)[None, :] > np.arange(self.ctx)[:, None]
+        self.inputs = []                                   # (N, dim) per layer
+        x = embed(load, config, tokens)
+        for layer in range(config.n_layers):
+            self.inputs.append(x)
+            x = self._layer(layer, x, {})
+        self.final = x                                     # (N, dim) the last layer's output
+        self.reference = _log_softmax(self._head(x, None))  # (N, vocab)
+
+    def _layer(self, layer: int, x: np.ndarray, replaced: dict) -> np.ndarray:
+        from .calibrate import _layer_forward, _layer_tensors
+        weights = {s: replaced.get(f"blk.{layer}.{s}", None) for s in _layer_tensors(self.config)}
+        weights = {s: w if w is not None else self.load(f"blk.{layer}.{s}") for s, w in weights.items()}
+        return _layer_forward(self.config, weights, x, self.n_seq, self.ctx, self.cos, self.sin, self.mask,
+                              lambda name, inputs: None)
+
+    def _head(self, x: np.ndarray, head: np.ndarray | None) -> np.ndarray:
+        from edgeq.reference import rms_norm
+        from .calibrate import _matmul
+        c = self.config
+        if head is None:
+            head = self.load("token_embd.weight" if c.tied_embeddings else "output.weight")
+        return _matmul(rms_norm(x, self.load("output_norm.weight"), c.norm_eps), head)
+
+    def kl(self, name: str, restored: np.ndarray) -> float:
+        """Mean KL(float || model with `name` replaced by `restored`) over every position."""
+        from .calibrate import embed
+        c = self.config
+        head = None
+        if name == "token_embd.weight":
+            table = restored
+            x = embed(lambda n, rows=None: table if rows is None else table[rows], c, self.tokens)
+            first = 0
+            head = restored if c.tied_embeddings else None
+        elif name == "output.weight":
+            x, first, head = self.final, c.n_layers, restored
+        else:
+            first = int(name.split(".")[1])
+            x = self.inputs[first]
+        replaced = {name: restored} if name.startswith("blk.") else {}
+        for layer in range(first, c.n_layers):
+            x = self._layer(layer, x, replaced)
+        probe = _log_softmax(self._head(x, head))
+        return float(np.mean(np.sum(np.exp(self.reference) * (self.reference - probe), axis=-1)))
+
+
+def kl_factors(load, config, tokenizer, importance_of, calib: str | None = None, progress=None) -> dict:
+    """{(kind, depth): KL / score} measured on one tensor per cell (module docstring, step 3)."""
+    from .calibrate import calibration_tokens
+    tokens = calibration_tokens(calib, tokenizer, config, KL_TOKENS, min(KL_CTX, config.max_seq_len))
+    runner = FloatRunner(load, config, tokens.tokens)
+    probe = quant_types.TYPES[PROBE_TYPE]
+    cells: dict = {}
+    for name in allocated_tensors(config):
+        cells.setdefault((kind_of(name), depth_of(name, config.n_layers)), []).append(name)
+    factors = {}
+    for cell, names in sorted(cells.items()):
+        name = names[len(names) // 2]                # the middle layer of the cell
+        weight = load(name)
+        score, restored = tensor_error(weight, probe, importance_of(name))
+        kl = runner.kl(name, restored)
+        factors[cell] = max(kl, 0.0) / score if score > 0 else 0.0
+        if progress is not None:
+            progress.update(1)
+    positive = [f for f in factors.values() if f > 0]
+    floor = min(positive) if positive else 1.0       # a cell whose KL rounds to 0 keeps some weight
+    return {cell: (f if f > 0 else floor) for cell, f in factors.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the multiple-choice knapsack
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Option:
+    qtype: QuantType
+    cost: float      # bytes or seconds
+    score: float     # estimated KL, nats
+
+
+def prune(options: list[Option]) -> list[Option]:
+    """Drop options another option beats or equals in both cost and score (the first listed wins a tie)."""
+    kept = []
+    for i, option in enumerate(options):
+        dominated = any((other.cost <= option.cost and other.score <= option.score)
+                        and (other.cost < option.cost or other.score < option.score or j < i)
+                        for j, other in enumerate(options) if j != i)
+        if not dominated:
+            kept.append(option)
+    return kept
+
+
+def solve(groups: list[list[Option]], budget: float, cells: int = GRID_CELLS) -> list[int] | None:
+    """Indices of one option per group minimizing the summed score with summed cost <= budget, or
+    None when even the cheapest options exceed it. Exact DP over the slack the cheapest plan leaves
+    (budget - sum of each group's least cost) cut into `cells` cells, each option's extra cost over
+    its group's least rounded up to whole cells: never over budget, optimal for the rounded costs,
+    so no worse than the exact optimum under a budget smaller by len(groups) cells."""
+    least = [min(o.cost for o in g) for g in groups]
+    slack = budget - sum(least)
+    if slack < 0:
+        return None
+    unit = slack / cells if slack > 0 else 1.0
+    capacity = cells if slack > 0 else 0
+    units = [[0 if o.cost <= low else math.ceil((o.cost - low) / unit) if slack > 0 else capacity + 1
+              for o in g] for g, low in zip(groups, least)]
+    best = np.zeros(capacity + 1)                          # best[c]: least score with extra cost <= c cells
+    choices = np.zeros((len(groups), capacity + 1), dtype=np.int16)
+    for gi, (group, cost_units) in enumerate(zip(groups, units)):
+        new = np.full(capacity + 1, np.inf)
+        pick = np.zeros(capacity + 1, dtype=np.int16)
+        for oi, (option, u) in enumerate(zip(group, cost_units)):
+            if u > capacity:
+                continue
+            candidate = np.full(capacity + 1, np.inf)
+            candidate[u:] = best[:capacity + 1 - u] + option.score
+            better = candidate < new
+            new[better] = candidate[better]
+            pick[better] = oi
+        best, choices[gi] = new, pick
+    picked, c = [], capacity
+    for gi in range(len(groups) - 1, -1, -1):
+        oi = int(choices[gi, c])
+        picked.append(oi)
+        c -= units[gi][oi]
+    return picked[::-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan for a model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Allocation:
+    plan: dict[str, QuantType]            # allocated tensor -> its type
+    scores: dict[str, float]              # allocated tensor -> estimated KL of its choice (nats)
+    costs: dict[str, float]               # allocated tensor -> its cost (bytes or seconds)
+    budget: Budget
+    limit: float                          # the budget the tensors had (bytes or seconds)
+    factors: dict = field(default_factory=dict)    # (kind, depth) -> KL / score
+    notes: list[str] = field(default_factory=list)
+    importance: dict | None = None        # E[x^2] per linear input the scores were weighted by
+    calibration_hash: str = ""
+    tokens: int = 0
+    profile_note: str = ""                # the profile's CPU, set and threads (latency budgets)
+
+    def summary(self, config) -> list[str]:
+        """Per kind and depth: bits per weight (scales included) and summed score."""
+        return summary_lines({n: (t, config.tensor_shape(n), self.scores[n]) for n, t in self.plan.items()},
+                             config.n_layers)
+
+
+def summary_lines(tensors: dict, n_layers: int) -> list[str]:
+    """tensors: name -> (qtype, shape, score or None) -> a table of kind x depth cells."""
+    cells: dict = {}
+    for name, (qtype, shape, score) in tensors.items():
+        if len(shape) != 2:
+            continue
+        cell = cells.setdefault((kind_of(name), depth_of(name, n_layers)), [0, 0, 0.0, {}])
+        cell[0] += qtype.nbytes_for_shape(shape)
+        cell[1] += shape[0] * shape[1]
+        cell[2] += score or 0.0
+        cell[3][qtype.name] = cell[3].get(qtype.name, 0) + 1
+    lines = [f"{'kind':<12} {'depth':<6} {'bpw':>6} {'bytes':>12} {'score':>10}  types"]
+    for (kind, depth), (nbytes, weights, score, types) in sorted(cells.items(), key=lambda kv: (kv[0][0], DEPTHS.index(kv[0][1]) if kv[0][1] in DEPTHS else -1)):
+        shown = " ".join(f"{n}x{k}" for k, n in sorted(types.items()))
+        lines.append(f"{kind:<12} {depth:<6} {8 * nbytes / weights:>6.2f} {nbytes:>12,} {score:>10.3g}  {shown}")
+    return lines
+
+
+def latency_costs(profile: dict, config, candidates: list[QuantType]) -> tuple[dict, float]:
+    """({tensor: {type name: seconds}}, fixed seconds per token) from a checked profile."""
+    times = profile["times"]
+    costs = {}
+    for name in allocated_tensors(config):
+        rows, cols = config.tensor_shape(name)
+        per_type = times[f"{rows}x{cols}"]
+        share = 1.0 / rows if name == "token_embd.weight" and not config.tied_embeddings else 1.0
+        costs[name] = {t.name: per_type[t.name]["seconds"] * share for t in candidates}
+    return costs, float(profile.get("overhead_seconds") or 0.0)
+
+
+def allocate(config, budget: Budget, scores: dict[str, dict[str, float]], factors: dict,
+             fixed_bytes: int, profile: dict | None = None, candidates: list[QuantType] | None = None) -> Allocation:
+    """Solve for `budget`. scores: tensor -> {type: raw score}; factors: (kind, depth) -> KL / score;
+    fixed_bytes: what the file holds besides the allocated tensors (header bound, 1-D tensors)."""
+    candidates = candidates or candidate_types()
+    names = allocated_tensors(config)
+    notes = []
+    if budget.kind == "latency":
+        if profile is None:
+            raise EdgeqError("--latency-ms needs --profile FILE (make one with `edgeq profile`)")
+        cost_of, fixed_seconds = latency_costs(profile, config, candidates)
+        limit = budget.value / 1e3 - fixed_seconds
+        if not profile.get("overhead_seconds"):
+            notes.append("the profile has no per-token overhead (made with --shapes-from): the budget "
+                         "covers the matrix products only")
+    else:
+        cost_of = {n: {t.name: float(stored_bytes(t, config.tensor_shape(n))) for t in candidates} for n in names}
+        if budget.kind == "bpw":
+            weights = sum(config.tensor_shape(n)[0] * config.tensor_shape(n)[1] for n in names)
+            limit = budget.value * weights / 8
+        else:
+            limit = budget.value - fixed_bytes
+    factor = lambda n: factors.get((kind_of(n), depth_of(n, config.n_layers)), 1.0)
+    groups, group_options = share_groups(config), []
+    for group in groups:
+        options = [Option(t, sum(cost_of[n][t.name] for n in group), sum(factor(n) * scores[n][t.name] for n in group))
+                   for t in candidates]
+        group_options.append(prune(options))
+    picked = solve(group_options, limit)
+    if picked is None:
+        least = sum(min(o.cost for o in options) for options in group_options)
+        if budget.kind == "latency":
+            fastest = (least + (budget.value / 1e3 - limit)) * 1e3
+            raise EdgeqError(f"{budget.describe()} is below the fastest plan this profile allows "
+                             f"({fastest:.3f} ms per token); give at least that")
+        if budget.kind == "bpw":
+            weights = sum(config.tensor_shape(n)[0] * config.tensor_shape(n)[1] for n in names)
+            raise EdgeqError(f"{budget.describe()} is below the smallest possible plan "
+                             f"({8 * least / weights:.3f} bits per weight); give at least that")
+        raise EdgeqError(f"{budget.describe()} is below the smallest possible file "
+                         f"({(least + fixed_bytes) / 1e6:.3f} MB = {int(least + fixed_bytes)} bytes); give at least that")
+    plan, chosen_scores, costs = {}, {}, {}
+    for group, options, index in zip(groups, group_options, picked):
+        qtype = options[index].qtype
+        for n in group:
+            plan[n], chosen_scores[n], costs[n] = qtype, factor(n) * scores[n][qtype.name], cost_of[n][qtype.name]
+    return Allocation(plan, chosen_scores, costs, budget, limit, factors, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles (written by edgeq.profile)
+# ---------------------------------------------------------------------------------------------
+
+def load_profile(path: str, config, candidates: list[QuantType] | None = None) -> dict:
+    """A profile checked against this model's shapes and this edgeq's types and sets; one-line errors."""
+    from edgeq import _ffi
+    from edgeq.profile import PROFILE_FORMAT
+    where = f"{path}: "
+    try:
+        profile = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeqError(where + "no such profile; make one with `edgeq profile`") from None
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise EdgeqError(where + "not a readable profile (corrupted?); make it again with `edgeq profile`") from None
+    if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT or \
+            not isinstance(profile.get("times"), dict) or not isinstance(profile.get("isa"), str):
+        raise EdgeqError(where + f"not an edgeq profile of format {PROFILE_FORMAT} (corrupted?); make it again "
+                         "with `edgeq profile`")
+    if profile["isa"] not in _ffi.all_kernel_sets():
+        raise EdgeqError(where + f"measured with kernel set {profile['isa']!r}, which this edgeq does not have "
+                         f"(it has {', '.join(_ffi.all_kernel_sets())}); profile with this edgeq's `edgeq profile`")
+    overhead = profile.get("overhead_seconds")
+    if overhead is not None and not (isinstance(overhead, (int, float)) and math.isfinite(overhead) and overhead >= 0):
+        raise EdgeqError(where + "overhead_seconds is invalid (corrupted?); make it again with `edgeq profile`")
+    candidates = candidates or candidate_types()
+    for name in allocated_tensors(config):
+        rows, cols = config.tensor_shape(name)
+        per_type = profile["times"].get(f"{rows}x{cols}")
+        if not isinstance(per_type, dict):
+            raise EdgeqError(where + f"has no timings for shape {rows}x{cols} ({name}): it was made for another "
+                             "model's shapes; profile this model")
+        for qtype in candidates:
+            entry = per_type.get(qtype.name)
+            seconds = entry.get("seconds") if isinstance(entry, dict) else None
+            if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+                raise EdgeqError(where + f"has no valid timing of {qtype.name} at {rows}x{cols} (corrupted, or made "
+                                 "by an edgeq with other types?); make it again with `edgeq profile`")
+            if entry.get("set") not in _ffi.all_kernel_sets():
+                raise EdgeqError(where + f"names kernel set {entry.get('set')!r} for {qtype.name}, which this edgeq "
+                                 "does not have; profile with this edgeq's `edgeq profile`")
+    return profile

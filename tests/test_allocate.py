@@ -1,0 +1,293 @@
+"""Mixed-precision allocation (edgeq.convert.allocate, `edgeq profile`, `edgeq convert --bpw/--size/
+--latency-ms`): the knapsack solver against brute force, budgets never exceeded, determinism, files
+that match their plan, and the bad inputs (budgets below the minimum, foreign or corrupted profiles)."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeq import quant_types
+from edgeq.convert import allocate
+from edgeq.convert.allocate import Option, parse_size, prune, solve
+from edgeq.convert.calibrate import calibrate
+from edgeq.errors import EdgeqError
+from edgeq.fileformat import ModelFile
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgeq", *map(str, args)], capture_output=True, text=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the solver
+# ---------------------------------------------------------------------------------------------
+
+def _random_groups(rng, n_groups, n_options, max_cost=20):
+    return [[Option(quant_types.TYPES["f16"], float(rng.integers(0, max_cost)), float(rng.random()))
+             for _ in range(n_options)] for _ in range(n_groups)]
+
+
+def _brute_force(groups, budget):
+    best, best_pick = math.inf, None
+    for pick in itertools.product(*[range(len(g)) for g in groups]):
+        cost = sum(g[i].cost for g, i in zip(groups, pick))
+        score = sum(g[i].score for g, i in zip(groups, pick))
+        if cost <= budget and score < best:
+            best, best_pick = score, pick
+    return best, best_pick
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_solver_matches_brute_force_on_integer_costs(seed):
+    """With one grid cell per unit of cost the DP is exact: the brute-force optimum, within budget."""
+    rng = np.random.default_rng(seed)
+    groups = _random_groups(rng, int(rng.integers(1, 6)), int(rng.integers(1, 5)))
+    budget = float(rng.integers(0, 20 * len(groups)))
+    best, pick = _brute_force(groups, budget)
+    slack = budget - sum(min(o.cost for o in g) for g in groups)
+    got = solve(groups, budget, cells=max(int(slack), 1))       # one cell per unit of cost
+    if pick is None:
+        assert got is None
+        return
+    assert got is not None
+    assert sum(g[i].cost for g, i in zip(groups, got)) <= budget
+    assert sum(g[i].score for g, i in zip(groups, got)) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_solver_on_a_coarse_grid_never_exceeds_the_budget_and_loses_at_most_the_rounding(seed):
+    """Real costs on a coarse grid: never over budget, and no worse than the exact optimum under the
+    budget shrunk by one cell of the slack per group (the stated bound)."""
+    rng = np.random.default_rng(100 + seed)
+    groups = [[Option(quant_types.TYPES["f16"], float(rng.random() * 100), float(rng.random()))
+               for _ in range(4)] for _ in range(5)]
+    budget, cells = float(rng.random() * 400 + 60), 50
+    got = solve(groups, budget, cells=cells)
+    slack = budget - sum(min(o.cost for o in g) for g in groups)
+    shrunk, _ = _brute_force(groups, budget - len(groups) * max(slack, 0) / cells)
+    if got is None:
+        assert shrunk == math.inf
+        return
+    assert sum(g[i].cost for g, i in zip(groups, got)) <= budget
+    assert sum(g[i].score for g, i in zip(groups, got)) <= shrunk + 1e-12
+
+
+def test_solver_is_deterministic_and_refuses_an_impossible_budget():
+    rng = np.random.default_rng(7)
+    groups = [[Option(quant_types.TYPES["f16"], float(c), 1.0) for c in (5, 5, 9)] for _ in range(30)]
+    first = solve(groups, 200.0)
+    assert first == solve(groups, 200.0)
+    assert all(i in (0, 1) for i in first) and first.count(0) == 30      # ties: the first listed
+    assert solve(groups, 149.0) is None
+    assert solve(_random_groups(rng, 3, 3), -1.0) is None
+
+
+def test_prune_keeps_the_front_only():
+    t = quant_types.TYPES["f16"]
+    options = [Option(t, 10, 1.0), Option(t, 10, 2.0), Option(t, 5, 3.0), Option(t, 12, 1.0), Option(t, 5, 3.0)]
+    kept = prune(options)
+    assert [(o.cost, o.score) for o in kept] == [(10, 1.0), (5, 3.0)]
+    assert kept[1] is options[2]
+
+
+def test_parse_size():
+    assert parse_size("80MB") == 80_000_000
+    assert parse_size("1.2GB") == 1_200_000_000
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("123456") == 123456
+    for bad in ("80XB", "", "-5MB", "MB", "0"):
+        with pytest.raises(EdgeqError):
+            parse_size(bad)
+
+
+def test_candidates_come_from_the_type_table():
+    names = [t.name for t in allocate.candidate_types()]
+    assert "f32" not in names and "f16" in names
+    assert set(names) == {t.name for t in quant_types.TYPES.values() if t.bits < 32}
+    assert names == [t.name for t in quant_types.TYPES.values() if t.name in names]   # table order
+
+
+def test_scores_shrink_with_bits_and_packed_equals_bitplane():
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_t(4, size=(200, 128)) * 0.02).astype(np.float32)
+    importance = rng.gamma(1.0, size=128)
+    candidates = [quant_types.TYPES[n] for n in ("u2g64a", "u3g64a", "u4g64a", "p4g64a", "u8g64a", "f16")]
+    scores = allocate.tensor_scores(weight, importance, candidates, sample_rows=64)
+    assert scores["u2g64a"] > scores["u3g64a"] > scores["u4g64a"] > scores["u8g64a"] > scores["f16"] >= 0
+    assert scores["p4g64a"] == scores["u4g64a"]
+    exact, _ = allocate.tensor_error(weight, quant_types.TYPES["u3g64a"], importance)
+    assert scores["u3g64a"] == pytest.approx(exact, rel=0.3)      # the row sample estimates the whole
+
+
+# ---------------------------------------------------------------------------------------------
+# whole conversions on the tiny models
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama_stats(tiny_llama, tmp_path_factory):
+    path = tmp_path_factory.mktemp("alloc") / "stats.npz"
+    calibrate(tiny_llama, path, n_tokens=512, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_profile(tiny_llama, tmp_path_factory):
+    path = tmp_path_factory.mktemp("alloc") / "profile.json"
+    result = run_cli("profile", "--shapes-from", tiny_llama, "-t", 1, "--repeats", 3, "--stream-mb", 1, "-o", path, "-q")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def _weights(config):
+    return sum(config.tensor_shape(n)[0] * config.tensor_shape(n)[1] for n in allocate.allocated_tensors(config))
+
+
+def _check_plan(out, stdout):
+    """The file holds exactly the plan the converter printed and recorded."""
+    model = ModelFile(out)
+    for name in allocate.allocated_tensors(model.config):
+        assert model.tensors[name].score is not None and model.tensors[name].score >= 0
+    assert "allocation for" in stdout
+    return model
+
+
+def test_profile_on_a_tiny_model(tiny_llama, llama_profile, tmp_path):
+    profile = json.loads(llama_profile.read_text())
+    from edgeq import _ffi
+    from edgeq.convert.sources import open_source
+    config = open_source(tiny_llama).config
+    assert profile["isa"] == _ffi.isa() and profile["threads"] == 1 and profile["cpu"]
+    shapes = {tuple(config.tensor_shape(n)) for n in allocate.allocated_tensors(config)}
+    assert {tuple(s) for s in profile["shapes"]} == shapes
+    for rows, cols in shapes:
+        per_type = profile["times"][f"{rows}x{cols}"]
+        assert set(per_type) == {t.name for t in allocate.candidate_types()}
+        assert all(entry["seconds"] > 0 and entry["set"] in _ffi.all_kernel_sets() for entry in per_type.values())
+    assert profile["overhead_seconds"] is None
+    allocate.load_profile(str(llama_profile), config)       # its own model's profile is accepted
+    # from an edgeq file: the decode time per token and what the products leave of it
+    converted = tmp_path / "u4.eq"
+    assert run_cli("convert", tiny_llama, "-o", converted, "-q").returncode == 0
+    result = run_cli("profile", converted, "-t", 1, "--repeats", 1, "--stream-mb", 1, "-o", tmp_path / "p.json")
+    assert result.returncode == 0, result.stderr
+    assert "ms outside the products" in result.stdout
+    with_model = json.loads((tmp_path / "p.json").read_text())
+    assert 0 <= with_model["overhead_seconds"] < with_model["decode_seconds"]
+
+
+def _convert(source, out, budget, stats, profile=None):
+    """In-process, so the sensitivity/KL analysis of the source is measured once for every budget."""
+    from edgeq.convert import AllocationSettings, MethodSettings, convert
+    return convert(source, out, progress=False, method=MethodSettings(stats=str(stats)),
+                   allocation=AllocationSettings(budget, None if profile is None else str(profile)))
+
+
+def test_bpw_budget(tiny_llama, llama_stats, tmp_path):
+    used_bits = []
+    for bpw in (2.6, 3.5):
+        out = tmp_path / f"mixed-{bpw}.eq"
+        report = _convert(tiny_llama, out, allocate.Budget("bpw", bpw), llama_stats)
+        model = _check_plan(out, "\n".join(report.allocation_lines))
+        assert {n: model.tensors[n].qtype for n in report.allocation.plan} == report.allocation.plan
+        used = sum(allocate.stored_bytes(model.tensors[n].qtype, model.tensors[n].shape)
+                   for n in allocate.allocated_tensors(model.config))
+        used_bits.append(8 * used / _weights(model.config))
+        assert bpw - 1.0 < used_bits[-1] <= bpw            # the budget is spent, never exceeded
+    assert used_bits[0] < used_bits[1]
+    again = _convert(tiny_llama, tmp_path / "again.eq", allocate.Budget("bpw", 3.5), llama_stats)
+    assert again.allocation.plan == report.allocation.plan      # deterministic
+    assert (tmp_path / "again.eq").read_bytes() == out.read_bytes()
+
+
+def test_size_budget_from_the_command_line(tiny_llama, llama_stats, tmp_path):
+    out = tmp_path / "mixed.eq"
+    result = run_cli("convert", tiny_llama, "-o", out, "--size", "90KB", "--stats", llama_stats)
+    assert result.returncode == 0, result.stderr
+    model = _check_plan(out, result.stdout)
+    assert 60_000 < out.stat().st_size <= 90_000
+    info = run_cli("info", out)
+    assert "per kind and depth" in info.stdout and "score" in info.stdout
+    assert str(model.tensors["blk.0.ffn_down.weight"].qtype.name) in info.stdout
+
+
+def test_latency_budget(tiny_llama, llama_stats, llama_profile, tmp_path):
+    from edgeq.convert.sources import open_source
+    config = open_source(tiny_llama).config
+    profile = allocate.load_profile(str(llama_profile), config)
+    costs, _ = allocate.latency_costs(profile, config, allocate.candidate_types())
+    fastest = sum(min(c.values()) for c in costs.values())
+    slowest = sum(max(c.values()) for c in costs.values())
+    budget_ms = 1e3 * (fastest + 0.3 * (slowest - fastest))
+    out = tmp_path / "mixed.eq"
+    report = _convert(tiny_llama, out, allocate.Budget("latency", budget_ms), llama_stats, llama_profile)
+    model = _check_plan(out, "\n".join(report.allocation_lines))
+    spent = sum(costs[n][model.tensors[n].qtype.name] for n in allocate.allocated_tensors(config))
+    assert spent <= budget_ms / 1e3
+    assert {n: model.tensors[n].qtype for n in report.allocation.plan} == report.allocation.plan
+
+
+def test_bad_budgets_and_profiles(tiny_llama, tiny_qwen_partial, llama_stats, llama_profile, tmp_path):
+    out = tmp_path / "never.eq"
+
+    def fails(*args, says):
+        result = run_cli("convert", tiny_llama, "-o", out, "--stats", llama_stats, *args)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], result.stderr
+        assert not out.exists() and not list(tmp_path.glob(".never*"))
+        return lines[0]
+
+    line = fails("--size", "20KB", says="below the smallest possible file")
+    minimum = int(line.split("= ")[1].split(" bytes")[0])
+    assert run_cli("convert", tiny_llama, "-o", tmp_path / "min.eq", "--stats", llama_stats, "--size",
+                   minimum, "-q").returncode == 0                       # the minimum it names is enough
+    fails("--bpw", "1.5", says="below the smallest possible plan")
+    fails("--latency-ms", "0.0001", "--profile", llama_profile, says="below the fastest plan")
+    fails("--latency-ms", "5", says="needs --profile")
+    fails("--bpw", "3", "--size", "1MB", says="one budget")
+    fails("--bpw", "3", "--bits", "4", says="chooses every tensor's type")
+    fails("--size", "80XB", says="--size 80XB")
+    # profiles: another model's shapes, another set, corrupted
+    other = tmp_path / "other.json"
+    assert run_cli("profile", "--shapes-from", tiny_qwen_partial, "-t", 1, "--repeats", 1, "--stream-mb", 1,
+                   "-o", other, "-q").returncode == 0
+    fails("--latency-ms", "5", "--profile", other, says="another model's shapes")
+    profile = json.loads(llama_profile.read_text())
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(dict(profile, isa="avx9000")))
+    fails("--latency-ms", "5", "--profile", foreign, says="kernel set 'avx9000'")
+    broken = tmp_path / "broken.json"
+    broken.write_text(llama_profile.read_text()[:-40])
+    fails("--latency-ms", "5", "--profile", broken, says="corrupted")
+    shape = next(iter(profile["times"]))
+    profile["times"][shape]["u2g32a"]["seconds"] = -1
+    broken.write_text(json.dumps(profile))
+    fails("--latency-ms", "5", "--profile", broken, says="no valid timing of u2g32a")
+    fails("--latency-ms", "5", "--profile", tmp_path / "missing.json", says="no such profile")
+
+
+def test_gemv_time_entry_point():
+    """eq_gemv_time: positive medians, more work takes longer, bad arguments are refused."""
+    from edgeq import _ffi
+    from edgeq.convert.quantize import quantize
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((256, 512)) * 0.02).astype(np.float32)
+    data = np.ascontiguousarray(quantize(weight, quant_types.TYPES["u4g64a"]).data).view(np.uint8).reshape(-1)
+    small = _ffi.gemv_time("u4g64a", data[:data.nbytes // 8], 32, 512, copies=2, threads=1, repeats=5)
+    large = _ffi.gemv_time("u4g64a", data, 256, 512, copies=4, threads=1, repeats=5)
+    assert 0 < small and 0 < large
+    assert min(_ffi.gemv_time("u4g64a", data, 256, 512, copies=4, threads=1, repeats=5) for _ in range(3)) > \
+        min(_ffi.gemv_time("u4g64a", data[:data.nbytes // 8], 32, 512, copies=2, threads=1, repeats=5)
+            for _ in range(3))
+    with pytest.raises(EdgeqError, match="too short|short"):
+        _ffi.gemv_time("u4g64a", data[:100], 256, 512)
+    with pytest.raises(ValueError):
+        _ffi.gemv_time("u4g64a", data, 256, 512, copies=0)
+    with pytest.raises(EdgeqError, match="unknown quant type"):
+        _ffi.gemv_time("u9g64a", data, 256, 512)
