@@ -47,7 +47,7 @@ import numpy as np
 
 from edgeq import quant_types
 from edgeq.errors import EdgeqError
-from edgeq.fileformat import ModelFile, TensorInfo
+from edgeq.fileformat import ModelFile, TensorInfo, atomic_gguf_writer
 
 from . import gguf_grid
 
@@ -492,30 +492,11 @@ def _file_type(entries: list[TensorExport]):
 # writing
 # ---------------------------------------------------------------------------------------------
 
-def _umask() -> int:
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
 def _write(path: Path, model: ModelFile, entries: list[TensorExport], tensor_bytes: Callable) -> None:
-    """Header and tensors into a temporary file beside `path`, renamed into place when complete."""
+    """Header and tensors through atomic_gguf_writer (no partial file on any error)."""
     gguf = _gguf()
     config = model.config
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise EdgeqError(f"{path}: the output folder {directory} does not exist")
-    if path.is_dir():
-        raise EdgeqError(f"{path}: is a folder; give a file name for the output")
-    try:
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as error:
-        raise EdgeqError(f"{path}: cannot write to {directory} ({error.strerror})") from None
-    os.close(handle)
-    tmp = Path(tmp_name)
-    writer = None
-    try:
-        writer = gguf.GGUFWriter(tmp, config.arch)
+    with atomic_gguf_writer(path, lambda tmp: gguf.GGUFWriter(tmp, config.arch)) as writer:
         writer.add_type("model")
         writer.add_name(model.gguf.value("general.name") or model.path.stem)
         writer.add_string("general.quantized_by", "edgeq export")
@@ -547,22 +528,6 @@ def _write(path: Path, model: ModelFile, entries: list[TensorExport], tensor_byt
             if data.nbytes != entry.nbytes():
                 raise AssertionError(f"{entry.name}: {data.nbytes} bytes, planned {entry.nbytes()}")
             writer.write_tensor_data(np.ascontiguousarray(data))
-        writer.close()
-        writer = None
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as error:
-        raise EdgeqError(f"{path}: writing failed ({error.strerror or error}); nothing was written") from None
-    finally:
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:
-                pass
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _matrix_shape_of(shape: tuple[int, ...]) -> tuple[int, int]:

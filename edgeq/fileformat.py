@@ -51,6 +51,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -148,14 +149,11 @@ def _umask() -> int:
     return mask
 
 
-def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: TokenizerSpec,
-                     generation: dict, provenance: dict, entries: list[TensorPlanEntry],
-                     produce: Callable[[TensorPlanEntry], "object"], progress: Iterable | None = None) -> None:
-    """Stream a model file: header first (every size is known from the plan), then each tensor as
-    `produce(entry)` returns it (a QuantizedTensor). Written to a temporary file beside `path` and
-    renamed into place only when complete; on any error or interrupt the temporary file is removed.
-    """
-    gguf = _gguf()
+@contextmanager
+def atomic_gguf_writer(path: str | os.PathLike, make_writer: Callable[[Path], "object"]):
+    """A GGUFWriter (`make_writer(tmp)`) on a temporary file beside `path`, which is renamed into place
+    only when the block completes; on any error or interrupt the temporary file is removed and `path`
+    is untouched. An OSError (a full disk) becomes one EdgeqError line. Used by every GGUF writer."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
@@ -170,16 +168,8 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: To
     tmp = Path(tmp_name)
     writer = None
     try:
-        writer = _header_writer(gguf, tmp, config, tokenizer, generation, provenance, entries)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for entry in progress if progress is not None else entries:
-            tensor = produce(entry)
-            data = np.ascontiguousarray(tensor.data).view(_storage(entry)[1])
-            if data.nbytes != entry.nbytes():
-                raise AssertionError(f"{entry.name}: produced {data.nbytes} bytes, planned {entry.nbytes()}")
-            writer.write_tensor_data(data)
+        writer = make_writer(tmp)
+        yield writer
         writer.close()
         writer = None
         with open(tmp, "rb+") as f:
@@ -196,6 +186,26 @@ def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: To
                 pass
         if tmp.exists():
             tmp.unlink()
+
+
+def write_model_file(path: str | os.PathLike, config: ModelConfig, tokenizer: TokenizerSpec,
+                     generation: dict, provenance: dict, entries: list[TensorPlanEntry],
+                     produce: Callable[[TensorPlanEntry], "object"], progress: Iterable | None = None) -> None:
+    """Stream a model file: header first (every size is known from the plan), then each tensor as
+    `produce(entry)` returns it (a QuantizedTensor), through atomic_gguf_writer (no partial file).
+    """
+    gguf = _gguf()
+    make = lambda tmp: _header_writer(gguf, tmp, config, tokenizer, generation, provenance, entries)  # noqa: E731
+    with atomic_gguf_writer(path, make) as writer:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for entry in progress if progress is not None else entries:
+            tensor = produce(entry)
+            data = np.ascontiguousarray(tensor.data).view(_storage(entry)[1])
+            if data.nbytes != entry.nbytes():
+                raise AssertionError(f"{entry.name}: produced {data.nbytes} bytes, planned {entry.nbytes()}")
+            writer.write_tensor_data(data)
 
 
 def header_bytes(config: ModelConfig, tokenizer: TokenizerSpec, generation: dict, provenance: dict,
