@@ -195,40 +195,38 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
     }
 }
 
-/* decode: one vector at a time (a batch below prefill_from) */
-void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                           const eq_input *in, float *y, size_t y_stride)
+/* gemm_body with its width and group as constants for the table's types (`vectors`, a constant at
+ * each call, is inlined through), a run-time body for any other type */
+static inline __attribute__((always_inline)) void
+dispatch(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
+         float *y, size_t y_stride, int vectors)
 {
 #define BODY_CASE(b, g) \
-    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, 1, (b), (g)); return;
+    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (b), (g)); return;
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
     BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
 #endif
     default:   /* a type added to the table without a case here: correct, not unrolled */
-        gemm_body(type, data, rows, cols, in, y, y_stride, 1, type->bits, (size_t)type->group);
+        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, type->bits, (size_t)type->group);
     }
 #undef BODY_CASES
 #undef BODY_CASE
+}
+
+/* decode: one vector at a time (a batch below prefill_from) */
+void eq_packed_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                           const eq_input *in, float *y, size_t y_stride)
+{
+    dispatch(type, data, rows, cols, in, y, y_stride, 1);
 }
 
 /* prefill: VECTORS vectors per load of a quad of levels */
 void eq_packed_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                                    const eq_input *in, float *y, size_t y_stride)
 {
-#define BODY_CASE(b, g) \
-    case (b) * 1000 + (g): gemm_body(type, data, rows, cols, in, y, y_stride, VECTORS, (b), (g)); return;
-#define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
-    switch (type->bits * 1000 + type->group) {
-#ifndef EQ_KERNELS_GENERIC
-    BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
-#endif
-    default:
-        gemm_body(type, data, rows, cols, in, y, y_stride, VECTORS, type->bits, (size_t)type->group);
-    }
-#undef BODY_CASES
-#undef BODY_CASE
+    dispatch(type, data, rows, cols, in, y, y_stride, VECTORS);
 }
 
 #if defined(__clang__)
