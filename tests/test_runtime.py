@@ -201,7 +201,7 @@ def test_packed_files_same_bits_however_batched(converted, kernel_set):
 
 def test_a_busy_core_does_not_change_the_result(converted):
     """With another process spinning on one of the two cores, the pool may run evaluations on one
-    thread, the caller or a worker, with probes beside it (threadpool.c, STALL_NS); whichever way
+    thread, the caller, with the workers probing beside it (threadpool.c, STALL_NS); whichever way
     each one runs, the bits are those of one thread, and the counts it reports are consistent."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 CPUs")

@@ -57,44 +57,44 @@ enum {
  * than 1/STALL_SHARE of its time stalled is contended. So is a job in which one thread ran less than
  * 1/IDLE_SHARE of its fair share of the chunks: when the busy core is the caller's, the caller holds
  * nobody up (its few chunks are short), it just gets little done. STALLED_IN_A_ROW contended jobs
- * make the next ones run on one thread ("solo"), the one that ran the most chunks: the caller, or a
- * worker while the caller sleeps. A single contended job is more often the first pass over freshly
- * mapped weights (page faults) than a busy core.
+ * make the next ones run on the caller alone ("solo"), the workers asleep: exactly a one-thread run,
+ * and the kernel's load balancer moves a lone runnable thread off the busy core as it does for
+ * `-t 1`. (Handing solo jobs to the worker that got the most done was tried: the caller then wakes it
+ * for every job and the wake-up often lands on the busy core; Qwen decoded at 0.70x of `-t 1`
+ * against 0.96x for the caller, 2026-12-01.) A single contended job is more often the first pass
+ * over freshly mapped weights (page faults) than a busy core.
  *
- * Solo, every job checks that its thread has a core to itself: from the job's start to its end the
- * thread was never preempted (involuntary context switches, Linux) and got at least
- * FREE_SHARE_EIGHTHS/8 of the wall time as CPU time. After SOLO_FIRST solo jobs (then twice as many
- * each time, up to SOLO_MAX), or at once when the solo thread lost its core, a job is a probe: it
- * still runs on the solo thread, while every other thread spins beside it and checks the same thing.
- * A probe costs the other process a share of its core for one job, and us nothing: the threaded job
- * that used to be the probe held every barrier for a time slice. After a probe, if every thread had
- * a core, jobs run threaded again (if that is contended, solo resumes with a doubled stretch); if the
- * solo thread did not and another did, that one runs solo; else the solo thread keeps going.
- * Decisions are made at the start of the next job (one per evaluation): a worker's report is written
- * just after the job ends. On an idle machine none of this triggers, and nothing changes. */
+ * After SOLO_FIRST solo jobs (then twice as many each time, up to SOLO_MAX) a job is a probe: the
+ * caller still runs it alone, while every worker spins beside it and checks whether it has a core to
+ * itself: from the job's start to its end the thread was never preempted (involuntary context
+ * switches, Linux) and got at least FREE_SHARE_EIGHTHS/8 of the wall time as CPU time. A probe costs
+ * the other process a share of its core for one job, and us nothing: a threaded probe would hold
+ * every barrier for a time slice. If every thread had a core, jobs run threaded again (if that is
+ * contended, solo resumes with a doubled stretch); else the stretch doubles. The decision is made at
+ * the start of the next job (one per evaluation): a worker's report is written just after the job
+ * ends. On an idle machine none of this triggers, and nothing changes. */
 enum {
     STALL_NS = 250 * 1000,
     STALL_SHARE = 8,
     STALLED_IN_A_ROW = 2,
     IDLE_SHARE = 4,
     FREE_SHARE_EIGHTHS = 7,
-    SOLO_FIRST = 16,
+    SOLO_FIRST = 64,
     SOLO_MAX = 256
 };
 
 typedef struct job {
     const eq_pool_phase *phases;
     int n_phases;
-    atomic_int only;                    /* -1: every thread claims chunks; else only this thread
+    atomic_bool probe;                  /* the caller runs it alone, the workers check their cores
                                            (atomic: read before a claim, so possibly while rewritten) */
-    atomic_bool probe;                  /* with only >= 0: the other threads check their cores */
     atomic_uint total;                  /* chunks over all phases; read before a claim is won */
     _Atomic uint64_t start_ns;          /* when the caller published it (CLOCK_MONOTONIC) */
 } job;
 
 typedef struct thread_slot {
     atomic_uint n;                      /* chunks this thread ran in the current job */
-    _Atomic uint64_t had_core;          /* a worker's report on a solo or probe job:
+    _Atomic uint64_t had_core;          /* a worker's report on a probe:
                                            generation << 32 | 1 if it had a core to itself, else 0 */
     char pad[64 - 2 * sizeof(uint64_t)];                     /* one cache line per thread */
 } thread_slot;
@@ -110,15 +110,13 @@ struct eq_pool {
     atomic_int job_sleepers, done_sleepers;
     atomic_bool shutdown;
     _Atomic uint64_t stalled_ns;        /* time waited in stalls during the current job */
-    int solo_thread;                    /* the caller's: -1 (threaded), else the thread that runs jobs */
+    bool solo;                          /* the caller's: jobs run on the caller alone */
     unsigned solo_left;                 /* the caller's: solo jobs before the next probe */
     unsigned solo_next;                 /* the caller's: length of the next solo stretch */
     unsigned stalled_in_a_row;          /* the caller's: consecutive contended threaded jobs */
-    bool solo_pending;                  /* the caller's: a solo job ran and has not been judged yet */
-    unsigned solo_generation;           /* the caller's: its generation (none if the caller ran it unpublished) */
-    bool solo_was_probe;                /* the caller's: it was a probe */
-    bool caller_had_core;               /* the caller's: it had a core during that job */
-    bool probe_found_none;              /* the caller's: the last probe found no thread with a core */
+    bool probe_pending;                 /* the caller's: a probe ran and has not been judged yet */
+    unsigned probe_generation;          /* the caller's: its generation */
+    bool caller_had_core;               /* the caller's: it had a core during that probe */
     thread_slot *ran;                   /* (n_threads,) per-thread counts and reports */
     uint64_t n_jobs, n_jobs_alone;      /* the caller's: threaded jobs asked for, and run alone */
 #if !defined(__linux__)
@@ -304,23 +302,17 @@ static void spin_through_job(eq_pool *pool, unsigned generation)
     }
 }
 
-/* A worker's part in job `generation`: claim chunks, or on a solo job run it / check its core beside
- * it, and report whether it had a core. A stale slot (the job is over) only makes claims fail. */
+/* A worker's part in job `generation`: claim chunks, or on a probe check its core beside the caller
+ * and report whether it had one. A stale slot (the job is over) only makes claims fail. */
 static void run_chunks(eq_pool *pool, unsigned generation, int thread)
 {
     job *j = &pool->jobs[generation & 1];
-    int only = atomic_load_explicit(&j->only, memory_order_relaxed);
-    if (only < 0) {
+    if (!atomic_load_explicit(&j->probe, memory_order_relaxed)) {
         claim_chunks(pool, generation, thread);
         return;
     }
-    if (only != thread && !atomic_load_explicit(&j->probe, memory_order_relaxed))
-        return;
     core_sample before = core_sample_now();
-    if (only == thread)
-        claim_chunks(pool, generation, thread);
-    else
-        spin_through_job(pool, generation);
+    spin_through_job(pool, generation);
     bool had_core = had_core_since(atomic_load_explicit(&j->start_ns, memory_order_relaxed), &before);
     atomic_store_explicit(&pool->ran[thread].had_core, (uint64_t)generation << 32 | had_core, memory_order_release);
 }
@@ -363,7 +355,6 @@ eq_pool *eq_pool_create(int n_threads)
     if (!pool)
         return NULL;
     pool->n_threads = n_threads;
-    pool->solo_thread = -1;
 #if !defined(__linux__)
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->changed, NULL);
@@ -421,53 +412,28 @@ static void run_alone(const eq_pool_phase *phases, int n_phases)
             phases[p].fn(phases[p].ctx, c, 0);
 }
 
-/* Thread t's verdict on solo or probe job `generation`: 1 had a core, 0 did not, -1 no report yet. */
-static int had_core(const eq_pool *pool, int t, unsigned generation)
+/* Before a job: the last probe decides whether jobs run threaded again (every thread had a core)
+ * or the caller keeps them for a stretch twice as long. A worker with no report yet had no core. */
+static void judge_probe(eq_pool *pool)
 {
-    if (t == 0)
-        return pool->caller_had_core;
-    uint64_t report = atomic_load_explicit(&pool->ran[t].had_core, memory_order_acquire);
-    return (unsigned)(report >> 32) != generation ? -1 : (int)(report & 1);
-}
-
-/* Before a job: what the last solo (or probe) job showed decides how this one runs. */
-static void judge_solo(eq_pool *pool)
-{
-    unsigned g = pool->solo_generation;
-    int solo = pool->solo_thread;
-    bool solo_had_core = had_core(pool, solo, g) != 0;    /* no report yet: no sign of trouble */
-    pool->solo_pending = false;
-    if (!pool->solo_was_probe) {
-        if (!solo_had_core && !pool->probe_found_none)
-            pool->solo_left = 0;        /* the solo thread lost its core: probe the others now */
-        return;
+    pool->probe_pending = false;
+    bool all_free = pool->caller_had_core;
+    for (int t = 1; t < pool->n_threads; t++) {
+        uint64_t report = atomic_load_explicit(&pool->ran[t].had_core, memory_order_acquire);
+        all_free = all_free && report == ((uint64_t)pool->probe_generation << 32 | 1);
     }
-    int free_other = -1;
-    bool all_free = solo_had_core;
-    for (int t = 0; t < pool->n_threads; t++) {
-        if (t == solo)
-            continue;
-        if (had_core(pool, t, g) == 1)
-            free_other = free_other < 0 ? t : free_other;
-        else
-            all_free = false;
-    }
-    pool->probe_found_none = !solo_had_core && free_other < 0;
     if (all_free) {
-        pool->solo_thread = -1;         /* threaded again; solo_next kept: if contended, a longer stretch */
+        pool->solo = false;             /* threaded again; solo_next kept: if contended, a longer stretch */
         pool->stalled_in_a_row = 0;
-    } else if (!solo_had_core && free_other >= 0) {
-        pool->solo_thread = free_other;
-        pool->solo_left = pool->solo_next;
     } else {
         pool->solo_left = pool->solo_next;
         pool->solo_next = pool->solo_next * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_next * 2;
     }
 }
 
-/* Publish job `generation` (only: -1 every thread, else that thread; probe: the others check their cores). */
+/* Publish job `generation` (probe: the caller runs it alone, the workers check their cores). */
 static void publish(eq_pool *pool, unsigned generation, const eq_pool_phase *phases, int n_phases, unsigned total,
-                    int only, bool probe, uint64_t start)
+                    bool probe, uint64_t start)
 {
     for (int t = 0; t < pool->n_threads; t++)
         atomic_store_explicit(&pool->ran[t].n, 0, memory_order_relaxed);
@@ -475,8 +441,7 @@ static void publish(eq_pool *pool, unsigned generation, const eq_pool_phase *pha
     job *j = &pool->jobs[generation & 1];
     j->phases = phases;
     j->n_phases = n_phases;
-    atomic_store_explicit(&j->only, only, memory_order_relaxed);   /* published by `claim` below */
-    atomic_store_explicit(&j->probe, probe, memory_order_relaxed);
+    atomic_store_explicit(&j->probe, probe, memory_order_relaxed);   /* published by `claim` below */
     atomic_store_explicit(&j->total, total, memory_order_relaxed);
     atomic_store_explicit(&j->start_ns, start, memory_order_relaxed);
     atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
@@ -486,39 +451,24 @@ static void publish(eq_pool *pool, unsigned generation, const eq_pool_phase *pha
         wake_all(pool, &pool->generation);
 }
 
-/* A solo job: on the caller (workers asleep, or spinning beside it on a probe) or on one worker
- * (the caller sleeps, or spins beside it on a probe). */
+/* A solo job: on the caller, the workers asleep, or spinning beside it on a probe. */
 static void run_solo(eq_pool *pool, const eq_pool_phase *phases, int n_phases, unsigned total)
 {
-    bool probe = pool->solo_left == 0;
-    if (!probe)
-        pool->solo_left--;
     pool->n_jobs_alone++;
-    pool->solo_pending = true;
-    pool->solo_was_probe = probe;
-    pool->solo_generation = 0;
+    if (pool->solo_left > 0) {
+        pool->solo_left--;
+        run_alone(phases, n_phases);
+        return;
+    }
     uint64_t start = now_ns();
-    core_sample before = {0, 0};        /* the caller checks its core when it runs the job or a probe */
-    if (pool->solo_thread == 0 || probe)
-        before = core_sample_now();
-    if (pool->solo_thread == 0 && !probe) {
-        run_alone(phases, n_phases);
-        pool->caller_had_core = had_core_since(start, &before);
-        return;
-    }
+    core_sample before = core_sample_now();
     unsigned generation = ++pool->next_generation;
-    pool->solo_generation = generation;
-    publish(pool, generation, phases, n_phases, total, pool->solo_thread, probe, start);
-    if (pool->solo_thread == 0) {
-        run_alone(phases, n_phases);
-        atomic_store_explicit(&pool->done, total, memory_order_release);   /* the probers stop */
-    } else if (probe) {
-        spin_through_job(pool, generation);
-    } else {
-        wait_for_done(pool, total);     /* a worker reports on its own core */
-        return;
-    }
+    publish(pool, generation, phases, n_phases, total, true, start);
+    run_alone(phases, n_phases);
+    atomic_store_explicit(&pool->done, total, memory_order_release);   /* the probers stop */
     pool->caller_had_core = had_core_since(start, &before);
+    pool->probe_pending = true;
+    pool->probe_generation = generation;
 }
 
 void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
@@ -531,15 +481,15 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
         return;
     }
     pool->n_jobs++;
-    if (pool->solo_pending)             /* a core was contended: see STALL_NS */
-        judge_solo(pool);
-    if (pool->solo_thread >= 0) {
+    if (pool->probe_pending)            /* a core was contended: see STALL_NS */
+        judge_probe(pool);
+    if (pool->solo) {
         run_solo(pool, phases, n_phases, total);
         return;
     }
     uint64_t start = now_ns();
     unsigned generation = ++pool->next_generation;
-    publish(pool, generation, phases, n_phases, total, -1, false, start);
+    publish(pool, generation, phases, n_phases, total, false, start);
     claim_chunks(pool, generation, 0);
     wait_for_done(pool, total);
     /* every chunk is done, so every stall and every chunk of this job has been counted (a worker
@@ -547,15 +497,10 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
      * Contended: long barrier waits, or a thread that ran under 1/IDLE_SHARE of its fair share of
      * the chunks (the caller itself shares a busy core: it holds nobody up, it just does little). */
     uint64_t stalled = atomic_load_explicit(&pool->stalled_ns, memory_order_relaxed);
-    unsigned fewest = UINT_MAX, most = 0;
-    int busiest = 0;
+    unsigned fewest = UINT_MAX;
     for (int t = 0; t < pool->n_threads; t++) {
         unsigned n = atomic_load_explicit(&pool->ran[t].n, memory_order_relaxed);
         fewest = n < fewest ? n : fewest;
-        if (n > most) {
-            most = n;
-            busiest = t;
-        }
     }
     bool starved = total >= (unsigned)(IDLE_SHARE * pool->n_threads) &&
                    fewest * (unsigned)(IDLE_SHARE * pool->n_threads) < total;
@@ -564,9 +509,8 @@ void eq_pool_run(eq_pool *pool, const eq_pool_phase *phases, int n_phases)
         pool->solo_next = 0;
     } else if (++pool->stalled_in_a_row >= STALLED_IN_A_ROW || pool->solo_next) {
         pool->solo_left = pool->solo_next ? pool->solo_next : SOLO_FIRST;   /* a contended return doubles it */
-        pool->solo_thread = busiest;    /* the thread that got the most done has a core to itself */
+        pool->solo = true;
         pool->solo_next = pool->solo_left * 2 > SOLO_MAX ? SOLO_MAX : pool->solo_left * 2;
-        pool->probe_found_none = false;
     }
 }
 

@@ -12,10 +12,10 @@
  * Waiting (for a job, or at a barrier) spins briefly with a pause, then yields the core, then
  * sleeps (a futex on Linux, a condition variable elsewhere), so an oversubscribed machine is not
  * made worse by threads that wait. When waits at barriers or an uneven share of the chunks show that
- * one thread's core is taken by another process, the next jobs run on one thread, the one that got
- * the most done; that thread checks each job that it still has a core to itself (CPU time against
- * wall time, preemptions), and now and then the others check theirs beside it, without running
- * chunks, to hand the jobs to another thread or go back to threaded (see STALL_NS in threadpool.c).
+ * one thread's core is taken by another process, the next jobs run on the caller alone, the workers
+ * asleep; now and then the workers check beside it, without running chunks, whether they have a core
+ * to themselves (CPU time against wall time, preemptions), to go back to threaded (see STALL_NS in
+ * threadpool.c).
  * One caller at a time: the model serializes its use of the pool.
  */
 #ifndef EDGEQ_THREADPOOL_H
