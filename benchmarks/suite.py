@@ -578,7 +578,7 @@ def load_records(path: Path) -> list[dict]:
 def save_records(path: Path, records: list[dict], machine: dict) -> None:
     records = sorted(records, key=lambda r: (r["model"], r["system"], -r["file_mb"], r["kind"], r.get("threads") or 0,
                                              r.get("isa") or ""))
-    path.write_text(json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
+    path.write_text(json.dumps({"machine": machine, "records": records}, indent=1))     # the committed file's format
 
 
 def machine_info() -> dict:
