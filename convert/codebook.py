@@ -150,6 +150,12 @@ def _kmeans(groups, weights, book_of, n_books, iterations, with_min):
     return levels, scales, mins
 
 
+def method_label(rtn_label: str) -> str:
+    """What a file records for a codebook tensor fitted with rtn's settings ("rtn imatrix calib=..."
+    -> "codebook-kmeans imatrix calib=...")."""
+    return METHOD + rtn_label[len("rtn"):] if rtn_label.startswith("rtn") else rtn_label
+
+
 def fit(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = None,
         method: str = METHOD, rows_per_codebook: int = ROWS_PER_CODEBOOK,
         iterations: int = KMEANS_ITERATIONS) -> QuantizedTensor:

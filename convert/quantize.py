@@ -138,11 +138,18 @@ def _quantize_uniform(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     return quantize_rtn(np.ascontiguousarray(weight, dtype=np.float32), qtype)
 
 
+def _quantize_codebook(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
+    from .codebook import fit
+    return fit(weight, qtype, method=_FAMILIES[quant_types.CODEBOOK][1])
+
+
 # family -> (quantizer, the method name recorded in the file, whether rows quantize independently)
 _FAMILIES = {
     quant_types.PLAIN: (quantize_plain, None, False),
     quant_types.UNIFORM_BITPLANE: (_quantize_uniform, "rtn-clip-search", True),
     quant_types.UNIFORM_PACKED: (_quantize_uniform, "rtn-clip-search", True),
+    # one codebook per 16-row tile: chunks of whole tiles quantize independently
+    quant_types.CODEBOOK: (_quantize_codebook, "codebook-kmeans-clip-search", True),
 }
 
 
