@@ -17,7 +17,7 @@ from edgeq.errors import EdgeqError
 from edgeq.fileformat import TensorPlanEntry, write_model_file
 
 from . import calibrate as calibration
-from . import allocate, gguf_grid, methods
+from . import allocate, codebook, gguf_grid, methods
 from .calibrate import MethodSettings
 from .plan import PlanSettings, make_plan, source_grids
 from .quantize import method_name as storage_method, pack_grid_chunked, quantize_chunked
@@ -95,6 +95,10 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     else:
         methods_of = {name: method_name for name in to_fit}
     uses_data = uses_data and bool(to_fit)
+    for name in to_fit:
+        if plan[name].family == quant_types.CODEBOOK and methods_of[name] != "rtn":
+            raise EdgeqError(f"--method {methods_of[name]} does not fit codebook types (--layout codebook "
+                             "fits by weighted k-means): use --method auto or rtn")
     tokens, importance, calibration_hash, n_tokens = None, None, "", 0
     if uses_data and method.stats is not None:
         importance, meta = calibration.load_stats(method.stats, model.config,
@@ -108,6 +112,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         calibration_hash, n_tokens = tokens.text_hash, tokens.count
     linear_method = {name: calibration.tensor_method(methods_of[name], uses_data, method, calibration_hash, n_tokens)
                      for name in to_fit}
+    for name in to_fit:              # rtn's settings, fitted by convert.codebook
+        if plan[name].family == quant_types.CODEBOOK:
+            linear_method[name] = codebook.method_label(linear_method[name])
     label = calibration.tensor_method(method_name, uses_data, method, calibration_hash, n_tokens)
     if chosen is not None:
         label = "per tensor: " + ", ".join(sorted(set(methods_of.values()))) + " (auto: gptq at <= 3 bits)"

@@ -171,7 +171,11 @@ def _rtn_levels(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | N
 def rtn(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = None,
         method: str = "rtn") -> QuantizedTensor:
     """(M, K) float -> packed tensor; per group the clip factor and least-squares (scale, min) that
-    minimize the E[x^2]-weighted squared error (unweighted without importance)."""
+    minimize the E[x^2]-weighted squared error (unweighted without importance). A codebook type
+    is fitted by convert.codebook (weighted k-means, then the same clip search per group)."""
+    if qtype.family == quant_types.CODEBOOK:
+        from . import codebook
+        return codebook.fit(weight, qtype, importance, method=codebook.method_label(method))
     _check(weight, qtype, importance)
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     levels, scales16, mins16 = _rtn_levels(weight, qtype, importance)

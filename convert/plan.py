@@ -15,7 +15,9 @@ with the bits) or as packed levels (p*g*, the int8 multiply-add kernels: cost pe
 numbers either way. auto = packed at the widths in AUTO_PACKED_BITS (8), where multiply-add decodes
 faster (measured: benchmarks/README.md "Two ways to multiply"), bit-planes at every other width; never
 at 5 or 6 bits, whose packed types store a byte per level (a larger file); bitplane / packed force
-one (packed exists at 4, 5, 6, 8 bits). The choice is per tensor and recorded by its type's name.
+one (packed exists at 4, 5, 6, 8 bits). codebook stores every 4-bit tensor as c4g<G><a|s> (4-bit indices
+into 16 levels learned per 16 rows, convert.codebook; the multiply-add kernels) and the other widths
+as auto does. The choice is per tensor and recorded by its type's name.
 A kept source grid stays bit-planes under auto: the LUT path multiplies float activations (SmolLM2's
 Q4_1 GGUF converted by default follows its source to KL 1e-6), where int8 activations on its Q8_0
 head measured KL 8.7e-4 and 98 % top-1 agreement (tests/test_gguf_grid.py).
@@ -35,7 +37,7 @@ DEFAULT_BITS, DEFAULT_GROUP = 4, 64
 # at 2-3 bits a group's scale and min matter more than the bytes they cost: measured on SmolLM2 with
 # gptq at 3 bits (benchmarks/README.md), groups of 32 give ppl +29 % over float against +52 % for 64
 LOW_BITS, LOW_BITS_GROUP = 3, 32
-LAYOUTS = ("auto", "bitplane", "packed")
+LAYOUTS = ("auto", "bitplane", "packed", "codebook")
 # --layout auto stores a tensor as packed levels at these widths: SmolLM2 decode, avx2, 1 and 2
 # threads (benchmarks/README.md): multiply-add wins at 8 bits; at 5 and 6 bits it is faster but its
 # byte per level makes the file 1.6x / 1.3x larger (so auto never picks them: a 4-bit file's 6-bit
@@ -57,6 +59,9 @@ class PlanSettings:
     def validate(self) -> None:
         if self.layout not in LAYOUTS:
             raise EdgeqError(f"--layout {self.layout} is not supported; choose one of {', '.join(LAYOUTS)}")
+        if self.layout == "codebook" and self.linear() not in quant_types.CODEBOOK_BITS:
+            raise EdgeqError(f"--layout codebook stores {', '.join(map(str, quant_types.CODEBOOK_BITS))}-bit "
+                             f"types, not --bits {self.linear()}")
         if self.layout == "packed" and self.linear() not in quant_types.PACKED_BITS:
             raise EdgeqError(f"--layout packed stores {', '.join(map(str, quant_types.PACKED_BITS))}-bit "
                              f"types, not --bits {self.linear()}; use --layout auto or bitplane")
@@ -84,7 +89,7 @@ class PlanSettings:
 
     def sets_type_of(self, name: str, config: ModelConfig) -> bool:
         """Whether a flag chooses this tensor's type (then a source grid is not kept)."""
-        linear_flags = self.bits is not None or self.group is not None or self.symmetric
+        linear_flags = self.bits is not None or self.group is not None or self.symmetric or self.layout == "codebook"
         if name == "output.weight":
             return linear_flags or self.head_bits is not None
         if name == "token_embd.weight":
@@ -92,15 +97,21 @@ class PlanSettings:
         return linear_flags
 
     def family_for(self, bits: int) -> str:
-        """The uniform family a tensor of `bits` bits is stored in under --layout."""
-        packed = {"auto": bits in AUTO_PACKED_BITS, "bitplane": False, "packed": True}[self.layout]
+        """The family a tensor of `bits` bits is stored in under --layout."""
+        if self.layout == "codebook" and bits in quant_types.CODEBOOK_BITS:
+            return quant_types.CODEBOOK
+        packed = {"auto": bits in AUTO_PACKED_BITS, "bitplane": False, "packed": True,
+                  "codebook": bits in AUTO_PACKED_BITS}[self.layout]
         return quant_types.UNIFORM_PACKED if packed and bits in quant_types.PACKED_BITS else quant_types.UNIFORM_BITPLANE
 
 
 def type_for_bits(bits: int, settings: PlanSettings) -> QuantType:
     if bits in PLAIN_BITS:
         return quant_types.TYPES[PLAIN_BITS[bits]]
-    return quant_types.uniform_type(bits, settings.group_size(), settings.symmetric, settings.family_for(bits))
+    family = settings.family_for(bits)
+    if family == quant_types.CODEBOOK:
+        return quant_types.codebook_type(bits, settings.group_size(), settings.symmetric)
+    return quant_types.uniform_type(bits, settings.group_size(), settings.symmetric, family)
 
 
 def make_plan(config: ModelConfig, settings: PlanSettings) -> dict[str, QuantType]:

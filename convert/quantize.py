@@ -138,11 +138,18 @@ def _quantize_uniform(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     return quantize_rtn(np.ascontiguousarray(weight, dtype=np.float32), qtype)
 
 
+def _quantize_codebook(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
+    from .codebook import fit
+    return fit(weight, qtype, method=_FAMILIES[quant_types.CODEBOOK][1])
+
+
 # family -> (quantizer, the method name recorded in the file, whether rows quantize independently)
 _FAMILIES = {
     quant_types.PLAIN: (quantize_plain, None, False),
     quant_types.UNIFORM_BITPLANE: (_quantize_uniform, "rtn-clip-search", True),
     quant_types.UNIFORM_PACKED: (_quantize_uniform, "rtn-clip-search", True),
+    # one codebook per 16-row tile: chunks of whole tiles quantize independently
+    quant_types.CODEBOOK: (_quantize_codebook, "codebook-kmeans-clip-search", True),
 }
 
 
@@ -152,9 +159,16 @@ def _family(qtype: QuantType):
     return _FAMILIES[qtype.family]
 
 
+# families the converter writes only when asked by name (--layout), not offered to the allocator: the
+# codebook family is not yet measured as an allocation candidate, and profiles written before it
+# have no timings for its types (edgeq profile would have to measure them first)
+NOT_ALLOCATED = (quant_types.CODEBOOK,)
+
+
 def writes(qtype: QuantType) -> bool:
-    """Whether the converter has a quantizer for this type's family (the allocator's candidates)."""
-    return qtype.family in _FAMILIES
+    """Whether the converter has a quantizer for this type's family and offers it to the allocator
+    (the allocator's candidates: convert.allocate.candidate_types)."""
+    return qtype.family in _FAMILIES and qtype.family not in NOT_ALLOCATED
 
 
 def method_name(qtype: QuantType) -> str:

@@ -130,7 +130,7 @@ def _storage(entry: TensorPlanEntry) -> tuple[tuple[int, ...], np.dtype]:
     family = entry.qtype.family
     if family == quant_types.PLAIN:
         return entry.shape, np.dtype(entry.qtype.dtype)          # F32 / F16
-    if family in quant_types.UNIFORM_FAMILIES:
+    if family in quant_types.BLOB_FAMILIES:
         return (entry.nbytes(),), np.dtype(np.int8)             # an I8 blob of packed bytes
     raise ValueError(f"{entry.name}: no storage for the {family} family")
 
@@ -506,7 +506,7 @@ class ModelFile:
     def _ggml_type(qtype: quant_types.QuantType) -> int:
         if qtype.family == quant_types.PLAIN:
             return _PLAIN_GGML[qtype.dtype]
-        if qtype.family in quant_types.UNIFORM_FAMILIES:
+        if qtype.family in quant_types.BLOB_FAMILIES:
             return gguffile.GGML_I8
         raise EdgeqError(f"no storage rule for the {qtype.family} family")
 

@@ -10,6 +10,10 @@ Each row names its family: how the type's weights are stored and multiplied. Tod
                     read "uniform, b bits, groups of G, asymmetric|symmetric" with u = bit-planes and
                     p = packed levels; which layout a tensor uses is the converter's choice
                     (`edgeq convert --layout`), recorded by its type.
+  CODEBOOK          c4g<G>: 4-bit indices into 16 learned int8 levels per 16-row tile, times an fp16
+                    scale per group of G (no min: the levels carry any offset, so no a|s suffix), for
+                    the same int8 multiply-add kernels (an index becomes its level by one table lookup
+                    in registers: pshufb / vpermb / tbl). Fitted by convert.codebook.
 Code dispatches on the family (the per-family functions here), never on a type's name; nothing
 else in the project switches on type names; tests and tools iterate TYPES. A family not handled
 by a function is an error, never a fall-through to bit-planes.
@@ -63,6 +67,22 @@ Packed layout of a uniform packed tensor (p<b>g<G><a|s>), same numbers, ISA-neut
     two 32-byte loads feed AVX2 vpmaddubsw for 8 rows each, four 16-byte loads NEON sdot for 4 rows.
     The 4-bit byte holds two such 4-column blocks: mask the low nibbles, shift the high ones.
   - Dequantized value: exactly as the bit-plane types above (the same levels, scales and mins).
+
+Layout of a codebook tensor (c4g<G>), ISA-neutral:
+  - Tiles of 16 rows (M padded to Mp) of equal size, groups as the packed family's (the last one in
+    ceil(tail / 32) * 32 columns). A tile is
+        codebook[16]  int8   the tile's 16 levels, each in [-64, 63] (index i -> codebook[i])
+        then ceil(K / G) blocks in group order, each exactly a p4g<G>s block:
+            scale[16]  fp16   one per row of the tile
+            indices    w / 8 quads of 64 bytes, [w/8][16 rows][4 columns]: byte (j, r, i) holds the
+                       index of column 8j + i in its low nibble and of 8j + 4 + i in its high nibble
+  - Dequantized value: w = scale * codebook[index] (one float32 multiply).
+  - Why [-64, 63]: a level biased by +64 is a u8 <= 127, so AVX2's vpmaddubsw (u8 x s8 pairs into
+    s16) cannot saturate (2 x 127 x 127 = 32258) and AVX-512's vpdpbusd takes it as it is; the bias
+    comes back out exactly as 64 Σ xq per block of 32 activations. 7-bit levels cost a centroid at
+    most 1/256 of the tile's range, far below the 16-level step.
+  - Why per tile: the kernels load the 16 levels once per tile into one register; a per-tensor
+    codebook is the same layout with every tile's copy equal (the converter measures both).
 """
 from __future__ import annotations
 
@@ -78,8 +98,12 @@ GROUP_STEP = 32  # a partial last group is stored in a multiple of this many col
 PLAIN = "plain"
 UNIFORM_BITPLANE = "uniform-bitplane"
 UNIFORM_PACKED = "uniform-packed"
-FAMILIES = (PLAIN, UNIFORM_BITPLANE, UNIFORM_PACKED)
+CODEBOOK = "codebook"
+FAMILIES = (PLAIN, UNIFORM_BITPLANE, UNIFORM_PACKED, CODEBOOK)
 UNIFORM_FAMILIES = (UNIFORM_BITPLANE, UNIFORM_PACKED)    # grouped uniform levels: every method writes both
+BLOB_FAMILIES = (UNIFORM_BITPLANE, UNIFORM_PACKED, CODEBOOK)  # stored as I8 blobs of 16-row tiles
+CODEBOOK_SIZE = 16                   # levels per codebook (4-bit indices)
+CODEBOOK_LEVELS = (-64, 63)          # the range of a codebook level (int8)
 
 
 def _unknown_family(family: str):
@@ -90,7 +114,7 @@ def _unknown_family(family: str):
 class QuantType:
     name: str          # stored in the file, e.g. "u4g64a"
     id: int            # mirror of enum eq_qtype in native/include/edgeq.h
-    family: str        # PLAIN | UNIFORM_BITPLANE | UNIFORM_PACKED
+    family: str        # PLAIN | UNIFORM_BITPLANE | UNIFORM_PACKED | CODEBOOK
     bits: int          # bits per weight before scales (32 / 16 for plain types)
     group: int         # weights per scale along K (0 for plain types)
     symmetric: bool
@@ -105,7 +129,7 @@ class QuantType:
         What is stored may be narrower: stored_cols."""
         if self.family == PLAIN:
             return rows, cols
-        if self.is_uniform():
+        if self.family in BLOB_FAMILIES:
             return -(-rows // TILE_ROWS) * TILE_ROWS, -(-cols // self.group) * self.group
         raise _unknown_family(self.family)
 
@@ -113,7 +137,7 @@ class QuantType:
         """Columns stored per row of a uniform tensor: the last group rounded up to GROUP_STEP
         columns (compact_tail, and always for the packed family), or to the whole group (bit-plane
         files written before that layout)."""
-        step = GROUP_STEP if compact_tail or self.family == UNIFORM_PACKED else self.group
+        step = GROUP_STEP if compact_tail or self.family != UNIFORM_BITPLANE else self.group
         return -(-cols // step) * step
 
     def header_bytes(self) -> int:
@@ -121,7 +145,8 @@ class QuantType:
         return 2 * TILE_ROWS * (1 if self.symmetric else 2)
 
     def level_bits(self) -> int:
-        """Packed family: bits each level takes in the file (a nibble at 4 bits, else a byte)."""
+        """Packed and codebook families: bits each level (index) takes in the file (a nibble at 4
+        bits, else a byte)."""
         return 4 if self.bits == 4 else 8
 
     def block_bytes(self, width: int | None = None) -> int:
@@ -130,9 +155,13 @@ class QuantType:
         width = self.group if width is None else width
         if self.family == UNIFORM_BITPLANE:
             return self.header_bytes() + self.bits * 2 * width
-        if self.family == UNIFORM_PACKED:
+        if self.family in (UNIFORM_PACKED, CODEBOOK):
             return self.header_bytes() + TILE_ROWS * width * self.level_bits() // 8
         raise _unknown_family(self.family)
+
+    def tile_header_bytes(self) -> int:
+        """Bytes at the start of every tile before its first block: the codebook family's levels."""
+        return CODEBOOK_SIZE if self.family == CODEBOOK else 0
 
     def nbytes(self, rows: int, cols: int, compact_tail: bool = True) -> int:
         if self.family == PLAIN:
@@ -141,9 +170,10 @@ class QuantType:
             n_tiles, n_groups = -(-rows // TILE_ROWS), -(-cols // self.group)
             tile_bytes = n_groups * self.block_bytes(0) + self.bits * 2 * self.stored_cols(cols, compact_tail)
             return n_tiles * tile_bytes
-        if self.family == UNIFORM_PACKED:
+        if self.family in (UNIFORM_PACKED, CODEBOOK):
             n_tiles, n_groups = -(-rows // TILE_ROWS), -(-cols // self.group)
-            return n_tiles * (n_groups * self.block_bytes(0) + TILE_ROWS * self.stored_cols(cols) * self.level_bits() // 8)
+            return n_tiles * (self.tile_header_bytes() + n_groups * self.block_bytes(0) +
+                              TILE_ROWS * self.stored_cols(cols) * self.level_bits() // 8)
         raise _unknown_family(self.family)
 
     def allows_1d(self) -> bool:
@@ -166,6 +196,7 @@ BITS = (2, 3, 4, 5, 6, 8)
 PACKED_BITS = (4, 5, 6, 8)      # the widths multiply-add can win at (benchmarks/README.md)
 GROUPS = (32, 64, 128)
 LAYOUTS = {UNIFORM_BITPLANE: "u", UNIFORM_PACKED: "p"}   # family -> the type names' first letter
+CODEBOOK_BITS = (4,)
 
 
 def _build_table() -> dict[str, QuantType]:
@@ -183,6 +214,12 @@ def _build_table() -> dict[str, QuantType]:
                     name = f"{LAYOUTS[family]}{bits}g{group}{'s' if symmetric else 'a'}"
                     table[name] = QuantType(name, next_id, family, bits, group, symmetric, "u1")
                     next_id += 1
+    for bits in CODEBOOK_BITS:               # c<b>g<G><a|s>: scale and min, or scale only
+        for group in GROUPS:
+            for symmetric in (False, True):
+                name = f"c{bits}g{group}{'s' if symmetric else 'a'}"
+                table[name] = QuantType(name, next_id, CODEBOOK, bits, group, symmetric, "u1")
+                next_id += 1
     return table
 
 
@@ -193,6 +230,13 @@ def uniform_type(bits: int, group: int, symmetric: bool, family: str = UNIFORM_B
     if family not in LAYOUTS:
         raise _unknown_family(family)
     name = f"{LAYOUTS[family]}{bits}g{group}{'s' if symmetric else 'a'}"
+    if name not in TYPES:
+        raise KeyError(name)
+    return TYPES[name]
+
+
+def codebook_type(bits: int, group: int, symmetric: bool) -> QuantType:
+    name = f"c{bits}g{group}{'s' if symmetric else 'a'}"
     if name not in TYPES:
         raise KeyError(name)
     return TYPES[name]
@@ -366,6 +410,45 @@ def _unpack_packed(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
     return levels.reshape(n_tiles * TILE_ROWS, stored), halves(0), None if qtype.symmetric else halves(span)
 
 
+def pack_codebook(qtype: QuantType, indices: np.ndarray, scales: np.ndarray, codebooks: np.ndarray,
+                  cols: int | None = None, mins: np.ndarray | None = None) -> np.ndarray:
+    """Codebook family: indices (Mp, >= Ks) uint8 in [0, 16), scales (Mp, ceil(K/G)), codebooks
+    (Mp / 16, 16) int8 in [-64, 63] -> the tensor's bytes (each tile: its codebook, then its blocks)."""
+    if qtype.family != CODEBOOK:
+        raise _unknown_family(qtype.family)
+    codebooks = np.asarray(codebooks)
+    low, high = CODEBOOK_LEVELS
+    if codebooks.min() < low or codebooks.max() > high:
+        raise ValueError(f"codebook levels must lie in [{low}, {high}]")
+    n_tiles = indices.shape[0] // TILE_ROWS
+    blocks = _pack_packed(qtype, indices, scales, mins, indices.shape[1] if cols is None else cols)
+    head = codebooks.astype(np.int8).view(np.uint8).reshape(n_tiles, CODEBOOK_SIZE)
+    return np.concatenate([head, blocks.reshape(n_tiles, -1)], axis=1).reshape(-1)
+
+
+def unpack_codebook(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
+    """Codebook family bytes -> (indices (Mp, Ks) uint8, scales (Mp, ceil(K/G)) f16, codebooks
+    (Mp / 16, 16) int8)."""
+    if qtype.family != CODEBOOK:
+        raise _unknown_family(qtype.family)
+    n_tiles = -(-rows // TILE_ROWS)
+    tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
+    indices, scales, mins = _unpack_packed(qtype, tiles[:, CODEBOOK_SIZE:].reshape(-1), rows, cols)
+    return indices, scales, np.ascontiguousarray(tiles[:, :CODEBOOK_SIZE]).view(np.int8), mins
+
+
+def dequantize_codebook(qtype: QuantType, indices: np.ndarray, scales: np.ndarray, codebooks: np.ndarray,
+                        mins: np.ndarray | None = None) -> np.ndarray:
+    """(Mp, Ks) indices, (Mp, ceil(Ks/G)) scales and mins (asymmetric types), (Mp/16, 16) codebooks
+    -> (Mp, Ks) float32: scale * level, then + min (two roundings, as the C reference)."""
+    stored = indices.shape[1]
+    per_row = np.repeat(np.asarray(codebooks, dtype=np.float32), TILE_ROWS, axis=0)       # (Mp, 16)
+    values = np.take_along_axis(per_row, indices.astype(np.intp), axis=1)
+    expand = lambda a: np.repeat(a.astype(np.float32), qtype.group, axis=1)[:, :stored]
+    scaled = expand(scales) * values
+    return scaled if qtype.symmetric else scaled + expand(mins)
+
+
 def compact_tail_bytes(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """A tensor stored in the layout before compact tails (the last group padded to G) -> the same
     tensor in today's layout. Copies only what is kept: scales, mins and each plane's first chunks."""
@@ -401,8 +484,13 @@ def _dequantize_bitplane(qtype: QuantType, data: np.ndarray, rows: int, cols: in
     return dequantize_levels(qtype, levels, scales, mins)[:rows, :cols]
 
 
+def _dequantize_codebook(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool) -> np.ndarray:
+    return dequantize_codebook(qtype, *unpack_codebook(qtype, data, rows, cols))[:rows, :cols]
+
+
 _DEQUANTIZE = {PLAIN: _dequantize_plain, UNIFORM_BITPLANE: _dequantize_bitplane,
-               UNIFORM_PACKED: _dequantize_bitplane}    # unpack knows both layouts
+               UNIFORM_PACKED: _dequantize_bitplane,    # unpack knows both layouts
+               CODEBOOK: _dequantize_codebook}
 
 
 def dequantize(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tail: bool = True) -> np.ndarray:

@@ -39,6 +39,10 @@ def random_packed(qtype: QuantType, rows: int, cols: int, rng: np.random.Generat
     tiny = rng.random(scales.shape) < 0.1
     scales[tiny] = rng.normal(0.0, 3e-6, size=int(tiny.sum()))     # fp16 subnormals (< 6.1e-5)
     mins = None if qtype.symmetric else rng.normal(0.0, 0.5, size=(padded_rows, n_groups))
+    if qtype.family == quant_types.CODEBOOK:     # levels are indices into each tile's random levels
+        books = rng.integers(-64, 64, size=(padded_rows // TILE_ROWS, 16))
+        return quant_types.pack_codebook(qtype, levels, scales.astype(np.float16), books, cols,
+                                         None if mins is None else mins.astype(np.float16))
     return pack(qtype, levels, scales.astype(np.float16), None if mins is None else mins.astype(np.float16), cols)
 
 
@@ -58,16 +62,29 @@ def as_bits(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
 
 
+def scales_and_mins(qtype: QuantType, data: np.ndarray, rows: int, cols: int, with_levels: bool = False):
+    """(levels (Mp, Ks) as numbers: a codebook type's indices looked up in its tiles' levels, scales,
+    mins or None) of any grouped type; without with_levels, (None, scales, mins)."""
+    if qtype.family == quant_types.CODEBOOK:
+        indices, scales, books, mins = quant_types.unpack_codebook(qtype, data, rows, cols)
+        levels = np.take_along_axis(np.repeat(books.astype(np.int16), TILE_ROWS, axis=0), indices.astype(np.intp), axis=1)
+    else:
+        levels, scales, mins = unpack(qtype, data, rows, cols)
+    return (levels if with_levels else None), scales, mins
+
+
 def exact_weights(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """(rows, cols) float64 weights without float32 rounding: scale*q + min is computed exactly.
 
     numpy's float32 dequantize rounds scale*q + min once more (symmetric values are exact in
     float32: an 11-bit fp16 mantissa times a <= 9-bit half-integer), and gemv works with the exact
     values, so this is the oracle to hold gemv to a tight tolerance."""
-    levels, scales, mins = unpack(qtype, data, rows, cols)
+    levels, scales, mins = scales_and_mins(qtype, data, rows, cols, with_levels=True)
     expand = lambda a: np.repeat(a.astype(np.float64), qtype.group, axis=1)[:, :levels.shape[1]]
     q = levels.astype(np.float64)
-    if qtype.symmetric:
+    if qtype.family == quant_types.CODEBOOK:     # q: the tile's level of each index, no zero point
+        weights = expand(scales) * q + (0.0 if mins is None else expand(mins))
+    elif qtype.symmetric:
         weights = expand(scales) * (q - ((1 << qtype.bits) - 1) / 2.0)
     else:
         weights = expand(scales) * q + expand(mins)
@@ -323,9 +340,10 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
                 allowed += bound
                 # and exactly the reference's product with x rounded so, up to float32 accumulation
                 # (whose terms are |scale q| |x̂| <= (|w| + |min|) |x̂|, and |min Σx̂|)
-                _, scales, mins = unpack(qtype, data, rows, cols)
+                _, scales, mins = scales_and_mins(qtype, data, rows, cols)
                 offset = np.repeat(np.abs(scales if mins is None else mins).astype(np.float64), qtype.group, axis=1)
-                offset = offset[:rows, :cols] * (((1 << qtype.bits) - 1) / 2.0 if mins is None else 1.0)
+                zero_point = 0.0 if qtype.family == quant_types.CODEBOOK else ((1 << qtype.bits) - 1) / 2.0
+                offset = offset[:rows, :cols] * (zero_point if mins is None else 1.0)
                 float_sums = 1e-5 * ((np.abs(weights) + 2 * offset) @ np.abs(rounded))
                 expected = reference + weights @ (rounded - x[v].astype(np.float64))
                 assert np.all(np.abs(got[v] - expected) <= float_sums + 1e-6 * np.abs(reference) + 1e-30)

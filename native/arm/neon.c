@@ -408,6 +408,10 @@ const eq_kernel_set eq_kernels_neon = {
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, smull/smlal + sadalp (ARMv8.0, no sdot)",
                        eq_packed_prepared_bytes_neon, eq_packed_prepare_neon, eq_packed_gemm_neon},
         },
+        [EQ_QFAMILY_CODEBOOK] = {   /* kernels in arm/neon_codebook.c (its sdot path: set neon-dotprod) */
+            .decode = {"multiply-add", "int8 multiply-add: index -> level by tbl, activations int8 per 32, smull/smlal + sadalp",
+                       eq_packed_prepared_bytes_neon, eq_packed_prepare_neon, eq_codebook_gemm_neon},
+        },
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,

@@ -328,7 +328,7 @@ static int neon_dotprod_available(void)
 #endif
 }
 
-/* Only the packed family: every other family, and the attention helpers, come from `neon`, the next
+/* Only the packed and codebook families: every other family, and the attention helpers, come from `neon`, the next
  * set in the list (src/kernel_sets.c). */
 const eq_kernel_set eq_kernels_neon_dotprod = {
     .isa = "neon-dotprod",
@@ -337,6 +337,10 @@ const eq_kernel_set eq_kernels_neon_dotprod = {
         [EQ_QFAMILY_UNIFORM_PACKED] = {
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, sdot on 4-row x 4-column quads",
                        eq_packed_prepared_bytes_neon, eq_packed_prepare_neon, gemm_dotprod},
+        },
+        [EQ_QFAMILY_CODEBOOK] = {   /* kernels in arm/neon_codebook.c */
+            .decode = {"multiply-add", "int8 multiply-add: index -> level by tbl, activations int8 per 32, sdot on 4-row x 4-column quads",
+                       eq_packed_prepared_bytes_neon, eq_packed_prepare_neon, eq_codebook_gemm_neon_dotprod},
         },
     },
 };

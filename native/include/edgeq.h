@@ -24,6 +24,9 @@
  *   q[r, 4j+i]; b = 4: c_g/8 quads, byte (j, r, i) = q[r, 8j+i] | q[r, 8j+4+i] << 4. One 64-byte
  *   load is 16 rows x 4 columns for vpdpbusd (AVX-512 VNNI), two 32-byte loads feed vpmaddubsw
  *   (AVX2), four 16-byte loads NEON sdot.
+ * Codebook layout (c4g{G}{a|s}: 4-bit indices into 16 learned levels): tiles as the packed family's,
+ * each starting with codebook[16] int8 (levels in [-64, 63]), then exactly the blocks of p4g{G}{a|s}
+ * with indices in place of levels: w = scale * codebook[index] (+ min, asymmetric; no zero point).
  * Plain types (f32, f16) are (M, K) row-major little-endian floats.
  */
 #ifndef EDGEQ_H
@@ -68,7 +71,8 @@ const char *eq_error_string(int code);
 /* ---------------------------------------------------------------------------------------------
  * quant types: ids equal the Python ids in edgeq/quant_types.py (f32, f16, then
  * u{bits}g{group}{a|s} for bits in 2,3,4,5,6,8, group in 32,64,128, asymmetric before symmetric,
- * then the packed p{bits}g{group}{a|s} for bits in 4,5,6,8 in the same order)
+ * then the packed p{bits}g{group}{a|s} for bits in 4,5,6,8 in the same order, then the codebook
+ * c4g{group}{a|s})
  * ------------------------------------------------------------------------------------------- */
 
 typedef enum eq_qtype {
@@ -134,7 +138,13 @@ typedef enum eq_qtype {
     EQ_QTYPE_P8G64S = 59,
     EQ_QTYPE_P8G128A = 60,
     EQ_QTYPE_P8G128S = 61,
-    EQ_QTYPE_COUNT = 62
+    EQ_QTYPE_C4G32A = 62,
+    EQ_QTYPE_C4G32S = 63,
+    EQ_QTYPE_C4G64A = 64,
+    EQ_QTYPE_C4G64S = 65,
+    EQ_QTYPE_C4G128A = 66,
+    EQ_QTYPE_C4G128S = 67,
+    EQ_QTYPE_COUNT = 68
 } eq_qtype;
 
 /* Layout constants shared by every packed type. */
@@ -142,7 +152,8 @@ enum {
     EQ_TILE_ROWS = 16,  /* rows per tile: one plane byte per row, 16 bytes per chunk */
     EQ_CHUNK_COLS = 8,  /* columns covered by one plane byte (low nibble 0..3, high nibble 4..7) */
     EQ_GROUP_STEP = 32, /* a partial last group is stored in a multiple of this many columns */
-    EQ_PACKED_BLOCK_COLS = 32   /* uniform packed: activations per int8 scale in multiply-add kernels */
+    EQ_PACKED_BLOCK_COLS = 32,  /* uniform packed: activations per int8 scale in multiply-add kernels */
+    EQ_CODEBOOK_SIZE = 16       /* codebook: int8 levels at the start of every tile (4-bit indices) */
 };
 
 /* How a type's weights are stored and multiplied; kernels and the loader dispatch on the family,
@@ -151,7 +162,8 @@ typedef enum eq_qfamily {
     EQ_QFAMILY_PLAIN = 0,             /* "plain": f32 / f16, (M, K) row-major */
     EQ_QFAMILY_UNIFORM_BITPLANE = 1,  /* "uniform-bitplane": the u{b}g{G}{a|s} bit-plane layout above */
     EQ_QFAMILY_UNIFORM_PACKED = 2,    /* "uniform-packed": the p{b}g{G}{a|s} level layout above */
-    EQ_QFAMILY_COUNT = 3
+    EQ_QFAMILY_CODEBOOK = 3,          /* "codebook": the c4g{G}{a|s} layout above */
+    EQ_QFAMILY_COUNT = 4
 } eq_qfamily;
 
 /* One row of the quant-type table. */
@@ -161,11 +173,11 @@ typedef struct eq_qtype_traits {
     int family;        /* eq_qfamily */
     int bits;          /* bits per weight before scales (32 / 16 for plain types) */
     int group;         /* weights per scale along K (0 for plain types) */
-    bool symmetric;    /* scale only, zero point (2^bits - 1) / 2; else scale and min */
+    bool symmetric;    /* scale only (zero point (2^bits - 1) / 2; codebook: none); else scale and min */
 } eq_qtype_traits;
 
-/* The family's name as in edgeq/quant_types.py ("plain", "uniform-bitplane", "uniform-packed"), or
- * NULL. */
+/* The family's name as in edgeq/quant_types.py ("plain", "uniform-bitplane", "uniform-packed",
+ * "codebook"), or NULL. */
 const char *eq_qfamily_name(int family);
 
 /* This library's version (edgeq.__version__ of the package it was built with), e.g. "0.1.0". */

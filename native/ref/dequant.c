@@ -101,6 +101,37 @@ static void dequantize_rows_uniform_packed(const eq_qtype_traits *type, const ui
     }
 }
 
+/* out (row_count, cols) = rows [row_begin, row_begin + row_count) of a codebook tensor (edgeq.h):
+ * w = scale * codebook[index] (+ min), the index read as the packed family reads a 4-bit level. */
+static void dequantize_rows_codebook(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
+                                     size_t row_begin, size_t row_count, float *out)
+{
+    const size_t group = (size_t)type->group;
+    const size_t n_groups = (cols + group - 1) / group;
+    const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
+    const size_t header_bytes = eq_packed_header_bytes(type);
+
+    for (size_t i = 0; i < row_count; i++) {
+        const size_t row = row_begin + i;
+        const size_t lane = row % EQ_TILE_ROWS;
+        const int8_t *codebook = (const int8_t *)(data + row / EQ_TILE_ROWS * tile_bytes);   /* (16,) */
+        const uint8_t *block = data + row / EQ_TILE_ROWS * tile_bytes + EQ_CODEBOOK_SIZE;
+        float *out_row = out + i * cols;                               /* (cols,) */
+        for (size_t g = 0; g < n_groups; g++) {
+            const size_t block_cols = eq_packed_group_cols(type, cols, g);
+            const float scale = eq_read_f16le(block + 2 * lane);
+            const float min = type->symmetric ? 0.0f : eq_read_f16le(block + 2 * EQ_TILE_ROWS + 2 * lane);
+            const size_t col_end = g * group + block_cols < cols ? g * group + block_cols : cols;
+            for (size_t col = g * group; col < col_end; col++) {
+                const unsigned index = eq_packed_level(block + header_bytes, 4, lane, col - g * group);
+                const float scaled = scale * (float)codebook[index];
+                out_row[col] = type->symmetric ? scaled : scaled + min;   /* two roundings: no FMA */
+            }
+            block += eq_packed_block_bytes(type, block_cols);
+        }
+    }
+}
+
 /* out (row_count, cols) = rows of a plain f32 or f16 (rows, cols) row-major tensor. */
 static void dequantize_rows_plain(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
                                   size_t row_begin, size_t row_count, float *out)
@@ -126,6 +157,9 @@ void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, si
         break;
     case EQ_QFAMILY_UNIFORM_PACKED:
         dequantize_rows_uniform_packed(type, data, cols, row_begin, row_count, out);
+        break;
+    case EQ_QFAMILY_CODEBOOK:
+        dequantize_rows_codebook(type, data, cols, row_begin, row_count, out);
         break;
     case EQ_QFAMILY_COUNT:
         break;   /* not a family: the entry points only pass table rows */

@@ -1,7 +1,7 @@
 /* ref/gemv.c — scalar reference GEMV, y = W x, reading the packed layouts directly.
  *
  * Uniform packed family (p*g*: whole levels for the multiply-add kernels): gemv_uniform_packed,
- * the same sums level by level. Uniform bit-plane family (u*g*): gemv_packed below.
+ * the same sums level by level; codebook family (c4g*): gemv_codebook, each index's level. Uniform bit-plane family (u*g*): gemv_packed below.
  * The specification for the LUT kernels, and structured like them: tiles of 16 rows, groups,
  * bit-planes, 16-byte chunks; per group  Σ_k q[r,k] x[k] = Σ_p 2^p Σ_k bit_p(q[r,k]) x[k],  then
  *   asymmetric  y[r] += scale[r] * Σ q x + min[r] * Σ x
@@ -128,6 +128,48 @@ static void gemv_uniform_packed(const eq_qtype_traits *type, const uint8_t *data
     }
 }
 
+/* y (rows,) = W x for a codebook W (rows, cols) (layout in edgeq.h): per tile and group,
+ * Σ_k codebook[index[r,k]] x[k] over the group's columns < cols, then y[r] += scale[r] Σ + min[r] Σx
+ * (symmetric: no min term; the levels carry their own zero). Float activations, double sums. */
+static void gemv_codebook(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                          const float *x, float *y)
+{
+    const size_t group = (size_t)type->group;
+    const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
+    const size_t n_groups = (cols + group - 1) / group;
+    const size_t header_bytes = eq_packed_header_bytes(type);
+    const uint8_t *block = data;                                       /* tiles: codebook, then blocks */
+
+    for (size_t tile = 0; tile < n_tiles; tile++) {
+        const int8_t *codebook = (const int8_t *)block;                /* (16,) */
+        block += EQ_CODEBOOK_SIZE;
+        double acc[EQ_TILE_ROWS] = {0};                                /* (16,) y of this tile */
+        for (size_t g = 0; g < n_groups; g++) {
+            const size_t block_cols = eq_packed_group_cols(type, cols, g);
+            const uint8_t *indices = block + header_bytes;             /* (quads, 16, 4) nibbles */
+            const float *x_group = x + g * group;
+            const size_t n_valid = cols - g * group < block_cols ? cols - g * group : block_cols;
+            double x_sum = 0.0;
+            for (size_t k = 0; k < n_valid; k++)
+                x_sum += x_group[k];
+            for (int r = 0; r < EQ_TILE_ROWS; r++) {
+                double dot = 0.0;                                      /* Σ_k level[r,k] x[k] */
+                for (size_t k = 0; k < n_valid; k++)
+                    dot += (double)codebook[eq_packed_level(indices, 4, (size_t)r, k)] * x_group[k];
+                acc[r] += (double)eq_read_f16le(block + 2 * r) * dot;
+                if (!type->symmetric)
+                    acc[r] += (double)eq_read_f16le(block + 2 * EQ_TILE_ROWS + 2 * r) * x_sum;
+            }
+            block += eq_packed_block_bytes(type, block_cols);
+        }
+        for (int r = 0; r < EQ_TILE_ROWS; r++) {
+            const size_t row = tile * EQ_TILE_ROWS + (size_t)r;
+            if (row < rows)
+                y[row] = (float)acc[r];
+        }
+    }
+}
+
 /* y (rows,) = W x for a plain f32 or f16 W (rows, cols), row-major. */
 static void gemv_plain(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                        const float *x, float *y)
@@ -156,6 +198,9 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
         break;
     case EQ_QFAMILY_UNIFORM_PACKED:
         gemv_uniform_packed(type, data, rows, cols, x, y);
+        break;
+    case EQ_QFAMILY_CODEBOOK:
+        gemv_codebook(type, data, rows, cols, x, y);
         break;
     case EQ_QFAMILY_COUNT:
         break;   /* not a family: the entry points only pass table rows */
@@ -207,6 +252,11 @@ const eq_kernel_set eq_kernels_ref = {
         },
         [EQ_QFAMILY_UNIFORM_PACKED] = {
             .decode = {"reference", "reference: level by level, float activations, double accumulation",
+                       NULL, NULL, gemm_ref},
+            .dequantize_rows = eq_dequantize_rows_ref,
+        },
+        [EQ_QFAMILY_CODEBOOK] = {
+            .decode = {"reference", "reference: index -> level by level, float activations, double accumulation",
                        NULL, NULL, gemm_ref},
             .dequantize_rows = eq_dequantize_rows_ref,
         },

@@ -155,5 +155,9 @@ const eq_kernel_set eq_kernels_scalar = {
             .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32 (float scale), portable C",
                        eq_packed_prepared_bytes_scalar, eq_packed_prepare_scalar, eq_packed_gemm_scalar},
         },
+        [EQ_QFAMILY_CODEBOOK] = {   /* kernels in scalar/codebook.c */
+            .decode = {"multiply-add", "int8 multiply-add: index -> int8 level, activations int8 per 32, portable C",
+                       eq_packed_prepared_bytes_scalar, eq_packed_prepare_scalar, eq_codebook_gemm_scalar},
+        },
     },
 };

@@ -183,6 +183,25 @@ void eq_packed_prepare_neon(const float *x, size_t cols, uint8_t *out);
 void eq_packed_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                          const eq_input *in, float *y, size_t y_stride);
 
+/* Codebook family (c4g*: 4-bit indices into a tile's 16 int8 levels, blocks as p4's), the same int8
+ * multiply-add with one table lookup per index, sharing the packed family's prepare (packed_acts.h):
+ * scalar/codebook.c, x86/avx2_codebook.c (pshufb + vpmaddubsw), x86/avx512_codebook.c (vpshufb +
+ * vpdpbusd), arm/neon_codebook.c (tbl + smull/smlal for neon, sdot for neon-dotprod). */
+void eq_codebook_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                             const eq_input *in, float *y, size_t y_stride);
+void eq_codebook_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                           const eq_input *in, float *y, size_t y_stride);
+void eq_codebook_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                   const eq_input *in, float *y, size_t y_stride);
+void eq_codebook_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                             const eq_input *in, float *y, size_t y_stride);
+void eq_codebook_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                     const eq_input *in, float *y, size_t y_stride);
+void eq_codebook_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                           const eq_input *in, float *y, size_t y_stride);
+void eq_codebook_gemm_neon_dotprod(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                                   const eq_input *in, float *y, size_t y_stride);
+
 /* *out = bytes of a (rows >= 1, cols >= 1) tensor of `type`, or EQ_ERR_SIZE_OVERFLOW (or
  * EQ_ERR_UNKNOWN_QTYPE: a family without a size rule). eq_padded_tail_nbytes: in the layout of
  * files without the "compact-tail" feature, a partial last group padded to G columns. */
@@ -260,10 +279,17 @@ static inline size_t eq_packed_group_cols(const eq_qtype_traits *type, size_t co
     return left < (size_t)type->group ? left : (size_t)type->group;
 }
 
+/* Bytes before a tile's first block: the codebook family's 16 levels, else none. */
+static inline size_t eq_tile_header_bytes(const eq_qtype_traits *type)
+{
+    return type->family == EQ_QFAMILY_CODEBOOK ? EQ_CODEBOOK_SIZE : 0u;
+}
+
+/* (the codebook family's tiles too: its levels, then blocks laid out as p4g{G}{a|s}'s) */
 static inline size_t eq_packed_tile_bytes(const eq_qtype_traits *type, size_t cols)
 {
     size_t n_groups = (cols + (size_t)type->group - 1) / (size_t)type->group;
-    return (n_groups - 1) * eq_packed_block_bytes(type, (size_t)type->group) +
+    return eq_tile_header_bytes(type) + (n_groups - 1) * eq_packed_block_bytes(type, (size_t)type->group) +
            eq_packed_block_bytes(type, eq_packed_group_cols(type, cols, n_groups - 1));
 }
 

@@ -224,6 +224,7 @@ static int storage_of(const eq_qtype_traits *traits, family_storage *out)
         return 0;
     case EQ_QFAMILY_UNIFORM_BITPLANE:
     case EQ_QFAMILY_UNIFORM_PACKED:
+    case EQ_QFAMILY_CODEBOOK:
         *out = (family_storage){EQ_GGML_TYPE_I8, EQ_TILE_ROWS, 4};
         return 0;
     case EQ_QFAMILY_COUNT:

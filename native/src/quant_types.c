@@ -103,6 +103,12 @@ static const eq_qtype_traits qtype_table[EQ_QTYPE_COUNT] = {
     [EQ_QTYPE_P8G64S]  = {"p8g64s",  EQ_QTYPE_P8G64S,  EQ_QFAMILY_UNIFORM_PACKED,   8,   64, true},
     [EQ_QTYPE_P8G128A] = {"p8g128a", EQ_QTYPE_P8G128A, EQ_QFAMILY_UNIFORM_PACKED,   8,  128, false},
     [EQ_QTYPE_P8G128S] = {"p8g128s", EQ_QTYPE_P8G128S, EQ_QFAMILY_UNIFORM_PACKED,   8,  128, true},
+    [EQ_QTYPE_C4G32A]  = {"c4g32a",  EQ_QTYPE_C4G32A,  EQ_QFAMILY_CODEBOOK,         4,   32, false},
+    [EQ_QTYPE_C4G32S]  = {"c4g32s",  EQ_QTYPE_C4G32S,  EQ_QFAMILY_CODEBOOK,         4,   32, true},
+    [EQ_QTYPE_C4G64A]  = {"c4g64a",  EQ_QTYPE_C4G64A,  EQ_QFAMILY_CODEBOOK,         4,   64, false},
+    [EQ_QTYPE_C4G64S]  = {"c4g64s",  EQ_QTYPE_C4G64S,  EQ_QFAMILY_CODEBOOK,         4,   64, true},
+    [EQ_QTYPE_C4G128A] = {"c4g128a", EQ_QTYPE_C4G128A, EQ_QFAMILY_CODEBOOK,         4,  128, false},
+    [EQ_QTYPE_C4G128S] = {"c4g128s", EQ_QTYPE_C4G128S, EQ_QFAMILY_CODEBOOK,         4,  128, true},
 };
 
 _Static_assert(sizeof qtype_table / sizeof qtype_table[0] == EQ_QTYPE_COUNT,
@@ -122,6 +128,7 @@ const char *eq_qfamily_name(int family)
     case EQ_QFAMILY_PLAIN: return "plain";
     case EQ_QFAMILY_UNIFORM_BITPLANE: return "uniform-bitplane";
     case EQ_QFAMILY_UNIFORM_PACKED: return "uniform-packed";
+    case EQ_QFAMILY_CODEBOOK: return "codebook";
     default: return NULL;
     }
 }
@@ -199,8 +206,9 @@ static int stored_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, 
         }
         return multiply_size(n_tiles, tile_bytes, out);
     }
-    case EQ_QFAMILY_UNIFORM_PACKED: {
-        /* tiles of equal size: whole groups, then the last group's columns rounded up to 32 */
+    case EQ_QFAMILY_UNIFORM_PACKED:
+    case EQ_QFAMILY_CODEBOOK: {
+        /* tiles of equal size: (codebook,) whole groups, then the last group's columns rounded up to 32 */
         size_t n_tiles = (rows - 1) / EQ_TILE_ROWS + 1;
         size_t stored = ((cols - 1) / EQ_GROUP_STEP + 1) * EQ_GROUP_STEP;   /* cols <= SIZE_MAX / 2; never padded to G */
         size_t full = stored / (size_t)type->group, tail = stored % (size_t)type->group;
@@ -208,7 +216,7 @@ static int stored_nbytes(const eq_qtype_traits *type, size_t rows, size_t cols, 
                                                         &count)) != EQ_OK) {
             return EQ_ERR_SIZE_OVERFLOW;
         }
-        size_t tail_bytes = tail ? eq_packed_block_bytes(type, tail) : 0;
+        size_t tail_bytes = (tail ? eq_packed_block_bytes(type, tail) : 0) + eq_tile_header_bytes(type);
         if (count > SIZE_MAX - tail_bytes) {
             return EQ_ERR_SIZE_OVERFLOW;
         }

@@ -61,7 +61,8 @@
  *
  * A mismatch prints the set, type, case, shape, vector, row, got, expected, error and bound (the
  * first 20; all are counted); at the end, one summary line per set, and one line of FNV-1a digests
- * over the uniform-packed cases: of their inputs, and per set of the bits of its outputs (sets with
+ * over the multiply-add families' cases (uniform packed and codebook; the line keeps its name
+ * "uniform-packed digests"): of their inputs, and per set of the bits of its outputs (sets with
  * equal digests on equal inputs gave the same bits, across machines too).
  */
 #include <inttypes.h>
@@ -111,6 +112,12 @@ static const path_precision path_precisions[] = {
     {"neon", "lut", ANY_FAMILY, 32767, 64, 0, 0},     /* the same int16 tables, two vqtbl1q byte tables */
     {"neon", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},          /* int8 activations per 32, smull/smlal (arm/neon_packed.c) */
     {"neon-dotprod", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},  /* the same with sdot (arm/neon_packed.c) */
+    /* the codebook family: the packed family's int8 activations, a table lookup per index (*_codebook.c) */
+    {"scalar", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
+    {"avx2", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
+    {"avx512", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
+    {"neon", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
+    {"neon-dotprod", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
@@ -281,6 +288,7 @@ typedef struct tensor {
     uint8_t *levels;                /* (padded_rows, n_groups * G) packed types */
     uint16_t *scales;               /* (padded_rows, n_groups) fp16 bits */
     uint16_t *mins;                 /* (padded_rows, n_groups) fp16 bits; asymmetric types only */
+    int8_t *codebooks;              /* (padded_rows / 16, 16) codebook types: each tile's levels */
     float *values;                  /* (rows, cols) plain types: each value, exactly */
     uint8_t *data;                  /* nbytes, the stored form */
     size_t nbytes;
@@ -292,6 +300,7 @@ static int is_packed(const eq_qtype_traits *type)
     case EQ_QFAMILY_PLAIN: return 0;
     case EQ_QFAMILY_UNIFORM_BITPLANE: return 1;
     case EQ_QFAMILY_UNIFORM_PACKED: return 1;
+    case EQ_QFAMILY_CODEBOOK: return 1;
     case EQ_QFAMILY_COUNT: break;
     }
     fprintf(stderr, "check_kernels: type %s has family %d, which this harness does not know\n",
@@ -365,6 +374,24 @@ static void write_u16le(uint8_t *p, uint16_t v)
     p[1] = (uint8_t)(v >> 8);
 }
 
+/* A codebook level in [-64, 63]: random, all 63 (with level 15 everywhere, every weight maximal and
+ * of one sign), or -64 / 63 at random. */
+static int8_t draw_codebook_level(rng *r, weight_pattern pattern)
+{
+    switch (pattern) {
+    case WEIGHTS_RANDOM: return (int8_t)((int)(rng_next(r) & 127u) - 64);
+    case WEIGHTS_MAX_LEVELS: return 63;
+    case WEIGHTS_EXTREME_LEVELS: return (int8_t)((rng_next(r) & 1u) ? 63 : -64);
+    }
+    return 0;
+}
+
+/* Multiply-add families: levels (packed) or indices (codebook) whole, in 64-byte quads. */
+static int has_quads(const eq_qtype_traits *type)
+{
+    return type->family == EQ_QFAMILY_UNIFORM_PACKED || type->family == EQ_QFAMILY_CODEBOOK;
+}
+
 /* Columns stored for group g (the planes' width): G, except a partial last group (K % G != 0),
  * stored in its columns rounded up to EQ_GROUP_STEP. The one place that says how wide a group is. */
 static size_t stored_columns(const tensor *t, size_t g)
@@ -381,17 +408,17 @@ static size_t stored_columns(const tensor *t, size_t g)
 static size_t block_bytes(const tensor *t, size_t g)
 {
     const size_t scale_bytes = 2u * EQ_TILE_ROWS * (t->type->symmetric ? 1u : 2u);
-    if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED) {
+    if (has_quads(t->type)) {
         return scale_bytes + stored_columns(t, g) * EQ_TILE_ROWS / (t->type->bits == 4 ? 2u : 1u);
     }
     return scale_bytes + (size_t)t->type->bits * (stored_columns(t, g) / EQ_CHUNK_COLS) * EQ_TILE_ROWS;
 }
 
-/* Bytes of t by the layout in edgeq.h's opening comment: tiles of 16 rows, each a run of blocks,
- * one per group. */
+/* Bytes of t by the layout in edgeq.h's opening comment: tiles of 16 rows, each (its codebook, then)
+ * a run of blocks, one per group. */
 static size_t layout_bytes(const tensor *t)
 {
-    size_t tile_bytes = 0;
+    size_t tile_bytes = t->type->family == EQ_QFAMILY_CODEBOOK ? EQ_CODEBOOK_SIZE : 0;
     for (size_t g = 0; g < t->n_groups; g++) {
         tile_bytes += block_bytes(t, g);
     }
@@ -405,6 +432,10 @@ static void pack_levels(const tensor *t, uint8_t *out)
     const size_t group = (size_t)t->type->group, padded_cols = t->n_groups * group;
     uint8_t *p = out;
     for (size_t tile = 0; tile < t->padded_rows / EQ_TILE_ROWS; tile++) {
+        if (t->type->family == EQ_QFAMILY_CODEBOOK) {   /* the tile's 16 levels first */
+            memcpy(p, t->codebooks + tile * EQ_CODEBOOK_SIZE, EQ_CODEBOOK_SIZE);
+            p += EQ_CODEBOOK_SIZE;
+        }
         for (size_t g = 0; g < t->n_groups; g++) {
             for (int r = 0; r < EQ_TILE_ROWS; r++, p += 2) {
                 write_u16le(p, t->scales[(tile * EQ_TILE_ROWS + (size_t)r) * t->n_groups + g]);
@@ -412,7 +443,7 @@ static void pack_levels(const tensor *t, uint8_t *out)
             for (int r = 0; !t->type->symmetric && r < EQ_TILE_ROWS; r++, p += 2) {
                 write_u16le(p, t->mins[(tile * EQ_TILE_ROWS + (size_t)r) * t->n_groups + g]);
             }
-            if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED) {
+            if (has_quads(t->type)) {
                 /* quads of 64 bytes [16 rows][4 columns]: byte (j, r, i) = level of column 4j + i,
                  * or at 4 bits column 8j + i in the low nibble and 8j + 4 + i in the high one */
                 const size_t quad_cols = t->type->bits == 4 ? 8 : 4;
@@ -497,6 +528,10 @@ static tensor make_tensor(rng *r, const eq_qtype_traits *type, const test_case *
         t.scales[i] = draw_scale(r, c->weights);
         t.mins[i] = type->symmetric ? 0 : draw_min(r, c->weights);
     }
+    t.codebooks = checked_calloc(t.padded_rows, sizeof(int8_t));   /* 16 per tile of 16 rows */
+    for (size_t i = 0; type->family == EQ_QFAMILY_CODEBOOK && i < t.padded_rows; i++) {
+        t.codebooks[i] = draw_codebook_level(r, c->weights);
+    }
     const size_t packed = layout_bytes(&t);
     if (packed != t.nbytes) {
         fprintf(stderr, "check_kernels: %s (%zu, %zu): eq_qtype_nbytes says %zu bytes, the layout in "
@@ -512,13 +547,30 @@ static void free_tensor(tensor *t)
     free(t->levels);
     free(t->scales);
     free(t->mins);
+    free(t->codebooks);
     free(t->values);
     free(t->data);
 }
 
+/* The zero point of symmetric types: (2^b - 1) / 2 for uniform levels, 0 for codebook levels. */
 static double zero_point(const eq_qtype_traits *type)
 {
-    return (double)((1u << type->bits) - 1u) / 2.0;
+    return type->family == EQ_QFAMILY_CODEBOOK ? 0.0 : (double)((1u << type->bits) - 1u) / 2.0;
+}
+
+/* The level of W[row][k]: uniform, or the codebook entry its index selects. */
+static int weight_level(const tensor *t, size_t row, size_t k)
+{
+    const int stored = t->levels[row * t->n_groups * (size_t)t->type->group + k];
+    if (t->type->family == EQ_QFAMILY_CODEBOOK)
+        return t->codebooks[row / EQ_TILE_ROWS * EQ_CODEBOOK_SIZE + (size_t)stored];
+    return stored;
+}
+
+/* The largest |level| a type can multiply by a scale. */
+static double largest_level(const eq_qtype_traits *type)
+{
+    return type->family == EQ_QFAMILY_CODEBOOK ? 64.0 : (double)((1u << type->bits) - 1u);
 }
 
 /* W[row][k] exactly (float64 holds scale * q + min of fp16 values and a <= 8-bit level). */
@@ -528,7 +580,7 @@ static double weight_exact(const tensor *t, size_t row, size_t k)
         return t->values[row * t->cols + k];
     }
     const size_t group = (size_t)t->type->group, g = k / group;
-    const double q = t->levels[row * t->n_groups * group + k];
+    const double q = weight_level(t, row, k);
     const double scale = eq_fp16_to_fp32(t->scales[row * t->n_groups + g]);
     if (t->type->symmetric) {
         return scale * (q - zero_point(t->type));
@@ -544,7 +596,7 @@ static float weight_dequantized(const tensor *t, size_t row, size_t k)
         return t->values[row * t->cols + k];
     }
     const size_t group = (size_t)t->type->group, g = k / group;
-    const float q = (float)t->levels[row * t->n_groups * group + k];
+    const float q = (float)weight_level(t, row, k);
     const float scale = eq_fp16_to_fp32(t->scales[row * t->n_groups + g]);
     if (t->type->symmetric) {
         return scale * (q - (float)zero_point(t->type));
@@ -582,7 +634,7 @@ static void oracle(const tensor *t, const float *x, size_t n, double *exact, dou
                     const double scale = fabs((double)eq_fp16_to_fp32(t->scales[row * t->n_groups + g]));
                     const double offset = type->symmetric ? scale * zero_point(type)
                                                           : fabs((double)eq_fp16_to_fp32(t->mins[row * t->n_groups + g]));
-                    bound += (scale * (double)((1u << type->bits) - 1u) + offset) * abs_x;
+                    bound += (scale * largest_level(type) + offset) * abs_x;
                 }
             }
             exact[v * t->rows + row] = sum;
@@ -685,12 +737,12 @@ typedef struct set_report {
     size_t products, outputs, mismatches;
     double worst_ratio;   /* largest error / bound seen, and where */
     const char *worst_type, *worst_case;
-    uint64_t packed_digest;   /* FNV-1a of the bits of every uniform-packed product's outputs */
+    uint64_t packed_digest;   /* FNV-1a of the bits of every packed / codebook product's outputs */
 } set_report;
 
 static size_t printed;
 
-/* FNV-1a over the uniform-packed cases' inputs (activations, tensor bytes): sets on different
+/* FNV-1a over the packed and codebook cases' inputs (activations, tensor bytes): sets on different
  * machines whose packed digests agree gave the same bits on the same inputs when these agree too
  * (tests/test_aarch64.py compares x86's avx2/avx512 with aarch64's neon/neon-dotprod this way). */
 static uint64_t packed_inputs_digest = 0xcbf29ce484222325ull;
@@ -792,7 +844,7 @@ static void check_case(set_report *reports, int n_sets, const eq_qtype_traits *t
     const size_t begin = rng_range(r, 0, c->rows - 1), count = rng_range(r, 1, c->rows - begin);
     oracle(&t, x, c->n, exact, magnitude);
     const double depth = float_depth(&t);
-    const int packed_family = type->family == EQ_QFAMILY_UNIFORM_PACKED;
+    const int packed_family = has_quads(type);   /* multiply-add families: digests of their bits */
     if (packed_family) {
         packed_inputs_digest = fnv1a(packed_inputs_digest, x, c->n * c->cols * sizeof(float));
         packed_inputs_digest = fnv1a(packed_inputs_digest, t.data, t.nbytes);

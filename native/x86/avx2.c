@@ -404,6 +404,13 @@ const eq_kernel_set eq_kernels_avx2 = {
                         eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_prefill_gemm_avx2},
             .prefill_from = 4,
         },
+        [EQ_QFAMILY_CODEBOOK] = {   /* kernels in x86/avx2_codebook.c */
+            .decode = {"multiply-add", "int8 multiply-add: index -> level by pshufb, activations int8 per 32, vpmaddubsw + vpmaddwd",
+                       eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_codebook_gemm_avx2},
+            .prefill = {"multiply-add", "int8 multiply-add: index -> level by pshufb, vpmaddubsw + vpmaddwd, 4 vectors per quad load",
+                        eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_codebook_prefill_gemm_avx2},
+            .prefill_from = 4,
+        },
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,

@@ -399,6 +399,13 @@ const eq_kernel_set eq_kernels_avx512 = {
                         eq_packed_prepared_bytes_avx512, eq_packed_prepare_avx512, eq_packed_prefill_gemm_avx512},
             .prefill_from = 4,
         },
+        [EQ_QFAMILY_CODEBOOK] = {   /* kernels in x86/avx512_codebook.c */
+            .decode = {"multiply-add", "int8 multiply-add: index -> level by vpshufb, activations int8 per 32, vpdpbusd on 16-row quads",
+                       eq_packed_prepared_bytes_avx512, eq_packed_prepare_avx512, eq_codebook_gemm_avx512},
+            .prefill = {"multiply-add", "int8 multiply-add: index -> level by vpshufb, vpdpbusd on 16-row quads, 8 vectors per quad load",
+                        eq_packed_prepared_bytes_avx512, eq_packed_prepare_avx512, eq_codebook_prefill_gemm_avx512},
+            .prefill_from = 4,
+        },
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,

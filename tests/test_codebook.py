@@ -1,0 +1,213 @@
+"""The codebook family (c4g<G><a|s>): numpy twin <-> C reference <-> every kernel set, the fitting
+against the uniform types at equal bits, and `--layout codebook` end to end."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeq import _ffi, quant_types
+from edgeq.convert import MethodSettings, PlanSettings, codebook, convert, methods
+from edgeq.errors import EdgeqError
+from edgeq.fileformat import ModelFile
+from edgeq.reference import Reference
+
+CODEBOOK = [qtype for qtype in quant_types.TYPES.values() if qtype.family == quant_types.CODEBOOK]
+SIMD = [name for name in _ffi.kernel_sets() if name not in ("ref", "scalar")]
+
+
+def random_codebook_tensor(qtype, rows, cols, rng):
+    """(bytes, indices, scales, codebooks, mins) with random everything; padding indices random too."""
+    padded_rows, padded_cols = qtype.padded_shape(rows, cols)
+    indices = rng.integers(0, 16, size=(padded_rows, padded_cols), dtype=np.uint8)
+    scales = rng.normal(0.0, 0.01, size=(padded_rows, padded_cols // qtype.group)).astype(np.float16)
+    mins = None if qtype.symmetric else rng.normal(0.0, 0.3, size=scales.shape).astype(np.float16)
+    books = rng.integers(-64, 64, size=(padded_rows // 16, 16))
+    data = quant_types.pack_codebook(qtype, indices, scales, books, cols, mins)
+    return data, indices, scales, books, mins
+
+
+def test_the_table_names_and_sizes():
+    assert [t.name for t in CODEBOOK] == ["c4g32a", "c4g32s", "c4g64a", "c4g64s", "c4g128a", "c4g128s"]
+    table = {row["name"]: row for row in _ffi.qtype_table()}
+    for qtype in CODEBOOK:
+        assert table[qtype.name]["id"] == qtype.id and table[qtype.name]["family"] == "codebook"
+        for rows, cols in ((1, 1), (17, 33), (100, 130), (576, 1536)):
+            assert _ffi.nbytes(qtype.name, rows, cols) == qtype.nbytes(rows, cols)
+        # a tile: 16 levels, then exactly the p4 blocks of the same group and symmetry
+        p4 = quant_types.uniform_type(4, qtype.group, qtype.symmetric, quant_types.UNIFORM_PACKED)
+        assert qtype.nbytes(48, 200) == p4.nbytes(48, 200) + 3 * 16
+
+
+@pytest.mark.parametrize("qtype", CODEBOOK, ids=lambda t: t.name)
+def test_numpy_twin_round_trips_and_every_set_dequantizes_its_bits(qtype):
+    rng = np.random.default_rng(qtype.id)
+    for rows, cols in ((33, 2 * qtype.group + 5), (16, qtype.group), (7, 32), (40, 200)):
+        data, indices, scales, books, mins = random_codebook_tensor(qtype, rows, cols, rng)
+        assert data.size == qtype.nbytes(rows, cols)
+        got_indices, got_scales, got_books, got_mins = quant_types.unpack_codebook(qtype, data, rows, cols)
+        stored = qtype.stored_cols(cols)
+        assert np.array_equal(got_indices, indices[:, :stored]) and np.array_equal(got_scales, scales[:, :got_scales.shape[1]])
+        assert np.array_equal(got_books, books) and (mins is None) == (got_mins is None)
+        expected = quant_types.dequantize(qtype, data, rows, cols)
+        per_row = np.repeat(books, 16, axis=0).astype(np.float32)
+        level = np.take_along_axis(per_row, indices.astype(np.intp), axis=1)[:rows, :cols]
+        scaled = np.repeat(scales.astype(np.float32), qtype.group, axis=1)[:rows, :cols] * level
+        formula = scaled if mins is None else scaled + np.repeat(mins.astype(np.float32), qtype.group, axis=1)[:rows, :cols]
+        assert np.array_equal(expected.view(np.uint32), formula.view(np.uint32))
+        previous = _ffi.isa()
+        for isa in _ffi.kernel_sets():
+            _ffi.select_isa(isa)
+            try:
+                assert np.array_equal(_ffi.dequantize(qtype.name, data, rows, cols).view(np.uint32),
+                                      expected.view(np.uint32)), isa
+            finally:
+                _ffi.select_isa(previous)
+
+
+@pytest.mark.parametrize("qtype", CODEBOOK, ids=lambda t: t.name)
+def test_every_set_multiplies_within_the_int8_bound(qtype):
+    """ref = float64 W x (to float32 rounding); every other set within the int8-activation bound
+    Σ_k |w_k| s_b / 2 (+ float slack); the SIMD sets give one another's bits."""
+    rng = np.random.default_rng(100 + qtype.id)
+    for rows, cols, n in ((33, 2 * qtype.group + 5, 3), (64, 3 * qtype.group, 5), (5, 40, 1)):
+        data = random_codebook_tensor(qtype, rows, cols, rng)[0]
+        weight = quant_types.dequantize(qtype, data, rows, cols).astype(np.float64)
+        x = rng.standard_t(3, size=(n, cols)).astype(np.float32)
+        exact = x.astype(np.float64) @ weight.T
+        ref = _ffi.gemm(qtype.name, data, rows, cols, x, isa="ref")
+        assert np.allclose(ref, exact, rtol=1e-6, atol=1e-6 * np.abs(exact).max())
+        padded = np.zeros((n, -(-cols // 32) * 32))
+        padded[:, :cols] = np.abs(x)
+        step = np.repeat(padded.reshape(n, -1, 32).max(axis=2) / 127, 32, axis=1)[:, :cols]   # s_b per column
+        bound = (0.5 + 2 ** -7) * step @ np.abs(weight).T + 1e-5 * (np.abs(x) @ np.abs(weight).T) + 1e-30
+        outputs = {}
+        for isa in _ffi.kernel_sets():
+            if isa == "ref":
+                continue
+            outputs[isa] = _ffi.gemm(qtype.name, data, rows, cols, x, isa=isa)
+            assert (np.abs(outputs[isa] - exact) <= bound).all(), isa
+            one = _ffi.gemm(qtype.name, data, rows, cols, x[-1:], isa=isa)
+            assert np.array_equal(one, outputs[isa][-1:]), isa      # alone = in the batch
+        for isa in SIMD[1:]:
+            assert np.array_equal(outputs[isa], outputs[SIMD[0]]), (isa, SIMD[0])
+
+
+def heavy_tailed_layer(rng, rows=96, cols=512):
+    """Student-t weights with a few columns 5x larger (outlier input channels), and E[x^2] from a
+    gamma distribution (most columns small, some large): what real layers and their statistics look like."""
+    weight = (rng.standard_t(4, size=(rows, cols)) * 0.02).astype(np.float32)
+    weight[:, rng.choice(cols, 8, replace=False)] *= 5
+    return weight, rng.gamma(0.5, 1.0, cols)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fitting_beats_uniform_types_at_equal_bits(seed):
+    """Weighted error Σ_j E[x_j^2] ||ΔW_:,j||^2 of the codebook fit against rtn (clip search with the
+    same weights) on the uniform types of the same bits, group and symmetry (and against bit-planes:
+    the same numbers as packed); the codebook's 16 bytes per 16 rows are the only extra bits."""
+    rng = np.random.default_rng(seed)
+    weight, importance = heavy_tailed_layer(rng)
+    for group in quant_types.GROUPS:
+        for symmetric in (False, True):
+            ours = quant_types.codebook_type(4, group, symmetric)
+            tensor = codebook.fit(weight, ours, importance)
+            error = methods.weighted_error(weight, quant_types.dequantize(ours, tensor.data, *weight.shape), importance)
+            for family in quant_types.UNIFORM_FAMILIES:
+                uniform = quant_types.uniform_type(4, group, symmetric, family)
+                theirs = methods.rtn(weight, uniform, importance)
+                their_error = methods.weighted_error(weight, quant_types.dequantize(uniform, theirs.data, *weight.shape),
+                                                     importance)
+                assert error < 0.95 * their_error, (ours.name, uniform.name, error / their_error)
+            assert ours.bits_per_weight(*weight.shape) - 4 - 16 * (1 if symmetric else 2) / group == pytest.approx(8 / 512)   # 16 bytes per 16 x 512 weights
+            books = quant_types.unpack_codebook(ours, tensor.data, *weight.shape)[2]
+            assert books.min() >= -64 and books.max() <= 63
+
+
+def test_fitting_uses_the_importance():
+    """Weighted by E[x^2], the error where it counts is lower than the unweighted fit's."""
+    rng = np.random.default_rng(7)
+    weight, importance = heavy_tailed_layer(rng)
+    qtype = quant_types.TYPES["c4g64a"]
+    weighted = codebook.fit(weight, qtype, importance)
+    plain = codebook.fit(weight, qtype, None)
+    error = lambda t: methods.weighted_error(weight, quant_types.dequantize(qtype, t.data, *weight.shape), importance)
+    assert error(weighted) < error(plain)
+    assert plain.method == "codebook-kmeans" and weighted.sq_error > 0
+
+
+def test_per_tile_chunks_equal_the_whole():
+    """One codebook per 16-row tile: quantizing rows in chunks of whole tiles gives the same bytes
+    (the converter quantizes big tensors chunk by chunk)."""
+    rng = np.random.default_rng(3)
+    weight, _ = heavy_tailed_layer(rng, rows=70, cols=160)
+    qtype = quant_types.TYPES["c4g32s"]
+    whole = codebook.fit(weight, qtype).data
+    parts = np.concatenate([codebook.fit(weight[:32], qtype).data, codebook.fit(weight[32:], qtype).data])
+    assert np.array_equal(whole, parts)
+
+
+@pytest.fixture(scope="module")
+def codebook_file(tiny_qwen_partial, tmp_path_factory):
+    path = tmp_path_factory.mktemp("codebook") / "tiny.c4"
+    convert(tiny_qwen_partial, path, PlanSettings(bits=4, layout="codebook"), progress=False,
+            method=MethodSettings(method="rtn"))
+    return path
+
+
+def test_layout_codebook_writes_and_runs(codebook_file):
+    """--layout codebook: the 4-bit tensors are c4g64a (K not a multiple of the group: partial last
+    groups), the 6-bit head stays bit-planes; the C forward pass on every set is the numpy reference's."""
+    model = ModelFile(codebook_file)
+    types = {t.name: t.qtype.name for t in model.tensors.values()}
+    assert types["blk.0.ffn_down.weight"] == "c4g64a" and types["blk.0.attn_q.weight"] == "c4g64a"
+    assert types["token_embd.weight"] == "c4g64a" and types["output.weight"] == "u6g64a"
+    assert model.tensors["blk.0.ffn_down.weight"].method == "codebook-kmeans-clip-search"
+    assert model.settings["layout"] == "codebook"
+    prompt = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42, 9, 199, 3, 88]
+    expected = Reference(model.config, model.load).forward(prompt)
+    previous = _ffi.isa()
+    for isa in _ffi.kernel_sets():
+        _ffi.select_isa(isa)
+        try:
+            handle = _ffi.model_open(codebook_file, threads=2, kv_fp32=True)
+            try:
+                got = np.concatenate([_ffi.model_eval(handle, prompt[:1], all_logits=True),
+                                      _ffi.model_eval(handle, prompt[1:], all_logits=True)])
+            finally:
+                _ffi.model_close(handle)
+        finally:
+            _ffi.select_isa(previous)
+        # int8 activations (as the packed family: tests/test_runtime.py MULTIPLY_ADD); ref is float
+        assert np.abs(got - expected).max() < 0.02 * np.ptp(expected), isa
+
+
+def test_cli_convert_codebook_and_info(tiny_llama, tmp_path):
+    out = tmp_path / "tiny.c4"
+    env = dict(os.environ, EDGEQ_ISA="")
+    converted = subprocess.run([sys.executable, "-m", "edgeq", "convert", str(tiny_llama), "-o", str(out),
+                                "--layout", "codebook", "--sym", "--method", "rtn", "-q"], capture_output=True, text=True, env=env)
+    assert converted.returncode == 0, converted.stderr
+    info = subprocess.run([sys.executable, "-m", "edgeq", "info", str(out)], capture_output=True,
+                          text=True, env=env)
+    assert info.returncode == 0, info.stderr
+    route = next(line for line in info.stdout.splitlines() if line.strip().startswith("c4g64s"))
+    assert f"decode: {_ffi.kernel_sets()[0]} multiply-add (int8 multiply-add: index -> level" in route, route
+    assert "layout codebook" in info.stdout
+    assert any(line.startswith("blk.0.ffn_up.weight") and " c4g64s " in line and "codebook-kmeans" in line
+               for line in info.stdout.splitlines()), info.stdout
+
+
+def test_bad_codebook_requests_are_one_line_errors(tiny_llama, tmp_path):
+    with pytest.raises(EdgeqError, match="--layout codebook stores 4-bit types, not --bits 3"):
+        PlanSettings(bits=3, layout="codebook").validate()
+    for method in ("gptq", "hqq"):
+        with pytest.raises(EdgeqError, match=f"--method {method} does not fit codebook types"):
+            convert(tiny_llama, tmp_path / "x.eq", PlanSettings(bits=4, layout="codebook"), progress=False,
+                    method=MethodSettings(method=method))
+        assert not (tmp_path / "x.eq").exists()
+    with pytest.raises(ValueError, match="not a codebook type"):
+        codebook.fit(np.zeros((16, 64), np.float32), quant_types.TYPES["p4g64a"])
