@@ -12,10 +12,15 @@
  *     plain s32 sum, at most 32 x 255 x 32767 < 2^28 per block);
  *   - expansion spreads each row's plane byte over its two int16 lanes (vpermw) and adds 2^p under
  *     a vptestmw mask per column pair.
- * Per pair, one level load serves VECTORS broadcast activations (8 vectors at a time).
- * Splitting the int16 activations into two int8 halves for vpdpbusd would read half the level
- * bytes for the same number of multiply-adds (two vpdpbusd per 4 columns against two vpdpwssd);
- * not measured yet.
+ * Per pair, one level load serves VECTORS vectors (8 at a time, then 4, then 1), each vpdpwssd
+ * broadcasting its vector's 2 activations from memory itself ({1to16}, base + index address: one
+ * register per vector for the whole span), so the inner loop is 1 load + 8 vpdpwssd per pair; the
+ * first span of a row starts from zero and the last writes y directly (no accumulator copies).
+ * Instructions of one 64 x 896 gemm over 64 vectors (benchmarks/README.md "Prefill"): u3g32a
+ * 546 k -> 287 k. Splitting the int16 activations into two int8 halves for vpdpbusd is no gain in
+ * multiply-adds: an exact split needs two vpdpbusd per 4 columns (64 useful products per 2
+ * instructions, as vpdpwssd's 32 per one); only int8 activations would double the rate, at 2^8
+ * times the error bound.
  * A partial last group (compact-tail: stored in its columns rounded up to 32) runs its own trip
  * count, as in x86/avx2_prefill.c.
  * The prepared input is x86/avx2_prefill.c's (eq_prefill_prepare_avx2, layout in q16_acts.h):
