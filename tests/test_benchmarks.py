@@ -90,6 +90,41 @@ def test_layout_option_needs_a_converter_with_layout(suite):
             suite.parse_variant("8:packed")
 
 
+@pytest.mark.parametrize("spec, name, flags", [
+    ("mixed:491.4MB", "mixed-size-491.400MB", ["--size", "491.400MB"]),
+    ("mixed:1.2GB", "mixed-size-1200.000MB", ["--size", "1200.000MB"]),
+    ("mixed:3.0bpw", "mixed-bpw-3", ["--bpw", "3"]),
+    ("mixed:2.75bpw", "mixed-bpw-2.75", ["--bpw", "2.75"]),
+])
+def test_mixed_variant_name_and_convert_flags(suite, spec, name, flags):
+    variant = suite.parse_variant(spec)
+    assert (variant.name, variant.convert_flags(), variant.file_name) == (name, flags, f"edgeq-{name}.eq")
+    assert variant.bits is None and suite.conversion_kind(variant) == "mixed"
+    assert variant.describe()["linear_type"] == "mixed" and variant.describe()["variant"] == spec
+    # benchmarks/bench_mixed.py writes the same file name, so the suite reuses its files
+    bench_mixed = importlib.util.spec_from_file_location(
+        "edgeq_bench_mixed", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_mixed.py")
+    module = importlib.util.module_from_spec(bench_mixed)
+    bench_mixed.loader.exec_module(module)
+    assert module.file_name(variant.budget()) == variant.file_name
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("mixed", "mixed:BUDGET"), ("mixed:3bpw:g32", "mixed:BUDGET"), ("mixed:lots", "give a file size"),
+    ("mixed:0bpw", "bits per weight as a number"), ("mixed:xbpw", "bits per weight as a number"),
+    ("mixed:-5MB", "give a file size"),
+])
+def test_bad_mixed_variant_is_a_one_line_error(suite, spec, words):
+    with pytest.raises(ValueError, match=words) as error:
+        suite.parse_variant(spec)
+    assert "\n" not in str(error.value)
+
+
+def test_mixed_variants_sort_after_uniform_ones(suite):
+    variants = [suite.parse_variant(s) for s in ("mixed:3.0bpw", "2", "mixed:80MB", "8", "mixed:3bpw")]
+    assert [v.spec for v in suite.unique_variants(variants)] == ["8", "2", "mixed:3.0bpw", "mixed:80MB"]
+
+
 def test_command_line_checks_variants_and_kernel_sets_up_front(suite, capsys):
     with pytest.raises(SystemExit):
         suite.build_parser().parse_args(["--edgeq-variants", "4", "4:g48"])
@@ -128,6 +163,27 @@ def test_cached_file_matches_only_its_variant(suite, tiny_llama, tiny_converted,
     assert "does not open" in suite.cached_mismatch(broken, v8)
 
 
+def test_mixed_file_converts_records_its_budget_and_is_reused(suite, tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "bench_dir", lambda model: tmp_path)
+    monkeypatch.setattr(suite, "hf_folder", lambda model: tiny_llama)
+    variant = suite.parse_variant("mixed:90KB")
+    path, measured = suite.edgeq_file("tiny", variant)
+    assert path == tmp_path / "edgeq-mixed-size-0.090MB.eq" and path.stat().st_size <= 90_000
+    assert measured["convert_command"] == "edgeq convert SRC -o OUT --size 0.090MB" and measured["convert_cpu_s"] > 0
+    assert suite.cached_mismatch(path, variant) is None
+    assert "budget" in suite.cached_mismatch(path, suite.parse_variant("mixed:95KB"))
+    assert "budget" in suite.cached_mismatch(path, suite.parse_variant("mixed:3.0bpw"))
+    stamp = path.stat().st_mtime_ns
+    assert suite.edgeq_file("tiny", variant)[0] == path and path.stat().st_mtime_ns == stamp     # reused
+    # a uniform file under the mixed name is not the variant's
+    uniform = tmp_path / "uniform.eq"
+    convert(tiny_llama, uniform, suite.parse_variant("8").plan_settings(), progress=False)
+    assert "budget" in suite.cached_mismatch(uniform, variant)
+    # the record beside a file made by bench_mixed.py carries more than the suite keeps
+    suite.conversion_record(path).write_text(json.dumps({**measured, "allocation": ["..."], "analysis": "reused"}))
+    assert suite.edgeq_file("tiny", variant)[1] == measured
+
+
 def test_edgeq_file_converts_measures_reuses_and_reconverts(suite, tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "bench_dir", lambda model: tmp_path)
     monkeypatch.setattr(suite, "hf_folder", lambda model: tiny_llama)
@@ -158,6 +214,12 @@ def test_estimate_counts_conversions_that_calibrate(suite, monkeypatch):
     assert converting == guess["plain"] + guess["imatrix"] + guess["gptq"]
     monkeypatch.setattr(suite, "edgeq_file_ready", lambda model, variant: True)
     assert suite.estimate(args, ["qwen"], False, [], variants, [], [None])[1] == 0
+    monkeypatch.setattr(suite, "edgeq_file_ready", lambda model, variant: False)
+    mixed = [suite.parse_variant("mixed:400MB")]
+    measuring, converting = suite.estimate(args, ["qwen"], False, [], mixed, [], [None])
+    assert converting == guess["mixed"]
+    with_kl = suite.build_parser().parse_args(["--quality-only", "--chunks", "1", "--llama-types", "--kl"])
+    assert suite.estimate(with_kl, ["qwen"], False, [], mixed, [], [None])[0] > measuring
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +246,9 @@ def _records():
         {**speed("edgeq", "u4g64a-rtn-imatrix", 84.7, 125.0, "scalar", 4), **edgeq_file},
         {**ppl("edgeq", "u4g64a-rtn-imatrix", 84.7, 29.3, 4), **edgeq_file},
         speed("edgeq", "u3g32a-gptq", 79.9, 150.0, "avx2", 3), ppl("edgeq", "u3g32a-gptq", 79.9, 34.7, 3),
+        speed("edgeq", "mixed-size-88.200MB", 88.1, 115.0, "avx2"),
+        {**ppl("edgeq", "mixed-size-88.200MB", 88.1, 29.5), "kld": 0.0321, "top1_agreement": 0.912,
+         "variant": "mixed:88.2MB", "linear_type": "mixed", "layout": "mixed", "method": "auto per tensor"},
     ]
 
 
@@ -233,3 +298,15 @@ def test_report_states_peers_dominance_and_conversions(suite, tmp_path):
            "larger and no worse in perplexity" in text
     assert "- llama.cpp Q2_K (88.2 MB): not decided" in text
     assert "| u4g64a-rtn-imatrix | `4` | u4g64a | 64 | uniform-bitplane | rtn-imatrix | 40.0 | 70.0 | 900 |" in text
+    # a mixed row: its KL and top-1 in the KL column (empty for rows measured without a base), no peer at
+    # equal bits, the llama.cpp file no smaller beside it
+    assert "| edgeq | mixed-size-88.200MB [avx2] | 88.1 | 29.50 ± 1.00 (2) | 0.0321 (91.2 %) | 115.0 | 230.0 " \
+           "|  |  |  |  | Q2_K | 1.00 |" in text
+    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 ± 1.00 (2) |  | 150.0 |" in text
+    assert "| mixed-size-88.200MB | `mixed:88.2MB` | mixed |  | mixed | auto per tensor |" in text
+
+
+def test_plots_draw_mixed_rows_as_their_own_series(suite, tmp_path):
+    pytest.importorskip("matplotlib")
+    written = suite.plot(_records(), tmp_path)
+    assert sorted(p.name for p in written) == ["smollm2-decode.png", "smollm2-ppl.png"]
