@@ -94,8 +94,12 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
 static inline __attribute__((always_inline)) __m512i
 dot_pair(__m512i sum, const __m512i w, const uint8_t *start, const size_t at, const int j)
 {
-    __asm__("vpdpwssd %c[disp](%[start],%[at])%{1to16%}, %[w], %[sum]"
-            : [sum] "+v"(sum) : [w] "v"(w), [start] "r"(start), [at] "r"(at), [disp] "i"(4 * j));
+    if (__builtin_constant_p(j))   /* the unrolled loops: j in the displacement */
+        __asm__("vpdpwssd %c[disp](%[start],%[at])%{1to16%}, %[w], %[sum]"
+                : [sum] "+v"(sum) : [w] "v"(w), [start] "r"(start), [at] "r"(at), [disp] "i"(4 * j));
+    else                           /* sanitizer builds (loops not unrolled): j in the index */
+        __asm__("vpdpwssd (%[start],%[at])%{1to16%}, %[w], %[sum]"
+                : [sum] "+v"(sum) : [w] "v"(w), [start] "r"(start), [at] "r"(at + 4u * (size_t)j));
     return sum;
 }
 
