@@ -12,10 +12,15 @@
  *     plain s32 sum, at most 32 x 255 x 32767 < 2^28 per block);
  *   - expansion spreads each row's plane byte over its two int16 lanes (vpermw) and adds 2^p under
  *     a vptestmw mask per column pair.
- * Per pair, one level load serves VECTORS broadcast activations (8 vectors at a time).
- * Splitting the int16 activations into two int8 halves for vpdpbusd would read half the level
- * bytes for the same number of multiply-adds (two vpdpbusd per 4 columns against two vpdpwssd);
- * not measured yet.
+ * Per pair, one level load serves VECTORS vectors (8 at a time, then 4, then 1), each vpdpwssd
+ * broadcasting its vector's 2 activations from memory itself ({1to16}, base + index address: one
+ * register per vector for the whole span), so the inner loop is 1 load + 8 vpdpwssd per pair; the
+ * first span of a row starts from zero and the last writes y directly (no accumulator copies).
+ * Instructions of one 64 x 896 gemm over 64 vectors (benchmarks/README.md "Prefill"): u3g32a
+ * 546 k -> 287 k. Splitting the int16 activations into two int8 halves for vpdpbusd is no gain in
+ * multiply-adds: an exact split needs two vpdpbusd per 4 columns (64 useful products per 2
+ * instructions, as vpdpwssd's 32 per one); only int8 activations would double the rate, at 2^8
+ * times the error bound.
  * A partial last group (compact-tail: stored in its columns rounded up to 32) runs its own trip
  * count, as in x86/avx2_prefill.c.
  * The prepared input is x86/avx2_prefill.c's (eq_prefill_prepare_avx2, layout in q16_acts.h):
@@ -80,11 +85,56 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
 
 /* ---- multiply: `vectors` vectors against one expanded group ------------------------------------- */
 
+/* sum (16 rows, s32) += l[r, 0] q[k] + l[r, 1] q[k + 1]: w one expanded pair (16, 2), q[k], q[k + 1]
+ * a vector's 2 int16 activations at start + at + 4j, broadcast by the instruction itself ({1to16}).
+ * Inline assembly because GCC 12 neither folds _mm512_set1_epi32's broadcast into vpdpwssd (one
+ * vpbroadcastd more per multiply-add) nor keeps (start + at) as a base + index address (it spills
+ * one pointer per vector and block). The prepared input is read-only during the whole gemm (its
+ * prepare ran before the call), so the memory read needs no operand of its own. */
+static inline __attribute__((always_inline)) __m512i
+dot_pair(__m512i sum, const __m512i w, const uint8_t *start, const size_t at, const int j)
+{
+    if (__builtin_constant_p(j))   /* the unrolled loops: j in the displacement */
+        __asm__("vpdpwssd %c[disp](%[start],%[at])%{1to16%}, %[w], %[sum]"
+                : [sum] "+v"(sum) : [w] "v"(w), [start] "r"(start), [at] "r"(at), [disp] "i"(4 * j));
+    else                           /* sanitizer builds (loops not unrolled): j in the index */
+        __asm__("vpdpwssd (%[start],%[at])%{1to16%}, %[w], %[sum]"
+                : [sum] "+v"(sum) : [w] "v"(w), [start] "r"(start), [at] "r"(at + 4u * (size_t)j));
+    return sum;
+}
+
+/* The prepared vectors of one multiply (q16_acts.h's layout), each addressed from its own start so
+ * that the loops keep VECTORS pointers and shared offsets in registers: vector v's q_k at
+ * start[v] + 2k, its d_b at start[v] + scale_offset + 4b, its sum_b at start[v] + sum_offset + 4b. */
+typedef struct vector_set {
+    const uint8_t *start[VECTORS];
+    size_t scale_offset, sum_offset;
+} vector_set;
+
+static inline vector_set vector_set_at(const eq_input *in, const size_t first, const int vectors)
+{
+    const eq_q16_acts layout = eq_q16_acts_at(in->prepared, in->cols);
+    vector_set x;
+    x.scale_offset = (size_t)((const uint8_t *)layout.scale - in->prepared);
+    x.sum_offset = (size_t)((const uint8_t *)layout.sum - in->prepared);
+    for (int v = 0; v < vectors; v++)
+        x.start[v] = in->prepared + (first + (size_t)v) * in->stride;
+    return x;
+}
+
+static inline __attribute__((always_inline)) float
+vector_float(const vector_set *x, const int v, const size_t offset)
+{
+    float f;
+    memcpy(&f, x->start[v] + offset, sizeof f);
+    return f;
+}
+
 /* y[v] (16 rows) += scale[r] Σ_b d_b Σ_{k in b} l[r, k] q_v[k] + bias[r] Σ x̂_v over group g's
  * `width` stored columns, for `vectors` (1 .. VECTORS) vectors; levels (width / 2, 16, 2), scale
  * and bias (16,) */
 static inline __attribute__((always_inline)) void
-group_product(const int16_t *levels, const eq_q16_acts *x, const int vectors, size_t g, __m512 scale,
+group_product(const int16_t *levels, const vector_set *x, const int vectors, size_t g, __m512 scale,
               __m512 bias, const size_t group, const size_t width, __m512 *y)
 {
     const size_t first_block = g * group / EQ_Q16_BLOCK;
@@ -94,6 +144,8 @@ group_product(const int16_t *levels, const eq_q16_acts *x, const int vectors, si
         dot[v] = _mm512_setzero_ps();
     for (size_t b = 0; b < width / EQ_Q16_BLOCK; b++) {
         const size_t block = first_block + b;
+        const size_t q_at = block * EQ_Q16_BLOCK * sizeof(int16_t);
+        const size_t scale_at = x->scale_offset + block * sizeof(float);
         __m512i sum[VECTORS];                                /* s32 per row */
 #pragma GCC unroll 8
         for (int v = 0; v < vectors; v++)
@@ -102,36 +154,45 @@ group_product(const int16_t *levels, const eq_q16_acts *x, const int vectors, si
         for (int j = 0; j < EQ_Q16_BLOCK / 2; j++) {
             const __m512i w = _mm512_load_si512((const void *)(levels + (b * (EQ_Q16_BLOCK / 2) + (size_t)j) * PAIR_LEVELS));
 #pragma GCC unroll 8
-            for (int v = 0; v < vectors; v++) {
-                int32_t two;
-                memcpy(&two, x[v].q + block * EQ_Q16_BLOCK + 2 * (size_t)j, sizeof two);
-                sum[v] = _mm512_dpwssd_epi32(sum[v], w, _mm512_set1_epi32(two));
-            }
+            for (int v = 0; v < vectors; v++)
+                sum[v] = dot_pair(sum[v], w, x->start[v], q_at, j);
         }
 #pragma GCC unroll 8
-        for (int v = 0; v < vectors; v++)
-            dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[v]), _mm512_set1_ps(x[v].scale[block]), dot[v]);
+        for (int v = 0; v < vectors; v++) {
+            const __m512 d = _mm512_set1_ps(vector_float(x, v, scale_at));
+            dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[v]), d, dot[v]);
+        }
     }
 #pragma GCC unroll 8
     for (int v = 0; v < vectors; v++) {
         float x_sum = 0.0f;
         for (size_t b = 0; b < width / EQ_Q16_BLOCK; b++)
-            x_sum += x[v].sum[first_block + b];
+            x_sum += vector_float(x, v, x->sum_offset + (first_block + b) * sizeof(float));
         y[v] = _mm512_fmadd_ps(scale, dot[v], _mm512_fmadd_ps(bias, _mm512_set1_ps(x_sum), y[v]));
     }
 }
 
-/* acc[v] (16 rows) += the span's groups g0 .. g_end applied to `vectors` vectors; the last group of
- * the row (n_groups - 1) stores last_width columns */
+/* Where a span's results go: the first span of a row starts from zero, a middle one adds to acc
+ * (16 floats per vector, in L1), the last one writes y's n_rows rows of each vector. */
+typedef struct span_output {
+    int first, last;
+    float (*acc)[EQ_TILE_ROWS];     /* (vectors, 16) */
+    float *y;                       /* the first vector's row0 */
+    size_t y_stride;
+    __mmask16 rows;                 /* the tile's rows: all 16, or the last tile's n_rows */
+} span_output;
+
+/* The span's groups g0 .. g_end applied to `vectors` vectors, into out; the last group of the row
+ * (n_groups - 1) stores last_width columns */
 static inline __attribute__((always_inline)) void
 span_vectors(const int16_t *levels, const float (*scales)[EQ_TILE_ROWS], const float (*biases)[EQ_TILE_ROWS],
-             const eq_q16_acts *x, const int vectors, size_t g0, size_t g_end, const size_t group,
-             const size_t n_groups, const size_t last_width, float (*acc)[EQ_TILE_ROWS])
+             const vector_set *x, const int vectors, size_t g0, size_t g_end, const size_t group,
+             const size_t n_groups, const size_t last_width, const span_output *out)
 {
     __m512 y[VECTORS];
 #pragma GCC unroll 8
     for (int v = 0; v < vectors; v++)
-        y[v] = _mm512_load_ps(acc[v]);
+        y[v] = out->first ? _mm512_setzero_ps() : _mm512_load_ps(out->acc[v]);
     for (size_t g = g0; g < g_end; g++) {
         const int16_t *group_levels = levels + (g - g0) * group * EQ_TILE_ROWS;
         const __m512 scale = _mm512_load_ps(scales[g - g0]), bias = _mm512_load_ps(biases[g - g0]);
@@ -141,8 +202,12 @@ span_vectors(const int16_t *levels, const float (*scales)[EQ_TILE_ROWS], const f
             group_product(group_levels, x, vectors, g, scale, bias, group, group, y);
     }
 #pragma GCC unroll 8
-    for (int v = 0; v < vectors; v++)
-        _mm512_store_ps(acc[v], y[v]);
+    for (int v = 0; v < vectors; v++) {
+        if (out->last)
+            _mm512_mask_storeu_ps(out->y + (size_t)v * out->y_stride, out->rows, y[v]);
+        else
+            _mm512_store_ps(out->acc[v], y[v]);
+    }
 }
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
@@ -164,7 +229,7 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
     const __m512 minus_zero_point = _mm512_set1_ps(-(float)((1u << bits) - 1u) / 2.0f);
 
     _Alignas(64) int16_t levels[SPAN_COLS / 2 * PAIR_LEVELS];         /* (span / 2, 16, 2) */
-    _Alignas(64) float acc[BATCH_MAX][EQ_TILE_ROWS];                   /* y of the tile per vector */
+    _Alignas(64) float acc[BATCH_MAX][EQ_TILE_ROWS];                   /* y of the tile per vector, between spans */
     _Alignas(64) float scales[SPAN_COLS / EQ_Q16_BLOCK][EQ_TILE_ROWS]; /* per group of the span */
     _Alignas(64) float biases[SPAN_COLS / EQ_Q16_BLOCK][EQ_TILE_ROWS]; /* what multiplies Σ x̂ */
 
@@ -172,9 +237,9 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
         const uint8_t *tile_data = data + tile * tile_bytes;
         const size_t row0 = tile * EQ_TILE_ROWS;
         const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
+        const __mmask16 rows_mask = (__mmask16)((1u << n_rows) - 1u);
         for (size_t v0 = 0; v0 < in->n; v0 += BATCH_MAX) {
             const size_t n_vectors = in->n - v0 < BATCH_MAX ? in->n - v0 : BATCH_MAX;
-            memset(acc, 0, n_vectors * sizeof acc[0]);
             for (size_t g0 = 0; g0 < n_groups; g0 += span_groups) {
                 const size_t g_end = g0 + span_groups < n_groups ? g0 + span_groups : n_groups;
                 for (size_t g = g0; g < g_end; g++) {
@@ -191,26 +256,28 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                     _mm512_store_ps(scales[g - g0], scale);
                     _mm512_store_ps(biases[g - g0], bias);
                 }
-                eq_q16_acts x[VECTORS];
+                span_output out = {g0 == 0, g_end == n_groups, acc, NULL, y_stride, rows_mask};
                 size_t v = 0;
                 for (; v + VECTORS <= n_vectors; v += VECTORS) {
-                    for (int i = 0; i < VECTORS; i++)
-                        x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
-                    span_vectors(levels, scales, biases, x, VECTORS, g0, g_end, group, n_groups, last_width, acc + v);
+                    const vector_set x = vector_set_at(in, v0 + v, VECTORS);
+                    out.acc = acc + v;
+                    out.y = y + (v0 + v) * y_stride + row0;
+                    span_vectors(levels, scales, biases, &x, VECTORS, g0, g_end, group, n_groups, last_width, &out);
                 }
                 if (v + 4 <= n_vectors) {   /* the rest: 4 at a time, then one by one */
-                    for (int i = 0; i < 4; i++)
-                        x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
-                    span_vectors(levels, scales, biases, x, 4, g0, g_end, group, n_groups, last_width, acc + v);
+                    const vector_set x = vector_set_at(in, v0 + v, 4);
+                    out.acc = acc + v;
+                    out.y = y + (v0 + v) * y_stride + row0;
+                    span_vectors(levels, scales, biases, &x, 4, g0, g_end, group, n_groups, last_width, &out);
                     v += 4;
                 }
                 for (; v < n_vectors; v++) {
-                    x[0] = eq_q16_acts_at(in->prepared + (v0 + v) * in->stride, cols);
-                    span_vectors(levels, scales, biases, x, 1, g0, g_end, group, n_groups, last_width, acc + v);
+                    const vector_set x = vector_set_at(in, v0 + v, 1);
+                    out.acc = acc + v;
+                    out.y = y + (v0 + v) * y_stride + row0;
+                    span_vectors(levels, scales, biases, &x, 1, g0, g_end, group, n_groups, last_width, &out);
                 }
             }
-            for (size_t v = 0; v < n_vectors; v++)
-                memcpy(y + (v0 + v) * y_stride + row0, acc[v], n_rows * sizeof(float));
         }
     }
 }
