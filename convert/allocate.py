@@ -185,13 +185,10 @@ class FloatRunner:
     tensor replaced restarts at that tensor's layer. Math: convert.calibrate's layer forward."""
 
     def __init__(self, load, config, tokens: np.ndarray):
-        from edgeq.reference import rope_inv_freq, rope_tables
         from .calibrate import embed
         self.load, self.config = load, config
         self.n_seq, self.ctx = tokens.shape
         self.tokens = tokens
-        self.cos, self.sin = rope_tables(rope_inv_freq(config), np.arange(self.ctx))
-        self.mask = np.arange(self.ctx)[None, :] > np.arange(self.ctx)[:, None]
         self.inputs = []                                   # (N, dim) per layer
         x = embed(load, config, tokens)
         for layer in range(config.n_layers):
@@ -204,16 +201,15 @@ class FloatRunner:
         from .calibrate import _layer_forward, _layer_tensors
         weights = {s: replaced.get(f"blk.{layer}.{s}", None) for s in _layer_tensors(self.config)}
         weights = {s: w if w is not None else self.load(f"blk.{layer}.{s}") for s, w in weights.items()}
-        return _layer_forward(self.config, weights, x, self.n_seq, self.ctx, self.cos, self.sin, self.mask,
-                              lambda name, inputs: None)
+        return _layer_forward(self.config, weights, x, self.n_seq, self.ctx, layer, lambda name, inputs: None)
 
     def _head(self, x: np.ndarray, head: np.ndarray | None) -> np.ndarray:
-        from edgeq.reference import rms_norm
+        from edgeq.reference import rms_norm, softcap
         from .calibrate import _matmul
         c = self.config
         if head is None:
             head = self.load("token_embd.weight" if c.tied_embeddings else "output.weight")
-        return _matmul(rms_norm(x, self.load("output_norm.weight"), c.norm_eps), head)
+        return softcap(_matmul(rms_norm(x, self.load("output_norm.weight"), c.norm_eps), head), c.final_softcap)
 
     def kl(self, name: str, restored: np.ndarray) -> float:
         """Mean KL(float || model with `name` replaced by `restored`) over every position."""

@@ -7,7 +7,8 @@ from the source, its four linear inputs are formed in data-flow order
     attn_in  = rms_norm(x)            read by attn_q, attn_k, attn_v
     attn_out = attention(q, k, v)     read by attn_output
     mlp_in   = rms_norm(x + attn)     read by ffn_gate, ffn_up
-    mlp_out  = swiglu(gate, up)       read by ffn_down
+    mlp_out  = swiglu(gate, up)       read by ffn_down   (gemma3: GeGLU; its post-norms and q/k norms
+                                                          sit between these, as in edgeq.reference)
 and at each one the statistics are taken and the layers reading it quantized; the rest of the layer
 then runs on the *quantized* weights, so the next layer sees the inputs the converted model will see.
 With float_target (`--float-target`) the float model's activations run beside them, so GPTQ can aim
@@ -33,7 +34,8 @@ import numpy as np
 from edgeq import quant_types
 from edgeq.config import ModelConfig, TokenizerSpec
 from edgeq.errors import EdgeqError
-from edgeq.reference import apply_rope, attention, rms_norm, rope_inv_freq, rope_tables, swiglu
+from edgeq.reference import (apply_rope, attention, attention_mask, gated_mlp, local_inv_freq, qk_normed,
+                             rms_norm, rope_inv_freq, rope_tables)
 
 # the input each group of linear layers shares, in data-flow order
 INPUTS = {
@@ -165,7 +167,7 @@ def embed(load: Callable, config: ModelConfig, tokens: np.ndarray) -> np.ndarray
         if wanted.any():
             rows = load("token_embd.weight", slice(start, min(start + step, config.vocab_size)))
             out[wanted] = rows[flat[wanted] - start]
-    return out
+    return out * np.float32(config.embed_scale) if config.embed_scale != 1.0 else out
 
 
 def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
@@ -183,13 +185,11 @@ def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
     n_seq, ctx = calib.tokens.shape
     x = embed(load, c, calib.tokens)                                     # (N, dim), N = n_seq*ctx
     x_float = x.copy() if float_target else None                         # (N, dim) the float model's stream
-    cos, sin = rope_tables(rope_inv_freq(c), np.arange(ctx))            # (ctx, 1, head_dim)
-    mask = np.arange(ctx)[None, :] > np.arange(ctx)[:, None]            # (ctx, ctx)
     for layer in range(c.n_layers):
         weights = {suffix: load(f"blk.{layer}.{suffix}") for suffix in _layer_tensors(c)}
         stats, stored, float_inputs = {}, {}, {}
         if x_float is not None:
-            x_float = _layer_forward(c, dict(weights), x_float, n_seq, ctx, cos, sin, mask,
+            x_float = _layer_forward(c, dict(weights), x_float, n_seq, ctx, layer,
                                      lambda input_name, inputs: float_inputs.__setitem__(input_name, inputs))
 
         def take(input_name: str, inputs: np.ndarray) -> None:
@@ -204,7 +204,7 @@ def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
             if hessian:
                 stats[input_name].hessian = stats[input_name].input_error = None   # free K*K floats
 
-        x = _layer_forward(c, weights, x, n_seq, ctx, cos, sin, mask, take)
+        x = _layer_forward(c, weights, x, n_seq, ctx, layer, take)
         del weights
         if not np.isfinite(x).all():
             raise EdgeqError(f"calibration: layer {layer} produced NaN or infinity; the weights or the "
@@ -214,10 +214,15 @@ def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
         yield layer, stats, stored
 
 
-def _layer_forward(c: ModelConfig, weights: dict, x: np.ndarray, n_seq: int, ctx: int, cos, sin, mask,
+def _layer_forward(c: ModelConfig, weights: dict, x: np.ndarray, n_seq: int, ctx: int, layer: int,
                    take: Callable[[str, np.ndarray], None]) -> np.ndarray:
-    """One layer on x (N, dim) -> (N, dim); `take(input, activations)` is called at each linear input
-    in data-flow order and may replace that input's readers in `weights` before they are used."""
+    """Layer `layer` on x (N, dim) -> (N, dim), sequences of ctx tokens from position 0; `take(input,
+    activations)` is called at each linear input in data-flow order and may replace that input's
+    readers in `weights` before they are used."""
+    positions = np.arange(ctx)
+    inv_freq = local_inv_freq(c) if c.layer_is_sliding(layer) else None
+    cos, sin = rope_tables(inv_freq if inv_freq is not None else rope_inv_freq(c), positions)  # (ctx, 1, head_dim)
+    mask = attention_mask(c, layer, positions, ctx)                      # (ctx, ctx)
     h = rms_norm(x, weights["attn_norm.weight"], c.norm_eps)             # (N, dim)
     take("attn_in", h)
     attn = np.empty((len(x), c.n_heads * c.head_dim), dtype=np.float32)
@@ -227,21 +232,25 @@ def _layer_forward(c: ModelConfig, weights: dict, x: np.ndarray, n_seq: int, ctx
         q = _matmul(h[rows], weights["attn_q.weight"], bias("q")).reshape(ctx, c.n_heads, c.head_dim)
         k = _matmul(h[rows], weights["attn_k.weight"], bias("k")).reshape(ctx, c.n_kv_heads, c.head_dim)
         v = _matmul(h[rows], weights["attn_v.weight"], bias("v")).reshape(ctx, c.n_kv_heads, c.head_dim)
-        attn[rows] = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
+        q, k = qk_normed(c, weights, "", q, k)
+        attn[rows] = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask, c.attn_scale,
+                               c.attn_softcap)
     del h
     take("attn_out", attn)
-    x = x + _matmul(attn, weights["attn_output.weight"])
-    del attn
+    out = _matmul(attn, weights["attn_output.weight"])
+    x = x + (rms_norm(out, weights["post_attention_norm.weight"], c.norm_eps) if c.post_norms else out)
+    del attn, out
     h = rms_norm(x, weights["ffn_norm.weight"], c.norm_eps)
     take("mlp_in", h)
     act = np.empty((len(x), c.hidden_dim), dtype=np.float32)
     for start in range(0, len(x), ROWS_PER_PRODUCT):
         part = h[start:start + ROWS_PER_PRODUCT]
-        act[start:start + ROWS_PER_PRODUCT] = swiglu(part @ weights["ffn_gate.weight"].T,
-                                                     part @ weights["ffn_up.weight"].T)
+        act[start:start + ROWS_PER_PRODUCT] = gated_mlp(c, part @ weights["ffn_gate.weight"].T,
+                                                        part @ weights["ffn_up.weight"].T)
     del h
     take("mlp_out", act)
-    return x + _matmul(act, weights["ffn_down.weight"])
+    out = _matmul(act, weights["ffn_down.weight"])
+    return x + (rms_norm(out, weights["post_ffw_norm.weight"], c.norm_eps) if c.post_norms else out)
 
 
 def _layer_tensors(config: ModelConfig) -> list[str]:

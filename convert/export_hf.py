@@ -18,6 +18,9 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 def hf_config(source: Source, dtype: str) -> dict:
     c, tok = source.config, source.tokenizer
+    if c.arch not in _ARCHITECTURES:
+        raise EdgeqError(f"architecture {c.arch!r} cannot be written as a Hugging Face folder "
+                         f"({', '.join(_ARCHITECTURES)})")
     config = {
         "architectures": [_ARCHITECTURES[c.arch]],
         "model_type": c.arch,

@@ -1,12 +1,14 @@
 """Carry a llama.cpp GGUF file's tokenizer (`tokenizer.ggml.*` metadata) over as a Hugging Face
 `tokenizer.json`, so that `tokenizers` encodes text to exactly the ids llama.cpp gives.
 
-Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) with the pre-tokenizers in
-PRE_TOKENIZER_REGEXES. The rules mirror llama.cpp's llama-vocab.cpp (as vendored in llama-cpp-python
+Byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) with the pre-tokenizers in
+PRE_TOKENIZER_REGEXES, and sentencepiece vocabularies with scores (`"llama"`: Llama 2, Gemma), as a
+BPE whose merges rank by the merged piece's score with byte fallback (llama.cpp's SPM tokenizer merges
+the adjacent pair whose result scores highest). The rules mirror llama.cpp's llama-vocab.cpp (as vendored in llama-cpp-python
 0.3.36, the version tests/tools/make_tokenizer_golden.py checks against), not the model's original
 Hugging Face tokenizer: no NFC normalizer (Qwen2's tokenizer.json has one, llama.cpp does not), and
 every token llama.cpp treats as control or user-defined, including those it recognizes by their text,
-is matched whole in text. Sentencepiece vocabularies are not handled here.
+is matched whole in text.
 """
 from __future__ import annotations
 
@@ -62,9 +64,12 @@ END_OF_GENERATION_KEYS = ("eos", "eot", "eom", "fim_pad", "fim_rep", "fim_sep") 
 
 def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
     model = _field(reader, "tokenizer.ggml.model")
+    if model == "llama":
+        return _sentencepiece_spec(reader)
     if model != "gpt2":
         raise EdgeqError(f"GGUF tokenizer model {model!r} is not supported; only 'gpt2' (byte-level BPE) "
-                         f"with pre-tokenizers {', '.join(PRE_TOKENIZER_REGEXES)} can be carried over")
+                         f"with pre-tokenizers {', '.join(PRE_TOKENIZER_REGEXES)} and 'llama' "
+                         "(sentencepiece with scores) can be carried over")
     pre = _field(reader, "tokenizer.ggml.pre") or "default"
     pre = PRE_TOKENIZER_ALIASES.get(pre, pre)
     if pre not in PRE_TOKENIZER_REGEXES:
@@ -132,6 +137,85 @@ def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
     )
 
 
+SPACE = "\u2581"   # sentencepiece's visible space
+
+
+def _sentencepiece_spec(reader: gguf.GGUFReader) -> TokenizerSpec:
+    """A `llama` (sentencepiece) vocabulary as a byte-fallback BPE: spaces become U+2581 (and one is
+    prepended when tokenizer.ggml.add_space_prefix, llama.cpp's default true), control and
+    user-defined tokens are matched whole, the merges are every split of a token into two tokens,
+    ranked by the merged token's score (higher first), then its id, then where it is cut. Checked
+    against llama.cpp on Gemma 3's vocabulary (tests/test_gemma3_real.py)."""
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    scores = _field(reader, "tokenizer.ggml.scores")
+    if not tokens or not scores or len(scores) != len(tokens):
+        raise EdgeqError("GGUF sentencepiece tokenizer needs tokenizer.ggml.tokens and as many scores")
+    tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
+    vocab = {text: i for i, text in enumerate(tokens)}
+    types = _field(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    key_ids = {name: _field(reader, f"tokenizer.ggml.{name}_token_id") for name in END_OF_GENERATION_KEYS}
+    types, end_of_generation = _llama_cpp_token_types(tokens, [int(kind) for kind in types], vocab, key_ids)
+    bos_id, eos_id = _field(reader, "tokenizer.ggml.bos_token_id"), key_ids["eos"]
+    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+    add_bos = True if add_bos is None else bool(add_bos)   # llama.cpp's default for spm
+    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token"))
+    if (add_bos and bos_id is None) or (add_eos and eos_id is None):
+        raise EdgeqError("GGUF tokenizer asks to add a BOS/EOS token but names none")
+    space_prefix = _field(reader, "tokenizer.ggml.add_space_prefix")
+    space_prefix = True if space_prefix is None else bool(space_prefix)
+    unk_id = _field(reader, "tokenizer.ggml.unknown_token_id")
+
+    # merges: (left, right) -> rank; only normal tokens merge (byte and special tokens are whole)
+    mergeable = {text: i for i, text in enumerate(tokens) if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED)
+                 and vocab[text] == i}
+    ranked = []
+    for text, i in mergeable.items():
+        for cut in range(1, len(text)):
+            left, right = text[:cut], text[cut:]
+            if left in mergeable and right in mergeable:
+                ranked.append((-float(scores[i]), i, cut, left, right))
+    ranked.sort()
+    normalizers = ([{"type": "Prepend", "prepend": SPACE}] if space_prefix else []) + \
+        [{"type": "Replace", "pattern": {"String": " "}, "content": SPACE}]
+    decoders = [{"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if space_prefix:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        # user-defined tokens (Gemma's runs of newlines, spaces, tabs...) are text: decoding keeps them
+        "added_tokens": [_added_token(i, text, special=kind != TOKEN_USER_DEFINED)
+                         for i, (text, kind) in enumerate(zip(tokens, types)) if kind in MATCHED_WHOLE and vocab[text] == i],
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": None,
+        "post_processor": _post_processor(tokens, bos_id if add_bos else None, eos_id if add_eos else None),
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [[left, right] for _, _, _, left, right in ranked],
+        },
+    }
+    return TokenizerSpec(
+        kind="hf-json",
+        data=json.dumps(tokenizer, ensure_ascii=False),
+        bos_id=bos_id,
+        eos_id=eos_id,
+        add_bos=add_bos,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        extra_eos_ids=sorted(end_of_generation - {eos_id}),
+    )
+
+
 def _field(reader: gguf.GGUFReader, key: str):
     """A metadata value as Python (str, int, bool, list), or None when the key is absent."""
     field = reader.fields.get(key)
@@ -171,9 +255,9 @@ def _split(regex: str) -> dict:
     return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
 
 
-def _added_token(token_id: int, text: str) -> dict:
+def _added_token(token_id: int, text: str, special: bool = True) -> dict:
     return {"id": token_id, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": False, "special": True}
+            "normalized": False, "special": special}
 
 
 def _merge_pairs(merges: list[str], vocab: dict[str, int]) -> list[list[str]]:

@@ -23,9 +23,13 @@ from edgeq.quant_types import QuantType
 from . import gguf_grid
 from .safetensors_io import SafetensorsFolder
 
-_HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+_HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                   "gemma3_text": "gemma3"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SUPPORTED_TEXT = "llama (Llama 2/3, SmolLM, TinyLlama, Mistral without sliding window) and qwen2"
+_SUPPORTED_TEXT = ("llama (Llama 2/3, SmolLM, TinyLlama, Mistral without sliding window), qwen2, qwen3 and "
+                   "gemma3 (the text model, gemma3_text)")
+GELU_TANH_NAMES = ("gelu_pytorch_tanh", "gelu_tanh")   # Hugging Face's names of the tanh-approximated gelu
+DEFAULT_SLIDING_WINDOW_PATTERN = 6                     # gemma3: every 6th layer is global
 
 
 class Source:
@@ -111,8 +115,48 @@ def _read_json(path: Path, required: bool = True) -> dict:
     return value
 
 
+def _gemma3_layer_types(hf: dict, n_layers: int) -> str:
+    """"s"/"g" per layer from layer_types, else from the sliding-window pattern (every Nth layer global)."""
+    kinds = hf.get("layer_types")
+    if kinds:
+        if len(kinds) != n_layers or set(kinds) - {"sliding_attention", "full_attention"}:
+            raise EdgeqError("layer_types must name sliding_attention or full_attention for every layer")
+        return "".join("s" if kind == "sliding_attention" else "g" for kind in kinds)
+    pattern = int(hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern")
+                  or DEFAULT_SLIDING_WINDOW_PATTERN)
+    return "".join("g" if (i + 1) % pattern == 0 else "s" for i in range(n_layers))
+
+
+def _gemma3_fields(hf: dict, config: ModelConfig, where: str) -> dict:
+    """Gemma 3's rope parameters for rope scaling (the global layers'), and its extra config fields."""
+    if hf.get("use_bidirectional_attention"):
+        raise EdgeqError(f"{where}: bidirectional attention is not supported")
+    if hf.get("hidden_activation", hf.get("hidden_act")) not in GELU_TANH_NAMES:
+        raise EdgeqError(f"{where}: gemma3 with activation {hf.get('hidden_activation')!r} is not supported "
+                         f"(expected {GELU_TANH_NAMES[0]})")
+    per_type = hf.get("rope_parameters") or {}
+    full = per_type.get("full_attention") or {}
+    sliding = per_type.get("sliding_attention") or {}
+    config.rope_theta = float(full.get("rope_theta") or hf.get("rope_theta") or 1000000.0)
+    config.rope_local_theta = float(sliding.get("rope_theta") or hf.get("rope_local_base_freq") or 10000.0)
+    config.qk_norm = config.post_norms = True
+    config.ffn_act = "gelu_tanh"
+    config.embed_scale = config.dim ** 0.5
+    config.attn_scale = float(hf.get("query_pre_attn_scalar") or config.head_dim) ** -0.5
+    # Gemma 3 keeps attn_logit_softcapping in its config but never applies it (transformers' Gemma3
+    # attention does not pass it on; llama.cpp's gemma3 graph has no score cap): neither do we.
+    config.attn_softcap = 0.0
+    config.final_softcap = float(hf.get("final_logit_softcapping") or 0.0)
+    config.sliding_window = int(hf.get("sliding_window") or 0)
+    config.layer_types = _gemma3_layer_types(hf, config.n_layers) if config.sliding_window else ""
+    return hf.get("rope_scaling") or (full if full.get("rope_type", "default") != "default" else None)
+
+
 def config_from_hf(hf: dict, where: str) -> ModelConfig:
     model_type = hf.get("model_type", "")
+    if model_type == "gemma3" and isinstance(hf.get("text_config"), dict):
+        raise EdgeqError(f"{where}: the multimodal gemma3 model is not supported; convert a text-only "
+                         "Gemma 3 (model_type gemma3_text, e.g. gemma-3-270m or gemma-3-1b)")
     if model_type not in _HF_MODEL_TYPES:
         raise EdgeqError(f"{where}: architecture {model_type or 'unknown'!r} is not supported; "
                          f"supported: {_SUPPORTED_TEXT}")
@@ -121,10 +165,10 @@ def config_from_hf(hf: dict, where: str) -> ModelConfig:
         dim, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
         n_kv_heads = int(hf.get("num_key_value_heads") or n_heads)
         max_seq_len = int(hf.get("max_position_embeddings", 2048))
-        if hf.get("sliding_window") and (arch == "qwen2" and hf.get("use_sliding_window")
+        if hf.get("sliding_window") and (arch in ("qwen2", "qwen3") and hf.get("use_sliding_window")
                                          or arch == "llama" and int(hf["sliding_window"]) < max_seq_len):
-            raise EdgeqError(f"{where}: sliding-window attention is not supported")
-        if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
+            raise EdgeqError(f"{where}: sliding-window attention is not supported for {arch}")
+        if arch != "gemma3" and hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
             raise EdgeqError(f"{where}: only SwiGLU (silu) MLPs without bias are supported")
         config = ModelConfig(
             arch=arch,
@@ -140,10 +184,13 @@ def config_from_hf(hf: dict, where: str) -> ModelConfig:
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attn_bias=arch == "qwen2" or bool(hf.get("attention_bias", False)),
+            qk_norm=arch == "qwen3",
         )
+        scaling = hf.get("rope_scaling") or hf.get("rope_parameters")   # transformers 5 writes rope_parameters
+        if arch == "gemma3":
+            scaling = _gemma3_fields(hf, config, where)
     except (KeyError, TypeError, ValueError) as error:
         raise EdgeqError(f"{where}: config.json lacks or has an invalid {error}") from None
-    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")   # transformers 5 writes rope_parameters
     if scaling:
         kind = scaling.get("rope_type") or scaling.get("type")
         if kind == "linear":
@@ -212,7 +259,7 @@ class HFFolderSource(Source):
         self.weights = SafetensorsFolder(folder)
         self.names = {}
         for name in self.weights.names():
-            canonical = canonical_name(name)
+            canonical = canonical_name(name, self.config.arch)
             if canonical:
                 self.names[canonical] = name
         if "output.weight" not in self.names:
@@ -235,7 +282,10 @@ class HFFolderSource(Source):
         return self.weights.shape(self.names[name])
 
     def load(self, name, rows=None):
-        return self.weights.load(self.names[name], rows)
+        weight = self.weights.load(self.names[name], rows)
+        if self.config.arch == "gemma3" and name.endswith("norm.weight"):
+            weight = weight + np.float32(1.0)   # Gemma's RMSNorm multiplies by (1 + weight): stored with the 1 added
+        return weight
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +364,10 @@ class GGUFSource(Source):
             norm_eps=float(need("attention.layer_norm_rms_epsilon")),
             tied_embeddings="output.weight" not in self.tensors,
             attn_bias="blk.0.attn_q.bias" in self.tensors,
+            qk_norm="blk.0.attn_q_norm.weight" in self.tensors,
         )
+        if arch == "gemma3":
+            self._gemma3_config(config)
         scaling = self._field(f"{arch}.rope.scaling.type")
         if scaling == "linear":
             config.rope_scaling_type = "linear"
@@ -322,6 +375,24 @@ class GGUFSource(Source):
         elif scaling not in (None, "none"):
             raise EdgeqError(f"{self.path}: rope scaling {scaling!r} is not supported; supported: linear")
         return config
+
+    def _gemma3_config(self, config: ModelConfig) -> None:
+        """What llama.cpp's gemma3 graph takes from the metadata or fixes in code: the norms are
+        stored with Gemma's 1 added already (convert_hf_to_gguf adds it), every sixth layer is
+        global unless the file says otherwise, sliding layers use RoPE base 10000, and attention is
+        scaled by 1/sqrt(head_dim) (by 1/sqrt(dim / n_heads) for the 62-layer 27B)."""
+        config.post_norms = "blk.0.post_ffw_norm.weight" in self.tensors
+        config.ffn_act = "gelu_tanh"
+        config.embed_scale = config.dim ** 0.5
+        query_scalar = config.dim / config.n_heads if config.n_layers == 62 else config.head_dim
+        config.attn_scale = float(query_scalar) ** -0.5
+        config.attn_softcap = 0.0   # Gemma 3 applies no score cap (see _gemma3_fields)
+        config.final_softcap = float(self._field("gemma3.final_logit_softcapping") or 0.0)
+        config.sliding_window = int(self._field("gemma3.attention.sliding_window") or 0)
+        if config.sliding_window:
+            pattern = int(self._field("gemma3.attention.sliding_window_pattern") or DEFAULT_SLIDING_WINDOW_PATTERN)
+            config.layer_types = "".join("g" if (i + 1) % pattern == 0 else "s" for i in range(config.n_layers))
+            config.rope_local_theta = float(self._field("gemma3.rope.freq_base_swa") or 10000.0)
 
     def shape(self, name):
         return tuple(int(d) for d in reversed(self.tensors[name].shape))

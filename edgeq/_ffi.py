@@ -256,7 +256,7 @@ def select_isa(name: str) -> None:
 # the runtime: models
 # ---------------------------------------------------------------------------------------------
 
-ARCH_NAMES = {0: "llama", 1: "qwen2"}
+ARCH_NAMES = {0: "llama", 1: "qwen2", 2: "qwen3", 3: "gemma3"}
 _INFO_FIELDS = ("arch", "vocab_size", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                 "max_seq_len", "n_ctx", "n_past", "n_threads", "kv_fp32", "weight_bytes", "kv_bytes", "file_bytes",
                 "pool_jobs", "pool_jobs_alone")
@@ -327,7 +327,7 @@ def model_close(handle: ModelHandle) -> None:
 
 
 def model_info(handle: ModelHandle) -> dict:
-    """The eq_model_info fields as a dict (arch as its name: "llama" | "qwen2")."""
+    """The eq_model_info fields as a dict (arch as its name: "llama" | "qwen2" | "qwen3" | "gemma3")."""
     info = ffi.new("eq_model_info *")
     _check(lib.eq_model_get_info(_pointer(handle), info), f"{handle.path}: model info")
     result = {name: int(getattr(info, name)) for name in _INFO_FIELDS}

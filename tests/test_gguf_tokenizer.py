@@ -227,7 +227,7 @@ def test_tiny_vocab_without_bos(tmp_path):
 
 
 @pytest.mark.parametrize("model, pre, message", [
-    ("llama", "default", "'llama' is not supported"),
+    ("rwkv", "default", "'rwkv' is not supported"),
     ("bert", "default", "'bert' is not supported"),
     ("gpt2", "deepseek-llm", "pre-tokenizer 'deepseek-llm' is not supported"),
 ])

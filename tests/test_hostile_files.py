@@ -274,7 +274,7 @@ def test_config_keys_added_after_version_1_are_optional(good_blob, tmp_path, mon
     path = tmp_path / "older.edgeq"
     path.write_bytes(bytes(renamed))
     refusal(lambda: ModelFile(path), "edgeq.rope_high_freq_factor is missing")
-    monkeypatch.setattr(fileformat, "ADDED_CONFIG_KEYS", ("rope_high_freq_factor",))
+    monkeypatch.setattr(fileformat, "ADDED_CONFIG_KEYS", fileformat.ADDED_CONFIG_KEYS + ("rope_high_freq_factor",))
     assert ModelFile(path).config.rope_high_freq_factor == 4.0
 
 

@@ -20,6 +20,10 @@ CASES = {
     "qwen2-untied-f32-bias": dict(arch="qwen2", dtype="float32", tied=False),
     "llama-untied-f16-sharded-linear": dict(arch="llama", dtype="float16", tied=False, sharded=True,
                                             rope_scaling={"rope_type": "linear", "factor": 2.0}, seed=3),
+    # qwen3: q/k norms, head_dim 24 != dim / heads 16
+    "qwen3-untied-f32-headdim": dict(arch="qwen3", dtype="float32", tied=False, head_dim=24, seed=4),
+    # gemma3: window 6 < the 20-token prompts, layers sliding/global, soft caps, scale 24^-0.5
+    "gemma3-tied-bf16-window": dict(arch="gemma3", dtype="bfloat16", tied=True, num_hidden_layers=3, seed=5),
 }
 
 
@@ -48,6 +52,15 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def read_folder(path: pathlib.Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     hf = json.loads((path / "config.json").read_text())
+    if hf["model_type"] in ("qwen3", "gemma3_text"):   # their fields as the converter reads them
+        from edgeq.convert.sources import config_from_hf
+        config = config_from_hf(hf, str(path))
+        tensors = {}
+        for name, array in read_safetensors(path / "model.safetensors").items():
+            if canonical_name(name, config.arch) is not None:
+                shift = config.arch == "gemma3" and name.endswith("norm.weight")   # Gemma: x (1 + w)
+                tensors[canonical_name(name, config.arch)] = array + np.float32(shift)
+        return config, tensors
     scaling = hf.get("rope_scaling") or {}
     config = ModelConfig(
         arch=hf["model_type"], vocab_size=hf["vocab_size"], dim=hf["hidden_size"],
@@ -139,10 +152,16 @@ def test_transformers_sees_the_rope_scaling(case):
     name, path = case
     torch, model = hf_model(path)
     reference = reference_for(path)
-    hf_inv_freq = model.model.rotary_emb.inv_freq.numpy()
+    rotary = model.model.rotary_emb
+    if reference.config.arch == "gemma3":   # one table per layer type; the sliding one is the reference's local
+        np.testing.assert_allclose(reference.local_inv_freq, rotary.sliding_attention_inv_freq.numpy(), rtol=1e-6)
+        hf_inv_freq = rotary.full_attention_inv_freq.numpy()
+    else:
+        hf_inv_freq = rotary.inv_freq.numpy()
     np.testing.assert_allclose(reference.inv_freq, hf_inv_freq, rtol=1e-6)
-    if reference.config.rope_scaling_type:
-        plain = 1.0 / reference.config.rope_theta ** (np.arange(0, 16, 2) / 16)
+    if reference.config.rope_scaling_type not in ("", "none"):
+        head_dim = reference.config.head_dim
+        plain = 1.0 / reference.config.rope_theta ** (np.arange(0, head_dim, 2) / head_dim)
         assert not np.allclose(hf_inv_freq, plain, rtol=1e-3)
 
 

@@ -70,11 +70,12 @@ def c_logits(path, tokens, chunks=(), **options):
 
 
 @pytest.fixture(scope="module")
-def converted(tiny_llama, tiny_qwen, tmp_path_factory):
+def converted(tiny_llama, tiny_qwen, tiny_qwen3, tiny_gemma3, tmp_path_factory):
     """{(arch, bits, symmetric[, "packed"]): path} for a few bit widths, both symmetries, both layouts."""
     folder = tmp_path_factory.mktemp("runtime")
     out = {}
-    for arch, source in (("llama", tiny_llama), ("qwen2", tiny_qwen)):
+    for arch, source in (("llama", tiny_llama), ("qwen2", tiny_qwen), ("qwen3", tiny_qwen3),
+                         ("gemma3", tiny_gemma3)):
         for bits, symmetric, layout in VARIANTS:
             path = folder / f"{arch}-{bits}{'s' if symmetric else 'a'}-{layout}.edgeq"
             convert(source, path, PlanSettings(bits=bits, symmetric=symmetric, group=32 if bits == 3 else 64,
@@ -100,7 +101,7 @@ def reference():
     return get
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
 @pytest.mark.parametrize("bits, symmetric, layout", VARIANTS)
 def test_logits_equal_the_reference(converted, reference, arch, bits, symmetric, layout, kernel_set):
     path = converted[(arch, bits, symmetric) + (("packed",) if layout == "packed" else ())]
@@ -295,7 +296,7 @@ def test_context_and_token_errors(converted):
         _ffi.model_open(path, ctx=100_000)                             # beyond max_seq_len 256
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_weight_bytes_per_token_matches_the_file(converted, arch):
     path = converted[arch, 4, False]
     model = ModelFile(path)

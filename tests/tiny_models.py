@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face model folders (llama, qwen2) for tests: real config.json, safetensors
+"""Tiny random Hugging Face model folders (llama, qwen2, qwen3, gemma3 text) for tests: real config.json, safetensors
 weights (float32/float16/bfloat16, one file or sharded) and a small trained byte-level BPE tokenizer.
 
 The weights are random, so the models say nothing useful; they exist to exercise loaders, converters,
@@ -47,7 +47,13 @@ DEFAULT_DIMS = {
 ARCH_DEFAULTS = {   # architecture class, rms_norm_eps, rope_theta
     "llama": ("LlamaForCausalLM", 1e-5, 10000.0),
     "qwen2": ("Qwen2ForCausalLM", 1e-6, 1000000.0),
+    "qwen3": ("Qwen3ForCausalLM", 1e-6, 1000000.0),
+    "gemma3": ("Gemma3ForCausalLM", 1e-6, 1000000.0),
 }
+# gemma3 extras: a window shorter than the tests' prompts, global layers every second layer, soft caps
+# (Gemma 3 itself has none; Gemma 2 had them, and the config supports them)
+GEMMA3_DEFAULTS = {"sliding_window": 6, "layer_types": ["sliding_attention", "full_attention"],
+                   "query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
@@ -146,8 +152,8 @@ def _random_weights(rng, arch: str, dims: dict, vocab_size: int, tied: bool) -> 
     def normal(shape, std):
         return (rng.standard_normal(shape) * std).astype(np.float32)
 
-    def norm_weight():
-        return (1.0 + rng.standard_normal(dim) * 0.1).astype(np.float32)
+    def norm_weight(n=dim):   # gemma stores w of (1 + w)
+        return ((0.0 if arch == "gemma3" else 1.0) + rng.standard_normal(n) * 0.1).astype(np.float32)
 
     weights = {"model.embed_tokens.weight": normal((vocab_size, dim), 0.1)}
     for layer in range(dims["num_hidden_layers"]):
@@ -160,8 +166,14 @@ def _random_weights(rng, arch: str, dims: dict, vocab_size: int, tied: bool) -> 
             weights[prefix + "self_attn.q_proj.bias"] = normal(q_dim, 0.1)
             weights[prefix + "self_attn.k_proj.bias"] = normal(kv_dim, 0.1)
             weights[prefix + "self_attn.v_proj.bias"] = normal(kv_dim, 0.05)
+        if arch in ("qwen3", "gemma3"):
+            weights[prefix + "self_attn.q_norm.weight"] = norm_weight(dims["head_dim"])
+            weights[prefix + "self_attn.k_norm.weight"] = norm_weight(dims["head_dim"])
         weights[prefix + "self_attn.o_proj.weight"] = normal((dim, q_dim), 0.05)
         weights[prefix + "post_attention_layernorm.weight"] = norm_weight()
+        if arch == "gemma3":
+            weights[prefix + "pre_feedforward_layernorm.weight"] = norm_weight()
+            weights[prefix + "post_feedforward_layernorm.weight"] = norm_weight()
         weights[prefix + "mlp.gate_proj.weight"] = normal((hidden, dim), 0.08)
         weights[prefix + "mlp.up_proj.weight"] = normal((hidden, dim), 0.08)
         weights[prefix + "mlp.down_proj.weight"] = normal((dim, hidden), 0.05)
@@ -200,6 +212,16 @@ def _hf_config(arch, dims, vocab_size, dtype, tied, rope_scaling, bos_id, eos_id
     }
     if arch == "llama":
         config.update({"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1})
+    elif arch == "qwen3":
+        config.update({"attention_bias": False, "max_window_layers": dims["num_hidden_layers"],
+                       "sliding_window": None, "use_sliding_window": False})
+    elif arch == "gemma3":   # transformers 4.x's Gemma3TextConfig keys
+        del config["hidden_act"]
+        layer_types = dims.get("layer_types", GEMMA3_DEFAULTS["layer_types"])
+        layer_types = (layer_types * dims["num_hidden_layers"])[:dims["num_hidden_layers"]]
+        config.update({"model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh",
+                       "attention_bias": False, "rope_local_base_freq": 10000.0, "layer_types": layer_types,
+                       **{k: dims.get(k, v) for k, v in GEMMA3_DEFAULTS.items() if k != "layer_types"}})
     else:
         config.update({"max_window_layers": dims["num_hidden_layers"], "sliding_window": None,
                        "use_sliding_window": False})
@@ -218,7 +240,7 @@ def make_tiny_hf_model(path, arch="llama", dtype="float32", tied=True, sharded=F
         raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCH_DEFAULTS)}")
     if dtype not in SAFETENSORS_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(SAFETENSORS_DTYPES)}")
-    allowed = set(DEFAULT_DIMS) | {"rms_norm_eps", "rope_theta", "vocab_size"}
+    allowed = set(DEFAULT_DIMS) | {"rms_norm_eps", "rope_theta", "vocab_size"} | set(GEMMA3_DEFAULTS)
     if set(dims) - allowed:
         raise TypeError(f"unknown dims {sorted(set(dims) - allowed)}; allowed: {sorted(allowed)}")
     dims = {**DEFAULT_DIMS, **dims}

@@ -287,7 +287,9 @@ typedef struct eq_model eq_model;
 
 enum {
     EQ_ARCH_LLAMA = 0,
-    EQ_ARCH_QWEN2 = 1
+    EQ_ARCH_QWEN2 = 1,
+    EQ_ARCH_QWEN3 = 2,
+    EQ_ARCH_GEMMA3 = 3
 };
 
 /* Options for eq_model_open; zero fields take the defaults. */

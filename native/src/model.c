@@ -1,5 +1,9 @@
 /* model.c — the runtime: open an edgeq file (validated as untrusted input, format versions 1-2),
- * the llama / qwen2 forward pass over a KV cache, and the public eq_model_* API.
+ * the llama / qwen2 / qwen3 / gemma3 forward pass over a KV cache, and the public eq_model_* API.
+ * The architectures share llama's block; the config's optional fields switch on the rest: per-head
+ * q/k RMSNorm before RoPE, post-norms on the attention and MLP outputs, GeGLU, scaled embeddings,
+ * a custom attention scale, soft caps on scores and logits, sliding-window layers with their own
+ * RoPE base (the cache keeps every position; a sliding layer just reads the last window of it).
  *
  * Reads top to bottom: config, weights (pointers into the mmapped file), run state, validation and
  * open, the building blocks (rmsnorm, rope, matrix products cut into chunks of rows, attention),
@@ -28,7 +32,8 @@
  * every edgeq.format_version from 1 to FORMAT_VERSION_MAX is read; a higher one is refused. Version 2
  * adds the optional edgeq.required_features (array of strings, absent = none): a file naming a
  * feature missing from known_features is refused, naming it. Config keys added after version 1 are
- * optional, with the defaults the format documents (none so far).
+ * optional, with the defaults the format documents (edgeq/fileformat.py: the qwen3/gemma3 fields, whose
+ * defaults are llama's block; read_config reads them with read_*_or).
  * Feature "compact-tail": a partial last group is stored in EQ_GROUP_STEP columns (edgeq.h). Files
  * without it padded that group to G columns; their tensors with K % G != 0 are converted to today's
  * layout into memory the model owns (a copy, only for those files: the kernels know one layout). */
@@ -49,7 +54,16 @@ typedef struct config {
     int vocab_size, dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, max_seq_len;
     double rope_theta, norm_eps;
     bool tied_embeddings, attn_bias;
+    bool qk_norm;               /* RMSNorm per head on q and k before RoPE */
+    bool post_norms;            /* RMSNorm on the attention and MLP outputs before the residual add */
+    bool gelu;                  /* GeGLU (tanh gelu) instead of SwiGLU */
+    float embed_scale;          /* embeddings times this (1 but for gemma3) */
+    float attn_scale;           /* q.k times this: 1/sqrt(head_dim) unless the file says otherwise */
+    float attn_softcap, final_softcap;   /* x -> cap tanh(x / cap) on scores / logits when > 0 */
+    int sliding_window;         /* keys a sliding layer's query sees, itself included (0: none) */
+    bool *sliding;              /* (n_layers,) true for a sliding-window layer */
     double *inv_freq;           /* (head_dim/2,) rotation frequencies, rope scaling applied */
+    double *inv_freq_local;     /* (head_dim/2,) sliding layers' own (unscaled), or NULL: inv_freq */
 } config;
 
 typedef struct matrix {         /* a (rows, cols) weight in any quant type, pointing into the map */
@@ -64,6 +78,8 @@ typedef struct matrix {         /* a (rows, cols) weight in any quant type, poin
 
 typedef struct layer {
     const float *attn_norm, *ffn_norm;          /* (dim,) */
+    const float *q_norm, *k_norm;               /* (head_dim,) or NULL */
+    const float *post_attn_norm, *post_ffn_norm;/* (dim,) or NULL */
     matrix wq, wk, wv, wo;                      /* (q_dim, dim), (kv_dim, dim) x2, (dim, q_dim) */
     const float *bq, *bk, *bv;                  /* (q_dim,), (kv_dim,) x2, or NULL */
     matrix w_gate, w_up, w_down;                /* (hidden, dim) x2, (dim, hidden) */
@@ -78,12 +94,14 @@ typedef enum step_kind {
     STEP_ROPE,            /* + biases, rope on q and k, k and v into the cache      (per token)  */
     STEP_ATTENTION,       /* -> xb (n, q_dim)                                        (per pair)  */
     STEP_ATTN_PREPARE,    /* xb prepared in acts_attn                               (per token)  */
-    STEP_ATTN_OUT,        /* x += xb wo^T                                           (row chunks) */
+    STEP_ATTN_OUT,        /* x += xb wo^T (post-norms: xb2 = xb wo^T)               (row chunks) */
+    STEP_ATTN_POST_NORM,  /* post-norms only: x += rmsnorm(xb2)                     (per token)  */
     STEP_FFN_NORM,        /* x -> rmsnorm -> xb, prepared in acts_x                 (per token)  */
-    STEP_GATE_UP,         /* hb = silu(xb w_gate^T) * (xb w_up^T)                   (row chunks) */
+    STEP_GATE_UP,         /* hb = act(xb w_gate^T) * (xb w_up^T), act silu or gelu (row chunks) */
     STEP_FFN_PREPARE,     /* hb prepared in acts_ffn                                (per token)  */
-    STEP_FFN_DOWN,        /* x += hb w_down^T                                       (row chunks) */
-    STEPS_PER_LAYER,
+    STEP_FFN_DOWN,        /* x += hb w_down^T (post-norms: xb2 = hb w_down^T)       (row chunks) */
+    STEP_FFN_POST_NORM,   /* post-norms only: x += rmsnorm(xb2)                     (per token)  */
+    STEPS_PER_LAYER,      /* the most steps a layer has (without post-norms it skips two) */
     STEP_OUTPUT_NORM = STEPS_PER_LAYER,   /* the head: x -> rmsnorm -> xb, in acts_head  (per token) */
     STEP_OUTPUT,          /* logits = xb output^T                                   (row chunks) */
     HEAD_STEPS = STEP_OUTPUT + 1 - STEPS_PER_LAYER
@@ -105,6 +123,7 @@ typedef struct run_state {
     float *scores;     /* (n_threads, n_ctx) attention weights, one row per thread */
     float *rotations;  /* (BATCH, head_dim): per token cos then sin of its RoPE angles, made by
                           layer 0's STEP_ROPE and read by every layer's (libm once per token) */
+    float *rotations_local;    /* (BATCH, head_dim): the same for sliding layers' own base, or NULL */
     eq_acts acts_x;    /* the products' inputs prepared for the kernel set: normed x (n, dim), */
     eq_acts acts_attn; /* attention output (n, q_dim), */
     eq_acts acts_ffn;  /* SwiGLU output (n, hidden_dim), */
@@ -192,6 +211,35 @@ static int read_bool(loader *ld, const char *key, bool *out)
     if (rc != EQ_OK)
         return fail(ld, "metadata %s is %s", key, rc == EQ_ERR_NOT_FOUND ? "missing" : "not a boolean");
     return 0;
+}
+
+/* Optional keys (added after format version 1): absent means the default. */
+static int read_int_or(loader *ld, const char *key, int lo, int hi, int fallback, int *out)
+{
+    uint32_t value;
+    if (eq_gguf_get_u32(ld->file, key, &value) == EQ_ERR_NOT_FOUND) {
+        *out = fallback;
+        return 0;
+    }
+    return read_int(ld, key, lo, hi, out);
+}
+
+static int read_real_or(loader *ld, const char *key, double lo, double hi, double fallback, double *out)
+{
+    if (eq_gguf_get_f64(ld->file, key, out) == EQ_ERR_NOT_FOUND) {
+        *out = fallback;
+        return 0;
+    }
+    return read_real(ld, key, lo, hi, out);
+}
+
+static int read_bool_or(loader *ld, const char *key, bool fallback, bool *out)
+{
+    if (eq_gguf_get_bool(ld->file, key, out) == EQ_ERR_NOT_FOUND) {
+        *out = fallback;
+        return 0;
+    }
+    return read_bool(ld, key, out);
 }
 
 /* Copy a metadata string into buf (NUL-terminated). */
@@ -312,6 +360,19 @@ static int load_matrix(loader *ld, const char *name, size_t rows, size_t cols, m
     return 0;
 }
 
+static int read_string(loader *ld, const char *key, char *buf, size_t size);
+
+static int read_string_or(loader *ld, const char *key, const char *fallback, char *buf, size_t size)
+{
+    const char *ptr;
+    uint64_t len;
+    if (eq_gguf_get_str(ld->file, key, &ptr, &len) == EQ_ERR_NOT_FOUND) {
+        snprintf(buf, size, "%s", fallback);
+        return 0;
+    }
+    return read_string(ld, key, buf, size);
+}
+
 static int load_vector(loader *ld, const char *name, size_t n, const float **out)
 {
     matrix m;
@@ -364,6 +425,56 @@ static int read_compatibility(loader *ld)
     return 0;
 }
 
+/* The optional fields of the newer architectures (ModelConfig's defaults: llama's block). */
+static int read_block_options(loader *ld, config *c)
+{
+    char text[16];
+    double embed_scale, attn_scale, attn_softcap, final_softcap;
+    if (read_bool_or(ld, "edgeq.qk_norm", false, &c->qk_norm) ||
+        read_bool_or(ld, "edgeq.post_norms", false, &c->post_norms) ||
+        read_string_or(ld, "edgeq.ffn_act", "silu", text, sizeof text) ||
+        read_real_or(ld, "edgeq.embed_scale", 1e-6, 1e6, 1.0, &embed_scale) ||
+        read_real_or(ld, "edgeq.attn_scale", 0.0, 1e3, 0.0, &attn_scale) ||
+        read_real_or(ld, "edgeq.attn_softcap", 0.0, 1e6, 0.0, &attn_softcap) ||
+        read_real_or(ld, "edgeq.final_softcap", 0.0, 1e6, 0.0, &final_softcap) ||
+        read_int_or(ld, "edgeq.sliding_window", 0, 1 << 24, 0, &c->sliding_window))
+        return -1;
+    if (strcmp(text, "silu") != 0 && strcmp(text, "gelu_tanh") != 0)
+        return fail(ld, "MLP activation '%s' is not supported (silu, gelu_tanh)", text);
+    c->gelu = strcmp(text, "gelu_tanh") == 0;
+    c->embed_scale = (float)embed_scale;
+    c->attn_scale = attn_scale > 0.0 ? (float)attn_scale : 1.0f / sqrtf((float)c->head_dim);
+    c->attn_softcap = (float)attn_softcap;
+    c->final_softcap = (float)final_softcap;
+    c->sliding = calloc((size_t)c->n_layers, sizeof *c->sliding);
+    if (!c->sliding)
+        return fail(ld, "out of memory");
+    const char *types;
+    uint64_t len;
+    int rc = eq_gguf_get_str(ld->file, "edgeq.layer_types", &types, &len);
+    if (rc != EQ_ERR_NOT_FOUND && (rc != EQ_OK || (len != 0 && len != (uint64_t)c->n_layers)))
+        return fail(ld, "metadata edgeq.layer_types is invalid (one letter, g or s, per layer)");
+    bool any_sliding = false;
+    for (uint64_t i = 0; rc == EQ_OK && i < len; i++) {
+        if (types[i] != 'g' && types[i] != 's')
+            return fail(ld, "metadata edgeq.layer_types is invalid (one letter, g or s, per layer)");
+        c->sliding[i] = types[i] == 's' && c->sliding_window > 0;
+        any_sliding |= c->sliding[i];
+    }
+    double local_theta;
+    if (read_real_or(ld, "edgeq.rope_local_theta", 0.0, 1e12, 0.0, &local_theta))
+        return -1;
+    if (any_sliding && local_theta > 0.0) {
+        int half = c->head_dim / 2;
+        c->inv_freq_local = malloc(sizeof(double) * (size_t)half);
+        if (!c->inv_freq_local)
+            return fail(ld, "out of memory");
+        for (int i = 0; i < half; i++)
+            c->inv_freq_local[i] = 1.0 / pow(local_theta, (2.0 * i) / c->head_dim);
+    }
+    return 0;
+}
+
 static int read_config(loader *ld, config *c)
 {
     char text[64];
@@ -379,8 +490,13 @@ static int read_config(loader *ld, config *c)
         c->arch = EQ_ARCH_LLAMA;
     else if (strcmp(text, "qwen2") == 0)
         c->arch = EQ_ARCH_QWEN2;
+    else if (strcmp(text, "qwen3") == 0)
+        c->arch = EQ_ARCH_QWEN3;
+    else if (strcmp(text, "gemma3") == 0)
+        c->arch = EQ_ARCH_GEMMA3;
     else
-        return fail(ld, "architecture '%s' is not supported (llama, qwen2)", text);
+        return fail(ld, "architecture '%s' (written by edgeq %s) is not supported by this edgeq (%s): "
+                    "llama, qwen2, qwen3, gemma3", text, ld->writer, eq_version());
     if (read_int(ld, "edgeq.vocab_size", 1, 1 << 24, &c->vocab_size) ||
         read_int(ld, "edgeq.dim", 1, 1 << 16, &c->dim) ||
         read_int(ld, "edgeq.hidden_dim", 1, 1 << 18, &c->hidden_dim) ||
@@ -397,6 +513,8 @@ static int read_config(loader *ld, config *c)
     if (c->head_dim % 2 || c->n_heads % c->n_kv_heads)
         return fail(ld, "inconsistent attention dimensions (head_dim %d, heads %d, kv heads %d)",
                     c->head_dim, c->n_heads, c->n_kv_heads);
+    if (read_block_options(ld, c))
+        return -1;
 
     /* rope frequencies exactly as Hugging Face computes them (in double), scaling applied */
     int half = c->head_dim / 2;
@@ -466,6 +584,14 @@ static int load_weights(loader *ld, eq_model *m)
             load_matrix(ld, TENSOR("ffn_gate.weight"), hidden, dim, &l->w_gate) ||
             load_matrix(ld, TENSOR("ffn_up.weight"), hidden, dim, &l->w_up) ||
             load_matrix(ld, TENSOR("ffn_down.weight"), dim, hidden, &l->w_down))
+            return -1;
+        if (c->qk_norm &&
+            (load_vector(ld, TENSOR("attn_q_norm.weight"), (size_t)c->head_dim, &l->q_norm) ||
+             load_vector(ld, TENSOR("attn_k_norm.weight"), (size_t)c->head_dim, &l->k_norm)))
+            return -1;
+        if (c->post_norms &&
+            (load_vector(ld, TENSOR("post_attention_norm.weight"), dim, &l->post_attn_norm) ||
+             load_vector(ld, TENSOR("post_ffw_norm.weight"), dim, &l->post_ffn_norm)))
             return -1;
         if (c->attn_bias &&
             (load_vector(ld, TENSOR("attn_q.bias"), q_dim, &l->bq) ||
@@ -542,6 +668,8 @@ static int alloc_state(loader *ld, eq_model *m)
     s->v = alloc_array(n_kv / sizeof(float), sizeof(float));
     s->scores = alloc_array(n_scores / sizeof(float), sizeof(float));
     s->rotations = alloc_array(n_q / sizeof(float), sizeof(float));   /* head_dim <= q_dim */
+    if (c->inv_freq_local && !(s->rotations_local = alloc_array(n_q / sizeof(float), sizeof(float))))
+        return fail(ld, "out of memory");
     s->key_cache = alloc_array(n_cache, elem);
     s->value_cache = alloc_array(n_cache, elem);
     unsigned x_families, attn_families, ffn_families;
@@ -615,7 +743,7 @@ void eq_model_close(eq_model *m)
         return;
     eq_pool_destroy(m->pool);
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
-    free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores); free(m->s.rotations);
+    free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores); free(m->s.rotations); free(m->s.rotations_local);
     free(m->s.key_cache); free(m->s.value_cache);
     free(m->s.steps); free(m->s.phases);
     eq_acts_free(&m->s.acts_x); eq_acts_free(&m->s.acts_attn); eq_acts_free(&m->s.acts_ffn);
@@ -629,6 +757,8 @@ void eq_model_close(eq_model *m)
     }
     free(m->layers);
     free(m->cfg.inv_freq);
+    free(m->cfg.inv_freq_local);
+    free(m->cfg.sliding);
     eq_gguf_close(m->file);
     free(m);
 }
@@ -678,6 +808,17 @@ static void rope(float *vec, int n_heads, int head_dim, const float *rotation)
 static float silu(float x)
 {
     return x / (1.0f + expf(-x));
+}
+
+/* gelu, tanh approximation (PyTorch's approximate="tanh") */
+static float gelu_tanh(float x)
+{
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+static float softcap(float x, float cap)
+{
+    return cap > 0.0f ? cap * tanhf(x / cap) : x;
 }
 
 /* ---- matrix products: each matrix's rows cut into chunks of about CHUNK_BYTES of weights (whole
@@ -775,8 +916,8 @@ static void cache_write(eq_model *m, void *cache, size_t base, const float *valu
             ((uint16_t *)cache)[base + i] = eq_fp32_to_fp16(values[i]);
 }
 
-/* xb[token, head] = softmax(q . keys / sqrt(head_dim)) . values over positions 0 .. pos0 + token;
- * `scores` is this thread's (n_ctx,) row */
+/* xb[token, head] = softmax(softcap(q . keys * attn_scale)) . values over positions 0 .. pos0 + token
+ * (a sliding layer: the last sliding_window of them); `scores` is this thread's (n_ctx,) row */
 static void attention_head(eq_model *m, int layer_index, int token, int h, float *scores)
 {
     const config *c = &m->cfg;
@@ -784,23 +925,23 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
     int head_dim = c->head_dim, group = c->n_heads / c->n_kv_heads, pos = s->pos0 + token;
     size_t q_dim = (size_t)c->n_heads * (size_t)head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)head_dim;
     size_t head_base = (size_t)layer_index * (size_t)m->n_ctx * kv_dim + (size_t)(h / group) * (size_t)head_dim;
-    float inv_sqrt = 1.0f / sqrtf((float)head_dim);
+    int first = c->sliding[layer_index] && pos >= c->sliding_window ? pos - c->sliding_window + 1 : 0;
     const float *q = s->q + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
     float max_score = -INFINITY;
-    for (int t = 0; t <= pos; t++) {
+    for (int t = first; t <= pos; t++) {
         float dot = cache_dot(m, s->key_cache, head_base + (size_t)t * kv_dim, q, (size_t)head_dim);
-        scores[t] = dot * inv_sqrt;
+        scores[t] = softcap(dot * c->attn_scale, c->attn_softcap);
         if (scores[t] > max_score)
             max_score = scores[t];
     }
     float sum = 0.0f;
-    for (int t = 0; t <= pos; t++) {
+    for (int t = first; t <= pos; t++) {
         scores[t] = expf(scores[t] - max_score);
         sum += scores[t];
     }
     float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
     memset(out, 0, sizeof(float) * (size_t)head_dim);
-    for (int t = 0; t <= pos; t++)
+    for (int t = first; t <= pos; t++)
         cache_axpy(m, s->value_cache, head_base + (size_t)t * kv_dim, scores[t] / sum, out, (size_t)head_dim);
 }
 
@@ -879,10 +1020,24 @@ static void forward_chunk(void *raw, int chunk, int thread)
                 v[j] += l->bv[j];
             }
         }
+        if (l->q_norm) {   /* per head, before RoPE */
+            for (int h = 0; h < c->n_heads; h++)
+                rmsnorm(q + (size_t)h * (size_t)c->head_dim, q + (size_t)h * (size_t)c->head_dim, l->q_norm,
+                        c->head_dim, c->norm_eps);
+            for (int h = 0; h < c->n_kv_heads; h++)
+                rmsnorm(k + (size_t)h * (size_t)c->head_dim, k + (size_t)h * (size_t)c->head_dim, l->k_norm,
+                        c->head_dim, c->norm_eps);
+        }
         int pos = s->pos0 + chunk;
         float *rotation = s->rotations + t * (size_t)c->head_dim;
-        if (st->layer == 0)   /* the phases run in order: every later layer reads this token's row */
+        float *local = s->rotations_local ? s->rotations_local + t * (size_t)c->head_dim : rotation;
+        if (st->layer == 0) {   /* the phases run in order: every later layer reads this token's row */
             rope_rotation(rotation, c->head_dim, pos, c->inv_freq);
+            if (s->rotations_local)
+                rope_rotation(local, c->head_dim, pos, c->inv_freq_local);
+        }
+        if (c->sliding[st->layer])
+            rotation = local;
         rope(q, c->n_heads, c->head_dim, rotation);
         rope(k, c->n_kv_heads, c->head_dim, rotation);
         size_t base = ((size_t)st->layer * (size_t)m->n_ctx + (size_t)pos) * kv_dim;
@@ -900,7 +1055,14 @@ static void forward_chunk(void *raw, int chunk, int thread)
     case STEP_ATTN_OUT:
         chunk_rows(dim, row_unit(&l->wo), chunk, matrix_chunks(m, &l->wo), &row0, &row1);
         gemm_rows(m, &l->wo, &s->acts_attn, row0, row1, s->xb2);
-        add_rows(s->x, s->xb2, s->n, dim, row0, row1);
+        if (!c->post_norms)
+            add_rows(s->x, s->xb2, s->n, dim, row0, row1);
+        break;
+    case STEP_ATTN_POST_NORM:
+    case STEP_FFN_POST_NORM:
+        rmsnorm(s->xb2 + t * dim, s->xb2 + t * dim,
+                st->kind == STEP_ATTN_POST_NORM ? l->post_attn_norm : l->post_ffn_norm, c->dim, c->norm_eps);
+        add_rows(s->x + t * dim, s->xb2 + t * dim, 1, dim, 0, dim);
         break;
     case STEP_GATE_UP:
         chunk_rows(hidden, gate_up_unit(l), chunk, gate_up_chunks(m, l), &row0, &row1);
@@ -908,7 +1070,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
         gemm_rows(m, &l->w_up, &s->acts_x, row0, row1, s->hb2);
         for (int token = 0; token < s->n; token++)
             for (size_t j = (size_t)token * hidden + row0; j < (size_t)token * hidden + row1; j++)
-                s->hb[j] = silu(s->hb[j]) * s->hb2[j];
+                s->hb[j] = (c->gelu ? gelu_tanh(s->hb[j]) : silu(s->hb[j])) * s->hb2[j];
         break;
     case STEP_FFN_PREPARE:
         eq_acts_prepare(m->kernels, &s->acts_ffn, t, 1);
@@ -916,7 +1078,8 @@ static void forward_chunk(void *raw, int chunk, int thread)
     case STEP_FFN_DOWN:
         chunk_rows(dim, row_unit(&l->w_down), chunk, matrix_chunks(m, &l->w_down), &row0, &row1);
         gemm_rows(m, &l->w_down, &s->acts_ffn, row0, row1, s->xb2);
-        add_rows(s->x, s->xb2, s->n, dim, row0, row1);
+        if (!c->post_norms)
+            add_rows(s->x, s->xb2, s->n, dim, row0, row1);
         break;
     case STEP_OUTPUT_NORM:
         rmsnorm(s->xb + t * dim, s->x + ((size_t)(s->n - s->n_logits) + t) * dim, m->output_norm, c->dim,
@@ -926,8 +1089,32 @@ static void forward_chunk(void *raw, int chunk, int thread)
     case STEP_OUTPUT:
         chunk_rows(m->output.rows, row_unit(&m->output), chunk, matrix_chunks(m, &m->output), &row0, &row1);
         gemm_rows(m, &m->output, &s->acts_head, row0, row1, s->logits);
+        if (c->final_softcap > 0.0f)
+            for (int token = 0; token < s->n_logits; token++)
+                for (size_t j = row0; j < row1; j++) {
+                    float *logit = s->logits + (size_t)token * m->output.rows + j;
+                    *logit = softcap(*logit, c->final_softcap);
+                }
         break;
     }
+}
+
+/* A layer's phases in order: llama's block, or with the post-norm phases (gemma3). */
+static const step_kind block_steps[] = {STEP_ATTN_NORM, STEP_QKV, STEP_ROPE, STEP_ATTENTION, STEP_ATTN_PREPARE,
+                                        STEP_ATTN_OUT, STEP_FFN_NORM, STEP_GATE_UP, STEP_FFN_PREPARE,
+                                        STEP_FFN_DOWN};
+static const step_kind post_norm_block_steps[] = {STEP_ATTN_NORM, STEP_QKV, STEP_ROPE, STEP_ATTENTION,
+                                                  STEP_ATTN_PREPARE, STEP_ATTN_OUT, STEP_ATTN_POST_NORM,
+                                                  STEP_FFN_NORM, STEP_GATE_UP, STEP_FFN_PREPARE,
+                                                  STEP_FFN_DOWN, STEP_FFN_POST_NORM};
+_Static_assert(sizeof post_norm_block_steps / sizeof *post_norm_block_steps == STEPS_PER_LAYER,
+               "every layer step is in the post-norm block");
+
+static const step_kind *layer_steps(const config *c, int *count)
+{
+    *count = c->post_norms ? (int)(sizeof post_norm_block_steps / sizeof *post_norm_block_steps)
+                           : (int)(sizeof block_steps / sizeof *block_steps);
+    return c->post_norms ? post_norm_block_steps : block_steps;
 }
 
 /* logits: NULL, (vocab,) for the last token, or (n, vocab) when all_logits */
@@ -942,6 +1129,9 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
     for (int t = 0; t < n; t++)   /* tokens checked against the vocabulary by eq_model_eval */
         m->kernels->family[embd_type->family].dequantize_rows(embd_type, m->token_embd.data, m->token_embd.rows, m->token_embd.cols,
                                     (size_t)tokens[t], 1, s->x + (size_t)t * dim);
+    if (c->embed_scale != 1.0f)
+        for (size_t j = 0; j < (size_t)n * dim; j++)
+            s->x[j] *= c->embed_scale;
     s->n = n;
     s->pos0 = pos0;
     eq_acts_bind(&s->acts_x, s->xb, (size_t)n, dim);
@@ -951,11 +1141,13 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
     s->logits = logits;
     s->acts_head = s->acts_x;   /* the head's norm overwrites acts_x's tables after the last layer's barrier */
     eq_acts_bind(&s->acts_head, s->xb, (size_t)s->n_logits, dim);
-    int n_steps = c->n_layers * STEPS_PER_LAYER + (logits ? HEAD_STEPS : 0);
+    int per_layer;
+    const step_kind *kinds = layer_steps(c, &per_layer);
+    int n_steps = c->n_layers * per_layer + (logits ? HEAD_STEPS : 0);
     for (int i = 0; i < n_steps; i++) {
-        s->steps[i] = i < c->n_layers * STEPS_PER_LAYER
-            ? (forward_step){m, i / STEPS_PER_LAYER, (step_kind)(i % STEPS_PER_LAYER)}
-            : (forward_step){m, 0, (step_kind)(STEP_OUTPUT_NORM + i - c->n_layers * STEPS_PER_LAYER)};
+        s->steps[i] = i < c->n_layers * per_layer
+            ? (forward_step){m, i / per_layer, kinds[i % per_layer]}
+            : (forward_step){m, 0, (step_kind)(STEP_OUTPUT_NORM + i - c->n_layers * per_layer)};
         s->phases[i] = (eq_pool_phase){forward_chunk, &s->steps[i], step_chunks(m, &s->steps[i])};
     }
     eq_pool_run(m->pool, s->phases, n_steps);   /* one hand-off to the workers per batch */
@@ -1003,6 +1195,10 @@ int eq_model_get_info(eq_model *m, eq_model_info *info)
                    l->w_up.nbytes + l->w_down.nbytes + 2u * (uint64_t)c->dim * sizeof(float);
         if (l->bq)
             weights += (l->wq.rows + l->wk.rows + l->wv.rows) * sizeof(float);
+        if (l->q_norm)
+            weights += 2u * (uint64_t)c->head_dim * sizeof(float);
+        if (l->post_attn_norm)
+            weights += 2u * (uint64_t)c->dim * sizeof(float);
     }
     info->weight_bytes = weights;
     info->kv_bytes = 2u * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads *
