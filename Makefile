@@ -128,7 +128,7 @@ fuzz: build/fuzz/fuzz_loader
 AARCH64_CC ?= aarch64-linux-gnu-gcc
 QEMU_AARCH64 ?= qemu-aarch64
 
-.PHONY: arm-deps aarch64 check-kernels-aarch64
+.PHONY: arm-deps aarch64 check-kernels-aarch64 check-attention-aarch64
 
 # The cross compiler, its C library and qemu-user from the distribution when missing (the package
 # lists are refreshed only if the first attempt fails); never fails: without them the ARM tests skip.
@@ -150,6 +150,12 @@ check-kernels-aarch64: | arm-deps
 	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
 	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-kernels
 	$(QEMU_AARCH64) -cpu max build/aarch64/tests/check_kernels $(CHECK_KERNELS_SEED)
+
+# The int8 KV cache's attention helpers the same way (neon against ref under both CPU models).
+check-attention-aarch64: | arm-deps
+	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
+	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-attention
+	$(QEMU_AARCH64) -cpu max build/aarch64/tests/check_attention $(CHECK_KERNELS_SEED)
 
 build/aarch64/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS) | arm-deps
 	@mkdir -p $(@D)
