@@ -111,7 +111,7 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True, kv:
     for kind in (kv,) if kv is not None else ("f16", "q8", "f32"):
         mem = memory_estimate(model, ctx, kind)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache "
-                     f"{KV_LABELS[kind]} (--kv {kind}) {_mb(mem['kv_cache'])} + buffers {_mb(mem['activations'])}")
+                     f"{KV_LABELS[kind]} {_mb(mem['kv_cache'])} + buffers {_mb(mem['activations'])} (--kv {kind})")
     if any(t.score is not None for t in model.tensors.values()):     # a mixed-precision plan
         from edgeq.convert.allocate import summary_lines
         lines.append("")

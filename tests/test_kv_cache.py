@@ -192,10 +192,12 @@ def test_edgeq_info_shows_the_kv_size(files):
     out = subprocess.run([sys.executable, "-m", "edgeq", "info", str(path), "--ctx", "64", "--kv", "q8", "--summary"],
                          capture_output=True, text=True, check=True).stdout
     lines = [line for line in out.splitlines() if line.startswith("memory")]
-    assert len(lines) == 1 and "KV cache int8 (--kv q8)" in lines[0], out
-    assert f"{mem['kv_cache'] / 1e6:.1f} MB" in lines[0]
+    assert len(lines) == 1 and lines[0].endswith("(--kv q8)"), out
+    assert f"KV cache int8 {mem['kv_cache'] / 1e6:.1f} MB" in lines[0]
     both = describe(model, ctx=64, tensors=False)
-    assert [label in both for label in ("fp16 (--kv f16)", "int8 (--kv q8)", "fp32 (--kv f32)")] == [True] * 3
+    for kind, label in (("f16", "fp16"), ("q8", "int8"), ("f32", "fp32")):
+        size = memory_estimate(model, 64, kind)["kv_cache"]
+        assert f"KV cache {label} {size / 1e6:.1f} MB" in both and f"(--kv {kind})" in both
 
 
 @pytest.mark.parametrize("command", [["run", "-p", "hi", "-n", "1"], ["chat"], ["bench"], ["perplexity"],
