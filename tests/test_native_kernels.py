@@ -123,10 +123,10 @@ def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path):
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     shutil.copytree(ROOT / "native", tmp_path / "native", ignore=shutil.ignore_patterns("*.so", "_edgeq_native.c"))
     path = tmp_path / "native/x86/avx2.c"
-    before = "float scale = eq_fp16_to_fp32(scales[block]);"
+    before = "float scale = _cvtsh_ss(scales[block]);"
     source = path.read_text()
     assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
-    path.write_text(source.replace(before, "float scale = eq_fp16_to_fp32(scales[0]);"))
+    path.write_text(source.replace(before, "float scale = _cvtsh_ss(scales[0]);"))
     result = _make("check-attention", cwd=tmp_path)
     assert result.returncode != 0, "check_attention passed with a planted bug"
     assert re.search(r"^MISMATCH set avx2 dot vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), result.stderr

@@ -395,13 +395,19 @@ static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
 
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
 
+/* an fp16 scale as float (the same value as eq_fp16_to_fp32, without the call) */
+static inline float scale_f32(uint16_t bits)
+{
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(bits))), 0);
+}
+
 static float dot_q8(const int8_t *a, const uint16_t *scales, const float *b, size_t n)
 {
     float32x4_t acc = vdupq_n_f32(0.0f);
     float rest = 0.0f;
     for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
         size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
-        float scale = eq_fp16_to_fp32(scales[block]);
+        float scale = scale_f32(scales[block]);
         float32x4_t sum[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
         for (; i + 8 <= end; i += 8) {
             int16x8_t levels = vmovl_s8(vld1_s8(a + i));
@@ -421,7 +427,7 @@ static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, 
 {
     for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
         size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
-        float weight = w * eq_fp16_to_fp32(scales[block]);
+        float weight = w * scale_f32(scales[block]);
         for (; i + 8 <= end; i += 8) {
             int16x8_t levels = vmovl_s8(vld1_s8(x + i));
             vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vcvtq_f32_s32(vmovl_s16(vget_low_s16(levels))), weight));

@@ -381,6 +381,7 @@ static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
 }
 
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
+/* scales converted by F16C (_cvtsh_ss: the value eq_fp16_to_fp32 gives, without the call) */
 
 /* 8 int8 levels as floats */
 static inline __m256 load_q8x8(const int8_t *q)
@@ -394,7 +395,7 @@ static float dot_q8(const int8_t *a, const uint16_t *scales, const float *b, siz
     float rest = 0.0f;
     for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
         size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
-        float scale = eq_fp16_to_fp32(scales[block]);
+        float scale = _cvtsh_ss(scales[block]);
         __m256 sum = _mm256_setzero_ps();
         for (; i + 8 <= end; i += 8)
             sum = _mm256_fmadd_ps(load_q8x8(a + i), _mm256_loadu_ps(b + i), sum);
@@ -411,7 +412,7 @@ static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, 
 {
     for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
         size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
-        float weight = w * eq_fp16_to_fp32(scales[block]);
+        float weight = w * _cvtsh_ss(scales[block]);
         __m256 weights = _mm256_set1_ps(weight);
         for (; i + 8 <= end; i += 8)
             _mm256_storeu_ps(y + i, _mm256_fmadd_ps(weights, load_q8x8(x + i), _mm256_loadu_ps(y + i)));

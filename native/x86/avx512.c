@@ -376,6 +376,7 @@ static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
 }
 
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
+/* scales converted by F16C (_cvtsh_ss: the value eq_fp16_to_fp32 gives, without the call) */
 
 /* up to 16 int8 levels as floats (lanes past `lanes` zero) */
 static inline __m512 load_q8x16(const int8_t *q, __mmask16 lanes)
@@ -393,7 +394,7 @@ static float dot_q8(const int8_t *a, const uint16_t *scales, const float *b, siz
             __mmask16 lanes = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1u);
             sum = _mm512_fmadd_ps(load_q8x16(a + i, lanes), _mm512_maskz_loadu_ps(lanes, b + i), sum);
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(eq_fp16_to_fp32(scales[block])), sum, acc);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(scales[block])), sum, acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -402,7 +403,7 @@ static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, 
 {
     for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
         size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n;
-        __m512 weight = _mm512_set1_ps(w * eq_fp16_to_fp32(scales[block]));
+        __m512 weight = _mm512_set1_ps(w * _cvtsh_ss(scales[block]));
         for (size_t i = begin; i < end; i += 16) {
             __mmask16 lanes = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1u);
             _mm512_mask_storeu_ps(y + i, lanes, _mm512_fmadd_ps(weight, load_q8x16(x + i, lanes),
