@@ -41,7 +41,8 @@ clean:
 # tiny converted models by tests/test_native_safety.py when empty). tests/test_native_safety.py drives all three.
 # `make check-kernels` builds and runs native/tests/check_kernels (every kernel set this CPU runs
 # against "ref", every quant type; CHECK_KERNELS_SEED picks other random cases), `make
-# check-kernels-asan` the same under ASan/UBSan; tests/test_native_kernels.py runs both.
+# check-kernels-asan` the same under ASan/UBSan; tests/test_native_kernels.py runs both, and `make
+# check-attention` (native/tests/check_attention.c: the int8 KV cache's helpers of every set against ref).
 # NATIVE_BUILD is the output folder of the example and the harness, so a cross build keeps its own:
 #   make NATIVE_CC=aarch64-linux-gnu-gcc NATIVE_BUILD=build/aarch64 \
 #        NATIVE_RUN="qemu-aarch64 -L /usr/aarch64-linux-gnu" check-kernels
@@ -63,7 +64,7 @@ build/.installed: pyproject.toml setup.py native/build_ffi.py $(NATIVE_SOURCES) 
 	$(MAKE) install
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer -DEQ_KERNELS_GENERIC
 
-.PHONY: example native-test fuzz fuzz-deps check-kernels check-kernels-asan
+.PHONY: example native-test fuzz fuzz-deps check-kernels check-kernels-asan check-attention
 
 example: $(NATIVE_BUILD)/examples/generate
 
@@ -73,6 +74,14 @@ $(NATIVE_BUILD)/examples/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIV
 
 check-kernels: $(NATIVE_BUILD)/tests/check_kernels
 	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_kernels $(CHECK_KERNELS_SEED)
+
+# the int8 KV cache's quantizer and attention helpers of every set against ref (native/tests/check_attention.c)
+check-attention: $(NATIVE_BUILD)/tests/check_attention
+	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_attention $(CHECK_KERNELS_SEED)
+
+$(NATIVE_BUILD)/tests/check_attention: native/tests/check_attention.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_attention.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
 
 check-kernels-asan: $(NATIVE_BUILD)/asan/check_kernels
 	$(NATIVE_RUN) $(NATIVE_BUILD)/asan/check_kernels $(CHECK_KERNELS_SEED)
@@ -119,7 +128,7 @@ fuzz: build/fuzz/fuzz_loader
 AARCH64_CC ?= aarch64-linux-gnu-gcc
 QEMU_AARCH64 ?= qemu-aarch64
 
-.PHONY: arm-deps aarch64 check-kernels-aarch64
+.PHONY: arm-deps aarch64 check-kernels-aarch64 check-attention-aarch64
 
 # The cross compiler, its C library and qemu-user from the distribution when missing (the package
 # lists are refreshed only if the first attempt fails); never fails: without them the ARM tests skip.
@@ -141,6 +150,12 @@ check-kernels-aarch64: | arm-deps
 	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
 	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-kernels
 	$(QEMU_AARCH64) -cpu max build/aarch64/tests/check_kernels $(CHECK_KERNELS_SEED)
+
+# The int8 KV cache's attention helpers the same way (neon against ref under both CPU models).
+check-attention-aarch64: | arm-deps
+	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
+	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-attention
+	$(QEMU_AARCH64) -cpu max build/aarch64/tests/check_attention $(CHECK_KERNELS_SEED)
 
 build/aarch64/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS) | arm-deps
 	@mkdir -p $(@D)

@@ -13,10 +13,10 @@ __all__ = ["load", "Model", "GenerationStats", "SamplingParams", "EdgeqError", "
            "ContextFullError", "__version__"]
 
 
-def load(path, threads=None, ctx=None, kv_fp32=False):
-    """Open a converted edgeq file for generation: see edgeq.model.load."""
+def load(path, threads=None, ctx=None, kv_fp32=False, kv="f16"):
+    """Open a converted edgeq file for generation: see edgeq.model.load (kv: "f16", "q8" or "f32")."""
     from .model import load as _load
-    return _load(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32)
+    return _load(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32, kv=kv)
 
 
 def __getattr__(name):

@@ -257,9 +257,19 @@ def select_isa(name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 ARCH_NAMES = {0: "llama", 1: "qwen2", 2: "qwen3", 3: "gemma3"}
+# KV cache types (edgeq.h EQ_KV_*): fp16 (the default), fp32, int8 per block of 32 with an fp16 scale
+KV_TYPES = {"f16": 0, "f32": 1, "q8": 2}
 _INFO_FIELDS = ("arch", "vocab_size", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                "max_seq_len", "n_ctx", "n_past", "n_threads", "kv_fp32", "weight_bytes", "kv_bytes", "file_bytes",
-                "pool_jobs", "pool_jobs_alone")
+                "max_seq_len", "n_ctx", "n_past", "n_threads", "kv_fp32", "kv_type", "weight_bytes", "kv_bytes",
+                "file_bytes", "pool_jobs", "pool_jobs_alone")
+
+
+def check_kv(kv) -> str:
+    """A KV cache type name (f16, q8, f32); anything else is an EdgeqError naming the choices."""
+    if not isinstance(kv, str) or kv not in KV_TYPES:
+        raise EdgeqError(f"unknown KV cache type {kv!r}: use f16 (the default) or q8 (int8, about half the "
+                         f"memory), or f32")
+    return kv
 
 
 class ModelHandle:
@@ -298,12 +308,16 @@ def _int_arg(value, name: str, minimum: int = 0) -> int:
     return value
 
 
-def model_open(path, threads: int = 0, ctx: int = 0, kv_fp32: bool = False) -> ModelHandle:
-    """Open, map and validate a converted file. threads 0: physical cores; ctx 0: min(max_seq_len, 4096)."""
+def model_open(path, threads: int = 0, ctx: int = 0, kv_fp32: bool = False, kv: str = "f16") -> ModelHandle:
+    """Open, map and validate a converted file. threads 0: physical cores; ctx 0: min(max_seq_len, 4096);
+    kv: the KV cache type (KV_TYPES); kv_fp32 True is kv="f32" (an error with another kv)."""
     params = ffi.new("eq_model_params *")
     params.n_threads = _int_arg(threads, "threads")
     params.n_ctx = _int_arg(ctx, "ctx")
-    params.kv_fp32 = 1 if kv_fp32 else 0
+    kv = check_kv(kv)
+    if kv_fp32 and kv not in ("f16", "f32"):
+        raise EdgeqError(f"kv_fp32=True and kv={kv!r} disagree: give one of them")
+    params.kv_type = KV_TYPES["f32"] if kv_fp32 else KV_TYPES[kv]
     isa()   # an EDGEQ_ISA naming no set this CPU runs: say which sets it does
     path = str(path)
     err = ffi.new("char[]", 512)
@@ -333,6 +347,7 @@ def model_info(handle: ModelHandle) -> dict:
     result = {name: int(getattr(info, name)) for name in _INFO_FIELDS}
     result["arch"] = ARCH_NAMES.get(result["arch"], str(result["arch"]))
     result["kv_fp32"] = bool(result["kv_fp32"])
+    result["kv"] = {v: k for k, v in KV_TYPES.items()}.get(result.pop("kv_type"), "?")
     return result
 
 

@@ -55,10 +55,10 @@ def _peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _one_run(path: str, threads: int, prompt: list[int], gen_tokens: int) -> dict:
+def _one_run(path: str, threads: int, prompt: list[int], gen_tokens: int, kv: str = "f16") -> dict:
     """Open, prefill `prompt`, decode gen_tokens greedily, close. -> seconds of each phase."""
     start = time.perf_counter()
-    handle = _ffi.model_open(path, threads=threads, ctx=len(prompt) + gen_tokens)
+    handle = _ffi.model_open(path, threads=threads, ctx=len(prompt) + gen_tokens, kv=kv)
     load = time.perf_counter() - start
     try:
         start = time.perf_counter()
@@ -78,8 +78,8 @@ def _one_run(path: str, threads: int, prompt: list[int], gen_tokens: int) -> dic
 
 def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
               gen_tokens: int = DEFAULT_GEN_TOKENS, runs: int = DEFAULT_RUNS,
-              bandwidth_mb: int = DEFAULT_BANDWIDTH_MB) -> dict:
-    """Measure `path` (an edgeq file); returns the flat dict `edgeq bench --json` prints.
+              bandwidth_mb: int = DEFAULT_BANDWIDTH_MB, kv: str = "f16") -> dict:
+    """Measure `path` (an edgeq file) with KV cache type `kv`; returns the flat dict `edgeq bench --json` prints.
     threads None: physical cores (more than the logical CPUs: capped, with an EdgeqWarning).
     Speeds are median / min / max over `runs` fresh opens."""
     from .model import check_model_path, check_threads
@@ -89,6 +89,7 @@ def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PRO
     _positive(gen_tokens, "--gen-tokens")
     _positive(runs, "--runs")
     _positive(bandwidth_mb, "--bandwidth-mb")
+    _ffi.check_kv(kv)
 
     ModelFile(path)     # the Python reader's checks first, the same as `edgeq info` and edgeq.load
     # an untimed open and one token: validates the file, reads its figures, brings it into the page cache
@@ -105,11 +106,11 @@ def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PRO
     vocab = info["vocab_size"]
     prompt = [(7 * i + 11) % vocab for i in range(prompt_tokens)]    # fixed ids: every run does the same work
     _reset_peak_rss()
-    results = [_one_run(str(path), info["n_threads"], prompt, gen_tokens) for _ in range(runs)]
+    results = [_one_run(str(path), info["n_threads"], prompt, gen_tokens, kv) for _ in range(runs)]
     peak_rss_mb = _peak_rss_mb()        # before the probe's buffer exists
     bandwidth = _ffi.memory_read_bandwidth(bandwidth_mb << 20, info["n_threads"], BANDWIDTH_REPEATS)
 
-    report = {"model": str(path), "isa": _ffi.isa(), "threads": info["n_threads"], "runs": runs,
+    report = {"model": str(path), "isa": _ffi.isa(), "threads": info["n_threads"], "runs": runs, "kv": kv,
               "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens}
     for key in ("load_s", "prefill_tok_s", "decode_tok_s"):
         values = [result[key] for result in results]
@@ -141,7 +142,7 @@ def format_table(report: dict) -> str:
     runs = f"median of {report['runs']} runs" if report["runs"] > 1 else "1 run"
     lines = [
         f"model            {report['model']} ({report['file_bytes'] / 1e6:.1f} MB)",
-        f"setup            {report['threads']} threads, kernels {report['isa']}, {runs}",
+        f"setup            {report['threads']} threads, kernels {report['isa']}, KV cache {report.get('kv', 'f16')}, {runs}",
         f"load             {1000 * report['load_s']:.1f} ms (min {1000 * report['load_s_min']:.1f}, "
         f"max {1000 * report['load_s_max']:.1f})",
         f"prefill          {spread('prefill_tok_s', 1)} tok/s over {report['prompt_tokens']} tokens",

@@ -110,7 +110,7 @@ def _cmd_info(args) -> int:
     model = ModelFile(check_model_path(args.file))
     if args.ctx is not None:
         check_ctx(args.ctx, model.config.max_seq_len, args.file)
-    print(describe(model, ctx=args.ctx, tensors=not args.summary))
+    print(describe(model, ctx=args.ctx, tensors=not args.summary, kv=args.kv))
     return 0
 
 
@@ -119,7 +119,7 @@ def _cmd_bench(args) -> int:
     from .registry import default_model
     path = args.model if args.model is not None else default_model()
     report = run_bench(path, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-                       runs=args.runs, bandwidth_mb=args.bandwidth_mb)
+                       runs=args.runs, bandwidth_mb=args.bandwidth_mb, kv=args.kv)
     print(format_json(report) if args.json else format_table(report))
     return 0
 
@@ -131,7 +131,7 @@ def _cmd_perplexity(args) -> int:
     text = read_text(args.text if args.text is not None else text_path("evaluation"))
     result = perplexity(args.model, text, ctx=args.ctx, convention=args.convention,
                         chunks=args.chunks, base=args.base, threads=args.threads,
-                        progress=None)
+                        progress=None, kv=args.kv)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
     return 0
 
@@ -141,7 +141,7 @@ def _cmd_serve(args) -> int:
     from .serve import serve
     path = args.model if args.model is not None else default_model()
     return serve(path, host=args.host, port=args.port, ctx=args.ctx, threads=args.threads, parallel=args.parallel,
-                 api_key=args.api_key, queue=args.queue)
+                 api_key=args.api_key, queue=args.queue, kv=args.kv)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _open_model(args):
     from .model import load
     from .registry import default_model
     path = args.model if args.model is not None else default_model()
-    return load(path, threads=args.threads, ctx=args.ctx)
+    return load(path, threads=args.threads, ctx=args.ctx, kv=args.kv)
 
 
 def _sampling_args(args) -> dict:
@@ -408,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="context length for the memory estimate, 1 to the model's trained length "
                       "[default: min(trained length, 4096)]")
     info.add_argument("--summary", action="store_true", help="omit the per-tensor table")
+    _add_kv_flag(info, "the KV cache type of the memory estimate [default: a line for each: f16, q8, f32]",
+                 default=None)
     info.set_defaults(func=_cmd_info)
 
     run = commands.add_parser("run", help="generate text from a prompt",
@@ -448,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MiB read by the bandwidth probe, at least 4x the last-level cache "
                        f"[default: {DEFAULT_BANDWIDTH_MB}]")
     bench.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    _add_kv_flag(bench)
     bench.set_defaults(func=_cmd_bench)
 
     from .serve import DEFAULT_HOST, DEFAULT_PARALLEL, DEFAULT_PORT, DEFAULT_QUEUE
@@ -472,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                        f"[default: {DEFAULT_QUEUE}]")
     serve.add_argument("--api-key", default=None, metavar="KEY",
                        help="require 'Authorization: Bearer KEY' on /v1/* [default: none]")
+    _add_kv_flag(serve, "each slot's KV cache: f16, or q8 (int8 per block of 32 values, fp16 scales: "
+                 "0.53x the memory) [default: f16]")
     serve.set_defaults(func=_cmd_serve)
 
     ppl = commands.add_parser("perplexity", help="perplexity of a model on a text, optionally against a base",
@@ -493,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="threads, at most the logical CPUs (more are capped, with a warning) "
                        "[default: the number of physical cores]")
     ppl.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_kv_flag(ppl, "MODEL's KV cache: f16, or q8 (int8 per block of 32 values, fp16 scales); --base "
+                 "always runs with f16, so `--kv q8 --base MODEL` is the int8 cache's cost [default: f16]")
     ppl.set_defaults(func=_cmd_perplexity)
     return parser
 
@@ -505,6 +512,12 @@ def _add_calibration_flags(command) -> None:
                          help=f"calibration tokens [default: {DEFAULT_TOKENS}]")
     command.add_argument("--calib-ctx", type=int, default=None, metavar="N",
                          help=f"tokens per calibration window [default: min({DEFAULT_CTX}, the model's context)]")
+
+
+def _add_kv_flag(command, help: str | None = None, default: str | None = "f16") -> None:
+    command.add_argument("--kv", choices=["f16", "q8"], default=default, metavar="{f16,q8}",
+                         help=help or "KV cache: f16, or q8 (int8 per block of 32 values, fp16 scales: "
+                         "0.53x the memory, a small quality cost) [default: f16]")
 
 
 def _add_generation_flags(command) -> None:
@@ -532,6 +545,7 @@ def _add_generation_flags(command) -> None:
                        "[default: the number of physical cores]")
     group.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
                        help="context length in tokens, 1 to the model's trained length [default: min(trained length, 4096)]")
+    _add_kv_flag(group)
     group.add_argument("-v", "--verbose", action="store_true", help="prompt and speed statistics on stderr")
 
 

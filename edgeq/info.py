@@ -12,13 +12,27 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def memory_estimate(model: ModelFile, ctx: int, kv_bytes: int = 2, threads: int | None = None) -> dict:
-    """Bytes to run at context `ctx`: mapped weights + KV cache + the runtime's buffers, as
-    native/src/model.c allocates them (a batch of activations, the kernels' tables for the three
-    prepared inputs of a layer: normed x (dim), attention output (q_dim), SwiGLU output (hidden),
-    attention scores per thread) plus one row of logits."""
+KV_Q8_BLOCK = 32     # values per fp16 scale in the int8 KV cache (native/src/kernels.h EQ_KV_Q8_BLOCK)
+KV_LABELS = {"f16": "fp16", "q8": "int8", "f32": "fp32"}
+
+
+def kv_cache_bytes(config, ctx: int, kv: str = "f16") -> int:
+    """Bytes of the KV cache at context `ctx` (eq_model_info.kv_bytes): K and V, per layer, token and
+    KV head, head_dim values of 2 (f16) or 4 (f32) bytes, or for q8 head_dim int8 levels plus one fp16
+    scale per block of 32 (rounded up)."""
+    _ffi.check_kv(kv)
+    head = {"f16": 2 * config.head_dim, "f32": 4 * config.head_dim,
+            "q8": config.head_dim + 2 * -(-config.head_dim // KV_Q8_BLOCK)}[kv]
+    return 2 * config.n_layers * ctx * config.n_kv_heads * head
+
+
+def memory_estimate(model: ModelFile, ctx: int, kv: str = "f16", threads: int | None = None) -> dict:
+    """Bytes to run at context `ctx` with KV cache type `kv` (f16, q8, f32): mapped weights + KV cache +
+    the runtime's buffers, as native/src/model.c allocates them (a batch of activations, the kernels'
+    tables for the three prepared inputs of a layer: normed x (dim), attention output (q_dim), SwiGLU
+    output (hidden), attention scores per thread) plus one row of logits."""
     c = model.config
-    kv = 2 * c.n_layers * ctx * c.n_kv_heads * c.head_dim * kv_bytes
+    kv = kv_cache_bytes(c, ctx, kv)
     q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     wide = max(c.dim, q_dim)
     batch = BATCH * (2 * c.dim + wide + 2 * c.hidden_dim + q_dim + 2 * kv_dim) * 4
@@ -56,7 +70,10 @@ def weight_bytes_per_token(model: ModelFile) -> int:
     return total
 
 
-def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> str:
+def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True, kv: str | None = None) -> str:
+    """`edgeq info`'s text. kv None: a memory line per KV cache type (f16, q8, f32), else that one's."""
+    if kv is not None:
+        _ffi.check_kv(kv)
     c, tok = model.config, model.tokenizer
     ctx = min(ctx or 4096, c.max_seq_len) if ctx is None else ctx
     bpw, n_linear = linear_bits_per_weight(model)
@@ -91,10 +108,10 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True) -> 
         if prefill != decode:
             line += f"; prefill: {prefill['set']} {prefill['path']} ({prefill['detail']})"
         lines.append(line)
-    for kv_bytes, label in ((2, "fp16"), (4, "fp32")):
-        mem = memory_estimate(model, ctx, kv_bytes)
-        lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache {label} "
-                     f"{_mb(mem['kv_cache'])} + buffers {_mb(mem['activations'])}")
+    for kind in (kv,) if kv is not None else ("f16", "q8", "f32"):
+        mem = memory_estimate(model, ctx, kind)
+        lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache "
+                     f"{KV_LABELS[kind]} {_mb(mem['kv_cache'])} + buffers {_mb(mem['activations'])} (--kv {kind})")
     if any(t.score is not None for t in model.tensors.values()):     # a mixed-precision plan
         from edgeq.convert.allocate import summary_lines
         lines.append("")

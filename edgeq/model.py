@@ -116,10 +116,13 @@ class GenerationStats:
         return self.prompt_tokens - self.cached_tokens
 
 
-def load(path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False) -> "Model":
+def load(path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False,
+         kv: str = "f16") -> "Model":
     """Open a converted edgeq file. threads None: physical cores (more than the logical CPUs: capped,
-    with an EdgeqWarning); ctx None: min(trained length, 4096), else 1 .. trained length."""
-    return Model(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32)
+    with an EdgeqWarning); ctx None: min(trained length, 4096), else 1 .. trained length; kv: the KV
+    cache, "f16" (default), "q8" (int8 per block of 32 values with an fp16 scale: 0.53x the memory,
+    benchmarks/README.md "KV cache" for its cost) or "f32" (the same as kv_fp32=True)."""
+    return Model(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32, kv=kv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,7 +275,9 @@ class Model:
     """A converted model opened for generation. See the module docstring for the context and
     thread policies. Use as a context manager, or call close()."""
 
-    def __init__(self, path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False):
+    def __init__(self, path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool = False,
+                 kv: str = "f16"):
+        _ffi.check_kv(kv)
         self.path = check_model_path(path)
         threads = check_threads(threads)
         self.file = ModelFile(self.path)
@@ -280,7 +285,7 @@ class Model:
             ctx = check_ctx(ctx, self.file.config.max_seq_len, path)
         self.tokenizer = Tokenizer(self.file.tokenizer)
         self.defaults = self._file_defaults()
-        self._handle = _ffi.model_open(self.path, threads or 0, ctx or 0, kv_fp32)
+        self._handle = _ffi.model_open(self.path, threads or 0, ctx or 0, kv_fp32, kv)
         self.n_ctx = self._handle.n_ctx
         self._cached: list[int] = []     # the tokens in the KV cache, in order (len == C's n_past)
         self._lock = threading.Lock()

@@ -16,7 +16,8 @@ With a base: KL(base || model) per scored token, top-1 agreement (equal argmax),
 llama.cpp's covariance-aware uncertainty, all on the same chunks.
 
 A model or base is an edgeq file (run by the C runtime) or a float source (Hugging Face folder, hub
-id, llama.cpp GGUF file) run by the numpy float reference. Log-softmax is computed in float64.
+id, llama.cpp GGUF file) run by the numpy float reference. `kv` (--kv) picks the model's KV cache type;
+a base runs with fp16, so `perplexity FILE --kv q8 --base FILE` is the int8 cache's KL cost. Log-softmax is computed in float64.
 Not here: strided perplexity, HellaSwag / Winogrande, or several chunks per batch.
 """
 from __future__ import annotations
@@ -174,9 +175,9 @@ class _RuntimeEvaluator:
         self.tokenizer = model.tokenizer
 
     @classmethod
-    def open(cls, path: Path, ctx: int, threads: int | None) -> "_RuntimeEvaluator":
+    def open(cls, path: Path, ctx: int, threads: int | None, kv: str = "f16") -> "_RuntimeEvaluator":
         from .model import load
-        return cls(load(path, threads=threads, ctx=ctx), owned=True)
+        return cls(load(path, threads=threads, ctx=ctx, kv=kv), owned=True)
 
     def logits(self, chunk: np.ndarray) -> np.ndarray:
         return self.model.logits(chunk.tolist())          # (ctx, vocab) float32
@@ -207,7 +208,7 @@ class _ReferenceEvaluator:
         pass
 
 
-def _open(spec, ctx: int, threads: int | None):
+def _open(spec, ctx: int, threads: int | None, kv: str = "f16"):
     from .model import Model
     if isinstance(spec, Model):
         if ctx > spec.n_ctx:
@@ -216,7 +217,9 @@ def _open(spec, ctx: int, threads: int | None):
         return _RuntimeEvaluator(spec, owned=False)
     path = Path(spec)
     if _is_edgeq_file(path):
-        return _RuntimeEvaluator.open(path, ctx, threads)
+        return _RuntimeEvaluator.open(path, ctx, threads, kv)
+    if kv != "f16":
+        raise EdgeqError(f"{spec}: kv={kv!r} needs an edgeq file (the float reference keeps no quantized KV cache)")
     if path.is_file() and not _starts_with_gguf_magic(path):     # neither kind: the common message
         from .model import check_model_path
         check_model_path(spec)
@@ -246,10 +249,12 @@ def _mean_stderr(values: np.ndarray) -> tuple[float, float]:
 
 def perplexity(model, text: str, *, ctx: int | None = None, convention: str = "llama",
                chunks: int | None = None, base=None, threads: int | None = None,
-               progress: bool | None = None) -> PerplexityResult:
+               progress: bool | None = None, kv: str = "f16") -> PerplexityResult:
     """Score `text` with `model` (an edgeq file path or a loaded edgeq.Model, or a float source:
     HF folder, hub id, GGUF file); with `base` (same kinds), also KL(base || model), top-1 agreement
-    and Δppl on the same chunks. progress: True shows a bar on stderr, False hides it, None shows it
+    and Δppl on the same chunks. kv: the KV cache type of `model` when it is an edgeq file path (f16,
+    q8, f32; a loaded Model keeps its own); `base` always runs with fp16, so `--kv q8 --base` the same
+    file measures what the int8 cache costs. progress: True shows a bar on stderr, False hides it, None shows it
     on a terminal. See the module docstring for the conventions."""
     from tqdm import tqdm
     if convention not in CONVENTIONS:
@@ -258,11 +263,13 @@ def perplexity(model, text: str, *, ctx: int | None = None, convention: str = "l
     _check_ctx(ctx, convention)
     if chunks is not None and chunks < 1:
         raise EdgeqError(f"--chunks must be at least 1, got {chunks}")
+    from ._ffi import check_kv
     from .model import check_threads
+    check_kv(kv)
     threads = check_threads(threads)          # once, so a base model does not warn a second time
     start = time.perf_counter()
     with ExitStack() as stack:
-        evaluator = _open(model, ctx, threads)
+        evaluator = _open(model, ctx, threads, kv)
         stack.callback(evaluator.close)
         tokens = tokenize_text(evaluator.tokenizer, text)
         tok = evaluator.tokenizer

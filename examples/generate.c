@@ -113,7 +113,7 @@ static int decode_greedy(eq_model *model, const int32_t *prompt, int32_t n_promp
 
 int main(int argc, char **argv)
 {
-    eq_model_params params = {0, 0, 0};
+    eq_model_params params = {0, 0, 0, 0};
     const char *path = NULL;
     int32_t n_generate = -1, n_prompt = 0;
     int verbose = 0;

@@ -7,7 +7,8 @@ naming what is missing.
 - The kernel harness (native/tests/check_kernels.c; `make check-kernels-aarch64`) cross-built and
   run under qemu-aarch64 as cortex-a72 and max: every ARM set against the reference, every type;
   neon-dotprod (sdot) runs on max only, and its and neon's packed-family outputs are the bits
-  x86's avx2/avx512 multiply-add give on the same inputs (the harness's digests).
+  x86's avx2/avx512 multiply-add give on the same inputs (the harness's digests). The int8 KV
+  cache's attention helpers the same way (native/tests/check_attention.c, `make check-attention-aarch64`).
 - The C example (`make aarch64`: build/aarch64/generate, static) decodes tiny converted models
   greedily under qemu-aarch64 (`-cpu cortex-a72`: ARMv8.0 without the dot product, like a Pi 4;
   `-cpu max`) with the set it picks, and with every set of the library's one list forced by
@@ -135,6 +136,18 @@ def test_kernel_harness_under_qemu(arm_tools):
     for isa in multiply_add:
         assert x86[isa] == arm_digests["max"]["neon-dotprod"], f"x86 {isa}'s packed outputs differ from aarch64's"
 
+
+
+def test_int8_kv_attention_helpers_under_qemu(arm_tools):
+    """native/tests/check_attention.c cross-built: neon's (and neon-dotprod's, which takes neon's)
+    dot_q8 / axpy_q8 against ref under both CPU models."""
+    result = subprocess.run(["make", "--no-print-directory", "check-attention-aarch64"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, f"make check-attention-aarch64 failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
+    assert result.stdout.count("check_attention: all sets agree with ref") == len(QEMU_CPUS), result.stdout
+    for cpu in QEMU_CPUS:
+        for isa in QEMU_SETS[cpu]:
+            assert re.search(rf"^check_attention: {re.escape(isa)}\s+\d+ cases", result.stdout, re.MULTILINE), result.stdout
 
 def _run(command: list[str], path: Path, prompt: list[int], isa: str | None, threads: int):
     env = {k: v for k, v in os.environ.items() if k != "EDGEQ_ISA"}

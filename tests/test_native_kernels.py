@@ -4,7 +4,8 @@ check_kernels compares every kernel set this CPU runs with the reference set "re
 float64 oracle) for every quant type, over random and worst-case shapes and inputs, with the
 tolerance derived in its opening comment; `make check-kernels` / `make check-kernels-asan` build and
 run it. Here: both runs pass and cover the sets the Python layer sees, and the harness catches two
-small kernel bugs planted in a copy of the sources (it is a test that can fail).
+small kernel bugs planted in a copy of the sources (it is a test that can fail). The same for
+native/tests/check_attention.c (`make check-attention`), the int8 KV cache's attention helpers.
 """
 from __future__ import annotations
 
@@ -95,3 +96,38 @@ def test_the_harness_catches_planted_kernel_bugs(compiler, tmp_path):
     assert summaries["scalar"]["mismatches"] > 0 and summaries["ref"]["mismatches"] == 0, result.stdout
     if "avx2" in _ffi.kernel_sets():
         assert summaries["avx2"]["mismatches"] > 0, result.stdout
+
+
+ATTENTION = re.compile(r"^check_attention: (\S+)\s+(\d+) cases \(int8 KV, blocks of (\d+)\): largest error (\S+) of its bound",
+                       re.MULTILINE)
+
+
+def test_int8_kv_attention_helpers_match_the_reference(compiler):
+    """native/tests/check_attention.c: the int8 KV cache's quantizer against its specification and
+    every set's dot_q8 / axpy_q8 against ref's, within the bounds derived in its opening comment."""
+    result = _make("check-attention")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"make check-attention failed:\n{_tail(output)}"
+    assert "check_attention: all sets agree with ref" in result.stdout
+    runs = {m[1]: (int(m[2]), int(m[3]), float(m[4])) for m in ATTENTION.finditer(result.stdout)}
+    assert sorted(runs) == sorted(_ffi.kernel_sets()), result.stdout
+    for isa, (cases, block, worst) in runs.items():
+        assert cases >= 200 and block == 32 and worst <= 1.0, (isa, runs[isa])
+
+
+def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path):
+    """avx2's dot_q8 scaling every block by the first block's scale: wrong only for heads of more
+    than 32 values, which the harness must cover."""
+    if "avx2" not in _ffi.kernel_sets():
+        pytest.skip("this CPU does not run the avx2 kernels")
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    shutil.copytree(ROOT / "native", tmp_path / "native", ignore=shutil.ignore_patterns("*.so", "_edgeq_native.c"))
+    path = tmp_path / "native/x86/avx2.c"
+    before = "float scale = _cvtsh_ss(scales[block]);"
+    source = path.read_text()
+    assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
+    path.write_text(source.replace(before, "float scale = _cvtsh_ss(scales[0]);"))
+    result = _make("check-attention", cwd=tmp_path)
+    assert result.returncode != 0, "check_attention passed with a planted bug"
+    assert re.search(r"^MISMATCH set avx2 dot vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), result.stderr
+    assert "MISMATCH set ref" not in result.stderr

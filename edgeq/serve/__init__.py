@@ -50,8 +50,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def _memory_line(models, threads: int) -> str:
     from ..info import memory_estimate
     first = models[0]
-    kv_bytes = 4 if first.info["kv_fp32"] else 2
-    mem = memory_estimate(first.file, first.n_ctx, kv_bytes, threads)
+    mem = memory_estimate(first.file, first.n_ctx, first.info["kv"], threads)
     per_slot = mem["kv_cache"] + mem["activations"]
     total = mem["weights"] + len(models) * per_slot
     return (f"memory about {total / 1e6:.1f} MB = weights {mem['weights'] / 1e6:.1f} MB (mapped once, shared by "
@@ -61,9 +60,12 @@ def _memory_line(models, threads: int) -> str:
 
 def serve(path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ctx: int | None = None,
           threads: int | None = None, parallel: int = DEFAULT_PARALLEL, api_key: str | None = None,
-          queue: int = DEFAULT_QUEUE) -> int:
+          queue: int = DEFAULT_QUEUE, kv: str = "f16") -> int:
     """Run the server until Ctrl-C (or SIGTERM). threads: per slot (None: the physical cores divided
-    among the slots, at least 1). Status lines go to stderr; the first names the URL."""
+    among the slots, at least 1); kv: each slot's KV cache type (f16, q8, f32). Status lines go to
+    stderr; the first names the URL."""
+    from .. import _ffi as ffi_module
+    ffi_module.check_kv(kv)
     _require_server_packages()
     import uvicorn
     from .. import _ffi
@@ -83,7 +85,7 @@ def serve(path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ctx: int | N
     models = []
     try:
         for _ in range(parallel):
-            models.append(load(path, threads=threads, ctx=ctx))
+            models.append(load(path, threads=threads, ctx=ctx, kv=kv))
         # a full context ends an answer with finish_reason "length"; no warning line per request
         warnings.filterwarnings("ignore", category=EdgeqWarning)
         pool = SlotPool(models, queue)

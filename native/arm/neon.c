@@ -393,6 +393,51 @@ static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
         y[i] += w * eq_fp16_to_fp32(x[i]);
 }
 
+/* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
+
+/* an fp16 scale as float (the same value as eq_fp16_to_fp32, without the call) */
+static inline float scale_f32(uint16_t bits)
+{
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(bits))), 0);
+}
+
+static float dot_q8(const int8_t *a, const uint16_t *scales, const float *b, size_t n)
+{
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float rest = 0.0f;
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
+        float scale = scale_f32(scales[block]);
+        float32x4_t sum[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+        for (; i + 8 <= end; i += 8) {
+            int16x8_t levels = vmovl_s8(vld1_s8(a + i));
+            sum[0] = vfmaq_f32(sum[0], vcvtq_f32_s32(vmovl_s16(vget_low_s16(levels))), vld1q_f32(b + i));
+            sum[1] = vfmaq_f32(sum[1], vcvtq_f32_s32(vmovl_high_s16(levels)), vld1q_f32(b + i + 4));
+        }
+        acc = vfmaq_n_f32(acc, vaddq_f32(sum[0], sum[1]), scale);
+        float tail = 0.0f;
+        for (; i < end; i++)
+            tail += (float)a[i] * b[i];
+        rest += scale * tail;
+    }
+    return vaddvq_f32(acc) + rest;
+}
+
+static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
+        float weight = w * scale_f32(scales[block]);
+        for (; i + 8 <= end; i += 8) {
+            int16x8_t levels = vmovl_s8(vld1_s8(x + i));
+            vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vcvtq_f32_s32(vmovl_s16(vget_low_s16(levels))), weight));
+            vst1q_f32(y + i + 4, vfmaq_n_f32(vld1q_f32(y + i + 4), vcvtq_f32_s32(vmovl_high_s16(levels)), weight));
+        }
+        for (; i < end; i++)
+            y[i] += weight * (float)x[i];
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 const eq_kernel_set eq_kernels_neon = {
@@ -415,6 +460,8 @@ const eq_kernel_set eq_kernels_neon = {
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
+    .dot_q8 = dot_q8,
+    .axpy_q8 = axpy_q8,
 };
 
 #else   /* not aarch64: the set exists but is never available */

@@ -99,7 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     eq_gguf_close(file);
     if (status == EQ_OK) {   /* the model loader starts with eq_gguf_open: nothing new below a refusal */
-        eq_model_params params = {1, 0, 0};   /* one thread: no pool per input */
+        eq_model_params params = {1, 0, 0, 0};   /* one thread: no pool per input */
         eq_model *model = eq_model_open(input_path, &params, err, sizeof err);
         check_message(model != NULL ? EQ_OK : -1, err);
         eq_model_info info;

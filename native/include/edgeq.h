@@ -292,11 +292,20 @@ enum {
     EQ_ARCH_GEMMA3 = 3
 };
 
+/* How the KV cache stores keys and values. */
+enum {
+    EQ_KV_F16 = 0,   /* fp16 (the default) */
+    EQ_KV_F32 = 1,   /* fp32 */
+    EQ_KV_Q8 = 2     /* int8 levels per block of 32 values of a head, one fp16 scale per block
+                        (head_dim + 2 ceil(head_dim / 32) bytes per head and token) */
+};
+
 /* Options for eq_model_open; zero fields take the defaults. */
 typedef struct eq_model_params {
     int32_t n_threads;   /* 0: number of physical cores */
     int32_t n_ctx;       /* KV cache length in tokens; 0: min(max_seq_len, 4096); > max_seq_len is an error */
-    int32_t kv_fp32;     /* nonzero: fp32 KV cache; default fp16 */
+    int32_t kv_fp32;     /* nonzero: fp32 KV cache (the same as kv_type EQ_KV_F32) */
+    int32_t kv_type;     /* EQ_KV_*; 0: fp16, or fp32 with kv_fp32. Unknown, or not EQ_KV_F32 with kv_fp32: an error */
 } eq_model_params;
 
 /* What an open model is. */
@@ -313,7 +322,8 @@ typedef struct eq_model_info {
     int32_t n_ctx;           /* the KV cache length chosen at open */
     int32_t n_past;          /* tokens currently in the KV cache */
     int32_t n_threads;
-    int32_t kv_fp32;
+    int32_t kv_fp32;         /* kv_type == EQ_KV_F32 */
+    int32_t kv_type;         /* EQ_KV_* */
     uint64_t weight_bytes;   /* bytes of weights read per generated token (every matrix once) */
     uint64_t kv_bytes;       /* bytes of the KV cache allocation */
     uint64_t file_bytes;     /* size of the mapped file */

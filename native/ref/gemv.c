@@ -9,6 +9,7 @@
  * It never builds the dequantized matrix, and accumulates in double so that it is an accurate
  * oracle: SIMD kernels (int8 tables, fp32 sums) are compared against it with a tolerance.
  */
+#include <math.h>
 #include <stdint.h>
 
 #include "kernels.h"
@@ -231,6 +232,60 @@ void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n)
         y[i] += w * eq_fp16_to_fp32(x[i]);
 }
 
+/* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
+
+/* q, scales = x (n,) as int8 levels per block of EQ_KV_Q8_BLOCK with an fp16 scale: the scale is
+ * max |x| / 127 rounded to fp16 (the largest finite fp16 if that overflows; NaNs are ignored for the
+ * maximum and stored as 0), a level x / scale rounded to nearest, clamped to [-127, 127]. */
+void eq_kv_q8_quantize(const float *x, size_t n, int8_t *q, uint16_t *scales)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n;
+        float amax = 0.0f;
+        for (size_t i = begin; i < end; i++)
+            if (fabsf(x[i]) > amax)
+                amax = fabsf(x[i]);
+        uint16_t bits = eq_fp32_to_fp16(amax / 127.0f);
+        float scale = eq_fp16_to_fp32(bits);
+        if (!(scale <= 65504.0f)) {   /* overflowed to infinity */
+            bits = 0x7bff;
+            scale = 65504.0f;
+        }
+        scales[block] = bits;
+        float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+        for (size_t i = begin; i < end; i++) {
+            float level = x[i] * inverse;
+            level = level > 127.0f ? 127.0f : level < -127.0f ? -127.0f : level;   /* NaN stays NaN */
+            q[i] = level == level ? (int8_t)lrintf(level) : 0;
+        }
+    }
+}
+
+/* Σ_b d[b] Σ_{i in b} q[i] b[i]: float sums in index order within a block, then over blocks */
+float eq_dot_q8_ref(const int8_t *a, const uint16_t *scales, const float *b, size_t n)
+{
+    float dot = 0.0f;
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n;
+        float sum = 0.0f;
+        for (size_t i = begin; i < end; i++)
+            sum += (float)a[i] * b[i];
+        dot += eq_fp16_to_fp32(scales[block]) * sum;
+    }
+    return dot;
+}
+
+/* y[i] += (w d[b]) q[i] */
+void eq_axpy_q8_ref(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n;
+        float weight = w * eq_fp16_to_fp32(scales[block]);
+        for (size_t i = begin; i < end; i++)
+            y[i] += weight * (float)x[i];
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 static int always_available(void)
@@ -263,4 +318,6 @@ const eq_kernel_set eq_kernels_ref = {
     },
     .dot_f16 = eq_dot_f16_ref,
     .axpy_f16 = eq_axpy_f16_ref,
+    .dot_q8 = eq_dot_q8_ref,
+    .axpy_q8 = eq_axpy_q8_ref,
 };

@@ -24,7 +24,7 @@
  *
  * A kernel set (one per ISA: ref/, scalar/, x86/avx2.c, ...) is one struct: for every type family,
  * how it multiplies that family (prepare the input once, then gemm over a batch of vectors) and
- * dequantizes it, plus the fp16 attention helpers. A set may leave a family (or a helper) empty:
+ * dequantizes it, plus the fp16 and int8 attention helpers. A set may leave a family (or a helper) empty:
  * the next available set in the list (src/kernel_sets.c) fills the gap, the reference last, so a new
  * family needs only the reference to run everywhere. Generic code never sees a set's buffer layout:
  * it asks the family's prepared_bytes for the size and hands the bytes from prepare to gemm. */
@@ -61,6 +61,25 @@ typedef void (*eq_gemm_fn)(const eq_qtype_traits *type, const uint8_t *data, siz
 typedef float (*eq_dot_f16_fn)(const uint16_t *a, const float *b, size_t n);
 typedef void (*eq_axpy_f16_fn)(float *y, float w, const uint16_t *x, size_t n);
 
+/* Attention over an int8 KV cache (EQ_KV_Q8): a row of n values (one head of one token) is n int8
+ * levels q in blocks of EQ_KV_Q8_BLOCK values (the last block may be shorter), block b with one fp16
+ * scale d[b]: value i = d[i / EQ_KV_Q8_BLOCK] q[i]. eq_kv_q8_quantize (ref/gemv.c, the one writer)
+ * sets d = fp16(max |x| / 127) and q = round(x / d) in [-127, 127]. The dot is Σ_b d[b] Σ_{i in b}
+ * q[i] b[i] and the axpy y[i] += (w d[b]) q[i]; sets differ from ref only in the order of the float
+ * sums (bound in native/tests/check_attention.c). The block is 32 (measured against one scale per
+ * head in benchmarks/README.md "KV cache"); -DEQ_KV_Q8_BLOCK=n builds another for such measurements. */
+#ifndef EQ_KV_Q8_BLOCK
+#define EQ_KV_Q8_BLOCK 32
+#endif
+typedef float (*eq_dot_q8_fn)(const int8_t *a, const uint16_t *scales, const float *b, size_t n);
+typedef void (*eq_axpy_q8_fn)(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n);
+
+/* Scales per row of n values: ceil(n / EQ_KV_Q8_BLOCK). */
+static inline size_t eq_kv_q8_blocks(size_t n)
+{
+    return (n + EQ_KV_Q8_BLOCK - 1) / EQ_KV_Q8_BLOCK;
+}
+
 /* One way of multiplying a family: what it derives once per input vector (its own layout, read
  * only by its own gemm) and the product. gemm NULL: the set does not have this path, and the next
  * set that does fills it in (path, detail, prepared_bytes, prepare, gemm always come together). */
@@ -88,6 +107,8 @@ typedef struct eq_kernel_set {
     eq_family_kernels family[EQ_QFAMILY_COUNT];
     eq_dot_f16_fn dot_f16;                   /* NULL: the next set's */
     eq_axpy_f16_fn axpy_f16;
+    eq_dot_q8_fn dot_q8;                     /* NULL: the next set's */
+    eq_axpy_q8_fn axpy_q8;
 } eq_kernel_set;
 
 /* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
@@ -106,6 +127,8 @@ typedef struct eq_kernels {
     const char *prefill_isa[EQ_QFAMILY_COUNT];          /* (NULL: no prefill path) */
     eq_dot_f16_fn dot_f16;
     eq_axpy_f16_fn axpy_f16;
+    eq_dot_q8_fn dot_q8;
+    eq_axpy_q8_fn axpy_q8;
 } eq_kernels;
 
 /* The path a batch of n vectors of `family` takes under k. */
@@ -152,6 +175,9 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
                  const float *x, float *y);
 float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n);
 void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
+void eq_kv_q8_quantize(const float *x, size_t n, int8_t *q, uint16_t *scales);
+float eq_dot_q8_ref(const int8_t *a, const uint16_t *scales, const float *b, size_t n);
+void eq_axpy_q8_ref(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n);
 
 /* Uniform packed family, int8 multiply-add (activations int8 per block of 32, layout in
  * packed_acts.h): one file per set, the set's struct in its main file names them; the x86 sets'

@@ -133,8 +133,10 @@ typedef struct run_state {
     float *logits;     /* (n_logits, vocab) */
     forward_step *steps;       /* (n_layers * STEPS_PER_LAYER + HEAD_STEPS,) the pass's phases and */
     eq_pool_phase *phases;     /* their pool descriptions, rebuilt per batch */
-    void *key_cache;   /* (n_layers, n_ctx, kv_dim) fp16 or fp32 */
+    void *key_cache;   /* (n_layers, n_ctx, kv_dim) fp16, fp32 or int8 (EQ_KV_*) */
     void *value_cache;
+    uint16_t *key_scales;     /* int8 cache only: (n_layers, n_ctx, n_kv_heads, ceil(head_dim / 32)) fp16 */
+    uint16_t *value_scales;   /* scales, one per block of a head's row (layout in src/kernels.h) */
 } run_state;
 
 struct eq_model {
@@ -145,7 +147,7 @@ struct eq_model {
     layer *layers;
     run_state s;
     int n_ctx, n_past;
-    bool kv_fp32;
+    int kv_type;                     /* EQ_KV_* */
     eq_pool *pool;
     const eq_kernels *kernels;       /* taken at the start of each eval */
     atomic_int busy;
@@ -643,10 +645,12 @@ static int alloc_state(loader *ld, eq_model *m)
     size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
     size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t wide = q_dim > dim ? q_dim : dim;
-    size_t elem = m->kv_fp32 ? sizeof(float) : sizeof(uint16_t);
+    size_t elem = m->kv_type == EQ_KV_F32 ? sizeof(float) : m->kv_type == EQ_KV_Q8 ? sizeof(int8_t) : sizeof(uint16_t);
+    size_t row_scales = m->kv_type == EQ_KV_Q8 ? (size_t)c->n_kv_heads * eq_kv_q8_blocks((size_t)c->head_dim) : 0;
     /* floats per buffer: (BATCH, dim), (BATCH, wide), (BATCH, hidden), (BATCH, q_dim), (BATCH, kv_dim),
-     * (n_threads, n_ctx); cache elements per K or V: (n_layers, n_ctx, kv_dim) */
-    size_t n_dim, n_wide, n_hidden, n_q, n_kv, n_scores, n_cache, n_cache_bytes;
+     * (n_threads, n_ctx); cache elements per K or V: (n_layers, n_ctx, kv_dim), and for int8 its fp16
+     * scales (n_layers, n_ctx, row_scales) */
+    size_t n_dim, n_wide, n_hidden, n_q, n_kv, n_scores, n_cache, n_scales, n_cache_bytes, n_scale_bytes;
     if (!size_product(BATCH, dim, sizeof(float), &n_dim) || !size_product(BATCH, wide, sizeof(float), &n_wide) ||
         !size_product(BATCH, hidden, sizeof(float), &n_hidden) || !size_product(BATCH, q_dim, sizeof(float), &n_q) ||
         !size_product(BATCH, kv_dim, sizeof(float), &n_kv) ||
@@ -654,7 +658,9 @@ static int alloc_state(loader *ld, eq_model *m)
         return fail(ld, "the model's dimensions (dim %d, hidden %d, heads %d x %d) need buffers larger than "
                         "this system can address", c->dim, c->hidden_dim, c->n_heads, c->head_dim);
     if (!size_product((size_t)c->n_layers, (size_t)m->n_ctx, kv_dim, &n_cache) ||
-        !size_product(n_cache, elem, 1, &n_cache_bytes))
+        !size_product(n_cache, elem, 1, &n_cache_bytes) ||
+        !size_product((size_t)c->n_layers, (size_t)m->n_ctx, row_scales, &n_scales) ||
+        !size_product(n_scales, sizeof(uint16_t), 1, &n_scale_bytes) || n_cache_bytes > SIZE_MAX - n_scale_bytes)
         return fail(ld, "the KV cache for context %d does not fit in this system's address space; "
                         "choose a smaller context", m->n_ctx);
     run_state *s = &m->s;
@@ -672,17 +678,23 @@ static int alloc_state(loader *ld, eq_model *m)
         return fail(ld, "out of memory");
     s->key_cache = alloc_array(n_cache, elem);
     s->value_cache = alloc_array(n_cache, elem);
+    if (row_scales) {
+        s->key_scales = alloc_array(n_scales, sizeof(uint16_t));
+        s->value_scales = alloc_array(n_scales, sizeof(uint16_t));
+    }
     unsigned x_families, attn_families, ffn_families;
     input_families(m, &x_families, &attn_families, &ffn_families);
     s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->steps);
     s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->phases);
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores || !s->rotations ||
-        !s->key_cache || !s->value_cache || !s->steps || !s->phases ||
+        !s->key_cache || !s->value_cache || (row_scales && (!s->key_scales || !s->value_scales)) ||
+        !s->steps || !s->phases ||
         eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim, x_families) != EQ_OK ||
         eq_acts_reserve(&s->acts_attn, BATCH, q_dim, attn_families) != EQ_OK ||
         eq_acts_reserve(&s->acts_ffn, BATCH, (size_t)c->hidden_dim, ffn_families) != EQ_OK)
         return fail(ld, "out of memory allocating the KV cache and buffers for context %d "
-                        "(%.1f MB); choose a smaller context", m->n_ctx, 2.0 * (double)n_cache_bytes / 1e6);
+                        "(%.1f MB); choose a smaller context", m->n_ctx,
+                    2.0 * ((double)n_cache_bytes + (double)n_scale_bytes) / 1e6);
     return 0;
 }
 
@@ -708,7 +720,7 @@ eq_model *eq_model_open(const char *path, const eq_model_params *params, char *e
     ld.file = m->file;
     if (read_config(&ld, &m->cfg) || load_weights(&ld, m))
         goto failed;
-    eq_model_params defaults = {0, 0, 0};
+    eq_model_params defaults = {0, 0, 0, 0};
     if (!params)
         params = &defaults;
     m->n_ctx = params->n_ctx > 0 ? params->n_ctx : (m->cfg.max_seq_len < 4096 ? m->cfg.max_seq_len : 4096);
@@ -716,7 +728,13 @@ eq_model *eq_model_open(const char *path, const eq_model_params *params, char *e
         fail(&ld, "context %d is outside [1, %d], the model's maximum", params->n_ctx, m->cfg.max_seq_len);
         goto failed;
     }
-    m->kv_fp32 = params->kv_fp32 != 0;
+    if (params->kv_type < EQ_KV_F16 || params->kv_type > EQ_KV_Q8 ||
+        (params->kv_fp32 && params->kv_type != EQ_KV_F16 && params->kv_type != EQ_KV_F32)) {
+        fail(&ld, "KV cache type %d (with kv_fp32 %d) is not one of fp16 (0), fp32 (1), int8 (2)",
+             params->kv_type, params->kv_fp32);
+        goto failed;
+    }
+    m->kv_type = params->kv_fp32 ? EQ_KV_F32 : params->kv_type;
     int n_threads = params->n_threads > 0 ? params->n_threads : eq_physical_cores();
     if (n_threads > 256)
         n_threads = 256;
@@ -744,7 +762,7 @@ void eq_model_close(eq_model *m)
     eq_pool_destroy(m->pool);
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
     free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores); free(m->s.rotations); free(m->s.rotations_local);
-    free(m->s.key_cache); free(m->s.value_cache);
+    free(m->s.key_cache); free(m->s.value_cache); free(m->s.key_scales); free(m->s.value_scales);
     free(m->s.steps); free(m->s.phases);
     eq_acts_free(&m->s.acts_x); eq_acts_free(&m->s.acts_attn); eq_acts_free(&m->s.acts_ffn);
     free(m->token_embd.owned);
@@ -884,11 +902,15 @@ static int gate_up_chunks(const eq_model *m, const layer *l)
 
 /* ---- attention: one (token, head) pair per chunk --------------------------------------------- */
 
-/* q . key row, and out += weight * value row, for a cache row of n values (fp16 or fp32) */
-static float cache_dot(const eq_model *m, const void *cache, size_t base, const float *q, size_t n)
+/* Where one head's row of the cache is: element `base` of a cache, block `scale_base` of its scales
+ * (int8 only). q . key row, and out += weight * value row, for a row of n values (EQ_KV_*). */
+static float cache_dot(const eq_model *m, const void *cache, const uint16_t *scales, size_t base,
+                       size_t scale_base, const float *q, size_t n)
 {
-    if (!m->kv_fp32)
+    if (m->kv_type == EQ_KV_F16)
         return m->kernels->dot_f16((const uint16_t *)cache + base, q, n);
+    if (m->kv_type == EQ_KV_Q8)
+        return m->kernels->dot_q8((const int8_t *)cache + base, scales + scale_base, q, n);
     const float *row = (const float *)cache + base;
     float dot = 0.0f;
     for (size_t i = 0; i < n; i++)
@@ -896,10 +918,15 @@ static float cache_dot(const eq_model *m, const void *cache, size_t base, const 
     return dot;
 }
 
-static void cache_axpy(const eq_model *m, const void *cache, size_t base, float weight, float *out, size_t n)
+static void cache_axpy(const eq_model *m, const void *cache, const uint16_t *scales, size_t base,
+                       size_t scale_base, float weight, float *out, size_t n)
 {
-    if (!m->kv_fp32) {
+    if (m->kv_type == EQ_KV_F16) {
         m->kernels->axpy_f16(out, weight, (const uint16_t *)cache + base, n);
+        return;
+    }
+    if (m->kv_type == EQ_KV_Q8) {
+        m->kernels->axpy_q8(out, weight, (const int8_t *)cache + base, scales + scale_base, n);
         return;
     }
     const float *row = (const float *)cache + base;
@@ -907,13 +934,22 @@ static void cache_axpy(const eq_model *m, const void *cache, size_t base, float 
         out[i] += weight * row[i];
 }
 
-static void cache_write(eq_model *m, void *cache, size_t base, const float *values, size_t n)
+/* The token's row of kv_dim values (n_kv_heads heads) at element `base` and block `scale_base` */
+static void cache_write(eq_model *m, void *cache, uint16_t *scales, size_t base, size_t scale_base,
+                        const float *values)
 {
-    if (m->kv_fp32)
-        memcpy((float *)cache + base, values, n * sizeof(float));
-    else
-        for (size_t i = 0; i < n; i++)
+    const config *c = &m->cfg;
+    size_t head_dim = (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * head_dim;
+    if (m->kv_type == EQ_KV_F32) {
+        memcpy((float *)cache + base, values, kv_dim * sizeof(float));
+    } else if (m->kv_type == EQ_KV_Q8) {
+        for (size_t h = 0; h < (size_t)c->n_kv_heads; h++)   /* each head quantized on its own */
+            eq_kv_q8_quantize(values + h * head_dim, head_dim, (int8_t *)cache + base + h * head_dim,
+                              scales + scale_base + h * eq_kv_q8_blocks(head_dim));
+    } else {
+        for (size_t i = 0; i < kv_dim; i++)
             ((uint16_t *)cache)[base + i] = eq_fp32_to_fp16(values[i]);
+    }
 }
 
 /* xb[token, head] = softmax(softcap(q . keys * attn_scale)) . values over positions 0 .. pos0 + token
@@ -926,10 +962,13 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
     size_t q_dim = (size_t)c->n_heads * (size_t)head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)head_dim;
     size_t head_base = (size_t)layer_index * (size_t)m->n_ctx * kv_dim + (size_t)(h / group) * (size_t)head_dim;
     int first = c->sliding[layer_index] && pos >= c->sliding_window ? pos - c->sliding_window + 1 : 0;
+    size_t head_blocks = eq_kv_q8_blocks((size_t)head_dim), row_blocks = (size_t)c->n_kv_heads * head_blocks;
+    size_t scale_base = ((size_t)layer_index * (size_t)m->n_ctx * (size_t)c->n_kv_heads + (size_t)(h / group)) * head_blocks;
     const float *q = s->q + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
     float max_score = -INFINITY;
     for (int t = first; t <= pos; t++) {
-        float dot = cache_dot(m, s->key_cache, head_base + (size_t)t * kv_dim, q, (size_t)head_dim);
+        float dot = cache_dot(m, s->key_cache, s->key_scales, head_base + (size_t)t * kv_dim,
+                              scale_base + (size_t)t * row_blocks, q, (size_t)head_dim);
         scores[t] = softcap(dot * c->attn_scale, c->attn_softcap);
         if (scores[t] > max_score)
             max_score = scores[t];
@@ -942,7 +981,8 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
     float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
     memset(out, 0, sizeof(float) * (size_t)head_dim);
     for (int t = first; t <= pos; t++)
-        cache_axpy(m, s->value_cache, head_base + (size_t)t * kv_dim, scores[t] / sum, out, (size_t)head_dim);
+        cache_axpy(m, s->value_cache, s->value_scales, head_base + (size_t)t * kv_dim,
+                   scale_base + (size_t)t * row_blocks, scores[t] / sum, out, (size_t)head_dim);
 }
 
 /* ============================================================================================= */
@@ -1040,9 +1080,10 @@ static void forward_chunk(void *raw, int chunk, int thread)
             rotation = local;
         rope(q, c->n_heads, c->head_dim, rotation);
         rope(k, c->n_kv_heads, c->head_dim, rotation);
-        size_t base = ((size_t)st->layer * (size_t)m->n_ctx + (size_t)pos) * kv_dim;
-        cache_write(m, s->key_cache, base, k, kv_dim);
-        cache_write(m, s->value_cache, base, v, kv_dim);
+        size_t row = (size_t)st->layer * (size_t)m->n_ctx + (size_t)pos;
+        size_t row_blocks = (size_t)c->n_kv_heads * eq_kv_q8_blocks((size_t)c->head_dim);
+        cache_write(m, s->key_cache, s->key_scales, row * kv_dim, row * row_blocks, k);
+        cache_write(m, s->value_cache, s->value_scales, row * kv_dim, row * row_blocks, v);
         break;
     }
     case STEP_ATTENTION:
@@ -1187,7 +1228,8 @@ int eq_model_get_info(eq_model *m, eq_model_info *info)
     info->n_ctx = m->n_ctx;
     info->n_past = m->n_past;
     info->n_threads = eq_pool_size(m->pool);
-    info->kv_fp32 = m->kv_fp32;
+    info->kv_fp32 = m->kv_type == EQ_KV_F32;
+    info->kv_type = m->kv_type;
     uint64_t weights = m->output.nbytes + (uint64_t)c->dim * sizeof(float);
     for (int i = 0; i < c->n_layers; i++) {
         const layer *l = &m->layers[i];
@@ -1201,8 +1243,11 @@ int eq_model_get_info(eq_model *m, eq_model_info *info)
             weights += 2u * (uint64_t)c->dim * sizeof(float);
     }
     info->weight_bytes = weights;
-    info->kv_bytes = 2u * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads *
-                     (uint64_t)c->head_dim * (m->kv_fp32 ? 4u : 2u);
+    /* bytes per head and token of K or V: the values, plus the int8 cache's fp16 scale per block */
+    uint64_t head_bytes = m->kv_type == EQ_KV_F32 ? 4u * (uint64_t)c->head_dim
+                        : m->kv_type == EQ_KV_Q8 ? (uint64_t)c->head_dim + 2u * eq_kv_q8_blocks((size_t)c->head_dim)
+                        : 2u * (uint64_t)c->head_dim;
+    info->kv_bytes = 2u * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads * head_bytes;
     info->file_bytes = eq_gguf_file_size(m->file);
     eq_pool_counts(m->pool, &info->pool_jobs, &info->pool_jobs_alone);
     atomic_store(&m->busy, 0);

@@ -380,6 +380,47 @@ static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
         y[i] += w * eq_fp16_to_fp32(x[i]);
 }
 
+/* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
+/* scales converted by F16C (_cvtsh_ss: the value eq_fp16_to_fp32 gives, without the call) */
+
+/* 8 int8 levels as floats */
+static inline __m256 load_q8x8(const int8_t *q)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+
+static float dot_q8(const int8_t *a, const uint16_t *scales, const float *b, size_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    float rest = 0.0f;
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
+        float scale = _cvtsh_ss(scales[block]);
+        __m256 sum = _mm256_setzero_ps();
+        for (; i + 8 <= end; i += 8)
+            sum = _mm256_fmadd_ps(load_q8x8(a + i), _mm256_loadu_ps(b + i), sum);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), sum, acc);
+        float tail = 0.0f;
+        for (; i < end; i++)
+            tail += (float)a[i] * b[i];
+        rest += scale * tail;
+    }
+    return horizontal_sum(acc) + rest;
+}
+
+static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n, i = begin;
+        float weight = w * _cvtsh_ss(scales[block]);
+        __m256 weights = _mm256_set1_ps(weight);
+        for (; i + 8 <= end; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(weights, load_q8x8(x + i), _mm256_loadu_ps(y + i)));
+        for (; i < end; i++)
+            y[i] += weight * (float)x[i];
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 const eq_kernel_set eq_kernels_avx2 = {
@@ -414,6 +455,8 @@ const eq_kernel_set eq_kernels_avx2 = {
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
+    .dot_q8 = dot_q8,
+    .axpy_q8 = axpy_q8,
 };
 
 #if defined(__clang__)

@@ -375,6 +375,43 @@ static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
     }
 }
 
+/* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
+/* scales converted by F16C (_cvtsh_ss: the value eq_fp16_to_fp32 gives, without the call) */
+
+/* up to 16 int8 levels as floats (lanes past `lanes` zero) */
+static inline __m512 load_q8x16(const int8_t *q, __mmask16 lanes)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, q)));
+}
+
+static float dot_q8(const int8_t *a, const uint16_t *scales, const float *b, size_t n)
+{
+    __m512 acc = _mm512_setzero_ps();
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n;
+        __m512 sum = _mm512_setzero_ps();
+        for (size_t i = begin; i < end; i += 16) {
+            __mmask16 lanes = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1u);
+            sum = _mm512_fmadd_ps(load_q8x16(a + i, lanes), _mm512_maskz_loadu_ps(lanes, b + i), sum);
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(scales[block])), sum, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n;
+        __m512 weight = _mm512_set1_ps(w * _cvtsh_ss(scales[block]));
+        for (size_t i = begin; i < end; i += 16) {
+            __mmask16 lanes = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1u);
+            _mm512_mask_storeu_ps(y + i, lanes, _mm512_fmadd_ps(weight, load_q8x16(x + i, lanes),
+                                                                _mm512_maskz_loadu_ps(lanes, y + i)));
+        }
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 const eq_kernel_set eq_kernels_avx512 = {
@@ -409,6 +446,8 @@ const eq_kernel_set eq_kernels_avx512 = {
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
+    .dot_q8 = dot_q8,
+    .axpy_q8 = axpy_q8,
 };
 
 #if defined(__clang__)

@@ -1,0 +1,191 @@
+/* check_attention.c — the int8 KV cache's quantizer and attention helpers (dot_q8, axpy_q8) of every
+ * kernel set this CPU runs, against ref and a float64 oracle. Plain C, built with the library's
+ * sources (it reads the internal kernels.h: the helpers are not public API).
+ *
+ *   make check-attention [CHECK_KERNELS_SEED=n]      (tests/test_native_kernels.py runs it)
+ *
+ * What is checked, per row length n (1 .. 300, the ones models use: 64, 128, and partial blocks)
+ * and value pattern (normal, outliers, all equal, zeros, tiny (fp16-subnormal scales), huge
+ * (scale overflow clamped)):
+ *   1. eq_kv_q8_quantize (the one writer, in ref/gemv.c): |q| <= 127, and per block with scale d and
+ *      largest magnitude amax, |x - d q| <= d/2 (1 + 2^-16) + 127 d 2^-11 (the fp16 rounding of
+ *      amax / 127 can make amax / d exceed 127 by 2^-11 relative: clamped); d is 0 only when
+ *      amax / 127 <= 2^-25 (rounds to fp16 zero), d = 65504 with saturated levels only when it
+ *      overflows fp16;
+ *   2. ref's dot against the float64 oracle S = Σ_b d_b Σ_i q_i b_i: a float sum of k terms in any
+ *      order is off by at most (k - 1) u Σ|terms| (u = 2^-24), each product and each block's scaling
+ *      adds u of its magnitude, so |dot - S| <= (n + 4) u T, T = Σ|d_b q_i b_i|;
+ *   3. every set's dot against ref's: both within that bound of S, so |set - ref| <= 2 (n + 4) u T;
+ *   4. every set's axpy against ref's, per element: both compute the block weight p = w d_b the same
+ *      way (one float product), then ref rounds p q_i and the sum, a fused multiply-add only the sum:
+ *      the sums differ by u |p q_i| before rounding and each rounds by u of its magnitude, so
+ *      |set - ref| <= u (2 |y| + 3 |p q_i|) (+ the smallest normal float for underflow).
+ * A mismatch prints set, check, n, pattern, index, got, expected and bound, and the exit status is 1;
+ * the last lines give per set the largest error as a fraction of its bound. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgeq.h"
+#include "kernels.h"
+
+#define MAX_N 300
+#define U (1.0 / 16777216.0)   /* 2^-24: float's unit roundoff */
+
+typedef struct rng {
+    uint64_t state;
+} rng;
+
+static uint64_t rng_next(rng *r)   /* splitmix64 */
+{
+    uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rng_uniform(rng *r)   /* [0, 1) */
+{
+    return (double)(rng_next(r) >> 11) / 9007199254740992.0;
+}
+
+static double rng_normal(rng *r)   /* roughly N(0, 1) */
+{
+    return (rng_uniform(r) + rng_uniform(r) + rng_uniform(r) + rng_uniform(r) - 2.0) * 1.7320508;
+}
+
+enum { NORMAL, OUTLIERS, EQUAL, ZEROS, TINY, HUGE_VALUES, PATTERNS };
+static const char *pattern_names[PATTERNS] = {"normal", "outliers", "equal", "zeros", "tiny", "huge"};
+
+static void fill(rng *r, int pattern, float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        double v = rng_normal(r);
+        switch (pattern) {
+        case OUTLIERS: v *= rng_uniform(r) < 0.05 ? 300.0 : 1.0; break;
+        case EQUAL: v = (i % 2 ? -1.0 : 1.0) * 3.25; break;
+        case ZEROS: v = 0.0; break;
+        case TINY: v *= 1e-7; break;                       /* scales in fp16's subnormal range, some 0 */
+        case HUGE_VALUES: v *= 1e7; break;                 /* amax / 127 beyond fp16: clamped to 65504 */
+        default: break;
+        }
+        x[i] = (float)v;
+    }
+}
+
+static int failures;
+static double worst[64];   /* per set: largest error / bound, */
+static const char *worst_what[64];   /* of which check and pattern */
+static int worst_pattern[64];
+
+static void check(int set, const char *isa, const char *what, size_t n, int pattern, size_t i, double got,
+                  double expected, double bound)
+{
+    double error = fabs(got - expected);
+    if (!(error <= bound)) {   /* NaN fails too */
+        if (failures++ < 20)
+            fprintf(stderr, "MISMATCH set %s %s n %zu pattern %s index %zu: got %.9g expected %.9g bound %.3g\n",
+                    isa, what, n, pattern_names[pattern], i, got, expected, bound);
+    } else if (bound > 0 && error / bound > worst[set]) {
+        worst[set] = error / bound;
+        worst_what[set] = what;
+        worst_pattern[set] = pattern;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    rng r = {argc > 1 ? strtoull(argv[1], NULL, 10) : 1};
+    int n_sets = eq_kernel_set_count();
+    if (n_sets > 64)
+        n_sets = 64;
+    const eq_kernels *ref = eq_kernels_named("ref");
+    int r_set = 0;   /* ref's index, where its own checks are reported */
+    for (int s = 0; s < n_sets; s++)
+        if (strcmp(eq_kernel_set_name(s), "ref") == 0)
+            r_set = s;
+    if (!ref) {
+        fprintf(stderr, "check_attention: no ref set\n");
+        return 1;
+    }
+    static const size_t fixed[] = {1, 7, 8, 16, 31, 32, 33, 63, 64, 65, 80, 96, 128, 256, 300};
+    size_t cases = 0;
+    for (int round = 0; round < 40; round++) {
+        size_t n = round < (int)(sizeof fixed / sizeof fixed[0]) ? fixed[round]
+                                                              : 1 + (size_t)(rng_uniform(&r) * MAX_N);
+        for (int pattern = 0; pattern < PATTERNS; pattern++, cases++) {
+            float x[MAX_N], b[MAX_N], y0[MAX_N], y_ref[MAX_N], y[MAX_N];
+            int8_t q[MAX_N];
+            uint16_t scales[MAX_N / EQ_KV_Q8_BLOCK + 1];
+            fill(&r, pattern, x, n);
+            fill(&r, round % 3 == 0 ? OUTLIERS : NORMAL, b, n);
+            for (size_t i = 0; i < n; i++)
+                y0[i] = (float)rng_normal(&r);
+            float w = (float)rng_uniform(&r);
+            eq_kv_q8_quantize(x, n, q, scales);
+
+            /* 1. the quantizer; the oracle S and T of the dot */
+            double exact = 0.0, magnitude = 0.0;
+            for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q8_BLOCK, block++) {
+                size_t end = n - begin > EQ_KV_Q8_BLOCK ? begin + EQ_KV_Q8_BLOCK : n;
+                double d = eq_fp16_to_fp32(scales[block]), amax = 0.0;
+                for (size_t i = begin; i < end; i++)
+                    amax = fabs(x[i]) > amax ? fabs(x[i]) : amax;
+                if (d == 0)   /* only when amax / 127 rounds to fp16 zero: at most 2^-25 */
+                    check(r_set, "ref", "zero scale", n, pattern, begin, amax / 127.0, 0.0, ldexp(1.0, -25));
+                for (size_t i = begin; i < end; i++) {
+                    if (d == 0)
+                        check(r_set, "ref", "level under a zero scale", n, pattern, i, q[i], 0.0, 0.0);
+                    else if (d == 65504.0 && 127.0 * d < amax)   /* clamped scale: levels saturate */
+                        check(r_set, "ref", "saturated level", n, pattern, i, fabs(d * q[i]),
+                              fabs(x[i]) > 127.0 * d ? 127.0 * d : fabs(d * q[i]), 0.0);
+                    else
+                        check(r_set, "ref", "quantize", n, pattern, i, d * q[i], x[i],
+                              0.5 * d * (1.0 + 1.0 / 65536.0) + 127.0 * d / 2048.0);
+                    if (q[i] < -127)
+                        check(r_set, "ref", "level range", n, pattern, i, q[i], -127, 0);
+                    exact += d * q[i] * (double)b[i];
+                    magnitude += fabs(d * q[i] * (double)b[i]);
+                }
+            }
+            /* 2. ref against the oracle */
+            double dot_bound = (double)(n + 4) * U * magnitude + DBL_MIN;
+            double dot_ref = ref->dot_q8(q, scales, b, n);
+            check(r_set, "ref", "dot vs float64", n, pattern, 0, dot_ref, exact, dot_bound);
+            memcpy(y_ref, y0, sizeof(float) * n);
+            ref->axpy_q8(y_ref, w, q, scales, n);
+
+            /* 3, 4. every set this CPU runs against ref */
+            for (int s = 0; s < n_sets; s++) {
+                const char *isa = eq_kernel_set_name(s);
+                const eq_kernels *k = eq_isa_available(isa) ? eq_kernels_named(isa) : NULL;
+                if (!k)
+                    continue;
+                check(s, isa, "dot vs ref", n, pattern, 0, k->dot_q8(q, scales, b, n), dot_ref, 2.0 * dot_bound);
+                memcpy(y, y0, sizeof(float) * n);
+                k->axpy_q8(y, w, q, scales, n);
+                for (size_t i = 0; i < n; i++) {
+                    float weight = w * eq_fp16_to_fp32(scales[i / EQ_KV_Q8_BLOCK]);
+                    double bound = U * (2.0 * fabs(y0[i]) + 3.0 * fabs((double)weight * q[i])) + FLT_MIN;
+                    check(s, isa, "axpy vs ref", n, pattern, i, y[i], y_ref[i], bound);
+                }
+            }
+        }
+    }
+    for (int s = 0; s < n_sets; s++) {
+        const char *isa = eq_kernel_set_name(s);
+        if (eq_isa_available(isa))
+            printf("check_attention: %-13s %zu cases (int8 KV, blocks of %d): largest error %.3f of its bound (%s, %s)\n",
+                   isa, cases, EQ_KV_Q8_BLOCK, worst[s], worst_what[s] ? worst_what[s] : "-",
+                   pattern_names[worst_pattern[s]]);
+    }
+    if (failures) {
+        printf("check_attention: %d mismatches\n", failures);
+        return 1;
+    }
+    printf("check_attention: all sets agree with ref\n");
+    return 0;
+}
