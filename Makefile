@@ -59,6 +59,11 @@ NATIVE_SOURCES := $(filter-out native/tests/% native/fuzz/%,$(wildcard native/*/
 NATIVE_HEADERS := $(wildcard native/*/*.h)
 NATIVE_CFLAGS := -std=c11 -ffp-contract=off -Wall -Wextra -Wshadow -Wstrict-prototypes -Inative/include -Inative/src
 NATIVE_LIBS := -lm -pthread
+# The library is compiled once per build folder into objects (NATIVE_BUILD/obj: -O2; build/asan/obj:
+# the sanitizers) that the example and every harness link, so a target after the first only links and
+# `make -j` compiles the sources in parallel; a source or header change recompiles what it touches.
+NATIVE_OBJECTS := $(patsubst %.c,$(NATIVE_BUILD)/obj/%.o,$(NATIVE_SOURCES))
+ASAN_OBJECTS := $(patsubst %.c,build/asan/obj/%.o,$(NATIVE_SOURCES))
 
 build/.installed: pyproject.toml setup.py native/build_ffi.py $(NATIVE_SOURCES) $(NATIVE_HEADERS)
 	$(MAKE) install
@@ -68,9 +73,17 @@ SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 
 
 example: $(NATIVE_BUILD)/examples/generate
 
-$(NATIVE_BUILD)/examples/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+$(NATIVE_BUILD)/obj/%.o: %.c $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
-	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) -c $< -o $@
+
+build/asan/obj/%.o: %.c $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) -c $< -o $@
+
+$(NATIVE_BUILD)/examples/generate: examples/generate.c $(NATIVE_OBJECTS) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_OBJECTS) $(NATIVE_LIBS) -o $@
 
 check-kernels: $(NATIVE_BUILD)/tests/check_kernels
 	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_kernels $(CHECK_KERNELS_SEED)
@@ -79,30 +92,30 @@ check-kernels: $(NATIVE_BUILD)/tests/check_kernels
 check-attention: $(NATIVE_BUILD)/tests/check_attention
 	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_attention $(CHECK_KERNELS_SEED)
 
-$(NATIVE_BUILD)/tests/check_attention: native/tests/check_attention.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+$(NATIVE_BUILD)/tests/check_attention: native/tests/check_attention.c $(NATIVE_OBJECTS) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
-	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_attention.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_attention.c $(NATIVE_OBJECTS) $(NATIVE_LIBS) -o $@
 
-check-kernels-asan: $(NATIVE_BUILD)/asan/check_kernels
-	$(NATIVE_RUN) $(NATIVE_BUILD)/asan/check_kernels $(CHECK_KERNELS_SEED)
+check-kernels-asan: build/asan/check_kernels
+	$(NATIVE_RUN) build/asan/check_kernels $(CHECK_KERNELS_SEED)
 
-$(NATIVE_BUILD)/tests/check_kernels: native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+$(NATIVE_BUILD)/tests/check_kernels: native/tests/check_kernels.c $(NATIVE_OBJECTS) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
-	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_kernels.c $(NATIVE_OBJECTS) $(NATIVE_LIBS) -o $@
 
-$(NATIVE_BUILD)/asan/check_kernels: native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+build/asan/check_kernels: native/tests/check_kernels.c $(ASAN_OBJECTS) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
-	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) native/tests/check_kernels.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) native/tests/check_kernels.c $(ASAN_OBJECTS) $(NATIVE_LIBS) -o $@
 
 native-test: build/asan/check_loader build/asan/generate
 
-build/asan/check_loader: native/tests/check_loader.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+build/asan/check_loader: native/tests/check_loader.c $(ASAN_OBJECTS) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
-	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) native/tests/check_loader.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) native/tests/check_loader.c $(ASAN_OBJECTS) $(NATIVE_LIBS) -o $@
 
-build/asan/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS)
+build/asan/generate: examples/generate.c $(ASAN_OBJECTS) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
-	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(NATIVE_CC) $(SANITIZE_FLAGS) $(NATIVE_CFLAGS) examples/generate.c $(ASAN_OBJECTS) $(NATIVE_LIBS) -o $@
 
 # clang (for libFuzzer) from the distribution when missing; never fails: without it the fuzz test skips.
 fuzz-deps:
@@ -112,9 +125,16 @@ fuzz-deps:
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang >/dev/null; } || \
 	    echo "fuzz-deps: could not install clang; the fuzz test will skip"; }
 
-build/fuzz/fuzz_loader: native/fuzz/fuzz_loader.c $(NATIVE_SOURCES) $(NATIVE_HEADERS) | fuzz-deps
+FUZZ_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -DEQ_KERNELS_GENERIC
+FUZZ_OBJECTS := $(patsubst %.c,build/fuzz/obj/%.o,$(NATIVE_SOURCES))
+
+build/fuzz/obj/%.o: %.c $(NATIVE_HEADERS) | fuzz-deps
 	@mkdir -p $(@D)
-	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -DEQ_KERNELS_GENERIC $(NATIVE_CFLAGS) native/fuzz/fuzz_loader.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+	$(FUZZ_CC) -fsanitize=fuzzer-no-link $(FUZZ_FLAGS) $(NATIVE_CFLAGS) -c $< -o $@
+
+build/fuzz/fuzz_loader: native/fuzz/fuzz_loader.c $(FUZZ_OBJECTS) $(NATIVE_HEADERS) | fuzz-deps
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_FLAGS) $(NATIVE_CFLAGS) native/fuzz/fuzz_loader.c $(FUZZ_OBJECTS) $(NATIVE_LIBS) -o $@
 
 fuzz: build/fuzz/fuzz_loader
 	@mkdir -p $(FUZZ_CORPUS) build/fuzz/artifacts
@@ -146,17 +166,30 @@ aarch64: build/aarch64/generate
 # The kernel harness cross-built (static) into build/aarch64/tests/, run under qemu as an ARMv8.0 CPU
 # without the dot product (cortex-a72, a Pi 4: sets neon, scalar, ref) and as one with every
 # extension (max: neon-dotprod's sdot path too).
+AARCH64_MAKE = $(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64
+# Run the aarch64 binary $(1) under both CPU models at once (one core each), then print the
+# cortex-a72 run's output before max's and fail if either failed.
+define QEMU_BOTH
+	@out=build/aarch64/tests; \
+	$(QEMU_AARCH64) -cpu cortex-a72 $(1) $(CHECK_KERNELS_SEED) > $$out/$(notdir $(1)).a72.out 2> $$out/$(notdir $(1)).a72.err & a72=$$!; \
+	$(QEMU_AARCH64) -cpu max $(1) $(CHECK_KERNELS_SEED) > $$out/$(notdir $(1)).max.out 2> $$out/$(notdir $(1)).max.err; max=$$?; \
+	wait $$a72; a72=$$?; cat $$out/$(notdir $(1)).a72.out $$out/$(notdir $(1)).max.out; cat $$out/$(notdir $(1)).a72.err $$out/$(notdir $(1)).max.err >&2; \
+	[ $$a72 = 0 ] && [ $$max = 0 ]
+endef
+
 check-kernels-aarch64: | arm-deps
-	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
-	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-kernels
-	$(QEMU_AARCH64) -cpu max build/aarch64/tests/check_kernels $(CHECK_KERNELS_SEED)
+	$(AARCH64_MAKE) build/aarch64/tests/check_kernels
+	$(call QEMU_BOTH,build/aarch64/tests/check_kernels)
 
 # The int8 KV cache's attention helpers the same way (neon against ref under both CPU models).
 check-attention-aarch64: | arm-deps
-	$(MAKE) --no-print-directory NATIVE_CC="$(AARCH64_CC) -static" NATIVE_BUILD=build/aarch64 \
-	  NATIVE_RUN="$(QEMU_AARCH64) -cpu cortex-a72" check-attention
-	$(QEMU_AARCH64) -cpu max build/aarch64/tests/check_attention $(CHECK_KERNELS_SEED)
+	$(AARCH64_MAKE) build/aarch64/tests/check_attention
+	$(call QEMU_BOTH,build/aarch64/tests/check_attention)
 
-build/aarch64/generate: examples/generate.c $(NATIVE_SOURCES) $(NATIVE_HEADERS) | arm-deps
-	@mkdir -p $(@D)
-	$(AARCH64_CC) -static -O2 $(NATIVE_CFLAGS) examples/generate.c $(NATIVE_SOURCES) $(NATIVE_LIBS) -o $@
+# built by a make for aarch64 (its own objects in build/aarch64/obj), copied when it changed
+build/aarch64/generate: FORCE | arm-deps
+	$(AARCH64_MAKE) build/aarch64/examples/generate
+	@cmp -s build/aarch64/examples/generate $@ || cp build/aarch64/examples/generate $@
+
+.PHONY: FORCE
+FORCE:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from native_make import make
+
 ROOT = Path(__file__).resolve().parent.parent
 AARCH64_CC = os.environ.get("AARCH64_CC", "aarch64-linux-gnu-gcc")
 QEMU = os.environ.get("QEMU_AARCH64", "qemu-aarch64")
@@ -62,8 +64,7 @@ def built(arm_tools):
 
 
 def _make(*targets: str) -> None:
-    result = subprocess.run(["make", "--no-print-directory", *targets], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    result = make(*targets)
     assert result.returncode == 0, f"make {' '.join(targets)} failed:\n{result.stdout}{result.stderr}"
 
 
@@ -105,8 +106,7 @@ def test_kernel_harness_under_qemu(arm_tools):
     scalar and ref; avx2 is listed and not run. The packed family goes through neon-dotprod's
     multiply-add on max and neon's (ARMv8.0) on both, and both give, case for case, the bits of
     x86's avx2 and avx512 multiply-add paths (the harness's digests of the same inputs)."""
-    result = subprocess.run(["make", "--no-print-directory", "check-kernels-aarch64"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=1800)
+    result = make("check-kernels-aarch64", timeout=1800)
     assert result.returncode == 0, f"make check-kernels-aarch64 failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
     runs = result.stdout.split("check_kernels: seed ")[1:]
     assert len(runs) == len(QEMU_CPUS), result.stdout
@@ -125,8 +125,7 @@ def test_kernel_harness_under_qemu(arm_tools):
         assert digests["neon"] == digests.get("neon-dotprod", digests["neon"]), run
         arm_digests[cpu] = digests
     assert arm_digests["cortex-a72"]["neon"] == arm_digests["max"]["neon-dotprod"]
-    native = subprocess.run(["make", "--no-print-directory", "check-kernels"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    native = make("check-kernels")
     assert native.returncode == 0, native.stdout[-4000:]
     _, x86 = _harness_summary(native.stdout)
     multiply_add = [isa for isa in ("avx512", "avx2") if isa in x86]
@@ -141,8 +140,7 @@ def test_kernel_harness_under_qemu(arm_tools):
 def test_int8_kv_attention_helpers_under_qemu(arm_tools):
     """native/tests/check_attention.c cross-built: neon's (and neon-dotprod's, which takes neon's)
     dot_q8 / axpy_q8 against ref under both CPU models."""
-    result = subprocess.run(["make", "--no-print-directory", "check-attention-aarch64"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=1800)
+    result = make("check-attention-aarch64", timeout=1800)
     assert result.returncode == 0, f"make check-attention-aarch64 failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
     assert result.stdout.count("check_attention: all sets agree with ref") == len(QEMU_CPUS), result.stdout
     for cpu in QEMU_CPUS:

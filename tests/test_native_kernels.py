@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from edgeq import _ffi
 from edgeq.quant_types import TYPES
+from native_make import make
 
 ROOT = Path(__file__).resolve().parent.parent
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
@@ -26,9 +26,15 @@ SUMMARY = re.compile(r"^(\S+)\s+(\d+) types x (\d+) cases = (\d+) products, (\d+
                      r"(\d+) mismatches", re.MULTILINE)
 
 
-def _make(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+
+
+def _copy_sources(folder: Path) -> None:
+    """The Makefile and native/ into `folder`, with the objects already built here (times kept):
+    make there recompiles only the sources a test then changes."""
+    shutil.copy(ROOT / "Makefile", folder / "Makefile")
+    shutil.copytree(ROOT / "native", folder / "native", ignore=shutil.ignore_patterns("*.so", "_edgeq_native.c"))
+    if (ROOT / "build" / "obj").is_dir():
+        shutil.copytree(ROOT / "build" / "obj", folder / "build" / "obj")
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -50,7 +56,7 @@ def compiler():
 
 @pytest.mark.parametrize("target", ["check-kernels", "check-kernels-asan"])
 def test_every_kernel_set_matches_the_reference(compiler, target):
-    result = _make(target)
+    result = make(target)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"make {target} failed:\n{_tail(output)}"
     assert not any(marker in output for marker in SANITIZER_MARKERS), _tail(output)
@@ -65,7 +71,7 @@ def test_every_kernel_set_matches_the_reference(compiler, target):
 
 
 def test_another_seed_passes_too(compiler):
-    result = _make("check-kernels", "CHECK_KERNELS_SEED=20240611")
+    result = make("check-kernels", "CHECK_KERNELS_SEED=20240611")
     assert result.returncode == 0, f"check_kernels 20240611 failed:\n{_tail(result.stdout + result.stderr)}"
     assert "seed 20240611" in result.stdout
 
@@ -74,8 +80,7 @@ def test_the_harness_catches_planted_kernel_bugs(compiler, tmp_path):
     """A copy of the sources with two small bugs: the scalar set drops the last 4 columns of every
     group on its highest bit-plane, and (where the CPU runs it) the avx2 set truncates its int16
     table entries instead of rounding them, an error under one table step per lookup."""
-    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
-    shutil.copytree(ROOT / "native", tmp_path / "native", ignore=shutil.ignore_patterns("*.so", "_edgeq_native.c"))
+    _copy_sources(tmp_path)
     plants = {
         "native/scalar/gemv.c": ("plane_dot[r] += low[plane[r] & 15u] + high[plane[r] >> 4];",
                                  "plane_dot[r] += low[plane[r] & 15u] + "
@@ -87,7 +92,7 @@ def test_the_harness_catches_planted_kernel_bugs(compiler, tmp_path):
         source = (tmp_path / path).read_text()
         assert source.count(before) == 1, f"{path} changed: update the planted bug"
         (tmp_path / path).write_text(source.replace(before, after))
-    result = _make("check-kernels", cwd=tmp_path)
+    result = make("check-kernels", cwd=tmp_path)
     assert result.returncode != 0, "check_kernels passed with planted bugs"
     summaries = _summaries(result.stdout)
     assert re.search(r"^MISMATCH gemm against ref: set \w+, type \w+, case \"[^\"]+\", shape \(\d+, \d+\) "
@@ -105,7 +110,7 @@ ATTENTION = re.compile(r"^check_attention: (\S+)\s+(\d+) cases \(int8 KV, blocks
 def test_int8_kv_attention_helpers_match_the_reference(compiler):
     """native/tests/check_attention.c: the int8 KV cache's quantizer against its specification and
     every set's dot_q8 / axpy_q8 against ref's, within the bounds derived in its opening comment."""
-    result = _make("check-attention")
+    result = make("check-attention")
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"make check-attention failed:\n{_tail(output)}"
     assert "check_attention: all sets agree with ref" in result.stdout
@@ -120,14 +125,13 @@ def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path):
     than 32 values, which the harness must cover."""
     if "avx2" not in _ffi.kernel_sets():
         pytest.skip("this CPU does not run the avx2 kernels")
-    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
-    shutil.copytree(ROOT / "native", tmp_path / "native", ignore=shutil.ignore_patterns("*.so", "_edgeq_native.c"))
+    _copy_sources(tmp_path)
     path = tmp_path / "native/x86/avx2.c"
     before = "float scale = _cvtsh_ss(scales[block]);"
     source = path.read_text()
     assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
     path.write_text(source.replace(before, "float scale = _cvtsh_ss(scales[0]);"))
-    result = _make("check-attention", cwd=tmp_path)
+    result = make("check-attention", cwd=tmp_path)
     assert result.returncode != 0, "check_attention passed with a planted bug"
     assert re.search(r"^MISMATCH set avx2 dot vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), result.stderr
     assert "MISMATCH set ref" not in result.stderr

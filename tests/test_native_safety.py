@@ -6,7 +6,7 @@ error it must produce; truncations at many offsets (all must be refused); determ
 flips and huge values patched into every length, count, dimension and offset field (refused with one
 line, or opened when the mutation was harmless). check_loader opens every file with eq_gguf_open and
 eq_model_open; a sanitizer report, a crash or a leak fails the test. Then a bounded libFuzzer run
-(`make fuzz`, needs clang; FUZZ_SECONDS, default 45) and the example, sanitized and not, on the tiny
+(`make fuzz`, needs clang; FUZZ_SECONDS, default 30) and the example, sanitized and not, on the tiny
 models (outputs must be equal).
 
     python tests/test_native_safety.py --write-seeds DIR     # the fuzz seed corpus (`make fuzz` uses it)
@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from native_make import make
+
 ROOT = Path(__file__).resolve().parent.parent
 CHECK_LOADER = ROOT / "build" / "asan" / "check_loader"
 SANITIZER_ENV = {
@@ -40,9 +42,6 @@ def _have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-def _make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -453,7 +452,7 @@ def native_build():
     compiler = os.environ.get("NATIVE_CC", "gcc")
     if not _have(compiler) or not _have("make"):
         pytest.skip(f"no C compiler ({compiler}) or make")
-    result = _make("native-test")
+    result = make("native-test")
     assert result.returncode == 0, f"make native-test failed:\n{_tail(result.stdout + result.stderr)}"
     return CHECK_LOADER
 
@@ -598,7 +597,7 @@ def test_open_is_fast(native_build, tmp_path):
 def test_example_sanitized_matches_plain(native_build, tiny_files, tmp_path):
     """build/examples/generate (gcc -O2) and build/asan/generate print the same greedy tokens, at 1
     and 2 threads; a corrupted file is a one-line error and a non-zero exit."""
-    result = _make("example")
+    result = make("example")
     assert result.returncode == 0, _tail(result.stdout + result.stderr)
     env = {**os.environ, **SANITIZER_ENV}
 
@@ -627,14 +626,14 @@ def test_example_sanitized_matches_plain(native_build, tiny_files, tmp_path):
 
 
 def test_fuzz_loader(native_build, tiny_files, tmp_path):
-    """A bounded libFuzzer run (FUZZ_SECONDS, default 45) over seeds made from the tiny models: no crash."""
+    """A bounded libFuzzer run (FUZZ_SECONDS, default 30) over seeds made from the tiny models: no crash."""
     compiler = os.environ.get("FUZZ_CC", "clang")
     if not _have(compiler):
         pytest.skip(f"{compiler} is not installed (`make fuzz-deps` installs it)")
-    seconds = int(os.environ.get("FUZZ_SECONDS", "45"))
+    seconds = int(os.environ.get("FUZZ_SECONDS", "30"))
     corpus = tmp_path / "corpus"
     seed_files(tiny_files, corpus)
-    result = _make("fuzz", f"FUZZ_SECONDS={seconds}", f"FUZZ_CORPUS={corpus}", timeout=seconds + 600)
+    result = make("fuzz", f"FUZZ_SECONDS={seconds}", f"FUZZ_CORPUS={corpus}", timeout=seconds + 600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"the fuzzer found a crash (build/fuzz/artifacts/):\n{_tail(output, 60)}"
     assert "Done" in output and "stat::number_of_executed_units" in output, _tail(output)
