@@ -79,19 +79,8 @@ def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
     tokens = _field(reader, "tokenizer.ggml.tokens")
     if not tokens:
         raise EdgeqError("GGUF tokenizer has no token list (tokenizer.ggml.tokens)")
-    # llama.cpp names empty tokens [EMPTY_i]; when a text repeats, the last id wins its lookup
-    tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
-    vocab = {text: i for i, text in enumerate(tokens)}
-    types = _field(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
-    key_ids = {name: _field(reader, f"tokenizer.ggml.{name}_token_id") for name in END_OF_GENERATION_KEYS}
-    types, end_of_generation = _llama_cpp_token_types(tokens, [int(kind) for kind in types], vocab, key_ids)
-
-    bos_id, eos_id = _field(reader, "tokenizer.ggml.bos_token_id"), key_ids["eos"]
-    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
-    add_bos = pre in ADD_BOS_DEFAULT if add_bos is None else bool(add_bos)
-    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token"))
-    if (add_bos and bos_id is None) or (add_eos and eos_id is None):
-        raise EdgeqError("GGUF tokenizer asks to add a BOS/EOS token but names none")
+    tokens, vocab, types, end_of_generation, bos_id, eos_id, add_bos, add_eos = \
+        _vocabulary(reader, tokens, default_add_bos=pre in ADD_BOS_DEFAULT)
 
     pre_tokenizers = [_split(regex) for regex in PRE_TOKENIZER_REGEXES[pre]]
     pre_tokenizers.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
@@ -150,17 +139,8 @@ def _sentencepiece_spec(reader: gguf.GGUFReader) -> TokenizerSpec:
     scores = _field(reader, "tokenizer.ggml.scores")
     if not tokens or not scores or len(scores) != len(tokens):
         raise EdgeqError("GGUF sentencepiece tokenizer needs tokenizer.ggml.tokens and as many scores")
-    tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
-    vocab = {text: i for i, text in enumerate(tokens)}
-    types = _field(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
-    key_ids = {name: _field(reader, f"tokenizer.ggml.{name}_token_id") for name in END_OF_GENERATION_KEYS}
-    types, end_of_generation = _llama_cpp_token_types(tokens, [int(kind) for kind in types], vocab, key_ids)
-    bos_id, eos_id = _field(reader, "tokenizer.ggml.bos_token_id"), key_ids["eos"]
-    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
-    add_bos = True if add_bos is None else bool(add_bos)   # llama.cpp's default for spm
-    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token"))
-    if (add_bos and bos_id is None) or (add_eos and eos_id is None):
-        raise EdgeqError("GGUF tokenizer asks to add a BOS/EOS token but names none")
+    tokens, vocab, types, end_of_generation, bos_id, eos_id, add_bos, add_eos = \
+        _vocabulary(reader, tokens, default_add_bos=True)   # llama.cpp's default for spm
     space_prefix = _field(reader, "tokenizer.ggml.add_space_prefix")
     space_prefix = True if space_prefix is None else bool(space_prefix)
     unk_id = _field(reader, "tokenizer.ggml.unknown_token_id")
@@ -220,6 +200,26 @@ def _field(reader: gguf.GGUFReader, key: str):
     """A metadata value as Python (str, int, bool, list), or None when the key is absent."""
     field = reader.fields.get(key)
     return None if field is None else field.contents()
+
+
+def _vocabulary(reader: gguf.GGUFReader, tokens: list[str], default_add_bos: bool):
+    """What both tokenizer models read alike: the token list (llama.cpp names empty tokens
+    [EMPTY_i]; when a text repeats, the last id wins its lookup), its id lookup, the token types and
+    end-of-generation ids as llama.cpp settles them, BOS/EOS ids and whether they are added
+    (`default_add_bos` when the file does not say). Returns (tokens, vocab, types,
+    end_of_generation, bos_id, eos_id, add_bos, add_eos)."""
+    tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
+    vocab = {text: i for i, text in enumerate(tokens)}
+    types = _field(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    key_ids = {name: _field(reader, f"tokenizer.ggml.{name}_token_id") for name in END_OF_GENERATION_KEYS}
+    types, end_of_generation = _llama_cpp_token_types(tokens, [int(kind) for kind in types], vocab, key_ids)
+    bos_id, eos_id = _field(reader, "tokenizer.ggml.bos_token_id"), key_ids["eos"]
+    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+    add_bos = default_add_bos if add_bos is None else bool(add_bos)
+    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token"))
+    if (add_bos and bos_id is None) or (add_eos and eos_id is None):
+        raise EdgeqError("GGUF tokenizer asks to add a BOS/EOS token but names none")
+    return tokens, vocab, types, end_of_generation, bos_id, eos_id, add_bos, add_eos
 
 
 def _llama_cpp_token_types(tokens: list[str], types: list[int], vocab: dict[str, int],
