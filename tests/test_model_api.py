@@ -207,6 +207,36 @@ def test_generation_logprobs_and_prompt_logprobs(tiny):
         tiny.generate([10 ** 7])
 
 
+class CancelAfter(threading.Event):
+    """A cancel flag that reads as set from its (n + 1)-th look on: where the model looks, exactly."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.looks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > self.n
+
+
+def test_cancel_stops_a_prompt_after_the_batch_being_evaluated(tiny):
+    """generate/chat(cancel=...) looks at the flag before each batch of prompt tokens (64: the runtime's
+    batch) and before each new token; prompt_logprobs after each batch. What was evaluated stays cached."""
+    ids = (tiny.tokenize(TOKENIZER_TEXT * 4))[:min(tiny.n_ctx - 8, 200)]
+    assert len(ids) > 2 * edgeq.model.PREFILL_CHUNK
+    tiny.reset()
+    assert tiny.generate(ids, max_tokens=4, temperature=0, cancel=CancelAfter(2)) == ""
+    assert tiny.last_stats.stop_reason == "cancelled" and tiny.last_stats.tokens == []
+    assert tiny.info["n_past"] == 2 * edgeq.model.PREFILL_CHUNK
+    # the next call reuses the two batches; cancelled after two tokens, it says so
+    text = tiny.generate(ids, max_tokens=4, temperature=0, cancel=CancelAfter(3))   # two batches, a token, then stop
+    assert tiny.last_stats.cached_tokens == 2 * edgeq.model.PREFILL_CHUNK
+    assert tiny.last_stats.stop_reason == "cancelled" and len(tiny.last_stats.tokens) == 2
+    assert text == tiny.generate(ids, max_tokens=2, temperature=0) and tiny.last_stats.stop_reason == "length"
+    assert len(tiny.prompt_logprobs(ids, cancel=CancelAfter(1))) == edgeq.model.PREFILL_CHUNK
+    assert len(tiny.prompt_logprobs(ids, cancel=threading.Event())) == len(ids) - 1
+
+
 def test_seed_reproduces_and_no_seed_varies():
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
     assert np.array_equal(draw(params, n=200), draw(params, n=200))
