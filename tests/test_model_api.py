@@ -128,6 +128,25 @@ def test_streaming_never_splits_a_character(kind, request):
             assert text_so_far == full
 
 
+@pytest.mark.parametrize("kind", ["byte-level BPE", "sentencepiece byte fallback", "SmolLM2"])
+def test_token_bytes_join_to_the_text(kind, request):
+    """token_bytes (OpenAI's logprobs `bytes`): a byte token is its one byte, not U+FFFD; a run of
+    tokens' bytes is their text (sentencepiece: with the leading space its decoder strips)."""
+    tokenizer = {"byte-level BPE": lambda: hf_tokenizer(bos_id=0, eos_id=2),
+                 "sentencepiece byte fallback": sentencepiece_tokenizer,
+                 "SmolLM2": lambda: request.getfixturevalue("smollm2_tokenizer")}[kind]()
+    for text in (MULTIBYTE, "two  spaces, a tab\tand a newline\n"):
+        ids = tokenizer.encode(text, add_special=False)
+        joined, decoded = b"".join(tokenizer.token_bytes(i) for i in ids), tokenizer.decode(ids).encode()
+        assert joined in (decoded, b" " + decoded)
+        assert decoded == text.encode() or kind.startswith("sentencepiece")   # (it collapses runs of spaces)
+    pieces = [tokenizer.token_bytes(i) for i in tokenizer.encode(MULTIBYTE, add_special=False)]
+    assert any(len(piece) == 1 and piece[0] >= 0x80 for piece in pieces)
+    assert tokenizer.token_bytes(tokenizer.eos_id) == tokenizer.token_text(tokenizer.eos_id).encode()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tokenizer.token_bytes(tokenizer.vocab_size)
+
+
 def test_streaming_leading_spaces_and_special_tokens():
     tokenizer = sentencepiece_tokenizer()              # its decoder drops the first token's leading space
     ids = tokenizer.encode("one two three four", add_special=False)

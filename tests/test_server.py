@@ -271,6 +271,10 @@ def test_streamed_chat_logprobs_equal_the_non_streamed(server, local, settings):
         assert len(want) == whole.usage.completion_tokens
     if settings["temperature"] == 2.0:         # some token completed no character on its own
         assert any(e.token == "\ufffd" for e in want)
+        # `bytes` are the tokens' own: joined, the answer (special tokens aside)
+        specials = {local.tokenizer.token_text(i) for i in local.tokenizer.special_ids}
+        joined = b"".join(bytes(e.bytes) for e in want if e.token not in specials)
+        assert joined.decode("utf-8", errors="replace") == whole.choices[0].message.content
         carried = [c.choices[0].logprobs.content for c in chunks if c.choices and c.choices[0].delta.content]
         assert any(len(tokens) > 1 for tokens in carried)
     else:                                      # ASCII: each chunk's tokens spell its text

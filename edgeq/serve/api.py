@@ -418,11 +418,11 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
 
         def logprobs_content(model, entries):
             """OpenAI's chat logprobs object for (TokenLogprob, offset) entries."""
+            token_bytes = model.tokenizer.token_bytes       # (a byte token: its byte, not U+FFFD's three)
             return {"content": [{"token": _token_text(model, e.token), "logprob": e.logprob,
-                                 "bytes": list(_token_text(model, e.token).encode()),
+                                 "bytes": list(token_bytes(e.token)),
                                  "top_logprobs": [{"token": _token_text(model, i), "logprob": lp,
-                                                   "bytes": list(_token_text(model, i).encode())}
-                                                  for i, lp in e.top]}
+                                                   "bytes": list(token_bytes(i))} for i, lp in e.top]}
                                 for e, _ in entries]}
 
         logprobs = top if want_logprobs else None
