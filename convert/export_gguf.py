@@ -1,4 +1,4 @@
-"""Export an edgeq file as a llama.cpp GGUF (architectures llama and qwen2): `edgeq export`.
+"""Export an edgeq file as a llama.cpp GGUF (architectures llama, qwen2 and qwen3): `edgeq export`.
 
 Our uniform types store w = s·q + m (asymmetric) or w = s·(q − (2^b − 1)/2) (symmetric), q in
 0..2^b − 1, fp16 s and m per group of G = 32/64/128 along K. A group of G is G/32 ggml blocks with the
@@ -93,7 +93,7 @@ EXPORT_TYPES = {t.name: t for t in (
 )}
 BLOCK_TYPES = [t for t in EXPORT_TYPES.values() if t.is_block()]       # smallest first
 TYPE_CHOICES = ["auto", *EXPORT_TYPES]
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = ("llama", "qwen2", "qwen3")      # qwen3: qwen2 without biases, with q/k norms
 ROWS_PER_CHUNK = 4096                  # rows read, checked and encoded at a time (a multiple of 16)
 DEFAULT_KL_CHUNKS = 4                  # chunks of the evaluation text the KL of a lossy export runs on
 

@@ -16,6 +16,11 @@ from .sources import Source
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
+def can_export_hf(source: Source) -> bool:
+    """Whether export_hf_folder writes this source: its architecture and a byte-level BPE tokenizer."""
+    return source.config.arch in _ARCHITECTURES and source.tokenizer.kind == "hf-json"
+
+
 def hf_config(source: Source, dtype: str) -> dict:
     c, tok = source.config, source.tokenizer
     if c.arch not in _ARCHITECTURES:

@@ -306,6 +306,20 @@ def test_report_states_peers_dominance_and_conversions(suite, tmp_path):
     assert "| mixed-size-88.200MB | `mixed:88.2MB` | mixed |  | mixed | auto per tensor |" in text
 
 
+def test_report_says_per_model_which_machine_measured_its_rows(suite, tmp_path):
+    records = _records()
+    for i, record in enumerate(records):
+        record["when"] = "2026-12-01T10:00:00" if i % 2 else "2026-11-30T09:00:00"
+        if i % 3:
+            record["machine"] = "AMD EPYC, 2 cores, best kernel set avx2"
+    path = tmp_path / "RESULTS.md"
+    suite.write_markdown(path, records, {"cpu": "test cpu", "cores": 2}, "edgeq/data/evaluation.txt")
+    assert "Measured on AMD EPYC, 2 cores, best kernel set avx2 (2026-11-30, 2026-12-01); on a machine not " \
+           "recorded (2026-11-30, 2026-12-01)." in path.read_text()
+    label = suite.machine_label({"cpu": "AMD EPYC", "cores": 2, "best_kernel_set": "avx512"})
+    assert label == "AMD EPYC, 2 cores, best kernel set avx512"
+
+
 def test_plots_draw_mixed_rows_as_their_own_series(suite, tmp_path):
     pytest.importorskip("matplotlib")
     written = suite.plot(_records(), tmp_path)

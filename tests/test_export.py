@@ -171,11 +171,12 @@ def tiny_plain_llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exact_pair(tiny_plain_llama, tiny_qwen, tiny_llama, tmp_path_factory):
+def exact_pair(tiny_plain_llama, tiny_qwen, tiny_qwen3, tiny_llama, tmp_path_factory):
     """arch -> (edgeq file with every matrix at 4 bits in groups of 32, its export); "llama3": the
     tiny llama with llama3 rope scaling (exported with a rope_freqs tensor)."""
     folder, pairs = tmp_path_factory.mktemp("exact"), {}
-    for arch, source in (("llama", tiny_plain_llama), ("qwen2", tiny_qwen), ("llama3", tiny_llama)):
+    for arch, source in (("llama", tiny_plain_llama), ("qwen2", tiny_qwen), ("qwen3", tiny_qwen3),
+                         ("llama3", tiny_llama)):
         ours, exported = folder / f"{arch}.eq", folder / f"{arch}.gguf"
         convert(source, ours, PlanSettings(bits=4, group=32, head_bits=4, embed_bits=4, layout="bitplane"),
                 progress=False)
@@ -185,7 +186,7 @@ def exact_pair(tiny_plain_llama, tiny_qwen, tiny_llama, tmp_path_factory):
     return pairs
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_exact_export_dequantizes_to_our_weights_bit_for_bit(exact_pair, arch):
     ours, exported = exact_pair[arch]
     model = ModelFile(ours)
@@ -197,7 +198,7 @@ def test_exact_export_dequantizes_to_our_weights_bit_for_bit(exact_pair, arch):
         assert types[name] == ("Q4_1" if len(model.config.tensor_shape(name)) == 2 else "F32"), name
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_metadata_and_tokenizer_are_llama_cpps(exact_pair, arch):
     ours, exported = exact_pair[arch]
     model = ModelFile(ours)
@@ -227,7 +228,7 @@ def test_metadata_and_tokenizer_are_llama_cpps(exact_pair, arch):
     assert "tokenizer.ggml.unknown_token_id" not in fields
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "llama3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "llama3"])
 def test_edgeq_convert_of_the_export_gives_the_same_logits(exact_pair, arch, tmp_path):
     """An exported file reads back: the same weights, tokenizer and logits (llama3: the rope scaling
     found from the rope_freqs tensor, over 200 positions, past the original length of 64)."""
@@ -268,11 +269,16 @@ def _llama_cpp_python():
     import os
     from pathlib import Path
     from edgeq.registry import cache_dir
+    import subprocess
     candidate = os.environ.get(export.LLAMA_PYTHON_ENV) or str(cache_dir() / "llamacpp-0.3.36" / "bin" / "python")
-    return candidate if Path(candidate).is_file() else None
+    if not Path(candidate).is_file():
+        return None
+    # the venv exists while benchmarks/setup_llamacpp.sh is still building llama-cpp-python into it
+    imports = subprocess.run([candidate, "-c", "import llama_cpp"], capture_output=True).returncode == 0
+    return candidate if imports else None
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "llama3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "llama3"])
 def test_llama_cpp_runs_the_export_as_edgeq_runs_ours(exact_pair, arch, monkeypatch):
     """Where llama-cpp-python is available: llama.cpp loads the export, and its next-token
     distributions match edgeq's on our file (both runtimes' rounding, no export loss); with llama3
