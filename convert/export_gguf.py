@@ -432,8 +432,12 @@ def _add_bpe_tokenizer(writer, spec, vocab_size: int) -> None:
     merges = model.get("merges") or []
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     padding = data.get("padding") or {}
-    if isinstance(padding.get("pad_id"), int):
-        writer.add_pad_token_id(padding["pad_id"])
+    unknown = model.get("unk_token")
+    pad_id = spec.pad_id if spec.pad_id is not None else padding.get("pad_id")
+    unk_id = spec.unk_id if spec.unk_id is not None else model["vocab"].get(unknown) if isinstance(unknown, str) else None
+    for value, add in ((pad_id, writer.add_pad_token_id), (unk_id, writer.add_unk_token_id)):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size:
+            add(value)
 
 
 def _add_sentencepiece_tokenizer(writer, spec, vocab_size: int) -> None:
@@ -460,8 +464,11 @@ def _add_sentencepiece_tokenizer(writer, spec, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    if processor.unk_id() >= 0:
-        writer.add_unk_token_id(processor.unk_id())
+    unk_id = spec.unk_id if spec.unk_id is not None else processor.unk_id()
+    if 0 <= unk_id < vocab_size:
+        writer.add_unk_token_id(unk_id)
+    if spec.pad_id is not None and 0 <= spec.pad_id < vocab_size:
+        writer.add_pad_token_id(spec.pad_id)
 
 
 def _add_tokenizer(writer, spec, vocab_size: int) -> None:

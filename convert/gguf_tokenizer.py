@@ -123,6 +123,8 @@ def tokenizer_spec_from_gguf(reader: gguf.GGUFReader) -> TokenizerSpec:
         add_bos=add_bos,
         chat_template=_field(reader, "tokenizer.chat_template"),
         extra_eos_ids=sorted(end_of_generation - {eos_id}),
+        pad_id=_token_id(reader, "tokenizer.ggml.padding_token_id", len(tokens)),
+        unk_id=_token_id(reader, "tokenizer.ggml.unknown_token_id", len(tokens)),
     )
 
 
@@ -193,7 +195,15 @@ def _sentencepiece_spec(reader: gguf.GGUFReader) -> TokenizerSpec:
         add_bos=add_bos,
         chat_template=_field(reader, "tokenizer.chat_template"),
         extra_eos_ids=sorted(end_of_generation - {eos_id}),
+        pad_id=_token_id(reader, "tokenizer.ggml.padding_token_id", len(tokens)),
+        unk_id=_token_id(reader, "tokenizer.ggml.unknown_token_id", len(tokens)),
     )
+
+
+def _token_id(reader: gguf.GGUFReader, key: str, n_tokens: int) -> int | None:
+    """A token id field (padding, unknown), or None when absent or outside the vocabulary."""
+    value = _field(reader, key)
+    return int(value) if isinstance(value, int) and 0 <= value < n_tokens else None
 
 
 def _field(reader: gguf.GGUFReader, key: str):

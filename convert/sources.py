@@ -13,6 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -246,6 +247,11 @@ def tokenizer_from_hf(folder: Path) -> TokenizerSpec:
                          "original model into this folder")
     spec.bos_id = lookup(bos) if bos else None
     spec.eos_id = lookup(eos) if eos else None
+    pad, unk = _token_content(tokenizer_config.get("pad_token")), _token_content(tokenizer_config.get("unk_token"))
+    spec.pad_id = lookup(pad) if pad else None
+    spec.unk_id = lookup(unk) if unk and spec.kind == "hf-json" else None
+    if spec.kind == "sentencepiece" and processor.unk_id() >= 0:
+        spec.unk_id = processor.unk_id()
     spec.add_bos = bool(tokenizer_config.get("add_bos_token", spec.add_bos))
     spec.chat_template = template
     return spec
@@ -299,6 +305,65 @@ def _unpermute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def llama3_parameters(factors: np.ndarray, theta: float, head_dim: int) -> tuple[float, float, float, int] | None:
+    """(factor, low_freq_factor, high_freq_factor, original length) of Hugging Face's llama3 rope
+    scaling that give `factors` (head_dim/2 values llama.cpp divides each frequency by), or None.
+
+    Frequency i of wavelength w_i keeps factor 1 below old/high, takes `factor` above old/low, and in
+    between 1/f = (1 - s)/factor + s with s = old/((high - low)·w) − low/(high − low), continuous at
+    both ends: the factors fix `factor` and that line in 1/w, so the three others only up to a common
+    scale (chosen here to make the original length an integer)."""
+    f = factors.astype(np.float64)
+    factor = float(f.max())
+    if factor <= 1.0 or f.min() < 1.0 - 1e-6:
+        return None
+    inverse_wavelength = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim) / (2 * np.pi)
+    one, full = np.isclose(f, 1.0, rtol=1e-6, atol=0), np.isclose(f, factor, rtol=1e-6, atol=0)
+    between = ~one & ~full
+    points = [(x, (1 / y - 1 / factor) / (1 - 1 / factor)) for x, y in zip(inverse_wavelength[between], f[between])]
+    if len(points) >= 2:
+        x, s = np.array(points).T
+        slope, intercept = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), s, rcond=None)[0]
+    else:
+        # fewer than two frequencies in between: the line is not fixed, only bounded (s > 1 where the
+        # factor is 1, s < 0 where it is `factor`, a negative intercept); one well inside the bounds
+        x_one = inverse_wavelength[one].min() if one.any() else None       # the longest wavelength kept
+        x_full = inverse_wavelength[full].max()                             # the shortest one scaled
+        if points:
+            (x, s), = points
+            bounds = [s / x, s / (x - x_full)] + ([(1 - s) / (x_one - x)] if x_one is not None else [])
+            slope = 2 * max(bounds)
+            intercept = s - slope * x
+        elif x_one is not None:                         # through (x_full, -1/2) and (x_one, 3/2)
+            slope = 2 / (x_one - x_full)
+            intercept = -0.5 - slope * x_full
+        else:
+            slope, intercept = 0.5 / x_full, -1.0
+    return _llama3_line(slope, intercept, factor, factors, theta, head_dim)
+
+
+def _llama3_line(slope: float, intercept: float, factor: float, factors: np.ndarray, theta: float,
+                 head_dim: int) -> tuple[float, float, float, int] | None:
+    """llama3_parameters for s = slope·(1/w) + intercept (slope = old/(high − low), intercept =
+    −low/(high − low)), if they give `factors`."""
+    from .export_gguf import llama3_rope_factors
+    if not slope > 0 or not intercept < 0:
+        return None
+    old = max(1, int(round(slope / -intercept)))                 # low = 1 up to rounding
+    scale = old / slope
+    low, high = -intercept * scale, (1 - intercept) * scale
+    # the simplest numbers that give the factors (configs use short decimals: 1.0, 4.0, 8192)
+    for digits in [*range(7), None]:
+        found = (round(factor, digits), round(low, digits), round(high, digits), old) if digits is not None \
+            else (factor, float(low), float(high), old)
+        probe = SimpleNamespace(rope_theta=theta, head_dim=head_dim, rope_scaling_factor=found[0],
+                                rope_low_freq_factor=found[1], rope_high_freq_factor=found[2],
+                                rope_original_max_seq_len=found[3])
+        if 0 < found[1] < found[2] and np.allclose(llama3_rope_factors(probe), factors, rtol=1e-6, atol=0):
+            return found
+    return None
+
+
 class GGUFSource(Source):
     def __init__(self, path: Path):
         import gguf
@@ -316,10 +381,9 @@ class GGUFSource(Source):
         arch = self._field("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise EdgeqError(f"{path}: architecture {arch!r} is not supported; supported: {_SUPPORTED_TEXT}")
-        if "rope_freqs.weight" in self.tensors:
-            raise EdgeqError(f"{path}: GGUF files with precomputed rope_freqs (Llama 3.1 scaling) are not "
-                             "supported; convert from the Hugging Face folder instead")
         self.config = self._config(arch)
+        if "rope_freqs.weight" in self.tensors:
+            self._llama3_scaling(self.tensors.pop("rope_freqs.weight"))
         from .gguf_tokenizer import tokenizer_spec_from_gguf
         self.tokenizer = tokenizer_spec_from_gguf(self.reader)
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
@@ -375,6 +439,27 @@ class GGUFSource(Source):
         elif scaling not in (None, "none"):
             raise EdgeqError(f"{self.path}: rope scaling {scaling!r} is not supported; supported: linear")
         return config
+
+    def _llama3_scaling(self, tensor) -> None:
+        """Llama 3 rope scaling from llama.cpp's rope_freqs tensor (what convert_hf_to_gguf.py and
+        `edgeq export` write instead of the four numbers): the numbers found, checked to give the
+        tensor's factors again."""
+        import gguf
+        config = self.config
+        refuse = lambda why: EdgeqError(f"{self.path}: the rope_freqs tensor {why}; convert from the Hugging "
+                                        "Face folder instead")
+        if (config.arch != "llama" or tensor.tensor_type != gguf.GGMLQuantizationType.F32
+                or tensor.data.size != config.head_dim // 2 or config.rope_scaling_type != "none"):
+            raise refuse("is not Llama 3 scaling of this model (F32, head_dim/2 values, no other scaling)")
+        factors = np.asarray(tensor.data, np.float32).reshape(-1)
+        if np.all(factors == 1.0):
+            return                                          # no scaling
+        found = llama3_parameters(factors, config.rope_theta, config.head_dim)
+        if found is None:
+            raise refuse("does not hold Llama 3 scaling factors")
+        config.rope_scaling_type = "llama3"
+        (config.rope_scaling_factor, config.rope_low_freq_factor, config.rope_high_freq_factor,
+         config.rope_original_max_seq_len) = found
 
     def _gemma3_config(self, config: ModelConfig) -> None:
         """What llama.cpp's gemma3 graph takes from the metadata or fixes in code: the norms are

@@ -170,3 +170,5 @@ class TokenizerSpec:
     add_bos: bool = False
     chat_template: str | None = None
     extra_eos_ids: list[int] = field(default_factory=list)   # e.g. generation_config eos lists
+    pad_id: int | None = None          # padding and unknown tokens: not used by edgeq, carried to exports
+    unk_id: int | None = None

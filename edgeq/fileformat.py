@@ -12,7 +12,8 @@ Metadata (what the writer puts in; "optional" keys may be absent):
   edgeq.tokenizer.kind            str   "hf-json" -> tokenizer.huggingface.json (str)
                                         "sentencepiece" -> edgeq.tokenizer.sentencepiece (u8 array)
   tokenizer.ggml.bos_token_id / eos_token_id (u32, when known), tokenizer.ggml.add_bos_token (bool),
-  tokenizer.chat_template (str, when known), edgeq.tokenizer.extra_eos_ids (u32 array, when any)
+  tokenizer.chat_template (str, when known), edgeq.tokenizer.extra_eos_ids (u32 array, when any),
+  tokenizer.ggml.padding_token_id / unknown_token_id (u32, when known: carried to `edgeq export`)
   edgeq.generation                str   generation defaults as JSON
   edgeq.source, edgeq.source_kind, edgeq.converter_version, edgeq.calibration_hash   provenance
   edgeq.tensor.<name>.type        str   quant type name (edgeq.quant_types.TYPES)
@@ -113,6 +114,10 @@ def _add_tokenizer(writer, tokenizer: TokenizerSpec) -> None:
     writer.add_bool("tokenizer.ggml.add_bos_token", tokenizer.add_bos)
     if tokenizer.chat_template:
         writer.add_string("tokenizer.chat_template", tokenizer.chat_template)
+    if tokenizer.pad_id is not None:
+        writer.add_uint32("tokenizer.ggml.padding_token_id", tokenizer.pad_id)
+    if tokenizer.unk_id is not None:
+        writer.add_uint32("tokenizer.ggml.unknown_token_id", tokenizer.unk_id)
     if tokenizer.extra_eos_ids:
         writer.add_key_value("edgeq.tokenizer.extra_eos_ids", list(tokenizer.extra_eos_ids),
                              _gguf().GGUFValueType.ARRAY, sub_type=_gguf().GGUFValueType.UINT32)
@@ -460,7 +465,9 @@ class ModelFile:
         return TokenizerSpec(kind, data, self._int("tokenizer.ggml.bos_token_id", *vocab),
                              self._int("tokenizer.ggml.eos_token_id", *vocab),
                              bool(self._bool("tokenizer.ggml.add_bos_token", False)),
-                             self._str("tokenizer.chat_template"), [int(i) for i in extra])
+                             self._str("tokenizer.chat_template"), [int(i) for i in extra],
+                             self._int("tokenizer.ggml.padding_token_id", *vocab),
+                             self._int("tokenizer.ggml.unknown_token_id", *vocab))
 
     def _generation(self) -> dict:
         try:

@@ -53,7 +53,9 @@ from .tokenizer import Tokenizer
 __all__ = ["load", "Model", "GenerationStats", "TokenLogprob", "log_softmax", "EdgeqWarning", "ContextFullError",
            "DEFAULT_MAX_TOKENS", "check_model_path", "check_ctx", "check_threads", "check_max_tokens"]
 
-PREFILL_CHUNK = 256          # prompt tokens per eq_model_eval call: Ctrl-C is seen between chunks
+# prompt tokens per eq_model_eval call: the runtime's batch (native/src/model.c BATCH), so Ctrl-C and a
+# cancel flag are seen after at most one batch; calls of whole batches evaluate exactly as one call does
+PREFILL_CHUNK = 64
 # the file's generation defaults (Hugging Face generation_config names) -> SamplingParams fields
 GENERATION_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
                    "repetition_penalty": "repeat_penalty"}
@@ -99,13 +101,17 @@ class GenerationStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0        # prompt tokens already in the KV cache, not evaluated again
     tokens: list[int] = field(default_factory=list)   # the generated ids (an end-of-generation id excluded)
-    stop_reason: str = ""         # "eos" | "stop" | "length" | "context" | "" (unfinished or interrupted)
+    stop_reason: str = ""         # "eos" | "stop" | "length" | "context" | "cancelled" | "" (unfinished or interrupted)
     dropped_messages: int = 0     # chat: oldest messages left out to fit the context
     prompt_seconds: float = 0.0
     generate_seconds: float = 0.0
     # with logprobs=N: per generated token (an end-of-generation id included, as the model chose it)
     # its log-probability and the N most likely ids with theirs, from the untempered distribution
     logprobs: list[TokenLogprob] | None = None
+    # per generated token (as `tokens`): how many characters of the answer, before a stop string cuts
+    # it, were decoded once that token was added. Token i's text is answer[text_ends[i-1]:text_ends[i]];
+    # a token that completes no character yet (part of a UTF-8 character, a skipped special) adds none
+    text_ends: list[int] = field(default_factory=list)
 
     @property
     def generated_tokens(self) -> int:
@@ -364,10 +370,14 @@ class Model:
             _ffi.model_truncate(self._handle, keep)
         del self._cached[keep:]
 
-    def _eval(self, tokens: Sequence[int], logits: bool = True) -> np.ndarray | None:
-        """Append tokens to the cache (in chunks), returning the last token's logits."""
+    def _eval(self, tokens: Sequence[int], logits: bool = True,
+              cancel: threading.Event | None = None) -> np.ndarray | None:
+        """Append tokens to the cache (in chunks), returning the last token's logits; None when
+        `cancel` is set before the last chunk (the chunks evaluated so far stay in the cache)."""
         out = None
         for begin in range(0, len(tokens), PREFILL_CHUNK):
+            if cancel is not None and cancel.is_set():
+                return None
             chunk = list(tokens[begin:begin + PREFILL_CHUNK])
             last = begin + PREFILL_CHUNK >= len(tokens)
             self._cached.extend(chunk)       # first, so an interrupt after C returns leaves them recorded
@@ -378,14 +388,14 @@ class Model:
                 raise
         return out
 
-    def _prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+    def _prefill(self, tokens: list[int], cancel: threading.Event | None = None) -> tuple[np.ndarray | None, int]:
         """Make the cache hold `tokens`, evaluating only what is not already there.
-        Returns the last token's logits and how many tokens were reused."""
+        Returns the last token's logits (None: cancelled) and how many tokens were reused."""
         reuse = min(_common_prefix(self._cached, tokens), len(tokens) - 1)   # the last one gives the logits
         if reuse < len(self._cached):
             _ffi.model_truncate(self._handle, reuse)
             del self._cached[reuse:]
-        return self._eval(tokens[reuse:]), reuse
+        return self._eval(tokens[reuse:], cancel=cancel), reuse
 
     def reset(self) -> None:
         """Empty the KV cache (the next prompt is evaluated from scratch)."""
@@ -404,11 +414,13 @@ class Model:
     def detokenize(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special=skip_special)
 
-    def prompt_logprobs(self, tokens: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+    def prompt_logprobs(self, tokens: Sequence[int], top: int = 0,
+                        cancel: threading.Event | None = None) -> list[TokenLogprob]:
         """The log-probability of every token after the first given the tokens before it (what
         `edgeq perplexity` scores, with the same evaluation from position 0 in the same chunks), and the
         `top` most likely ids at each position: len(tokens) - 1 entries. Memory is one chunk of
-        logits, not the whole prompt's; the KV cache holds `tokens` afterwards."""
+        logits, not the whole prompt's; the KV cache holds `tokens` afterwards. `cancel` (a
+        threading.Event another thread may set) stops it after the chunk being evaluated, with fewer entries."""
         ids = self._check_ids(tokens)
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:
             raise ValueError(f"top must be an integer >= 0, got {top!r}")
@@ -416,6 +428,8 @@ class Model:
         out: list[TokenLogprob] = []
         with self._use():
             for begin, rows in self._eval_from_start(ids):
+                if cancel is not None and cancel.is_set():
+                    break
                 log_p = log_softmax(rows)                          # (chunk, vocab) float64
                 for row, position in enumerate(range(begin, begin + len(rows))):
                     if position + 1 < len(ids):
@@ -492,7 +506,8 @@ class Model:
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, repeat_penalty: float | None = None, seed: int | None = None,
                  stop=None, stream: bool = False, frequency_penalty: float | None = None,
-                 presence_penalty: float | None = None, logprobs: int | None = None) -> str | Iterator[str]:
+                 presence_penalty: float | None = None, logprobs: int | None = None,
+                 cancel: threading.Event | None = None) -> str | Iterator[str]:
         """Continue `prompt` (text, or token ids taken as they are). Returns the text, or with
         stream=True an iterator of text pieces.
 
@@ -502,7 +517,9 @@ class Model:
         generation defaults, else llama.cpp's: temperature 0.8 (0 = greedy), top_k 40, top_p 0.95,
         min_p 0.05, repeat_penalty 1.0 over the last 64 tokens, frequency and presence penalties 0 (OpenAI's,
         over the same window); seed None draws a random seed. logprobs=N records each generated
-        token's log-probability and the N most likely alternatives in last_stats.logprobs.
+        token's log-probability and the N most likely alternatives in last_stats.logprobs. cancel: a
+        threading.Event another thread may set to stop the call after the batch of prompt tokens (64)
+        or the token being evaluated; last_stats.stop_reason is then "cancelled".
         """
         max_tokens = check_max_tokens(max_tokens)
         params = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, frequency_penalty,
@@ -522,14 +539,15 @@ class Model:
         self._check_fits(len(tokens), "the prompt")
         top = self._check_logprobs(logprobs)
         stats = GenerationStats(prompt_tokens=len(tokens), logprobs=None if top is None else [])
-        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream, top or 0)
+        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream, top or 0, cancel)
         return self._start(run, stats, stream)
 
     def chat(self, messages: Sequence[dict], max_tokens: int | None = DEFAULT_MAX_TOKENS,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, repeat_penalty: float | None = None, seed: int | None = None,
              stop=None, stream: bool = False, frequency_penalty: float | None = None,
-             presence_penalty: float | None = None, logprobs: int | None = None) -> str | Iterator[str]:
+             presence_penalty: float | None = None, logprobs: int | None = None,
+             cancel: threading.Event | None = None) -> str | Iterator[str]:
         """Answer a conversation: messages [{"role": "system"|"user"|"assistant", "content": str}, ...].
 
         Renders the file's chat template (sandboxed jinja2, add_generation_prompt=True) and
@@ -548,7 +566,7 @@ class Model:
         if dropped:
             warnings.warn(EdgeqWarning(f"the conversation does not fit the context of {self.n_ctx} tokens: "
                                        f"left out its {dropped} oldest message(s)"), stacklevel=2)
-        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream, top or 0)
+        run = self._run(tokens, params, max_tokens, _normalize_stop(stop), stats, stream, top or 0, cancel)
         return self._start(run, stats, stream)
 
     def _check_logprobs(self, logprobs) -> int | None:
@@ -642,7 +660,8 @@ class Model:
         return tokens, dropped
 
     def _run(self, prompt: list[int], params: SamplingParams, max_tokens: int | None, stops: list[str],
-             stats: GenerationStats, stream: bool, top: int = 0) -> Iterator[str]:
+             stats: GenerationStats, stream: bool, top: int = 0,
+             cancel: threading.Event | None = None) -> Iterator[str]:
         """The generation loop (a generator: runs as it is iterated, holds the model meanwhile)."""
         with self._use():
             if max_tokens == 0:
@@ -655,10 +674,11 @@ class Model:
             eos_ids = self.tokenizer.eos_ids
             try:
                 start = time.perf_counter()
-                logits, stats.cached_tokens = self._prefill(prompt)
+                logits, stats.cached_tokens = self._prefill(prompt, cancel)
                 stats.prompt_seconds = time.perf_counter() - start
                 start = time.perf_counter()
-                while True:
+                decoded = 0                      # characters the decoder has given so far
+                while logits is not None:
                     token = sampler.sample(logits, history)
                     if stats.logprobs is not None:
                         stats.logprobs.append(_token_logprob(log_softmax(logits), token, top))
@@ -667,11 +687,15 @@ class Model:
                         break
                     history.append(token)
                     stats.tokens.append(token)
-                    text, hit = matcher.push(decoder.push(token))
+                    piece = decoder.push(token)
+                    decoded += len(piece)
+                    stats.text_ends.append(decoded)
+                    text, hit = matcher.push(piece)
+                    if hit:                      # set before the last piece goes out
+                        stats.stop_reason = "stop"
                     if text:
                         yield text
                     if hit:
-                        stats.stop_reason = "stop"
                         break
                     if max_tokens is not None and stats.generated_tokens >= max_tokens:
                         stats.stop_reason = "length"
@@ -679,9 +703,17 @@ class Model:
                     if len(self._cached) >= self.n_ctx:
                         stats.stop_reason = "context"
                         break
+                    if cancel is not None and cancel.is_set():
+                        break
                     logits = self._eval([token])
+                if cancel is not None and cancel.is_set() and not stats.stop_reason:
+                    stats.stop_reason = "cancelled"
                 if stats.stop_reason != "stop":
-                    text, hit = matcher.push(decoder.flush())
+                    piece = decoder.flush()
+                    if piece and stats.text_ends:  # the last token completes what was pending
+                        decoded += len(piece)
+                        stats.text_ends[-1] = decoded
+                    text, hit = matcher.push(piece)
                     if hit:
                         stats.stop_reason = "stop"
                     else:

@@ -7,6 +7,7 @@ ids end generation, and an incremental decoder for streaming. It does not render
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Iterable, Sequence
 
@@ -15,6 +16,16 @@ from .errors import EdgeqError
 
 REPLACEMENT = "\ufffd"      # what both libraries decode an incomplete UTF-8 sequence to
 MAX_PENDING_TOKENS = 8      # a UTF-8 character is at most 4 bytes, so 4 byte tokens; beyond 8, give up waiting
+SPACE = "\u2581"            # sentencepiece's visible space
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")     # a byte-fallback token
+
+
+def _byte_level_bytes() -> dict[str, int]:
+    """GPT-2's byte-level alphabet read backwards: the character that stands for each byte -> the byte
+    (printable bytes stand for themselves, the others for 256, 257, ... in byte order)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
 class _HFBackend:
@@ -27,6 +38,25 @@ class _HFBackend:
         self.special_ids = frozenset(token_id for token_id, token in
                                      self.tokenizer.get_added_tokens_decoder().items() if token.special)
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        self.added_ids = frozenset(self.tokenizer.get_added_tokens_decoder())
+        decoder = json.loads(data).get("decoder") or {}
+        kinds = {d.get("type") for d in decoder.get("decoders") or [decoder] if isinstance(d, dict)}
+        self.byte_of = _byte_level_bytes() if "ByteLevel" in kinds else None
+        self.byte_fallback = "ByteFallback" in kinds
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self.tokenizer.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self.added_ids:                # added tokens are stored as their text
+            return piece.encode()
+        if self.byte_of is not None:
+            try:
+                return bytes(self.byte_of[c] for c in piece)
+            except KeyError:
+                return piece.encode()
+        match = BYTE_PIECE.fullmatch(piece) if self.byte_fallback else None
+        return bytes([int(match.group(1), 16)]) if match else piece.replace(SPACE, " ").encode()
 
     def encode(self, text: str, post_process: bool, special: bool) -> list[int]:
         # encode_special_tokens=True makes "<|im_end|>" in the text ordinary characters
@@ -88,6 +118,13 @@ class _SentencePieceBackend:
     def token_text(self, token_id: int) -> str | None:
         return self.processor.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else None
 
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self.processor.id_to_piece(token_id)
+        match = BYTE_PIECE.fullmatch(piece) if self.processor.is_byte(token_id) else None
+        if match:
+            return bytes([int(match.group(1), 16)])
+        return piece.encode() if token_id in self.special_ids else piece.replace(SPACE, " ").encode()
+
 
 class Tokenizer:
     """Encode / decode for one model. BOS policy: `encode(text)` runs the tokenizer's own
@@ -134,6 +171,14 @@ class Tokenizer:
         if token_id is None:
             return ""
         return self._backend.token_text(int(token_id)) or ""
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (a byte token: that byte, part of a UTF-8 character; a
+        special token: its text), as OpenAI's logprobs `bytes`; the text of a run of tokens is their
+        bytes joined, but for a leading space a decoder strips."""
+        if not 0 <= int(token_id) < self.vocab_size:
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        return self._backend.token_bytes(int(token_id))
 
     def stream_decoder(self, skip_special: bool = True) -> "StreamDecoder":
         return StreamDecoder(self, skip_special)

@@ -15,6 +15,7 @@ from edgeq.cli import main
 from edgeq.config import ModelConfig
 from edgeq.convert import PlanSettings, convert
 from edgeq.convert import export_gguf as export
+from edgeq.convert.sources import llama3_parameters
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import ModelFile, TensorInfo
 from edgeq.reference import Reference, rope_inv_freq
@@ -128,6 +129,30 @@ def test_llama3_rope_factors_give_our_frequencies():
     np.testing.assert_allclose(rope_inv_freq(plain) / factors, rope_inv_freq(config), rtol=1e-6)
 
 
+@pytest.mark.parametrize("theta, head_dim, factor, low, high, old", [
+    (500000.0, 128, 8.0, 1.0, 4.0, 8192),      # Llama 3.1
+    (500000.0, 64, 32.0, 1.0, 4.0, 8192),      # Llama 3.2 1B
+    (10000.0, 16, 8.0, 1.0, 4.0, 64),          # the tiny llama3 of the tests (2 frequencies in between)
+    (10000.0, 16, 4.0, 2.0, 8.0, 256),         # other low/high factors, 1 frequency in between:
+    (500000.0, 16, 2.0, 1.0, 1.5, 64)])        # and none: numbers that give the same factors
+def test_llama3_parameters_come_back_from_the_rope_freqs_factors(theta, head_dim, factor, low, high, old):
+    """What `edgeq convert` reads from a rope_freqs tensor gives its factors again; with low = 1 and two
+    frequencies or more between the unscaled and the fully scaled ones, the very numbers (llama.cpp's
+    files keep only the tensor)."""
+    config = ModelConfig("llama", 100, 64, 128, 1, 4, 2, head_dim, 256, theta, 1e-5, True, False,
+                         "llama3", factor, low, high, old)
+    factors = export.llama3_rope_factors(config)
+    found = llama3_parameters(factors, theta, head_dim)
+    assert found is not None
+    again = ModelConfig(**{**config.to_dict(), "rope_scaling_factor": found[0], "rope_low_freq_factor": found[1],
+                           "rope_high_freq_factor": found[2], "rope_original_max_seq_len": found[3]})
+    np.testing.assert_allclose(export.llama3_rope_factors(again), factors, rtol=1e-6)
+    if ((factors > 1) & (factors < factor)).sum() >= 2 and low == 1.0:
+        assert found == (factor, low, high, old)
+    assert llama3_parameters(np.linspace(1.0, 3.0, head_dim // 2, dtype=np.float32) ** 2, theta, head_dim) is None
+    assert llama3_parameters(np.ones(head_dim // 2, np.float32) * 0.5, theta, head_dim) is None
+
+
 def test_pre_tokenizer_names():
     bytelevel = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     digits = {"type": "Digits", "individual_digits": True}
@@ -141,7 +166,7 @@ def test_pre_tokenizer_names():
 
 @pytest.fixture(scope="module")
 def tiny_plain_llama(tmp_path_factory):
-    """A tied llama without rope scaling (`edgeq convert` refuses llama.cpp's rope_freqs tensor)."""
+    """A tied llama without rope scaling."""
     return make_tiny_hf_model(tmp_path_factory.mktemp("export") / "llama", arch="llama", tied=True)
 
 
@@ -198,20 +223,28 @@ def test_metadata_and_tokenizer_are_llama_cpps(exact_pair, arch):
     assert fields["tokenizer.ggml.eos_token_id"] == model.tokenizer.eos_id
     assert fields["tokenizer.ggml.add_bos_token"] is False
     assert fields["tokenizer.chat_template"] == model.tokenizer.chat_template
+    # tokenizer_config.json's pad_token (<|endoftext|>), carried by the edgeq file; its unk_token is null
+    assert fields["tokenizer.ggml.padding_token_id"] == model.tokenizer.pad_id == tokenizer.bos_id
+    assert "tokenizer.ggml.unknown_token_id" not in fields
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "llama3"])
 def test_edgeq_convert_of_the_export_gives_the_same_logits(exact_pair, arch, tmp_path):
+    """An exported file reads back: the same weights, tokenizer and logits (llama3: the rope scaling
+    found from the rope_freqs tensor, over 200 positions, past the original length of 64)."""
     ours, exported = exact_pair[arch]
     back = tmp_path / "back.eq"
     convert(exported, back, progress=False)                   # keeps the Q4_1 grid: u4g32a again
     original, returned = ModelFile(ours), ModelFile(back)
+    rope = ("rope_scaling_type", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+            "rope_original_max_seq_len", "rope_theta")
+    assert {k: getattr(returned.config, k) for k in rope} == {k: getattr(original.config, k) for k in rope}
     for name in original.config.tensor_names():
         assert returned.tensors[name].qtype == original.tensors[name].qtype
         assert np.array_equal(returned.load(name), original.load(name)), name
     tokens_in, tokens_back = Tokenizer(original.tokenizer), Tokenizer(returned.tokenizer)
-    ids = tokens_in.encode(SAMPLE)
-    assert tokens_back.encode(SAMPLE) == ids
+    ids = tokens_in.encode(SAMPLE * 8)[:200]
+    assert tokens_back.encode(SAMPLE * 8)[:200] == ids
     with edgeq.load(ours) as a, edgeq.load(back) as b:
         assert np.array_equal(a.logits(ids), b.logits(ids))
 
@@ -314,6 +347,7 @@ def test_smollm2_default_model_exports_to_its_llama_cpp_source_bytes(smollm2_ggu
         assert np.array_equal(np.asarray(tensor.data), np.asarray(theirs[tensor.name].data)), tensor.name
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.pre",
                 "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token",
+                "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id",
                 "tokenizer.chat_template", "llama.rope.freq_base", "llama.context_length",
                 "llama.attention.head_count_kv", "llama.attention.layer_norm_rms_epsilon"):
         assert back.fields[key].contents() == source.fields[key].contents(), key

@@ -128,6 +128,25 @@ def test_streaming_never_splits_a_character(kind, request):
             assert text_so_far == full
 
 
+@pytest.mark.parametrize("kind", ["byte-level BPE", "sentencepiece byte fallback", "SmolLM2"])
+def test_token_bytes_join_to_the_text(kind, request):
+    """token_bytes (OpenAI's logprobs `bytes`): a byte token is its one byte, not U+FFFD; a run of
+    tokens' bytes is their text (sentencepiece: with the leading space its decoder strips)."""
+    tokenizer = {"byte-level BPE": lambda: hf_tokenizer(bos_id=0, eos_id=2),
+                 "sentencepiece byte fallback": sentencepiece_tokenizer,
+                 "SmolLM2": lambda: request.getfixturevalue("smollm2_tokenizer")}[kind]()
+    for text in (MULTIBYTE, "two  spaces, a tab\tand a newline\n"):
+        ids = tokenizer.encode(text, add_special=False)
+        joined, decoded = b"".join(tokenizer.token_bytes(i) for i in ids), tokenizer.decode(ids).encode()
+        assert joined in (decoded, b" " + decoded)
+        assert decoded == text.encode() or kind.startswith("sentencepiece")   # (it collapses runs of spaces)
+    pieces = [tokenizer.token_bytes(i) for i in tokenizer.encode(MULTIBYTE, add_special=False)]
+    assert any(len(piece) == 1 and piece[0] >= 0x80 for piece in pieces)
+    assert tokenizer.token_bytes(tokenizer.eos_id) == tokenizer.token_text(tokenizer.eos_id).encode()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tokenizer.token_bytes(tokenizer.vocab_size)
+
+
 def test_streaming_leading_spaces_and_special_tokens():
     tokenizer = sentencepiece_tokenizer()              # its decoder drops the first token's leading space
     ids = tokenizer.encode("one two three four", add_special=False)
@@ -205,6 +224,36 @@ def test_generation_logprobs_and_prompt_logprobs(tiny):
     assert [s.top[0][0] for s in scored] == np.argmax(want[:-1], axis=-1).tolist()
     with pytest.raises(EdgeqError, match="outside the vocabulary"):
         tiny.generate([10 ** 7])
+
+
+class CancelAfter(threading.Event):
+    """A cancel flag that reads as set from its (n + 1)-th look on: where the model looks, exactly."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.looks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > self.n
+
+
+def test_cancel_stops_a_prompt_after_the_batch_being_evaluated(tiny):
+    """generate/chat(cancel=...) looks at the flag before each batch of prompt tokens (64: the runtime's
+    batch) and before each new token; prompt_logprobs after each batch. What was evaluated stays cached."""
+    ids = (tiny.tokenize(TOKENIZER_TEXT * 4))[:min(tiny.n_ctx - 8, 200)]
+    assert len(ids) > 2 * edgeq.model.PREFILL_CHUNK
+    tiny.reset()
+    assert tiny.generate(ids, max_tokens=4, temperature=0, cancel=CancelAfter(2)) == ""
+    assert tiny.last_stats.stop_reason == "cancelled" and tiny.last_stats.tokens == []
+    assert tiny.info["n_past"] == 2 * edgeq.model.PREFILL_CHUNK
+    # the next call reuses the two batches; cancelled after two tokens, it says so
+    text = tiny.generate(ids, max_tokens=4, temperature=0, cancel=CancelAfter(3))   # two batches, a token, then stop
+    assert tiny.last_stats.cached_tokens == 2 * edgeq.model.PREFILL_CHUNK
+    assert tiny.last_stats.stop_reason == "cancelled" and len(tiny.last_stats.tokens) == 2
+    assert text == tiny.generate(ids, max_tokens=2, temperature=0) and tiny.last_stats.stop_reason == "length"
+    assert len(tiny.prompt_logprobs(ids, cancel=CancelAfter(1))) == edgeq.model.PREFILL_CHUNK
+    assert len(tiny.prompt_logprobs(ids, cancel=threading.Event())) == len(ids) - 1
 
 
 def test_seed_reproduces_and_no_seed_varies():

@@ -234,6 +234,73 @@ def test_completion_streaming(server, local):
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 16
 
 
+def streamed_chat_logprobs(chunks) -> tuple[list, list[str]]:
+    """(the chunks' logprobs.content entries joined, each text-carrying chunk's text)"""
+    entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    return entries, [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0), dict(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, seed=5),
+                                      dict(temperature=1.0, seed=3, stop="")], ids=["greedy", "sampled", "stop"])
+def test_streamed_chat_logprobs_equal_the_non_streamed(server, local, settings):
+    """Each chunk carries the logprobs of the tokens whose text it carries; joined, they are the
+    non-streamed answer's. Sampled at temperature 2, the tiny byte-level model emits parts of UTF-8
+    characters (a token with no text of its own yet); a stop string that starts inside a token keeps
+    that token (its text is partly in the answer) and drops the ones after."""
+    messages = [{"role": "user", "content": "Tell me about the robot."}]
+    settings = dict(settings)
+    extra = {k: settings.pop(k) for k in ("top_k", "min_p") if k in settings}
+    if "stop" in settings:       # 3 characters from the second one of a token on, not seen earlier
+        answer = local.chat(messages, max_tokens=30, temperature=1.0, seed=3)
+        ends = local.last_stats.text_ends
+        at = next(ends[i - 1] + 1 for i in range(len(ends) // 3, len(ends)) if ends[i] - ends[i - 1] >= 2
+                  and answer.find(answer[ends[i - 1] + 1:ends[i - 1] + 4]) == ends[i - 1] + 1)
+        settings["stop"] = answer[at:at + 3]
+    request = dict(model=server.model, messages=messages, max_tokens=30, logprobs=True, top_logprobs=2,
+                   extra_body=extra, **settings)
+    whole = server.client().chat.completions.create(**request)
+    chunks = list(server.client().chat.completions.create(**request, stream=True))
+    entries, texts = streamed_chat_logprobs(chunks)
+    want = whole.choices[0].logprobs.content
+    assert [e.model_dump() for e in entries] == [e.model_dump() for e in want] and want
+    assert "".join(texts) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    if "stop" in settings:
+        assert whole.choices[0].finish_reason == "stop" and len(want) <= whole.usage.completion_tokens < 30
+    else:                                      # every generated token (an end-of-generation id has no text)
+        assert len(want) == whole.usage.completion_tokens
+    if settings["temperature"] == 2.0:         # some token completed no character on its own
+        assert any(e.token == "\ufffd" for e in want)
+        # `bytes` are the tokens' own: joined, the answer (special tokens aside)
+        specials = {local.tokenizer.token_text(i) for i in local.tokenizer.special_ids}
+        joined = b"".join(bytes(e.bytes) for e in want if e.token not in specials)
+        assert joined.decode("utf-8", errors="replace") == whole.choices[0].message.content
+        carried = [c.choices[0].logprobs.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert any(len(tokens) > 1 for tokens in carried)
+    else:                                      # ASCII: each chunk's tokens spell its text
+        for c in chunks:
+            if c.choices and c.choices[0].delta.content and "stop" not in settings:
+                assert "".join(e.token for e in c.choices[0].logprobs.content) == c.choices[0].delta.content
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["answer", "echo"])
+def test_streamed_completion_logprobs_equal_the_non_streamed(server, echo):
+    request = dict(model=server.model, prompt="The robot counted the birds", max_tokens=20, temperature=2.0,
+                   seed=11, logprobs=2, echo=echo, extra_body={"top_k": 0, "min_p": 0.0})
+    whole = server.client().completions.create(**request).choices[0]
+    chunks = list(server.client().completions.create(**request, stream=True))
+    joined = {key: [] for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+    for c in chunks:
+        if c.choices and c.choices[0].logprobs:
+            for key in joined:
+                joined[key] += getattr(c.choices[0].logprobs, key)
+    assert joined == {key: getattr(whole.logprobs, key) for key in joined}
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.text
+    n_prompt = len(server.client().completions.create(model=server.model, prompt="The robot counted the birds",
+                                                      max_tokens=0, echo=True, logprobs=0).choices[0].logprobs.tokens)
+    assert len(joined["tokens"]) == chunks[-1].usage.completion_tokens + (n_prompt if echo else 0)
+
+
 def test_tokenizer_endpoints_for_lm_evaluation_harness(server, local):
     """vLLM's /tokenizer_info, /tokenize, /detokenize: lm-evaluation-harness's tokenizer_backend=remote."""
     status, _, info = server.request("GET", "/tokenizer_info")
@@ -364,6 +431,33 @@ def test_disconnect_mid_stream_stops_the_generation(server):
     assert wait_for(lambda: idle(server), 5)
     after = server.health()
     assert after["cancelled"] == before["cancelled"] + 2 and after["served"] == before["served"] + 2
+
+
+def test_disconnect_during_a_long_prompt_stops_its_evaluation(server, local):
+    """A client that hangs up while its long prompt is evaluated stops the evaluation after the batch
+    of 64 prompt tokens being evaluated: the slot comes back well before the prompt would have been
+    done, and holds only the batches evaluated by then (the next request with that prompt reuses them)."""
+    def prompt(word):
+        return word + " " + " ".join(["the robot counted the birds"] * 380)
+    n = len(local.tokenize(prompt("pear")))
+    assert 1800 < n < 2040
+    before = server.health()
+    start = time.monotonic()
+    whole = server.client().completions.create(model=server.model, prompt=prompt("apple"), max_tokens=1, temperature=0)
+    full_seconds = time.monotonic() - start
+    assert whole.usage.prompt_tokens_details.cached_tokens == 0
+    connection = post(server, "/v1/completions", {"prompt": prompt("pear"), "max_tokens": 1, "stream": True})
+    assert connection.getresponse().status == 200            # (sent when the job starts)
+    start = time.monotonic()
+    hang_up(connection)
+    assert wait_for(lambda: idle(server), 10)
+    cancel_seconds = time.monotonic() - start
+    after = server.health()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"] + 2
+    again = server.client().completions.create(model=server.model, prompt=prompt("pear"), max_tokens=1, temperature=0)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert cached % 64 == 0 and cached < n - 64, (cached, n, full_seconds, cancel_seconds)
+    assert cancel_seconds < full_seconds / 2, (full_seconds, cancel_seconds)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

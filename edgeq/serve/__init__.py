@@ -130,7 +130,7 @@ def _server_class():
 
     class Server(uvicorn.Server):
         """uvicorn's server, which on Ctrl-C / SIGTERM first stops the running generations (at their
-        next token) and empties the queue, so connections close at once."""
+        next token or batch of prompt tokens) and empties the queue, so connections close at once."""
 
         def __init__(self, config, pool):
             super().__init__(config)

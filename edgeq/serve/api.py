@@ -31,7 +31,8 @@ from .slots import QueueFull, SlotPool
 RETRY_AFTER_SECONDS = 1
 COMPLETIONS_MAX_TOKENS = 16           # /v1/completions without max_tokens, as OpenAI (chat: until the end)
 MAX_LOGPROBS = 20                     # alternatives per token, as OpenAI allows
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "": "stop"}
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop",
+                  "": "stop"}
 
 
 class ClientGone(Exception):
@@ -304,18 +305,17 @@ def _error_body(error: BaseException) -> dict:
 
 def _generate(model: Model, cancel: threading.Event, prompt, gen: Generation, emit=None,
               logprobs: int | None = None) -> tuple[str, GenerationStats]:
-    """Generate from `prompt` (token ids), stopping at the next token once `cancel` is set; each
-    piece goes to emit(piece) when streaming. Returns the text and the run's stats."""
+    """Generate from `prompt` (token ids), stopping after the batch of prompt tokens or the token
+    being evaluated once `cancel` is set; each piece goes to emit(piece, stats) when streaming (the
+    stats of the run so far). Returns the text and the run's stats."""
     stream = model.generate(prompt, max_tokens=gen.max_tokens, stop=gen.stop, stream=True,
-                            logprobs=logprobs, **gen.sampling)
+                            logprobs=logprobs, cancel=cancel, **gen.sampling)
     pieces = []
     try:
         for piece in stream:
             pieces.append(piece)
             if emit is not None:
-                emit(piece)
-            if cancel.is_set():
-                break
+                emit(piece, model.last_stats)
     finally:
         stream.close()
     return "".join(pieces), model.last_stats
@@ -325,19 +325,53 @@ def _finish_reason(stats: GenerationStats) -> str:
     return FINISH_REASONS.get(stats.stop_reason, "stop")
 
 
-def _kept_logprobs(model: Model, stats: GenerationStats, text: str) -> list[TokenLogprob]:
-    """The generated tokens whose text is part of the answer: an end-of-generation token and the
-    tokens of a cut-off stop string are left out."""
-    entries = [e for e in (stats.logprobs or []) if e.token not in model.tokenizer.eos_ids]
-    if stats.stop_reason != "stop":
-        return entries
-    kept, length = [], 0
-    for entry in entries:             # the tokens that put at least one character into the text
-        if length >= len(text):
+def _answer_tokens(stats: GenerationStats, answer_length: int | None) -> list[tuple[TokenLogprob, int]]:
+    """The generated tokens whose text is part of the answer, each with the offset in the answer where
+    its text starts: an end-of-generation token is left out, and so are the tokens of a stop string
+    that cut the answer at `answer_length` characters (None: nothing was cut). A token keeps its place
+    when its text starts before the cut or is empty at it (stats.text_ends says where each one ends)."""
+    kept = []
+    for i, entry in enumerate((stats.logprobs or [])[:len(stats.tokens)]):   # (the eos entry is the last)
+        start, end = stats.text_ends[i - 1] if i else 0, stats.text_ends[i]
+        if answer_length is not None and start >= answer_length and end > answer_length:
             break
-        kept.append(entry)
-        length += len(_token_text(model, entry.token))
+        kept.append((entry, start))
     return kept
+
+
+def _kept_logprobs(stats: GenerationStats, text: str) -> list[tuple[TokenLogprob, int]]:
+    """_answer_tokens of a finished generation whose answer is `text`."""
+    return _answer_tokens(stats, len(text) if stats.stop_reason == "stop" else None)
+
+
+class _StreamedLogprobs:
+    """Which generated tokens each streamed piece carries: those whose text has been sent in full
+    (with the piece that completes it; a token that adds no text goes with the next piece), so the
+    pieces' logprobs, joined, are the non-streamed answer's (_kept_logprobs)."""
+
+    def __init__(self):
+        self.sent_tokens = 0
+        self.sent_chars = 0
+
+    def piece(self, text: str, stats: GenerationStats) -> list[tuple[TokenLogprob, int]]:
+        """After `text` was generated: the tokens it carries, with their answer offsets."""
+        self.sent_chars += len(text)
+        if stats.stop_reason == "stop":              # the last piece, up to where the stop string cut
+            end = len(_answer_tokens(stats, self.sent_chars))
+        else:
+            end = self.sent_tokens
+            while end < len(stats.tokens) and stats.text_ends[end] <= self.sent_chars:
+                end += 1
+        entries = (stats.logprobs or [])[self.sent_tokens:end]
+        out = [(entry, stats.text_ends[i - 1] if i else 0) for i, entry in enumerate(entries, self.sent_tokens)]
+        self.sent_tokens = max(self.sent_tokens, end)
+        return out
+
+    def rest(self, stats: GenerationStats, text: str) -> list[tuple[TokenLogprob, int]]:
+        """At the end: the tokens no piece carried (ones that added no text)."""
+        rest = _kept_logprobs(stats, text)[self.sent_tokens:]
+        self.sent_tokens += len(rest)
+        return rest
 
 
 def _token_text(model: Model, token: int) -> str:
@@ -377,25 +411,26 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
         server.check_fits(len(tokens), "the conversation")
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta: dict, finish=None, **extra) -> dict:
+        def chunk(delta: dict, finish=None, logprobs=None, **extra) -> dict:
             return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                    **extra}
 
-        def logprobs_content(model, stats, text):
-            if not want_logprobs:
-                return None
+        def logprobs_content(model, entries):
+            """OpenAI's chat logprobs object for (TokenLogprob, offset) entries."""
+            token_bytes = model.tokenizer.token_bytes       # (a byte token: its byte, not U+FFFD's three)
             return {"content": [{"token": _token_text(model, e.token), "logprob": e.logprob,
-                                 "bytes": list(_token_text(model, e.token).encode()),
+                                 "bytes": list(token_bytes(e.token)),
                                  "top_logprobs": [{"token": _token_text(model, i), "logprob": lp,
-                                                   "bytes": list(_token_text(model, i).encode())}
-                                                  for i, lp in e.top]}
-                                for e in _kept_logprobs(model, stats, text)]}
+                                                   "bytes": list(token_bytes(i))} for i, lp in e.top]}
+                                for e, _ in entries]}
 
         logprobs = top if want_logprobs else None
         if not gen.stream:
             def job(model, cancel):
                 text, stats = _generate(model, cancel, tokens, gen, logprobs=logprobs)
-                return text, stats, logprobs_content(model, stats, text)
+                content = logprobs_content(model, _kept_logprobs(stats, text)) if want_logprobs else None
+                return text, stats, content
             text, stats, content = await server.run(request, tokens, job)
             return JSONResponse({
                 "id": ident, "object": "chat.completion", "created": created, "model": model_id,
@@ -404,13 +439,19 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
                 "usage": _usage(stats.prompt_tokens, stats.generated_tokens, stats.cached_tokens)})
 
         def job(model, cancel, emit):
-            text, stats = _generate(model, cancel, tokens, gen, lambda piece: emit(chunk({"content": piece})))
+            carried = _StreamedLogprobs()
+
+            def piece(text, stats):
+                content = logprobs_content(model, carried.piece(text, stats)) if want_logprobs else None
+                emit(chunk({"content": text}, logprobs=content))
+            text, stats = _generate(model, cancel, tokens, gen, piece, logprobs=logprobs)
+            rest = carried.rest(stats, text) if want_logprobs else []
+            if rest:                              # tokens that added no text (after the last piece)
+                emit(chunk({"content": ""}, logprobs=logprobs_content(model, rest)))
             usage = _usage(stats.prompt_tokens, stats.generated_tokens, stats.cached_tokens)
             emit(chunk({}, _finish_reason(stats), usage=usage))
             if gen.include_usage:
                 emit({**chunk({}), "choices": [], "usage": usage})
-        if want_logprobs:
-            raise ApiError(400, "'logprobs' with 'stream' is not supported by edgeq serve", param="logprobs")
         return await server.stream(request, tokens, job, [chunk({"role": "assistant", "content": ""})])
 
     async def completions(request: Request) -> Response:
@@ -425,20 +466,35 @@ def build_app(pool: SlotPool, model_id: str, api_key: str | None = None) -> Star
             raise ApiError(400, f"'logprobs' must be 0 to {MAX_LOGPROBS}", param="logprobs")
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if gen.stream:
-            if len(prompts) != 1 or logprobs is not None:
-                raise ApiError(400, "'stream' takes one prompt and no 'logprobs' in edgeq serve",
-                               param="prompt" if len(prompts) != 1 else "logprobs")
-            tokens, prefix = prompts[0], (body["prompt"] if echo and isinstance(body["prompt"], str) else None)
+            if len(prompts) != 1:
+                raise ApiError(400, "'stream' takes one prompt in edgeq serve", param="prompt")
+            tokens = prompts[0]
 
-            def chunk(text: str, finish=None, **extra) -> dict:
+            def chunk(text: str, finish=None, logprobs=None, **extra) -> dict:
                 return {"id": ident, "object": "text_completion", "created": created, "model": model_id,
-                        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                        "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}],
                         **extra}
 
             def job(model, cancel, emit):
+                prompt_text = _prompt_text(model, body["prompt"], 0, tokens)
+                scored = _scored_prompt(model, cancel, tokens, logprobs) if echo else None
                 if echo:
-                    emit(chunk(prefix if prefix is not None else model.detokenize(tokens)))
-                text, stats = _generate(model, cancel, tokens, gen, lambda piece: emit(chunk(piece)))
+                    emit(chunk(prompt_text, logprobs=None if scored is None else _logprob_lists(model, scored)))
+                if cancel.is_set():
+                    return
+                carried, base = _StreamedLogprobs(), len(prompt_text)
+
+                def piece(text, stats):
+                    entries = None
+                    if logprobs is not None:
+                        entries = _logprob_lists(model, _answer_entries(model, carried.piece(text, stats), base))
+                    emit(chunk(text, logprobs=entries))
+                text, stats = _generate(model, cancel, tokens, gen, piece, logprobs=logprobs)
+                rest = carried.rest(stats, text) if logprobs is not None else []
+                if rest:                          # tokens that added no text (after the last piece)
+                    emit(chunk("", logprobs=_logprob_lists(model, _answer_entries(model, rest, base))))
+                if scored is not None:            # (as _complete: scoring evaluated the whole prompt)
+                    stats.cached_tokens = 0
                 usage = _usage(stats.prompt_tokens, stats.generated_tokens, stats.cached_tokens)
                 emit(chunk("", _finish_reason(stats), usage=usage))
                 if gen.include_usage:
@@ -573,36 +629,61 @@ def _prompts(body: dict, model: Model) -> list[list[int]]:
     return prompts
 
 
+def _prompt_text(model: Model, prompt, index: int, tokens: list[int]) -> str:
+    """The text of prompt `index` as echo returns it: as the client sent it, or its ids decoded."""
+    if isinstance(prompt, list) and isinstance(prompt[index], str):
+        return prompt[index]
+    return prompt if isinstance(prompt, str) else model.detokenize(tokens)
+
+
+def _scored_prompt(model: Model, cancel: threading.Event, tokens: list[int],
+                   logprobs: int | None) -> list[tuple[int, float | None, dict | None, int]] | None:
+    """The prompt's log-probabilities as (token, logprob, top, text offset) entries when logprobs are
+    asked (every token after the first, from position 0, as `edgeq perplexity` scores; the first has
+    none); offsets count the tokens' texts from 0. None when not asked."""
+    if logprobs is None:
+        return None
+    scored = model.prompt_logprobs(tokens, top=logprobs, cancel=cancel)
+    entries = [(tokens[0], None, None)] + [(e.token, e.logprob, _top(model, e)) for e in scored]
+    out, at = [], 0
+    for token, logprob, top in entries:
+        out.append((token, logprob, top, at))
+        at += len(_token_text(model, token))
+    return out
+
+
+def _answer_entries(model: Model, kept: list[tuple[TokenLogprob, int]], base: int):
+    """Generated tokens (TokenLogprob, offset in the answer) as (token, logprob, top, text offset)
+    entries, the offset counted from the start of the prompt (`base` characters before the answer)."""
+    return [(e.token, e.logprob, _top(model, e), base + start) for e, start in kept]
+
+
+def _logprob_lists(model: Model, entries) -> dict:
+    """OpenAI's completions logprobs object from (token, logprob, top, text offset) entries."""
+    return {"tokens": [_token_text(model, token) for token, _, _, _ in entries],
+            "token_logprobs": [logprob for _, logprob, _, _ in entries],
+            "top_logprobs": [top for _, _, top, _ in entries],
+            "text_offset": [offset for _, _, _, offset in entries]}
+
+
 def _complete(model: Model, cancel: threading.Event, tokens: list[int], prompt, index: int, gen: Generation,
               echo: bool, logprobs: int | None) -> tuple[dict, GenerationStats]:
     """One /v1/completions choice (on the slot's thread): prompt log-probabilities when echo and
-    logprobs are asked (every prompt token after the first, from position 0, as `edgeq perplexity`
-    scores), then the generated text. -> (choice, the generation's stats; cached_tokens 0 when the prompt
-    was scored, which evaluates all of it)."""
-    scored = model.prompt_logprobs(tokens, top=logprobs) if echo and logprobs is not None else None
-    if gen.max_tokens == 0:
+    logprobs are asked, then the generated text. -> (choice, the generation's stats; cached_tokens 0
+    when the prompt was scored, which evaluates all of it)."""
+    scored = _scored_prompt(model, cancel, tokens, logprobs) if echo else None
+    if gen.max_tokens == 0 or cancel.is_set():
         text, stats = "", GenerationStats(prompt_tokens=len(tokens), stop_reason="length", logprobs=[])
     else:
         text, stats = _generate(model, cancel, tokens, gen, logprobs=logprobs)
         if scored is not None:
             stats.cached_tokens = 0
-    prompt_text = prompt[index] if isinstance(prompt, list) and isinstance(prompt[index], str) else \
-        prompt if isinstance(prompt, str) else model.detokenize(tokens)
+    prompt_text = _prompt_text(model, prompt, index, tokens)
     choice = {"text": prompt_text + text if echo else text, "index": index, "logprobs": None,
               "finish_reason": _finish_reason(stats)}
-    if logprobs is not None:
-        entries: list[tuple[int, float | None, dict | None]] = []
-        if echo:
-            entries.append((tokens[0], None, None))
-            entries += [(e.token, e.logprob, _top(model, e)) for e in scored]
-        entries += [(e.token, e.logprob, _top(model, e)) for e in _kept_logprobs(model, stats, text)]
-        texts = [_token_text(model, token) for token, _, _ in entries]
-        offsets, at = [], 0 if echo else len(prompt_text)     # offsets into prompt + answer, as OpenAI
-        for piece in texts:
-            offsets.append(at)
-            at += len(piece)
-        choice["logprobs"] = {"tokens": texts, "token_logprobs": [lp for _, lp, _ in entries],
-                              "top_logprobs": [top for _, _, top in entries], "text_offset": offsets}
+    if logprobs is not None:             # offsets into the text returned (prompt and answer with echo), as OpenAI
+        entries = (scored or []) + _answer_entries(model, _kept_logprobs(stats, text), len(prompt_text))
+        choice["logprobs"] = _logprob_lists(model, entries)
     return choice, stats
 
 

@@ -123,7 +123,7 @@ class SlotPool:
         return result
 
     def cancel_all(self) -> None:
-        """Stop every running job at its next token and refuse new requests (shutdown)."""
+        """Stop every running job at its next token (or batch of prompt tokens) and refuse new requests (shutdown)."""
         self.closing = True
         for slot in self.slots:
             if slot.cancel is not None:
