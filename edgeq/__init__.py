@@ -14,7 +14,7 @@ __all__ = ["load", "Model", "GenerationStats", "SamplingParams", "EdgeqError", "
 
 
 def load(path, threads=None, ctx=None, kv_fp32=False, kv="f16"):
-    """Open a converted edgeq file for generation: see edgeq.model.load (kv: "f16", "q8" or "f32")."""
+    """Open a converted edgeq file for generation: see edgeq.model.load (kv: "f16", "q8", "k8v4" or "f32")."""
     from .model import load as _load
     return _load(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32, kv=kv)
 

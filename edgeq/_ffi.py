@@ -257,18 +257,19 @@ def select_isa(name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 ARCH_NAMES = {0: "llama", 1: "qwen2", 2: "qwen3", 3: "gemma3"}
-# KV cache types (edgeq.h EQ_KV_*): fp16 (the default), fp32, int8 per block of 32 with an fp16 scale
-KV_TYPES = {"f16": 0, "f32": 1, "q8": 2}
+# KV cache types (edgeq.h EQ_KV_*): fp16 (the default), fp32, int8 per block of 32 with an fp16 scale,
+# and int8 keys with int4 values (per block of 32 with an fp16 scale)
+KV_TYPES = {"f16": 0, "f32": 1, "q8": 2, "k8v4": 3}
 _INFO_FIELDS = ("arch", "vocab_size", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                 "max_seq_len", "n_ctx", "n_past", "n_threads", "kv_fp32", "kv_type", "weight_bytes", "kv_bytes",
                 "file_bytes", "pool_jobs", "pool_jobs_alone")
 
 
 def check_kv(kv) -> str:
-    """A KV cache type name (f16, q8, f32); anything else is an EdgeqError naming the choices."""
+    """A KV cache type name (f16, q8, k8v4, f32); anything else is an EdgeqError naming the choices."""
     if not isinstance(kv, str) or kv not in KV_TYPES:
-        raise EdgeqError(f"unknown KV cache type {kv!r}: use f16 (the default) or q8 (int8, about half the "
-                         f"memory), or f32")
+        raise EdgeqError(f"unknown KV cache type {kv!r}: use f16 (the default), q8 (int8, about half the "
+                         f"memory), k8v4 (int8 keys, int4 values, about 0.41x), or f32")
     return kv
 
 

@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="context length for the memory estimate, 1 to the model's trained length "
                       "[default: min(trained length, 4096)]")
     info.add_argument("--summary", action="store_true", help="omit the per-tensor table")
-    _add_kv_flag(info, "the KV cache type of the memory estimate [default: a line for each: f16, q8, f32]",
+    _add_kv_flag(info, "the KV cache type of the memory estimate [default: a line for each: f16, q8, k8v4, f32]",
                  default=None)
     info.set_defaults(func=_cmd_info)
 
@@ -475,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                        f"[default: {DEFAULT_QUEUE}]")
     serve.add_argument("--api-key", default=None, metavar="KEY",
                        help="require 'Authorization: Bearer KEY' on /v1/* [default: none]")
-    _add_kv_flag(serve, "each slot's KV cache: f16, or q8 (int8 per block of 32 values, fp16 scales: "
-                 "0.53x the memory) [default: f16]")
+    _add_kv_flag(serve, "each slot's KV cache: f16, q8 (int8 per block of 32 values, fp16 scales: "
+                 "0.53x the memory), or k8v4 (int8 keys, int4 values: 0.41x) [default: f16]")
     serve.set_defaults(func=_cmd_serve)
 
     ppl = commands.add_parser("perplexity", help="perplexity of a model on a text, optionally against a base",
@@ -498,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="threads, at most the logical CPUs (more are capped, with a warning) "
                        "[default: the number of physical cores]")
     ppl.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_kv_flag(ppl, "MODEL's KV cache: f16, or q8 (int8 per block of 32 values, fp16 scales); --base "
-                 "always runs with f16, so `--kv q8 --base MODEL` is the int8 cache's cost [default: f16]")
+    _add_kv_flag(ppl, "MODEL's KV cache: f16, q8 (int8 per block of 32 values, fp16 scales), or k8v4 "
+                 "(int8 keys, int4 values); --base always runs with f16, so `--kv q8 --base MODEL` is the "
+                 "int8 cache's cost [default: f16]")
     ppl.set_defaults(func=_cmd_perplexity)
     return parser
 
@@ -515,9 +516,10 @@ def _add_calibration_flags(command) -> None:
 
 
 def _add_kv_flag(command, help: str | None = None, default: str | None = "f16") -> None:
-    command.add_argument("--kv", choices=["f16", "q8"], default=default, metavar="{f16,q8}",
-                         help=help or "KV cache: f16, or q8 (int8 per block of 32 values, fp16 scales: "
-                         "0.53x the memory, a small quality cost) [default: f16]")
+    command.add_argument("--kv", choices=["f16", "q8", "k8v4"], default=default, metavar="{f16,q8,k8v4}",
+                         help=help or "KV cache: f16, q8 (int8 per block of 32 values, fp16 scales: 0.53x "
+                         "the memory, a small quality cost), or k8v4 (int8 keys, int4 values per block of "
+                         "32: 0.41x, a larger cost) [default: f16]")
 
 
 def _add_generation_flags(command) -> None:

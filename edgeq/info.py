@@ -13,21 +13,24 @@ def _mb(n: float) -> str:
 
 
 KV_Q8_BLOCK = 32     # values per fp16 scale in the int8 KV cache (native/src/kernels.h EQ_KV_Q8_BLOCK)
-KV_LABELS = {"f16": "fp16", "q8": "int8", "f32": "fp32"}
+KV_Q4_BLOCK = 32     # values per fp16 scale in the int4 value cache (native/src/kernels.h EQ_KV_Q4_BLOCK)
+KV_LABELS = {"f16": "fp16", "q8": "int8", "k8v4": "int8 K + int4 V", "f32": "fp32"}
 
 
 def kv_cache_bytes(config, ctx: int, kv: str = "f16") -> int:
     """Bytes of the KV cache at context `ctx` (eq_model_info.kv_bytes): K and V, per layer, token and
-    KV head, head_dim values of 2 (f16) or 4 (f32) bytes, or for q8 head_dim int8 levels plus one fp16
-    scale per block of 32 (rounded up)."""
+    KV head, head_dim values of 2 (f16) or 4 (f32) bytes; int8 (q8, and k8v4's keys): head_dim levels
+    plus one fp16 scale per block of 32 (rounded up); int4 (k8v4's values): head_dim / 2 bytes (two
+    levels a byte, rounded up) plus one fp16 scale per block of 32."""
     _ffi.check_kv(kv)
-    head = {"f16": 2 * config.head_dim, "f32": 4 * config.head_dim,
-            "q8": config.head_dim + 2 * -(-config.head_dim // KV_Q8_BLOCK)}[kv]
-    return 2 * config.n_layers * ctx * config.n_kv_heads * head
+    d = config.head_dim
+    f16, f32, int8, int4 = 2 * d, 4 * d, d + 2 * -(-d // KV_Q8_BLOCK), -(-d // 2) + 2 * -(-d // KV_Q4_BLOCK)
+    key, value = {"f16": (f16, f16), "f32": (f32, f32), "q8": (int8, int8), "k8v4": (int8, int4)}[kv]
+    return config.n_layers * ctx * config.n_kv_heads * (key + value)
 
 
 def memory_estimate(model: ModelFile, ctx: int, kv: str = "f16", threads: int | None = None) -> dict:
-    """Bytes to run at context `ctx` with KV cache type `kv` (f16, q8, f32): mapped weights + KV cache +
+    """Bytes to run at context `ctx` with KV cache type `kv` (f16, q8, k8v4, f32): mapped weights + KV cache +
     the runtime's buffers, as native/src/model.c allocates them (a batch of activations, the kernels'
     tables for the three prepared inputs of a layer: normed x (dim), attention output (q_dim), SwiGLU
     output (hidden), attention scores per thread) plus one row of logits."""
@@ -71,7 +74,7 @@ def weight_bytes_per_token(model: ModelFile) -> int:
 
 
 def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True, kv: str | None = None) -> str:
-    """`edgeq info`'s text. kv None: a memory line per KV cache type (f16, q8, f32), else that one's."""
+    """`edgeq info`'s text. kv None: a memory line per KV cache type (f16, q8, k8v4, f32), else that one's."""
     if kv is not None:
         _ffi.check_kv(kv)
     c, tok = model.config, model.tokenizer
@@ -108,7 +111,7 @@ def describe(model: ModelFile, ctx: int | None = None, tensors: bool = True, kv:
         if prefill != decode:
             line += f"; prefill: {prefill['set']} {prefill['path']} ({prefill['detail']})"
         lines.append(line)
-    for kind in (kv,) if kv is not None else ("f16", "q8", "f32"):
+    for kind in (kv,) if kv is not None else ("f16", "q8", "k8v4", "f32"):
         mem = memory_estimate(model, ctx, kind)
         lines.append(f"memory        {_mb(mem['total'])} at context {ctx} = weights {_mb(mem['weights'])} + KV cache "
                      f"{KV_LABELS[kind]} {_mb(mem['kv_cache'])} + buffers {_mb(mem['activations'])} (--kv {kind})")

@@ -126,8 +126,9 @@ def load(path, threads: int | None = None, ctx: int | None = None, kv_fp32: bool
          kv: str = "f16") -> "Model":
     """Open a converted edgeq file. threads None: physical cores (more than the logical CPUs: capped,
     with an EdgeqWarning); ctx None: min(trained length, 4096), else 1 .. trained length; kv: the KV
-    cache, "f16" (default), "q8" (int8 per block of 32 values with an fp16 scale: 0.53x the memory,
-    benchmarks/README.md "KV cache" for its cost) or "f32" (the same as kv_fp32=True)."""
+    cache, "f16" (default), "q8" (int8 per block of 32 values with an fp16 scale: 0.53x the memory at
+    head_dim 64), "k8v4" (keys as q8, values int4 per block of 32 with an fp16 scale: 0.41x) or "f32"
+    (the same as kv_fp32=True); benchmarks/README.md "KV cache" has their cost per model."""
     return Model(path, threads=threads, ctx=ctx, kv_fp32=kv_fp32, kv=kv)
 
 

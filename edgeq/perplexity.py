@@ -253,7 +253,7 @@ def perplexity(model, text: str, *, ctx: int | None = None, convention: str = "l
     """Score `text` with `model` (an edgeq file path or a loaded edgeq.Model, or a float source:
     HF folder, hub id, GGUF file); with `base` (same kinds), also KL(base || model), top-1 agreement
     and Δppl on the same chunks. kv: the KV cache type of `model` when it is an edgeq file path (f16,
-    q8, f32; a loaded Model keeps its own); `base` always runs with fp16, so `--kv q8 --base` the same
+    q8, k8v4, f32; a loaded Model keeps its own); `base` always runs with fp16, so `--kv q8 --base` the same
     file measures what the int8 cache costs. progress: True shows a bar on stderr, False hides it, None shows it
     on a terminal. See the module docstring for the conventions."""
     from tqdm import tqdm

@@ -5,7 +5,8 @@ float64 oracle) for every quant type, over random and worst-case shapes and inpu
 tolerance derived in its opening comment; `make check-kernels` / `make check-kernels-asan` build and
 run it. Here: both runs pass and cover the sets the Python layer sees, and the harness catches two
 small kernel bugs planted in a copy of the sources (it is a test that can fail). The same for
-native/tests/check_attention.c (`make check-attention`), the int8 KV cache's attention helpers.
+native/tests/check_attention.c (`make check-attention`), the int8 KV cache's attention helpers and the
+int4 value cache's (k8v4).
 """
 from __future__ import annotations
 
@@ -103,21 +104,23 @@ def test_the_harness_catches_planted_kernel_bugs(compiler, tmp_path):
         assert summaries["avx2"]["mismatches"] > 0, result.stdout
 
 
-ATTENTION = re.compile(r"^check_attention: (\S+)\s+(\d+) cases \(int8 KV, blocks of (\d+)\): largest error (\S+) of its bound",
-                       re.MULTILINE)
+ATTENTION = re.compile(r"^check_attention: (\S+)\s+(\d+) cases \((int8 KV|int4 KV values), blocks of (\d+)\): "
+                       r"largest error (\S+) of its bound", re.MULTILINE)
 
 
-def test_int8_kv_attention_helpers_match_the_reference(compiler):
-    """native/tests/check_attention.c: the int8 KV cache's quantizer against its specification and
-    every set's dot_q8 / axpy_q8 against ref's, within the bounds derived in its opening comment."""
+def test_quantized_kv_attention_helpers_match_the_reference(compiler):
+    """native/tests/check_attention.c: the int8 KV cache's and the int4 value cache's quantizers
+    against their specifications and every set's dot_q8 / axpy_q8 / axpy_q4 against ref's, within
+    the bounds derived in its opening comment."""
     result = make("check-attention")
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"make check-attention failed:\n{_tail(output)}"
     assert "check_attention: all sets agree with ref" in result.stdout
-    runs = {m[1]: (int(m[2]), int(m[3]), float(m[4])) for m in ATTENTION.finditer(result.stdout)}
-    assert sorted(runs) == sorted(_ffi.kernel_sets()), result.stdout
-    for isa, (cases, block, worst) in runs.items():
-        assert cases >= 200 and block == 32 and worst <= 1.0, (isa, runs[isa])
+    for kind in ("int8 KV", "int4 KV values"):
+        runs = {m[1]: (int(m[2]), int(m[4]), float(m[5])) for m in ATTENTION.finditer(result.stdout) if m[3] == kind}
+        assert sorted(runs) == sorted(_ffi.kernel_sets()), result.stdout
+        for isa, (cases, block, worst) in runs.items():
+            assert cases >= 200 and block == 32 and worst <= 1.0, (kind, isa, runs[isa])
 
 
 def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path):
@@ -134,4 +137,20 @@ def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path):
     result = make("check-attention", cwd=tmp_path)
     assert result.returncode != 0, "check_attention passed with a planted bug"
     assert re.search(r"^MISMATCH set avx2 dot vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), result.stderr
+    assert "MISMATCH set ref" not in result.stderr
+
+
+def test_the_attention_harness_catches_a_planted_int4_bug(compiler, tmp_path):
+    """avx2's axpy_q4 taking the high nibble of a byte first (values 2i and 2i+1 swapped)."""
+    if "avx2" not in _ffi.kernel_sets():
+        pytest.skip("this CPU does not run the avx2 kernels")
+    _copy_sources(tmp_path)
+    path = tmp_path / "native/x86/avx2.c"
+    before = "_mm_unpacklo_epi8(low, high)"
+    source = path.read_text()
+    assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
+    path.write_text(source.replace(before, "_mm_unpacklo_epi8(high, low)"))
+    result = make("check-attention", cwd=tmp_path)
+    assert result.returncode != 0, "check_attention passed with a planted bug"
+    assert re.search(r"^MISMATCH set avx2 q4 axpy vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), result.stderr
     assert "MISMATCH set ref" not in result.stderr

@@ -62,7 +62,7 @@ def serve(path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ctx: int | N
           threads: int | None = None, parallel: int = DEFAULT_PARALLEL, api_key: str | None = None,
           queue: int = DEFAULT_QUEUE, kv: str = "f16") -> int:
     """Run the server until Ctrl-C (or SIGTERM). threads: per slot (None: the physical cores divided
-    among the slots, at least 1); kv: each slot's KV cache type (f16, q8, f32). Status lines go to
+    among the slots, at least 1); kv: each slot's KV cache type (f16, q8, k8v4, f32). Status lines go to
     stderr; the first names the URL."""
     from .. import _ffi as ffi_module
     ffi_module.check_kv(kv)

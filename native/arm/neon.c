@@ -438,6 +438,40 @@ static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, 
     }
 }
 
+/* ---- attention over an int4 value cache (layout in kernels.h) ------------------------------ */
+
+/* 16 int4 levels from 8 bytes (value i in byte i / 2, low nibble first, stored + 8) as int8, in order */
+static inline int8x16_t load_q4x16(const uint8_t *x)
+{
+    uint8x8_t bytes = vld1_u8(x);
+    uint8x8_t low = vand_u8(bytes, vdup_n_u8(15)), high = vshr_n_u8(bytes, 4);
+    uint8x16_t stored = vcombine_u8(vzip1_u8(low, high), vzip2_u8(low, high));
+    return vsubq_s8(vreinterpretq_s8_u8(stored), vdupq_n_s8(8));
+}
+
+/* y[0 .. 8) += weight * 8 int8 levels */
+static inline void axpy_levels8(float *y, float weight, int8x8_t levels)
+{
+    int16x8_t wide = vmovl_s8(levels);
+    vst1q_f32(y, vfmaq_n_f32(vld1q_f32(y), vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide))), weight));
+    vst1q_f32(y + 4, vfmaq_n_f32(vld1q_f32(y + 4), vcvtq_f32_s32(vmovl_high_s16(wide)), weight));
+}
+
+static void axpy_q4(float *y, float w, const uint8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q4_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q4_BLOCK ? begin + EQ_KV_Q4_BLOCK : n, i = begin;
+        float weight = w * scale_f32(scales[block]);
+        for (; i + 16 <= end; i += 16) {   /* i even: values i .. i + 15 are bytes i / 2 .. i / 2 + 7 */
+            int8x16_t levels = load_q4x16(x + i / 2);
+            axpy_levels8(y + i, weight, vget_low_s8(levels));
+            axpy_levels8(y + i + 8, weight, vget_high_s8(levels));
+        }
+        for (; i < end; i++)
+            y[i] += weight * (float)(((x[i / 2] >> (4 * (i % 2))) & 15) - 8);
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 const eq_kernel_set eq_kernels_neon = {
@@ -462,6 +496,7 @@ const eq_kernel_set eq_kernels_neon = {
     .axpy_f16 = axpy_f16,
     .dot_q8 = dot_q8,
     .axpy_q8 = axpy_q8,
+    .axpy_q4 = axpy_q4,
 };
 
 #else   /* not aarch64: the set exists but is never available */

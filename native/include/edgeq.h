@@ -296,8 +296,10 @@ enum {
 enum {
     EQ_KV_F16 = 0,   /* fp16 (the default) */
     EQ_KV_F32 = 1,   /* fp32 */
-    EQ_KV_Q8 = 2     /* int8 levels per block of 32 values of a head, one fp16 scale per block
-                        (head_dim + 2 ceil(head_dim / 32) bytes per head and token) */
+    EQ_KV_Q8 = 2,    /* int8 levels per block of 32 values of a head, one fp16 scale per block
+                        (head_dim + 2 ceil(head_dim / 32) bytes per head and token, K or V) */
+    EQ_KV_K8V4 = 3   /* keys as EQ_KV_Q8, values int4 levels per block of 32, one fp16 scale per
+                        block (head_dim / 2 + 2 ceil(head_dim / 32) bytes per head and token) */
 };
 
 /* Options for eq_model_open; zero fields take the defaults. */

@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -286,6 +287,51 @@ void eq_axpy_q8_ref(float *y, float w, const int8_t *x, const uint16_t *scales, 
     }
 }
 
+/* ---- attention over an int4 value cache (layout in kernels.h) ------------------------------ */
+
+/* q, scales = x (n,) as int4 levels per block of EQ_KV_Q4_BLOCK with an fp16 scale: m is the block's
+ * value of largest magnitude (the first of equals; NaNs are ignored and stored as level 0), the scale
+ * m / -8 rounded to fp16 (-+65504 if that overflows), a level x / scale rounded to nearest, clamped to
+ * [-8, 7], stored + 8 in nibble i % 2 (low first) of byte i / 2. */
+void eq_kv_q4_quantize(const float *x, size_t n, uint8_t *q, uint16_t *scales)
+{
+    memset(q, 0, (n + 1) / 2);
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q4_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q4_BLOCK ? begin + EQ_KV_Q4_BLOCK : n;
+        float largest = 0.0f;
+        for (size_t i = begin; i < end; i++)
+            if (fabsf(x[i]) > fabsf(largest))
+                largest = x[i];
+        uint16_t bits = eq_fp32_to_fp16(largest / -8.0f);
+        float scale = eq_fp16_to_fp32(bits);
+        if (!(fabsf(scale) <= 65504.0f)) {   /* overflowed to infinity */
+            bits = scale > 0.0f ? 0x7bff : 0xfbff;
+            scale = scale > 0.0f ? 65504.0f : -65504.0f;
+        } else if (scale == 0.0f) {           /* all zeros (or under fp16's range): +0, not -0 */
+            bits = 0;
+        }
+        scales[block] = bits;
+        float inverse = scale != 0.0f ? 1.0f / scale : 0.0f;
+        for (size_t i = begin; i < end; i++) {
+            float level = x[i] * inverse;
+            level = level > 7.0f ? 7.0f : level < -8.0f ? -8.0f : level;   /* NaN stays NaN */
+            long stored = (level == level ? lrintf(level) : 0) + 8;
+            q[i / 2] |= (uint8_t)(stored << (4 * (i % 2)));
+        }
+    }
+}
+
+/* y[i] += (w d[b]) q[i] */
+void eq_axpy_q4_ref(float *y, float w, const uint8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q4_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q4_BLOCK ? begin + EQ_KV_Q4_BLOCK : n;
+        float weight = w * eq_fp16_to_fp32(scales[block]);
+        for (size_t i = begin; i < end; i++)
+            y[i] += weight * (float)(((x[i / 2] >> (4 * (i % 2))) & 15) - 8);
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 static int always_available(void)
@@ -320,4 +366,5 @@ const eq_kernel_set eq_kernels_ref = {
     .axpy_f16 = eq_axpy_f16_ref,
     .dot_q8 = eq_dot_q8_ref,
     .axpy_q8 = eq_axpy_q8_ref,
+    .axpy_q4 = eq_axpy_q4_ref,
 };

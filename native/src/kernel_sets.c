@@ -68,6 +68,8 @@ static void resolve_sets(void)
                 k->dot_q8 = set->dot_q8;
             if (k->axpy_q8 == NULL)
                 k->axpy_q8 = set->axpy_q8;
+            if (k->axpy_q4 == NULL)
+                k->axpy_q4 = set->axpy_q4;
         }
     }
 }

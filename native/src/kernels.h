@@ -24,7 +24,7 @@
  *
  * A kernel set (one per ISA: ref/, scalar/, x86/avx2.c, ...) is one struct: for every type family,
  * how it multiplies that family (prepare the input once, then gemm over a batch of vectors) and
- * dequantizes it, plus the fp16 and int8 attention helpers. A set may leave a family (or a helper) empty:
+ * dequantizes it, plus the fp16, int8 and int4 attention helpers. A set may leave a family (or a helper) empty:
  * the next available set in the list (src/kernel_sets.c) fills the gap, the reference last, so a new
  * family needs only the reference to run everywhere. Generic code never sees a set's buffer layout:
  * it asks the family's prepared_bytes for the size and hands the bytes from prepare to gemm. */
@@ -80,6 +80,27 @@ static inline size_t eq_kv_q8_blocks(size_t n)
     return (n + EQ_KV_Q8_BLOCK - 1) / EQ_KV_Q8_BLOCK;
 }
 
+/* Attention over an int4 value cache (the values of EQ_KV_K8V4; its keys are the int8 cache above):
+ * a row of n values is cut into blocks of EQ_KV_Q4_BLOCK values (the last may be shorter), block b
+ * with one fp16 scale d[b], which may be negative: value i = d[i / EQ_KV_Q4_BLOCK] q[i], levels q in
+ * [-8, 7] stored as q + 8, two per byte: value i in byte i / 2, the low nibble for even i, the high
+ * for odd i ((n + 1) / 2 bytes; an odd n leaves the last high nibble 0). eq_kv_q4_quantize
+ * (ref/gemv.c, the one writer) sets d = fp16(m / -8), m the block's value of largest magnitude, and
+ * q = round(x / d) clamped to [-8, 7]: m itself is level -8, the 16 levels span [-|m|, 7/8 |m|] in
+ * steps of |m| / 8 (d = max |x| / 7 on [-7, 7] wastes a level and steps |m| / 7: the RMS error is
+ * measured in benchmarks/README.md "KV cache"). The axpy is y[i] += (w d[b]) q[i], as axpy_q8; sets
+ * differ from ref only in fused or separate rounding (bound in native/tests/check_attention.c). */
+#ifndef EQ_KV_Q4_BLOCK
+#define EQ_KV_Q4_BLOCK 32
+#endif
+typedef void (*eq_axpy_q4_fn)(float *y, float w, const uint8_t *x, const uint16_t *scales, size_t n);
+
+/* Scales per row of n values: ceil(n / EQ_KV_Q4_BLOCK). */
+static inline size_t eq_kv_q4_blocks(size_t n)
+{
+    return (n + EQ_KV_Q4_BLOCK - 1) / EQ_KV_Q4_BLOCK;
+}
+
 /* One way of multiplying a family: what it derives once per input vector (its own layout, read
  * only by its own gemm) and the product. gemm NULL: the set does not have this path, and the next
  * set that does fills it in (path, detail, prepared_bytes, prepare, gemm always come together). */
@@ -109,6 +130,7 @@ typedef struct eq_kernel_set {
     eq_axpy_f16_fn axpy_f16;
     eq_dot_q8_fn dot_q8;                     /* NULL: the next set's */
     eq_axpy_q8_fn axpy_q8;
+    eq_axpy_q4_fn axpy_q4;                   /* NULL: the next set's */
 } eq_kernel_set;
 
 /* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
@@ -129,6 +151,7 @@ typedef struct eq_kernels {
     eq_axpy_f16_fn axpy_f16;
     eq_dot_q8_fn dot_q8;
     eq_axpy_q8_fn axpy_q8;
+    eq_axpy_q4_fn axpy_q4;
 } eq_kernels;
 
 /* The path a batch of n vectors of `family` takes under k. */
@@ -178,6 +201,8 @@ void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
 void eq_kv_q8_quantize(const float *x, size_t n, int8_t *q, uint16_t *scales);
 float eq_dot_q8_ref(const int8_t *a, const uint16_t *scales, const float *b, size_t n);
 void eq_axpy_q8_ref(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n);
+void eq_kv_q4_quantize(const float *x, size_t n, uint8_t *q, uint16_t *scales);
+void eq_axpy_q4_ref(float *y, float w, const uint8_t *x, const uint16_t *scales, size_t n);
 
 /* Uniform packed family, int8 multiply-add (activations int8 per block of 32, layout in
  * packed_acts.h): one file per set, the set's struct in its main file names them; the x86 sets'

@@ -113,6 +113,20 @@ typedef struct forward_step {
     step_kind kind;
 } forward_step;
 
+/* How one half of the KV cache (the keys or the values) stores a head's row of head_dim values for
+ * one token: fp16, fp32, int8 levels per block of 32 with fp16 scales, or int4 levels (two per byte)
+ * per block of 32 with fp16 scales (layouts in src/kernels.h). EQ_KV_K8V4 is STORE_Q8 keys and
+ * STORE_Q4 values; the others store both alike (kv_stores). */
+typedef enum store_kind { STORE_F16, STORE_F32, STORE_Q8, STORE_Q4 } store_kind;
+
+typedef struct kv_store {
+    store_kind kind;
+    size_t row_bytes;    /* one head's row of levels or floats: 2 or 4 x head_dim, head_dim, head_dim / 2 */
+    size_t row_scales;   /* its fp16 scales, one per block (int8, int4), else 0 */
+    uint8_t *data;       /* (n_layers, n_ctx, n_kv_heads, row_bytes) */
+    uint16_t *scales;    /* (n_layers, n_ctx, n_kv_heads, row_scales), NULL without scales */
+} kv_store;
+
 /* Activations of one batch of up to BATCH tokens, row-major (token, feature). */
 typedef struct run_state {
     float *x;          /* (BATCH, dim) residual stream */
@@ -133,10 +147,7 @@ typedef struct run_state {
     float *logits;     /* (n_logits, vocab) */
     forward_step *steps;       /* (n_layers * STEPS_PER_LAYER + HEAD_STEPS,) the pass's phases and */
     eq_pool_phase *phases;     /* their pool descriptions, rebuilt per batch */
-    void *key_cache;   /* (n_layers, n_ctx, kv_dim) fp16, fp32 or int8 (EQ_KV_*) */
-    void *value_cache;
-    uint16_t *key_scales;     /* int8 cache only: (n_layers, n_ctx, n_kv_heads, ceil(head_dim / 32)) fp16 */
-    uint16_t *value_scales;   /* scales, one per block of a head's row (layout in src/kernels.h) */
+    kv_store keys, values;     /* the KV cache (the stores of m->kv_type: kv_stores) */
 } run_state;
 
 struct eq_model {
@@ -639,31 +650,57 @@ static void input_families(const eq_model *m, unsigned *x_families, unsigned *at
 #undef FAMILY_BIT
 }
 
+/* The key and value stores of KV cache type kv_type (EQ_KV_*, checked) for heads of head_dim values */
+static void kv_stores(int kv_type, size_t head_dim, kv_store *keys, kv_store *values)
+{
+    store_kind key_kind = kv_type == EQ_KV_F32 ? STORE_F32 : kv_type == EQ_KV_Q8 || kv_type == EQ_KV_K8V4 ? STORE_Q8
+                        : STORE_F16;
+    store_kind value_kind = kv_type == EQ_KV_K8V4 ? STORE_Q4 : key_kind;
+    kv_store *stores[2] = {keys, values};
+    store_kind kinds[2] = {key_kind, value_kind};
+    for (int i = 0; i < 2; i++) {
+        memset(stores[i], 0, sizeof *stores[i]);
+        stores[i]->kind = kinds[i];
+        switch (kinds[i]) {
+        case STORE_F16: stores[i]->row_bytes = 2 * head_dim; break;
+        case STORE_F32: stores[i]->row_bytes = 4 * head_dim; break;
+        case STORE_Q8: stores[i]->row_bytes = head_dim; stores[i]->row_scales = eq_kv_q8_blocks(head_dim); break;
+        case STORE_Q4: stores[i]->row_bytes = (head_dim + 1) / 2; stores[i]->row_scales = eq_kv_q4_blocks(head_dim); break;
+        }
+    }
+}
+
 static int alloc_state(loader *ld, eq_model *m)
 {
     const config *c = &m->cfg;
     size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
     size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t wide = q_dim > dim ? q_dim : dim;
-    size_t elem = m->kv_type == EQ_KV_F32 ? sizeof(float) : m->kv_type == EQ_KV_Q8 ? sizeof(int8_t) : sizeof(uint16_t);
-    size_t row_scales = m->kv_type == EQ_KV_Q8 ? (size_t)c->n_kv_heads * eq_kv_q8_blocks((size_t)c->head_dim) : 0;
+    run_state *s = &m->s;
+    kv_stores(m->kv_type, (size_t)c->head_dim, &s->keys, &s->values);
+    kv_store *stores[2] = {&s->keys, &s->values};
     /* floats per buffer: (BATCH, dim), (BATCH, wide), (BATCH, hidden), (BATCH, q_dim), (BATCH, kv_dim),
-     * (n_threads, n_ctx); cache elements per K or V: (n_layers, n_ctx, kv_dim), and for int8 its fp16
-     * scales (n_layers, n_ctx, row_scales) */
-    size_t n_dim, n_wide, n_hidden, n_q, n_kv, n_scores, n_cache, n_scales, n_cache_bytes, n_scale_bytes;
+     * (n_threads, n_ctx); per K and V store: head rows (n_layers, n_ctx, n_kv_heads) of row_bytes, and
+     * their fp16 scales (n_layers, n_ctx, n_kv_heads, row_scales) */
+    size_t n_dim, n_wide, n_hidden, n_q, n_kv, n_scores, n_rows, n_data[2], n_scale_bytes[2];
     if (!size_product(BATCH, dim, sizeof(float), &n_dim) || !size_product(BATCH, wide, sizeof(float), &n_wide) ||
         !size_product(BATCH, hidden, sizeof(float), &n_hidden) || !size_product(BATCH, q_dim, sizeof(float), &n_q) ||
         !size_product(BATCH, kv_dim, sizeof(float), &n_kv) ||
         !size_product((size_t)eq_pool_size(m->pool), (size_t)m->n_ctx, sizeof(float), &n_scores))
         return fail(ld, "the model's dimensions (dim %d, hidden %d, heads %d x %d) need buffers larger than "
                         "this system can address", c->dim, c->hidden_dim, c->n_heads, c->head_dim);
-    if (!size_product((size_t)c->n_layers, (size_t)m->n_ctx, kv_dim, &n_cache) ||
-        !size_product(n_cache, elem, 1, &n_cache_bytes) ||
-        !size_product((size_t)c->n_layers, (size_t)m->n_ctx, row_scales, &n_scales) ||
-        !size_product(n_scales, sizeof(uint16_t), 1, &n_scale_bytes) || n_cache_bytes > SIZE_MAX - n_scale_bytes)
+    bool fits = size_product((size_t)c->n_layers, (size_t)m->n_ctx, (size_t)c->n_kv_heads, &n_rows);
+    size_t n_total = 0;   /* bytes of both stores with their scales */
+    for (int i = 0; fits && i < 2; i++) {
+        fits = size_product(n_rows, stores[i]->row_bytes, 1, &n_data[i]) &&
+               size_product(n_rows, stores[i]->row_scales, sizeof(uint16_t), &n_scale_bytes[i]) &&
+               n_data[i] <= SIZE_MAX - n_total && n_scale_bytes[i] <= SIZE_MAX - n_total - n_data[i];
+        if (fits)
+            n_total += n_data[i] + n_scale_bytes[i];
+    }
+    if (!fits)
         return fail(ld, "the KV cache for context %d does not fit in this system's address space; "
                         "choose a smaller context", m->n_ctx);
-    run_state *s = &m->s;
     s->x = alloc_array(n_dim / sizeof(float), sizeof(float));
     s->xb = alloc_array(n_wide / sizeof(float), sizeof(float));
     s->xb2 = alloc_array(n_dim / sizeof(float), sizeof(float));
@@ -676,25 +713,25 @@ static int alloc_state(loader *ld, eq_model *m)
     s->rotations = alloc_array(n_q / sizeof(float), sizeof(float));   /* head_dim <= q_dim */
     if (c->inv_freq_local && !(s->rotations_local = alloc_array(n_q / sizeof(float), sizeof(float))))
         return fail(ld, "out of memory");
-    s->key_cache = alloc_array(n_cache, elem);
-    s->value_cache = alloc_array(n_cache, elem);
-    if (row_scales) {
-        s->key_scales = alloc_array(n_scales, sizeof(uint16_t));
-        s->value_scales = alloc_array(n_scales, sizeof(uint16_t));
+    bool stores_allocated = true;
+    for (int i = 0; i < 2; i++) {
+        stores[i]->data = alloc_array(n_data[i], 1);
+        stores[i]->scales = stores[i]->row_scales ? alloc_array(n_scale_bytes[i] / sizeof(uint16_t), sizeof(uint16_t)) : NULL;
+        stores_allocated &= stores[i]->data != NULL && (!stores[i]->row_scales || stores[i]->scales != NULL);
     }
     unsigned x_families, attn_families, ffn_families;
     input_families(m, &x_families, &attn_families, &ffn_families);
     s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->steps);
     s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->phases);
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores || !s->rotations ||
-        !s->key_cache || !s->value_cache || (row_scales && (!s->key_scales || !s->value_scales)) ||
+        !stores_allocated ||
         !s->steps || !s->phases ||
         eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim, x_families) != EQ_OK ||
         eq_acts_reserve(&s->acts_attn, BATCH, q_dim, attn_families) != EQ_OK ||
         eq_acts_reserve(&s->acts_ffn, BATCH, (size_t)c->hidden_dim, ffn_families) != EQ_OK)
         return fail(ld, "out of memory allocating the KV cache and buffers for context %d "
                         "(%.1f MB); choose a smaller context", m->n_ctx,
-                    2.0 * ((double)n_cache_bytes + (double)n_scale_bytes) / 1e6);
+                    (double)n_total / 1e6);
     return 0;
 }
 
@@ -728,9 +765,10 @@ eq_model *eq_model_open(const char *path, const eq_model_params *params, char *e
         fail(&ld, "context %d is outside [1, %d], the model's maximum", params->n_ctx, m->cfg.max_seq_len);
         goto failed;
     }
-    if (params->kv_type < EQ_KV_F16 || params->kv_type > EQ_KV_Q8 ||
+    if (params->kv_type < EQ_KV_F16 || params->kv_type > EQ_KV_K8V4 ||
         (params->kv_fp32 && params->kv_type != EQ_KV_F16 && params->kv_type != EQ_KV_F32)) {
-        fail(&ld, "KV cache type %d (with kv_fp32 %d) is not one of fp16 (0), fp32 (1), int8 (2)",
+        fail(&ld, "KV cache type %d (with kv_fp32 %d) is not one of fp16 (0), fp32 (1), int8 (2), "
+                  "int8 keys with int4 values (3)",
              params->kv_type, params->kv_fp32);
         goto failed;
     }
@@ -762,7 +800,7 @@ void eq_model_close(eq_model *m)
     eq_pool_destroy(m->pool);
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
     free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores); free(m->s.rotations); free(m->s.rotations_local);
-    free(m->s.key_cache); free(m->s.value_cache); free(m->s.key_scales); free(m->s.value_scales);
+    free(m->s.keys.data); free(m->s.values.data); free(m->s.keys.scales); free(m->s.values.scales);
     free(m->s.steps); free(m->s.phases);
     eq_acts_free(&m->s.acts_x); eq_acts_free(&m->s.acts_attn); eq_acts_free(&m->s.acts_ffn);
     free(m->token_embd.owned);
@@ -925,53 +963,71 @@ static row_split gate_up_split(const eq_model *m, const layer *l)
 
 /* ---- attention: one (token, head) pair per chunk --------------------------------------------- */
 
-/* Where one head's row of the cache is: element `base` of a cache, block `scale_base` of its scales
- * (int8 only). q . key row, and out += weight * value row, for a row of n values (EQ_KV_*). */
-static float cache_dot(const eq_model *m, const void *cache, const uint16_t *scales, size_t base,
-                       size_t scale_base, const float *q, size_t n)
+/* Head row `row` of a store is index (layer, position, kv head) of its (n_layers, n_ctx, n_kv_heads)
+ * rows: q . its keys, out += weight * its values, for head_dim = n values. */
+static float cache_dot(const eq_model *m, const kv_store *st, size_t row, const float *q, size_t n)
 {
-    if (m->kv_type == EQ_KV_F16)
-        return m->kernels->dot_f16((const uint16_t *)cache + base, q, n);
-    if (m->kv_type == EQ_KV_Q8)
-        return m->kernels->dot_q8((const int8_t *)cache + base, scales + scale_base, q, n);
-    const float *row = (const float *)cache + base;
-    float dot = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        dot += q[i] * row[i];
-    return dot;
+    const uint8_t *data = st->data + row * st->row_bytes;
+    switch (st->kind) {
+    case STORE_F16:
+        return m->kernels->dot_f16((const uint16_t *)data, q, n);
+    case STORE_Q8:
+        return m->kernels->dot_q8((const int8_t *)data, st->scales + row * st->row_scales, q, n);
+    default: {   /* STORE_F32 (keys are never int4) */
+        const float *keys = (const float *)data;
+        float dot = 0.0f;
+        for (size_t i = 0; i < n; i++)
+            dot += q[i] * keys[i];
+        return dot;
+    }
+    }
 }
 
-static void cache_axpy(const eq_model *m, const void *cache, const uint16_t *scales, size_t base,
-                       size_t scale_base, float weight, float *out, size_t n)
+static void cache_axpy(const eq_model *m, const kv_store *st, size_t row, float weight, float *out, size_t n)
 {
-    if (m->kv_type == EQ_KV_F16) {
-        m->kernels->axpy_f16(out, weight, (const uint16_t *)cache + base, n);
-        return;
+    const uint8_t *data = st->data + row * st->row_bytes;
+    switch (st->kind) {
+    case STORE_F16:
+        m->kernels->axpy_f16(out, weight, (const uint16_t *)data, n);
+        break;
+    case STORE_Q8:
+        m->kernels->axpy_q8(out, weight, (const int8_t *)data, st->scales + row * st->row_scales, n);
+        break;
+    case STORE_Q4:
+        m->kernels->axpy_q4(out, weight, data, st->scales + row * st->row_scales, n);
+        break;
+    case STORE_F32: {
+        const float *values = (const float *)data;
+        for (size_t i = 0; i < n; i++)
+            out[i] += weight * values[i];
+        break;
     }
-    if (m->kv_type == EQ_KV_Q8) {
-        m->kernels->axpy_q8(out, weight, (const int8_t *)cache + base, scales + scale_base, n);
-        return;
     }
-    const float *row = (const float *)cache + base;
-    for (size_t i = 0; i < n; i++)
-        out[i] += weight * row[i];
 }
 
-/* The token's row of kv_dim values (n_kv_heads heads) at element `base` and block `scale_base` */
-static void cache_write(eq_model *m, void *cache, uint16_t *scales, size_t base, size_t scale_base,
-                        const float *values)
+/* A token's n_kv_heads rows of head_dim values, from head row `row` on (the token's first head) */
+static void cache_write(eq_model *m, kv_store *st, size_t row, const float *values)
 {
     const config *c = &m->cfg;
-    size_t head_dim = (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * head_dim;
-    if (m->kv_type == EQ_KV_F32) {
-        memcpy((float *)cache + base, values, kv_dim * sizeof(float));
-    } else if (m->kv_type == EQ_KV_Q8) {
-        for (size_t h = 0; h < (size_t)c->n_kv_heads; h++)   /* each head quantized on its own */
-            eq_kv_q8_quantize(values + h * head_dim, head_dim, (int8_t *)cache + base + h * head_dim,
-                              scales + scale_base + h * eq_kv_q8_blocks(head_dim));
-    } else {
-        for (size_t i = 0; i < kv_dim; i++)
-            ((uint16_t *)cache)[base + i] = eq_fp32_to_fp16(values[i]);
+    size_t head_dim = (size_t)c->head_dim;
+    for (size_t h = 0; h < (size_t)c->n_kv_heads; h++) {   /* each head quantized on its own */
+        uint8_t *data = st->data + (row + h) * st->row_bytes;
+        const float *x = values + h * head_dim;
+        switch (st->kind) {
+        case STORE_F16:
+            for (size_t i = 0; i < head_dim; i++)
+                ((uint16_t *)data)[i] = eq_fp32_to_fp16(x[i]);
+            break;
+        case STORE_F32:
+            memcpy(data, x, head_dim * sizeof(float));
+            break;
+        case STORE_Q8:
+            eq_kv_q8_quantize(x, head_dim, (int8_t *)data, st->scales + (row + h) * st->row_scales);
+            break;
+        case STORE_Q4:
+            eq_kv_q4_quantize(x, head_dim, data, st->scales + (row + h) * st->row_scales);
+            break;
+        }
     }
 }
 
@@ -982,16 +1038,13 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
     const config *c = &m->cfg;
     run_state *s = &m->s;
     int head_dim = c->head_dim, group = c->n_heads / c->n_kv_heads, pos = s->pos0 + token;
-    size_t q_dim = (size_t)c->n_heads * (size_t)head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)head_dim;
-    size_t head_base = (size_t)layer_index * (size_t)m->n_ctx * kv_dim + (size_t)(h / group) * (size_t)head_dim;
+    size_t q_dim = (size_t)c->n_heads * (size_t)head_dim, n_kv_heads = (size_t)c->n_kv_heads;
+    size_t head_row = (size_t)layer_index * (size_t)m->n_ctx * n_kv_heads + (size_t)(h / group);   /* + t n_kv_heads */
     int first = c->sliding[layer_index] && pos >= c->sliding_window ? pos - c->sliding_window + 1 : 0;
-    size_t head_blocks = eq_kv_q8_blocks((size_t)head_dim), row_blocks = (size_t)c->n_kv_heads * head_blocks;
-    size_t scale_base = ((size_t)layer_index * (size_t)m->n_ctx * (size_t)c->n_kv_heads + (size_t)(h / group)) * head_blocks;
     const float *q = s->q + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
     float max_score = -INFINITY;
     for (int t = first; t <= pos; t++) {
-        float dot = cache_dot(m, s->key_cache, s->key_scales, head_base + (size_t)t * kv_dim,
-                              scale_base + (size_t)t * row_blocks, q, (size_t)head_dim);
+        float dot = cache_dot(m, &s->keys, head_row + (size_t)t * n_kv_heads, q, (size_t)head_dim);
         scores[t] = softcap(dot * c->attn_scale, c->attn_softcap);
         if (scores[t] > max_score)
             max_score = scores[t];
@@ -1004,8 +1057,7 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
     float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
     memset(out, 0, sizeof(float) * (size_t)head_dim);
     for (int t = first; t <= pos; t++)
-        cache_axpy(m, s->value_cache, s->value_scales, head_base + (size_t)t * kv_dim,
-                   scale_base + (size_t)t * row_blocks, scores[t] / sum, out, (size_t)head_dim);
+        cache_axpy(m, &s->values, head_row + (size_t)t * n_kv_heads, scores[t] / sum, out, (size_t)head_dim);
 }
 
 /* ============================================================================================= */
@@ -1105,10 +1157,9 @@ static void forward_chunk(void *raw, int chunk, int thread)
             rotation = local;
         rope(q, c->n_heads, c->head_dim, rotation);
         rope(k, c->n_kv_heads, c->head_dim, rotation);
-        size_t row = (size_t)st->layer * (size_t)m->n_ctx + (size_t)pos;
-        size_t row_blocks = (size_t)c->n_kv_heads * eq_kv_q8_blocks((size_t)c->head_dim);
-        cache_write(m, s->key_cache, s->key_scales, row * kv_dim, row * row_blocks, k);
-        cache_write(m, s->value_cache, s->value_scales, row * kv_dim, row * row_blocks, v);
+        size_t row = ((size_t)st->layer * (size_t)m->n_ctx + (size_t)pos) * (size_t)c->n_kv_heads;
+        cache_write(m, &s->keys, row, k);
+        cache_write(m, &s->values, row, v);
         break;
     }
     case STEP_ATTENTION:
@@ -1268,11 +1319,10 @@ int eq_model_get_info(eq_model *m, eq_model_info *info)
             weights += 2u * (uint64_t)c->dim * sizeof(float);
     }
     info->weight_bytes = weights;
-    /* bytes per head and token of K or V: the values, plus the int8 cache's fp16 scale per block */
-    uint64_t head_bytes = m->kv_type == EQ_KV_F32 ? 4u * (uint64_t)c->head_dim
-                        : m->kv_type == EQ_KV_Q8 ? (uint64_t)c->head_dim + 2u * eq_kv_q8_blocks((size_t)c->head_dim)
-                        : 2u * (uint64_t)c->head_dim;
-    info->kv_bytes = 2u * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads * head_bytes;
+    /* bytes per head and token of K and V: the levels or floats, plus an fp16 scale per block */
+    const kv_store *keys = &m->s.keys, *values = &m->s.values;
+    uint64_t head_bytes = keys->row_bytes + 2u * keys->row_scales + values->row_bytes + 2u * values->row_scales;
+    info->kv_bytes = (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)c->n_kv_heads * head_bytes;
     info->file_bytes = eq_gguf_file_size(m->file);
     eq_pool_counts(m->pool, &info->pool_jobs, &info->pool_jobs_alone);
     atomic_store(&m->busy, 0);

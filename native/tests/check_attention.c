@@ -1,6 +1,7 @@
-/* check_attention.c — the int8 KV cache's quantizer and attention helpers (dot_q8, axpy_q8) of every
- * kernel set this CPU runs, against ref and a float64 oracle. Plain C, built with the library's
- * sources (it reads the internal kernels.h: the helpers are not public API).
+/* check_attention.c — the int8 KV cache's quantizer and attention helpers (dot_q8, axpy_q8), and the
+ * int4 value cache's (EQ_KV_K8V4: eq_kv_q4_quantize, axpy_q4), of every kernel set this CPU runs,
+ * against ref and a float64 oracle. Plain C, built with the library's sources (it reads the internal
+ * kernels.h: the helpers are not public API).
  *
  *   make check-attention [CHECK_KERNELS_SEED=n]      (tests/test_native_kernels.py runs it)
  *
@@ -20,6 +21,17 @@
  *      way (one float product), then ref rounds p q_i and the sum, a fused multiply-add only the sum:
  *      the sums differ by u |p q_i| before rounding and each rounds by u of its magnitude, so
  *      |set - ref| <= u (2 |y| + 3 |p q_i|) (+ the smallest normal float for underflow).
+ * The int4 values, on the same rows and patterns:
+ *   5. eq_kv_q4_quantize: per block with m its value of largest magnitude, the scale d is m / -8 to
+ *      fp16's precision, |d + m/8| <= 2^-11 |m/8| + 2^-25 (or -+65504 when |m|/8 overflows fp16, 0 only
+ *      when |m|/8 <= 2^-25), every level is x / d rounded to nearest and clamped to [-8, 7]
+ *      (|q - clamp(x / d)| <= 1/2 + 2^-18: float's x * (1 / d) is off x / d by 2^-23 relative, and
+ *      |x / d| <= 8 (1 + 2^-10)), the value m itself is level -8 when d is a normal fp16 (a
+ *      subnormal d can be far from m / -8 relative to it), unclamped values are within
+ *      |d| (1/2 + 2^-18) of x, and an odd row's unused last nibble is 0 (the two rounding checks
+ *      report only the excess over half a level, so a near-tie does not read as a full bound);
+ *   6. ref's axpy_q4 against float64 y + w d q: ref rounds w d, p q and the sum, so within
+ *      u (|y| + 4 |w d q|); every set's against ref's as in 4.
  * A mismatch prints set, check, n, pattern, index, got, expected and bound, and the exit status is 1;
  * the last lines give per set the largest error as a fraction of its bound. */
 #include <float.h>
@@ -77,22 +89,93 @@ static void fill(rng *r, int pattern, float *x, size_t n)
 }
 
 static int failures;
-static double worst[64];   /* per set: largest error / bound, */
-static const char *worst_what[64];   /* of which check and pattern */
-static int worst_pattern[64];
 
-static void check(int set, const char *isa, const char *what, size_t n, int pattern, size_t i, double got,
-                  double expected, double bound)
+typedef struct worst_errors {   /* per set: the largest error / bound, of which check and pattern */
+    double fraction[64];
+    const char *what[64];
+    int pattern[64];
+} worst_errors;
+static worst_errors worst_q8, worst_q4;   /* the int8 cache's checks (1-4), the int4 values' (5, 6) */
+
+static void check(worst_errors *worst, int set, const char *isa, const char *what, size_t n, int pattern,
+                  size_t i, double got, double expected, double bound)
 {
     double error = fabs(got - expected);
     if (!(error <= bound)) {   /* NaN fails too */
         if (failures++ < 20)
             fprintf(stderr, "MISMATCH set %s %s n %zu pattern %s index %zu: got %.9g expected %.9g bound %.3g\n",
                     isa, what, n, pattern_names[pattern], i, got, expected, bound);
-    } else if (bound > 0 && error / bound > worst[set]) {
-        worst[set] = error / bound;
-        worst_what[set] = what;
-        worst_pattern[set] = pattern;
+    } else if (bound > 0 && error / bound > worst->fraction[set]) {
+        worst->fraction[set] = error / bound;
+        worst->what[set] = what;
+        worst->pattern[set] = pattern;
+    }
+}
+
+/* level i of an int4 row (kernels.h: byte i / 2, low nibble first, stored + 8) */
+static int q4_level(const uint8_t *q, size_t i)
+{
+    return ((q[i / 2] >> (4 * (i % 2))) & 15) - 8;
+}
+
+/* 5, 6: the int4 quantizer of x (n,) and every set's axpy_q4 against ref */
+static void check_q4(int r_set, int n_sets, size_t n, int pattern, const float *x, const float *y0, float w)
+{
+    uint8_t q[MAX_N / 2 + 1];
+    uint16_t scales[MAX_N / EQ_KV_Q4_BLOCK + 1];
+    float y_ref[MAX_N], y[MAX_N];
+    eq_kv_q4_quantize(x, n, q, scales);
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q4_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q4_BLOCK ? begin + EQ_KV_Q4_BLOCK : n, largest = begin;
+        for (size_t i = begin; i < end; i++)
+            largest = fabs(x[i]) > fabs(x[largest]) ? i : largest;
+        double d = eq_fp16_to_fp32(scales[block]), m = x[largest];
+        if (fabs(d) == 65504.0 && fabs(m) / 8.0 > 65504.0) {   /* clamped scale: the sign of -m */
+            check(&worst_q4, r_set, "ref", "q4 clamped scale sign", n, pattern, begin, d * m < 0 ? 0 : 1, 0, 0);
+        } else {
+            check(&worst_q4, r_set, "ref", "q4 scale", n, pattern, begin, d, -m / 8.0,
+                  fabs(m / 8.0) / 2048.0 + ldexp(1.0, -25));
+            if (fabs(d) >= ldexp(1.0, -14))   /* a normal fp16: within 2^-11 of m / -8 */
+                check(&worst_q4, r_set, "ref", "q4 largest is level -8", n, pattern, largest,
+                      q4_level(q, largest), -8, 0);
+        }
+        for (size_t i = begin; i < end; i++) {
+            int level = q4_level(q, i);
+            if (d == 0) {
+                check(&worst_q4, r_set, "ref", "q4 level under a zero scale", n, pattern, i, level, 0, 0);
+                continue;
+            }
+            double ratio = x[i] / d, clamped = ratio > 7 ? 7 : ratio < -8 ? -8 : ratio;
+            /* nearest: at most half a level off, beyond that only the float slack (tracked apart) */
+            check(&worst_q4, r_set, "ref", "q4 level beyond half", n, pattern, i,
+                  fabs(level - clamped) > 0.5 ? fabs(level - clamped) - 0.5 : 0.0, 0.0, ldexp(1.0, -18));
+            double error = fabs(d * level - x[i]);   /* unclamped: half a step, and the same slack */
+            if (clamped == ratio)
+                check(&worst_q4, r_set, "ref", "q4 quantize beyond half a step", n, pattern, i,
+                      error > 0.5 * fabs(d) ? error - 0.5 * fabs(d) : 0.0, 0.0, fabs(d) * ldexp(1.0, -18));
+        }
+    }
+    if (n % 2)
+        check(&worst_q4, r_set, "ref", "q4 unused nibble", n, pattern, n, q[n / 2] >> 4, 0, 0);
+    memcpy(y_ref, y0, sizeof(float) * n);
+    eq_kernels_named("ref")->axpy_q4(y_ref, w, q, scales, n);
+    for (size_t i = 0; i < n; i++) {
+        double product = (double)w * eq_fp16_to_fp32(scales[i / EQ_KV_Q4_BLOCK]) * q4_level(q, i);
+        check(&worst_q4, r_set, "ref", "q4 axpy vs float64", n, pattern, i, y_ref[i], y0[i] + product,
+              U * (fabs(y0[i]) + 4.0 * fabs(product)) + FLT_MIN);
+    }
+    for (int s = 0; s < n_sets; s++) {
+        const char *isa = eq_kernel_set_name(s);
+        const eq_kernels *k = eq_isa_available(isa) ? eq_kernels_named(isa) : NULL;
+        if (!k)
+            continue;
+        memcpy(y, y0, sizeof(float) * n);
+        k->axpy_q4(y, w, q, scales, n);
+        for (size_t i = 0; i < n; i++) {
+            float weight = w * eq_fp16_to_fp32(scales[i / EQ_KV_Q4_BLOCK]);
+            double bound = U * (2.0 * fabs(y0[i]) + 3.0 * fabs((double)weight * q4_level(q, i))) + FLT_MIN;
+            check(&worst_q4, s, isa, "q4 axpy vs ref", n, pattern, i, y[i], y_ref[i], bound);
+        }
     }
 }
 
@@ -135,18 +218,18 @@ int main(int argc, char **argv)
                 for (size_t i = begin; i < end; i++)
                     amax = fabs(x[i]) > amax ? fabs(x[i]) : amax;
                 if (d == 0)   /* only when amax / 127 rounds to fp16 zero: at most 2^-25 */
-                    check(r_set, "ref", "zero scale", n, pattern, begin, amax / 127.0, 0.0, ldexp(1.0, -25));
+                    check(&worst_q8, r_set, "ref", "zero scale", n, pattern, begin, amax / 127.0, 0.0, ldexp(1.0, -25));
                 for (size_t i = begin; i < end; i++) {
                     if (d == 0)
-                        check(r_set, "ref", "level under a zero scale", n, pattern, i, q[i], 0.0, 0.0);
+                        check(&worst_q8, r_set, "ref", "level under a zero scale", n, pattern, i, q[i], 0.0, 0.0);
                     else if (d == 65504.0 && 127.0 * d < amax)   /* clamped scale: levels saturate */
-                        check(r_set, "ref", "saturated level", n, pattern, i, fabs(d * q[i]),
+                        check(&worst_q8, r_set, "ref", "saturated level", n, pattern, i, fabs(d * q[i]),
                               fabs(x[i]) > 127.0 * d ? 127.0 * d : fabs(d * q[i]), 0.0);
                     else
-                        check(r_set, "ref", "quantize", n, pattern, i, d * q[i], x[i],
+                        check(&worst_q8, r_set, "ref", "quantize", n, pattern, i, d * q[i], x[i],
                               0.5 * d * (1.0 + 1.0 / 65536.0) + 127.0 * d / 2048.0);
                     if (q[i] < -127)
-                        check(r_set, "ref", "level range", n, pattern, i, q[i], -127, 0);
+                        check(&worst_q8, r_set, "ref", "level range", n, pattern, i, q[i], -127, 0);
                     exact += d * q[i] * (double)b[i];
                     magnitude += fabs(d * q[i] * (double)b[i]);
                 }
@@ -154,7 +237,7 @@ int main(int argc, char **argv)
             /* 2. ref against the oracle */
             double dot_bound = (double)(n + 4) * U * magnitude + DBL_MIN;
             double dot_ref = ref->dot_q8(q, scales, b, n);
-            check(r_set, "ref", "dot vs float64", n, pattern, 0, dot_ref, exact, dot_bound);
+            check(&worst_q8, r_set, "ref", "dot vs float64", n, pattern, 0, dot_ref, exact, dot_bound);
             memcpy(y_ref, y0, sizeof(float) * n);
             ref->axpy_q8(y_ref, w, q, scales, n);
 
@@ -164,23 +247,28 @@ int main(int argc, char **argv)
                 const eq_kernels *k = eq_isa_available(isa) ? eq_kernels_named(isa) : NULL;
                 if (!k)
                     continue;
-                check(s, isa, "dot vs ref", n, pattern, 0, k->dot_q8(q, scales, b, n), dot_ref, 2.0 * dot_bound);
+                check(&worst_q8, s, isa, "dot vs ref", n, pattern, 0, k->dot_q8(q, scales, b, n), dot_ref, 2.0 * dot_bound);
                 memcpy(y, y0, sizeof(float) * n);
                 k->axpy_q8(y, w, q, scales, n);
                 for (size_t i = 0; i < n; i++) {
                     float weight = w * eq_fp16_to_fp32(scales[i / EQ_KV_Q8_BLOCK]);
                     double bound = U * (2.0 * fabs(y0[i]) + 3.0 * fabs((double)weight * q[i])) + FLT_MIN;
-                    check(s, isa, "axpy vs ref", n, pattern, i, y[i], y_ref[i], bound);
+                    check(&worst_q8, s, isa, "axpy vs ref", n, pattern, i, y[i], y_ref[i], bound);
                 }
             }
+            check_q4(r_set, n_sets, n, pattern, x, y0, w);
         }
     }
     for (int s = 0; s < n_sets; s++) {
         const char *isa = eq_kernel_set_name(s);
-        if (eq_isa_available(isa))
-            printf("check_attention: %-13s %zu cases (int8 KV, blocks of %d): largest error %.3f of its bound (%s, %s)\n",
-                   isa, cases, EQ_KV_Q8_BLOCK, worst[s], worst_what[s] ? worst_what[s] : "-",
-                   pattern_names[worst_pattern[s]]);
+        if (!eq_isa_available(isa))
+            continue;
+        printf("check_attention: %-13s %zu cases (int8 KV, blocks of %d): largest error %.3f of its bound (%s, %s)\n",
+               isa, cases, EQ_KV_Q8_BLOCK, worst_q8.fraction[s], worst_q8.what[s] ? worst_q8.what[s] : "-",
+               pattern_names[worst_q8.pattern[s]]);
+        printf("check_attention: %-13s %zu cases (int4 KV values, blocks of %d): largest error %.3f of its bound (%s, %s)\n",
+               isa, cases, EQ_KV_Q4_BLOCK, worst_q4.fraction[s], worst_q4.what[s] ? worst_q4.what[s] : "-",
+               pattern_names[worst_q4.pattern[s]]);
     }
     if (failures) {
         printf("check_attention: %d mismatches\n", failures);

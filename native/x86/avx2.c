@@ -421,6 +421,35 @@ static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, 
     }
 }
 
+/* ---- attention over an int4 value cache (layout in kernels.h) ------------------------------ */
+
+/* 16 int4 levels from 8 bytes (value i in byte i / 2, low nibble first, stored + 8) as int8, in order */
+static inline __m128i load_q4x16(const uint8_t *x)
+{
+    const __m128i nibble = _mm_set1_epi8(15);
+    __m128i bytes = _mm_loadl_epi64((const __m128i *)x);
+    __m128i low = _mm_and_si128(bytes, nibble), high = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);
+    return _mm_sub_epi8(_mm_unpacklo_epi8(low, high), _mm_set1_epi8(8));
+}
+
+static void axpy_q4(float *y, float w, const uint8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q4_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q4_BLOCK ? begin + EQ_KV_Q4_BLOCK : n, i = begin;
+        float weight = w * _cvtsh_ss(scales[block]);
+        __m256 weights = _mm256_set1_ps(weight);
+        for (; i + 16 <= end; i += 16) {   /* i even: values i .. i + 15 are bytes i / 2 .. i / 2 + 7 */
+            __m128i levels = load_q4x16(x + i / 2);
+            __m256 first = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(levels));
+            __m256 second = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(levels, 8)));
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(weights, first, _mm256_loadu_ps(y + i)));
+            _mm256_storeu_ps(y + i + 8, _mm256_fmadd_ps(weights, second, _mm256_loadu_ps(y + i + 8)));
+        }
+        for (; i < end; i++)
+            y[i] += weight * (float)(((x[i / 2] >> (4 * (i % 2))) & 15) - 8);
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 const eq_kernel_set eq_kernels_avx2 = {
@@ -457,6 +486,7 @@ const eq_kernel_set eq_kernels_avx2 = {
     .axpy_f16 = axpy_f16,
     .dot_q8 = dot_q8,
     .axpy_q8 = axpy_q8,
+    .axpy_q4 = axpy_q4,
 };
 
 #if defined(__clang__)

@@ -412,6 +412,33 @@ static void axpy_q8(float *y, float w, const int8_t *x, const uint16_t *scales, 
     }
 }
 
+/* ---- attention over an int4 value cache (layout in kernels.h) ------------------------------ */
+
+/* up to 16 int4 levels (value i in byte i / 2, low nibble first, stored + 8) as floats; only the
+ * bytes of bytes_read are read (lanes past them are level -8: the caller masks them off) */
+static inline __m512 load_q4x16(const uint8_t *x, __mmask16 bytes_read)
+{
+    const __m128i nibble = _mm_set1_epi8(15);
+    __m128i bytes = _mm_maskz_loadu_epi8(bytes_read, x);
+    __m128i low = _mm_and_si128(bytes, nibble), high = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);
+    __m128i levels = _mm_sub_epi8(_mm_unpacklo_epi8(low, high), _mm_set1_epi8(8));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(levels));
+}
+
+static void axpy_q4(float *y, float w, const uint8_t *x, const uint16_t *scales, size_t n)
+{
+    for (size_t begin = 0, block = 0; begin < n; begin += EQ_KV_Q4_BLOCK, block++) {
+        size_t end = n - begin > EQ_KV_Q4_BLOCK ? begin + EQ_KV_Q4_BLOCK : n;
+        __m512 weight = _mm512_set1_ps(w * _cvtsh_ss(scales[block]));
+        for (size_t i = begin; i < end; i += 16) {   /* i even: values i .. are bytes i / 2 .. */
+            size_t count = end - i >= 16 ? 16 : end - i;
+            __mmask16 lanes = (__mmask16)((1u << count) - 1u), bytes_read = (__mmask16)((1u << ((count + 1) / 2)) - 1u);
+            _mm512_mask_storeu_ps(y + i, lanes, _mm512_fmadd_ps(weight, load_q4x16(x + i / 2, bytes_read),
+                                                                _mm512_maskz_loadu_ps(lanes, y + i)));
+        }
+    }
+}
+
 /* ---- the set -------------------------------------------------------------------------------- */
 
 const eq_kernel_set eq_kernels_avx512 = {
@@ -448,6 +475,7 @@ const eq_kernel_set eq_kernels_avx512 = {
     .axpy_f16 = axpy_f16,
     .dot_q8 = dot_q8,
     .axpy_q8 = axpy_q8,
+    .axpy_q4 = axpy_q4,
 };
 
 #if defined(__clang__)
