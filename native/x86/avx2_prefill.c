@@ -38,6 +38,19 @@
  * bound for every type. The fp32 part: each block's s32 sum (< 2^28) converts with a relative
  * error 2^-24, then one FMA per block and one per group, as the LUT path.
  *
+ * Register blocking. A block of 32 columns x 16 rows x VECTORS (4) vectors keeps its 8 s32 sums, the
+ * pair's 2 level registers and one broadcast in 11 of the 16 ymm registers, and every address of a
+ * vector in one general register (its q of the block; d_b and sum_b at offsets shared by the
+ * vectors), so the inner loop is the floor of this layout: per pair 2 level loads + per vector 1
+ * broadcast, 2 vpmaddwd, 2 vpaddd (AVX2 has no multiply-add into an accumulator; holding the levels
+ * in memory operands instead would need 1.5 loads per vpmaddwd). Per (block, vector) the float work
+ * is 2 converts, 2 x d_b x scale, 2 FMAs into the tile's accumulators in L1 (+ 2 FMAs for Σ x̂ at a
+ * group's end), with no branch: accumulators start at zero per tile and are copied to y once.
+ * Conversion per block is inherent: each block of 32 has its own d_b (an s32 lane could hold 256
+ * columns, but summing two blocks in integers would need one scale for both, a coarser d_b and a
+ * larger error bound). Instructions of one 64 x 896 gemm over 64 vectors (benchmarks/README.md
+ * "Register blocking of the bit-plane prefill on avx2"): u3g32a 1 265 k -> 852 k, same bits.
+ *
  * Compiled for AVX2/FMA/F16C by the pragmas, called only through sets whose availability check
  * covers them (avx2, avx512).
  */
