@@ -38,6 +38,19 @@
  * bound for every type. The fp32 part: each block's s32 sum (< 2^28) converts with a relative
  * error 2^-24, then one FMA per block and one per group, as the LUT path.
  *
+ * Register blocking. A block of 32 columns x 16 rows x VECTORS (4) vectors keeps its 8 s32 sums, the
+ * pair's 2 level registers and one broadcast in 11 of the 16 ymm registers, and every address of a
+ * vector in one general register (its q of the block; d_b and sum_b at offsets shared by the
+ * vectors), so the inner loop is the floor of this layout: per pair 2 level loads + per vector 1
+ * broadcast, 2 vpmaddwd, 2 vpaddd (AVX2 has no multiply-add into an accumulator; holding the levels
+ * in memory operands instead would need 1.5 loads per vpmaddwd). Per (block, vector) the float work
+ * is 2 converts, 2 x d_b x scale, 2 FMAs into the tile's accumulators in L1 (+ 2 FMAs for Σ x̂ at a
+ * group's end), with no branch: accumulators start at zero per tile and are copied to y once.
+ * Conversion per block is inherent: each block of 32 has its own d_b (an s32 lane could hold 256
+ * columns, but summing two blocks in integers would need one scale for both, a coarser d_b and a
+ * larger error bound). Instructions of one 64 x 896 gemm over 64 vectors (benchmarks/README.md
+ * "Register blocking of the bit-plane prefill on avx2"): u3g32a 1 265 k -> 852 k, same bits.
+ *
  * Compiled for AVX2/FMA/F16C by the pragmas, called only through sets whose availability check
  * covers them (avx2, avx512).
  */
@@ -134,6 +147,7 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
     for (size_t c = 0; c < width / EQ_CHUNK_COLS; c++) {
         __m256i quads[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(),   /* cols 0-3: rows 0-7, 8-15 */
                             _mm256_setzero_si256(), _mm256_setzero_si256()};  /* cols 4-7: rows 0-7, 8-15 */
+#pragma GCC unroll 8
         for (int p = 0; p < bits; p++) {
             const __m256i chunk = _mm256_broadcastsi128_si256(
                 _mm_loadu_si128((const __m128i *)(planes + (size_t)p * plane_bytes + 16u * c)));
@@ -151,7 +165,9 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
         }
         /* per quad (8 rows x 4 columns of bytes): rows 0-3 and 4-7 widened to int16 hold, per row,
          * the pair (0, 1) then (2, 3) as two dwords; gather the first pairs, then the second ones */
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {            /* columns 0-3, 4-7 */
+#pragma GCC unroll 2
             for (int r = 0; r < 2; r++) {        /* rows 0-7, 8-15 */
                 const __m256i quad = quads[2 * h + r];
                 const __m256i rows_0_3 = _mm256_permutevar8x32_epi32(
@@ -166,72 +182,130 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
     }
 }
 
-/* ---- multiply: VECTORS vectors against one expanded group ------------------------------------- */
+/* ---- multiply: a register block of `vectors` vectors against one expanded group ---------------- */
 
-/* acc[v] (16 rows) += scale[r] Σ_b d_b Σ_{k in b} l[r, k] q_v[k] + bias[r] Σ x̂_v over group g's
- * `width` stored columns, for `vectors` (1 .. VECTORS) vectors; levels (width / 2, 16, 2) as
- * expand_group left them, x[v] the vectors' prepared inputs (blocks of 32 up to cols rounded up to
- * 32: exactly a partial last group's stored columns), scale and bias (16,) per row */
+/* sum[v] (rows 0-7, rows 8-15: s32) = Σ_{k in block} l[r, k] q_v[k] over one block of 32 columns:
+ * levels (16, 16, 2) the block's pairs as expand_group laid them out, q[v] vector v's q of the block.
+ * Per pair: 2 level loads shared by the block's vectors, then per vector 1 broadcast, 2 vpmaddwd,
+ * 2 vpaddd (the floor of this layout on AVX2, which has no multiply-add into an accumulator). */
 static inline __attribute__((always_inline)) void
-group_product(const int16_t *levels, const eq_q16_acts *x, const int vectors, size_t g, const float *scale,
-              const float *bias, const size_t group, const size_t width, float (*acc)[EQ_TILE_ROWS])
+block_sums(const int16_t *levels, const uint8_t *const *q, const int vectors, __m256i (*sum)[2])
 {
-    const size_t first_block = g * group / EQ_Q16_BLOCK;
-    const __m256 scale_0_7 = _mm256_load_ps(scale), scale_8_15 = _mm256_load_ps(scale + 8);
-    for (size_t b = 0; b < width / EQ_Q16_BLOCK; b++) {
-        const size_t block = first_block + b;
-        __m256i sum[VECTORS][2];                             /* s32 per (vector, rows 0-7 / 8-15) */
 #pragma GCC unroll 8
-        for (int v = 0; v < vectors; v++)
-            sum[v][0] = sum[v][1] = _mm256_setzero_si256();
-/* not unrolled: unrolled, gcc computes every product first and spills them */
-#pragma GCC unroll 1
-        for (int j = 0; j < EQ_Q16_BLOCK / 2; j++) {
-            const int16_t *pair = levels + (b * (EQ_Q16_BLOCK / 2) + (size_t)j) * PAIR_LEVELS;
-            const __m256i w_0_7 = _mm256_load_si256((const __m256i *)pair);
-            const __m256i w_8_15 = _mm256_load_si256((const __m256i *)(pair + 16));
-#pragma GCC unroll 8
-            for (int v = 0; v < vectors; v++) {
-                int32_t two;
-                memcpy(&two, x[v].q + block * EQ_Q16_BLOCK + 2 * (size_t)j, sizeof two);
-                const __m256i xv = _mm256_set1_epi32(two);
-                sum[v][0] = _mm256_add_epi32(sum[v][0], _mm256_madd_epi16(w_0_7, xv));
-                sum[v][1] = _mm256_add_epi32(sum[v][1], _mm256_madd_epi16(w_8_15, xv));
-            }
-        }
+    for (int v = 0; v < vectors; v++)
+        sum[v][0] = sum[v][1] = _mm256_setzero_si256();
+#pragma GCC unroll 16
+    for (int j = 0; j < EQ_Q16_BLOCK / 2; j++) {
+        const __m256i w_0_7 = _mm256_load_si256((const __m256i *)(levels + (size_t)j * PAIR_LEVELS));
+        const __m256i w_8_15 = _mm256_load_si256((const __m256i *)(levels + (size_t)j * PAIR_LEVELS + 16));
 #pragma GCC unroll 8
         for (int v = 0; v < vectors; v++) {
-            const __m256 d = _mm256_set1_ps(x[v].scale[block]);
-            _mm256_store_ps(acc[v], _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[v][0]), _mm256_mul_ps(d, scale_0_7),
-                                                    _mm256_load_ps(acc[v])));
-            _mm256_store_ps(acc[v] + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[v][1]), _mm256_mul_ps(d, scale_8_15),
-                                                        _mm256_load_ps(acc[v] + 8)));
+            int32_t two;
+            memcpy(&two, q[v] + 4u * (size_t)j, sizeof two);
+            const __m256i xv = _mm256_set1_epi32(two);
+            sum[v][0] = _mm256_add_epi32(sum[v][0], _mm256_madd_epi16(w_0_7, xv));
+            sum[v][1] = _mm256_add_epi32(sum[v][1], _mm256_madd_epi16(w_8_15, xv));
+            /* keep each sum one chain in one register: otherwise gcc reassociates the unrolled
+             * additions into a tree, computes every product first and spills them */
+            __asm__("" : "+x"(sum[v][0]), "+x"(sum[v][1]));
         }
-    }
-#pragma GCC unroll 8
-    for (int v = 0; v < vectors; v++) {
-        float x_sum = 0.0f;
-        for (size_t b = 0; b < width / EQ_Q16_BLOCK; b++)
-            x_sum += x[v].sum[first_block + b];
-        const __m256 sum = _mm256_set1_ps(x_sum);
-        _mm256_store_ps(acc[v], _mm256_fmadd_ps(_mm256_load_ps(bias), sum, _mm256_load_ps(acc[v])));
-        _mm256_store_ps(acc[v] + 8, _mm256_fmadd_ps(_mm256_load_ps(bias + 8), sum, _mm256_load_ps(acc[v] + 8)));
     }
 }
 
-/* acc[v] (16 rows) += the span's groups g0 .. g_end applied to `vectors` vectors; the last group of
- * the row (n_groups - 1) stores last_width columns */
+/* acc[v] (16 rows) += cvt(sum[v]) d_b scale[r], then + bias[r] Σ x̂_v when bias is not NULL (the
+ * group's last block: Σ x̂ over its n_sum_blocks blocks, the last one this block), for `vectors`
+ * vectors whose d_b of this block is at q[v] + scale_at and whose sum_b at q[v] + sum_at */
+static inline __attribute__((always_inline)) void
+block_output(__m256i (*sum)[2], const uint8_t *const *q, const int vectors, const size_t scale_at,
+             const size_t sum_at, const float *scale, const float *bias, const size_t n_sum_blocks,
+             float (*acc)[EQ_TILE_ROWS])
+{
+    const __m256 scale_0_7 = _mm256_load_ps(scale), scale_8_15 = _mm256_load_ps(scale + 8);
+#pragma GCC unroll 8
+    for (int v = 0; v < vectors; v++) {
+        float d_b;
+        memcpy(&d_b, q[v] + scale_at, sizeof d_b);
+        const __m256 d = _mm256_set1_ps(d_b);
+        __m256 y_0_7 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[v][0]), _mm256_mul_ps(d, scale_0_7), _mm256_load_ps(acc[v]));
+        __m256 y_8_15 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[v][1]), _mm256_mul_ps(d, scale_8_15), _mm256_load_ps(acc[v] + 8));
+        if (bias != NULL) {   /* the group's Σ x̂ term, once per group, after its blocks */
+            float x_sum;
+            memcpy(&x_sum, q[v] + sum_at - (n_sum_blocks - 1) * sizeof(float), sizeof x_sum);
+            for (size_t i = 1; i < n_sum_blocks; i++) {
+                float sum_b;
+                memcpy(&sum_b, q[v] + sum_at - (n_sum_blocks - 1 - i) * sizeof(float), sizeof sum_b);
+                x_sum += sum_b;
+            }
+            const __m256 sum_x = _mm256_set1_ps(x_sum);
+            y_0_7 = _mm256_fmadd_ps(_mm256_load_ps(bias), sum_x, y_0_7);
+            y_8_15 = _mm256_fmadd_ps(_mm256_load_ps(bias + 8), sum_x, y_8_15);
+        }
+        _mm256_store_ps(acc[v], y_0_7);
+        _mm256_store_ps(acc[v] + 8, y_8_15);
+    }
+}
+
+/* Where the next block of a register block's vectors is read: q[v] vector v's q of that block, and
+ * its d_b and sum_b at q[v] + scale_at and q[v] + sum_at (offsets shared by the vectors, so each
+ * vector costs one register for the whole row). */
+typedef struct block_cursor {
+    const uint8_t *q[VECTORS];
+    size_t scale_at, sum_at;
+} block_cursor;
+
+static inline __attribute__((always_inline)) block_cursor
+block_cursor_at(const eq_input *in, const size_t first, const int vectors, const size_t block)
+{
+    const eq_q16_acts layout = eq_q16_acts_at(in->prepared, in->cols);
+    const size_t q_at = block * EQ_Q16_BLOCK * sizeof(int16_t);
+    block_cursor at;
+    at.scale_at = (size_t)((const uint8_t *)layout.scale - in->prepared) + block * sizeof(float) - q_at;
+    at.sum_at = (size_t)((const uint8_t *)layout.sum - in->prepared) + block * sizeof(float) - q_at;
+    for (int v = 0; v < vectors; v++)
+        at.q[v] = in->prepared + (first + (size_t)v) * in->stride + q_at;
+    return at;
+}
+
+/* acc[v] (16 rows) += scale[r] Σ_b d_b Σ_{k in b} l[r, k] q_v[k] + bias[r] Σ x̂_v over one group's
+ * `width` stored columns, for `vectors` (1 .. VECTORS) vectors from the cursor's block on (the
+ * cursor moves past the group); levels (width / 2, 16, 2), scale and bias (16,) */
+static inline __attribute__((always_inline)) void
+group_product(const int16_t *levels, block_cursor *at, const int vectors, const float *scale, const float *bias,
+              const size_t width, float (*acc)[EQ_TILE_ROWS])
+{
+    const size_t n_blocks = width / EQ_Q16_BLOCK;
+#pragma GCC unroll 4
+    for (size_t b = 0; b < n_blocks; b++) {
+        __m256i sum[VECTORS][2];
+        block_sums(levels + b * (EQ_Q16_BLOCK / 2) * PAIR_LEVELS, at->q, vectors, sum);
+        block_output(sum, at->q, vectors, at->scale_at, at->sum_at, scale, b + 1 == n_blocks ? bias : NULL,
+                     n_blocks, acc);
+#pragma GCC unroll 8
+        for (int v = 0; v < vectors; v++) {
+            at->q[v] += EQ_Q16_BLOCK * sizeof(int16_t);
+            /* keep one register per vector: without the barrier gcc derives a pointer per vector
+             * and offset from spilled starts at every block */
+            __asm__("" : "+r"(at->q[v]));
+        }
+        at->scale_at += sizeof(float) - EQ_Q16_BLOCK * sizeof(int16_t);
+        at->sum_at += sizeof(float) - EQ_Q16_BLOCK * sizeof(int16_t);
+    }
+}
+
+/* acc[v] += the span's groups g0 .. g_end applied to `vectors` vectors from in's vector `first`;
+ * the last group of the row (n_groups - 1) stores last_width columns */
 static inline __attribute__((always_inline)) void
 span_vectors(const int16_t *levels, const float (*scales)[EQ_TILE_ROWS], const float (*biases)[EQ_TILE_ROWS],
-             const eq_q16_acts *x, const int vectors, size_t g0, size_t g_end, const size_t group,
-             const size_t n_groups, const size_t last_width, float (*acc)[EQ_TILE_ROWS])
+             const eq_input *in, const size_t first, const int vectors, size_t g0, size_t g_end,
+             const size_t group, const size_t n_groups, const size_t last_width, float (*acc)[EQ_TILE_ROWS])
 {
+    block_cursor at = block_cursor_at(in, first, vectors, g0 * group / EQ_Q16_BLOCK);
     for (size_t g = g0; g < g_end; g++) {
         const int16_t *group_levels = levels + (g - g0) * group * EQ_TILE_ROWS;
         if (g + 1 == n_groups && last_width != group)   /* a partial last group: its own trip counts */
-            group_product(group_levels, x, vectors, g, scales[g - g0], biases[g - g0], group, last_width, acc);
+            group_product(group_levels, &at, vectors, scales[g - g0], biases[g - g0], last_width, acc);
         else
-            group_product(group_levels, x, vectors, g, scales[g - g0], biases[g - g0], group, group, acc);
+            group_product(group_levels, &at, vectors, scales[g - g0], biases[g - g0], group, acc);
     }
 }
 
@@ -251,10 +325,10 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
     const size_t span_groups = group >= SPAN_COLS ? 1u : SPAN_COLS / group;
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+    const __m256 minus_zero_point = _mm256_set1_ps(-(float)((1u << bits) - 1u) / 2.0f);
 
     _Alignas(64) int16_t levels[SPAN_COLS / 2 * PAIR_LEVELS];         /* (span / 2, 16, 2) */
-    _Alignas(32) float acc[BATCH_MAX][EQ_TILE_ROWS];                   /* y of the tile per vector */
+    _Alignas(32) float acc[BATCH_MAX][EQ_TILE_ROWS];                   /* y of the tile per vector, between blocks */
     _Alignas(32) float scales[SPAN_COLS / EQ_Q16_BLOCK][EQ_TILE_ROWS]; /* per group of the span */
     _Alignas(32) float biases[SPAN_COLS / EQ_Q16_BLOCK][EQ_TILE_ROWS]; /* what multiplies Σ x̂ */
 
@@ -264,7 +338,10 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
         const size_t n_rows = rows - row0 < EQ_TILE_ROWS ? rows - row0 : EQ_TILE_ROWS;
         for (size_t v0 = 0; v0 < in->n; v0 += BATCH_MAX) {
             const size_t n_vectors = in->n - v0 < BATCH_MAX ? in->n - v0 : BATCH_MAX;
-            memset(acc, 0, n_vectors * sizeof acc[0]);
+            for (size_t v = 0; v < n_vectors; v++) {
+                _mm256_store_ps(acc[v], _mm256_setzero_ps());
+                _mm256_store_ps(acc[v] + 8, _mm256_setzero_ps());
+            }
             for (size_t g0 = 0; g0 < n_groups; g0 += span_groups) {
                 const size_t g_end = g0 + span_groups < n_groups ? g0 + span_groups : n_groups;
                 for (size_t g = g0; g < g_end; g++) {
@@ -274,36 +351,35 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                         expand_group(block + planes_offset, bits, last_width, group_levels);
                     else
                         expand_group(block + planes_offset, bits, group, group_levels);
-#pragma GCC unroll 8
+#pragma GCC unroll 2
                     for (int half = 0; half < 2; half++) {
                         const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16 * half)));
                         const __m256 bias = type->symmetric
-                            ? _mm256_mul_ps(scale, _mm256_set1_ps(-zero_point))
+                            ? _mm256_mul_ps(scale, minus_zero_point)
                             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + scale_bytes + 16 * half)));
                         _mm256_store_ps(scales[g - g0] + 8 * half, scale);
                         _mm256_store_ps(biases[g - g0] + 8 * half, bias);
                     }
                 }
-                eq_q16_acts x[VECTORS];
                 size_t v = 0;
-                for (; v + VECTORS <= n_vectors; v += VECTORS) {
-                    for (int i = 0; i < VECTORS; i++)
-                        x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
-                    span_vectors(levels, scales, biases, x, VECTORS, g0, g_end, group, n_groups, last_width, acc + v);
-                }
+                for (; v + VECTORS <= n_vectors; v += VECTORS)
+                    span_vectors(levels, scales, biases, in, v0 + v, VECTORS, g0, g_end, group, n_groups, last_width, acc + v);
                 if (v + 2 <= n_vectors) {   /* the rest: 2 at a time, then one by one */
-                    for (int i = 0; i < 2; i++)
-                        x[i] = eq_q16_acts_at(in->prepared + (v0 + v + (size_t)i) * in->stride, cols);
-                    span_vectors(levels, scales, biases, x, 2, g0, g_end, group, n_groups, last_width, acc + v);
+                    span_vectors(levels, scales, biases, in, v0 + v, 2, g0, g_end, group, n_groups, last_width, acc + v);
                     v += 2;
                 }
-                for (; v < n_vectors; v++) {
-                    x[0] = eq_q16_acts_at(in->prepared + (v0 + v) * in->stride, cols);
-                    span_vectors(levels, scales, biases, x, 1, g0, g_end, group, n_groups, last_width, acc + v);
+                for (; v < n_vectors; v++)
+                    span_vectors(levels, scales, biases, in, v0 + v, 1, g0, g_end, group, n_groups, last_width, acc + v);
+            }
+            for (size_t v = 0; v < n_vectors; v++) {
+                float *y_v = y + (v0 + v) * y_stride + row0;
+                if (n_rows == EQ_TILE_ROWS) {
+                    _mm256_storeu_ps(y_v, _mm256_load_ps(acc[v]));
+                    _mm256_storeu_ps(y_v + 8, _mm256_load_ps(acc[v] + 8));
+                } else {   /* a last tile of fewer rows */
+                    memcpy(y_v, acc[v], n_rows * sizeof(float));
                 }
             }
-            for (size_t v = 0; v < n_vectors; v++)
-                memcpy(y + (v0 + v) * y_stride + row0, acc[v], n_rows * sizeof(float));
         }
     }
 }
