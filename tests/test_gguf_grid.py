@@ -195,7 +195,7 @@ def test_a_block_that_is_not_exact_re_quantizes_its_tensor_with_a_warning(tmp_pa
 # ------------------------------------------------------------- the real SmolLM2 (the default model's source)
 
 @pytest.mark.slow
-def test_smollm2_default_conversion_is_as_good_as_its_source(smollm2_gguf, tmp_path):
+def test_smollm2_default_conversion_is_as_good_as_its_source(smollm2_gguf, smollm2_default_conversion):
     """PyPI's SmolLM2 Q4_1 GGUF (Q4_1 linear layers, Q8_0 embeddings) converted by default, as the
     default model is: every tensor dequantizes to the source's values, and the runtime's logits
     follow the source's float reference. Measured (ctx 512, 2 chunks, 510 tokens scored): KL 1.0e-6,
@@ -204,8 +204,7 @@ def test_smollm2_default_conversion_is_as_good_as_its_source(smollm2_gguf, tmp_p
     from pathlib import Path
 
     from edgeq.perplexity import perplexity
-    out = tmp_path / "smollm2.q4_1-grid"
-    report = convert(smollm2_gguf, out, progress=False)
+    out, report = smollm2_default_conversion
     assert len(report.kept_grid) == 211 and report.refused_grid == {}   # 210 Q4_1 + the Q8_0 embeddings
     source, model = open_source(smollm2_gguf), ModelFile(out)
     assert model.tensors["token_embd.weight"].qtype.name == "u8g32a"    # a kept grid stays bit-planes under auto

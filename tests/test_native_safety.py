@@ -6,7 +6,7 @@ error it must produce; truncations at many offsets (all must be refused); determ
 flips and huge values patched into every length, count, dimension and offset field (refused with one
 line, or opened when the mutation was harmless). check_loader opens every file with eq_gguf_open and
 eq_model_open; a sanitizer report, a crash or a leak fails the test. Then a bounded libFuzzer run
-(`make fuzz`, needs clang; FUZZ_SECONDS, default 30) and the example, sanitized and not, on the tiny
+(`make fuzz`, needs clang; FUZZ_SECONDS, default 20) and the example, sanitized and not, on the tiny
 models (outputs must be equal).
 
     python tests/test_native_safety.py --write-seeds DIR     # the fuzz seed corpus (`make fuzz` uses it)
@@ -626,11 +626,11 @@ def test_example_sanitized_matches_plain(native_build, tiny_files, tmp_path):
 
 
 def test_fuzz_loader(native_build, tiny_files, tmp_path):
-    """A bounded libFuzzer run (FUZZ_SECONDS, default 30) over seeds made from the tiny models: no crash."""
+    """A bounded libFuzzer run (FUZZ_SECONDS, default 20) over seeds made from the tiny models: no crash."""
     compiler = os.environ.get("FUZZ_CC", "clang")
     if not _have(compiler):
         pytest.skip(f"{compiler} is not installed (`make fuzz-deps` installs it)")
-    seconds = int(os.environ.get("FUZZ_SECONDS", "30"))
+    seconds = int(os.environ.get("FUZZ_SECONDS", "20"))
     corpus = tmp_path / "corpus"
     seed_files(tiny_files, corpus)
     result = make("fuzz", f"FUZZ_SECONDS={seconds}", f"FUZZ_CORPUS={corpus}", timeout=seconds + 600)
