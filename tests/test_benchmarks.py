@@ -289,7 +289,7 @@ def test_dominance_per_llama_type(suite):
 
 def test_report_states_peers_dominance_and_conversions(suite, tmp_path):
     path = tmp_path / "RESULTS.md"
-    suite.write_markdown(path, _records(), {"cpu": "test cpu", "cores": 2}, "edgeq/data/evaluation.txt")
+    suite.write_markdown(path, _records(), "edgeq/data/evaluation.txt")
     text = path.read_text()
     assert "| edgeq | u4g64a-rtn-imatrix [avx2] | 84.7 |" in text and "u4g64a-rtn-imatrix [scalar]" in text
     assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 130.0 tok/s t2): **dominated** by edgeq " \
@@ -313,7 +313,7 @@ def test_report_says_per_model_which_machine_measured_its_rows(suite, tmp_path):
         if i % 3:
             record["machine"] = "AMD EPYC, 2 cores, best kernel set avx2"
     path = tmp_path / "RESULTS.md"
-    suite.write_markdown(path, records, {"cpu": "test cpu", "cores": 2}, "edgeq/data/evaluation.txt")
+    suite.write_markdown(path, records, "edgeq/data/evaluation.txt")
     assert "Measured on AMD EPYC, 2 cores, best kernel set avx2 (2026-11-30, 2026-12-01); on a machine not " \
            "recorded (2026-11-30, 2026-12-01)." in path.read_text()
     label = suite.machine_label({"cpu": "AMD EPYC", "cores": 2, "best_kernel_set": "avx512"})

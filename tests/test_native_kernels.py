@@ -123,34 +123,24 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
             assert cases >= 200 and block == 32 and worst <= 1.0, (kind, isa, runs[isa])
 
 
-def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path):
-    """avx2's dot_q8 scaling every block by the first block's scale: wrong only for heads of more
-    than 32 values, which the harness must cover."""
+@pytest.mark.parametrize("before, planted, mismatch", [
+    # dot_q8 scaling every block by the first block's scale: wrong only for heads of more than 32
+    # values, which the harness must cover
+    ("float scale = _cvtsh_ss(scales[block]);", "float scale = _cvtsh_ss(scales[0]);", "dot"),
+    # axpy_q4 taking the high nibble of a byte first (values 2i and 2i+1 swapped)
+    ("_mm_unpacklo_epi8(low, high)", "_mm_unpacklo_epi8(high, low)", "q4 axpy"),
+], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped"])
+def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before, planted, mismatch):
+    """A bug planted in avx2's attention helpers makes check_attention fail, naming avx2 only."""
     if "avx2" not in _ffi.kernel_sets():
         pytest.skip("this CPU does not run the avx2 kernels")
     _copy_sources(tmp_path)
     path = tmp_path / "native/x86/avx2.c"
-    before = "float scale = _cvtsh_ss(scales[block]);"
     source = path.read_text()
     assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
-    path.write_text(source.replace(before, "float scale = _cvtsh_ss(scales[0]);"))
+    path.write_text(source.replace(before, planted))
     result = make("check-attention", cwd=tmp_path)
     assert result.returncode != 0, "check_attention passed with a planted bug"
-    assert re.search(r"^MISMATCH set avx2 dot vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), result.stderr
-    assert "MISMATCH set ref" not in result.stderr
-
-
-def test_the_attention_harness_catches_a_planted_int4_bug(compiler, tmp_path):
-    """avx2's axpy_q4 taking the high nibble of a byte first (values 2i and 2i+1 swapped)."""
-    if "avx2" not in _ffi.kernel_sets():
-        pytest.skip("this CPU does not run the avx2 kernels")
-    _copy_sources(tmp_path)
-    path = tmp_path / "native/x86/avx2.c"
-    before = "_mm_unpacklo_epi8(low, high)"
-    source = path.read_text()
-    assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
-    path.write_text(source.replace(before, "_mm_unpacklo_epi8(high, low)"))
-    result = make("check-attention", cwd=tmp_path)
-    assert result.returncode != 0, "check_attention passed with a planted bug"
-    assert re.search(r"^MISMATCH set avx2 q4 axpy vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), result.stderr
+    assert re.search(rf"^MISMATCH set avx2 {mismatch} vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), \
+        result.stderr
     assert "MISMATCH set ref" not in result.stderr
