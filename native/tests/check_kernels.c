@@ -3,6 +3,10 @@
  *
  *     check_kernels [SEED]        (default seed 1; exit 0: all agree, 1: a mismatch, 2: usage/setup)
  *
+ * CHECK_KERNELS_SETS=a,b,... checks only the sets named (ref is always the comparison and always
+ * checked): tests/test_aarch64.py splits the sets between its two qemu CPU models this way, since a
+ * set's code is the same on both and emulation makes each set cost seconds.
+ *
  * The sets come from the library (eq_kernel_set_count / eq_kernel_set_name, filtered by
  * eq_isa_available), the types from its table (eq_qtype_count / eq_qtype_get). For each type, a list
  * of cases (below: random shapes whose rows and columns are multiples of nothing, batches of 1..64
@@ -290,6 +294,7 @@ typedef struct tensor {
     uint16_t *mins;                 /* (padded_rows, n_groups) fp16 bits; asymmetric types only */
     int8_t *codebooks;              /* (padded_rows / 16, 16) codebook types: each tile's levels */
     float *values;                  /* (rows, cols) plain types: each value, exactly */
+    double *exact;                  /* (rows, cols) every type: W[row][k] exactly (weight_exact) */
     uint8_t *data;                  /* nbytes, the stored form */
     size_t nbytes;
 } tensor;
@@ -475,6 +480,19 @@ static void pack_levels(const tensor *t, uint8_t *out)
     }
 }
 
+static double weight_exact_from_levels(const tensor *t, size_t row, size_t k);
+
+/* t->exact from the stored form's levels, scales and minimums (or the plain values) */
+static void fill_exact(tensor *t)
+{
+    t->exact = checked_calloc(t->rows * t->cols, sizeof(double));
+    for (size_t row = 0; row < t->rows; row++) {
+        for (size_t k = 0; k < t->cols; k++) {
+            t->exact[row * t->cols + k] = weight_exact_from_levels(t, row, k);
+        }
+    }
+}
+
 static tensor make_tensor(rng *r, const eq_qtype_traits *type, const test_case *c)
 {
     tensor t = {.type = type, .rows = c->rows, .cols = c->cols};
@@ -513,6 +531,7 @@ static tensor make_tensor(rng *r, const eq_qtype_traits *type, const test_case *
                     "floats are %zu\n", type->name, c->rows, c->cols, t.nbytes, width * c->rows * c->cols);
             exit(2);
         }
+        fill_exact(&t);
         return t;
     }
     const size_t group = (size_t)type->group;
@@ -539,6 +558,7 @@ static tensor make_tensor(rng *r, const eq_qtype_traits *type, const test_case *
         exit(2);
     }
     pack_levels(&t, t.data);
+    fill_exact(&t);
     return t;
 }
 
@@ -549,6 +569,7 @@ static void free_tensor(tensor *t)
     free(t->mins);
     free(t->codebooks);
     free(t->values);
+    free(t->exact);
     free(t->data);
 }
 
@@ -574,7 +595,7 @@ static double largest_level(const eq_qtype_traits *type)
 }
 
 /* W[row][k] exactly (float64 holds scale * q + min of fp16 values and a <= 8-bit level). */
-static double weight_exact(const tensor *t, size_t row, size_t k)
+static double weight_exact_from_levels(const tensor *t, size_t row, size_t k)
 {
     if (!is_packed(t->type)) {
         return t->values[row * t->cols + k];
@@ -586,6 +607,13 @@ static double weight_exact(const tensor *t, size_t row, size_t k)
         return scale * (q - zero_point(t->type));
     }
     return scale * q + (double)eq_fp16_to_fp32(t->mins[row * t->n_groups + g]);
+}
+
+/* W[row][k] exactly, from the table make_tensor fills once (the oracle and the bounds read every
+ * weight once per vector: decoding fp16 scales each time dominated the harness under qemu). */
+static double weight_exact(const tensor *t, size_t row, size_t k)
+{
+    return t->exact[row * t->cols + k];
 }
 
 /* W[row][k] as edgeq.h's formula gives it in float32: scale * q rounded, then + min rounded
@@ -733,6 +761,7 @@ enum { MAX_SETS = 16, MAX_PRINTED = 20 };
 typedef struct set_report {
     const char *isa;
     int available;
+    int skipped;          /* available, but not in CHECK_KERNELS_SETS */
     int types, cases;
     size_t products, outputs, mismatches;
     double worst_ratio;   /* largest error / bound seen, and where */
@@ -1001,6 +1030,35 @@ static void check_batches(set_report *reports, int n_sets, const eq_qtype_traits
     free_tensor(&t);
 }
 
+/* Keeps available only the sets in the comma-separated list (and ref); 0 after a one-line error if
+ * the list names a set the library does not have. */
+static int select_sets(const char *list, set_report *reports, int n_sets)
+{
+    int wanted[MAX_SETS] = {0};
+    for (const char *name = list; *name != '\0';) {
+        const size_t length = strcspn(name, ",");
+        int found = 0;
+        for (int s = 0; s < n_sets; s++) {
+            if (strlen(reports[s].isa) == length && strncmp(reports[s].isa, name, length) == 0) {
+                wanted[s] = found = 1;
+            }
+        }
+        if (!found) {
+            fprintf(stderr, "check_kernels: CHECK_KERNELS_SETS names \"%.*s\", which is no kernel set of the library\n",
+                    (int)length, name);
+            return 0;
+        }
+        name += length + (name[length] == ',');
+    }
+    for (int s = 0; s < n_sets; s++) {
+        if (reports[s].available && !wanted[s] && strcmp(reports[s].isa, "ref") != 0) {
+            reports[s].available = 0;
+            reports[s].skipped = 1;
+        }
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     uint64_t seed = 1;
@@ -1023,10 +1081,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "check_kernels: the reference set \"ref\" is not available\n");
         return 2;
     }
+    const char *only = getenv("CHECK_KERNELS_SETS");
+    if (only != NULL && !select_sets(only, reports, n_sets)) {
+        return 2;
+    }
 
     printf("check_kernels: seed %" PRIu64 ", %d quant types, kernel sets:", seed, eq_qtype_count());
     for (int s = 0; s < n_sets; s++) {
-        printf(" %s%s", reports[s].isa, reports[s].available ? "" : " (not on this CPU)");
+        printf(" %s%s", reports[s].isa, reports[s].available ? "" : reports[s].skipped ? " (not selected)" : " (not on this CPU)");
     }
     printf("\n");
     /* every route known before anything runs; one line per set: which set and path run each family */
@@ -1076,7 +1138,8 @@ int main(int argc, char **argv)
     for (int s = 0; s < n_sets; s++) {
         const set_report *report = &reports[s];
         if (!report->available) {
-            printf("%-8s not run: this CPU does not run it\n", report->isa);
+            printf("%-8s not run: %s\n", report->isa,
+                   report->skipped ? "not in CHECK_KERNELS_SETS" : "this CPU does not run it");
             continue;
         }
         printf("%-8s %d types x %d cases = %zu products, %zu outputs against %s, %zu mismatches; "
