@@ -4,7 +4,34 @@ from __future__ import annotations
 
 import pytest
 
-from tiny_models import make_tiny_hf_model
+from tiny_models import make_tiny_hf_model, plain_rtn
+
+# `make test` runs the suite on one pytest-xdist worker per CPU (-n auto --dist loadgroup). A group
+# is one unit of work, run by one worker in collection order: every file is its own group, so its
+# module fixtures are made once, except files that share an expensive session fixture, which share
+# a group (the fixture is then made once, and never by two workers at once in the same cache
+# folder). Native builds from several workers are serialized by tests/native_make.py's lock.
+SHARED_GROUPS = {
+    "test_runtime.py": "smollm2-hf",          # smollm2_hf (the exported folder in the cache), smollm2_q8_path
+    "test_real_model.py": "smollm2-hf",
+    "test_export.py": "smollm2-default",      # smollm2_default_conversion
+    "test_gguf_grid.py": "smollm2-default",
+}
+# Groups that take longest start first, so that no long group is left to run alone at the end
+# (seconds on a 2-core Zen 3, `pytest --durations=0`); the rest keep their order.
+LONGEST_FIRST = ["smollm2-hf", "test_aarch64.py", "test_gemma3_real.py", "test_native_kernels.py",
+                 "smollm2-default", "test_bad_input.py", "test_native_safety.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def group(item) -> str:
+        return SHARED_GROUPS.get(item.path.name, item.path.name)
+
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    order = {id(item): index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(group(item), len(rank)), order[id(item)]))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +126,8 @@ def tiny_converted(tiny_llama, tiny_qwen, tmp_path_factory):
 def _convert_once(tmp_path_factory, source, name, bits):
     from edgeq.convert import PlanSettings, convert
     out = tmp_path_factory.mktemp("converted") / name
-    convert(source, out, PlanSettings(bits=bits, layout="bitplane"), progress=False)   # the LUT path's oracles
+    # bit-planes: the LUT path's oracles
+    convert(source, out, PlanSettings(bits=bits, layout="bitplane"), progress=False, method=plain_rtn())
     return out
 
 

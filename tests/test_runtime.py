@@ -15,6 +15,7 @@ from edgeq.convert import PlanSettings, convert
 from edgeq.errors import EdgeqError
 from edgeq.fileformat import ModelFile
 from edgeq.reference import Reference
+from tiny_models import plain_rtn
 
 PROMPT = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42, 9, 199, 3, 88, 61, 7, 150, 222]
 
@@ -71,7 +72,8 @@ def c_logits(path, tokens, chunks=(), **options):
 
 @pytest.fixture(scope="module")
 def converted(tiny_llama, tiny_qwen, tiny_qwen3, tiny_gemma3, tmp_path_factory):
-    """{(arch, bits, symmetric[, "packed"]): path} for a few bit widths, both symmetries, both layouts."""
+    """{(arch, bits, symmetric[, "packed"]): path} for a few bit widths, both symmetries, both layouts
+    (plain rtn: tiny_models.plain_rtn)."""
     folder = tmp_path_factory.mktemp("runtime")
     out = {}
     for arch, source in (("llama", tiny_llama), ("qwen2", tiny_qwen), ("qwen3", tiny_qwen3),
@@ -79,7 +81,7 @@ def converted(tiny_llama, tiny_qwen, tiny_qwen3, tiny_gemma3, tmp_path_factory):
         for bits, symmetric, layout in VARIANTS:
             path = folder / f"{arch}-{bits}{'s' if symmetric else 'a'}-{layout}.edgeq"
             convert(source, path, PlanSettings(bits=bits, symmetric=symmetric, group=32 if bits == 3 else 64,
-                                               layout=layout), progress=False)
+                                               layout=layout), progress=False, method=plain_rtn())
             out[(arch, bits, symmetric) + (("packed",) if layout == "packed" else ())] = path
     return out
 

@@ -275,3 +275,12 @@ def make_tiny_hf_model(path, arch="llama", dtype="float32", tied=True, sharded=F
     index_json = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     (path / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
     return path
+
+
+def plain_rtn():
+    """The method for files made to test the runtime (`convert(..., method=plain_rtn())`): the default
+    method calibrates, a float forward pass over 4096 tokens that is most of a tiny model's conversion
+    time (a minute for SmolLM2) and tells nothing about the runtime, which is checked against the
+    reference on the same file. Calibration is tested in test_calibration.py."""
+    from edgeq.convert import MethodSettings
+    return MethodSettings(method="rtn")
