@@ -188,6 +188,8 @@ def test_example_under_qemu_matches_x86(built, tiny_converted, arch, bits):
                     if _ffi.kernel_route(f"u{bits}g64a", isa, batch=len(prompt))["path"] != "multiply-add"]
         expected[tuple(prompt)], _ = _generate(native, path, prompt, lut_sets[0], 1)
         for isa in _ffi.kernel_sets():
+            if isa == "avx2-lut8" and bits <= 3:   # int8 tables at 2-3 bits (opt-in): other roundings
+                continue
             ids, used = _generate(native, path, prompt, isa, 2)
             assert used == isa, f"x86 {isa} ran the {used} set"
             assert ids == expected[tuple(prompt)], f"x86 {isa}: {ids} (prompt {prompt})"

@@ -4,7 +4,8 @@ check_kernels compares every kernel set this CPU runs with the reference set "re
 float64 oracle) for every quant type, over random and worst-case shapes and inputs, with the
 tolerance derived in its opening comment; `make check-kernels` / `make check-kernels-asan` build and
 run it. Here: both runs pass and cover the sets the Python layer sees, and the harness catches two
-small kernel bugs planted in a copy of the sources (it is a test that can fail). The same for
+small kernel bugs planted in a copy of the sources (it is a test that can fail), and two in
+avx2-lut8's int8 tables. The same for
 native/tests/check_attention.c (`make check-attention`), the int8 KV cache's attention helpers and the
 int4 value cache's (k8v4).
 """
@@ -102,6 +103,33 @@ def test_the_harness_catches_planted_kernel_bugs(compiler, tmp_path):
     assert summaries["scalar"]["mismatches"] > 0 and summaries["ref"]["mismatches"] == 0, result.stdout
     if "avx2" in _ffi.kernel_sets():
         assert summaries["avx2"]["mismatches"] > 0, result.stdout
+
+
+@pytest.mark.parametrize("before, planted", [
+    # int8 table entries truncated instead of rounded: under one table step per lookup
+    ("_mm256_cvtps_epi32(_mm256_mul_ps(lower, inv))", "_mm256_cvttps_epi32(_mm256_mul_ps(lower, inv))"),
+    # a row's two int8 lookups summed with int8 saturation before widening: wrong only where the
+    # entries are large (the harness's worst cases)
+    ("_mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(from_low, from_high))",
+     "_mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(_mm256_adds_epi8(from_low, from_high), _mm256_setzero_si256()))"),
+], ids=["int8-tables-truncated", "int8-lookups-saturated"])
+def test_the_harness_catches_planted_int8_table_bugs(compiler, tmp_path, before, planted):
+    """A bug planted in avx2-lut8's int8 tables (x86/avx2.c) fails check_kernels for avx2-lut8
+    only: avx2 (int16 tables) and the others share none of that code."""
+    if "avx2-lut8" not in _ffi.kernel_sets():
+        pytest.skip("this CPU does not run the avx2 kernels")
+    _copy_sources(tmp_path)
+    path = tmp_path / "native/x86/avx2.c"
+    source = path.read_text()
+    assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
+    path.write_text(source.replace(before, planted))
+    result = make("check-kernels", cwd=tmp_path)
+    assert result.returncode != 0, "check_kernels passed with a planted bug"
+    summaries = _summaries(result.stdout)
+    assert re.search(r"^MISMATCH gemm against ref: set avx2-lut8, type u[23]g", result.stdout, re.MULTILINE), \
+        _tail(result.stdout)
+    assert summaries["avx2-lut8"]["mismatches"] > 0, result.stdout
+    assert all(summary["mismatches"] == 0 for isa, summary in summaries.items() if isa != "avx2-lut8"), result.stdout
 
 
 ATTENTION = re.compile(r"^check_attention: (\S+)\s+(\d+) cases \((int8 KV|int4 KV values), blocks of (\d+)\): "

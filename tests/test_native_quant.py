@@ -256,10 +256,12 @@ def test_gemv_equals_float64(qtype):
         assert_gemv_close(y, numpy_dequantize(qtype, data, rows, cols), x, weight_rounding=2.0 ** -24)
 
 
-def lut_error_bound(qtype: QuantType, data: np.ndarray, rows: int, cols: int, x: np.ndarray) -> np.ndarray:
-    """(rows,) bound on what the avx2 kernels' int16 tables may change in W x.
+def lut_error_bound(qtype: QuantType, data: np.ndarray, rows: int, cols: int, x: np.ndarray,
+                    levels: int = 32767) -> np.ndarray:
+    """(rows,) bound on what the avx2 kernels' int16 tables (levels 32767; avx2-lut8's int8 tables
+    at 2-3 bits: 127) may change in W x.
 
-    Every 64 activations share one table scale, s = (largest |subset sum of 4|) / 32767, and each
+    Every 64 activations share one table scale, s = (largest |subset sum of 4|) / levels, and each
     lookup is off by at most s/2; a group's dot product makes (2^bits - 1) x (quads) lookups' worth
     of such errors, times |scale| of that row and group."""
     _, scales, _ = unpack(qtype, data, rows, cols)
@@ -268,7 +270,7 @@ def lut_error_bound(qtype: QuantType, data: np.ndarray, rows: int, cols: int, x:
     quads[:cols] = x
     quads = quads.reshape(-1, 4)
     largest = np.maximum(np.clip(quads, 0, None).sum(1), -np.clip(quads, None, 0).sum(1))
-    quad_error = np.repeat(largest.reshape(-1, 16).max(1) / 32767.0 / 2.0, 16)       # per quad
+    quad_error = np.repeat(largest.reshape(-1, 16).max(1) / levels / 2.0, 16)        # per quad
     n_groups = scales.shape[1]
     per_group = quad_error[:n_groups * qtype.group // 4].reshape(n_groups, -1).sum(1)
     return ((1 << qtype.bits) - 1) * np.abs(scales[:rows].astype(np.float64)) @ per_group
@@ -291,9 +293,11 @@ def int8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # How closely each kernel set's bit-plane products follow the reference: "float" (float tables or
-# accumulation: float32 rounding) or "int16 tables" (within lut_error_bound). Every set in the C
-# list is tested; one missing here fails until its accuracy is stated.
+# accumulation: float32 rounding), "int16 tables" (within lut_error_bound) or "int8 tables at 2-3
+# bits" (avx2-lut8: lut_error_bound with levels 127 for 2-3-bit types, int16 tables above). Every
+# set in the C list is tested; one missing here fails until its accuracy is stated.
 BITPLANE_ACCURACY = {"scalar": "float", "avx2": "int16 tables", "avx512": "int16 tables",
+                     "avx2-lut8": "int8 tables at 2-3 bits",
                      "neon-dotprod": "int16 tables", "neon": "int16 tables"}   # neon-dotprod's are neon's
 KERNEL_SETS_UNDER_TEST = [name for name in _ffi.all_kernel_sets() if name != "ref"]
 
@@ -302,7 +306,7 @@ KERNEL_SETS_UNDER_TEST = [name for name in _ffi.all_kernel_sets() if name != "re
 @pytest.mark.parametrize("qtype", [q for q in TYPES.values()], ids=lambda q: q.name)
 def test_every_kernel_set_matches_the_reference(qtype, isa):
     """Every kernel set agrees with the double-accumulating reference: float32 accuracy for
-    float sets; for int16-table sets within what their tables can change, and far inside that on
+    float sets; for int16- and int8-table sets within what their tables can change, and far inside that on
     average; on multiply-add routes (the packed family) within the int8 activations' bound, and
     equal to the reference on the rounded activations up to float32 accumulation. Plain shapes cover masked and unrolled tails (K mod 16 and mod 32)."""
     assert isa in BITPLANE_ACCURACY, f"state the accuracy of kernel set {isa!r} in BITPLANE_ACCURACY"
@@ -328,8 +332,9 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
             magnitude = np.abs(weights) @ np.abs(x[v].astype(np.float64))
             rms = lambda a: np.sqrt(np.mean(a ** 2))
             allowed = 1e-5 * magnitude + 1e-30
-            if BITPLANE_ACCURACY[isa] == "int16 tables" and qtype.family == quant_types.UNIFORM_BITPLANE:
-                bound = lut_error_bound(qtype, data, rows, cols, x[v])
+            if BITPLANE_ACCURACY[isa] != "float" and qtype.family == quant_types.UNIFORM_BITPLANE:
+                int8 = BITPLANE_ACCURACY[isa] == "int8 tables at 2-3 bits" and qtype.bits <= 3
+                bound = lut_error_bound(qtype, data, rows, cols, x[v], levels=127 if int8 else 32767)
                 allowed += bound
                 assert rms(got[v] - reference) <= 0.25 * rms(bound) + 1e-5 * magnitude.max()
             elif route["path"] == "multiply-add":                           # int8 activations

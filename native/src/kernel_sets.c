@@ -21,6 +21,8 @@
 static const eq_kernel_set *const kernel_sets[] = {
     &eq_kernels_avx512,
     &eq_kernels_avx2,
+    &eq_kernels_avx2_lut8,      /* avx2 with int8 LUT tables at 2-3 bits: after avx2, so only
+                                   EDGEQ_ISA=avx2-lut8 selects it (a measurement, not a default) */
     &eq_kernels_neon_dotprod,   /* only the packed family (sdot); the rest from neon */
     &eq_kernels_neon,
     &eq_kernels_scalar,

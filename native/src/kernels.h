@@ -3,7 +3,7 @@
  * Not part of the public API (edgeq.h). Kernels receive arguments already validated by the public
  * entry points in src/quant_types.c: known type, non-NULL pointers, data long enough, rows in range.
  * Each ISA file (ref/gemv.c, scalar/gemv.c, x86/avx2.c, x86/avx512.c, arm/neon.c, and
- * arm/neon_packed.c for neon-dotprod) defines one `const eq_kernel_set eq_kernels_<isa>`;
+ * arm/neon_packed.c for neon-dotprod; x86/avx2.c also avx2-lut8) defines one `const eq_kernel_set eq_kernels_<isa>`;
  * src/kernel_sets.c lists them once and picks one.
  *
  * Specialized bodies: a SIMD gemm switches on (bits, group) to an always-inline body compiled once
@@ -136,6 +136,7 @@ typedef struct eq_kernel_set {
 /* The sets, each defined in its own ISA file; src/kernel_sets.c lists them once, best first. */
 extern const eq_kernel_set eq_kernels_avx512;   /* x86/avx512.c */
 extern const eq_kernel_set eq_kernels_avx2;     /* x86/avx2.c */
+extern const eq_kernel_set eq_kernels_avx2_lut8;   /* x86/avx2.c: int8 LUT tables at 2-3 bits, opt-in */
 extern const eq_kernel_set eq_kernels_neon_dotprod;   /* arm/neon_packed.c */
 extern const eq_kernel_set eq_kernels_neon;     /* arm/neon.c */
 extern const eq_kernel_set eq_kernels_scalar;   /* scalar/gemv.c */

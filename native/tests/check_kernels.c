@@ -44,7 +44,7 @@
  *       a plane sum G/4 lookups, b planes, one add per group, Σx at most G/4 + 3 adds) or
  *       D = K + 64 (plain: one sequential dot product).
  *   table_term, for paths that quantize their activation tables (avx2's lut: int16, one scale
- *       per 64 activations, "levels" 32767): the table of a quad of 4 activations holds every subset sum
+ *       per 64 activations, "levels" 32767; avx2-lut8's at 2-3 bits: int8, levels 127): the table of a quad of 4 activations holds every subset sum
  *       T, stored as round(T / s) with s = L / 32767 and L the largest |T| of the 64-column unit,
  *       L = max over its quads of max(Σ positive x, -Σ negative x). Each lookup is then off by at
  *       most s/2, plus 2 x 32767 x 2^-24 s from rounding T x (32767 / L) in float: (1/2 + 2^-7) s.
@@ -53,6 +53,12 @@
  *           table_term = Σ_g |scale_g| (2^b - 1) Σ_{quads q of g with k < K} (1/2 + 2^-7) s_unit(q)
  *       (the integer sums after the lookup are exact: the harness's all-levels-maximal cases with
  *       tables at +-32767 are where an int16 sum would wrap and break the bound by 2^16 s).
+ *       avx2-lut8's int8 tables (2-3-bit types; path_precisions' max_bits) are the same with levels
+ *       127: s = L / 127, and the float rounding of T x (127 / L) adds at most 2 x 127 x 2^-24 s,
+ *       far inside the 2^-7 s allowed, so the same (1/2 + 2^-7) s per lookup: 258x avx2's bound.
+ *       Their int16 sums (x86/avx2.c unit_dot8) reach 2 lanes x 4 pairs x 7 x 254 = 14224 at 3 bits
+ *       in the equal-activation and all-levels-maximal cases (every entry +-127, every weight
+ *       2^b - 1), where a narrower sum would wrap by 2^8 or 2^16 table steps.
  *       Float tables (scalar's lut) and the "float" and "reference" paths have table_term = 0.
  *       Multiply-add paths (activations quantized per block of 32, d_b = max |x| / L with L = 32767
  *       for the bit-plane prefill path's int16, 127 for the packed family's int8) have instead
@@ -95,33 +101,40 @@ typedef struct path_precision {
     int table_unit;     /* activations sharing one table scale, aligned from column 0 */
     int act_block;      /* multiply-add paths: activations per scale (max |x| -> act_levels); 0: none */
     int act_levels;     /* largest |q| of their quantized activations */
+    int max_bits;       /* the row holds for types of at most this many bits; 0: any width */
 } path_precision;
 
 static const path_precision path_precisions[] = {
-    {"ref", "reference", ANY_FAMILY, 0, 0, 0, 0},     /* the specification: double accumulation */
-    {"scalar", "float", ANY_FAMILY, 0, 0, 0, 0},      /* float dot products */
-    {"scalar", "lut", ANY_FAMILY, 0, 0, 0, 0},        /* float tables */
-    {"avx2", "float", ANY_FAMILY, 0, 0, 0, 0},        /* fp32 FMA dot products */
-    {"avx2", "lut", ANY_FAMILY, 32767, 64, 0, 0},     /* int16 tables split into two pshufb byte tables */
-    {"avx512", "float", ANY_FAMILY, 0, 0, 0, 0},      /* fp32 FMA dot products, masked tails */
-    {"avx512", "lut", ANY_FAMILY, 32767, 64, 0, 0},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
+    {"ref", "reference", ANY_FAMILY, 0, 0, 0, 0, 0},     /* the specification: double accumulation */
+    {"scalar", "float", ANY_FAMILY, 0, 0, 0, 0, 0},      /* float dot products */
+    {"scalar", "lut", ANY_FAMILY, 0, 0, 0, 0, 0},        /* float tables */
+    {"avx2", "float", ANY_FAMILY, 0, 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"avx2", "lut", ANY_FAMILY, 32767, 64, 0, 0, 0},     /* int16 tables split into two pshufb byte tables */
+    /* avx2-lut8: int8 tables at 2-3 bits, avx2's int16 tables above; the rest is avx2's */
+    {"avx2-lut8", "lut", ANY_FAMILY, 127, 64, 0, 0, 3},
+    {"avx2-lut8", "lut", ANY_FAMILY, 32767, 64, 0, 0, 0},
+    {"avx2-lut8", "float", ANY_FAMILY, 0, 0, 0, 0, 0},
+    {"avx2-lut8", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127, 0},
+    {"avx2-lut8", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127, 0},
+    {"avx512", "float", ANY_FAMILY, 0, 0, 0, 0, 0},      /* fp32 FMA dot products, masked tails */
+    {"avx512", "lut", ANY_FAMILY, 32767, 64, 0, 0, 0},   /* avx2's int16 tables, vpermb lookups, vpdpbusd sums */
     /* the bit-plane prefill path: int16 activations per 32 (x86/avx2_prefill.c, avx512_prefill.c) */
-    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767},
-    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767},
+    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767, 0},
+    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_BITPLANE, 0, 0, 32, 32767, 0},
     /* the packed family's paths: int8 activations per 32 (avx2_packed.c, scalar/packed.c, avx512_packed.c) */
-    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
-    {"scalar", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
-    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},
-    {"neon", "float", ANY_FAMILY, 0, 0, 0, 0},        /* fp32 FMA dot products */
-    {"neon", "lut", ANY_FAMILY, 32767, 64, 0, 0},     /* the same int16 tables, two vqtbl1q byte tables */
-    {"neon", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},          /* int8 activations per 32, smull/smlal (arm/neon_packed.c) */
-    {"neon-dotprod", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127},  /* the same with sdot (arm/neon_packed.c) */
+    {"avx2", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127, 0},
+    {"scalar", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127, 0},
+    {"avx512", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127, 0},
+    {"neon", "float", ANY_FAMILY, 0, 0, 0, 0, 0},        /* fp32 FMA dot products */
+    {"neon", "lut", ANY_FAMILY, 32767, 64, 0, 0, 0},     /* the same int16 tables, two vqtbl1q byte tables */
+    {"neon", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127, 0},          /* int8 activations per 32, smull/smlal (arm/neon_packed.c) */
+    {"neon-dotprod", "multiply-add", EQ_QFAMILY_UNIFORM_PACKED, 0, 0, 32, 127, 0},  /* the same with sdot (arm/neon_packed.c) */
     /* the codebook family: the packed family's int8 activations, a table lookup per index (*_codebook.c) */
-    {"scalar", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
-    {"avx2", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
-    {"avx512", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
-    {"neon", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
-    {"neon-dotprod", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127},
+    {"scalar", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127, 0},
+    {"avx2", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127, 0},
+    {"avx512", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127, 0},
+    {"neon", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127, 0},
+    {"neon-dotprod", "multiply-add", EQ_QFAMILY_CODEBOOK, 0, 0, 32, 127, 0},
 };
 
 /* The precision of the route that multiplies `type` with a batch of n vectors under set `isa`
@@ -137,7 +150,8 @@ static const path_precision *route_precision(const char *isa, const eq_qtype_tra
     }
     for (size_t i = 0; i < sizeof path_precisions / sizeof path_precisions[0]; i++) {
         if (strcmp(path_precisions[i].isa, run_isa) == 0 && strcmp(path_precisions[i].path, path) == 0 &&
-            (path_precisions[i].family == ANY_FAMILY || path_precisions[i].family == (int)type->family)) {
+            (path_precisions[i].family == ANY_FAMILY || path_precisions[i].family == (int)type->family) &&
+            (path_precisions[i].max_bits == 0 || type->bits <= path_precisions[i].max_bits)) {
             return &path_precisions[i];
         }
     }

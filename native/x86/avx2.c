@@ -23,6 +23,15 @@
  * That is the decode path; batches from 16 vectors (prompts) take x86/avx2_prefill.c's multiply-add
  * path (int16 activations, vpmaddwd), hooked in the set below.
  *
+ * Set avx2-lut8 (opt-in: EDGEQ_ISA=avx2-lut8; a measurement of issue 10's "table precision"): the
+ * same, except that types of 2-3 bits look up int8 tables, one pshufb per lookup. Its prepare
+ * appends to the int16 layout int8 tables of the same subset sums (max |T| -> 127, one scale per
+ * 64 activations), 64 bytes per 16 columns in the same quad order; its gemm sums a row's two
+ * lookups per plane byte in int16 by maddubs (plane weight 2^p unsigned, entries signed), the
+ * bound in unit_dot8. Each lookup is off by at most (1/2 + 2^-7) L / 127 instead of L / 32767
+ * (native/tests/check_kernels.c). Wider types take avx2's int16 tables from the same bytes, and
+ * every batch size takes the tables (no prefill path), so its perplexity is the tables' cost.
+ *
  * Everything here is compiled for AVX2/FMA/F16C by the pragmas (GCC's target, clang's attribute)
  * and only called after avx2_available() said the CPU has them; other translation units stay
  * portable.
@@ -61,11 +70,13 @@ static int avx2_available(void)
     return (ebx >> 5) & 1;
 }
 
-/* ---- prepare: int8 tables ---------------------------------------------------------------------- */
+/* ---- prepare: int16 tables (and the avx2-lut8 set's int8 tables) --------------------------- */
 
 enum {
     EQ_LUT_UNIT = 64,            /* activations per table scale */
     EQ_LUT_BYTES_PER_COL = 8,    /* 16 two-byte entries per 4 activations */
+    EQ_LUT8_BYTES_PER_COL = 4,   /* 16 one-byte entries per 4 activations (avx2-lut8) */
+    EQ_LUT8_MAX_BITS = 3,        /* avx2-lut8 looks up int8 tables for types of at most 3 bits */
     QUADS_PER_UNIT = EQ_LUT_UNIT / 4
 };
 
@@ -93,12 +104,28 @@ static void quantize_table(__m256 first, __m256 second, __m256 inv, int8_t *low_
     _mm_storeu_si128((__m128i *)high_out, _mm256_castsi256_si128(high_bytes));
 }
 
-/* One vector's prepared bytes: (padded / 16, 128) int8 tables, then padded / 64 float table
- * scales, then padded / 32 float sums of x; padded = cols rounded up to EQ_LARGEST_GROUP. */
+/* the 16 entries round(entries * inv) as int8 (|entry| <= 127: inv = 127 / largest |entry|), in
+ * order, at out: entries 0..7 in `lower`, 8..15 in `upper` */
+static void quantize_table8(__m256 lower, __m256 upper, __m256 inv, int8_t *out)
+{
+    __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(lower, inv));     /* round to nearest even */
+    __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(upper, inv));
+    __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);   /* 0..7 | 8..15 */
+    __m256i entries = _mm256_permute4x64_epi64(_mm256_packs_epi16(words, words), 0xD8);   /* 0..15 | again */
+    _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(entries));
+}
+
+/* One vector's prepared bytes: (padded / 16, 128) int16 tables as byte tables, then padded / 64
+ * float table scales, then padded / 32 float sums of x; padded = cols rounded up to
+ * EQ_LARGEST_GROUP. The avx2-lut8 set's prepare appends, from the next 64-byte boundary,
+ * (padded / 16, 64) int8 tables and padded / 64 float scales of those (tables8 and table_scales8;
+ * NULL in the avx2 set's layout). */
 typedef struct lut_input {
     int8_t *tables;
     float *table_scales;
     float *sums;
+    int8_t *tables8;
+    float *table_scales8;
 } lut_input;
 
 static size_t padded_columns(size_t cols)
@@ -112,18 +139,36 @@ static size_t lut_prepared_bytes(size_t cols)
     return padded * EQ_LUT_BYTES_PER_COL + (padded / EQ_LUT_UNIT + padded / 32) * sizeof(float);
 }
 
-static lut_input lut_input_at(uint8_t *prepared, size_t cols)
+static size_t lut8_offset(size_t cols)   /* where the int8 tables start: 64-byte aligned */
+{
+    return (lut_prepared_bytes(cols) + EQ_PREPARED_ALIGN - 1) / EQ_PREPARED_ALIGN * EQ_PREPARED_ALIGN;
+}
+
+static size_t lut8_prepared_bytes(size_t cols)
 {
     size_t padded = padded_columns(cols);
-    lut_input in = {(int8_t *)prepared, (float *)(void *)(prepared + padded * EQ_LUT_BYTES_PER_COL), NULL};
+    return lut8_offset(cols) + padded * EQ_LUT8_BYTES_PER_COL + padded / EQ_LUT_UNIT * sizeof(float);
+}
+
+static lut_input lut_input_at(uint8_t *prepared, size_t cols, const int int8)
+{
+    size_t padded = padded_columns(cols);
+    lut_input in = {(int8_t *)prepared, (float *)(void *)(prepared + padded * EQ_LUT_BYTES_PER_COL), NULL, NULL, NULL};
     in.sums = in.table_scales + padded / EQ_LUT_UNIT;
+    if (int8) {
+        in.tables8 = (int8_t *)(prepared + lut8_offset(cols));
+        in.table_scales8 = (float *)(void *)(prepared + lut8_offset(cols) + padded * EQ_LUT8_BYTES_PER_COL);
+    }
     return in;
 }
 
-static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
+/* The tables of one vector: int16 always, int8 too when int8 (the avx2-lut8 layout). Both are
+ * rounded from the same float subset sums, each with its own scale per 64 activations. */
+static inline __attribute__((always_inline)) void
+prepare_tables(const float *x, size_t cols, uint8_t *bytes, const int int8)
 {
     const size_t padded = padded_columns(cols);
-    const lut_input prepared = lut_input_at(bytes, cols);
+    const lut_input prepared = lut_input_at(bytes, cols, int8);
     const __m256 bit0 = _mm256_setr_ps(0, 1, 0, 1, 0, 1, 0, 1);
     const __m256 bit1 = _mm256_setr_ps(0, 0, 1, 1, 0, 0, 1, 1);
     const __m256 bit2 = _mm256_setr_ps(0, 0, 0, 0, 1, 1, 1, 1);
@@ -165,8 +210,27 @@ static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
                 int8_t *out = tables + (u0 + 16u * (size_t)(q / 4)) * EQ_LUT_BYTES_PER_COL + 16 * slot;
                 quantize_table(low[q], high[q], inv, out, out + 64);
             }
+            if (int8) {   /* the same layout with one byte per entry: 64 bytes per 16 columns */
+                prepared.table_scales8[u0 / EQ_LUT_UNIT] = largest / 127.0f;
+                __m256 inv8 = _mm256_set1_ps(largest > 0.0f ? 127.0f / largest : 0.0f);
+                for (int q = 0; q < QUADS_PER_UNIT; q++) {
+                    int within = q % 4, slot = (within & 1) * 2 + (within >> 1);
+                    quantize_table8(low[q], high[q], inv8,
+                                    prepared.tables8 + (u0 + 16u * (size_t)(q / 4)) * EQ_LUT8_BYTES_PER_COL + 16 * slot);
+                }
+            }
         }
     }
+}
+
+static void lut_prepare(const float *x, size_t cols, uint8_t *bytes)
+{
+    prepare_tables(x, cols, bytes, 0);
+}
+
+static void lut8_prepare(const float *x, size_t cols, uint8_t *bytes)
+{
+    prepare_tables(x, cols, bytes, 1);
 }
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
@@ -228,6 +292,39 @@ unit_dot(const uint8_t *planes, size_t plane_bytes, const int8_t *tables, const 
     }
 }
 
+/* The same over int8 tables (avx2-lut8, bits <= 4; used for bits <= EQ_LUT8_MAX_BITS): one
+ * pshufb per lookup instead of two.
+ *   tables  the unit's int8 tables, 64 bytes per 16 columns: T(quad 0) T(quad 2) | T(quad 1) T(quad 3)
+ * Per plane and 16 columns: a row's low- and high-nibble lookups (signed bytes, |entry| <= 127) are
+ * interleaved and added by maddubs with the plane's weight 2^p as its unsigned operand, into int16
+ * sums of rows 0-7 (_a) and 8-15 (_b) per lane (even / odd chunk of 8 columns). No overflow: per
+ * lane |sum| <= pairs x Σ_p 2^p x 2 x 127 <= 4 x 15 x 254 = 15240 at 4 bits (7112 at 3), and the
+ * two lanes added, 30480 < 32767 (the harness's equal-activation cases hold every entry at 127,
+ * its all-levels-maximal cases every weight at 2^b - 1). */
+static inline __attribute__((always_inline)) void
+unit_dot8(const uint8_t *planes, size_t plane_bytes, const int8_t *tables, const int bits, const size_t pairs,
+          __m256i *total_low, __m256i *total_high)
+{
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    __m256i sum_a = _mm256_setzero_si256(), sum_b = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (size_t c = 0; c < pairs; c++) {
+        const __m256i *t = (const __m256i *)(tables + 64 * c);
+        const __m256i even = _mm256_load_si256(t), odd = _mm256_load_si256(t + 1);
+#pragma GCC unroll 4
+        for (int p = 0; p < bits; p++) {
+            const __m256i weight = _mm256_set1_epi8((char)(1 << p));
+            __m256i packed = _mm256_loadu_si256((const __m256i *)(planes + (size_t)p * plane_bytes + 32 * c));
+            __m256i from_low = _mm256_shuffle_epi8(even, _mm256_and_si256(packed, nibble));
+            __m256i from_high = _mm256_shuffle_epi8(odd, _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble));
+            sum_a = _mm256_add_epi16(sum_a, _mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(from_low, from_high)));
+            sum_b = _mm256_add_epi16(sum_b, _mm256_maddubs_epi16(weight, _mm256_unpackhi_epi8(from_low, from_high)));
+        }
+    }
+    *total_low = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(sum_a), _mm256_extracti128_si256(sum_a, 1)));
+    *total_high = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(sum_b), _mm256_extracti128_si256(sum_b, 1)));
+}
+
 /* *acc_low, *acc_high (rows 0-7, 8-15) += the group's contribution to W x: its planes' dot products
  * with the tables, in units of 64 columns (32 for a 32-column group or tail) each scaled by its table
  * scale, then the group's fp16 scales (+ min x Σx, or - zero_point x Σx for symmetric types).
@@ -235,18 +332,27 @@ unit_dot(const uint8_t *planes, size_t plane_bytes, const int8_t *tables, const 
  *          32) starting at column col0 */
 static inline __attribute__((always_inline)) void
 group_dot(const eq_qtype_traits *type, const uint8_t *block, const size_t width, size_t col0,
-          const int8_t *tables, const float *table_scales, const float *sums, const int bits,
-          __m256 *acc_low, __m256 *acc_high)
+          const lut_input *prepared, const int bits, const int int8, __m256 *acc_low, __m256 *acc_high)
 {
     const uint8_t *planes = block + 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
+    const float *table_scales = int8 ? prepared->table_scales8 : prepared->table_scales;
+    const float *sums = prepared->sums;
     __m256 dot_low = _mm256_setzero_ps(), dot_high = _mm256_setzero_ps();
     for (size_t u0 = 0; u0 < width; u0 += EQ_LUT_UNIT) {
-        const int8_t *unit_tables = tables + (col0 + u0) * EQ_LUT_BYTES_PER_COL;
+        const size_t pairs = width - u0 >= EQ_LUT_UNIT ? EQ_LUT_UNIT / 16 : 2;   /* 64 or 32 columns */
         __m256i total_low, total_high;
-        if (width - u0 >= EQ_LUT_UNIT)
-            unit_dot(planes + 2u * u0, 2u * width, unit_tables, bits, EQ_LUT_UNIT / 16, &total_low, &total_high);
+        if (int8 && pairs == EQ_LUT_UNIT / 16)
+            unit_dot8(planes + 2u * u0, 2u * width, prepared->tables8 + (col0 + u0) * EQ_LUT8_BYTES_PER_COL,
+                      bits, EQ_LUT_UNIT / 16, &total_low, &total_high);
+        else if (int8)
+            unit_dot8(planes + 2u * u0, 2u * width, prepared->tables8 + (col0 + u0) * EQ_LUT8_BYTES_PER_COL,
+                      bits, 2, &total_low, &total_high);
+        else if (pairs == EQ_LUT_UNIT / 16)
+            unit_dot(planes + 2u * u0, 2u * width, prepared->tables + (col0 + u0) * EQ_LUT_BYTES_PER_COL,
+                     bits, EQ_LUT_UNIT / 16, &total_low, &total_high);
         else
-            unit_dot(planes + 2u * u0, 2u * width, unit_tables, bits, 2, &total_low, &total_high);
+            unit_dot(planes + 2u * u0, 2u * width, prepared->tables + (col0 + u0) * EQ_LUT_BYTES_PER_COL,
+                     bits, 2, &total_low, &total_high);
         __m256 table_scale = _mm256_set1_ps(table_scales[(col0 + u0) / EQ_LUT_UNIT]);
         dot_low = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_low), table_scale, dot_low);
         dot_high = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total_high), table_scale, dot_high);
@@ -270,12 +376,14 @@ group_dot(const eq_qtype_traits *type, const uint8_t *block, const size_t width,
     }
 }
 
-/* The kernel body, inlined once per (bits, group) by gemm_packed so that the plane and chunk loops
- * of whole groups have constant trip counts and unroll; a partial last group (its stored width
- * known only at run time) goes through the same steps in units of 64 and 32 columns. */
+/* The kernel body, inlined once per (bits, group, table width) by lut_gemm / lut8_gemm so that the
+ * plane and chunk loops of whole groups have constant trip counts and unroll; a partial last group
+ * (its stored width known only at run time) goes through the same steps in units of 64 and 32
+ * columns. int8: the avx2-lut8 layout's int8 tables, else the int16 ones. */
 static inline __attribute__((always_inline)) void
 gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                 const eq_input *in, float *y, size_t y_stride, const int bits, const size_t group)
+                 const eq_input *in, float *y, size_t y_stride, const int bits, const size_t group,
+                 const int int8)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_full = cols / group;                           /* whole groups, then ... */
@@ -285,17 +393,13 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * tile_bytes;
         for (size_t v = 0; v < in->n; v++) {
-            const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
-            const int8_t *tables = prepared.tables;
-            const float *table_scales = prepared.table_scales;
-            const float *sums = prepared.sums;
+            const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols, int8);
             __m256 acc_low = _mm256_setzero_ps(), acc_high = _mm256_setzero_ps();   /* rows 0-7, 8-15 */
             const uint8_t *block = tile_data;
             for (size_t g = 0; g < n_full; g++, block += block_bytes)
-                group_dot(type, block, group, g * group, tables, table_scales, sums, bits, &acc_low, &acc_high);
+                group_dot(type, block, group, g * group, &prepared, bits, int8, &acc_low, &acc_high);
             if (last_width)
-                group_dot(type, block, last_width, n_full * group, tables, table_scales, sums, bits,
-                          &acc_low, &acc_high);
+                group_dot(type, block, last_width, n_full * group, &prepared, bits, int8, &acc_low, &acc_high);
             float out[EQ_TILE_ROWS];
             _mm256_storeu_ps(out, acc_low);
             _mm256_storeu_ps(out + 8, acc_high);
@@ -306,22 +410,43 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
     }
 }
 
+/* (bits, group) -> its unrolled body; the default case (a type added to the table without a case
+ * here, or every type in EQ_KERNELS_GENERIC builds) is correct, not unrolled */
+#define BODY_CASE(b, g, int8) \
+    case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, in, y, y_stride, (b), (g), (int8)); return;
+#define BODY_CASES(b, int8) BODY_CASE(b, 32, int8) BODY_CASE(b, 64, int8) BODY_CASE(b, 128, int8)
+
 static void lut_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                      const eq_input *in, float *y, size_t y_stride)
 {
-#define BODY_CASE(b, g) \
-    case (b) * 1000 + (g): gemm_packed_body(type, data, rows, cols, in, y, y_stride, (b), (g)); return;
-#define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-    BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
+    BODY_CASES(2, 0) BODY_CASES(3, 0) BODY_CASES(4, 0) BODY_CASES(5, 0) BODY_CASES(6, 0) BODY_CASES(8, 0)
 #endif
-    default:   /* a type added to the table without a case here: correct, not unrolled */
-        gemm_packed_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);
+    default:
+        gemm_packed_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group, 0);
     }
+}
+
+/* avx2-lut8: int8 tables for types of at most EQ_LUT8_MAX_BITS bits; wider types read the int16
+ * tables at the start of the same prepared bytes, exactly as lut_gemm (the same bits as avx2) */
+static void lut8_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
+                      const eq_input *in, float *y, size_t y_stride)
+{
+    if (type->bits > EQ_LUT8_MAX_BITS) {
+        lut_gemm(type, data, rows, cols, in, y, y_stride);
+        return;
+    }
+    switch (type->bits * 1000 + type->group) {
+#ifndef EQ_KERNELS_GENERIC
+    BODY_CASES(2, 1) BODY_CASES(3, 1)
+#endif
+    default:
+        gemm_packed_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group, 1);
+    }
+}
 #undef BODY_CASES
 #undef BODY_CASE
-}
 
 static float horizontal_sum(__m256 v)
 {
@@ -450,13 +575,33 @@ static void axpy_q4(float *y, float w, const uint8_t *x, const uint16_t *scales,
     }
 }
 
-/* ---- the set -------------------------------------------------------------------------------- */
+/* ---- the sets ------------------------------------------------------------------------------- */
+
+/* what avx2 and avx2-lut8 share: every family but the bit-plane decode path, and the attention helpers */
+#define AVX2_PLAIN_KERNELS {.decode = {"float", "fp32 FMA dot products (AVX2)", NULL, NULL, plain_gemm}}
+#define AVX2_PACKED_KERNELS {   /* kernels in x86/avx2_packed.c */ \
+        .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd", \
+                   eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_gemm_avx2}, \
+        /* the same int8 activations and float steps, 4 vectors per load of a quad: bit-identical per vector */ \
+        .prefill = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd, 4 vectors per quad load", \
+                    eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_prefill_gemm_avx2}, \
+        .prefill_from = 4, \
+    }
+#define AVX2_CODEBOOK_KERNELS {   /* kernels in x86/avx2_codebook.c */ \
+        .decode = {"multiply-add", "int8 multiply-add: index -> level by pshufb, activations int8 per 32, vpmaddubsw + vpmaddwd", \
+                   eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_codebook_gemm_avx2}, \
+        .prefill = {"multiply-add", "int8 multiply-add: index -> level by pshufb, vpmaddubsw + vpmaddwd, 4 vectors per quad load", \
+                    eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_codebook_prefill_gemm_avx2}, \
+        .prefill_from = 4, \
+    }
+#define AVX2_ATTENTION_HELPERS \
+    .dot_f16 = dot_f16, .axpy_f16 = axpy_f16, .dot_q8 = dot_q8, .axpy_q8 = axpy_q8, .axpy_q4 = axpy_q4
 
 const eq_kernel_set eq_kernels_avx2 = {
     .isa = "avx2",
     .is_available = avx2_available,
     .family = {
-        [EQ_QFAMILY_PLAIN] = {.decode = {"float", "fp32 FMA dot products (AVX2)", NULL, NULL, plain_gemm}},
+        [EQ_QFAMILY_PLAIN] = AVX2_PLAIN_KERNELS,
         [EQ_QFAMILY_UNIFORM_BITPLANE] = {
             .decode = {"lut", "LUT: int16 tables of 4-activation subset sums, two pshufb per lookup",
                        lut_prepared_bytes, lut_prepare, lut_gemm},
@@ -466,27 +611,30 @@ const eq_kernel_set eq_kernels_avx2 = {
                         eq_prefill_prepared_bytes_avx2, eq_prefill_prepare_avx2, eq_prefill_gemm_avx2},
             .prefill_from = 16,
         },
-        [EQ_QFAMILY_UNIFORM_PACKED] = {   /* kernels in x86/avx2_packed.c */
-            .decode = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd",
-                       eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_gemm_avx2},
-            /* the same int8 activations and float steps, 4 vectors per load of a quad: bit-identical per vector */
-            .prefill = {"multiply-add", "int8 multiply-add: activations int8 per 32, vpmaddubsw + vpmaddwd, 4 vectors per quad load",
-                        eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_packed_prefill_gemm_avx2},
-            .prefill_from = 4,
-        },
-        [EQ_QFAMILY_CODEBOOK] = {   /* kernels in x86/avx2_codebook.c */
-            .decode = {"multiply-add", "int8 multiply-add: index -> level by pshufb, activations int8 per 32, vpmaddubsw + vpmaddwd",
-                       eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_codebook_gemm_avx2},
-            .prefill = {"multiply-add", "int8 multiply-add: index -> level by pshufb, vpmaddubsw + vpmaddwd, 4 vectors per quad load",
-                        eq_packed_prepared_bytes_avx2, eq_packed_prepare_avx2, eq_codebook_prefill_gemm_avx2},
-            .prefill_from = 4,
-        },
+        [EQ_QFAMILY_UNIFORM_PACKED] = AVX2_PACKED_KERNELS,
+        [EQ_QFAMILY_CODEBOOK] = AVX2_CODEBOOK_KERNELS,
     },
-    .dot_f16 = dot_f16,
-    .axpy_f16 = axpy_f16,
-    .dot_q8 = dot_q8,
-    .axpy_q8 = axpy_q8,
-    .axpy_q4 = axpy_q4,
+    AVX2_ATTENTION_HELPERS,
+};
+
+/* avx2-lut8: avx2 with int8 tables (one pshufb per lookup) for bit-plane types of 2-3 bits, for
+ * measuring them against avx2's int16 tables in one build (benchmarks/README.md "Int8 LUT tables at
+ * 2-3 bits"). Listed after avx2, so never chosen unless EDGEQ_ISA=avx2-lut8 names it. No prefill
+ * path: every batch of a bit-plane type takes the tables, so `edgeq perplexity` (batches of 64)
+ * measures what they cost. */
+const eq_kernel_set eq_kernels_avx2_lut8 = {
+    .isa = "avx2-lut8",
+    .is_available = avx2_available,
+    .family = {
+        [EQ_QFAMILY_PLAIN] = AVX2_PLAIN_KERNELS,
+        [EQ_QFAMILY_UNIFORM_BITPLANE] = {
+            .decode = {"lut", "LUT: int8 tables (one pshufb per lookup) at 2-3 bits, avx2's int16 tables above; every batch size",
+                       lut8_prepared_bytes, lut8_prepare, lut8_gemm},
+        },
+        [EQ_QFAMILY_UNIFORM_PACKED] = AVX2_PACKED_KERNELS,
+        [EQ_QFAMILY_CODEBOOK] = AVX2_CODEBOOK_KERNELS,
+    },
+    AVX2_ATTENTION_HELPERS,
 };
 
 #if defined(__clang__)
@@ -503,5 +651,6 @@ static int avx2_available(void)
 }
 
 const eq_kernel_set eq_kernels_avx2 = {.isa = "avx2", .is_available = avx2_available};
+const eq_kernel_set eq_kernels_avx2_lut8 = {.isa = "avx2-lut8", .is_available = avx2_available};
 
 #endif
