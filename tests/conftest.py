@@ -10,19 +10,26 @@ from tiny_models import make_tiny_hf_model, plain_rtn
 # is one unit of work, run by one worker in collection order: every file is its own group, so its
 # module fixtures are made once, except files that share an expensive session fixture, which share
 # a group (the fixture is then made once, and never by two workers at once in the same cache
-# folder). Native builds from several workers are serialized by tests/native_make.py's lock.
+# folder), and the files that build and run native code with make, which share build/: one worker
+# runs them one after another while the other runs Python (tests/native_make.py's lock would
+# otherwise keep a worker waiting while the other one's make runs qemu).
 SHARED_GROUPS = {
+    "test_aarch64.py": "native",
+    "test_native_kernels.py": "native",
+    "test_native_safety.py": "native",
+    "test_native_quant.py": "native",
+    "test_hostile_files.py": "native",
     "test_runtime.py": "smollm2-hf",          # smollm2_hf (the exported folder in the cache), smollm2_q8_path
     "test_real_model.py": "smollm2-hf",
     "test_export.py": "smollm2-default",      # smollm2_default_conversion
     "test_gguf_grid.py": "smollm2-default",
 }
 # Groups that take longest start first, so that no long group is left to run alone at the end
-# (seconds on a 2-core Zen 3, `pytest --durations=0`); the rest keep their order.
-LONGEST_FIRST = ["smollm2-hf", "test_aarch64.py", "test_gemma3_real.py", "test_native_kernels.py",
-                 "smollm2-default", "test_bad_input.py", "test_native_safety.py"]
+# (by `pytest --durations=0` on a 2-core Zen 3); the rest keep their order.
+LONGEST_FIRST = ["native", "smollm2-hf", "test_gemma3_real.py", "smollm2-default", "test_bad_input.py"]
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist's own hook, which reads the marks
 def pytest_collection_modifyitems(config, items):
     def group(item) -> str:
         return SHARED_GROUPS.get(item.path.name, item.path.name)
@@ -95,13 +102,19 @@ def smollm2_default_conversion(smollm2_gguf, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_hf(smollm2_gguf):
-    """SmolLM2-135M-Instruct as a Hugging Face folder (float32), written by edgeq's exporter."""
+    """SmolLM2-135M-Instruct as a Hugging Face folder (float32), written by edgeq's exporter into the
+    cache once (a lock keeps two test processes from writing it at once)."""
+    import fcntl
+
     from edgeq.convert.export_hf import export_hf_folder
     from edgeq.convert.sources import open_source
     from edgeq.registry import cache_dir
     folder = cache_dir() / "test-models" / "SmolLM2-135M-Instruct-hf"
-    if not (folder / "model.safetensors").exists():
-        export_hf_folder(open_source(smollm2_gguf), folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".smollm2-hf.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "model.safetensors").exists():
+            export_hf_folder(open_source(smollm2_gguf), folder)
     return folder
 
 

@@ -178,6 +178,8 @@ def test_padded_tail_file_loads_and_reproduces_its_greedy_ids():
     active = _ffi.isa()
     try:
         for isa in _ffi.kernel_sets():
+            if isa == "avx2-lut8":   # int8 tables at 2-3 bits (opt-in): other roundings, other near-ties
+                continue
             _ffi.select_isa(isa)
             with edgeq.load(PADDED_TAIL_FILE) as runtime:
                 ids = []
