@@ -39,6 +39,16 @@ def _copy_sources(folder: Path) -> None:
         shutil.copytree(ROOT / "build" / "obj", folder / "build" / "obj")
 
 
+def _plant_in_avx2(folder: Path, before: str, planted: str) -> None:
+    """The sources copied into `folder` (_copy_sources) with `before` replaced by `planted` in
+    x86/avx2.c, where it must occur once."""
+    _copy_sources(folder)
+    path = folder / "native/x86/avx2.c"
+    source = path.read_text()
+    assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
+    path.write_text(source.replace(before, planted))
+
+
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -118,11 +128,7 @@ def test_the_harness_catches_planted_int8_table_bugs(compiler, tmp_path, before,
     only: avx2 (int16 tables) and the others share none of that code."""
     if "avx2-lut8" not in _ffi.kernel_sets():
         pytest.skip("this CPU does not run the avx2 kernels")
-    _copy_sources(tmp_path)
-    path = tmp_path / "native/x86/avx2.c"
-    source = path.read_text()
-    assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
-    path.write_text(source.replace(before, planted))
+    _plant_in_avx2(tmp_path, before, planted)
     result = make("check-kernels", cwd=tmp_path)
     assert result.returncode != 0, "check_kernels passed with a planted bug"
     summaries = _summaries(result.stdout)
@@ -162,11 +168,7 @@ def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before,
     """A bug planted in avx2's attention helpers makes check_attention fail, naming avx2 only."""
     if "avx2" not in _ffi.kernel_sets():
         pytest.skip("this CPU does not run the avx2 kernels")
-    _copy_sources(tmp_path)
-    path = tmp_path / "native/x86/avx2.c"
-    source = path.read_text()
-    assert source.count(before) == 1, "x86/avx2.c changed: update the planted bug"
-    path.write_text(source.replace(before, planted))
+    _plant_in_avx2(tmp_path, before, planted)
     result = make("check-attention", cwd=tmp_path)
     assert result.returncode != 0, "check_attention passed with a planted bug"
     assert re.search(rf"^MISMATCH set avx2 {mismatch} vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), \
