@@ -207,13 +207,13 @@ unit_dot(const uint8_t *unit_planes, size_t plane_bytes, const uint8_t *unit_tab
 {
     for (int i = 0; i < 4; i++)
         total[i] = vdupq_n_s32(0);
-#pragma GCC unroll 2
+EQ_UNROLL(2)
     for (int p0 = 0; p0 < bits; p0 += 4) {
         const int p_end = bits < p0 + 4 ? bits : p0 + 4;
         unit_sums unit = {{vdupq_n_u16(0), vdupq_n_u16(0)}, {vdupq_n_u16(0), vdupq_n_u16(0)}};
 #pragma GCC unroll 2   /* 4 and 8 spill registers at 5-8 bits (objdump) */
         for (size_t c = 0; c < chunks; c++) {
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int p = p0; p < p_end; p++)
                 lookup_chunk(unit_planes + (size_t)p * plane_bytes + 16 * c,
                              unit_tables + CHUNK_TABLE_BYTES * c,
@@ -244,7 +244,7 @@ group_dot(const eq_qtype_traits *type, const lut_input *prepared, const uint8_t 
         else
             unit_dot(planes + 2u * u0, 2u * width, unit_tables, bits, 32 / EQ_CHUNK_COLS, total);
         const float32x4_t table_scale = vdupq_n_f32(prepared->table_scales[(col0 + u0) / LUT_UNIT]);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int i = 0; i < 4; i++)
             dot[i] = vfmaq_f32(dot[i], vcvtq_f32_s32(total[i]), table_scale);
     }
@@ -252,7 +252,7 @@ group_dot(const eq_qtype_traits *type, const lut_input *prepared, const uint8_t 
     for (size_t i = 0; i < width / 32; i++)
         sum_x += prepared->sums[col0 / 32 + i];
     const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
         const float32x4_t scale = load_f16x4(block + 8 * i);
         if (type->symmetric) {

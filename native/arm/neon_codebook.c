@@ -53,16 +53,16 @@ static inline __attribute__((always_inline)) void
 block_dot_mull(const uint8_t *indices, int8x16_t codebook, const int8_t *xq, int32x4_t dot[4])
 {
     int8x16_t x4[BLOCK / 4];   /* the 4 activations of columns 4j..4j+3 in every 32-bit lane */
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int j = 0; j < BLOCK / 4; j++)
         x4[j] = repeat4(xq + 4 * j);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < 4; v++) {
         int32x4_t pairs[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
-#pragma GCC unroll 2
+EQ_UNROLL(2)
         for (int j0 = 0; j0 < BLOCK / 8; j0 += 2) {
             int16x8_t sums[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
-#pragma GCC unroll 2
+EQ_UNROLL(2)
             for (int j = j0; j < j0 + 2; j++) {   /* quad j: low nibbles columns 8j..8j+3, high 8j+4.. */
                 int8x16_t low, high;
                 lookup(indices + 64 * j + 16 * v, codebook, &low, &high);
@@ -82,7 +82,7 @@ block_dot_mull(const uint8_t *indices, int8x16_t codebook, const int8_t *xq, int
 static inline __attribute__((always_inline)) EQ_TARGET_DOTPROD void
 quad_sdot(const int8x16_t levels[4], int8x16_t x, const int lane, int32x4_t dot[4])
 {
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < 4; v++) {
         switch (lane) {   /* the lane is an immediate of sdot */
         case 0: dot[v] = vdotq_laneq_s32(dot[v], levels[v], x, 0); break;
@@ -99,13 +99,13 @@ static inline __attribute__((always_inline)) EQ_TARGET_DOTPROD void
 block_dot_sdot(const uint8_t *indices, int8x16_t codebook, const int8_t *xq, int32x4_t dot[4])
 {
     const int8x16_t x[2] = {vld1q_s8(xq), vld1q_s8(xq + 16)};
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < 4; v++)
         dot[v] = vdupq_n_s32(0);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int j = 0; j < BLOCK / 8; j++) {
         int8x16_t low[4], high[4];
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < 4; v++)
             lookup(indices + 64 * j + 16 * v, codebook, &low[v], &high[v]);
         quad_sdot(low, x[j / 2], (2 * j) % 4, dot);
@@ -147,12 +147,12 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                     int32x4_t dot[4];
                     block_dot(indices + c / 8 * 64, codebook, x.xq + b * BLOCK, dot);
                     const float32x4_t scale = vdupq_n_f32(x.scale[b]);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
                     for (int i = 0; i < 4; i++)
                         dot_f[i] = vfmaq_f32(dot_f[i], vcvtq_f32_s32(dot[i]), scale);
                     sum_x += x.sum[b];
                 }
-#pragma GCC unroll 4
+EQ_UNROLL(4)
                 for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
                     acc[i] = vfmaq_f32(acc[i], load_f16x4(block + 8 * i), dot_f[i]);
                     if (!type->symmetric)
@@ -161,7 +161,7 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                 block += eq_packed_block_bytes(type, block_cols);
             }
             float out[EQ_TILE_ROWS];
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int i = 0; i < 4; i++)
                 vst1q_f32(out + 4 * i, acc[i]);
             const size_t row0 = tile * EQ_TILE_ROWS;

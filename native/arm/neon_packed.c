@@ -100,7 +100,7 @@ static inline int8x16_t repeat4(const int8_t *xq)
 static inline __attribute__((always_inline)) void
 load_quad(const uint8_t *quad, int flip, int8x16_t rows[4])
 {
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < 4; v++) {
         const uint8x16_t bytes = vld1q_u8(quad + 16 * v);
         rows[v] = vreinterpretq_s8_u8(flip ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes);
@@ -121,15 +121,15 @@ static inline __attribute__((always_inline)) void
 block_dot_mull(const uint8_t *levels, const int bits, const int8_t *xq, int32x4_t dot[4])
 {
     int8x16_t x4[BLOCK / 4];   /* the 4 activations of columns 4j..4j+3 in every 32-bit lane */
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int j = 0; j < BLOCK / 4; j++)
         x4[j] = repeat4(xq + 4 * j);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < 4; v++) {   /* rows 4v..4v+3: bytes 16v..16v+15 of every quad */
         int32x4_t pairs[2];   /* [h]: lanes (row 4v+2h, columns 0-1), (.., 2-3), (row 4v+2h+1, 0-1), (.., 2-3) */
         if (bits == 4) {      /* 4 quads of 8 columns: low nibbles columns 8j..8j+3, high 8j+4..8j+7 */
             int16x8_t sums[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int j = 0; j < BLOCK / 8; j++) {
                 const uint8x16_t packed = vld1q_u8(levels + 64 * j + 16 * v);
                 rows_mlal(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0f))), x4[2 * j], sums);
@@ -140,10 +140,10 @@ block_dot_mull(const uint8_t *levels, const int bits, const int8_t *xq, int32x4_
         } else {              /* 8 quads of 4 columns, a byte each */
             const int per_flush = bits <= 6 ? 4 : 2;   /* quads an int16 sum holds (opening comment) */
             pairs[0] = pairs[1] = vdupq_n_s32(0);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int j0 = 0; j0 < BLOCK / 4; j0 += per_flush) {
                 int16x8_t sums[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
-#pragma GCC unroll 4
+EQ_UNROLL(4)
                 for (int j = j0; j < j0 + per_flush; j++) {
                     const uint8x16_t bytes = vld1q_u8(levels + 64 * j + 16 * v);
                     rows_mlal(vreinterpretq_s8_u8(bits > 6 ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes), x4[j], sums);
@@ -164,7 +164,7 @@ block_dot_mull(const uint8_t *levels, const int bits, const int8_t *xq, int32x4_
 static inline __attribute__((always_inline)) EQ_TARGET_DOTPROD void
 quad_sdot(const int8x16_t rows[4], int8x16_t x, const int lane, int32x4_t dot[4])
 {
-    #pragma GCC unroll 4
+    EQ_UNROLL(4)
     for (int v = 0; v < 4; v++) {
         switch (lane) {   /* the lane is an immediate of sdot */
         case 0: dot[v] = vdotq_laneq_s32(dot[v], rows[v], x, 0); break;
@@ -180,19 +180,19 @@ static inline __attribute__((always_inline)) EQ_TARGET_DOTPROD void
 block_dot_sdot(const uint8_t *levels, const int bits, const int8_t *xq, int32x4_t dot[4])
 {
     const int8x16_t x[2] = {vld1q_s8(xq), vld1q_s8(xq + 16)};
-    #pragma GCC unroll 4
+    EQ_UNROLL(4)
     for (int v = 0; v < 4; v++)
         dot[v] = vdupq_n_s32(0);
     if (bits == 4) {         /* quad j: columns 8j..8j+3 are lane 2j % 4 of x[j / 2], 8j+4.. the next */
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int j = 0; j < BLOCK / 8; j++) {
             int8x16_t packed[4], nibbles[4];
             load_quad(levels + 64 * j, 0, packed);
-            #pragma GCC unroll 4
+            EQ_UNROLL(4)
             for (int v = 0; v < 4; v++)
                 nibbles[v] = vandq_s8(packed[v], vdupq_n_s8(0x0f));
             quad_sdot(nibbles, x[j / 2], (2 * j) % 4, dot);
-            #pragma GCC unroll 4
+            EQ_UNROLL(4)
             for (int v = 0; v < 4; v++)
                 nibbles[v] = vreinterpretq_s8_u8(vshrq_n_u8(vreinterpretq_u8_s8(packed[v]), 4));
             quad_sdot(nibbles, x[j / 2], (2 * j + 1) % 4, dot);
@@ -245,7 +245,7 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                     int32x4_t dot[4];
                     block_dot(levels + c / quad_cols * 64, bits, x.xq + b * BLOCK, dot);
                     const float32x4_t scale = vdupq_n_f32(x.scale[b]);
-                    #pragma GCC unroll 4
+                    EQ_UNROLL(4)
                     for (int i = 0; i < 4; i++) {
                         if (bits > 6)                                  /* Σ q x = Σ (q - 128) x + 128 Σ x */
                             dot[i] = vaddq_s32(dot[i], vdupq_n_s32(128 * x.xq_sum[b]));
@@ -253,7 +253,7 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                     }
                     sum_x += x.sum[b];
                 }
-                #pragma GCC unroll 4
+                EQ_UNROLL(4)
                 for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
                     const float32x4_t scale = load_f16x4(block + 8 * i);
                     if (type->symmetric) {
@@ -267,7 +267,7 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                 block += eq_packed_block_bytes(type, block_cols);
             }
             float out[EQ_TILE_ROWS];
-            #pragma GCC unroll 4
+            EQ_UNROLL(4)
             for (int i = 0; i < 4; i++)
                 vst1q_f32(out + 4 * i, acc[i]);
             const size_t row0 = tile * EQ_TILE_ROWS;

@@ -246,7 +246,7 @@ unit_dot(const uint8_t *planes, size_t plane_bytes, const int8_t *tables, const 
     const __m256i nibble = _mm256_set1_epi8(0x0f);
     *total_low = _mm256_setzero_si256();
     *total_high = _mm256_setzero_si256();
-#pragma GCC unroll 2
+EQ_UNROLL(2)
     for (int p0 = 0; p0 < bits; p0 += 4) {
         /* int16 sums of rows 0-7 (_a) and 8-15 (_b) per lane (lanes: even/odd chunks), from the
          * high-byte (hi_) and low-byte (lo_) tables; maddubs weighs plane p by 2^(p - p0) as it
@@ -255,12 +255,12 @@ unit_dot(const uint8_t *planes, size_t plane_bytes, const int8_t *tables, const 
         __m256i hi_a = _mm256_setzero_si256(), hi_b = _mm256_setzero_si256();
         __m256i lo_a = _mm256_setzero_si256(), lo_b = _mm256_setzero_si256();
         const int p_end = bits < p0 + 4 ? bits : p0 + 4;
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (size_t c = 0; c < pairs; c++) {
             const __m256i *t = (const __m256i *)(tables + 128 * c);
             const __m256i low_even = _mm256_load_si256(t), low_odd = _mm256_load_si256(t + 1);
             const __m256i high_even = _mm256_load_si256(t + 2), high_odd = _mm256_load_si256(t + 3);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int p = p0; p < p_end; p++) {
                 const __m256i weight = _mm256_set1_epi8((char)(1 << (p - p0)));
                 __m256i packed = _mm256_loadu_si256((const __m256i *)(planes + (size_t)p * plane_bytes + 32 * c));
@@ -307,11 +307,11 @@ unit_dot8(const uint8_t *planes, size_t plane_bytes, const int8_t *tables, const
 {
     const __m256i nibble = _mm256_set1_epi8(0x0f);
     __m256i sum_a = _mm256_setzero_si256(), sum_b = _mm256_setzero_si256();
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (size_t c = 0; c < pairs; c++) {
         const __m256i *t = (const __m256i *)(tables + 64 * c);
         const __m256i even = _mm256_load_si256(t), odd = _mm256_load_si256(t + 1);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int p = 0; p < bits; p++) {
             const __m256i weight = _mm256_set1_epi8((char)(1 << p));
             __m256i packed = _mm256_loadu_si256((const __m256i *)(planes + (size_t)p * plane_bytes + 32 * c));

@@ -63,10 +63,10 @@ block_dots(const uint8_t *indices, __m256i codes, const int8_t *const *xq, const
            __m256i *high)
 {
     const __m256i nibble = _mm256_set1_epi8(0x0f);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++)
         low[v] = high[v] = _mm256_setzero_si256();
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int j = 0; j < BLOCK / 8; j++) {
         const __m256i rows_low = _mm256_loadu_si256((const __m256i *)(indices + 64 * j));
         const __m256i rows_high = _mm256_loadu_si256((const __m256i *)(indices + 64 * j + 32));
@@ -74,7 +74,7 @@ block_dots(const uint8_t *indices, __m256i codes, const int8_t *const *xq, const
         const __m256i low_second = _mm256_shuffle_epi8(codes, _mm256_and_si256(_mm256_srli_epi16(rows_low, 4), nibble));
         const __m256i high_first = _mm256_shuffle_epi8(codes, _mm256_and_si256(rows_high, nibble));
         const __m256i high_second = _mm256_shuffle_epi8(codes, _mm256_and_si256(_mm256_srli_epi16(rows_high, 4), nibble));
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++) {
             const __m256i x_first = broadcast4(xq[v] + 8 * j), x_second = broadcast4(xq[v] + 8 * j + 4);
             low[v] = add_products(add_products(low[v], low_first, x_first), low_second, x_second);
@@ -93,7 +93,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
     const size_t header_bytes = eq_packed_header_bytes(type);
     const __m256i codes = load_codes(tile_data);
     __m256 acc_low[VECTORS], acc_high[VECTORS];                       /* rows 0-7, 8-15 per vector */
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++)
         acc_low[v] = acc_high[v] = _mm256_setzero_ps();
     const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE;
@@ -102,7 +102,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         const uint8_t *indices = block + header_bytes;
         __m256 dot_low[VECTORS], dot_high[VECTORS];
         float sum_x[VECTORS];
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++) {
             dot_low[v] = dot_high[v] = _mm256_setzero_ps();
             sum_x[v] = 0.0f;
@@ -110,11 +110,11 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
             const int8_t *block_xq[VECTORS];
             __m256i low[VECTORS], high[VECTORS];
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = x[v].xq + b * BLOCK;
             block_dots(indices + c / 8 * 64, codes, block_xq, vectors, low, high);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256i bias = _mm256_set1_epi32(BIAS * x[v].xq_sum[b]);   /* Σ level xq, exact */
                 const __m256 scale = _mm256_set1_ps(x[v].scale[b]);
@@ -125,7 +125,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         }
         const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
         const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++) {
             acc_low[v] = _mm256_fmadd_ps(scale_low, dot_low[v], acc_low[v]);
             acc_high[v] = _mm256_fmadd_ps(scale_high, dot_high[v], acc_high[v]);
@@ -133,7 +133,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         if (!type->symmetric) {
             const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
             const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256 sum = _mm256_set1_ps(sum_x[v]);
                 acc_low[v] = _mm256_fmadd_ps(min_low, sum, acc_low[v]);
@@ -142,7 +142,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         }
         block += eq_packed_block_bytes(type, block_cols);
     }
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++) {
         float out[EQ_TILE_ROWS];
         _mm256_storeu_ps(out, acc_low[v]);

@@ -111,10 +111,10 @@ block_dots(const uint8_t *levels, const int bits, const int8_t *const *xq, const
     if (bits == 4) {        /* 4 quads of 8 columns: low nibbles columns 0-3, high 4-7 */
         const __m256i nibble = _mm256_set1_epi8(0x0f);
         __m256i sum_low[VECTORS], sum_high[VECTORS];
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++)
             sum_low[v] = sum_high[v] = _mm256_setzero_si256();
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int j = 0; j < BLOCK / 8; j++) {
             const __m256i rows_low = _mm256_loadu_si256((const __m256i *)(levels + 64 * j));
             const __m256i rows_high = _mm256_loadu_si256((const __m256i *)(levels + 64 * j + 32));
@@ -122,7 +122,7 @@ block_dots(const uint8_t *levels, const int bits, const int8_t *const *xq, const
             const __m256i low_second = _mm256_and_si256(_mm256_srli_epi16(rows_low, 4), nibble);
             const __m256i high_first = _mm256_and_si256(rows_high, nibble);
             const __m256i high_second = _mm256_and_si256(_mm256_srli_epi16(rows_high, 4), nibble);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256i x_first = broadcast4(xq[v] + 8 * j), x_second = broadcast4(xq[v] + 8 * j + 4);
                 sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(low_first, x_first));
@@ -131,21 +131,21 @@ block_dots(const uint8_t *levels, const int bits, const int8_t *const *xq, const
                 sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(high_second, x_second));
             }
         }
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++) {
             low[v] = _mm256_madd_epi16(sum_low[v], ones);
             high[v] = _mm256_madd_epi16(sum_high[v], ones);
         }
     } else if (bits <= 6) { /* 8 quads of 4 columns, levels <= 63: two quads per s16 sum */
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++)
             low[v] = high[v] = _mm256_setzero_si256();
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int j = 0; j < BLOCK / 4; j += 2) {
             const __m256i *quads = (const __m256i *)(levels + 64 * j);
             const __m256i first_low = _mm256_loadu_si256(quads), first_high = _mm256_loadu_si256(quads + 1);
             const __m256i second_low = _mm256_loadu_si256(quads + 2), second_high = _mm256_loadu_si256(quads + 3);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256i x_first = broadcast4(xq[v] + 4 * j), x_second = broadcast4(xq[v] + 4 * j + 4);
                 const __m256i pair_low = _mm256_add_epi16(_mm256_maddubs_epi16(first_low, x_first),
@@ -158,15 +158,15 @@ block_dots(const uint8_t *levels, const int bits, const int8_t *const *xq, const
         }
     } else {                /* 7-8 bits: |q - 128| x (x with the sign of q - 128), pairs <= 32512 */
         const __m256i flip = _mm256_set1_epi8((char)0x80);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++)
             low[v] = high[v] = _mm256_setzero_si256();
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int j = 0; j < BLOCK / 4; j++) {
             const __m256i w_low = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(levels + 64 * j)), flip);
             const __m256i w_high = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(levels + 64 * j + 32)), flip);
             const __m256i abs_low = _mm256_abs_epi8(w_low), abs_high = _mm256_abs_epi8(w_high);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256i x4 = broadcast4(xq[v] + 4 * j);
                 low[v] = _mm256_add_epi32(low[v], _mm256_madd_epi16(
@@ -190,7 +190,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
     const size_t quad_cols = bits == 4 ? 8 : 4;                       /* columns per 64-byte quad */
     const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
     __m256 acc_low[VECTORS], acc_high[VECTORS];                       /* rows 0-7, 8-15 per vector */
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++)
         acc_low[v] = acc_high[v] = _mm256_setzero_ps();
     const uint8_t *block = tile_data;
@@ -199,7 +199,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         const uint8_t *levels = block + header_bytes;
         __m256 dot_low[VECTORS], dot_high[VECTORS];
         float sum_x[VECTORS];
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++) {
             dot_low[v] = dot_high[v] = _mm256_setzero_ps();
             sum_x[v] = 0.0f;
@@ -207,11 +207,11 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
             const int8_t *block_xq[VECTORS];
             __m256i low[VECTORS], high[VECTORS];
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = x[v].xq + b * BLOCK;
             block_dots(levels + c / quad_cols * 64, bits, block_xq, vectors, low, high);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 if (bits > 6) {                                        /* Σ q x = Σ (q - 128) x + 128 Σ x */
                     const __m256i offset = _mm256_set1_epi32(128 * x[v].xq_sum[b]);
@@ -227,7 +227,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
         const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
         if (type->symmetric) {
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256 offset = _mm256_set1_ps(zero_point * sum_x[v]);
                 acc_low[v] = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low[v], offset), acc_low[v]);
@@ -236,7 +236,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         } else {
             const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
             const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256 sum = _mm256_set1_ps(sum_x[v]);
                 acc_low[v] = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low[v], acc_low[v]));
@@ -245,7 +245,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         }
         block += eq_packed_block_bytes(type, block_cols);
     }
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++) {
         float out[EQ_TILE_ROWS];
         _mm256_storeu_ps(out, acc_low[v]);

@@ -147,7 +147,7 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
     for (size_t c = 0; c < width / EQ_CHUNK_COLS; c++) {
         __m256i quads[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(),   /* cols 0-3: rows 0-7, 8-15 */
                             _mm256_setzero_si256(), _mm256_setzero_si256()};  /* cols 4-7: rows 0-7, 8-15 */
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int p = 0; p < bits; p++) {
             const __m256i chunk = _mm256_broadcastsi128_si256(
                 _mm_loadu_si128((const __m128i *)(planes + (size_t)p * plane_bytes + 16u * c)));
@@ -165,9 +165,9 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
         }
         /* per quad (8 rows x 4 columns of bytes): rows 0-3 and 4-7 widened to int16 hold, per row,
          * the pair (0, 1) then (2, 3) as two dwords; gather the first pairs, then the second ones */
-#pragma GCC unroll 2
+EQ_UNROLL(2)
         for (int h = 0; h < 2; h++) {            /* columns 0-3, 4-7 */
-#pragma GCC unroll 2
+EQ_UNROLL(2)
             for (int r = 0; r < 2; r++) {        /* rows 0-7, 8-15 */
                 const __m256i quad = quads[2 * h + r];
                 const __m256i rows_0_3 = _mm256_permutevar8x32_epi32(
@@ -191,14 +191,14 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
 static inline __attribute__((always_inline)) void
 block_sums(const int16_t *levels, const uint8_t *const *q, const int vectors, __m256i (*sum)[2])
 {
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         sum[v][0] = sum[v][1] = _mm256_setzero_si256();
-#pragma GCC unroll 16
+EQ_UNROLL(16)
     for (int j = 0; j < EQ_Q16_BLOCK / 2; j++) {
         const __m256i w_0_7 = _mm256_load_si256((const __m256i *)(levels + (size_t)j * PAIR_LEVELS));
         const __m256i w_8_15 = _mm256_load_si256((const __m256i *)(levels + (size_t)j * PAIR_LEVELS + 16));
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++) {
             int32_t two;
             memcpy(&two, q[v] + 4u * (size_t)j, sizeof two);
@@ -221,7 +221,7 @@ block_output(__m256i (*sum)[2], const uint8_t *const *q, const int vectors, cons
              float (*acc)[EQ_TILE_ROWS])
 {
     const __m256 scale_0_7 = _mm256_load_ps(scale), scale_8_15 = _mm256_load_ps(scale + 8);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++) {
         float d_b;
         memcpy(&d_b, q[v] + scale_at, sizeof d_b);
@@ -274,13 +274,13 @@ group_product(const int16_t *levels, block_cursor *at, const int vectors, const 
               const size_t width, float (*acc)[EQ_TILE_ROWS])
 {
     const size_t n_blocks = width / EQ_Q16_BLOCK;
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (size_t b = 0; b < n_blocks; b++) {
         __m256i sum[VECTORS][2];
         block_sums(levels + b * (EQ_Q16_BLOCK / 2) * PAIR_LEVELS, at->q, vectors, sum);
         block_output(sum, at->q, vectors, at->scale_at, at->sum_at, scale, b + 1 == n_blocks ? bias : NULL,
                      n_blocks, acc);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++) {
             at->q[v] += EQ_Q16_BLOCK * sizeof(int16_t);
             /* keep one register per vector: without the barrier gcc derives a pointer per vector
@@ -351,7 +351,7 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                         expand_group(block + planes_offset, bits, last_width, group_levels);
                     else
                         expand_group(block + planes_offset, bits, group, group_levels);
-#pragma GCC unroll 2
+EQ_UNROLL(2)
                     for (int half = 0; half < 2; half++) {
                         const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16 * half)));
                         const __m256 bias = type->symmetric

@@ -194,18 +194,18 @@ unit_dot(const plane_indices *c, const uint8_t *unit_tables, const uint8_t *unit
          const int bits, const size_t loads)
 {
     __m512i total = _mm512_setzero_si512();
-#pragma GCC unroll 2
+EQ_UNROLL(2)
     for (int p0 = 0; p0 < bits; p0 += 7) {   /* plane weights 2^(p - p0) <= 64 fit the int8 operand */
         const int p_end = bits < p0 + 7 ? bits : p0 + 7;
         /* int32 sums per row of the low / high byte tables' lookups, chunks (0, 1) and (2, 3) */
         __m512i low_first = _mm512_setzero_si512(), high_first = _mm512_setzero_si512();
         __m512i low_second = _mm512_setzero_si512(), high_second = _mm512_setzero_si512();
-#pragma GCC unroll 2
+EQ_UNROLL(2)
         for (size_t l = 0; l < loads; l++) {
             const __m512i *t = (const __m512i *)(unit_tables + 256 * l);
             const __m512i low_table_first = _mm512_load_si512(t), low_table_second = _mm512_load_si512(t + 1);
             const __m512i high_table_first = _mm512_load_si512(t + 2), high_table_second = _mm512_load_si512(t + 3);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int p = p0; p < p_end; p++) {
                 const __m512i weight = _mm512_set1_epi8((char)(1 << (p - p0)));
                 __m512i packed = _mm512_loadu_si512(unit_planes + (size_t)p * plane_bytes + 64 * l);

@@ -45,15 +45,15 @@ static inline __attribute__((always_inline)) void
 block_dots(const uint8_t *indices, __m512i codes, const int8_t *const *xq, const int vectors, __m512i *dot)
 {
     const __m512i nibble = _mm512_set1_epi8(0x0f);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         dot[v] = _mm512_setzero_si512();
-#pragma GCC unroll 4
+EQ_UNROLL(4)
     for (int j = 0; j < BLOCK / 8; j++) {
         const __m512i quad = _mm512_loadu_si512(indices + 64 * j);
         const __m512i low = _mm512_shuffle_epi8(codes, _mm512_and_si512(quad, nibble));
         const __m512i high = _mm512_shuffle_epi8(codes, _mm512_and_si512(_mm512_srli_epi16(quad, 4), nibble));
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++) {
             dot[v] = _mm512_dpbusd_epi32(dot[v], low, broadcast4(xq[v] + 8 * j));
             dot[v] = _mm512_dpbusd_epi32(dot[v], high, broadcast4(xq[v] + 8 * j + 4));
@@ -71,7 +71,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
     const __m512i codes = _mm512_broadcast_i32x4(
         _mm_add_epi8(_mm_loadu_si128((const __m128i *)tile_data), _mm_set1_epi8(BIAS)));
     __m512 acc[VECTORS];
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         acc[v] = _mm512_setzero_ps();
     const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE;
@@ -80,7 +80,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         const uint8_t *indices = block + header_bytes;
         __m512 dot[VECTORS];
         float sum_x[VECTORS];
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++) {
             dot[v] = _mm512_setzero_ps();
             sum_x[v] = 0.0f;
@@ -88,11 +88,11 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
             const int8_t *block_xq[VECTORS];
             __m512i sums_int[VECTORS];
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = x[v].xq + b * BLOCK;
             block_dots(indices + c / 8 * 64, codes, block_xq, vectors, sums_int);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++) {
                 const __m512i exact = _mm512_sub_epi32(sums_int[v], _mm512_set1_epi32(BIAS * x[v].xq_sum[b]));
                 dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(x[v].scale[b]), dot[v]);
@@ -100,18 +100,18 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
             }
         }
         const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++)
             acc[v] = _mm512_fmadd_ps(scale, dot[v], acc[v]);
         if (!type->symmetric) {
             const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 acc[v] = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x[v]), acc[v]);
         }
         block += eq_packed_block_bytes(type, block_cols);
     }
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         _mm512_mask_storeu_ps(y[v], row_mask, acc[v]);
 }

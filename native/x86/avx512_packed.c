@@ -71,26 +71,26 @@ static inline __m512i broadcast4(const int8_t *p)
 static inline __attribute__((always_inline)) void
 block_dots(const uint8_t *levels, const int bits, const int8_t *const *xq, const int vectors, __m512i *dot)
 {
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         dot[v] = _mm512_setzero_si512();
     if (bits == 4) {
         const __m512i nibble = _mm512_set1_epi8(0x0f);
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int j = 0; j < BLOCK / 8; j++) {
             const __m512i quad = _mm512_loadu_si512(levels + 64 * j);
             const __m512i low = _mm512_and_si512(quad, nibble), high = _mm512_and_si512(_mm512_srli_epi16(quad, 4), nibble);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++) {
                 dot[v] = _mm512_dpbusd_epi32(dot[v], low, broadcast4(xq[v] + 8 * j));
                 dot[v] = _mm512_dpbusd_epi32(dot[v], high, broadcast4(xq[v] + 8 * j + 4));
             }
         }
     } else {
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int j = 0; j < BLOCK / 4; j++) {
             const __m512i quad = _mm512_loadu_si512(levels + 64 * j);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 dot[v] = _mm512_dpbusd_epi32(dot[v], quad, broadcast4(xq[v] + 4 * j));
         }
@@ -110,7 +110,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
     const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
     const int8_t *xq[VECTORS];
     __m512 acc[VECTORS];                                           /* the tile's 16 rows per vector */
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++) {
         xq[v] = x[v].xq;
         acc[v] = _mm512_setzero_ps();
@@ -121,7 +121,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         const uint8_t *levels = block + header_bytes;
         __m512 dot[VECTORS];
         float sum_x[VECTORS];
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++) {
             dot[v] = _mm512_setzero_ps();
             sum_x[v] = 0.0f;
@@ -129,11 +129,11 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
             const int8_t *block_xq[VECTORS];
             __m512i sums_int[VECTORS];
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = xq[v] + b * BLOCK;
             block_dots(levels + c / quad_cols * 64, bits, block_xq, vectors, sums_int);
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++) {
                 dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_int[v]), _mm512_set1_ps(x[v].scale[b]), dot[v]);
                 sum_x[v] += x[v].sum[b];
@@ -141,18 +141,18 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
         }
         const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
         if (type->symmetric) {
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 acc[v] = _mm512_fmadd_ps(scale, _mm512_sub_ps(dot[v], _mm512_set1_ps(zero_point * sum_x[v])), acc[v]);
         } else {
             const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 acc[v] = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x[v]), _mm512_fmadd_ps(scale, dot[v], acc[v]));
         }
         block += eq_packed_block_bytes(type, block_cols);
     }
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         _mm512_mask_storeu_ps(y[v], row_mask, acc[v]);
 }

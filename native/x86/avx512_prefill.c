@@ -73,11 +73,11 @@ expand_group(const uint8_t *planes, const int bits, const size_t width, int16_t 
             const __m128i chunk = _mm_loadu_si128((const __m128i *)(planes + (size_t)p * plane_bytes + 16u * c));
             const __m512i rows = _mm512_permutexvar_epi16(spread, _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(chunk)));
             const __m512i weight = _mm512_set1_epi16((short)(1u << p));
-#pragma GCC unroll 4
+EQ_UNROLL(4)
             for (int j = 0; j < 4; j++)
                 pairs[j] = _mm512_mask_add_epi16(pairs[j], _mm512_test_epi16_mask(rows, column_bits[j]), pairs[j], weight);
         }
-#pragma GCC unroll 4
+EQ_UNROLL(4)
         for (int j = 0; j < 4; j++)
             _mm512_store_si512((void *)(levels + (4u * c + (unsigned)j) * PAIR_LEVELS), pairs[j]);
     }
@@ -139,7 +139,7 @@ group_product(const int16_t *levels, const vector_set *x, const int vectors, siz
 {
     const size_t first_block = g * group / EQ_Q16_BLOCK;
     __m512 dot[VECTORS];
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         dot[v] = _mm512_setzero_ps();
     for (size_t b = 0; b < width / EQ_Q16_BLOCK; b++) {
@@ -147,23 +147,23 @@ group_product(const int16_t *levels, const vector_set *x, const int vectors, siz
         const size_t q_at = block * EQ_Q16_BLOCK * sizeof(int16_t);
         const size_t scale_at = x->scale_offset + block * sizeof(float);
         __m512i sum[VECTORS];                                /* s32 per row */
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++)
             sum[v] = _mm512_setzero_si512();
-#pragma GCC unroll 16
+EQ_UNROLL(16)
         for (int j = 0; j < EQ_Q16_BLOCK / 2; j++) {
             const __m512i w = _mm512_load_si512((const void *)(levels + (b * (EQ_Q16_BLOCK / 2) + (size_t)j) * PAIR_LEVELS));
-#pragma GCC unroll 8
+EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 sum[v] = dot_pair(sum[v], w, x->start[v], q_at, j);
         }
-#pragma GCC unroll 8
+EQ_UNROLL(8)
         for (int v = 0; v < vectors; v++) {
             const __m512 d = _mm512_set1_ps(vector_float(x, v, scale_at));
             dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[v]), d, dot[v]);
         }
     }
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++) {
         float x_sum = 0.0f;
         for (size_t b = 0; b < width / EQ_Q16_BLOCK; b++)
@@ -190,7 +190,7 @@ span_vectors(const int16_t *levels, const float (*scales)[EQ_TILE_ROWS], const f
              const size_t n_groups, const size_t last_width, const span_output *out)
 {
     __m512 y[VECTORS];
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         y[v] = out->first ? _mm512_setzero_ps() : _mm512_load_ps(out->acc[v]);
     for (size_t g = g0; g < g_end; g++) {
@@ -201,7 +201,7 @@ span_vectors(const int16_t *levels, const float (*scales)[EQ_TILE_ROWS], const f
         else
             group_product(group_levels, x, vectors, g, scale, bias, group, group, y);
     }
-#pragma GCC unroll 8
+EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++) {
         if (out->last)
             _mm512_mask_storeu_ps(out->y + (size_t)v * out->y_stride, out->rows, y[v]);
