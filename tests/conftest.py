@@ -6,7 +6,8 @@ import pytest
 
 from tiny_models import make_tiny_hf_model, plain_rtn
 
-# `make test` runs the suite on one pytest-xdist worker per CPU (-n auto --dist loadgroup). A group
+# `make test` runs the suite on one pytest-xdist worker per CPU (-n auto --dist loadgroup
+# --no-loadscope-reorder: groups are handed out in the order below). A group
 # is one unit of work, run by one worker in collection order: every file is its own group, so its
 # module fixtures are made once, except files that share an expensive session fixture, which share
 # a group (the fixture is then made once, and never by two workers at once in the same cache
