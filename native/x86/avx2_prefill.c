@@ -384,36 +384,7 @@ EQ_UNROLL(2)
     }
 }
 
-/* The body inlined once per (bits, group), each in a function of its own: with all eighteen in one
- * function gcc took about 40 s to optimize this file (some passes grow faster than the function),
- * with one each a few seconds; the code is the same. */
-#define BODY_FUNCTION(b, g) \
-    static __attribute__((noinline)) void prefill_gemm_##b##_##g(const eq_qtype_traits *type, const uint8_t *data, \
-                                                                 size_t rows, size_t cols, const eq_input *in, \
-                                                                 float *y, size_t y_stride) \
-    { prefill_gemm_body(type, data, rows, cols, in, y, y_stride, (b), (g)); }
-#define BODY_FUNCTIONS(b) BODY_FUNCTION(b, 32) BODY_FUNCTION(b, 64) BODY_FUNCTION(b, 128)
-#ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-BODY_FUNCTIONS(2) BODY_FUNCTIONS(3) BODY_FUNCTIONS(4) BODY_FUNCTIONS(5) BODY_FUNCTIONS(6) BODY_FUNCTIONS(8)
-#endif
-#undef BODY_FUNCTIONS
-#undef BODY_FUNCTION
-
-void eq_prefill_gemm_avx2(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
-                          const eq_input *in, float *y, size_t y_stride)
-{
-#define BODY_CASE(b, g) case (b) * 1000 + (g): prefill_gemm_##b##_##g(type, data, rows, cols, in, y, y_stride); return;
-#define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
-    switch (type->bits * 1000 + type->group) {
-#ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-    BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
-#endif
-    default:   /* a type added to the table without a case here: correct, not unrolled */
-        prefill_gemm_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);
-    }
-#undef BODY_CASES
-#undef BODY_CASE
-}
+EQ_PREFILL_GEMM(avx2)
 
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -49,4 +49,38 @@ static inline eq_q16_acts eq_q16_acts_at(const uint8_t *prepared, size_t cols)
     return a;
 }
 
+/* EQ_PREFILL_GEMM(isa): eq_prefill_gemm_<isa> for a file that defines prefill_gemm_body(type, data,
+ * rows, cols, in, y, y_stride, bits, group) (always inline): the body once per (bits, group) with both
+ * constant (loops unrolled), each in a function of its own, and the default case with run-time
+ * values (a type added to the table without a case: correct, not unrolled; with EQ_KERNELS_GENERIC,
+ * kernels.h, the only one). With all eighteen bodies in one function gcc took about 40 s to optimize
+ * x86/avx2_prefill.c (some passes grow faster than the function), with one each 28 s; same code. */
+#define EQ_PREFILL_BODY(b, g)                                                                                \
+    static __attribute__((noinline)) void prefill_gemm_##b##_##g(const eq_qtype_traits *type,               \
+                                                                 const uint8_t *data, size_t rows,          \
+                                                                 size_t cols, const eq_input *in, float *y, \
+                                                                 size_t y_stride)                           \
+    {                                                                                                        \
+        prefill_gemm_body(type, data, rows, cols, in, y, y_stride, (b), (g));                                \
+    }
+#define EQ_PREFILL_CASE(b, g) \
+    case (b) * 1000 + (g): prefill_gemm_##b##_##g(type, data, rows, cols, in, y, y_stride); return;
+#ifdef EQ_KERNELS_GENERIC
+#define EQ_PREFILL_FOR_EACH(x)
+#else
+#define EQ_PREFILL_FOR_EACH(x) x(2, 32) x(2, 64) x(2, 128) x(3, 32) x(3, 64) x(3, 128) x(4, 32) x(4, 64) \
+    x(4, 128) x(5, 32) x(5, 64) x(5, 128) x(6, 32) x(6, 64) x(6, 128) x(8, 32) x(8, 64) x(8, 128)
+#endif
+#define EQ_PREFILL_GEMM(isa)                                                                                 \
+    EQ_PREFILL_FOR_EACH(EQ_PREFILL_BODY)                                                                     \
+    void eq_prefill_gemm_##isa(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,  \
+                               const eq_input *in, float *y, size_t y_stride)                                \
+    {                                                                                                        \
+        switch (type->bits * 1000 + type->group) {                                                          \
+        EQ_PREFILL_FOR_EACH(EQ_PREFILL_CASE)                                                                 \
+        default:                                                                                             \
+            prefill_gemm_body(type, data, rows, cols, in, y, y_stride, type->bits, (size_t)type->group);     \
+        }                                                                                                    \
+    }
+
 #endif /* EDGEQ_X86_Q16_ACTS_H */
