@@ -672,16 +672,21 @@ def ppl_of(row: dict) -> float | None:
 def dominance(rows: list[dict], top) -> list[dict]:
     """For each llama.cpp type: whether some edgeq row is no larger, no worse in perplexity and
     faster at decode with `top` threads (DESIGN.md "Anchors"). Each entry: llama (the row), status
-    ("dominated", "slower", "worse", "unmeasured"), best (the edgeq row that comes closest: the
-    fastest of those no larger and no worse, else the best perplexity at no larger size) and
-    smallest (the smallest edgeq file no worse in perplexity, any size)."""
+    ("dominated", "slower", "worse", "undecided", "unmeasured"), best (the edgeq row that comes
+    closest: the fastest of those no larger and no worse, else the best perplexity at no larger size),
+    smallest (the smallest edgeq file no worse in perplexity, any size) and unspeeded (the best
+    perplexity among edgeq files no larger and no worse whose decode speed is not in the rows:
+    "undecided" when no measured file is no larger and no worse)."""
     edgeq = [r for r in rows if r["system"] == "edgeq"]
     out = []
     for theirs in llama_rows(rows):
-        entry = {"llama": theirs, "status": "unmeasured", "best": None, "smallest": None}
+        entry = {"llama": theirs, "status": "unmeasured", "best": None, "smallest": None, "unspeeded": None}
         out.append(entry)
         if ppl_of(theirs) is None or decode(theirs, top) is None:
             continue
+        unspeeded = [r for r in edgeq if ppl_of(r) is not None and decode(r, top) is None
+                     and ppl_of(r) <= ppl_of(theirs) and r["file_mb"] <= theirs["file_mb"]]
+        entry["unspeeded"] = min(unspeeded, key=ppl_of) if unspeeded else None
         measured = [r for r in edgeq if ppl_of(r) is not None and decode(r, top) is not None]
         no_worse = [r for r in measured if ppl_of(r) <= ppl_of(theirs)]
         if no_worse:
@@ -693,7 +698,7 @@ def dominance(rows: list[dict], top) -> list[dict]:
         else:
             smaller = [r for r in measured if r["file_mb"] <= theirs["file_mb"]]
             entry["best"] = min(smaller, key=lambda r: ppl_of(r)) if smaller else None
-            entry["status"] = "worse"
+            entry["status"] = "undecided" if entry["unspeeded"] else "worse"
     return out
 
 
@@ -722,6 +727,9 @@ def dominance_lines(rows: list[dict], top) -> list[str]:
             text = f"**dominated** by {describe(best)}"
         elif entry["status"] == "slower":
             text = f"not dominated: {describe(best)} is no larger and no worse, but not faster"
+        elif entry["status"] == "undecided":
+            text = "not decided here: no edgeq file measured for speed is no larger and no worse in " \
+                   "perplexity"
         else:
             text = "not dominated: no edgeq file is no larger and no worse in perplexity"
             if best is not None:
@@ -729,6 +737,10 @@ def dominance_lines(rows: list[dict], top) -> list[str]:
                         f"{100 * (ppl_of(best) / ppl_of(theirs) - 1):+.1f} %"
         if smallest is not None and smallest is not best:
             text += f"; the smallest edgeq file no worse is {describe(smallest)}"
+        if entry["unspeeded"] is not None and entry["status"] != "dominated":
+            row = entry["unspeeded"]
+            text += f"; {edgeq_label(row)} ({row['file_mb']:.1f} MB, ppl {ppl_of(row):.2f}) is no larger and " \
+                    f"no worse; its decode speed at t{top} is not in these records"
         lines.append(head + text + ".")
     return lines
 

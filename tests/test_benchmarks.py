@@ -282,6 +282,12 @@ def test_dominance_per_llama_type(suite):
     assert verdicts["Q8_0"]["best"]["type"] == "u4g64a-rtn-imatrix"        # best perplexity at no larger size
     assert verdicts["Q8_0"]["smallest"]["type"] == "u8g64a-rtn"
     assert verdicts["Q2_K"]["status"] == "unmeasured"
+    # a file no larger and no worse than Q8_0 whose speed is not recorded: undecided, and named
+    unspeeded = _records() + [{**_records()[-1], "type": "mixed-size-144.811MB", "file_mb": 126.2, "ppl": 26.8}]
+    verdicts = {d["llama"]["type"]: d for d in suite.dominance(suite.table_rows(unspeeded, "smollm2"), 2)}
+    assert verdicts["Q8_0"]["status"] == "undecided"
+    assert verdicts["Q8_0"]["unspeeded"]["type"] == "mixed-size-144.811MB"
+    assert verdicts["Q4_0"]["status"] == "dominated" and verdicts["Q4_0"]["unspeeded"] is None
     slower = [r for r in _records() if not (r["type"] == "u4g64a-rtn-imatrix" and r.get("isa") == "avx2")]
     verdicts = {d["llama"]["type"]: d for d in suite.dominance(suite.table_rows(slower, "smollm2"), 2)}
     assert verdicts["Q4_0"]["status"] == "slower" and verdicts["Q4_0"]["best"]["isa"] == "scalar"
@@ -297,6 +303,13 @@ def test_report_states_peers_dominance_and_conversions(suite, tmp_path):
     assert "- llama.cpp Q8_0 (144.8 MB, ppl 27.00, decode 100.0 tok/s t2): not dominated: no edgeq file is no " \
            "larger and no worse in perplexity" in text
     assert "- llama.cpp Q2_K (88.2 MB): not decided" in text
+    suite.write_markdown(path, _records() + [{**_records()[-1], "type": "mixed-size-144.811MB", "file_mb": 126.2,
+                                              "ppl": 26.8}], "edgeq/data/evaluation.txt")
+    assert "- llama.cpp Q8_0 (144.8 MB, ppl 27.00, decode 100.0 tok/s t2): not decided here: no edgeq file " \
+           "measured for speed is no larger and no worse in perplexity; the smallest edgeq file no worse is " \
+           "edgeq u8g64a-rtn [avx2] (144.9 MB, ppl 26.90, decode 0.90x); edgeq " \
+           "mixed-size-144.811MB (126.2 MB, ppl 26.80) is no larger and no worse; its decode speed at t2 is not " \
+           "in these records." in path.read_text().splitlines()
     assert "| u4g64a-rtn-imatrix | `4` | u4g64a | 64 | uniform-bitplane | rtn-imatrix | 40.0 | 70.0 | 900 |" in text
     # a mixed row: its KL and top-1 in the KL column (empty for rows measured without a base), no peer at
     # equal bits, the llama.cpp file no smaller beside it
