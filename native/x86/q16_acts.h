@@ -1,6 +1,7 @@
 /* x86/q16_acts.h — the prepared input of the multiply-add (prefill) path: int16 activations per
  * block of 32 with a float scale. Written by eq_prefill_prepare_avx2 (x86/avx2_prefill.c), read by
- * the prefill gemms of x86/avx2_prefill.c and x86/avx512_prefill.c. Plain C: no ISA code here.
+ * the prefill gemms of x86/avx2_prefill.c and x86/avx512_prefill.c; and EQ_PREFILL_GEMM, the
+ * dispatch both files share (at the end). Plain C: no ISA code here.
  *
  * One vector of cols activations, padded = cols rounded up to EQ_LARGEST_GROUP (zeros past cols):
  *     q      (padded,)       int16  round(x / d_b), |q| <= EQ_Q16_LEVELS, block b = columns 32b .. 32b+31
