@@ -25,7 +25,7 @@ measured sensitivity (data) and measured cost (bytes, or kernel time on the targ
    solver returns never exceeds the budget; it is optimal for the rounded costs, hence no worse
    than the exact optimum under the budget shrunk by n_groups cells (n_groups / GRID_CELLS of the
    slack: 1 % for SmolLM2's 211 tensors). Ties go to the candidate listed first (the table's
-   order), so the result is deterministic.
+   order, candidate_types), so the result is deterministic.
 Tensors that must share a type are solved as one group (share_groups). In native/src/model.c no
 fused product needs it: q/k/v and gate/up read one input prepared once per *family* (any mix of
 types and families is fine), and gate/up are cut at the larger of their tiles; so every 2-D tensor
@@ -50,6 +50,7 @@ SAMPLE_ROWS = 128            # rows of each tensor the sensitivity is measured o
 GRID_CELLS = 20000           # the solver's budget grid
 PROBE_TYPE = "u3g64a"        # the type a tensor is quantized to for its KL measurement
 KL_TOKENS, KL_CTX = 512, 256
+KL_ROWS = 64                 # positions per block of the head's logits in the KL measurement
 DEPTHS = ("first", "early", "late", "last")
 BUDGET_KINDS = ("bpw", "size", "latency")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -82,9 +83,17 @@ def parse_size(text: str) -> int:
 
 
 def candidate_types() -> list[QuantType]:
-    """Every type the converter writes, in table order, but f32 (f16 is the float candidate)."""
+    """Every type the converter writes but f32 (f16 is the float candidate), in table order, except
+    that of two types holding the same numbers (u8g64a and p8g64a: one grid as bit-planes or as
+    packed levels, equal in bytes and score) the family `--layout auto` stores that width in comes
+    first, so the solver's tie goes to it: packed at 8 bits, which decodes faster (convert.plan)."""
+    from .plan import PlanSettings
     from .quantize import writes
-    return [qtype for qtype in quant_types.TYPES.values() if writes(qtype) and qtype.bits < 32]
+    types = [qtype for qtype in quant_types.TYPES.values() if writes(qtype) and qtype.bits < 32]
+    auto, first = PlanSettings(), {}
+    for index, qtype in enumerate(types):
+        first.setdefault(_numbers_key(qtype), index)
+    return sorted(types, key=lambda t: (first[_numbers_key(t)], t.is_uniform() and t.family != auto.family_for(t.bits)))
 
 
 def allocated_tensors(config) -> list[str]:
@@ -195,7 +204,10 @@ class FloatRunner:
             self.inputs.append(x)
             x = self._layer(layer, x, {})
         self.final = x                                     # (N, dim) the last layer's output
-        self.reference = _log_softmax(self._head(x, None))  # (N, vocab)
+        head = self._head_weight()
+        self.reference = np.empty((len(x), head.shape[0]), dtype=np.float32)    # (N, vocab) log-probs
+        for rows in self._blocks():
+            self.reference[rows] = _log_softmax(self._head(x[rows], head))
 
     def _layer(self, layer: int, x: np.ndarray, replaced: dict) -> np.ndarray:
         from .calibrate import _layer_forward, _layer_tensors
@@ -203,12 +215,20 @@ class FloatRunner:
         weights = {s: w if w is not None else self.load(f"blk.{layer}.{s}") for s, w in weights.items()}
         return _layer_forward(self.config, weights, x, self.n_seq, self.ctx, layer, lambda name, inputs: None)
 
+    def _head_weight(self) -> np.ndarray:
+        return self.load("token_embd.weight" if self.config.tied_embeddings else "output.weight")
+
+    def _blocks(self):
+        """Slices of KL_ROWS positions: the (positions, vocab) arrays exist a block at a time (a
+        151936-token vocabulary makes a 512-position block 311 MB, and log_softmax needs several)."""
+        return [slice(start, start + KL_ROWS) for start in range(0, self.n_seq * self.ctx, KL_ROWS)]
+
     def _head(self, x: np.ndarray, head: np.ndarray | None) -> np.ndarray:
         from edgeq.reference import rms_norm, softcap
         from .calibrate import _matmul
         c = self.config
         if head is None:
-            head = self.load("token_embd.weight" if c.tied_embeddings else "output.weight")
+            head = self._head_weight()
         return softcap(_matmul(rms_norm(x, self.load("output_norm.weight"), c.norm_eps), head), c.final_softcap)
 
     def kl(self, name: str, restored: np.ndarray) -> float:
@@ -229,8 +249,12 @@ class FloatRunner:
         replaced = {name: restored} if name.startswith("blk.") else {}
         for layer in range(first, c.n_layers):
             x = self._layer(layer, x, replaced)
-        probe = _log_softmax(self._head(x, head))
-        return float(np.mean(np.sum(np.exp(self.reference) * (self.reference - probe), axis=-1)))
+        head = self._head_weight() if head is None else head
+        total = 0.0
+        for rows in self._blocks():
+            reference, probe = self.reference[rows], _log_softmax(self._head(x[rows], head))
+            total += float(np.sum(np.exp(reference) * (reference - probe), dtype=np.float64))
+        return total / len(x)
 
 
 def kl_factors(load, config, tokenizer, importance_of, calib: str | None = None, progress=None) -> dict:

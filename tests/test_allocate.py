@@ -111,7 +111,15 @@ def test_candidates_come_from_the_type_table():
     assert "f32" not in names and "f16" in names
     from edgeq.convert.quantize import NOT_ALLOCATED     # families written only by --layout (codebook)
     assert set(names) == {t.name for t in quant_types.TYPES.values() if t.bits < 32 and t.family not in NOT_ALLOCATED}
-    assert names == [t.name for t in quant_types.TYPES.values() if t.name in names]   # table order
+    # grids in table order, each grid's types together, an 8-bit grid's packed type first (--layout
+    # auto's choice), so a tie goes to it
+    grid = lambda name: name[1:]
+    table = [t.name for t in quant_types.TYPES.values() if t.name in names]
+    assert list(dict.fromkeys(map(grid, names))) == list(dict.fromkeys(map(grid, table)))
+    for group in ("32", "64", "128"):
+        for sym in "as":
+            assert names.index(f"p8g{group}{sym}") < names.index(f"u8g{group}{sym}")
+    assert names.index("u4g64a") < names.index("p4g64a")         # 4 bits: bit-planes, as --layout auto
 
 
 def test_scores_shrink_with_bits_and_packed_equals_bitplane():
