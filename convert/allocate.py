@@ -173,6 +173,19 @@ def tensor_scores(weight: np.ndarray, importance: np.ndarray | None, candidates:
     return scores
 
 
+def with_source_grids(scores: dict[str, dict[str, float]], grids: dict[str, QuantType]) -> dict[str, dict[str, float]]:
+    """scores with 0 for every candidate that holds a tensor's source grid exactly (a GGUF source's
+    Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks: convert.gguf_grid): the file then stores those blocks, bit for bit."""
+    return {name: ({t: (0.0 if _numbers_key(quant_types.TYPES[t]) == _numbers_key(grids[name]) else score)
+                    for t, score in per_type.items()} if name in grids else per_type)
+            for name, per_type in scores.items()}
+
+
+def kept_grids(plan: dict[str, QuantType], grids: dict[str, QuantType]) -> dict[str, QuantType]:
+    """The tensors whose planned type holds their source grid: stored as those blocks."""
+    return {name: plan[name] for name in grids if name in plan and _numbers_key(plan[name]) == _numbers_key(grids[name])}
+
+
 def tensor_error(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None) -> tuple[float, np.ndarray]:
     """(the whole tensor's score under qtype, its restored float weights)."""
     from .methods import weighted_error
@@ -356,6 +369,7 @@ class Allocation:
     calibration_hash: str = ""
     tokens: int = 0
     profile_note: str = ""                # the profile's CPU, set and threads (latency budgets)
+    grids: dict = field(default_factory=dict)      # tensor -> the type holding its source grid exactly
 
     def summary(self, config) -> list[str]:
         """Per kind and depth: bits per weight (scales included) and summed score."""

@@ -74,12 +74,16 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         return weight
 
     chosen, allocation_lines = None, None
-    if allocation is not None:       # every 2-D tensor re-quantized to the type the budget buys
-        kept, refused = {}, {}
+    if allocation is not None:       # every 2-D tensor gets the type the budget buys; a source grid
+        refused = {}                 # the plan's type holds exactly is kept (scored 0 by the solver)
         chosen = _allocate(model, load_checked, allocation, method, disable)
         plan.update(chosen.plan)
+        kept = allocate.kept_grids(chosen.plan, chosen.grids)
         allocation_lines = [f"allocation for {chosen.budget.describe()}: {_used(chosen)}"] + \
             [f"  note: {note}" for note in chosen.notes] + ["  " + line for line in chosen.summary(model.config)]
+        if chosen.grids:
+            allocation_lines.append(f"  the source's own grid kept for {len(kept)} of the {len(chosen.grids)} "
+                                    "tensors that have an exact one")
     else:
         kept, refused = source_grids(model, settings)
         for name, reason in refused.items():
@@ -124,7 +128,8 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
                                scores.get(name))
                for name, qtype in plan.items()]
     if chosen is not None and chosen.budget.kind == "size":
-        size = _file_bytes(model, entries, _provenance(model, settings, label, uses_data, calibration_hash, n_tokens, chosen))
+        size = _file_bytes(model, entries, _provenance(model, settings, label, uses_data, calibration_hash, n_tokens,
+                                                       chosen, kept))
         if size > chosen.budget.value:    # the header bound makes this unreachable: a bug, not the user's
             raise AssertionError(f"the plan needs {size} bytes, over the budget {chosen.budget.value:.0f}")
     errors = []
@@ -179,7 +184,8 @@ def _provenance(model, settings: PlanSettings, label: str, uses_data: bool, cali
                                   "source_grid": f"kept for {len(kept)} tensors" if kept else "none kept"}
     else:
         provenance["settings"] = {"budget": chosen.budget.describe(), "method": label,
-                                  "allocation": _used(chosen), "source_grid": "none kept",
+                                  "allocation": _used(chosen),
+                                  "source_grid": f"kept for {len(kept)} tensors" if kept else "none kept",
                                   "kl_factors": " ".join(f"{k}/{d}={f:.3g}" for (k, d), f in sorted(chosen.factors.items()))}
         if chosen.profile_note:
             provenance["settings"]["profile"] = chosen.profile_note
@@ -225,16 +231,19 @@ def _allocate(model, load, allocation: AllocationSettings, method: MethodSetting
     if key not in _ANALYSES:
         _ANALYSES.clear()
         _ANALYSES[key] = _analyse(model, load, method, candidates, disable)
-    importance, calibration_hash, n_tokens, scores, factors = _ANALYSES[key]
-    chosen = allocate.allocate(config, budget, scores, factors, fixed, profile, candidates)
+    importance, calibration_hash, n_tokens, scores, factors, grids = _ANALYSES[key]
+    chosen = allocate.allocate(config, budget, allocate.with_source_grids(scores, grids), factors, fixed, profile,
+                               candidates)
     chosen.importance, chosen.calibration_hash, chosen.tokens = importance, calibration_hash, n_tokens
+    chosen.grids = grids
     chosen.profile_note = (f"{profile['cpu']}, kernels {profile['isa']}, {profile['threads']} threads"
                            if profile is not None else "")
     return chosen
 
 
 def _analyse(model, load, method: MethodSettings, candidates, disable):
-    """(E[x^2] per input, calibration hash, tokens, scores per tensor and candidate, KL factors)."""
+    """(E[x^2] per input, calibration hash, tokens, scores per tensor and candidate, KL factors, the
+    tensors with an exact source grid -> the edgeq type that holds it)."""
     from tqdm import tqdm
     config = model.config
     if method.stats is not None:
@@ -259,7 +268,9 @@ def _analyse(model, load, method: MethodSettings, candidates, disable):
     with tqdm(total=n_cells, desc="KL calibration", unit="tensor", disable=disable, dynamic_ncols=True,
               leave=False) as bar:
         factors = allocate.kl_factors(load, config, model.tokenizer, importance_of, method.calib, bar)
-    return importance, calibration_hash, n_tokens, scores, factors
+    grids = {name: model.grid_type(name) for name in names if model.grid_type(name) is not None}
+    grids = {name: qtype for name, qtype in grids.items() if model.grid_is_exact(name)}
+    return importance, calibration_hash, n_tokens, scores, factors, grids
 
 
 HEADER_SLACK = 4096      # bytes: the provenance strings the bound below cannot know exactly

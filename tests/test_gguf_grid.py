@@ -217,3 +217,33 @@ def test_smollm2_default_conversion_is_as_good_as_its_source(smollm2_gguf, smoll
     assert result.kld < 1e-4  # 100x the measured 1e-6: rounding, not weights
     assert result.top1_agreement >= 0.99
     assert abs(result.delta_ppl) < 0.01 * result.base_ppl
+
+
+@pytest.mark.parametrize("extra", [20_000, -10_000])
+def test_a_budget_keeps_the_grids_its_plan_can_hold(tiny_gguf, tmp_path, extra):
+    """With --size, a tensor whose source grid an edgeq type holds exactly scores 0 under that type
+    (and its packed twin), and is stored as the source's blocks when the plan picks it. 20 kB over
+    the default file's size every grid is kept (the head, F16 in the source, takes the rest); 10 kB
+    under it some tensors must give theirs up."""
+    from edgeq.convert import AllocationSettings, MethodSettings
+    from edgeq.convert.allocate import Budget
+    default = tmp_path / "default.edgeq"
+    convert(tiny_gguf, default, progress=False)
+    budget = default.stat().st_size + extra
+    out = tmp_path / "mixed.edgeq"
+    report = convert(tiny_gguf, out, progress=False, method=MethodSettings(calib_tokens=256, calib_ctx=64),
+                     allocation=AllocationSettings(Budget("size", budget)))
+    assert out.stat().st_size <= budget
+    source, model = open_source(tiny_gguf), ModelFile(out)
+    kept = {name for name, info in model.tensors.items() if info.method == "gguf-grid-exact"}
+    assert kept == set(report.kept_grid)
+    assert f"kept for {len(kept)} of the {1 + 7 * LAYERS} tensors" in "\n".join(report.allocation_lines)
+    for name in kept:
+        assert model.tensors[name].qtype.name[1:] == EXACT[TYPES[name.split(".")[-2]]][1:], name   # u or p: one grid
+        assert np.array_equal(model.load(name), source.load(name)), name
+        assert report.allocation.scores[name] == 0.0
+    if extra > 0:
+        assert len(kept) == 1 + 7 * LAYERS
+        assert model.tensors["token_embd.weight"].qtype.name == "p8g32a"   # Q8_0: the packed twin wins the tie
+    else:
+        assert 0 < len(kept) < 1 + 7 * LAYERS
