@@ -5,7 +5,7 @@ runs once: convert.convert caches it per source), each file then scored by `edge
 
 Each budget writes OUTDIR/edgeq-mixed-<budget>.eq (e.g. edgeq-mixed-size-66.600MB.eq, the name
 benchmarks/suite.py gives its variant mixed:66.6MB) and beside it <file>.json: the suite's conversion
-record (convert_s, convert_cpu_s, convert_peak_rss_mb, convert_command, converted) plus the budget,
+record (convert_s, convert_cpu_s, convert_peak_rss_mb, convert_command, converted) plus the source, the budget,
 file size, whether this conversion ran the analysis or reused it, the allocation summary, and
 perplexity with KL (`edgeq perplexity OUT --chunks N -t T [--base F32] --json`; --chunks 0 skips it,
 for example when the suite will measure the files). With OUTDIR = <edgeq cache>/bench/<model> the
@@ -60,7 +60,7 @@ def main() -> None:
                   "convert_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "convert_command": f"edgeq convert SRC -o OUT {budget.describe()}"
                                      + (" (analysis reused: bench_mixed.py)" if index else ""),
-                  "converted": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "converted": datetime.datetime.now().isoformat(timespec="seconds"), "source": args.source,
                   "budget": budget.describe(), "file_bytes": report.file_bytes,
                   "analysis": "reused from the first budget" if index else "measured", "allocation": report.allocation_lines}
         print("\n".join(report.allocation_lines), flush=True)
