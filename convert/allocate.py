@@ -217,10 +217,10 @@ class FloatRunner:
             self.inputs.append(x)
             x = self._layer(layer, x, {})
         self.final = x                                     # (N, dim) the last layer's output
-        head = self._head_weight()
-        self.reference = np.empty((len(x), head.shape[0]), dtype=np.float32)    # (N, vocab) log-probs
+        self.head = self._head_weight()                    # (vocab, dim), loaded once
+        self.reference = np.empty((len(x), self.head.shape[0]), dtype=np.float32)    # (N, vocab) log-probs
         for rows in self._blocks():
-            self.reference[rows] = _log_softmax(self._head(x[rows], head))
+            self.reference[rows] = _log_softmax(self._head(x[rows], None))
 
     def _layer(self, layer: int, x: np.ndarray, replaced: dict) -> np.ndarray:
         from .calibrate import _layer_forward, _layer_tensors
@@ -241,7 +241,7 @@ class FloatRunner:
         from .calibrate import _matmul
         c = self.config
         if head is None:
-            head = self._head_weight()
+            head = self.head
         return softcap(_matmul(rms_norm(x, self.load("output_norm.weight"), c.norm_eps), head), c.final_softcap)
 
     def kl(self, name: str, restored: np.ndarray) -> float:
@@ -262,7 +262,6 @@ class FloatRunner:
         replaced = {name: restored} if name.startswith("blk.") else {}
         for layer in range(first, c.n_layers):
             x = self._layer(layer, x, replaced)
-        head = self._head_weight() if head is None else head
         total = 0.0
         for rows in self._blocks():
             reference, probe = self.reference[rows], _log_softmax(self._head(x[rows], head))

@@ -31,6 +31,7 @@ _SUPPORTED_TEXT = ("llama (Llama 2/3, SmolLM, TinyLlama, Mistral without sliding
                    "gemma3 (the text model, gemma3_text)")
 GELU_TANH_NAMES = ("gelu_pytorch_tanh", "gelu_tanh")   # Hugging Face's names of the tanh-approximated gelu
 DEFAULT_SLIDING_WINDOW_PATTERN = 6                     # gemma3: every 6th layer is global
+DEQUANTIZE_VALUES = 1 << 22                            # a GGUF tensor is dequantized this many values at a time
 
 
 class Source:
@@ -525,11 +526,17 @@ class GGUFSource(Source):
         if rows is not None and not permuted and len(shape) == 2:
             data, shape = data[rows], (len(range(*rows.indices(shape[0]))), shape[1])
         try:
-            weight = gguf.quants.dequantize(data, tensor.tensor_type)
+            if len(shape) == 2:     # gguf.quants' temporaries are several times the float32 result:
+                weight = np.empty(shape, dtype=np.float32)             # dequantize a row chunk at a time
+                step = max(1, DEQUANTIZE_VALUES // shape[1])
+                for start in range(0, shape[0], step):
+                    part = gguf.quants.dequantize(data[start:start + step], tensor.tensor_type)
+                    weight[start:start + step] = np.asarray(part, dtype=np.float32).reshape(-1, shape[1])
+            else:
+                weight = np.asarray(gguf.quants.dequantize(data, tensor.tensor_type), dtype=np.float32).reshape(shape)
         except NotImplementedError:
             raise EdgeqError(f"{self.path}: tensor {name} has GGUF type {tensor.tensor_type.name}, which "
                              "gguf.quants cannot dequantize") from None
-        weight = np.asarray(weight, dtype=np.float32).reshape(shape)
         if permuted:   # q/k rows are mixed within each head: undo on the whole tensor, then slice
             weight = self._unpermute(name, weight)
             if rows is not None:
