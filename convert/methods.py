@@ -19,6 +19,7 @@ from edgeq.quant_types import QuantType
 from .quantize import CLIP_GRID, QuantizedTensor, _fp16, _squares
 
 HQQ_ITERATIONS = 20
+BLOCK_VALUES = 1 << 22  # weights per block of rows rtn fits at a time (_row_blocks)
 HQQ_LP_NORM = 0.7       # the sparsity-promoting norm of the error HQQ's auxiliary variable follows
 HQQ_BETA, HQQ_KAPPA = 10.0, 1.01
 
@@ -131,8 +132,13 @@ def pack_result(weight: np.ndarray, qtype: QuantType, levels: np.ndarray, scales
     rows, cols = weight.shape
     levels = levels.astype(np.uint8)
     data = quant_types.pack(qtype, levels, scales16, mins16, cols)
-    restored = quant_types.dequantize_levels(qtype, levels, scales16, mins16)[:rows, :cols]
-    return QuantizedTensor(qtype, (rows, cols), data, method, *_squares(weight, restored))
+    error = norm = 0.0
+    for block in _row_blocks(rows, cols):
+        restored = quant_types.dequantize_levels(qtype, levels[block], scales16[block],
+                                                 None if mins16 is None else mins16[block])
+        part_error, part_norm = _squares(weight[block], restored[:len(weight[block]), :cols])
+        error, norm = error + part_error, norm + part_norm
+    return QuantizedTensor(qtype, (rows, cols), data, method, error, norm)
 
 
 def _padded_groups(weight: np.ndarray, qtype: QuantType) -> np.ndarray:
@@ -156,8 +162,24 @@ def _check(weight: np.ndarray, qtype: QuantType, importance) -> None:
 # rtn: clip search, weighted by E[x^2]
 # ---------------------------------------------------------------------------------------------
 
+def _row_blocks(rows: int, cols: int):
+    """Slices of whole tiles holding about BLOCK_VALUES weights: the fits below are per row, and
+    their float64 temporaries are several times a block (a 151936-row head at once needed 3 GB)."""
+    step = -(-max(1, BLOCK_VALUES // max(cols, 1)) // quant_types.TILE_ROWS) * quant_types.TILE_ROWS
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
 def _rtn_levels(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None):
-    """rtn's fit: (levels (Mp, Kp), fp16 scales, fp16 mins or None) of float32 weight (M, K)."""
+    """rtn's fit: (levels (Mp, Kp) uint8, fp16 scales, fp16 mins or None) of float32 weight (M, K),
+    a block of whole tiles at a time (the same numbers as at once: every group is fitted alone)."""
+    parts = [_rtn_levels_block(weight[rows], qtype, importance) for rows in _row_blocks(*weight.shape)]
+    if len(parts) == 1:
+        return parts[0]
+    join = lambda i: None if parts[0][i] is None else np.concatenate([part[i] for part in parts])
+    return join(0), join(1), join(2)
+
+
+def _rtn_levels_block(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None):
     padded = _padded_groups(weight, qtype)
     padded_rows, padded_cols = padded.shape
     groups = padded.reshape(-1, qtype.group)                                  # (Mp*Kp/G, G)
@@ -165,7 +187,7 @@ def _rtn_levels(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | N
     shape2d = (padded_rows, padded_cols // qtype.group)
     scales16, mins16 = round_params(qtype, scales.reshape(shape2d), mins.reshape(shape2d))
     expand = lambda a: None if a is None else np.repeat(a, qtype.group, axis=1)
-    return levels_for(qtype, padded, expand(scales16), expand(mins16)), scales16, mins16
+    return levels_for(qtype, padded, expand(scales16), expand(mins16)).astype(np.uint8), scales16, mins16
 
 
 def rtn(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = None,
@@ -188,7 +210,11 @@ def rtn_restored(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | 
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     levels, scales16, mins16 = _rtn_levels(weight, qtype, importance)
     rows, cols = weight.shape
-    return quant_types.dequantize_levels(qtype, levels.astype(np.uint8), scales16, mins16)[:rows, :cols]
+    restored = np.empty((rows, cols), dtype=np.float32)
+    for block in _row_blocks(rows, cols):
+        part = quant_types.dequantize_levels(qtype, levels[block], scales16[block], None if mins16 is None else mins16[block])
+        restored[block] = part[:len(restored[block]), :cols]
+    return restored
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +284,7 @@ def hqq(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = No
 
 def weighted_error(weight: np.ndarray, restored: np.ndarray, importance: np.ndarray | None) -> float:
     """sum_j E[x_j^2] ||W[:, j] - Q[:, j]||^2 (unweighted without importance)."""
-    diff = (np.asarray(weight, np.float64) - restored) ** 2
-    columns = diff.sum(axis=0)
+    columns = np.zeros(weight.shape[1])
+    for rows in _row_blocks(*weight.shape):
+        columns += ((np.asarray(weight[rows], np.float64) - restored[rows]) ** 2).sum(axis=0)
     return float(columns.sum() if importance is None else columns @ np.asarray(importance, np.float64))
