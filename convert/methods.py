@@ -19,9 +19,9 @@ from edgeq.quant_types import QuantType
 from .quantize import CLIP_GRID, QuantizedTensor, _fp16, _squares
 
 HQQ_ITERATIONS = 20
-BLOCK_VALUES = 1 << 22  # weights per block of rows rtn fits at a time (_row_blocks)
 HQQ_LP_NORM = 0.7       # the sparsity-promoting norm of the error HQQ's auxiliary variable follows
 HQQ_BETA, HQQ_KAPPA = 10.0, 1.01
+BLOCK_VALUES = 1 << 22  # weights per block of rows rtn fits and scores at a time (_row_blocks)
 
 
 # ---------------------------------------------------------------------------------------------
