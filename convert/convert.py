@@ -268,8 +268,7 @@ def _analyse(model, load, method: MethodSettings, candidates, disable):
     with tqdm(total=n_cells, desc="KL calibration", unit="tensor", disable=disable, dynamic_ncols=True,
               leave=False) as bar:
         factors = allocate.kl_factors(load, config, model.tokenizer, importance_of, method.calib, bar)
-    grids = {name: model.grid_type(name) for name in names if model.grid_type(name) is not None}
-    grids = {name: qtype for name, qtype in grids.items() if model.grid_is_exact(name)}
+    grids, _ = source_grids(model, PlanSettings())   # the grids a default conversion keeps exactly
     return importance, calibration_hash, n_tokens, scores, factors, grids
 
 
