@@ -5,7 +5,8 @@ measured sensitivity (data) and measured cost (bytes, or kernel time on the targ
    (convert.quantize.writes), except f32: a new family joins without editing this module.
 2. Sensitivity of tensor W (M, K) under candidate t: the calibration-weighted output error
        score(W, t) = sum_j E[x_j^2] * ||W[:, j] - Q_t(W)[:, j]||^2
-   with Q_t the cheap method (rtn weighted by E[x^2]) on SAMPLE_ROWS rows drawn once per tensor
+   with Q_t the cheap method (rtn weighted by E[x^2]; for a codebook type its weighted k-means,
+   convert.codebook) on SAMPLE_ROWS rows drawn once per tensor
    (the same rows for every candidate), scaled by M / SAMPLE_ROWS. Candidates that hold the same
    numbers (u4g64a and p4g64a) are fitted once. The token embeddings and an untied head have no
    E[x^2] here: their columns weigh 1, and the KL calibration below gives them their scale.
@@ -141,14 +142,15 @@ def _numbers_key(qtype: QuantType):
 
 
 def _restore(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None) -> np.ndarray:
+    """What the cheap method of qtype's family (rtn weighted by E[x^2]; a codebook type's weighted
+    k-means: convert.codebook) restores W to, (M, K) float32."""
     from . import methods
-    from .quantize import quantize
+    from .quantize import quantize_plain
     if qtype.is_uniform():
         return methods.rtn_restored(weight, qtype, importance)
-    else:
-        tensor = quantize(weight, qtype)
     if qtype.family == quant_types.PLAIN:
-        return np.asarray(tensor.data, dtype=np.float32).reshape(weight.shape)
+        return np.asarray(quantize_plain(weight, qtype).data, dtype=np.float32).reshape(weight.shape)
+    tensor = methods.rtn(weight, qtype, importance)
     return quant_types.dequantize(qtype, np.asarray(tensor.data).view(np.uint8), *weight.shape)
 
 

@@ -159,16 +159,10 @@ def _family(qtype: QuantType):
     return _FAMILIES[qtype.family]
 
 
-# families the converter writes only when asked by name (--layout), not offered to the allocator: the
-# codebook family is not yet measured as an allocation candidate, and profiles written before it
-# have no timings for its types (edgeq profile would have to measure them first)
-NOT_ALLOCATED = (quant_types.CODEBOOK,)
-
-
 def writes(qtype: QuantType) -> bool:
-    """Whether the converter has a quantizer for this type's family and offers it to the allocator
+    """Whether the converter has a quantizer for this type's family, hence offers it to the allocator
     (the allocator's candidates: convert.allocate.candidate_types)."""
-    return qtype.family in _FAMILIES and qtype.family not in NOT_ALLOCATED
+    return qtype.family in _FAMILIES
 
 
 def method_name(qtype: QuantType) -> str:

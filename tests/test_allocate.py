@@ -109,8 +109,7 @@ def test_parse_size():
 def test_candidates_come_from_the_type_table():
     names = [t.name for t in allocate.candidate_types()]
     assert "f32" not in names and "f16" in names
-    from edgeq.convert.quantize import NOT_ALLOCATED     # families written only by --layout (codebook)
-    assert set(names) == {t.name for t in quant_types.TYPES.values() if t.bits < 32 and t.family not in NOT_ALLOCATED}
+    assert set(names) == {t.name for t in quant_types.TYPES.values() if t.bits < 32}
     # grids in table order, each grid's types together, an 8-bit grid's packed type first (--layout
     # auto's choice), so a tie goes to it
     grid = lambda name: name[1:]
@@ -212,6 +211,35 @@ def test_bpw_budget(tiny_llama, llama_stats, tmp_path):
     again = _convert(tiny_llama, tmp_path / "again.eq", allocate.Budget("bpw", 3.5), llama_stats)
     assert again.allocation.plan == report.allocation.plan      # deterministic
     assert (tmp_path / "again.eq").read_bytes() == out.read_bytes()
+
+
+def test_a_plan_holds_codebook_types(tiny_llama, llama_stats, tmp_path):
+    """Codebook types are candidates like any other: at 4.5 bpw the tiny model's plan takes some
+    (their score is their weighted k-means fit's), the file stores each as convert.codebook fits it
+    with the statistics' E[x^2], and the C forward pass runs it."""
+    from edgeq import _ffi
+    from edgeq.convert import calibrate as calibration, codebook
+    from edgeq.convert.sources import open_source
+    out = tmp_path / "mixed-4.5.eq"
+    report = _convert(tiny_llama, out, allocate.Budget("bpw", 4.5), llama_stats)
+    model = _check_plan(out, "\n".join(report.allocation_lines))
+    books = [n for n, t in report.allocation.plan.items() if t.family == quant_types.CODEBOOK]
+    assert books, report.allocation_lines
+    source = open_source(tiny_llama)
+    importance = calibration.load_stats(str(llama_stats), source.config,
+                                        calibration.model_fingerprint(source.load, source.config))[0]
+    for name in books:
+        tensor = model.tensors[name]
+        assert tensor.method.startswith("codebook-kmeans")
+        fitted = codebook.fit(source.load(name), tensor.qtype, importance[calibration.input_of(name)])
+        assert np.array_equal(np.asarray(tensor.data).view(np.uint8).reshape(-1),
+                              np.asarray(fitted.data).view(np.uint8).reshape(-1)), name
+    handle = _ffi.model_open(out, threads=1)
+    try:
+        logits = _ffi.model_eval(handle, [1, 5, 9, 2], all_logits=True)
+    finally:
+        _ffi.model_close(handle)
+    assert np.isfinite(logits).all()
 
 
 def test_size_budget_from_the_command_line(tiny_llama, llama_stats, tmp_path):
