@@ -21,7 +21,7 @@ Per model (SmolLM2-135M-Instruct, Qwen2.5-Coder-0.5B-Instruct and Gemma-3-270M, 
 An edgeq variant is BITS[:OPTION...]: BITS 2, 3, 4, 5, 6 or 8 with the converter's own defaults for
 that width (group 32 at <= 3 bits, 64 above; --method auto: gptq on the shipped calibration text at
 <= 3 bits, rtn weighted by its E[x^2] at 4-6, plain rtn at 8), and options that add `edgeq convert`
-flags: g32/g64/g128 (--group), auto/rtn/hqq/gptq (--method), bitplane/packed (--layout, when the
+flags: g32/g64/g128 (--group), auto/rtn/hqq/gptq (--method), bitplane/packed/codebook (--layout, when the
 converter has it), sym (--sym), act-order (--act-order). Examples: 4:g32, 3:g64:gptq, 8:packed. Each
 is validated before anything runs. The file is named after what the converter will write, e.g.
 `edgeq-u3g32a-gptq.eq` (linear type, then the method: gptq, rtn-imatrix = rtn weighted by E[x^2],
@@ -177,7 +177,7 @@ def minutes(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 GROUP_OPTIONS = {f"g{g}": g for g in (32, 64, 128)}
-LAYOUT_OPTIONS = ("bitplane", "packed")
+LAYOUT_OPTIONS = ("bitplane", "packed", "codebook")
 
 
 def converter_has_layout() -> bool:
@@ -225,7 +225,11 @@ class Variant:
         return type_for_bits(self.bits, self.plan_settings())
 
     def method_label(self) -> str:
+        """gptq, rtn-imatrix (rtn weighted by E[x^2]), rtn, hqq; a codebook type's fit is k-means
+        (with rtn's settings: convert.codebook)."""
+        from edgeq import quant_types
         method, uses_data = self.resolved()
+        method = "kmeans" if self.linear_type().family == quant_types.CODEBOOK else method
         label = f"{method}-imatrix" if uses_data and method != "gptq" else method
         return label + ("-act-order" if self.act_order else "")
 

@@ -19,7 +19,8 @@ measured sensitivity (data) and measured cost (bytes, or kernel time on the targ
 4. Cost per (tensor, candidate): the bytes the file holds for it (the type's nbytes, scales and
    padding included, rounded up to the container's alignment), or with a latency budget the
    profile's measured time for the tensor's shape and type (edgeq.profile); the token embeddings
-   read one row per token, so an untied embedding costs time(vocab, dim) / vocab.
+   read one row per token, so an untied embedding costs time(vocab, dim) / vocab. A bpw or size
+   budget may carry a latency cap too (`--size S --latency-ms L`): then both hold (solve_capped).
 5. Solve (solve): the multiple-choice knapsack by exact dynamic programming. The cheapest plan
    is the base; the slack it leaves (budget - its cost) is cut into GRID_CELLS cells and each
    option's extra cost over its group's cheapest is rounded *up* to whole cells, so a plan the
@@ -65,10 +66,17 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "M
 class Budget:
     kind: str        # BUDGET_KINDS
     value: float     # bits per weight, bytes of the whole file, or milliseconds per decoded token
+    cap_ms: float | None = None   # with bpw/size: decode milliseconds per token the plan may not exceed too
 
     def describe(self) -> str:
+        return self.describe_main() + (f" --latency-ms {self.cap_ms:g}" if self.cap_ms is not None else "")
+
+    def describe_main(self) -> str:
         return {"bpw": f"--bpw {self.value:g}", "size": f"--size {self.value / 1e6:.3f}MB",
                 "latency": f"--latency-ms {self.value:g}"}[self.kind]
+
+    def needs_profile(self) -> bool:
+        return self.kind == "latency" or self.cap_ms is not None
 
 
 def parse_size(text: str) -> int:
@@ -303,14 +311,16 @@ class Option:
     qtype: QuantType
     cost: float      # bytes or seconds
     score: float     # estimated KL, nats
+    time: float = 0.0   # seconds per token, where a latency cap is solved beside a bpw/size budget
 
 
 def prune(options: list[Option]) -> list[Option]:
-    """Drop options another option beats or equals in both cost and score (the first listed wins a tie)."""
+    """Drop options another option beats or equals in cost, score and time (the first listed wins a tie)."""
     kept = []
     for i, option in enumerate(options):
-        dominated = any((other.cost <= option.cost and other.score <= option.score)
-                        and (other.cost < option.cost or other.score < option.score or j < i)
+        dominated = any((other.cost <= option.cost and other.score <= option.score and other.time <= option.time)
+                        and (other.cost < option.cost or other.score < option.score or other.time < option.time
+                             or j < i)
                         for j, other in enumerate(options) if j != i)
         if not dominated:
             kept.append(option)
@@ -353,6 +363,49 @@ def solve(groups: list[list[Option]], budget: float, cells: int = GRID_CELLS) ->
     return picked[::-1]
 
 
+CAP_STEPS = 48       # bisection steps of the multiplier in solve_capped
+
+
+def solve_capped(groups: list[list[Option]], budget: float, cap: float,
+                 cells: int = GRID_CELLS) -> tuple[list[int] | None, float]:
+    """Like solve, with a second limit: the summed option.time <= cap. Lagrangian relaxation of the
+    time: solve (exact DP on cost) for score + lam * time, lam found by bisection as the smallest that
+    meets the cap (CAP_STEPS steps). The plan it returns is optimal among the plans no larger and no
+    slower than itself (a property of the relaxation; tests check it against brute force), not always
+    among all plans within the cap. -> (indices, the least time any plan within the budget takes);
+    indices None when no plan fits the budget or none within it meets the cap."""
+    def plan_time(picked):
+        return sum(g[i].time for g, i in zip(groups, picked))
+
+    def run(lam: float, score_weight: float = 1.0):
+        return solve([[Option(o.qtype, o.cost, score_weight * o.score + lam * o.time, o.time) for o in g]
+                      for g in groups], budget, cells)
+
+    fastest = run(1.0, 0.0)
+    if fastest is None:
+        return None, math.inf
+    least_time = plan_time(fastest)
+    picked = run(0.0)
+    if plan_time(picked) <= cap:
+        return picked, least_time
+    if least_time > cap:
+        return None, least_time
+    scores = sum(max(o.score for o in g) - min(o.score for o in g) for g in groups)
+    times = min((abs(a.time - b.time) for g in groups for a in g for b in g if a.time != b.time), default=1.0)
+    low, high = 0.0, max(scores / times, 1e-30) * 2     # at high, a second saved outweighs any score
+    best = run(high)
+    if best is None or plan_time(best) > cap:
+        best = fastest
+    for _ in range(CAP_STEPS):
+        middle = 0.5 * (low + high)
+        candidate = run(middle)
+        if plan_time(candidate) <= cap:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best, least_time
+
+
 # ---------------------------------------------------------------------------------------------
 # the plan for a model
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +424,8 @@ class Allocation:
     tokens: int = 0
     profile_note: str = ""                # the profile's CPU, set and threads (latency budgets)
     grids: dict = field(default_factory=dict)      # tensor -> the type holding its source grid exactly
+    times: dict = field(default_factory=dict)      # allocated tensor -> its product's seconds (with a profile)
+    cap: float | None = None              # the seconds per token the products had (with a latency budget or cap)
 
     def summary(self, config) -> list[str]:
         """Per kind and depth: bits per weight (scales included) and summed score."""
@@ -415,14 +470,17 @@ def allocate(config, budget: Budget, scores: dict[str, dict[str, float]], factor
     candidates = candidates or candidate_types()
     names = allocated_tensors(config)
     notes = []
-    if budget.kind == "latency":
+    time_of, cap = None, None
+    if budget.needs_profile():
         if profile is None:
             raise EdgeqError("--latency-ms needs --profile FILE (make one with `edgeq profile`)")
-        cost_of, fixed_seconds = latency_costs(profile, config, candidates)
-        limit = budget.value / 1e3 - fixed_seconds
+        time_of, fixed_seconds = latency_costs(profile, config, candidates)
         if not profile.get("overhead_seconds"):
             notes.append("the profile has no per-token overhead (made with --shapes-from): the budget "
                          "covers the matrix products only")
+        cap = (budget.value if budget.kind == "latency" else budget.cap_ms) / 1e3 - fixed_seconds
+    if budget.kind == "latency":
+        cost_of, limit = time_of, cap
     else:
         cost_of = {n: {t.name: float(stored_bytes(t, config.tensor_shape(n))) for t in candidates} for n in names}
         if budget.kind == "bpw":
@@ -431,12 +489,23 @@ def allocate(config, budget: Budget, scores: dict[str, dict[str, float]], factor
         else:
             limit = budget.value - fixed_bytes
     factor = lambda n: factors.get((kind_of(n), depth_of(n, config.n_layers)), 1.0)
+    capped = budget.kind != "latency" and budget.cap_ms is not None
+    time = (lambda n, t: time_of[n][t.name]) if capped else (lambda n, t: 0.0)
     groups, group_options = share_groups(config), []
     for group in groups:
-        options = [Option(t, sum(cost_of[n][t.name] for n in group), sum(factor(n) * scores[n][t.name] for n in group))
+        options = [Option(t, sum(cost_of[n][t.name] for n in group), sum(factor(n) * scores[n][t.name] for n in group),
+                          sum(time(n, t) for n in group))
                    for t in candidates]
         group_options.append(prune(options))
-    picked = solve(group_options, limit)
+    if capped:
+        picked, least_time = solve_capped(group_options, limit, cap)
+        if picked is None and least_time < math.inf:
+            fastest = (least_time + (budget.cap_ms / 1e3 - cap)) * 1e3
+            raise EdgeqError(f"{budget.describe()}: no plan within {budget.describe_main()} decodes that fast on the "
+                             f"profiled CPU; the fastest takes {fastest:.3f} ms per token (give at least that, or a "
+                             "larger budget)")
+    else:
+        picked = solve(group_options, limit)
     if picked is None:
         least = sum(min(o.cost for o in options) for options in group_options)
         if budget.kind == "latency":
@@ -445,16 +514,18 @@ def allocate(config, budget: Budget, scores: dict[str, dict[str, float]], factor
                              f"({fastest:.3f} ms per token); give at least that")
         if budget.kind == "bpw":
             weights = sum(config.tensor_shape(n)[0] * config.tensor_shape(n)[1] for n in names)
-            raise EdgeqError(f"{budget.describe()} is below the smallest possible plan "
+            raise EdgeqError(f"{budget.describe_main()} is below the smallest possible plan "
                              f"({8 * least / weights:.3f} bits per weight); give at least that")
-        raise EdgeqError(f"{budget.describe()} is below the smallest possible file "
+        raise EdgeqError(f"{budget.describe_main()} is below the smallest possible file "
                          f"({(least + fixed_bytes) / 1e6:.3f} MB = {int(least + fixed_bytes)} bytes); give at least that")
-    plan, chosen_scores, costs = {}, {}, {}
+    plan, chosen_scores, costs, times = {}, {}, {}, {}
     for group, options, index in zip(groups, group_options, picked):
         qtype = options[index].qtype
         for n in group:
             plan[n], chosen_scores[n], costs[n] = qtype, factor(n) * scores[n][qtype.name], cost_of[n][qtype.name]
-    return Allocation(plan, chosen_scores, costs, budget, limit, factors, notes)
+            if time_of is not None:
+                times[n] = time_of[n][qtype.name]
+    return Allocation(plan, chosen_scores, costs, budget, limit, factors, notes, times=times, cap=cap)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,7 +200,10 @@ def _used(chosen) -> str:
     if chosen.budget.kind == "latency":
         return (f"products {1e3 * total:.3f} ms of {1e3 * chosen.limit:.3f} ms per token, estimated KL "
                 f"{sum(chosen.scores.values()):.4g}")
-    return f"tensors {total / 1e6:.3f} MB of {chosen.limit / 1e6:.3f} MB, estimated KL {sum(chosen.scores.values()):.4g}"
+    products = (f", products {1e3 * sum(chosen.times.values()):.3f} ms of {1e3 * chosen.cap:.3f} ms per token"
+                if chosen.budget.cap_ms is not None else "")
+    return (f"tensors {total / 1e6:.3f} MB of {chosen.limit / 1e6:.3f} MB{products}, estimated KL "
+            f"{sum(chosen.scores.values()):.4g}")
 
 
 def _file_bytes(model, entries: list[TensorPlanEntry], provenance: dict) -> int:
@@ -220,7 +223,7 @@ def _allocate(model, load, allocation: AllocationSettings, method: MethodSetting
     config, budget = model.config, allocation.budget
     candidates = allocate.candidate_types()
     profile = allocate.load_profile(allocation.profile, config, candidates) if allocation.profile else None
-    if budget.kind == "latency" and profile is None:
+    if budget.needs_profile() and profile is None:
         raise EdgeqError("--latency-ms needs --profile FILE (make one with `edgeq profile`)")
     fixed = _fixed_bytes(model, candidates)
     names = allocate.allocated_tensors(config)       # a budget below the minimum fails before any measuring

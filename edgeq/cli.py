@@ -77,20 +77,22 @@ def _budget(args):
     from edgeq.convert.allocate import Budget, parse_size
     given = [(flag, value) for flag, value in (("--bpw", args.bpw), ("--size", args.size),
                                                ("--latency-ms", args.latency_ms)) if value is not None]
-    if len(given) > 1:
-        raise EdgeqError(f"give one budget, not {' and '.join(flag for flag, _ in given)}")
+    if args.bpw is not None and args.size is not None:
+        raise EdgeqError("give one of --bpw and --size, not both (--latency-ms may join either)")
     if not given:
         return None
     if args.bits is not None or args.head_bits is not None or args.embed_bits is not None or args.group is not None \
             or args.sym or args.layout != "auto":
         raise EdgeqError(f"{given[0][0]} chooses every tensor's type; drop --bits/--group/--sym/--head-bits/"
                          "--embed-bits/--layout")
+    for flag, value in given:
+        if flag != "--size" and not value > 0:
+            raise EdgeqError(f"{flag} {value:g}: give a positive number")
+    cap = args.latency_ms if len(given) == 2 else None     # a size or bpw budget with a latency cap
     flag, value = given[0]
     if flag == "--size":
-        return Budget("size", parse_size(value))
-    if not value > 0:
-        raise EdgeqError(f"{flag} {value:g}: give a positive number")
-    return Budget("bpw" if flag == "--bpw" else "latency", float(value))
+        return Budget("size", parse_size(value), cap)
+    return Budget("bpw" if flag == "--bpw" else "latency", float(value), cap)
 
 
 def _cmd_calibrate(args) -> int:
@@ -326,14 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "--calib/--stats), hqq (half-quadratic scale/min fit), gptq (Hessian error feedback, "
                          "calibrates); auto = gptq at <= 3 bits, rtn weighted by the calibration text's E[x^2] "
                          "at 4-6 bits, plain rtn at 8 [default: auto]")
-    budget = convert.add_argument_group("mixed precision (one budget; every 2-D tensor's type is chosen from "
-                                        "measured sensitivity and cost: a knapsack)")
+    budget = convert.add_argument_group("mixed precision (one budget, --bpw or --size or --latency-ms, or "
+                                        "--latency-ms beside --bpw/--size; every 2-D tensor's type is chosen "
+                                        "from measured sensitivity and cost: a knapsack)")
     budget.add_argument("--bpw", type=float, default=None, metavar="B",
                         help="average stored bits per weight over the 2-D tensors, scales and padding included")
     budget.add_argument("--size", default=None, metavar="SIZE", help="the whole file at most SIZE: bytes or "
                         "80MB, 1.2GB, 512MiB")
     budget.add_argument("--latency-ms", type=float, default=None, metavar="MS",
-                        help="decode milliseconds per token on the profiled CPU (needs --profile)")
+                        help="decode milliseconds per token on the profiled CPU (needs --profile); beside "
+                        "--bpw/--size, a cap the plan must also meet")
     budget.add_argument("--profile", default=None, metavar="FILE",
                         help="kernel timings from `edgeq profile` (for --latency-ms)")
     _add_calibration_flags(convert)

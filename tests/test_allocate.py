@@ -88,6 +88,34 @@ def test_solver_is_deterministic_and_refuses_an_impossible_budget():
     assert solve(_random_groups(rng, 3, 3), -1.0) is None
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_capped_solver_against_brute_force(seed):
+    """solve_capped: both limits hold, and the plan is optimal among the plans no larger than the
+    budget and no slower than itself (the Lagrangian's guarantee); integer costs with one cell per unit
+    make the DP exact. A cap below the fastest plan within the budget is refused with that plan's time."""
+    rng = np.random.default_rng(seed)
+    f16 = quant_types.TYPES["f16"]
+    groups = [[Option(f16, float(rng.integers(0, 12)), float(rng.random()), float(rng.integers(1, 30)))
+               for _ in range(4)] for _ in range(5)]
+    least_cost = sum(min(o.cost for o in g) for g in groups)
+    budget = least_cost + 15
+    plans = [p for p in itertools.product(*[range(4)] * 5) if sum(g[i].cost for g, i in zip(groups, p)) <= budget]
+    time = lambda p: sum(g[i].time for g, i in zip(groups, p))
+    score = lambda p: sum(g[i].score for g, i in zip(groups, p))
+    fastest = min(map(time, plans))
+    for cap in (fastest - 1, fastest, fastest + 5, fastest + 20, 1e9):
+        picked, least_time = allocate.solve_capped(groups, budget, cap, cells=15)
+        assert least_time == fastest
+        if cap < fastest:
+            assert picked is None
+            continue
+        picked = tuple(picked)
+        assert picked in plans and time(picked) <= cap
+        assert score(picked) == pytest.approx(min(score(p) for p in plans if time(p) <= time(picked)))
+        if cap == 1e9:
+            assert score(picked) == pytest.approx(min(map(score, plans)))   # no cap in effect: solve's optimum
+
+
 def test_prune_keeps_the_front_only():
     t = quant_types.TYPES["f16"]
     options = [Option(t, 10, 1.0), Option(t, 10, 2.0), Option(t, 5, 3.0), Option(t, 12, 1.0), Option(t, 5, 3.0)]
@@ -269,6 +297,38 @@ def test_latency_budget(tiny_llama, llama_stats, llama_profile, tmp_path):
     assert {n: model.tensors[n].qtype for n in report.allocation.plan} == report.allocation.plan
 
 
+def test_size_budget_with_a_latency_cap(tiny_llama, llama_stats, llama_profile, tmp_path):
+    """--size S --latency-ms L: the file fits S and its products fit L on the profile; a cap the
+    fastest plan within S cannot meet is a one-line error naming that plan's time."""
+    from edgeq.convert.sources import open_source
+    config = open_source(tiny_llama).config
+    profile = allocate.load_profile(str(llama_profile), config)
+    costs, _ = allocate.latency_costs(profile, config, allocate.candidate_types())
+    spent = lambda model: sum(costs[n][model.tensors[n].qtype.name] for n in allocate.allocated_tensors(config))
+    never = tmp_path / "never.eq"
+    failed = run_cli("convert", tiny_llama, "-o", never, "--stats", llama_stats, "--size", "100KB",
+                     "--latency-ms", 1e-4, "--profile", llama_profile)
+    assert failed.returncode != 0 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "no plan within --size 0.100MB decodes that fast" in failed.stderr
+    assert not never.exists() and not list(tmp_path.glob(".never*"))
+    fastest = float(failed.stderr.split("the fastest takes ")[1].split(" ms")[0]) / 1e3   # within 100KB
+    assert fastest >= sum(min(c.values()) for c in costs.values()) - 1e-9
+    free = tmp_path / "free.eq"
+    assert run_cli("convert", tiny_llama, "-o", free, "--stats", llama_stats, "--size", "100KB", "-q").returncode == 0
+    uncapped = spent(ModelFile(free))
+    assert uncapped >= fastest * (1 - 1e-3)
+    cap_ms = 1e3 * (fastest + 0.5 * (uncapped - fastest)) * (1 + 1e-3)    # above the printed, rounded minimum
+    out = tmp_path / "capped.eq"
+    result = run_cli("convert", tiny_llama, "-o", out, "--stats", llama_stats, "--size", "100KB",
+                     "--latency-ms", cap_ms, "--profile", llama_profile)
+    assert result.returncode == 0, result.stderr
+    model = _check_plan(out, result.stdout)
+    assert out.stat().st_size <= 100_000 and spent(model) <= cap_ms / 1e3
+    assert f"--size 0.100MB --latency-ms {cap_ms:g}" in result.stdout and "ms per token" in result.stdout
+    if uncapped > 1.01 * fastest:            # the cap binds: the plan is faster than the uncapped one
+        assert spent(model) < uncapped
+
+
 def test_bad_budgets_and_profiles(tiny_llama, tiny_qwen_partial, llama_stats, llama_profile, tmp_path):
     out = tmp_path / "never.eq"
 
@@ -287,7 +347,8 @@ def test_bad_budgets_and_profiles(tiny_llama, tiny_qwen_partial, llama_stats, ll
     fails("--bpw", "1.5", says="below the smallest possible plan")
     fails("--latency-ms", "0.0001", "--profile", llama_profile, says="below the fastest plan")
     fails("--latency-ms", "5", says="needs --profile")
-    fails("--bpw", "3", "--size", "1MB", says="one budget")
+    fails("--bpw", "3", "--size", "1MB", says="one of --bpw and --size")
+    fails("--size", "90KB", "--latency-ms", "5", says="needs --profile")
     fails("--bpw", "3", "--bits", "4", says="chooses every tensor's type")
     fails("--size", "80XB", says="--size 80XB")
     # profiles: another model's shapes, another set, corrupted
