@@ -26,14 +26,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from edgeq.convert import AllocationSettings, convert  # noqa: E402
 from edgeq.convert.allocate import Budget, parse_size  # noqa: E402
+from suite import mixed_name  # noqa: E402
 
 
 def file_name(budget: Budget) -> str:
-    """edgeq-mixed-size-66.600MB.eq: benchmarks/suite.py's MixedVariant.file_name for this budget."""
-    return "edgeq-mixed-" + "-".join(budget.describe().split()).lstrip("-") + ".eq"
+    """edgeq-mixed-size-66.600MB.eq (edgeq-mixed-size-66.600MB-cap-9ms.eq with a latency cap):
+    benchmarks/suite.py's MixedVariant.file_name for this budget."""
+    return f"edgeq-{mixed_name(budget)}.eq"
 
 
 def main() -> None:
@@ -44,18 +47,21 @@ def main() -> None:
     parser.add_argument("--bpw", nargs="*", type=float, default=[])
     parser.add_argument("--latency-ms", nargs="*", type=float, default=[])
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--cap-ms", type=float, default=None,
+                        help="a decode-time cap beside every --size/--bpw budget (needs --profile)")
     parser.add_argument("--base", default=None, help="a float model for KL (edgeq perplexity --base)")
     parser.add_argument("--chunks", type=int, default=20, help="perplexity chunks; 0: no perplexity")
     parser.add_argument("-t", "--threads", type=int, default=1)
     args = parser.parse_args()
-    budgets = [Budget("size", parse_size(s)) for s in args.size] + [Budget("bpw", b) for b in args.bpw] + \
+    budgets = [Budget("size", parse_size(s), args.cap_ms) for s in args.size] + \
+        [Budget("bpw", b, args.cap_ms) for b in args.bpw] + \
         [Budget("latency", ms) for ms in args.latency_ms]
     args.outdir.mkdir(parents=True, exist_ok=True)
     for index, budget in enumerate(budgets):
         out = args.outdir / file_name(budget)
         start, cpu = time.perf_counter(), time.process_time()
         report = convert(args.source, out, progress=False,
-                         allocation=AllocationSettings(budget, args.profile if budget.kind == "latency" else None))
+                         allocation=AllocationSettings(budget, args.profile if budget.needs_profile() else None))
         record = {"convert_s": time.perf_counter() - start, "convert_cpu_s": time.process_time() - cpu,
                   "convert_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "convert_command": f"edgeq convert SRC -o OUT {budget.describe()}"

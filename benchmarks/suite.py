@@ -269,18 +269,21 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class MixedVariant:
-    """mixed:BUDGET: one `edgeq convert --size S | --bpw B` file, a type per tensor (convert/allocate.py)."""
-    spec: str                   # as given, e.g. "mixed:491.4MB"
+    """mixed:BUDGET[:CAPms]: one `edgeq convert --size S | --bpw B [--latency-ms CAP --profile P]` file, a
+    type per tensor (convert/allocate.py). A capped variant's file comes from benchmarks/bench_mixed.py
+    --cap-ms (the suite has no profile to convert it with)."""
+    spec: str                   # as given, e.g. "mixed:491.4MB" or "mixed:675.71MB:25ms"
     kind: str                   # "size" or "bpw" (convert.allocate.Budget.kind)
     value: float                # bytes, or bits per weight
+    cap_ms: float | None = None  # the decode-time cap the plan was solved with
     bits = None                 # no nominal width: no peer at equal bits, compared by size
 
     def budget(self):
         from edgeq.convert.allocate import Budget
-        return Budget(self.kind, self.value)
+        return Budget(self.kind, self.value, self.cap_ms)
 
     def convert_flags(self) -> list[str]:
-        return self.budget().describe().split()          # ["--size", "491.400MB"] or ["--bpw", "3"]
+        return self.budget().describe().split()   # ["--size", "491.400MB"], ["--bpw", "3"], + ["--latency-ms", "25"]
 
     def resolved(self) -> tuple[str, bool]:
         return "auto", True     # auto per tensor (gptq at <= 3 bits), statistics for the analysis
@@ -288,7 +291,7 @@ class MixedVariant:
     @property
     def name(self) -> str:
         """The row's type, e.g. mixed-size-491.400MB (benchmarks/bench_mixed.py names its files alike)."""
-        return "mixed-" + "-".join(self.convert_flags()).lstrip("-")
+        return mixed_name(self.budget())
 
     @property
     def file_name(self) -> str:
@@ -299,9 +302,23 @@ class MixedVariant:
                 "method_flag": "auto", "symmetric": False, "budget": self.budget().describe()}
 
 
-def parse_mixed(spec: str, budget: str) -> MixedVariant:
+def mixed_name(budget) -> str:
+    """mixed-size-491.400MB, mixed-bpw-3, mixed-size-675.710MB-cap-25ms (a budget with a latency cap)."""
+    cap = f"-cap-{budget.cap_ms:g}ms" if budget.cap_ms is not None else ""
+    return "mixed-" + "-".join(budget.describe_main().split()).lstrip("-") + cap
+
+
+def parse_mixed(spec: str, budget: str, cap: str | None = None) -> MixedVariant:
     from edgeq.convert.allocate import parse_size
     from edgeq.errors import EdgeqError
+    if cap is not None:
+        try:
+            cap_ms = float(cap[:-2]) if cap.lower().endswith("ms") else -1.0
+        except ValueError:
+            cap_ms = -1.0
+        if not cap_ms > 0:
+            raise ValueError(f"variant {spec!r}: give the latency cap in milliseconds, like mixed:675.71MB:25ms")
+        return dataclasses.replace(parse_mixed(spec, budget), cap_ms=cap_ms)
     if budget.lower().endswith("bpw"):
         try:
             value = float(budget[:-3])
@@ -325,9 +342,10 @@ def parse_variant(spec: str) -> Variant | MixedVariant:
     from edgeq.errors import EdgeqError
     head, *options = spec.split(":")
     if head == "mixed":
-        if len(options) != 1:
-            raise ValueError(f"variant {spec!r}: a mixed variant is mixed:BUDGET, like mixed:491.4MB or mixed:3.0bpw")
-        return parse_mixed(spec, options[0])
+        if len(options) not in (1, 2):
+            raise ValueError(f"variant {spec!r}: a mixed variant is mixed:BUDGET[:CAPms], like mixed:491.4MB, "
+                             "mixed:3.0bpw or mixed:675.71MB:25ms")
+        return parse_mixed(spec, *options)
     if not head.isdigit() or int(head) not in quant_types.BITS:
         raise ValueError(f"variant {spec!r}: starts with the bits of the linear layers, one of "
                          f"{', '.join(map(str, quant_types.BITS))}, or is mixed:BUDGET")

@@ -95,6 +95,7 @@ def test_layout_option_needs_a_converter_with_layout(suite):
     ("mixed:1.2GB", "mixed-size-1200.000MB", ["--size", "1200.000MB"]),
     ("mixed:3.0bpw", "mixed-bpw-3", ["--bpw", "3"]),
     ("mixed:2.75bpw", "mixed-bpw-2.75", ["--bpw", "2.75"]),
+    ("mixed:675.71MB:25ms", "mixed-size-675.710MB-cap-25ms", ["--size", "675.710MB", "--latency-ms", "25"]),
 ])
 def test_mixed_variant_name_and_convert_flags(suite, spec, name, flags):
     variant = suite.parse_variant(spec)
@@ -110,7 +111,8 @@ def test_mixed_variant_name_and_convert_flags(suite, spec, name, flags):
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("mixed", "mixed:BUDGET"), ("mixed:3bpw:g32", "mixed:BUDGET"), ("mixed:lots", "give a file size"),
+    ("mixed", "mixed:BUDGET"), ("mixed:3bpw:g32", "latency cap in milliseconds"), ("mixed:lots", "give a file size"),
+    ("mixed:3bpw:5ms:g32", "mixed:BUDGET"), ("mixed:3bpw:-5ms", "latency cap in milliseconds"),
     ("mixed:0bpw", "bits per weight as a number"), ("mixed:xbpw", "bits per weight as a number"),
     ("mixed:-5MB", "give a file size"),
 ])
