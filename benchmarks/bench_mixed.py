@@ -2,6 +2,7 @@
 runs once: convert.convert caches it per source), each file then scored by `edgeq perplexity`.
 
     python benchmarks/bench_mixed.py SRC OUTDIR --size 66.6MB 79.9MB --bpw 3.0 [--base F32] [--chunks 20]
+    python benchmarks/bench_mixed.py SRC OUTDIR --size 428.73MB:17ms --profile P   # with a latency cap
 
 Each budget writes OUTDIR/edgeq-mixed-<budget>.eq (e.g. edgeq-mixed-size-66.600MB.eq, the name
 benchmarks/suite.py gives its variant mixed:66.6MB) and beside it <file>.json: the suite's conversion
@@ -39,22 +40,31 @@ def file_name(budget: Budget) -> str:
     return f"edgeq-{mixed_name(budget)}.eq"
 
 
+def _with_cap(text: str) -> tuple[str, float | None]:
+    """'428.73MB' -> ('428.73MB', None); '428.73MB:17ms' -> ('428.73MB', 17.0): a budget with a decode-time
+    cap (`edgeq convert --size S --latency-ms CAP --profile P`; the suite's variant mixed:428.73MB:17ms)."""
+    budget, _, cap = text.partition(":")
+    if not cap:
+        return budget, None
+    if not cap.endswith("ms"):
+        raise SystemExit(f"{text}: give the cap in milliseconds, like 428.73MB:17ms")
+    return budget, float(cap[:-2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--size", nargs="*", default=[])
-    parser.add_argument("--bpw", nargs="*", type=float, default=[])
+    parser.add_argument("--bpw", nargs="*", default=[])
     parser.add_argument("--latency-ms", nargs="*", type=float, default=[])
     parser.add_argument("--profile", default=None)
-    parser.add_argument("--cap-ms", type=float, default=None,
-                        help="a decode-time cap beside every --size/--bpw budget (needs --profile)")
     parser.add_argument("--base", default=None, help="a float model for KL (edgeq perplexity --base)")
     parser.add_argument("--chunks", type=int, default=20, help="perplexity chunks; 0: no perplexity")
     parser.add_argument("-t", "--threads", type=int, default=1)
     args = parser.parse_args()
-    budgets = [Budget("size", parse_size(s), args.cap_ms) for s in args.size] + \
-        [Budget("bpw", b, args.cap_ms) for b in args.bpw] + \
+    budgets = [Budget("size", parse_size(s), cap) for s, cap in map(_with_cap, args.size)] + \
+        [Budget("bpw", float(b), cap) for b, cap in map(_with_cap, args.bpw)] + \
         [Budget("latency", ms) for ms in args.latency_ms]
     args.outdir.mkdir(parents=True, exist_ok=True)
     for index, budget in enumerate(budgets):
@@ -65,6 +75,7 @@ def main() -> None:
         record = {"convert_s": time.perf_counter() - start, "convert_cpu_s": time.process_time() - cpu,
                   "convert_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "convert_command": f"edgeq convert SRC -o OUT {budget.describe()}"
+                                     + (" --profile P" if budget.needs_profile() else "")
                                      + (" (analysis reused: bench_mixed.py)" if index else ""),
                   "converted": datetime.datetime.now().isoformat(timespec="seconds"), "source": args.source,
                   "budget": budget.describe(), "file_bytes": report.file_bytes,
