@@ -35,39 +35,41 @@ METHOD = "codebook-kmeans"
 LOW, HIGH = quant_types.CODEBOOK_LEVELS
 
 
+def _midpoints(levels):
+    """(n_books, 16) ascending levels -> (n_books, 15) the midpoints between neighbours."""
+    return 0.5 * (levels[:, :-1] + levels[:, 1:])
+
+
 @numba.njit(cache=True, inline="always")
-def _nearest(levels, u):
-    """Index of the level nearest u among ascending levels (16,): a binary search of the midpoints."""
-    lo, hi = 0, levels.shape[0] - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if u > 0.5 * (levels[mid] + levels[mid + 1]):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _nearest(midpoints, u):
+    """Index of the level nearest u given its book's ascending midpoints (15,): how many lie below u
+    (branch-free; ties go to the lower level)."""
+    count = 0
+    for i in range(midpoints.shape[0]):
+        count += u > midpoints[i]
+    return count
 
 
 @numba.njit(parallel=True, cache=True)
-def _assign(groups, scales, mins, levels, book_of, idx_out):
-    """idx_out (n, G) = nearest level of (groups - min) / scale under group g's codebook levels[book_of[g]]."""
+def _assign(groups, scales, mins, midpoints, book_of, idx_out):
+    """idx_out (n, G) = nearest level of (groups - min) / scale under group g's codebook (midpoints[book_of[g]])."""
     n, size = groups.shape
     for g in numba.prange(n):
-        book = levels[book_of[g]]
+        mids = midpoints[book_of[g]]
         inv = 1.0 / scales[g] if scales[g] != 0 else 0.0
         for j in range(size):
-            idx_out[g, j] = _nearest(book, (groups[g, j] - mins[g]) * inv)
+            idx_out[g, j] = _nearest(mids, (groups[g, j] - mins[g]) * inv)
 
 
 @numba.njit(parallel=True, cache=True)
-def _search_scales(groups, weights, levels, book_of, grid, start, start_min, with_min, scale_out, min_out):
+def _search_scales(groups, weights, levels, midpoints, book_of, grid, start, start_min, with_min, scale_out, min_out):
     """Per group: for each clip factor r and sign, the scale (and min) that maps the group's range
     shrunk by r onto the codebook's, nearest levels, weighted least-squares refit of the scale (and
     min); also from `start` (the k-means fit). Keep the smallest weighted error."""
     n, size = groups.shape
     per_row = weights.shape[0]
     for g in numba.prange(n):
-        x, w, book = groups[g], weights[g % per_row], levels[book_of[g]]
+        x, w, book, mids = groups[g], weights[g % per_row], levels[book_of[g]], midpoints[book_of[g]]
         lo, hi = x.min(), x.max()
         amax = max(abs(lo), abs(hi))
         top = max(abs(book[0]), abs(book[-1]))
@@ -89,7 +91,7 @@ def _search_scales(groups, weights, levels, book_of, grid, start, start_min, wit
                 sign = 1.0 if d > 0 else -1.0
                 s0 = s1 = s2 = sx = sqx = 0.0
                 for j in range(size):
-                    c = book[_nearest(book, (x[j] - m) / d)]
+                    c = book[_nearest(mids, (x[j] - m) / d)]
                     s0 += w[j]
                     s1 += w[j] * c
                     s2 += w[j] * c * c
@@ -126,14 +128,14 @@ def _kmeans(groups, weights, book_of, n_books, iterations, with_min):
     idx = np.empty(groups.shape, dtype=np.int64)
     keys_base = (book_of * quant_types.CODEBOOK_SIZE)[:, None]
     for _ in range(iterations):
-        _assign(groups, scales, mins, levels, book_of, idx)
+        _assign(groups, scales, mins, _midpoints(levels), book_of, idx)
         keys = (keys_base + idx).ravel()
         s = scales[:, None]
         num = np.bincount(keys, (w * s * (groups - mins[:, None])).ravel(), n_books * quant_types.CODEBOOK_SIZE)
         den = np.bincount(keys, (w * s * s).ravel(), n_books * quant_types.CODEBOOK_SIZE)
         fresh = np.where(den > 0, num / np.where(den > 0, den, 1), levels.ravel()).reshape(n_books, -1)
         levels = np.sort(fresh, axis=1)
-        _assign(groups, scales, mins, levels, book_of, idx)
+        _assign(groups, scales, mins, _midpoints(levels), book_of, idx)
         c = levels[book_of[:, None], idx]
         s0, s1, s2 = w.sum(1), (w * c).sum(1), (w * c * c).sum(1)
         sx, sqx = (w * groups).sum(1), (w * c * groups).sum(1)
@@ -187,13 +189,14 @@ def fit(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = No
     top = np.maximum(np.maximum(levels[:, -1] / HIGH, -levels[:, 0] / -LOW), 1e-30)
     books = np.clip(np.rint(levels / top[:, None]), LOW, HIGH)                 # ascending, may repeat
     final, final_min = np.empty(groups.shape[0]), np.empty(groups.shape[0])
-    _search_scales(groups, weights, books, book_of, CLIP_GRID.astype(np.float64), scales * top[book_of],
+    _search_scales(groups, weights, books, _midpoints(books), book_of, CLIP_GRID.astype(np.float64), scales * top[book_of],
                    mins, with_min, final, final_min)
     scales16 = _fp16(final).reshape(padded_rows, per_row)
     mins16 = _fp16(final_min).reshape(padded_rows, per_row) if with_min else None
     idx = np.empty(groups.shape, dtype=np.int64)
     _assign(groups, scales16.astype(np.float64).reshape(-1),
-            np.zeros(groups.shape[0]) if mins16 is None else mins16.astype(np.float64).reshape(-1), books, book_of, idx)
+            np.zeros(groups.shape[0]) if mins16 is None else mins16.astype(np.float64).reshape(-1), _midpoints(books),
+            book_of, idx)
     indices = idx.reshape(padded_rows, padded_cols).astype(np.uint8)
     tile_books = books[book_of_row[::quant_types.TILE_ROWS]].astype(np.int8)  # (Mp / 16, 16)
     data = quant_types.pack_codebook(qtype, indices, scales16, tile_books, cols, mins16)
