@@ -1032,8 +1032,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--edgeq-variants", type=variant_argument, nargs="*", metavar="BITS[:OPTION...]",
                         default=[parse_variant(v) for v in EDGEQ_VARIANTS],
                         help="edgeq files to make and measure: BITS with the converter's defaults for that width, "
-                        "plus options g32/g64/g128, auto/rtn/hqq/gptq, bitplane/packed, sym, act-order, or a "
-                        "mixed-precision budget mixed:491.4MB / mixed:3.0bpw (see below) "
+                        "plus options g32/g64/g128, auto/rtn/hqq/gptq, bitplane/packed/codebook, sym, act-order, or a "
+                        "mixed-precision budget mixed:491.4MB / mixed:3.0bpw / mixed:675.71MB:25ms (see below) "
                         f"[default: {' '.join(EDGEQ_VARIANTS)}]")
     parser.add_argument("--isa", type=kernel_set_argument, nargs="+", metavar="SET",
                         help="measure edgeq's speed under each of these kernel sets (EDGEQ_ISA), side by side "
