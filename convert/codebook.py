@@ -113,10 +113,55 @@ def _search_scales(groups, weights, levels, midpoints, book_of, grid, start, sta
         min_out[g] = best_m
 
 
+@numba.njit(parallel=True, cache=True)
+def _move_levels(groups, weights, scales, mins, idx, book_start, levels):
+    """Every book's level i -> the weighted mean of the (w - min) / scale assigned to it (weight
+    E[x^2] s^2: the error in w's units), a level with nothing assigned kept; then sorted. Books own
+    contiguous runs of groups (book_start), so each is one parallel task."""
+    size, per_row = groups.shape[1], weights.shape[0]
+    for b in numba.prange(levels.shape[0]):
+        num, den = np.zeros(levels.shape[1]), np.zeros(levels.shape[1])
+        for g in range(book_start[b], book_start[b + 1]):
+            s, m, w = scales[g], mins[g], weights[g % per_row]
+            for j in range(size):
+                num[idx[g, j]] += w[j] * s * (groups[g, j] - m)
+                den[idx[g, j]] += w[j] * s * s
+        for i in range(levels.shape[1]):
+            if den[i] > 0:
+                levels[b, i] = num[i] / den[i]
+        levels[b] = np.sort(levels[b])
+
+
+@numba.njit(parallel=True, cache=True)
+def _refit_scales(groups, weights, levels, book_of, idx, with_min, scales, mins):
+    """Per group, for its assignments: the weighted least-squares scale (and min), kept only when it
+    exists and keeps the scale's sign."""
+    n, size = groups.shape
+    per_row = weights.shape[0]
+    for g in numba.prange(n):
+        w, book = weights[g % per_row], levels[book_of[g]]
+        s0 = s1 = s2 = sx = sqx = 0.0
+        for j in range(size):
+            c, x = book[idx[g, j]], groups[g, j]
+            s0 += w[j]
+            s1 += w[j] * c
+            s2 += w[j] * c * c
+            sx += w[j] * x
+            sqx += w[j] * c * x
+        if with_min:
+            den = s0 * s2 - s1 * s1
+            if den > 1e-12 * max(s0 * s2, 1e-30):
+                new = (s0 * sqx - s1 * sx) / den
+                if new * scales[g] > 0:
+                    scales[g] = new
+                    mins[g] = (sx - new * s1) / (s0 if s0 > 0 else 1.0)
+        elif s2 > 0 and sqx * scales[g] > 0:
+            scales[g] = sqx / s2
+
+
 def _kmeans(groups, weights, book_of, n_books, iterations, with_min):
     """Weighted Lloyd iterations -> (levels (n_books, 16) ascending float, scales (n,), mins (n,))."""
-    n, size = groups.shape
-    w = np.tile(weights, (n // weights.shape[0], 1))                          # (n, G)
+    n = groups.shape[0]
     if with_min:                        # the uniform grid from min to max
         lo, hi = groups.min(axis=1), groups.max(axis=1)
         scales = np.where(hi > lo, (hi - lo) / (2 * HIGH), 1.0)
@@ -126,29 +171,13 @@ def _kmeans(groups, weights, book_of, n_books, iterations, with_min):
         mins = np.zeros(n)
     levels = np.tile(np.linspace(-HIGH, HIGH, quant_types.CODEBOOK_SIZE), (n_books, 1))
     idx = np.empty(groups.shape, dtype=np.int64)
-    keys_base = (book_of * quant_types.CODEBOOK_SIZE)[:, None]
+    book_start = np.searchsorted(book_of, np.arange(n_books + 1))           # book_of is non-decreasing
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
     for _ in range(iterations):
         _assign(groups, scales, mins, _midpoints(levels), book_of, idx)
-        keys = (keys_base + idx).ravel()
-        s = scales[:, None]
-        num = np.bincount(keys, (w * s * (groups - mins[:, None])).ravel(), n_books * quant_types.CODEBOOK_SIZE)
-        den = np.bincount(keys, (w * s * s).ravel(), n_books * quant_types.CODEBOOK_SIZE)
-        fresh = np.where(den > 0, num / np.where(den > 0, den, 1), levels.ravel()).reshape(n_books, -1)
-        levels = np.sort(fresh, axis=1)
+        _move_levels(groups, weights, scales, mins, idx, book_start, levels)
         _assign(groups, scales, mins, _midpoints(levels), book_of, idx)
-        c = levels[book_of[:, None], idx]
-        s0, s1, s2 = w.sum(1), (w * c).sum(1), (w * c * c).sum(1)
-        sx, sqx = (w * groups).sum(1), (w * c * groups).sum(1)
-        if with_min:
-            den = s0 * s2 - s1 * s1
-            ok = den > 1e-12 * np.maximum(s0 * s2, 1e-30)
-            new = np.where(ok, (s0 * sqx - s1 * sx) / np.where(ok, den, 1), 0.0)
-            ok &= new * scales > 0
-            scales = np.where(ok, new, scales)
-            mins = np.where(ok, (sx - new * s1) / np.where(s0 > 0, s0, 1), mins)
-        else:
-            ok = (s2 > 0) & (sqx * scales > 0)
-            scales = np.where(ok, sqx / np.where(ok, s2, 1), scales)
+        _refit_scales(groups, weights, levels, book_of, idx, with_min, scales, mins)
     return levels, scales, mins
 
 
