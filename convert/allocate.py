@@ -502,7 +502,7 @@ def allocate(config, budget: Budget, scores: dict[str, dict[str, float]], factor
         if picked is None and least_time < math.inf:
             fastest = (least_time + (budget.cap_ms / 1e3 - cap)) * 1e3
             raise EdgeqError(f"{budget.describe()}: no plan within {budget.describe_main()} decodes that fast on the "
-                             f"profiled CPU; the fastest takes {fastest:.3f} ms per token (give at least that, or a "
+                             f"profiled CPU; the fastest takes {fastest:.4g} ms per token (give at least that, or a "
                              "larger budget)")
     else:
         picked = solve(group_options, limit)
