@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from edgeq.convert import AllocationSettings, convert  # noqa: E402
-from edgeq.convert.allocate import Budget, parse_size  # noqa: E402
-from suite import mixed_name  # noqa: E402
+from edgeq.convert.allocate import Budget  # noqa: E402
+from suite import mixed_name, parse_mixed  # noqa: E402
 
 
 def file_name(budget: Budget) -> str:
@@ -40,15 +40,14 @@ def file_name(budget: Budget) -> str:
     return f"edgeq-{mixed_name(budget)}.eq"
 
 
-def _with_cap(text: str) -> tuple[str, float | None]:
-    """'428.73MB' -> ('428.73MB', None); '428.73MB:17ms' -> ('428.73MB', 17.0): a budget with a decode-time
-    cap (`edgeq convert --size S --latency-ms CAP --profile P`; the suite's variant mixed:428.73MB:17ms)."""
-    budget, _, cap = text.partition(":")
-    if not cap:
-        return budget, None
-    if not cap.endswith("ms"):
-        raise SystemExit(f"{text}: give the cap in milliseconds, like 428.73MB:17ms")
-    return budget, float(cap[:-2])
+def _budget(text: str, suffix: str = "") -> Budget:
+    """'428.73MB' or '428.73MB:17ms' (with a decode-time cap: `edgeq convert --size S --latency-ms CAP
+    --profile P`), or for --bpw '3.0' / '3.0:9ms': parsed as the suite's variant mixed:TEXT is."""
+    value, *cap = text.split(":")
+    try:
+        return parse_mixed(f"mixed:{text}", value + suffix, *cap).budget()
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def main() -> None:
@@ -63,8 +62,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=20, help="perplexity chunks; 0: no perplexity")
     parser.add_argument("-t", "--threads", type=int, default=1)
     args = parser.parse_args()
-    budgets = [Budget("size", parse_size(s), cap) for s, cap in map(_with_cap, args.size)] + \
-        [Budget("bpw", float(b), cap) for b, cap in map(_with_cap, args.bpw)] + \
+    budgets = [_budget(s) for s in args.size] + [_budget(b, "bpw") for b in args.bpw] + \
         [Budget("latency", ms) for ms in args.latency_ms]
     args.outdir.mkdir(parents=True, exist_ok=True)
     for index, budget in enumerate(budgets):

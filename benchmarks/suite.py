@@ -271,7 +271,7 @@ class Variant:
 class MixedVariant:
     """mixed:BUDGET[:CAPms]: one `edgeq convert --size S | --bpw B [--latency-ms CAP --profile P]` file, a
     type per tensor (convert/allocate.py). A capped variant's file comes from benchmarks/bench_mixed.py
-    --cap-ms (the suite has no profile to convert it with)."""
+    --size S:CAPms --profile P (the suite has no profile to convert it with)."""
     spec: str                   # as given, e.g. "mixed:491.4MB" or "mixed:675.71MB:25ms"
     kind: str                   # "size" or "bpw" (convert.allocate.Budget.kind)
     value: float                # bytes, or bits per weight
