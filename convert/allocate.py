@@ -146,7 +146,7 @@ def stored_bytes(qtype: QuantType, shape: tuple[int, ...]) -> int:
 
 def _numbers_key(qtype: QuantType):
     """Types that hold the same numbers (bit-plane and packed layouts of one grid) share a key."""
-    return ("uniform", qtype.bits, qtype.group, qtype.symmetric) if qtype.is_uniform() else qtype.name
+    return ("uniform", qtype.bits, qtype.group, qtype.symmetric, qtype.integer_zero) if qtype.is_uniform() else qtype.name
 
 
 def _restore(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Export an edgeq file as a llama.cpp GGUF (architectures llama, qwen2 and qwen3): `edgeq export`.
 
-Our uniform types store w = s·q + m (asymmetric) or w = s·(q − (2^b − 1)/2) (symmetric), q in
-0..2^b − 1, fp16 s and m per group of G = 32/64/128 along K. A group of G is G/32 ggml blocks with the
+Our uniform types store w = s·q + m (asymmetric), w = s·(q − (2^b − 1)/2) (symmetric) or
+w = s·(q − 2^(b − 1)) (z types), q in 0..2^b − 1, fp16 s and m per group of G = 32/64/128 along K. A group of G is G/32 ggml blocks with the
 same d (and m), so the group size never matters; the level grid does (gguf_grid has the blocks):
     asymmetric, b <= 4          -> Q4_1   d = s, m = m, the same q
     asymmetric, b == 5          -> Q5_1
@@ -9,6 +9,7 @@ same d (and m), so the group size never matters; the level grid does (gguf_grid 
                                           odd multiples of s/2
     symmetric,  b == 4          -> Q5_0   (q' = 2q − 15 + 16)
     symmetric,  b <= 7          -> Q8_0   (q' = 2q − (2^b − 1))
+    z,          b = 4, 5, 8     -> Q4_0, Q5_0, Q8_0   d = s, the same q: ggml's own grids
     asymmetric with m = −o·s    -> Q4_0 / Q5_0 / Q8_0 when the shifted levels fit (a llama.cpp grid
                                           that `edgeq convert` kept, e.g. SmolLM2's Q8_0 embeddings)
 The smallest type that holds a tensor is taken, and only when every block dequantizes with
@@ -195,9 +196,10 @@ def exact_blocks(qtype: quant_types.QuantType, grid, cols: int, target: ExportTy
     per_group, n_blocks = qtype.group // gguf_grid.BLOCK, cols // gguf_grid.BLOCK
     q = levels[:, :cols].astype(np.int32)                                   # (R, K)
     s = np.repeat(np.asarray(scales, np.float16), per_group, axis=1)[:, :n_blocks]   # (R, K/32)
-    top, half_range = (1 << layout.bits) - 1, ((1 << qtype.bits) - 1) / 2
+    top, zero = (1 << layout.bits) - 1, qtype.zero_point()
     if qtype.symmetric:
-        m = (np.float32(-half_range) * s.astype(np.float32)).astype(np.float16)
+        with np.errstate(over="ignore"):
+            m = (np.float32(-zero) * s.astype(np.float32)).astype(np.float16)
     else:
         m = np.repeat(np.asarray(mins, np.float16), per_group, axis=1)[:, :n_blocks]
     per_weight = lambda a: np.repeat(a, gguf_grid.BLOCK, axis=1)            # (R, K/32) -> (R, K)
@@ -208,10 +210,8 @@ def exact_blocks(qtype: quant_types.QuantType, grid, cols: int, target: ExportTy
     else:                                    # d = s/a, q' = a·q + a·m/s + o for a = 1 or 2
         for a in (1, 2):
             d = (s.astype(np.float32) / a).astype(np.float16)
-            if qtype.symmetric:
-                if a == 1:
-                    continue
-                shift = np.full(s.shape, -2 * half_range)
+            if qtype.symmetric:        # a half-integer zero point needs a = 2
+                shift = np.full(s.shape, -a * zero)
             else:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     shift = a * m.astype(np.float64) / s.astype(np.float64)

@@ -4,13 +4,14 @@ ggml's Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 store each row as blocks of 32 weights al
 levels q and an fp16 scale d (and fp16 min m), dequantized in float32 as
     Q4_1, Q5_1        w = d·q + m          q in 0..15 / 0..31
     Q4_0, Q5_0, Q8_0  w = d·(q − o)        o = 8 / 16 / 128 (Q8_0 stores q − 128 as int8)
-edgeq's asymmetric groups of 32 (u4g32a, u5g32a, u8g32a) store w = scale·q + min with fp16 scale and
-min, so one ggml block is one edgeq group: scale = d, min = m, or min = −o·d. That is exact: −o·d
-is d times a power of two (exact in fp16 unless it overflows), d·q is exact in float32, and so is
-d·q − o·d = d·(q − o) (at most 19 significant bits). Levels, scales and mins are read from the block
-bytes, never through float; every block is then checked against gguf.quants' own dequantization
-(equal as float32 values, +0 and −0 alike), and a tensor with any block that does not match is
-re-quantized instead. K-quants (Q4_K, Q6_K, ...: sub-block scales multiplied in float) have no
+edgeq's asymmetric groups of 32 (u4g32a, u5g32a) store w = scale·q + min with fp16 scale and min,
+so one Q4_1/Q5_1 block is one edgeq group: scale = d, min = m, the float32 rounding of d·q + m as
+ggml's. The z types (u4g32z, u5g32z, u8g32z) store w = scale·(q − 2^(b−1)) with an fp16 scale only:
+o is 2^(b−1) for all three, so a Q4_0/Q5_0/Q8_0 block is one z group, scale = d, at the ggml type's
+own size (4.5, 5.5, 8.5 bits per weight), d·(q − o) rounded once in float32 as ggml does. Levels
+and scales are read from the block bytes, never through float; every block is then checked against
+gguf.quants' own dequantization (equal as float32 values, +0 and −0 alike), and a tensor with any
+block that does not match (a d that is not finite) is re-quantized instead. K-quants (Q4_K, Q6_K, ...: sub-block scales multiplied in float) have no
 exact edgeq type and are not handled here; F16/F32 tensors are not grids.
 write_blocks is read_blocks' inverse, for the other direction (convert/export_gguf.py).
 """
@@ -30,9 +31,9 @@ BLOCK = 32                     # weights per ggml block of the types below
 @dataclass(frozen=True)
 class BlockLayout:
     """One ggml block type: fp16 d, [fp16 m], [uint32 mask of fifth bits], then the low bits."""
-    bits: int          # edgeq bits of the matching u{bits}g32a type
-    has_min: bool      # m stored (Q4_1, Q5_1); otherwise min = -offset * d
-    offset: int        # o in w = d * (q - o) for types without m
+    bits: int          # edgeq bits of the matching u{bits}g32a (with m) or u{bits}g32z type
+    has_min: bool      # m stored (Q4_1, Q5_1); otherwise w = d * (q - offset)
+    offset: int        # o in w = d * (q - o) for types without m: 2^(bits - 1), the z types' zero point
     fifth_bit: bool    # Q5_0 / Q5_1: a 32-bit little-endian mask holds bit 4 of each level
 
     def nbytes(self) -> int:
@@ -59,13 +60,14 @@ def layout(ggml_type) -> BlockLayout:
 def edgeq_type(ggml_type) -> QuantType | None:
     """The edgeq type that holds this ggml type's blocks exactly, or None (K-quants, floats, ...)."""
     layout = _layouts().get(ggml_type)
-    return None if layout is None else quant_types.uniform_type(layout.bits, BLOCK, False)
+    if layout is None:
+        return None
+    return quant_types.uniform_type(layout.bits, BLOCK, not layout.has_min, integer_zero=not layout.has_min)
 
 
 def read_blocks(ggml_type, raw: np.ndarray, cols: int):
     """Raw rows of ggml blocks, (M, K/32 * block bytes) uint8 -> levels (M, K) uint8 and scales,
-    mins (M, K/32) fp16, read from the bytes. Mins of types without m are -offset * d rounded to
-    fp16 (inf when that overflows: the check against gguf.quants then rejects the tensor)."""
+    mins (M, K/32) fp16 (None for types without m: their z type has no min), read from the bytes."""
     layout = _layouts()[ggml_type]
     rows = raw.shape[0]
     blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(rows, cols // BLOCK, layout.nbytes())
@@ -85,10 +87,7 @@ def read_blocks(ggml_type, raw: np.ndarray, cols: int):
         levels = np.concatenate([low & 0x0F, low >> 4], axis=-1)
         if layout.fifth_bit:
             levels |= fifth << 4
-    if not layout.has_min:
-        with np.errstate(over="ignore"):
-            mins = (np.float32(-layout.offset) * scales.astype(np.float32)).astype(np.float16)
-    return levels.reshape(rows, cols), scales, mins
+    return levels.reshape(rows, cols), scales, mins if layout.has_min else None
 
 
 def write_blocks(ggml_type, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None) -> np.ndarray:
@@ -119,16 +118,17 @@ def matches_gguf(ggml_type, raw: np.ndarray, cols: int) -> bool:
     the float32 values gguf.quants gives (-0 equal to +0)."""
     import gguf
     levels, scales, mins = read_blocks(ggml_type, raw, cols)
-    ours = quant_types.dequantize_levels(quant_types.uniform_type(_layouts()[ggml_type].bits, BLOCK, False),
-                                         levels, scales, mins)
+    ours = quant_types.dequantize_levels(edgeq_type(ggml_type), levels, scales, mins)
     theirs = np.asarray(gguf.quants.dequantize(np.asarray(raw), ggml_type), dtype=np.float32).reshape(ours.shape)
     return bool(np.array_equal(ours, theirs))
 
 
-def pack_rows(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
-    """Levels (M, K) and group scales/mins (M, K/32) -> packed bytes, rows padded to whole tiles."""
+def pack_rows(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None) -> np.ndarray:
+    """Levels (M, K) and group scales/mins (M, K/32; mins None for z types) -> packed bytes, rows
+    padded to whole tiles."""
     rows, cols = levels.shape
     padded_rows, padded_cols = qtype.padded_shape(rows, cols)
     assert padded_cols == cols, "ggml rows are whole blocks of 32"
     pad = ((0, padded_rows - rows), (0, 0))
-    return quant_types.pack(qtype, np.pad(levels, pad), np.pad(scales, pad), np.pad(mins, pad), cols)
+    return quant_types.pack(qtype, np.pad(levels, pad), np.pad(scales, pad),
+                            None if mins is None else np.pad(mins, pad), cols)

@@ -128,7 +128,7 @@ def gptq(weight: np.ndarray, qtype: QuantType, hessian: np.ndarray, damp: float 
                 j += 1
             groups = group_of_visit[start + i:start + j]
             scale = scales16[:, groups].astype(np.float64)
-            low = (-scale * (n_max / 2) if qtype.symmetric else mins16[:, groups].astype(np.float64))
+            low = (-scale * qtype.zero_point() if qtype.symmetric else mins16[:, groups].astype(np.float64))
             _quantize_columns(block, u_block, i, j, np.ascontiguousarray(scale), np.ascontiguousarray(low),
                               n_max, levels_visited[:, start:stop])
             i = j

@@ -29,25 +29,27 @@ BLOCK_VALUES = 1 << 22  # weights per block of rows rtn fits and scores at a tim
 # ---------------------------------------------------------------------------------------------
 
 @numba.njit(parallel=True, cache=True)
-def _search_weighted(groups, importance, n_max, grid, symmetric, scale_out, min_out):
+def _search_weighted(groups, importance, n_max, grid, symmetric, zero, integer_zero, scale_out, min_out):
     """groups (n, G); group g weighs its G columns by importance[g % len(importance)] (P, G).
     For each clip factor r: levels of the shrunk range, weighted least-squares refit of (scale, min),
-    keep the smallest weighted squared error."""
+    keep the smallest weighted squared error. Symmetric types: levels q - zero; with an integer
+    zero (z types, levels -zero .. zero - 1) the group's largest magnitude, with its sign, goes on
+    the extra level -zero (a negative scale for a positive peak), as llama.cpp's _0 types do."""
     n_groups, size = groups.shape
     per_row = importance.shape[0]
-    zero = n_max * 0.5
     for g in numba.prange(n_groups):
         x = groups[g]
         w = importance[g % per_row]
         lo, hi = x.min(), x.max()
         amax = max(abs(lo), abs(hi))
+        peak = lo if -lo > hi else hi
         best_err, best_d, best_m = np.inf, 0.0, lo
         if symmetric:
             best_m = 0.0
         if hi > lo or (symmetric and amax > 0):
             for r in grid:
                 if symmetric:
-                    d = amax * r / zero
+                    d = -peak * r / zero if integer_zero else amax * r / zero
                     m = -d * zero
                 else:
                     half, center = (hi - lo) * 0.5 * r, (hi + lo) * 0.5
@@ -63,7 +65,7 @@ def _search_weighted(groups, importance, n_max, grid, symmetric, scale_out, min_
                     sx += w[j] * x[j]
                     sqx += w[j] * q * x[j]
                 if symmetric:
-                    if sqx > 0 and s2 > 0:
+                    if sqx * d > 0 and s2 > 0:      # the refit keeps the scale's sign
                         d = sqx / s2
                     err = d * d * s2 - 2 * d * sqx
                     m = -d * zero
@@ -103,7 +105,7 @@ def fit_groups(groups: np.ndarray, weights: np.ndarray, qtype: QuantType) -> tup
     scales = np.empty(groups.shape[0], dtype=groups.dtype)
     mins = np.empty(groups.shape[0], dtype=groups.dtype)
     _search_weighted(groups, weights.astype(groups.dtype), n_max, grid.astype(groups.dtype),
-                     qtype.symmetric, scales, mins)
+                     qtype.symmetric, qtype.zero_point(), qtype.integer_zero, scales, mins)
     return scales, mins
 
 
@@ -119,7 +121,7 @@ def levels_for(qtype: QuantType, values: np.ndarray, scales16: np.ndarray, mins1
     n_max = float((1 << qtype.bits) - 1)
     step = np.where(scales16 == 0, 1.0, scales16.astype(values.dtype))
     if qtype.symmetric:
-        levels = np.floor(values / step + (n_max / 2 + 0.5))
+        levels = np.floor(values / step + (qtype.zero_point() + 0.5))
     else:
         levels = np.floor((values - mins16.astype(values.dtype)) / step + 0.5)
     return np.clip(levels, 0, n_max)
@@ -243,11 +245,11 @@ def hqq(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = No
     x = padded.reshape(padded_rows, n_per_row, qtype.group).astype(np.float64)   # (Mp, Kp/G, G)
     w = column_weights(importance, weight.shape[1], qtype.group)[None]            # (1, Kp/G, G)
     n_max = float((1 << qtype.bits) - 1)
-    zero = n_max / 2 if qtype.symmetric else 0.0
+    zero = qtype.zero_point()
     scale, low = fit_groups(x.reshape(-1, qtype.group), w[0], qtype)
     scale, low = scale.reshape(x.shape[:2])[..., None], low.reshape(x.shape[:2])[..., None]
 
-    def levels(s, m):       # q in [0, n_max]; w ≈ s*q + m (symmetric: m = -s*n_max/2)
+    def levels(s, m):       # q in [0, n_max]; w ≈ s*q + m (symmetric: m = -s*zero)
         return np.clip(np.floor((x - m) / np.where(s == 0, 1.0, s) + 0.5), 0, n_max)
 
     def error(s, m):
@@ -270,7 +272,7 @@ def hqq(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = No
             ok = den > 1e-12 * np.maximum(s0 * s2, 1e-30)
             new_s = np.where(ok, (s0 * sqt - s1 * st) / np.where(ok, den, 1), scale)
             new_m = np.where(ok, (st - new_s * s1) / s0, low)
-        keep = new_s > 0
+        keep = new_s * scale > 0    # a z type's scale may be negative: keep its sign
         scale, low = np.where(keep, new_s, scale), np.where(keep, new_m, low)
         err = error(scale, low)
         better = err < best_err

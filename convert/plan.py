@@ -142,6 +142,5 @@ def source_grids(source, settings: PlanSettings) -> tuple[dict[str, QuantType], 
         if source.grid_is_exact(name):      # the same numbers; bit-planes unless --layout says otherwise
             kept[name] = qtype if settings.layout == "auto" else quant_types.with_family(qtype, settings.family_for(qtype.bits))
         else:
-            refused[name] = (f"its source grid does not fit {qtype.name} exactly (an fp16 min overflows "
-                             "or a value is not finite)")
+            refused[name] = f"its source grid does not fit {qtype.name} exactly (a value is not finite)"
     return kept, refused

@@ -66,22 +66,23 @@ def _search_asymmetric(groups, n_max, grid, scale_out, min_out):  # groups (n, G
 
 
 @numba.njit(parallel=True, cache=True)
-def _search_symmetric(groups, n_max, grid, scale_out):  # levels c = q - n_max/2
+def _search_symmetric(groups, n_max, zero, integer_zero, grid, scale_out):  # levels c = q - zero
     n_groups, size = groups.shape
-    zero = n_max * 0.5
     for g in numba.prange(n_groups):
         x = groups[g]
-        amax = np.abs(x).max()
+        lo, hi = x.min(), x.max()
+        amax = max(abs(lo), abs(hi))
+        peak = lo if -lo > hi else hi   # z types: the peak, with its sign, on the extra level -zero
         best_err, best_d = np.inf, 0.0
         if amax > 0:
             for r in grid:
-                d = amax * r / zero
+                d = -peak * r / zero if integer_zero else amax * r / zero
                 scc = scw = 0.0
                 for j in range(size):
                     c = min(max(np.floor(x[j] / d + zero + 0.5), 0.0), n_max) - zero
                     scc += c * c
                     scw += c * x[j]
-                if scw > 0:
+                if scw * d > 0:
                     d = scw / scc
                 err = d * d * scc - 2 * d * scw    # squared error up to the constant sum of x^2
                 if err < best_err:
@@ -107,13 +108,13 @@ def quantize_rtn(weight: np.ndarray, qtype: QuantType) -> QuantizedTensor:
     scales = np.empty(groups.shape[0], dtype=np.float32)
     mins = None if qtype.symmetric else np.empty(groups.shape[0], dtype=np.float32)
     if qtype.symmetric:
-        _search_symmetric(groups, n_max, grid, scales)
+        _search_symmetric(groups, n_max, qtype.zero_point(), qtype.integer_zero, grid, scales)
     else:
         _search_asymmetric(groups, n_max, grid, scales, mins)
     scales16 = _fp16(scales)
     step = np.where(scales16 == 0, np.float32(1), scales16.astype(np.float32))[:, None]
     if qtype.symmetric:
-        levels = np.floor(groups / step + (n_max / 2 + 0.5))
+        levels = np.floor(groups / step + (qtype.zero_point() + 0.5))
     else:
         mins16 = _fp16(mins)
         levels = np.floor((groups - mins16.astype(np.float32)[:, None]) / step + 0.5)

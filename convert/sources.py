@@ -506,15 +506,15 @@ class GGUFSource(Source):
                    for start in range(0, rows, step))
 
     def load_grid(self, name: str, rows: slice | None = None):
-        """Levels (M, K) uint8, scales and mins (M, K/32) fp16 of a tensor with a grid_type, rows in
+        """Levels (M, K) uint8, scales and mins (M, K/32; None without m) fp16 of a tensor with a grid_type, rows in
         Hugging Face order (the q/k permutation undone, as load does)."""
         tensor, cols = self.tensors[name], self.shape(name)[1]
         data = tensor.data if rows is None or self._permuted(name) else tensor.data[rows]
         grid = gguf_grid.read_blocks(tensor.tensor_type, data, cols)
         if self._permuted(name):
-            grid = tuple(self._unpermute(name, part) for part in grid)
+            grid = tuple(None if part is None else self._unpermute(name, part) for part in grid)
             if rows is not None:
-                grid = tuple(part[rows] for part in grid)
+                grid = tuple(None if part is None else part[rows] for part in grid)
         return grid
 
     def load(self, name, rows=None):

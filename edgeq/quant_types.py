@@ -2,14 +2,17 @@
 
 Each row names its family: how the type's weights are stored and multiplied. Today:
   PLAIN             f32, f16: a plain float tensor (GGUF F32/F16) in (M, K) numpy order.
-  UNIFORM_BITPLANE  u<b>g<G><a|s>: grouped uniform levels stored as b one-bit planes (below), for
+  UNIFORM_BITPLANE  u<b>g<G><a|s|z>: grouped uniform levels stored as b one-bit planes (below), for
                     the LUT kernels (cost per bit-plane: what 2-3 bits want).
-  UNIFORM_PACKED    p<b>g<G><a|s>, b in 4, 5, 6, 8: the same numbers (levels, fp16 scale and min or
-                    scale only, groups of G along K) stored as whole levels, bytes or nibbles, for
+  UNIFORM_PACKED    p<b>g<G><a|s|z>, b in 4, 5, 6, 8: the same numbers (levels, fp16 scale and min
+                    or scale only, groups of G along K) stored as whole levels, bytes or nibbles, for
                     the int8 multiply-add kernels (cost per weight: what 5-8 bits want). Type names
-                    read "uniform, b bits, groups of G, asymmetric|symmetric" with u = bit-planes and
-                    p = packed levels; which layout a tensor uses is the converter's choice
-                    (`edgeq convert --layout`), recorded by its type.
+                    read "uniform, b bits, groups of G, asymmetric|symmetric|symmetric with an
+                    integer zero point" with u = bit-planes and p = packed levels; which layout a
+                    tensor uses is the converter's choice (`edgeq convert --layout`), recorded by its
+                    type. The z types (groups of 32 at 4, 5 and 8 bits only) are llama.cpp's Q4_0,
+                    Q5_0 and Q8_0 grids at those types' own sizes: a GGUF source's blocks of them are
+                    kept exactly (convert.gguf_grid) and exported back as they were.
   CODEBOOK          c4g<G>: 4-bit indices into 16 learned int8 levels per 16-row tile, times an fp16
                     scale per group of G (no min: the levels carry any offset, so no a|s suffix), for
                     the same int8 multiply-add kernels (an index becomes its level by one table lookup
@@ -38,7 +41,9 @@ Packed layout of a uniform grouped (bit-serial) tensor W of logical shape (M, K)
     (vqtbl1q_s8 on NEON, pshufb per 128-bit lane on AVX2).
   - Dequantized value: asymmetric  w = scale * q + min
                        symmetric   w = scale * (q - (2^b - 1) / 2)      (levels ±0.5, ±1.5, ... × scale)
-    with q in [0, 2^b - 1]. The symmetric zero point makes the LUT mirror trick exact: no Σx term.
+                       z           w = scale * (q - 2^(b - 1))          (levels -2^(b-1) .. 2^(b-1) - 1)
+    with q in [0, 2^b - 1] (QuantType.zero_point). A z type's scale may be negative: its fit puts
+    the group's largest magnitude on the extra level -2^(b-1), as llama.cpp's _0 types do.
 Why 32 columns: every group size is a multiple of 32, so every stored width is too, and each SIMD
 kernel's step divides it: AVX2 reads 16 columns per 32-byte plane load and keeps Σx per 32
 activations, AVX-512 reads 32 columns per 64-byte load, NEON 8 per 16-byte load. A finer step would
@@ -117,8 +122,15 @@ class QuantType:
     family: str        # PLAIN | UNIFORM_BITPLANE | UNIFORM_PACKED | CODEBOOK
     bits: int          # bits per weight before scales (32 / 16 for plain types)
     group: int         # weights per scale along K (0 for plain types)
-    symmetric: bool
+    symmetric: bool    # scale only, no min (zero_point below)
     dtype: str         # numpy dtype of the stored elements: "<f4", "<f2" (plain) or "u1" (packed bytes)
+    integer_zero: bool = False   # symmetric with zero point 2^(b-1) (a z type), not (2^b - 1) / 2
+
+    def zero_point(self) -> float:
+        """z in w = scale * (q - z) for symmetric types; 0 for the others (they store a min)."""
+        if not self.symmetric or self.family == CODEBOOK:
+            return 0.0
+        return float(1 << (self.bits - 1)) if self.integer_zero else ((1 << self.bits) - 1) / 2.0
 
     def is_uniform(self) -> bool:
         """Grouped uniform levels with fp16 scales (every quantization method writes these)."""
@@ -197,11 +209,17 @@ PACKED_BITS = (4, 5, 6, 8)      # the widths multiply-add can win at (benchmarks
 GROUPS = (32, 64, 128)
 LAYOUTS = {UNIFORM_BITPLANE: "u", UNIFORM_PACKED: "p"}   # family -> the type names' first letter
 CODEBOOK_BITS = (4,)
+ZERO_BITS = (4, 5, 8)           # z types: llama.cpp's Q4_0, Q5_0, Q8_0 grids (blocks of 32)
+ZERO_GROUP = 32
+
+
+def _suffix(symmetric: bool, integer_zero: bool = False) -> str:
+    return "z" if integer_zero else "s" if symmetric else "a"
 
 
 def _build_table() -> dict[str, QuantType]:
-    """f32, f16, then per family in LAYOUTS order every (bits, group, a|s): ids never change, a new
-    family's rows go at the end."""
+    """f32, f16, then per family in LAYOUTS order every (bits, group, a|s), the codebook types, then
+    the z types: ids never change, new rows go at the end."""
     table = {
         "f32": QuantType("f32", 0, PLAIN, 32, 0, False, "<f4"),
         "f16": QuantType("f16", 1, PLAIN, 16, 0, False, "<f2"),
@@ -211,32 +229,38 @@ def _build_table() -> dict[str, QuantType]:
         for bits in widths:
             for group in GROUPS:
                 for symmetric in (False, True):
-                    name = f"{LAYOUTS[family]}{bits}g{group}{'s' if symmetric else 'a'}"
+                    name = f"{LAYOUTS[family]}{bits}g{group}{_suffix(symmetric)}"
                     table[name] = QuantType(name, next_id, family, bits, group, symmetric, "u1")
                     next_id += 1
     for bits in CODEBOOK_BITS:               # c<b>g<G><a|s>: scale and min, or scale only
         for group in GROUPS:
             for symmetric in (False, True):
-                name = f"c{bits}g{group}{'s' if symmetric else 'a'}"
+                name = f"c{bits}g{group}{_suffix(symmetric)}"
                 table[name] = QuantType(name, next_id, CODEBOOK, bits, group, symmetric, "u1")
                 next_id += 1
+    for family, widths in ((UNIFORM_BITPLANE, BITS), (UNIFORM_PACKED, PACKED_BITS)):
+        for bits in (b for b in widths if b in ZERO_BITS):
+            name = f"{LAYOUTS[family]}{bits}g{ZERO_GROUP}z"
+            table[name] = QuantType(name, next_id, family, bits, ZERO_GROUP, True, "u1", integer_zero=True)
+            next_id += 1
     return table
 
 
 TYPES: dict[str, QuantType] = _build_table()
 
 
-def uniform_type(bits: int, group: int, symmetric: bool, family: str = UNIFORM_BITPLANE) -> QuantType:
+def uniform_type(bits: int, group: int, symmetric: bool, family: str = UNIFORM_BITPLANE,
+                 integer_zero: bool = False) -> QuantType:
     if family not in LAYOUTS:
         raise _unknown_family(family)
-    name = f"{LAYOUTS[family]}{bits}g{group}{'s' if symmetric else 'a'}"
+    name = f"{LAYOUTS[family]}{bits}g{group}{_suffix(symmetric, integer_zero)}"
     if name not in TYPES:
         raise KeyError(name)
     return TYPES[name]
 
 
 def codebook_type(bits: int, group: int, symmetric: bool) -> QuantType:
-    name = f"c{bits}g{group}{'s' if symmetric else 'a'}"
+    name = f"c{bits}g{group}{_suffix(symmetric)}"
     if name not in TYPES:
         raise KeyError(name)
     return TYPES[name]
@@ -244,7 +268,7 @@ def codebook_type(bits: int, group: int, symmetric: bool) -> QuantType:
 
 def with_family(qtype: QuantType, family: str) -> QuantType:
     """The type holding the same numbers as uniform `qtype` in the other layout (KeyError: none)."""
-    return uniform_type(qtype.bits, qtype.group, qtype.symmetric, family)
+    return uniform_type(qtype.bits, qtype.group, qtype.symmetric, family, qtype.integer_zero)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +495,7 @@ def dequantize_levels(qtype: QuantType, levels, scales, mins) -> np.ndarray:
     expand = lambda a: np.repeat(a.astype(np.float32), group, axis=1)[:, :stored]
     q = levels.astype(np.float32)
     if qtype.symmetric:
-        return expand(scales) * (q - ((1 << qtype.bits) - 1) / 2.0)
+        return expand(scales) * (q - np.float32(qtype.zero_point()))
     return expand(scales) * q + expand(mins)
 
 

@@ -68,7 +68,7 @@ def slow_gptq(weight, hessian, qtype, damp=0.01, act_order=False):
             s, m = fit_groups(w[:, g * group:(g + 1) * group].copy(), weights[g:g + 1], qtype)
             s16, m16 = round_params(qtype, s, m)
             scales[:, g] = s16
-            mins[:, g] = (-s16.astype(np.float64) * n_max / 2) if qtype.symmetric else m16
+            mins[:, g] = (-s16.astype(np.float64) * qtype.zero_point()) if qtype.symmetric else m16
             fitted.add(g)
         s, m = scales[:, g].astype(np.float64), mins[:, g].astype(np.float64)
         q = np.clip(np.floor((w[:, j] - m) / np.where(s == 0, 1, s) + 0.5), 0, n_max)

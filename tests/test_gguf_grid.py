@@ -1,6 +1,6 @@
 """A llama.cpp file's own grid survives the default conversion exactly (convert/gguf_grid.py):
-Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks become u4g32a/u5g32a/u8g32a groups whose dequantized values equal
-gguf.quants' bit for bit, through the q/k un-permutation and tiling; other tensors and explicit
+Q4_1/Q5_1 blocks become u4g32a/u5g32a groups and Q4_0/Q5_0/Q8_0 blocks u4g32z/u5g32z/u8g32z groups
+(at the ggml type's own size) whose dequantized values equal gguf.quants' bit for bit, through the q/k un-permutation and tiling; other tensors and explicit
 --bits/--group/--sym settings take the normal plan."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from edgeq.convert.sources import open_source
 from edgeq.fileformat import ModelFile
 from edgeq.reference import Reference
 
-EXACT = {T.Q4_0: "u4g32a", T.Q4_1: "u4g32a", T.Q5_0: "u5g32a", T.Q5_1: "u5g32a", T.Q8_0: "u8g32a"}
+EXACT = {T.Q4_0: "u4g32z", T.Q4_1: "u4g32a", T.Q5_0: "u5g32z", T.Q5_1: "u5g32a", T.Q8_0: "u8g32z"}
 
 
 def _awkward_weights(rng, rows, cols):
@@ -49,13 +49,23 @@ def test_k_quants_and_floats_have_no_exact_type():
         assert gguf_grid.edgeq_type(ggml_type) is None
 
 
-def test_an_overflowing_min_is_detected():
-    """Q4_0's min is -8·d: for |d| > 65504 / 8 it does not fit in fp16, so the block is not exact."""
+@pytest.mark.parametrize("ggml_type", [T.Q4_0, T.Q5_0, T.Q8_0], ids=lambda t: t.name)
+def test_a_z_type_holds_its_ggml_block_at_its_size(ggml_type):
+    """A Q4_0/Q5_0/Q8_0 block is one z group: same bytes per weight (4.5, 5.5, 8.5 bits), and a
+    d whose -o·d would overflow fp16 (no min is stored) still reads back exactly."""
+    qtype = gguf_grid.edgeq_type(ggml_type)
+    rows, cols = 32, 896
+    assert qtype.nbytes(rows, cols) == rows * cols // 32 * gguf_grid.layout(ggml_type).nbytes()
     w = np.zeros((1, 32), dtype=np.float32)
-    w[0, 0] = 80000.0                                     # d = -10000, -8·d = 80000 > fp16 max
-    raw = gguf.quants.quantize(w, T.Q4_0)
+    w[0, 0] = 80000.0                                     # d = -80000 / 2^(b-1): -o·d = 80000 > fp16 max
+    assert gguf_grid.matches_gguf(ggml_type, gguf.quants.quantize(w, ggml_type), 32)
+
+
+def test_a_block_that_is_not_finite_is_detected():
+    raw = gguf.quants.quantize(np.ones((1, 32), dtype=np.float32), T.Q4_0)
+    assert gguf_grid.matches_gguf(T.Q4_0, raw, 32)
+    raw[0, :2] = np.array([np.nan], dtype=np.float16).view(np.uint8)   # d = NaN
     assert not gguf_grid.matches_gguf(T.Q4_0, raw, 32)
-    assert gguf_grid.matches_gguf(T.Q4_0, gguf.quants.quantize(w / 4, T.Q4_0), 32)
 
 
 # ------------------------------------------------------------- a tiny llama.cpp file, end to end
@@ -66,9 +76,9 @@ TYPES = {"token_embd": T.Q8_0, "attn_q": T.Q4_0, "attn_k": T.Q4_1, "attn_v": T.Q
          "ffn_gate": T.Q4_1, "ffn_up": T.Q8_0, "ffn_down": T.Q4_0, "output": T.F16}
 
 
-def write_tiny_gguf(path, overflow: bool = False):
+def write_tiny_gguf(path, corrupt: bool = False):
     """A 2-layer llama in llama.cpp's layout, every exact ggml type used once or more, an F16 head;
-    overflow: blk.1.ffn_down gets a block whose Q4_0 min does not fit in fp16."""
+    corrupt: one Q4_0 block of blk.1.ffn_down gets d = NaN."""
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(path, "llama")
     for add, value in ((writer.add_embedding_length, DIM), (writer.add_feed_forward_length, HIDDEN),
@@ -86,13 +96,15 @@ def write_tiny_gguf(path, overflow: bool = False):
 
     def add(name, kind, shape):
         weight = (rng.normal(size=shape) * 0.3).astype(np.float32)
-        if overflow and name == "blk.1.ffn_down.weight":
-            weight[5, 64] = 80000.0
         ggml_type = TYPES[kind]
         if ggml_type == T.F16:
             writer.add_tensor(name, weight.astype(np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(weight, ggml_type), raw_dtype=ggml_type)
+            return
+        raw = gguf.quants.quantize(weight, ggml_type)
+        if corrupt and name == "blk.1.ffn_down.weight":          # row 5, the block of columns 64..95
+            at = 2 * gguf_grid.layout(ggml_type).nbytes()
+            raw[5, at:at + 2] = np.array([np.nan], dtype=np.float16).view(np.uint8)
+        writer.add_tensor(name, raw, raw_dtype=ggml_type)
 
     head_dim = DIM // HEADS
     add("token_embd.weight", "token_embd", (len(TOKENS), DIM))
@@ -161,6 +173,22 @@ def test_the_runtime_matches_the_source_on_the_kept_grid(tiny_gguf, tmp_path, la
     assert (got.argmax(-1) == expected.argmax(-1)).all()
 
 
+def test_an_export_gives_the_kept_blocks_back_byte_for_byte(tiny_gguf, tmp_path):
+    """Q4_0/Q5_0/Q8_0 kept as z groups (and Q4_1/Q5_1 as a groups) export as the same ggml type
+    with the source's own bytes, q/k rows back in llama.cpp's order."""
+    from edgeq.convert import export_gguf
+    ours, exported = tmp_path / "tiny.edgeq", tmp_path / "back.gguf"
+    convert(tiny_gguf, ours, PlanSettings(head_bits=16), progress=False)
+    assert export_gguf.export_gguf(ours, exported, kl_chunks=0).exact()
+    source = {t.name: t for t in gguf.GGUFReader(tiny_gguf).tensors}
+    back = {t.name: t for t in gguf.GGUFReader(exported).tensors}
+    blocks = [name for name, t in source.items() if t.tensor_type in EXACT]
+    assert len(blocks) == 1 + 7 * LAYERS
+    for name in blocks:
+        assert back[name].tensor_type == source[name].tensor_type, name
+        assert np.array_equal(np.asarray(back[name].data), np.asarray(source[name].data)), name
+
+
 @pytest.mark.parametrize("settings, kept", [
     (PlanSettings(bits=4), 0),                  # an explicit width re-quantizes every tensor
     (PlanSettings(group=32), 0),
@@ -180,16 +208,16 @@ def test_explicit_settings_re_quantize_what_they_name(tiny_gguf, tmp_path, setti
         assert model.tensors["token_embd.weight"].qtype.name == "u6g64a"
 
 
-def test_a_block_that_is_not_exact_re_quantizes_its_tensor_with_a_warning(tmp_path):
-    path = write_tiny_gguf(tmp_path / "overflow.gguf", overflow=True)
-    with pytest.warns(UserWarning, match=r"blk\.1\.ffn_down\.weight: its source grid does not fit u4g32a exactly"):
-        report = convert(path, tmp_path / "out.edgeq", progress=False)
-    assert list(report.refused_grid) == ["blk.1.ffn_down.weight"]
-    model = ModelFile(tmp_path / "out.edgeq")
-    refused = model.tensors["blk.1.ffn_down.weight"]
-    # re-quantized like any 4-bit tensor: --method auto is rtn weighted by the calibration text's E[x^2]
-    assert refused.qtype.name == "u4g64a" and refused.method.startswith("rtn imatrix calib=")
-    assert model.tensors["blk.0.ffn_down.weight"].method == "gguf-grid-exact"
+def test_a_block_that_is_not_finite_stops_the_conversion(tmp_path):
+    """Every finite ggml block of these types has an exact edgeq group, so a block that does not
+    read back exactly holds a NaN or infinity: the grid is refused with a warning, and the tensor
+    (not re-quantizable) stops the conversion in one line, leaving no output."""
+    from edgeq.errors import EdgeqError
+    path, out = write_tiny_gguf(tmp_path / "corrupt.gguf", corrupt=True), tmp_path / "out.edgeq"
+    with pytest.warns(UserWarning, match=r"blk\.1\.ffn_down\.weight: its source grid does not fit u4g32z exactly"), \
+            pytest.raises(EdgeqError, match=r"tensor blk\.1\.ffn_down\.weight contains NaN or infinity"):
+        convert(path, out, progress=False)
+    assert not out.exists()
 
 
 # ------------------------------------------------------------- the real SmolLM2 (the default model's source)
@@ -207,7 +235,7 @@ def test_smollm2_default_conversion_is_as_good_as_its_source(smollm2_gguf, smoll
     out, report = smollm2_default_conversion
     assert len(report.kept_grid) == 211 and report.refused_grid == {}   # 210 Q4_1 + the Q8_0 embeddings
     source, model = open_source(smollm2_gguf), ModelFile(out)
-    assert model.tensors["token_embd.weight"].qtype.name == "u8g32a"    # a kept grid stays bit-planes under auto
+    assert model.tensors["token_embd.weight"].qtype.name == "u8g32z"    # a kept grid stays bit-planes under auto
     for name in model.tensors:
         assert np.array_equal(model.load(name), source.load(name)), name
     text = (Path(edgeq.__file__).parent / "data" / "evaluation.txt").read_text(encoding="utf-8")
@@ -244,6 +272,6 @@ def test_a_budget_keeps_the_grids_its_plan_can_hold(tiny_gguf, tmp_path, extra):
         assert report.allocation.scores[name] == 0.0
     if extra > 0:
         assert len(kept) == 1 + 7 * LAYERS
-        assert model.tensors["token_embd.weight"].qtype.name == "p8g32a"   # Q8_0: the packed twin wins the tie
+        assert model.tensors["token_embd.weight"].qtype.name == "p8g32z"   # Q8_0: the packed twin wins the tie
     else:
         assert 0 < len(kept) < 1 + 7 * LAYERS

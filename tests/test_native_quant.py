@@ -73,6 +73,11 @@ def scales_and_mins(qtype: QuantType, data: np.ndarray, rows: int, cols: int, wi
     return (levels if with_levels else None), scales, mins
 
 
+def symmetric_zero(qtype: QuantType) -> float:
+    """z in w = scale (q - z) of a symmetric uniform type, written out here (not QuantType.zero_point)."""
+    return float(2 ** (qtype.bits - 1)) if qtype.integer_zero else (2 ** qtype.bits - 1) / 2.0
+
+
 def exact_weights(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """(rows, cols) float64 weights without float32 rounding: scale*q + min is computed exactly.
 
@@ -85,7 +90,7 @@ def exact_weights(qtype: QuantType, data: np.ndarray, rows: int, cols: int) -> n
     if qtype.family == quant_types.CODEBOOK:     # q: the tile's level of each index, no zero point
         weights = expand(scales) * q + (0.0 if mins is None else expand(mins))
     elif qtype.symmetric:
-        weights = expand(scales) * (q - ((1 << qtype.bits) - 1) / 2.0)
+        weights = expand(scales) * (q - symmetric_zero(qtype))
     else:
         weights = expand(scales) * q + expand(mins)
     return weights[:rows, :cols]
@@ -347,7 +352,7 @@ def test_every_kernel_set_matches_the_reference(qtype, isa):
                 # (whose terms are |scale q| |x̂| <= (|w| + |min|) |x̂|, and |min Σx̂|)
                 _, scales, mins = scales_and_mins(qtype, data, rows, cols)
                 offset = np.repeat(np.abs(scales if mins is None else mins).astype(np.float64), qtype.group, axis=1)
-                zero_point = 0.0 if qtype.family == quant_types.CODEBOOK else ((1 << qtype.bits) - 1) / 2.0
+                zero_point = 0.0 if qtype.family == quant_types.CODEBOOK else symmetric_zero(qtype)
                 offset = offset[:rows, :cols] * (zero_point if mins is None else 1.0)
                 float_sums = 1e-5 * ((np.abs(weights) + 2 * offset) @ np.abs(rounded))
                 expected = reference + weights @ (rounded - x[v].astype(np.float64))

@@ -251,7 +251,7 @@ EQ_UNROLL(4)
     float sum_x = 0.0f;
     for (size_t i = 0; i < width / 32; i++)
         sum_x += prepared->sums[col0 / 32 + i];
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+    const float zero_point = eq_zero_point(type);
 EQ_UNROLL(4)
     for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
         const float32x4_t scale = load_f16x4(block + 8 * i);

@@ -229,7 +229,7 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
     const size_t header_bytes = eq_packed_header_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const size_t quad_cols = bits == 4 ? 8 : 4;                       /* columns per 64-byte quad */
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+    const float zero_point = eq_zero_point(type);
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         for (size_t v = 0; v < in->n; v++) {

@@ -16,7 +16,9 @@
  *   stored as Ks = ceil(K/32)*32 columns. All fp16 values are little-endian.
  *     asymmetric  w = scale * q + min
  *     symmetric   w = scale * (q - (2^b - 1) / 2)
- * Packed layout of a uniform packed tensor (p{b}g{G}{a|s}, b in 4,5,6,8; the same numbers, for the
+ *     z types     w = scale * (q - 2^(b - 1))   (symmetric, integer_zero: llama.cpp's _0 grids;
+ *                                                the scale may be negative)
+ * Packed layout of a uniform packed tensor (p{b}g{G}{a|s|z}, b in 4,5,6,8; the same numbers, for the
  * int8 multiply-add kernels): M padded to Mp as above, groups stored as above: group g stores
  * c_g = min(G, Ks - g*G) columns, Ks = ceil(K/32)*32 (zeros past K). Each tile is ceil(K/G) blocks:
  *   scale[16] fp16, min[16] fp16 (asymmetric only), then the levels of c_g columns as 64-byte quads
@@ -72,7 +74,8 @@ const char *eq_error_string(int code);
  * quant types: ids equal the Python ids in edgeq/quant_types.py (f32, f16, then
  * u{bits}g{group}{a|s} for bits in 2,3,4,5,6,8, group in 32,64,128, asymmetric before symmetric,
  * then the packed p{bits}g{group}{a|s} for bits in 4,5,6,8 in the same order, then the codebook
- * c4g{group}{a|s})
+ * c4g{group}{a|s}, then the z types u{4,5,8}g32z, p{4,5,8}g32z: symmetric with the integer zero
+ * point 2^(bits-1), llama.cpp's Q4_0 / Q5_0 / Q8_0 grids)
  * ------------------------------------------------------------------------------------------- */
 
 typedef enum eq_qtype {
@@ -144,7 +147,13 @@ typedef enum eq_qtype {
     EQ_QTYPE_C4G64S = 65,
     EQ_QTYPE_C4G128A = 66,
     EQ_QTYPE_C4G128S = 67,
-    EQ_QTYPE_COUNT = 68
+    EQ_QTYPE_U4G32Z = 68,
+    EQ_QTYPE_U5G32Z = 69,
+    EQ_QTYPE_U8G32Z = 70,
+    EQ_QTYPE_P4G32Z = 71,
+    EQ_QTYPE_P5G32Z = 72,
+    EQ_QTYPE_P8G32Z = 73,
+    EQ_QTYPE_COUNT = 74
 } eq_qtype;
 
 /* Layout constants shared by every packed type. */
@@ -174,6 +183,7 @@ typedef struct eq_qtype_traits {
     int bits;          /* bits per weight before scales (32 / 16 for plain types) */
     int group;         /* weights per scale along K (0 for plain types) */
     bool symmetric;    /* scale only (zero point (2^bits - 1) / 2; codebook: none); else scale and min */
+    bool integer_zero; /* symmetric with zero point 2^(bits - 1) instead (the z types) */
 } eq_qtype_traits;
 
 /* The family's name as in edgeq/quant_types.py ("plain", "uniform-bitplane", "uniform-packed",

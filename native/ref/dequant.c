@@ -35,7 +35,7 @@ static void dequantize_rows_packed(const eq_qtype_traits *type, const uint8_t *d
     const size_t block_bytes = eq_block_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;                      /* 16 fp16 values */
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
-    const float zero_point = (float)((1u << type->bits) - 1u) / 2.0f;  /* symmetric: 0.5 .. 127.5 */
+    const float zero_point = eq_zero_point(type);  /* symmetric: 0.5 .. 127.5, z types 8 .. 128 */
 
     for (size_t i = 0; i < row_count; i++) {
         const size_t row = row_begin + i;
@@ -75,7 +75,7 @@ static void dequantize_rows_uniform_packed(const eq_qtype_traits *type, const ui
     const size_t n_groups = (cols + group - 1) / group;
     const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
     const size_t header_bytes = eq_packed_header_bytes(type);
-    const float zero_point = (float)((1u << type->bits) - 1u) / 2.0f;
+    const float zero_point = eq_zero_point(type);
 
     for (size_t i = 0; i < row_count; i++) {
         const size_t row = row_begin + i;

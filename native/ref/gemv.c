@@ -27,7 +27,7 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
     const size_t block_bytes = eq_block_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;                      /* 16 fp16 values */
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
-    const double zero_point = (double)((1u << type->bits) - 1u) / 2.0;
+    const double zero_point = (double)eq_zero_point(type);
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         double acc[EQ_TILE_ROWS] = {0};                                /* (16,) y of this tile */
@@ -97,7 +97,7 @@ static void gemv_uniform_packed(const eq_qtype_traits *type, const uint8_t *data
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t n_groups = (cols + group - 1) / group;
     const size_t header_bytes = eq_packed_header_bytes(type);
-    const double zero_point = (double)((1u << type->bits) - 1u) / 2.0;
+    const double zero_point = (double)eq_zero_point(type);
     const uint8_t *block = data;                                       /* blocks in (tile, group) order */
 
     for (size_t tile = 0; tile < n_tiles; tile++) {

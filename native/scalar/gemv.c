@@ -41,7 +41,7 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
     const size_t block_bytes = eq_block_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
-    const float zero_point = (float)((1u << type->bits) - 1u) / 2.0f;
+    const float zero_point = eq_zero_point(type);
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         float acc[EQ_TILE_ROWS] = {0};

@@ -77,7 +77,7 @@ void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, siz
     const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
     const size_t header_bytes = eq_packed_header_bytes(type);
     const size_t quad_cols = type->bits == 4 ? 8 : 4;                 /* columns per 64-byte quad */
-    const float zero_point = (float)((1u << type->bits) - 1u) / 2.0f;
+    const float zero_point = eq_zero_point(type);
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         for (size_t v = 0; v < in->n; v++) {

@@ -289,6 +289,16 @@ void eq_prefill_gemm_avx512(const eq_qtype_traits *type, const uint8_t *data, si
 
 /* ---- layout helpers shared by the kernels ---------------------------------------------------- */
 
+/* z in w = scale * (q - z) of a symmetric uniform type: (2^b - 1) / 2 (levels ±0.5, ±1.5, ...), or
+ * 2^(b - 1) for the z types (llama.cpp's _0 grids); exact in float. Asymmetric and codebook types
+ * have none (0). Every kernel computes a symmetric group as scale * (Σ q x - z Σ x). */
+static inline float eq_zero_point(const eq_qtype_traits *type)
+{
+    if (!type->symmetric || type->family == EQ_QFAMILY_CODEBOOK)
+        return 0.0f;
+    return type->integer_zero ? (float)(1u << (type->bits - 1)) : (float)((1u << type->bits) - 1u) / 2.0f;
+}
+
 /* A bit-plane tensor of K = cols columns is ceil(K / G) groups per tile: every group but the last
  * holds G columns, the last one K - (n_groups - 1) G weights stored in eq_last_group_cols columns
  * (a multiple of EQ_GROUP_STEP). Group g of a tile starts g * eq_block_bytes(type) into the tile. */

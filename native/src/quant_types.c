@@ -109,6 +109,13 @@ static const eq_qtype_traits qtype_table[EQ_QTYPE_COUNT] = {
     [EQ_QTYPE_C4G64S]  = {"c4g64s",  EQ_QTYPE_C4G64S,  EQ_QFAMILY_CODEBOOK,         4,   64, true},
     [EQ_QTYPE_C4G128A] = {"c4g128a", EQ_QTYPE_C4G128A, EQ_QFAMILY_CODEBOOK,         4,  128, false},
     [EQ_QTYPE_C4G128S] = {"c4g128s", EQ_QTYPE_C4G128S, EQ_QFAMILY_CODEBOOK,         4,  128, true},
+    /*                                                                                         integer zero */
+    [EQ_QTYPE_U4G32Z]  = {"u4g32z",  EQ_QTYPE_U4G32Z,  EQ_QFAMILY_UNIFORM_BITPLANE, 4,   32, true, true},
+    [EQ_QTYPE_U5G32Z]  = {"u5g32z",  EQ_QTYPE_U5G32Z,  EQ_QFAMILY_UNIFORM_BITPLANE, 5,   32, true, true},
+    [EQ_QTYPE_U8G32Z]  = {"u8g32z",  EQ_QTYPE_U8G32Z,  EQ_QFAMILY_UNIFORM_BITPLANE, 8,   32, true, true},
+    [EQ_QTYPE_P4G32Z]  = {"p4g32z",  EQ_QTYPE_P4G32Z,  EQ_QFAMILY_UNIFORM_PACKED,   4,   32, true, true},
+    [EQ_QTYPE_P5G32Z]  = {"p5g32z",  EQ_QTYPE_P5G32Z,  EQ_QFAMILY_UNIFORM_PACKED,   5,   32, true, true},
+    [EQ_QTYPE_P8G32Z]  = {"p8g32z",  EQ_QTYPE_P8G32Z,  EQ_QFAMILY_UNIFORM_PACKED,   8,   32, true, true},
 };
 
 _Static_assert(sizeof qtype_table / sizeof qtype_table[0] == EQ_QTYPE_COUNT,

@@ -587,10 +587,13 @@ static void free_tensor(tensor *t)
     free(t->data);
 }
 
-/* The zero point of symmetric types: (2^b - 1) / 2 for uniform levels, 0 for codebook levels. */
+/* The zero point of symmetric types: (2^b - 1) / 2 for uniform levels, 2^(b - 1) for the z types,
+ * 0 for codebook levels (written out here, not taken from the library's eq_zero_point). */
 static double zero_point(const eq_qtype_traits *type)
 {
-    return type->family == EQ_QFAMILY_CODEBOOK ? 0.0 : (double)((1u << type->bits) - 1u) / 2.0;
+    if (type->family == EQ_QFAMILY_CODEBOOK)
+        return 0.0;
+    return type->integer_zero ? (double)(1u << (type->bits - 1)) : (double)((1u << type->bits) - 1u) / 2.0;
 }
 
 /* The level of W[row][k]: uniform, or the codebook entry its index selects. */

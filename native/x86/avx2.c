@@ -363,7 +363,7 @@ group_dot(const eq_qtype_traits *type, const uint8_t *block, const size_t width,
     __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
     __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
     if (type->symmetric) {
-        const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+        const float zero_point = eq_zero_point(type);
         __m256 offset = _mm256_set1_ps(zero_point * sum_x);
         *acc_low = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low, offset), *acc_low);
         *acc_high = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high, offset), *acc_high);

@@ -251,7 +251,7 @@ group_dot(const eq_qtype_traits *type, const plane_indices *indices, const lut_i
         sum_x += prepared->sums[col0 / 32 + i];
     __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
     if (type->symmetric) {
-        const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+        const float zero_point = eq_zero_point(type);
         __m512 offset = _mm512_set1_ps(zero_point * sum_x);
         return _mm512_fmadd_ps(scale, _mm512_sub_ps(dot, offset), acc);
     }

@@ -107,7 +107,7 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
     const size_t n_groups = (cols + group - 1) / group;
     const size_t header_bytes = eq_packed_header_bytes(type);
     const size_t quad_cols = bits == 4 ? 8 : 4;
-    const float zero_point = (float)((1u << bits) - 1u) / 2.0f;
+    const float zero_point = eq_zero_point(type);
     const int8_t *xq[VECTORS];
     __m512 acc[VECTORS];                                           /* the tile's 16 rows per vector */
 EQ_UNROLL(8)

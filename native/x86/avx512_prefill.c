@@ -226,7 +226,7 @@ prefill_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const size_t planes_offset = scale_bytes * (type->symmetric ? 1u : 2u);
     const size_t span_groups = group >= SPAN_COLS ? 1u : SPAN_COLS / group;
-    const __m512 minus_zero_point = _mm512_set1_ps(-(float)((1u << bits) - 1u) / 2.0f);
+    const __m512 minus_zero_point = _mm512_set1_ps(-eq_zero_point(type));
 
     _Alignas(64) int16_t levels[SPAN_COLS / 2 * PAIR_LEVELS];         /* (span / 2, 16, 2) */
     _Alignas(64) float acc[BATCH_MAX][EQ_TILE_ROWS];                   /* y of the tile per vector, between spans */
