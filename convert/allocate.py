@@ -16,6 +16,9 @@ measured sensitivity (data) and measured cost (bytes, or kernel time on the targ
    factor is KL / score, so factor * score estimates the KL one tensor's quantization costs, in nats:
    the unit every tensor's score is stored in (edgeq.tensor.<name>.score) and the solver sums.
    Depth cells: "first" (layer 0), "early" (below n_layers / 2), "late", "last" (n_layers - 1).
+   A GGUF source's grids: a candidate holding a tensor's blocks exactly (convert.gguf_grid) scores 0
+   (with_source_grids); one holding a Q4_K tensor's levels with fp16-rounded scales scores that
+   grid's error when it beats re-quantizing (with_fit, convert.convert._analyse).
 4. Cost per (tensor, candidate): the bytes the file holds for it (the type's nbytes, scales and
    padding included, rounded up to the container's alignment), or with a latency budget the
    profile's measured time for the tensor's shape and type (edgeq.profile); the token embeddings
@@ -189,6 +192,11 @@ def with_source_grids(scores: dict[str, dict[str, float]], grids: dict[str, Quan
     return {name: ({t: (0.0 if _numbers_key(quant_types.TYPES[t]) == _numbers_key(grids[name]) else score)
                     for t, score in per_type.items()} if name in grids else per_type)
             for name, per_type in scores.items()}
+
+
+def with_fit(per_type: dict[str, float], qtype: QuantType, score: float) -> dict[str, float]:
+    """One tensor's scores with `score` for every candidate holding qtype's numbers (its packed twin too)."""
+    return {t: (score if _numbers_key(quant_types.TYPES[t]) == _numbers_key(qtype) else s) for t, s in per_type.items()}
 
 
 def kept_grids(plan: dict[str, QuantType], grids: dict[str, QuantType]) -> dict[str, QuantType]:
@@ -424,6 +432,7 @@ class Allocation:
     tokens: int = 0
     profile_note: str = ""                # the profile's CPU, set and threads (latency budgets)
     grids: dict = field(default_factory=dict)      # tensor -> the type holding its source grid exactly
+    rounded: dict = field(default_factory=dict)    # tensor -> the type holding its K-quant grid, fp16 scales
     times: dict = field(default_factory=dict)      # allocated tensor -> its product's seconds (with a profile)
     cap: float | None = None              # the seconds per token the products had (with a latency budget or cap)
 

@@ -79,20 +79,24 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         chosen = _allocate(model, load_checked, allocation, method, disable)
         plan.update(chosen.plan)
         kept = allocate.kept_grids(chosen.plan, chosen.grids)
+        rounded = allocate.kept_grids(chosen.plan, chosen.rounded)
         allocation_lines = [f"allocation for {chosen.budget.describe()}: {_used(chosen)}"] + \
             [f"  note: {note}" for note in chosen.notes] + ["  " + line for line in chosen.summary(model.config)]
         if chosen.grids:
             allocation_lines.append(f"  the source's own grid kept for {len(kept)} of the {len(chosen.grids)} "
                                     "tensors that have an exact one")
+        if chosen.rounded:
+            allocation_lines.append(f"  the source's K-quant grid kept with fp16 scales for {len(rounded)} of the "
+                                    f"{len(chosen.rounded)} tensors it fits closer than re-quantizing")
     else:
-        kept, refused = source_grids(model, settings)
+        (kept, refused), rounded = source_grids(model, settings), {}
         for name, reason in refused.items():
             warnings.warn(f"{name}: {reason}; re-quantized to {plan[name].name}")
         plan.update(kept)
 
     # the linear layers the method quantizes: not those that keep their source's grid
     to_fit = [name for name, qtype in plan.items() if calibration.is_calibrated_linear(name)
-              and qtype.family != quant_types.PLAIN and name not in kept]
+              and qtype.family != quant_types.PLAIN and name not in kept and name not in rounded]
     if chosen is not None:           # auto picks per tensor (gptq at <= 3 bits); the statistics serve all
         methods_of = {name: method.resolve(plan[name].bits)[0] for name in to_fit}
         uses_data = bool(to_fit)
@@ -100,7 +104,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         methods_of = {name: method_name for name in to_fit}
     uses_data = uses_data and bool(to_fit)
     for name in to_fit:
-        if plan[name].family == quant_types.CODEBOOK and methods_of[name] != "rtn":
+        if plan[name].family == quant_types.CODEBOOK and methods_of[name] != "rtn" and chosen is not None:
+            methods_of[name] = "rtn"     # a type the budget chose, not the user: its weighted k-means fit
+        elif plan[name].family == quant_types.CODEBOOK and methods_of[name] != "rtn":
             raise EdgeqError(f"--method {methods_of[name]} does not fit codebook types (--layout codebook "
                              "fits by weighted k-means): use --method auto or rtn")
     tokens, importance, calibration_hash, n_tokens = None, None, "", 0
@@ -124,7 +130,8 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         label = "per tensor: " + ", ".join(sorted(set(methods_of.values()))) + " (auto: gptq at <= 3 bits)"
     scores = chosen.scores if chosen is not None else {}
     entries = [TensorPlanEntry(name, qtype, model.config.tensor_shape(name),
-                               gguf_grid.METHOD if name in kept else linear_method.get(name, storage_method(qtype)),
+                               gguf_grid.METHOD if name in kept else gguf_grid.ROUNDED_METHOD if name in rounded
+                               else linear_method.get(name, storage_method(qtype)),
                                scores.get(name))
                for name, qtype in plan.items()]
     if chosen is not None and chosen.budget.kind == "size":
@@ -149,6 +156,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
             return load_checked(entry.name, rows)
         if entry.name in kept:
             tensor = pack_grid_chunked(lambda rows: model.load_grid(entry.name, rows), entry.qtype, entry.shape)
+        elif entry.name in rounded:      # near, not exact: its error against the source is measured
+            tensor = pack_grid_chunked(lambda rows: model.load_grid(entry.name, rows), entry.qtype, entry.shape,
+                                       load_rows)
         elif entry.name in calibrated:
             tensor = calibrated.pop(entry.name)
         elif entry.name in linear_method and (importance is not None or methods_of[entry.name] == "hqq"):
@@ -234,11 +244,11 @@ def _allocate(model, load, allocation: AllocationSettings, method: MethodSetting
     if key not in _ANALYSES:
         _ANALYSES.clear()
         _ANALYSES[key] = _analyse(model, load, method, candidates, disable)
-    importance, calibration_hash, n_tokens, scores, factors, grids = _ANALYSES[key]
+    importance, calibration_hash, n_tokens, scores, factors, grids, rounded = _ANALYSES[key]
     chosen = allocate.allocate(config, budget, allocate.with_source_grids(scores, grids), factors, fixed, profile,
                                candidates)
     chosen.importance, chosen.calibration_hash, chosen.tokens = importance, calibration_hash, n_tokens
-    chosen.grids = grids
+    chosen.grids, chosen.rounded = grids, rounded
     chosen.profile_note = (f"{profile['cpu']}, kernels {profile['isa']}, {profile['threads']} threads"
                            if profile is not None else "")
     return chosen
@@ -246,7 +256,9 @@ def _allocate(model, load, allocation: AllocationSettings, method: MethodSetting
 
 def _analyse(model, load, method: MethodSettings, candidates, disable):
     """(E[x^2] per input, calibration hash, tokens, scores per tensor and candidate, KL factors, the
-    tensors with an exact source grid -> the edgeq type that holds it)."""
+    tensors with an exact source grid -> the edgeq type that holds it, the tensors whose K-quant grid
+    with fp16 scales (gguf_grid.read_rounded) fits closer than that type's re-quantization -> the type:
+    their scores under it are that grid's)."""
     from tqdm import tqdm
     config = model.config
     if method.stats is not None:
@@ -272,7 +284,17 @@ def _analyse(model, load, method: MethodSettings, candidates, disable):
               leave=False) as bar:
         factors = allocate.kl_factors(load, config, model.tokenizer, importance_of, method.calib, bar)
     grids, _ = source_grids(model, PlanSettings())   # the grids a default conversion keeps exactly
-    return importance, calibration_hash, n_tokens, scores, factors, grids
+    rounded = {}
+    for name in names:
+        qtype = model.rounded_grid_type(name)
+        if qtype is None:
+            continue
+        restored = quant_types.dequantize_levels(qtype, *model.load_grid(name))
+        score = methods.weighted_error(load(name), restored, importance_of(name))
+        if score < scores[name][qtype.name]:
+            scores[name] = allocate.with_fit(scores[name], qtype, score)
+            rounded[name] = qtype
+    return importance, calibration_hash, n_tokens, scores, factors, grids, rounded
 
 
 HEADER_SLACK = 4096      # bytes: the provenance strings the bound below cannot know exactly

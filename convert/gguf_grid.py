@@ -11,8 +11,14 @@ o is 2^(b−1) for all three, so a Q4_0/Q5_0/Q8_0 block is one z group, scale = 
 own size (4.5, 5.5, 8.5 bits per weight), d·(q − o) rounded once in float32 as ggml does. Levels
 and scales are read from the block bytes, never through float; every block is then checked against
 gguf.quants' own dequantization (equal as float32 values, +0 and −0 alike), and a tensor with any
-block that does not match (a d that is not finite) is re-quantized instead. K-quants (Q4_K, Q6_K, ...: sub-block scales multiplied in float) have no
-exact edgeq type and are not handled here; F16/F32 tensors are not grids.
+block that does not match (a d that is not finite) is re-quantized instead. F16/F32 tensors are not grids.
+K-quants multiply a 6-bit sub-block scale by an fp16 super-block scale in float, so no fp16 scale
+holds them exactly. Q4_K is close: its sub-blocks of 32 are asymmetric 4-bit groups,
+w = (d·sc)·q − dmin·m, so u4g32a with scale = fp16(d·sc) and min = fp16(−dmin·m) holds the same
+levels with each group's scale and min rounded to fp16 (relative error <= 2^-11; 5.0 bits per weight
+against Q4_K's 4.5): read_rounded gives that grid, and the allocator offers it as that type's fit when
+it is closer than re-quantizing (convert.convert). Q6_K (sub-blocks of 16) and the other K-quants
+have no such type.
 write_blocks is read_blocks' inverse, for the other direction (convert/export_gguf.py).
 """
 from __future__ import annotations
@@ -25,6 +31,7 @@ from edgeq import quant_types
 from edgeq.quant_types import QuantType
 
 METHOD = "gguf-grid-exact"     # the method recorded for a tensor that keeps its source grid
+ROUNDED_METHOD = "gguf-grid-fp16-scales"   # ... that keeps a K-quant's levels, scales rounded (read_rounded)
 BLOCK = 32                     # weights per ggml block of the types below
 
 
@@ -50,6 +57,35 @@ def _layouts() -> dict:
         T.Q5_1: BlockLayout(5, True, 0, True),
         T.Q8_0: BlockLayout(8, False, 128, False),
     }
+
+
+def rounded_type(ggml_type) -> QuantType | None:
+    """The edgeq type that holds this K-quant's levels with fp16-rounded group scales (Q4_K: u4g32a),
+    or None."""
+    from gguf import GGMLQuantizationType as T
+    return quant_types.uniform_type(4, BLOCK, False) if ggml_type == T.Q4_K else None
+
+
+def read_rounded(ggml_type, raw: np.ndarray, cols: int):
+    """Raw rows of Q4_K blocks, (M, K/256 * 144) uint8 -> levels (M, K) uint8, scales fp16(d·sc) and
+    mins fp16(−dmin·m) (M, K/32): the sub-block scales unpacked by gguf.quants' own Q4_K.get_scale_min."""
+    import gguf
+    if rounded_type(ggml_type) is None:
+        raise KeyError(ggml_type)
+    block_size, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
+    rows = raw.shape[0]
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, block_bytes)       # (M*K/256, 144)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)                     # (n, 1)
+    dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+    sc, m = gguf.quants.Q4_K.get_scale_min(blocks[:, 4:16])                           # (n, 8) each
+    with np.errstate(over="ignore"):
+        scales = (d * sc.astype(np.float32)).astype(np.float16)
+        mins = (-(dmin * m.astype(np.float32))).astype(np.float16)
+    # 4 chunks of 32 bytes: low nibbles are sub-block 2i, high nibbles 2i + 1
+    qs = blocks[:, 16:].reshape(-1, 4, 1, BLOCK) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+    levels = (qs & 0x0F).reshape(rows, cols)
+    per_row = cols // BLOCK
+    return levels, scales.reshape(rows, per_row), mins.reshape(rows, per_row)
 
 
 def layout(ggml_type) -> BlockLayout:

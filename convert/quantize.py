@@ -194,18 +194,26 @@ def quantize_chunked(load_rows, qtype: QuantType, shape: tuple[int, ...]) -> Qua
     return QuantizedTensor(qtype, shape, np.concatenate(parts), method_name(qtype), sq_error, sq_norm)
 
 
-def pack_grid_chunked(load_grid_rows, qtype: QuantType, shape: tuple[int, int]) -> QuantizedTensor:
+def pack_grid_chunked(load_grid_rows, qtype: QuantType, shape: tuple[int, int], load_rows=None) -> QuantizedTensor:
     """Pack a source's own grid, `load_grid_rows(slice)` -> (levels, scales, mins), a chunk of rows
-    at a time (convert.gguf_grid): no quantization, so the error is zero by construction."""
-    from .gguf_grid import METHOD, pack_rows
+    at a time (convert.gguf_grid): no quantization, so the error is zero by construction; or, with
+    `load_rows(slice)` giving the source's weights, a K-quant grid with fp16-rounded scales, whose
+    error against them is measured."""
+    from .gguf_grid import METHOD, ROUNDED_METHOD, pack_rows
     rows, cols = shape
-    parts, sq_norm = [], 0.0
+    parts, sq_error, sq_norm = [], 0.0, 0.0
     for start in range(0, rows, chunk_rows(cols)):
-        levels, scales, mins = load_grid_rows(slice(start, min(rows, start + chunk_rows(cols))))
+        chunk = slice(start, min(rows, start + chunk_rows(cols)))
+        levels, scales, mins = load_grid_rows(chunk)
         parts.append(pack_rows(qtype, levels, scales, mins))
         restored = quant_types.dequantize_levels(qtype, levels, scales, mins)
-        sq_norm += float(np.sum(restored.astype(np.float64) ** 2))
-    return QuantizedTensor(qtype, shape, np.concatenate(parts), METHOD, 0.0, sq_norm)
+        if load_rows is None:
+            sq_norm += float(np.sum(restored.astype(np.float64) ** 2))
+        else:
+            error, norm = _squares(load_rows(chunk), restored)
+            sq_error, sq_norm = sq_error + error, sq_norm + norm
+    return QuantizedTensor(qtype, shape, np.concatenate(parts), METHOD if load_rows is None else ROUNDED_METHOD,
+                           sq_error, sq_norm)
 
 
 def _squares(weight: np.ndarray, restored: np.ndarray) -> tuple[float, float]:

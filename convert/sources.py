@@ -52,6 +52,11 @@ class Source:
         source's ggml blocks), or None: float sources have no grid to keep."""
         return None
 
+    def rounded_grid_type(self, name: str) -> QuantType | None:
+        """The edgeq type that holds the stored tensor's levels with its scales rounded to fp16 (a GGUF
+        source's Q4_K blocks), or None."""
+        return None
+
     def check_tensors(self) -> None:
         """Every tensor the architecture needs is present with the expected shape."""
         for name in self.config.tensor_names():
@@ -498,6 +503,14 @@ class GGUFSource(Source):
             return None
         return gguf_grid.edgeq_type(self.tensors[name].tensor_type)
 
+    def rounded_grid_type(self, name: str) -> QuantType | None:
+        """The edgeq type that holds this tensor's K-quant levels with fp16-rounded group scales
+        (gguf_grid.read_rounded: Q4_K as u4g32a), or None."""
+        shape = self.shape(name)
+        if len(shape) != 2 or shape[1] % gguf_grid.BLOCK:
+            return None
+        return gguf_grid.rounded_type(self.tensors[name].tensor_type)
+
     def grid_is_exact(self, name: str) -> bool:
         """Every block of the tensor reads back bit-exactly against gguf.quants (checked in row chunks)."""
         tensor, (rows, cols) = self.tensors[name], self.shape(name)
@@ -506,11 +519,12 @@ class GGUFSource(Source):
                    for start in range(0, rows, step))
 
     def load_grid(self, name: str, rows: slice | None = None):
-        """Levels (M, K) uint8, scales and mins (M, K/32; None without m) fp16 of a tensor with a grid_type, rows in
-        Hugging Face order (the q/k permutation undone, as load does)."""
+        """Levels (M, K) uint8, scales and mins (M, K/32; None without m) fp16 of a tensor with a grid_type
+        or a rounded_grid_type, rows in Hugging Face order (the q/k permutation undone, as load does)."""
         tensor, cols = self.tensors[name], self.shape(name)[1]
         data = tensor.data if rows is None or self._permuted(name) else tensor.data[rows]
-        grid = gguf_grid.read_blocks(tensor.tensor_type, data, cols)
+        read = gguf_grid.read_rounded if gguf_grid.rounded_type(tensor.tensor_type) else gguf_grid.read_blocks
+        grid = read(tensor.tensor_type, data, cols)
         if self._permuted(name):
             grid = tuple(None if part is None else self._unpermute(name, part) for part in grid)
             if rows is not None:

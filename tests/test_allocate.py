@@ -270,6 +270,22 @@ def test_a_plan_holds_codebook_types(tiny_llama, llama_stats, tmp_path):
     assert np.isfinite(logits).all()
 
 
+def test_gptq_with_a_budget_fits_the_codebook_tensors_it_chose_by_kmeans(tiny_llama, tmp_path):
+    """--method gptq with a budget: the plan's uniform linear layers get gptq, the codebook ones (a
+    type the budget chose, not the user) their weighted k-means fit, instead of an error."""
+    from edgeq.convert import AllocationSettings, MethodSettings, convert
+    out = tmp_path / "mixed-gptq.eq"
+    report = convert(tiny_llama, out, progress=False, method=MethodSettings(method="gptq", calib_tokens=256, calib_ctx=64),
+                     allocation=AllocationSettings(allocate.Budget("bpw", 4.5)))
+    model = _check_plan(out, "\n".join(report.allocation_lines))
+    methods = {name: model.tensors[name].method for name in report.allocation.plan if name.startswith("blk.")}
+    kinds = {name: report.allocation.plan[name].family for name in methods}
+    assert quant_types.CODEBOOK in kinds.values(), report.allocation_lines
+    for name, method in methods.items():
+        expected = "codebook-kmeans" if kinds[name] == quant_types.CODEBOOK else "gptq"
+        assert method.startswith(expected), (name, method)
+
+
 def test_size_budget_from_the_command_line(tiny_llama, llama_stats, tmp_path):
     out = tmp_path / "mixed.eq"
     result = run_cli("convert", tiny_llama, "-o", out, "--size", "90KB", "--stats", llama_stats)

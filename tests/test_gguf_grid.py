@@ -61,6 +61,23 @@ def test_a_z_type_holds_its_ggml_block_at_its_size(ggml_type):
     assert gguf_grid.matches_gguf(ggml_type, gguf.quants.quantize(w, ggml_type), 32)
 
 
+@pytest.mark.parametrize("ggml_type", [T.Q4_0, T.Q5_0, T.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
+def test_rtn_fits_a_z_type_no_worse_than_llama_cpp_quantizes_it(ggml_type, weighted):
+    """Re-quantizing into a z type (the same grid and bytes as the ggml type) with rtn's clip search
+    and least-squares refit: an error no larger than gguf.quants' own Q4_0/Q5_0/Q8_0 (scale = the
+    signed peak / -2^(b-1)) on heavy-tailed weights, E[x^2]-weighted when statistics are given."""
+    from edgeq.convert import methods
+    rng = np.random.default_rng(7)
+    w = (rng.standard_t(4, size=(64, 896)) * 0.02).astype(np.float32)
+    importance = rng.uniform(0.1, 2.0, size=896) if weighted else None
+    qtype = gguf_grid.edgeq_type(ggml_type)
+    ours = quant_types.dequantize(qtype, methods.rtn(w, qtype, importance).data, *w.shape)
+    theirs = gguf.quants.dequantize(gguf.quants.quantize(w, ggml_type), ggml_type).reshape(w.shape)
+    error = lambda restored: methods.weighted_error(w, restored, importance)
+    assert error(ours) <= error(theirs)
+
+
 def test_a_block_that_is_not_finite_is_detected():
     raw = gguf.quants.quantize(np.ones((1, 32), dtype=np.float32), T.Q4_0)
     assert gguf_grid.matches_gguf(T.Q4_0, raw, 32)
@@ -76,12 +93,24 @@ TYPES = {"token_embd": T.Q8_0, "attn_q": T.Q4_0, "attn_k": T.Q4_1, "attn_v": T.Q
          "ffn_gate": T.Q4_1, "ffn_up": T.Q8_0, "ffn_down": T.Q4_0, "output": T.F16}
 
 
-def write_tiny_gguf(path, corrupt: bool = False):
+def q4_k_blocks(rng, rows: int, cols: int) -> np.ndarray:
+    """Random Q4_K rows (gguf-py cannot quantize K-quants): small fp16 d and dmin, random 6-bit
+    scales and mins, random levels; (rows, cols / 256 * 144) uint8."""
+    n = rows * cols // 256
+    blocks = rng.integers(0, 256, size=(n, 144), dtype=np.uint8)
+    blocks[:, 0:2] = rng.uniform(0.001, 0.004, size=(n, 1)).astype(np.float16).view(np.uint8)
+    blocks[:, 2:4] = rng.uniform(0.001, 0.01, size=(n, 1)).astype(np.float16).view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+def write_tiny_gguf(path, corrupt: bool = False, hidden: int = HIDDEN, types: dict | None = None):
     """A 2-layer llama in llama.cpp's layout, every exact ggml type used once or more, an F16 head;
-    corrupt: one Q4_0 block of blk.1.ffn_down gets d = NaN."""
+    corrupt: one Q4_0 block of blk.1.ffn_down gets d = NaN; types: other ggml types per kind (Q4_K
+    needs rows of whole 256-blocks: hidden=256 for ffn_down)."""
+    types = {**TYPES, **(types or {})}
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(path, "llama")
-    for add, value in ((writer.add_embedding_length, DIM), (writer.add_feed_forward_length, HIDDEN),
+    for add, value in ((writer.add_embedding_length, DIM), (writer.add_feed_forward_length, hidden),
                        (writer.add_block_count, LAYERS), (writer.add_head_count, HEADS),
                        (writer.add_head_count_kv, KV_HEADS), (writer.add_context_length, 128),
                        (writer.add_layer_norm_rms_eps, 1e-5), (writer.add_rope_freq_base, 10000.0)):
@@ -96,11 +125,11 @@ def write_tiny_gguf(path, corrupt: bool = False):
 
     def add(name, kind, shape):
         weight = (rng.normal(size=shape) * 0.3).astype(np.float32)
-        ggml_type = TYPES[kind]
+        ggml_type = types[kind]
         if ggml_type == T.F16:
             writer.add_tensor(name, weight.astype(np.float16))
             return
-        raw = gguf.quants.quantize(weight, ggml_type)
+        raw = q4_k_blocks(rng, *shape) if ggml_type == T.Q4_K else gguf.quants.quantize(weight, ggml_type)
         if corrupt and name == "blk.1.ffn_down.weight":          # row 5, the block of columns 64..95
             at = 2 * gguf_grid.layout(ggml_type).nbytes()
             raw[5, at:at + 2] = np.array([np.nan], dtype=np.float16).view(np.uint8)
@@ -116,9 +145,9 @@ def write_tiny_gguf(path, corrupt: bool = False):
         add(f"{block}.attn_k.weight", "attn_k", (KV_HEADS * head_dim, DIM))
         add(f"{block}.attn_v.weight", "attn_v", (KV_HEADS * head_dim, DIM))
         add(f"{block}.attn_output.weight", "attn_output", (DIM, DIM))
-        add(f"{block}.ffn_gate.weight", "ffn_gate", (HIDDEN, DIM))
-        add(f"{block}.ffn_up.weight", "ffn_up", (HIDDEN, DIM))
-        add(f"{block}.ffn_down.weight", "ffn_down", (DIM, HIDDEN))
+        add(f"{block}.ffn_gate.weight", "ffn_gate", (hidden, DIM))
+        add(f"{block}.ffn_up.weight", "ffn_up", (hidden, DIM))
+        add(f"{block}.ffn_down.weight", "ffn_down", (DIM, hidden))
     writer.add_tensor("output_norm.weight", np.ones(DIM, dtype=np.float32))
     add("output.weight", "output", (len(TOKENS), DIM))
     writer.write_header_to_file()
@@ -275,3 +304,45 @@ def test_a_budget_keeps_the_grids_its_plan_can_hold(tiny_gguf, tmp_path, extra):
         assert model.tensors["token_embd.weight"].qtype.name == "p8g32z"   # Q8_0: the packed twin wins the tie
     else:
         assert 0 < len(kept) < 1 + 7 * LAYERS
+
+
+# ------------------------------------------------------------- a K-quant's grid with fp16 scales
+
+def test_q4_k_reads_as_u4g32a_with_scales_rounded_to_fp16():
+    """Q4_K's sub-blocks of 32 are asymmetric 4-bit groups, scale d·sc and min −dmin·m computed in
+    float: u4g32a holds the same levels with both rounded to fp16, each weight off by at most half
+    an fp16 ulp of the scale times 15 plus half an ulp of the min (and the float32 roundings)."""
+    rng = np.random.default_rng(3)
+    rows, cols = 37, 512
+    raw = q4_k_blocks(rng, rows, cols)
+    qtype = gguf_grid.rounded_type(T.Q4_K)
+    assert qtype.name == "u4g32a" and gguf_grid.rounded_type(T.Q6_K) is None and gguf_grid.rounded_type(T.Q4_0) is None
+    levels, scales, mins = gguf_grid.read_rounded(T.Q4_K, raw, cols)
+    ours = quant_types.dequantize(qtype, gguf_grid.pack_rows(qtype, levels, scales, mins), rows, cols)
+    theirs = gguf.quants.dequantize(raw, T.Q4_K).reshape(rows, cols)
+    per_weight = lambda a: np.repeat(np.abs(a.astype(np.float64)), 32, axis=1)
+    bound = 2.0 ** -11 * (15 * per_weight(scales) + per_weight(mins)) + 2.0 ** -23 * (np.abs(theirs) + per_weight(mins))
+    assert np.all(np.abs(ours - theirs) <= bound)
+    assert not np.array_equal(ours, theirs)          # rounded, not exact: why it is not a kept grid
+
+
+def test_a_budget_keeps_a_q4_k_grid_with_fp16_scales(tmp_path):
+    """With --size, a Q4_K tensor scores its rounded grid's (tiny) error under u4g32a and its packed
+    twin, and is stored as that grid (method gguf-grid-fp16-scales) when the plan picks it."""
+    from edgeq.convert import AllocationSettings, MethodSettings
+    from edgeq.convert.allocate import Budget
+    source_path = write_tiny_gguf(tmp_path / "q4k.gguf", hidden=256, types={"ffn_down": T.Q4_K})
+    default = tmp_path / "default.edgeq"
+    convert(source_path, default, progress=False)
+    out = tmp_path / "mixed.edgeq"
+    report = convert(source_path, out, progress=False, method=MethodSettings(calib_tokens=256, calib_ctx=64),
+                     allocation=AllocationSettings(Budget("size", default.stat().st_size + 20_000)))
+    source, model = open_source(source_path), ModelFile(out)
+    downs = [f"blk.{layer}.ffn_down.weight" for layer in range(LAYERS)]
+    assert f"fp16 scales for {LAYERS} of the {LAYERS} tensors" in "\n".join(report.allocation_lines)
+    for name in downs:
+        info = model.tensors[name]
+        assert info.method == "gguf-grid-fp16-scales" and info.qtype.name[1:] == "4g32a", (name, info.method)
+        weight, stored = source.load(name), model.load(name)
+        assert 0 < np.abs(stored - weight).max() <= 2.0 ** -10 * np.abs(weight).max()
+        assert 0 < report.allocation.scores[name]
