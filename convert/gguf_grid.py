@@ -10,8 +10,9 @@ ggml's. The z types (u4g32z, u5g32z, u8g32z) store w = scale·(q − 2^(b−1)) 
 o is 2^(b−1) for all three, so a Q4_0/Q5_0/Q8_0 block is one z group, scale = d, at the ggml type's
 own size (4.5, 5.5, 8.5 bits per weight), d·(q − o) rounded once in float32 as ggml does. Levels
 and scales are read from the block bytes, never through float; every block is then checked against
-gguf.quants' own dequantization (equal as float32 values, +0 and −0 alike), and a tensor with any
-block that does not match (a d that is not finite) is re-quantized instead. F16/F32 tensors are not grids.
+gguf.quants' own dequantization (equal as float32 values, +0 and −0 alike); a tensor with any
+block that does not match (a d that is not finite) is refused with a warning (its values not being
+finite, the conversion then stops in one line). F16/F32 tensors are not grids.
 K-quants multiply a 6-bit sub-block scale by an fp16 super-block scale in float, so no fp16 scale
 holds them exactly. Q4_K is close: its sub-blocks of 32 are asymmetric 4-bit groups,
 w = (d·sc)·q − dmin·m, so u4g32a with scale = fp16(d·sc) and min = fp16(−dmin·m) holds the same
@@ -72,7 +73,7 @@ def read_rounded(ggml_type, raw: np.ndarray, cols: int):
     import gguf
     if rounded_type(ggml_type) is None:
         raise KeyError(ggml_type)
-    block_size, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
+    _, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
     rows = raw.shape[0]
     blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, block_bytes)       # (M*K/256, 144)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)                     # (n, 1)
