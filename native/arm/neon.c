@@ -231,7 +231,7 @@ EQ_UNROLL(4)
  *          32) starting at column col0 */
 static inline __attribute__((always_inline)) void
 group_dot(const eq_qtype_traits *type, const lut_input *prepared, const uint8_t *block, const size_t width,
-          size_t col0, const int bits, float32x4_t acc[4])
+          size_t col0, const int bits, const float zero_point, float32x4_t acc[4])
 {
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
     const uint8_t *planes = block + scale_bytes * (type->symmetric ? 1u : 2u);
@@ -251,7 +251,6 @@ EQ_UNROLL(4)
     float sum_x = 0.0f;
     for (size_t i = 0; i < width / 32; i++)
         sum_x += prepared->sums[col0 / 32 + i];
-    const float zero_point = eq_zero_point(type);
 EQ_UNROLL(4)
     for (int i = 0; i < 4; i++) {   /* rows 4i..4i+3 */
         const float32x4_t scale = load_f16x4(block + 8 * i);
@@ -277,6 +276,7 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
     const size_t last_width = cols % group ? eq_last_group_cols(type, cols) : 0;   /* ... a partial one */
     const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
+    const float zero_point = eq_zero_point(type);                 /* once per call, not per group */
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * tile_bytes;
@@ -285,9 +285,9 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
             float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
             const uint8_t *block = tile_data;
             for (size_t g = 0; g < n_full; g++, block += block_bytes)
-                group_dot(type, &prepared, block, group, g * group, bits, acc);
+                group_dot(type, &prepared, block, group, g * group, bits, zero_point, acc);
             if (last_width)
-                group_dot(type, &prepared, block, last_width, n_full * group, bits, acc);
+                group_dot(type, &prepared, block, last_width, n_full * group, bits, zero_point, acc);
             float out[EQ_TILE_ROWS];
             for (int i = 0; i < 4; i++)
                 vst1q_f32(out + 4 * i, acc[i]);

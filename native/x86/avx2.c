@@ -332,7 +332,8 @@ EQ_UNROLL(4)
  *          32) starting at column col0 */
 static inline __attribute__((always_inline)) void
 group_dot(const eq_qtype_traits *type, const uint8_t *block, const size_t width, size_t col0,
-          const lut_input *prepared, const int bits, const int int8, __m256 *acc_low, __m256 *acc_high)
+          const lut_input *prepared, const int bits, const int int8, const float zero_point,
+          __m256 *acc_low, __m256 *acc_high)
 {
     const uint8_t *planes = block + 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
     const float *table_scales = int8 ? prepared->table_scales8 : prepared->table_scales;
@@ -363,7 +364,6 @@ group_dot(const eq_qtype_traits *type, const uint8_t *block, const size_t width,
     __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
     __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
     if (type->symmetric) {
-        const float zero_point = eq_zero_point(type);
         __m256 offset = _mm256_set1_ps(zero_point * sum_x);
         *acc_low = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low, offset), *acc_low);
         *acc_high = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high, offset), *acc_high);
@@ -390,6 +390,7 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
     const size_t last_width = cols % group ? eq_last_group_cols(type, cols) : 0;   /* ... a partial one */
     const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
+    const float zero_point = eq_zero_point(type);                 /* once per call, not per group */
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * tile_bytes;
         for (size_t v = 0; v < in->n; v++) {
@@ -397,9 +398,10 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
             __m256 acc_low = _mm256_setzero_ps(), acc_high = _mm256_setzero_ps();   /* rows 0-7, 8-15 */
             const uint8_t *block = tile_data;
             for (size_t g = 0; g < n_full; g++, block += block_bytes)
-                group_dot(type, block, group, g * group, &prepared, bits, int8, &acc_low, &acc_high);
+                group_dot(type, block, group, g * group, &prepared, bits, int8, zero_point, &acc_low, &acc_high);
             if (last_width)
-                group_dot(type, block, last_width, n_full * group, &prepared, bits, int8, &acc_low, &acc_high);
+                group_dot(type, block, last_width, n_full * group, &prepared, bits, int8, zero_point,
+                          &acc_low, &acc_high);
             float out[EQ_TILE_ROWS];
             _mm256_storeu_ps(out, acc_low);
             _mm256_storeu_ps(out + 8, acc_high);

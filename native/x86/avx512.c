@@ -234,7 +234,8 @@ EQ_UNROLL(8)
  *          32) starting at column col0 */
 static inline __attribute__((always_inline)) __m512
 group_dot(const eq_qtype_traits *type, const plane_indices *indices, const lut_input *prepared,
-          const uint8_t *block, const size_t width, size_t col0, const int bits, __m512 acc)
+          const uint8_t *block, const size_t width, size_t col0, const int bits, const float zero_point,
+          __m512 acc)
 {
     const uint8_t *planes = block + 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
     __m512 dot = _mm512_setzero_ps();
@@ -251,7 +252,6 @@ group_dot(const eq_qtype_traits *type, const plane_indices *indices, const lut_i
         sum_x += prepared->sums[col0 / 32 + i];
     __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
     if (type->symmetric) {
-        const float zero_point = eq_zero_point(type);
         __m512 offset = _mm512_set1_ps(zero_point * sum_x);
         return _mm512_fmadd_ps(scale, _mm512_sub_ps(dot, offset), acc);
     }
@@ -272,6 +272,7 @@ lut_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, siz
     const size_t tile_bytes = eq_tile_bytes(type, cols);
     const size_t block_bytes = eq_block_bytes(type);
     const plane_indices indices = plane_indices_make();
+    const float zero_point = eq_zero_point(type);                 /* once per call, not per group */
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
         const uint8_t *tile_data = data + tile * tile_bytes;
@@ -283,9 +284,9 @@ lut_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, siz
             __m512 acc = _mm512_setzero_ps();   /* (16,) y of this tile */
             const uint8_t *block = tile_data;
             for (size_t g = 0; g < n_full; g++, block += block_bytes)
-                acc = group_dot(type, &indices, &prepared, block, group, g * group, bits, acc);
+                acc = group_dot(type, &indices, &prepared, block, group, g * group, bits, zero_point, acc);
             if (last_width)
-                acc = group_dot(type, &indices, &prepared, block, last_width, n_full * group, bits, acc);
+                acc = group_dot(type, &indices, &prepared, block, last_width, n_full * group, bits, zero_point, acc);
             _mm512_mask_storeu_ps(y + v * y_stride + row0, row_mask, acc);
         }
     }
