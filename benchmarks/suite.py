@@ -602,10 +602,28 @@ def llama_ppl(python: str, path: Path, text: Path, chunks: int, threads: int) ->
 # results
 # ---------------------------------------------------------------------------------------------
 
+UNRECORDED = "a machine not recorded"
+
+
+def machine_of(record: dict) -> str:
+    return record.get("machine", UNRECORDED)
+
+
 def record_key(r: dict) -> tuple:
-    """Which earlier record a new one replaces: speed is per kernel set, perplexity is not."""
+    """Which earlier record a new one replaces: speed is per kernel set and per machine (a speed
+    measured on another CPU is kept beside it, never compared with it), perplexity is per file."""
+    speed = r["kind"] == "speed"
     return (r["model"], r["system"], r["type"], r["kind"], r.get("threads"),
-            r.get("isa") if r["kind"] == "speed" else None)
+            r.get("isa") if speed else None, machine_of(r) if speed else None)
+
+
+def speed_machines(records: list[dict], model: str) -> list[str]:
+    """The machines a model's speeds were measured on, the most recently measured first."""
+    latest: dict[str, str] = {}
+    for r in records:
+        if r["model"] == model and r["kind"] == "speed":
+            latest[machine_of(r)] = max(latest.get(machine_of(r), ""), r.get("when", ""))
+    return sorted(latest, key=lambda machine: (latest[machine], machine), reverse=True)
 
 
 def load_records(path: Path) -> list[dict]:
@@ -638,12 +656,17 @@ FILE_KEYS = ("variant", "linear_type", "group", "layout", "method", "method_flag
              "convert_cpu_s", "convert_peak_rss_mb", "convert_command")
 
 
-def table_rows(records: list[dict], model: str) -> list[dict]:
-    """One row per (system, type, kernel set) of a model: its speeds by threads, its perplexity
+def table_rows(records: list[dict], model: str, machine: str | None = None) -> list[dict]:
+    """One row per (system, type, kernel set) of a model: its speeds by threads on `machine` (default:
+    the one measured most recently; speeds from different machines never share a row), its perplexity
     (measured once per file, shared by the file's kernel-set rows) and, for edgeq, the file's settings."""
+    if machine is None:
+        machine = next(iter(speed_machines(records, model)), None)
     files: dict[tuple, dict] = {}
     for r in records:
         if r["model"] != model or r["kind"] not in ("speed", "perplexity"):
+            continue
+        if r["kind"] == "speed" and machine_of(r) != machine:
             continue
         entry = files.setdefault((r["system"], r["type"]), {"system": r["system"], "type": r["type"],
                                                              "bits": r.get("bits"), "file_mb": r["file_mb"],
@@ -786,6 +809,7 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
              ""]
     models = [m for m in MODELS if any(r["model"] == m for r in records)]
     for model in models:
+        machines = speed_machines(records, model)
         rows = table_rows(records, model)
         threads = sorted({t for row in rows for t in row["speed"]})
         top = max(threads) if threads else None
@@ -793,9 +817,13 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
         measured_on: dict[str, set] = {}
         for r in records:
             if r["model"] == model and r["kind"] in ("speed", "perplexity"):
-                measured_on.setdefault(r.get("machine", "a machine not recorded"), set()).add(r.get("when", "")[:10])
+                measured_on.setdefault(machine_of(r), set()).add(r.get("when", "")[:10])
         lines += ["Measured on " + "; on ".join(f"{where} ({', '.join(sorted(days))})"
                                                 for where, days in sorted(measured_on.items())) + ".", ""]
+        if len(machines) > 1:
+            lines += [f"Speeds in this table were measured on {machines[0]}; those measured on "
+                      f"{' and '.join(machines[1:])} follow it in their own table, compared only with llama.cpp "
+                      "measured on the same machine.", ""]
         with_kl = any(row["ppl"] and row["ppl"].get("kld") is not None for row in rows)
         head = ["system", "type", "size MB", "ppl ± stderr (chunks)"] + (["KL vs float (top-1)"] if with_kl else [])
         head += [f"decode tok/s t{t}" for t in threads] + [f"prefill tok/s t{t}" for t in threads]
@@ -821,11 +849,9 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
                 else:
                     cells += ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += [""] + verdict(rows, top) + [""]
-        if top is not None and any(r["system"] == "llama.cpp" for r in rows):
-            lines += [f"Dominance (DESIGN.md \"Anchors\"): for each llama.cpp type, an edgeq file no larger, no worse "
-                      f"in perplexity and faster at decode with {top} threads?", ""]
-            lines += dominance_lines(rows, top) + [""]
+        lines += [""] + verdict(rows, top) + [""] + dominance_block(rows, top)
+        for machine in machines[1:]:
+            lines += speed_section(records, model, machine)
         files = {row["type"]: row for row in rows if row["system"] == "edgeq" and row["file"]}
         if files:
             lines += ["edgeq files (conversion measured by the run that made the file: wall time and CPU time on the "
@@ -855,6 +881,38 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
     lines += [f"Evaluation text: `{text_name}`. Settings per record (threads, runs, prompt/generated tokens, "
               "chunks, tokens scored, kernel set, conversion flags) are in results.json.", ""]
     path.write_text("\n".join(lines))
+
+
+def dominance_block(rows: list[dict], top) -> list[str]:
+    if top is None or not any(r["system"] == "llama.cpp" for r in rows):
+        return []
+    return [f"Dominance (DESIGN.md \"Anchors\"): for each llama.cpp type, an edgeq file no larger, no worse "
+            f"in perplexity and faster at decode with {top} threads?", ""] + dominance_lines(rows, top) + [""]
+
+
+def speed_section(records: list[dict], model: str, machine: str) -> list[str]:
+    """The speeds one earlier machine measured, beside llama.cpp's on that machine, and its dominance."""
+    rows = [row for row in table_rows(records, model, machine) if row["speed"] or row["system"] == "float"]
+    threads = sorted({t for row in rows for t in row["speed"]})
+    top = max(threads) if threads else None
+    days = sorted({r.get("when", "")[:10] for r in records
+                   if r["model"] == model and r["kind"] == "speed" and machine_of(r) == machine})
+    head = ["system", "type", "size MB", "ppl"] + [f"decode tok/s t{t}" for t in threads]
+    head += [f"prefill tok/s t{t}" for t in threads] + ["peer", f"decode × t{top}", "≥ size", f"decode × t{top}"]
+    lines = [f"### Speeds on {machine} ({', '.join(days)})", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if row["system"] == "float":
+            continue
+        cells = [row["system"], row["type"] + (f" [{row['isa']}]" if row["isa"] else ""), f"{row['file_mb']:.1f}",
+                 fmt(ppl_of(row), 2)]
+        cells += [fmt(decode(row, t)) for t in threads]
+        cells += [fmt(row["speed"].get(t, {}).get("prefill_tok_s")) for t in threads]
+        for peer in (peer_of(row, rows), size_peer_of(row, rows)):
+            d, pd = decode(row, top), decode(peer, top) if peer else None
+            cells += [peer["type"] if peer else "", fmt(d / pd if d and pd else None, 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""] + dominance_block(rows, top)
 
 
 def verdict(rows: list[dict], top) -> list[str]:

@@ -335,6 +335,33 @@ def test_report_says_per_model_which_machine_measured_its_rows(suite, tmp_path):
     assert label == "AMD EPYC, 2 cores, best kernel set avx512"
 
 
+def test_speeds_from_two_machines_are_never_compared(suite, tmp_path):
+    old, new = "AMD EPYC, 2 cores, best kernel set avx512", "AMD EPYC, 2 cores, best kernel set avx2"
+    records = [{**r, "when": "2026-11-30T09:00:00", "machine": old} for r in _records()]
+    # the newer machine re-measured llama.cpp's Q4_0 (slower here) and the mixed file only
+    records += [{**r, "when": "2026-12-02T04:00:00", "machine": new, "decode_tok_s": r["decode_tok_s"] / 2}
+                for r in _records() if r["kind"] == "speed" and r["type"] in ("Q4_0", "mixed-size-88.200MB")]
+    assert suite.speed_machines(records, "smollm2") == [new, old]
+    for r in records[-2:]:          # replacing a record keys speed by machine: both machines' are kept
+        assert all(suite.record_key(r) != suite.record_key(o) for o in records[:-2])
+    rows = suite.table_rows(records, "smollm2")
+    assert {r["type"]: suite.decode(r, 2) for r in rows if r["speed"]} == {"Q4_0": 65.0, "mixed-size-88.200MB": 57.5}
+    assert suite.decode(next(r for r in suite.table_rows(records, "smollm2", old) if r["type"] == "Q4_0"), 2) == 130.0
+    path = tmp_path / "RESULTS.md"
+    suite.write_markdown(path, records, "edgeq/data/evaluation.txt")
+    text = path.read_text()
+    assert f"Speeds in this table were measured on {new}; those measured on {old} follow it" in text
+    assert f"### Speeds on {old} (2026-11-30)" in text
+    # each machine's dominance is decided with its own llama.cpp speed: Q4_0 by the u4 file on the old one only
+    main, earlier = text.split(f"### Speeds on {old}")
+    assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 130.0 tok/s t2): **dominated** by edgeq " \
+           "u4g64a-rtn-imatrix [avx2] (84.7 MB, ppl 29.30, decode 1.08x)." in earlier
+    assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 65.0 tok/s t2): **dominated** by edgeq " \
+           "mixed-size-88.200MB [avx2] (88.1 MB, ppl 29.50, decode 0.88x)" not in main
+    assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 65.0 tok/s t2): not dominated: " in main
+    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 | 150.0 | 300.0 | Q3_K_M | 1.250 | Q2_K | 1.364 |" in earlier
+
+
 def test_plots_draw_mixed_rows_as_their_own_series(suite, tmp_path):
     pytest.importorskip("matplotlib")
     written = suite.plot(_records(), tmp_path)
