@@ -120,16 +120,19 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndar
     mask (T, S) True where a query must not see a key -> (T, n_heads*head_dim). Scores are q.k times
     `scale` (0: 1/sqrt(head_dim)), then soft-capped at `cap` when it is > 0."""
     T, n_heads, head_dim = q.shape
-    group = n_heads // keys.shape[1]
-    keys = np.repeat(keys, group, axis=1)                              # (S, n_heads, head_dim)
-    values = np.repeat(values, group, axis=1)
-    scores = np.einsum("thd,shd->hts", q, keys)                        # (n_heads, T, S)
+    S, n_kv = keys.shape[:2]
+    group = n_heads // n_kv
+    # query head h reads kv head h // group: the group's queries are stacked as rows of one product
+    # per kv head (batched matmul, BLAS; no repeated keys)
+    stacked = q.transpose(1, 0, 2).reshape(n_kv, group * T, head_dim)
+    scores = np.matmul(stacked, keys.transpose(1, 2, 0)).reshape(n_heads, T, S)
     scores = scores / np.float32(math.sqrt(head_dim)) if not scale else scores * np.float32(scale)
     scores = softcap(scores, cap)
     scores = np.where(mask, -np.inf, scores)
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = scores / scores.sum(axis=-1, keepdims=True)
-    return np.einsum("hts,shd->thd", probs, values).reshape(T, n_heads * head_dim)
+    probs = (scores / scores.sum(axis=-1, keepdims=True)).reshape(n_kv, group * T, S)
+    out = np.matmul(probs, values.transpose(1, 0, 2)).reshape(n_heads, T, head_dim)
+    return out.transpose(1, 0, 2).reshape(T, n_heads * head_dim)
 
 
 class Reference:
