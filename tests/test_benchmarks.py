@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeq import _ffi
@@ -366,3 +367,29 @@ def test_plots_draw_mixed_rows_as_their_own_series(suite, tmp_path):
     pytest.importorskip("matplotlib")
     written = suite.plot(_records(), tmp_path)
     assert sorted(p.name for p in written) == ["smollm2-decode.png", "smollm2-ppl.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# bench_salient.py: the front a candidate format must get below
+# ---------------------------------------------------------------------------------------------
+
+def test_lower_hull_is_the_cheapest_mix_of_two_candidates():
+    """hull_error(x) = the least error any candidate no larger than x, or a mix of two candidates
+    around x, reaches (brute force over random points): what the Lagrangian knapsack can buy."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_salient import hull_error, lower_hull
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        points = [(float(x), float(y)) for x, y in zip(rng.uniform(1, 10, 8), rng.uniform(0, 5, 8))]
+        hull = lower_hull(points)
+        assert [x for x, _ in hull] == sorted(x for x, _ in hull) and all(
+            b[1] < a[1] for a, b in zip(hull, hull[1:]))
+        for x in rng.uniform(0, 11, 20):
+            singles = [py for px, py in points if px <= x]
+            mixes = [ay + (by - ay) * (x - ax) / (bx - ax) for ax, ay in points for bx, by in points
+                     if ax <= x <= bx and bx > ax]
+            best = min(singles + mixes, default=None)
+            got = hull_error(hull, x)
+            assert (got is None) == (best is None)
+            if best is not None:
+                assert got == pytest.approx(best, abs=1e-9)
