@@ -101,10 +101,10 @@ CONVERT_SECONDS_GUESS = {"smollm2": {"plain": 15.0, "imatrix": 65.0, "gptq": 160
                          "qwen": {"plain": 60.0, "imatrix": 240.0, "gptq": 600.0},
                          "gemma3": {"plain": 40.0, "imatrix": 160.0, "gptq": 400.0}}
 # a mixed-precision conversion: the analysis (statistics, sensitivity, KL calibration) plus gptq for
-# its <= 3-bit tensors (benchmarks/README.md "Mixed precision": SmolLM2 --bpw 3.0 428 CPU s measured;
-# Qwen estimated from the products, not measured)
-CONVERT_SECONDS_GUESS["smollm2"]["mixed"] = 450.0
-CONVERT_SECONDS_GUESS["qwen"]["mixed"] = 1600.0
+# its <= 3-bit tensors (benchmarks/README.md "A quiet Zen 3 machine": SmolLM2 --size 84.751MB 324-377 CPU s;
+# Qwen from its GGUF 1069 CPU s before the reference's attention became a matmul, an upper bound)
+CONVERT_SECONDS_GUESS["smollm2"]["mixed"] = 380.0
+CONVERT_SECONDS_GUESS["qwen"]["mixed"] = 1100.0
 CONVERT_SECONDS_GUESS["gemma3"]["mixed"] = 1000.0
 # seconds per 512-token chunk of the numpy float reference (--kl, --cross-check), for the estimate only
 FLOAT_CHUNK_SECONDS_GUESS = {"smollm2": 10.0, "qwen": 60.0, "gemma3": 40.0}

@@ -9,7 +9,8 @@ median of --repeats runs, each reading a copy of the weights that is not in the 
 spanning STREAM_BYTES, at least twice the last-level cache), as decode streams its weights from
 memory. The weights are random numbers quantized by the converter (a block of rows, tiled), so
 every family's kernels see valid scales. With an edgeq file as MODEL, its decode time per token is
-measured too, and the part no product explains (attention, norms, hand-offs) is recorded as
+measured too, as `edgeq bench` measures it by default (64 tokens after a 128-token prompt), and the
+part no product explains (attention at that context, norms, hand-offs) is recorded as
 overhead_seconds, which a latency budget adds to the products' sum.
 Not here: choosing types (edgeq.convert.allocate), prefill timing.
 """
@@ -31,7 +32,7 @@ PROFILE_FORMAT = 1
 DEFAULT_REPEATS = 15
 STREAM_BYTES = 64 << 20
 TILE_BLOCK_ROWS = 256          # rows quantized once and tiled to the full shape
-DECODE_TOKENS, DECODE_RUNS = 32, 3
+DECODE_RUNS = 3
 
 
 def cpu_name() -> str:
@@ -77,20 +78,16 @@ def _model_shapes(config) -> list[tuple[int, int]]:
     return sorted({tuple(config.tensor_shape(name)) for name in allocated_tensors(config)})
 
 
-def _decode_seconds(path: str, threads: int) -> float:
-    """Median seconds per decoded token of an edgeq file (greedy, after an 8-token prompt)."""
-    results = []
-    for _ in range(DECODE_RUNS):
-        handle = _ffi.model_open(path, threads=threads, ctx=8 + DECODE_TOKENS + 1)
-        try:
-            token = int(_ffi.model_eval(handle, list(range(1, 9))).argmax())
-            start = time.perf_counter()
-            for _ in range(DECODE_TOKENS):
-                token = int(_ffi.model_eval(handle, [token]).argmax())
-            results.append((time.perf_counter() - start) / DECODE_TOKENS)
-        finally:
-            _ffi.model_close(handle)
-    return statistics.median(results)
+def _decode_seconds(path: str, threads: int, config) -> float:
+    """Median seconds per decoded token of an edgeq file as `edgeq bench` measures it by default
+    (greedy, DEFAULT_GEN_TOKENS tokens after a DEFAULT_PROMPT_TOKENS-token prompt; both shortened to
+    fit a smaller context): attention grows with the context, so a latency budget means the time
+    per token at that context, the one a user's `edgeq bench FILE` shows."""
+    from .bench import DEFAULT_GEN_TOKENS, DEFAULT_PROMPT_TOKENS, _one_run
+    gen = min(DEFAULT_GEN_TOKENS, max(1, config.max_seq_len // 3))
+    prompt_tokens = max(1, min(DEFAULT_PROMPT_TOKENS, config.max_seq_len - gen))
+    prompt = [(7 * i + 11) % config.vocab_size for i in range(prompt_tokens)]
+    return statistics.median(1.0 / _one_run(path, threads, prompt, gen)["decode_tok_s"] for _ in range(DECODE_RUNS))
 
 
 def profile(model: str | None = None, shapes_from: str | None = None, threads: int | None = None,
@@ -149,7 +146,7 @@ def profile(model: str | None = None, shapes_from: str | None = None, threads: i
               "types": [t.name for t in types], "times": times, "overhead_seconds": None,
               "decode_seconds": None, "profile_seconds": None}
     if model_file is not None:
-        decode = _decode_seconds(str(model), threads)
+        decode = _decode_seconds(str(model), threads, config)
         products = 0.0
         for name in allocated_tensors(config):
             rows, cols = config.tensor_shape(name)
