@@ -892,7 +892,8 @@ def dominance_block(rows: list[dict], top) -> list[str]:
 
 def speed_section(records: list[dict], model: str, machine: str) -> list[str]:
     """The speeds one earlier machine measured, beside llama.cpp's on that machine, and its dominance."""
-    rows = [row for row in table_rows(records, model, machine) if row["speed"] or row["system"] == "float"]
+    every = table_rows(records, model, machine)        # dominance also names files not measured there
+    rows = [row for row in every if row["speed"]]
     threads = sorted({t for row in rows for t in row["speed"]})
     top = max(threads) if threads else None
     days = sorted({r.get("when", "")[:10] for r in records
@@ -902,8 +903,6 @@ def speed_section(records: list[dict], model: str, machine: str) -> list[str]:
     lines = [f"### Speeds on {machine} ({', '.join(days)})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        if row["system"] == "float":
-            continue
         cells = [row["system"], row["type"] + (f" [{row['isa']}]" if row["isa"] else ""), f"{row['file_mb']:.1f}",
                  fmt(ppl_of(row), 2)]
         cells += [fmt(decode(row, t)) for t in threads]
@@ -912,7 +911,7 @@ def speed_section(records: list[dict], model: str, machine: str) -> list[str]:
             d, pd = decode(row, top), decode(peer, top) if peer else None
             cells += [peer["type"] if peer else "", fmt(d / pd if d and pd else None, 3)]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""] + dominance_block(rows, top)
+    return lines + [""] + dominance_block(every, top)
 
 
 def verdict(rows: list[dict], top) -> list[str]:
