@@ -139,6 +139,48 @@ def whole_model(model, stats: str, bpws: list[float], extra, what: str = "salien
         print(f"| {bpw:g} | {totals[0]:.5f} | {totals[1]:.5f} | {totals[1] / totals[0]:.3f} | {chosen} |", flush=True)
 
 
+def per_tensor(model, stats: str, tensors: list[str] | None, extra, what: str = "plan") -> None:
+    """For each tensor (default: every kind at four depths), every extra(weight, importance) ->
+    [(label, bytes, score)] option against the tensor's hull of candidate types, then a summary per label."""
+    config = model.config
+    importance, _ = calibrate.load_stats(stats, config, calibrate.model_fingerprint(model.load, config))
+    candidates = allocate.candidate_types()
+    below = total = 0
+    ratios: dict[str, list[float]] = {}
+    print(f"| tensor | {what} | bpw | error / hull at its bytes | error / best candidate no larger (which) "
+          "| u2g32a / hull |")
+    print("|---|---|---|---|---|---|")
+    for name in tensors or picked_tensors(config):
+        weight = np.asarray(model.load(name), np.float32)
+        imp = np.asarray(importance[calibrate.input_of(name)], np.float64)
+        rows, cols = weight.shape
+        scores = allocate.tensor_scores(weight, imp, candidates)
+        points = [(qtype.nbytes(rows, cols), scores[qtype.name]) for qtype in candidates]
+        hull = lower_hull(points)
+        u2 = quant_types.TYPES["u2g32a"]
+        u2_at = hull_error(hull, u2.nbytes(rows, cols))
+        u2_ratio = f"{scores[u2.name] / u2_at:.3f}" if u2_at else ""
+        for label, size, error in extra(weight, imp):
+            at = hull_error(hull, size)
+            no_larger = [(e, t.name) for (b, e), t in zip(points, candidates) if b <= size]
+            best = min(no_larger) if no_larger else None
+            if best is not None and best[0] <= 0:
+                best = None                                 # a candidate holds the tensor exactly (its source grid)
+            ratio = error / at if at else None
+            total += 1
+            below += bool(ratio is not None and ratio < 1)
+            if ratio is not None:
+                ratios.setdefault(label, []).append(ratio)
+            print(f"| {name} | {label} | {8 * size / (rows * cols):.3f} | {'' if ratio is None else f'{ratio:.3f}'} | "
+                  f"{'' if best is None else f'{error / best[0]:.3f} ({best[1]})'} | {u2_ratio} |", flush=True)
+    print()
+    print(f"| {what} | tensors | median error / hull | min | max |")
+    print("|---|---|---|---|---|")
+    for label, values in ratios.items():
+        print(f"| {label} | {len(values)} | {np.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+    print(f"\n{below} of {total} lie below their tensor's hull of candidate types")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,50 +194,14 @@ def main() -> None:
                         help="instead of the per-tensor table: the allocator's estimated KL at these budgets, "
                              "with and without salient plans for every linear tensor")
     args = parser.parse_args()
+    bases = [quant_types.TYPES[n] for n in args.base]
+    plans = lambda weight, imp: [(f"{base.name} + {k} at 8 bits", *salient_error(weight, imp, k, base))
+                                 for base in bases for k in args.k]
     model = open_source(args.source)
-    config = model.config
     if args.bpw:
-        bases = [quant_types.TYPES[n] for n in args.base]
-        whole_model(model, args.stats, args.bpw,
-                    lambda weight, imp: [(f"{base.name}+{k}", *salient_error(weight, imp, k, base))
-                                         for base in bases for k in args.k])
-        return
-    importance, _ = calibrate.load_stats(args.stats, config, calibrate.model_fingerprint(model.load, config))
-    candidates = allocate.candidate_types()
-    bases = [quant_types.TYPES[name] for name in args.base]
-    below = total = 0
-    ratios: dict[tuple[str, int], list[float]] = {}
-    print("| tensor | plan | bpw | error / hull at its bytes | error / best candidate no larger (which) |")
-    print("|---|---|---|---|---|")
-    for name in args.tensors or picked_tensors(config):
-        weight = np.asarray(model.load(name), np.float32)
-        imp = np.asarray(importance[calibrate.input_of(name)], np.float64)
-        rows, cols = weight.shape
-        scores = allocate.tensor_scores(weight, imp, candidates)
-        points = [(qtype.nbytes(rows, cols), scores[qtype.name]) for qtype in candidates]
-        hull = lower_hull(points)
-        for base in bases:
-            for k in args.k:
-                size, error = salient_error(weight, imp, k, base)
-                at = hull_error(hull, size)
-                no_larger = [(e, t.name) for (b, e), t in zip(points, candidates) if b <= size]
-                best = min(no_larger) if no_larger else None
-                if best is not None and best[0] <= 0:
-                    best = None                                 # a candidate holds the tensor exactly (its source grid)
-                ratio = error / at if at else None
-                total += 1
-                below += bool(ratio is not None and ratio < 1)
-                if ratio is not None:
-                    ratios.setdefault((base.name, k), []).append(ratio)
-                print(f"| {name} | {base.name} + {k} at 8 bits | {8 * size / (rows * cols):.3f} | "
-                      f"{'' if ratio is None else f'{ratio:.3f}'} | "
-                      f"{'' if best is None else f'{error / best[0]:.3f} ({best[1]})'} |", flush=True)
-    print()
-    print("| plan | tensors | median error / hull | min | max |")
-    print("|---|---|---|---|---|")
-    for (base, k), values in ratios.items():
-        print(f"| {base} + {k} | {len(values)} | {np.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-    print(f"\n{below} of {total} salient plans lie below their tensor's hull of candidate types")
+        whole_model(model, args.stats, args.bpw, plans)
+    else:
+        per_tensor(model, args.stats, args.tensors, plans)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_salient import hull_error, lower_hull, picked_tensors, sample_rows, whole_model  # noqa: E402
-from edgeq.convert import allocate, calibrate  # noqa: E402
+from bench_salient import per_tensor, sample_rows, whole_model  # noqa: E402
 from edgeq.convert.sources import open_source  # noqa: E402
 
 CENTROIDS = 16
@@ -112,48 +111,14 @@ def main() -> None:
                         help="instead of the per-tensor table: the allocator's estimated KL at these budgets, "
                              "with and without the format (every --group, --tile) for every linear tensor")
     args = parser.parse_args()
+    formats = lambda weight, imp: [(f"G {group}, codebook per {f'{tile} rows' if tile else 'tensor'}",
+                                    *vq2_error(weight, imp, group, tile))
+                                   for group in args.group for tile in args.tile]
     model = open_source(args.source)
-    config = model.config
     if args.bpw:
-        whole_model(model, args.stats, args.bpw,
-                    lambda weight, imp: [(f"v2 g{group} t{tile}", *vq2_error(weight, imp, group, tile))
-                                         for group in args.group for tile in args.tile], "2-D codebook")
-        return
-    importance, _ = calibrate.load_stats(args.stats, config, calibrate.model_fingerprint(model.load, config))
-    candidates = allocate.candidate_types()
-    ratios: dict[tuple[int, int], list[float]] = {}
-    print("| tensor | group, tile | bpw | error / hull at its bytes | error / best candidate no larger (which) "
-          "| u2g32a / hull |")
-    print("|---|---|---|---|---|---|")
-    for name in args.tensors or picked_tensors(config):
-        weight = np.asarray(model.load(name), np.float32)
-        imp = np.asarray(importance[calibrate.input_of(name)], np.float64)
-        rows, cols = weight.shape
-        scores = allocate.tensor_scores(weight, imp, candidates)
-        points = [(t.nbytes(rows, cols), scores[t.name]) for t in candidates]
-        hull = lower_hull(points)
-        u2 = next(t for t in candidates if t.name == "u2g32a")
-        u2_ratio = scores["u2g32a"] / hull_error(hull, u2.nbytes(rows, cols))
-        for group in args.group:
-            for tile in args.tile:
-                size, error = vq2_error(weight, imp, group, tile)
-                at = hull_error(hull, size)
-                no_larger = [(e, t.name) for (b, e), t in zip(points, candidates) if b <= size]
-                best = min(no_larger) if no_larger else None
-                if best is not None and best[0] <= 0:
-                    best = None                                 # a candidate holds the tensor exactly (its source grid)
-                ratio = error / at if at else None
-                if ratio is not None:
-                    ratios.setdefault((group, tile), []).append(ratio)
-                print(f"| {name} | {group}, {tile or 'tensor'} | {8 * size / (rows * cols):.3f} | "
-                      f"{'' if ratio is None else f'{ratio:.3f}'} | "
-                      f"{'' if best is None else f'{error / best[0]:.3f} ({best[1]})'} | {u2_ratio:.3f} |", flush=True)
-    print()
-    print("| group, tile | tensors | median error / hull | min | max |")
-    print("|---|---|---|---|---|")
-    for (group, tile), values in ratios.items():
-        print(f"| {group}, {tile or 'tensor'} | {len(values)} | {np.median(values):.3f} | {min(values):.3f} | "
-              f"{max(values):.3f} |")
+        whole_model(model, args.stats, args.bpw, formats, "2-D codebook")
+    else:
+        per_tensor(model, args.stats, args.tensors, formats, "2-D codebook")
 
 
 if __name__ == "__main__":
