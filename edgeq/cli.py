@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "weights streamed from memory, threaded as decode runs them), for "
                                "`edgeq convert --latency-ms --profile`.")
     prof.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                      help="an edgeq file of the model (its decode time per token is measured too)")
+                      help="an edgeq file of the model (its decode time per token is measured too, as "
+                           "`edgeq bench` does by default)")
     prof.add_argument("--shapes-from", default=None, metavar="SRC",
                       help="take the shapes from a convert source instead (HF folder, hub id, .gguf)")
     prof.add_argument("-t", "--threads", type=int, default=None, metavar="N",
