@@ -1,4 +1,4 @@
-"""Fitting the codebook family (c4g<G>, edgeq.quant_types): pure functions (weights, type,
+"""Fitting the codebook family (c4g<G>, v2g<G>s; edgeq.quant_types): pure functions (weights, type,
 importance) -> QuantizedTensor. No I/O here.
 
 A tensor W (M, K) is stored as w[r, k] = s[r, g] * C_t[idx[r, k]]: per group g of G columns an fp16
@@ -17,6 +17,15 @@ in two stages:
      fp16 and the indices recomputed against it.
 The codebook is shared by ROWS_PER_CODEBOOK rows: one tile (16), the layout's unit. A per-tensor
 codebook (every tile's copy equal) measured worse on SmolLM2 (benchmarks/README.md, "Codebook").
+
+The 2-D codebook types (v2g<G>s: a 4-bit index per pair of weights, columns (k, k + 4) for k % 8 < 4,
+into 16 centroids (c0, c1) per tile; edgeq.quant_types) are fitted by the same two ideas in 2-D
+(_fit_pairs): per tile, weighted Lloyd iterations on the group-normalized pairs u = (w_k, w_k+4) / s,
+each coordinate weighted by E[x^2] s^2 of its column, starting from the 4 x 4 product of the
+symmetric 2-bit grid (what u2g<G>s would store, so the fit starts at uniform 2-bit's error and every
+step can only lower it), alternating with each group's weighted least-squares scale; then the
+centroids rounded to int8 filling [-64, 63] and, with them fixed, alternate assignment and scale
+refits, the last one rounded to fp16 before the final assignment.
 """
 from __future__ import annotations
 
@@ -181,6 +190,104 @@ def _kmeans(groups, weights, book_of, n_books, iterations, with_min):
     return levels, scales, mins
 
 
+# ---- the 2-D codebook (v2): pairs (k, k + 4), k % 8 < 4; pair p = 4m + i covers columns 8m + i, 8m + 4 + i
+
+PAIR_GRID = np.array([-HIGH, -HIGH / 3, HIGH / 3, HIGH])   # u2's symmetric levels ±0.5, ±1.5 in units of HIGH / 1.5
+
+
+@numba.njit(cache=True, inline="always")
+def _pair_columns(p):
+    return 8 * (p // 4) + p % 4, 8 * (p // 4) + p % 4 + 4
+
+
+@numba.njit(parallel=True, cache=True)
+def _pair_assign(padded, colw, group, centroids, scales, idx):
+    """idx (Mp, Kp/2) = per pair the centroid of its tile (centroids (n_tiles, 16, 2)) nearest to it
+    under scale s of its group: argmin_i Σ_d e_d (x_d - s c_i,d)^2."""
+    n_tiles, n_pairs = centroids.shape[0], idx.shape[1]
+    for t in numba.prange(n_tiles):
+        c = centroids[t]
+        for r in range(16 * t, 16 * t + 16):
+            for p in range(n_pairs):
+                k0, k1 = _pair_columns(p)
+                s, x0, x1, e0, e1 = scales[r, k0 // group], padded[r, k0], padded[r, k1], colw[k0], colw[k1]
+                best, best_d = 0, np.inf
+                for i in range(c.shape[0]):
+                    d = e0 * (x0 - s * c[i, 0]) ** 2 + e1 * (x1 - s * c[i, 1]) ** 2
+                    if d < best_d:
+                        best, best_d = i, d
+                idx[r, p] = best
+
+
+@numba.njit(parallel=True, cache=True)
+def _pair_refit_scales(padded, colw, group, centroids, idx, scales):
+    """Per (row, group): the weighted least-squares scale Σ e x c / Σ e c^2 for its assignments
+    (kept when the denominator is 0: every chosen centroid at the origin)."""
+    n_tiles, n_pairs = centroids.shape[0], idx.shape[1]
+    for t in numba.prange(n_tiles):
+        c = centroids[t]
+        for r in range(16 * t, 16 * t + 16):
+            num, den = np.zeros(scales.shape[1]), np.zeros(scales.shape[1])
+            for p in range(n_pairs):
+                k0, k1 = _pair_columns(p)
+                g, i = k0 // group, idx[r, p]
+                num[g] += colw[k0] * padded[r, k0] * c[i, 0] + colw[k1] * padded[r, k1] * c[i, 1]
+                den[g] += colw[k0] * c[i, 0] ** 2 + colw[k1] * c[i, 1] ** 2
+            for g in range(scales.shape[1]):
+                if den[g] > 0:
+                    scales[r, g] = num[g] / den[g]
+
+
+@numba.njit(parallel=True, cache=True)
+def _pair_move_centroids(padded, colw, group, scales, idx, centroids):
+    """Every tile's centroid i, per coordinate -> the weighted mean of the x_d / s assigned to it
+    (weight e_d s^2); a centroid with nothing assigned is kept."""
+    n_tiles, n_pairs = centroids.shape[0], idx.shape[1]
+    for t in numba.prange(n_tiles):
+        num, den = np.zeros((16, 2)), np.zeros((16, 2))
+        for r in range(16 * t, 16 * t + 16):
+            for p in range(n_pairs):
+                k0, k1 = _pair_columns(p)
+                s, i = scales[r, k0 // group], idx[r, p]
+                num[i, 0] += colw[k0] * s * padded[r, k0]
+                den[i, 0] += colw[k0] * s * s
+                num[i, 1] += colw[k1] * s * padded[r, k1]
+                den[i, 1] += colw[k1] * s * s
+        for i in range(16):
+            for d in range(2):
+                if den[i, d] > 0:
+                    centroids[t, i, d] = num[i, d] / den[i, d]
+
+
+def _fit_pairs(padded: np.ndarray, colw: np.ndarray, group: int, iterations: int):
+    """(Mp, Kp) weights, (Kp,) column weights -> (pair indices (Mp, Kp/2) uint8, fp16 scales
+    (Mp, Kp/G), int8 codebooks (Mp/16, 32): c0 of the 16 centroids, then c1)."""
+    rows, cols = padded.shape
+    n_tiles = rows // quant_types.TILE_ROWS
+    groups = padded.reshape(rows, cols // group, group)
+    amax = np.abs(groups).max(axis=2)
+    scales = np.where(amax > 0, amax / HIGH, 1.0)                            # the grid's top on max |w|
+    start = np.stack(np.meshgrid(PAIR_GRID, PAIR_GRID, indexing="ij"), axis=-1).reshape(16, 2)
+    centroids = np.ascontiguousarray(np.broadcast_to(start, (n_tiles, 16, 2)), dtype=np.float64)
+    idx = np.empty((rows, cols // 2), dtype=np.int64)
+    for _ in range(iterations):
+        _pair_assign(padded, colw, group, centroids, scales, idx)
+        _pair_move_centroids(padded, colw, group, scales, idx, centroids)
+        _pair_assign(padded, colw, group, centroids, scales, idx)
+        _pair_refit_scales(padded, colw, group, centroids, idx, scales)
+    # int8 centroids filling [-64, 63] (the scales absorb the factor), then refits with them fixed
+    top = np.maximum(np.maximum(centroids.max(axis=(1, 2)) / HIGH, centroids.min(axis=(1, 2)) / LOW), 1e-30)
+    books = np.clip(np.rint(centroids / top[:, None, None]), LOW, HIGH)
+    scales = scales * np.repeat(top, quant_types.TILE_ROWS)[:, None]
+    for _ in range(2):
+        _pair_assign(padded, colw, group, books, scales, idx)
+        _pair_refit_scales(padded, colw, group, books, idx, scales)
+    scales16 = _fp16(scales)
+    _pair_assign(padded, colw, group, books, scales16.astype(np.float64), idx)
+    tile_books = np.concatenate([books[:, :, 0], books[:, :, 1]], axis=1).astype(np.int8)
+    return idx.astype(np.uint8), scales16, tile_books
+
+
 def method_label(rtn_label: str) -> str:
     """What a file records for a codebook tensor fitted with rtn's settings ("rtn imatrix calib=..."
     -> "codebook-kmeans imatrix calib=...")."""
@@ -205,6 +312,14 @@ def fit(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = No
     padded_rows, padded_cols = qtype.padded_shape(rows, cols)
     padded = np.zeros((padded_rows, padded_cols), dtype=np.float64)
     padded[:rows, :cols] = weight
+    if qtype.index_span() == 2:
+        if rows_per_codebook != quant_types.TILE_ROWS:
+            raise ValueError(f"{qtype.name} learns its centroids per tile of {quant_types.TILE_ROWS} rows")
+        colw = column_weights(importance, cols, qtype.group).reshape(-1)
+        indices, scales16, tile_books = _fit_pairs(padded, colw, qtype.group, iterations)
+        data = quant_types.pack_codebook(qtype, indices, scales16, tile_books, cols)
+        restored = quant_types.dequantize_codebook(qtype, indices, scales16, tile_books)[:rows, :cols]
+        return QuantizedTensor(qtype, (rows, cols), data, method, *_squares(weight, restored))
     per_row = padded_cols // qtype.group
     groups = padded.reshape(-1, qtype.group)                                   # (Mp * Kp/G, G)
     weights = column_weights(importance, cols, qtype.group)                    # (Kp/G, G)

@@ -16,8 +16,9 @@ numbers either way. auto = packed at the widths in AUTO_PACKED_BITS (8), where m
 faster (measured: benchmarks/README.md "Two ways to multiply"), bit-planes at every other width; never
 at 5 or 6 bits, whose packed types store a byte per level (a larger file); bitplane / packed force
 one (packed exists at 4, 5, 6, 8 bits). codebook stores every 4-bit tensor as c4g<G><a|s> (4-bit indices
-into 16 levels learned per 16 rows, convert.codebook; the multiply-add kernels) and the other widths
-as auto does. The choice is per tensor and recorded by its type's name.
+into 16 levels learned per 16 rows, convert.codebook; the multiply-add kernels), every 2-bit tensor as
+v2g<G>s (a 4-bit index per pair of weights into 16 2-D centroids per 16 rows; groups of 64 unless
+--group 128, scale only) and the other widths as auto does. The choice is per tensor and recorded by its type's name.
 A kept source grid stays bit-planes under auto: the LUT path multiplies float activations (SmolLM2's
 Q4_1 GGUF converted by default follows its source to KL 1e-6), where int8 activations on its Q8_0
 head measured KL 8.7e-4 and 98 % top-1 agreement (tests/test_gguf_grid.py).
@@ -45,6 +46,7 @@ LAYOUTS = ("auto", "bitplane", "packed", "codebook")
 # the register-blocked gemm costs 0.66-0.77x u4's CPU time, decode 1.19x on Qwen, 0.95x on SmolLM2
 # at 2 threads) not switched yet: it waits for a quiet-machine run and SmolLM2's perplexity
 AUTO_PACKED_BITS = (8,)
+CODEBOOK_LAYOUT_BITS = quant_types.CODEBOOK_BITS + (quant_types.VECTOR_BITS,)   # --layout codebook: c4, v2
 
 
 @dataclass
@@ -59,9 +61,13 @@ class PlanSettings:
     def validate(self) -> None:
         if self.layout not in LAYOUTS:
             raise EdgeqError(f"--layout {self.layout} is not supported; choose one of {', '.join(LAYOUTS)}")
-        if self.layout == "codebook" and self.linear() not in quant_types.CODEBOOK_BITS:
-            raise EdgeqError(f"--layout codebook stores {', '.join(map(str, quant_types.CODEBOOK_BITS))}-bit "
+        if self.layout == "codebook" and self.linear() not in CODEBOOK_LAYOUT_BITS:
+            raise EdgeqError(f"--layout codebook stores {' and '.join(map(str, CODEBOOK_LAYOUT_BITS))}-bit "
                              f"types, not --bits {self.linear()}")
+        if (self.layout == "codebook" and self.linear() == quant_types.VECTOR_BITS and self.group is not None
+                and self.group not in quant_types.VECTOR_GROUPS):
+            raise EdgeqError(f"--layout codebook at 2 bits takes --group "
+                             f"{' or '.join(map(str, quant_types.VECTOR_GROUPS))}, not {self.group}")
         if self.layout == "packed" and self.linear() not in quant_types.PACKED_BITS:
             raise EdgeqError(f"--layout packed stores {', '.join(map(str, quant_types.PACKED_BITS))}-bit "
                              f"types, not --bits {self.linear()}; use --layout auto or bitplane")
@@ -98,7 +104,7 @@ class PlanSettings:
 
     def family_for(self, bits: int) -> str:
         """The family a tensor of `bits` bits is stored in under --layout."""
-        if self.layout == "codebook" and bits in quant_types.CODEBOOK_BITS:
+        if self.layout == "codebook" and bits in CODEBOOK_LAYOUT_BITS:
             return quant_types.CODEBOOK
         packed = {"auto": bits in AUTO_PACKED_BITS, "bitplane": False, "packed": True,
                   "codebook": bits in AUTO_PACKED_BITS}[self.layout]
@@ -109,6 +115,8 @@ def type_for_bits(bits: int, settings: PlanSettings) -> QuantType:
     if bits in PLAIN_BITS:
         return quant_types.TYPES[PLAIN_BITS[bits]]
     family = settings.family_for(bits)
+    if family == quant_types.CODEBOOK and bits == quant_types.VECTOR_BITS:   # scale only; G 64 or 128
+        return quant_types.codebook_type(bits, settings.group or quant_types.VECTOR_GROUPS[0], True)
     if family == quant_types.CODEBOOK:
         return quant_types.codebook_type(bits, settings.group_size(), settings.symmetric)
     return quant_types.uniform_type(bits, settings.group_size(), settings.symmetric, family)

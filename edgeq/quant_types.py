@@ -17,6 +17,9 @@ Each row names its family: how the type's weights are stored and multiplied. Tod
                     scale per group of G (no min: the levels carry any offset, so no a|s suffix), for
                     the same int8 multiply-add kernels (an index becomes its level by one table lookup
                     in registers: pshufb / vpermb / tbl). Fitted by convert.codebook.
+                    v2g<G>s: the same family at 2 bits per weight: a 4-bit index per pair of weights
+                    into 16 learned 2-D centroids per tile (a vector codebook), decoded by two
+                    lookups per index into the same multiply-add. Fitted by convert.codebook too.
 Code dispatches on the family (the per-family functions here), never on a type's name; nothing
 else in the project switches on type names; tests and tools iterate TYPES. A family not handled
 by a function is an error, never a fall-through to bit-planes.
@@ -88,6 +91,19 @@ Layout of a codebook tensor (c4g<G>), ISA-neutral:
     most 1/256 of the tile's range, far below the 16-level step.
   - Why per tile: the kernels load the 16 levels once per tile into one register; a per-tensor
     codebook is the same layout with every tile's copy equal (the converter measures both).
+
+Layout of a 2-D codebook tensor (v2g<G>s), ISA-neutral: the codebook layout above with
+  - codebook[32] int8 at the start of each tile: the 16 centroids (c0, c1) as c0 of all 16, then c1
+    of all 16, each in [-64, 63];
+  - per group scale[16] fp16 (no min), then the pair indices as w / 16 quads of 64 bytes
+    [w/16][16 rows][4]: byte (j, r, i) holds in its low nibble the index P of the pair of columns
+    (16j+i, 16j+4+i) and in its high nibble the index Q of (16j+8+i, 16j+12+i);
+  - w[16j+i] = scale c0[P], w[16j+4+i] = scale c1[P], w[16j+8+i] = scale c0[Q], w[16j+12+i] = scale c1[Q].
+  Pairs are columns 4 apart within each 8 (column k with k % 8 < 4 and k + 4) so that one quad
+  decodes, by a lookup of each nibble in c0 and in c1, into exactly the four 16-row x 4-column runs
+  of levels the c4 kernels multiply (no byte interleave). Here the pair indices are an (Mp, Ks / 2)
+  array in pair order: pair p = 4m + i covers columns 8m + i and 8m + 4 + i, so that they pack as
+  the p4 layout packs levels over Ks / 2 columns.
 """
 from __future__ import annotations
 
@@ -107,7 +123,7 @@ CODEBOOK = "codebook"
 FAMILIES = (PLAIN, UNIFORM_BITPLANE, UNIFORM_PACKED, CODEBOOK)
 UNIFORM_FAMILIES = (UNIFORM_BITPLANE, UNIFORM_PACKED)    # grouped uniform levels: every method writes both
 BLOB_FAMILIES = (UNIFORM_BITPLANE, UNIFORM_PACKED, CODEBOOK)  # stored as I8 blobs of 16-row tiles
-CODEBOOK_SIZE = 16                   # levels per codebook (4-bit indices)
+CODEBOOK_SIZE = 16                   # entries per codebook (4-bit indices): levels, or 2-D centroids
 CODEBOOK_LEVELS = (-64, 63)          # the range of a codebook level (int8)
 
 
@@ -157,9 +173,13 @@ class QuantType:
         return 2 * TILE_ROWS * (1 if self.symmetric else 2)
 
     def level_bits(self) -> int:
-        """Packed and codebook families: bits each level (index) takes in the file (a nibble at 4
-        bits, else a byte)."""
-        return 4 if self.bits == 4 else 8
+        """Packed and codebook families: bits each weight's level (index) takes in the file (a
+        nibble at 4 bits, half a nibble for v2's pairs, else a byte)."""
+        return self.bits if self.bits <= 4 else 8
+
+    def index_span(self) -> int:
+        """Codebook family: weights per index (2 for v2's pairs, else 1)."""
+        return 2 if self.family == CODEBOOK and self.bits == 2 else 1
 
     def block_bytes(self, width: int | None = None) -> int:
         """Bytes of one (tile, group) block of `width` stored columns (default G): scales, mins, then
@@ -172,8 +192,8 @@ class QuantType:
         raise _unknown_family(self.family)
 
     def tile_header_bytes(self) -> int:
-        """Bytes at the start of every tile before its first block: the codebook family's levels."""
-        return CODEBOOK_SIZE if self.family == CODEBOOK else 0
+        """Bytes at the start of every tile before its first block: the codebook family's entries."""
+        return CODEBOOK_SIZE * self.index_span() if self.family == CODEBOOK else 0
 
     def nbytes(self, rows: int, cols: int, compact_tail: bool = True) -> int:
         if self.family == PLAIN:
@@ -209,6 +229,7 @@ PACKED_BITS = (4, 5, 6, 8)      # the widths multiply-add can win at (benchmarks
 GROUPS = (32, 64, 128)
 LAYOUTS = {UNIFORM_BITPLANE: "u", UNIFORM_PACKED: "p"}   # family -> the type names' first letter
 CODEBOOK_BITS = (4,)
+VECTOR_BITS, VECTOR_GROUPS = 2, (64, 128)   # v2g<G>s: 2-D codebook (benchmarks/README.md: G = 32 lost)
 ZERO_BITS = (4, 5, 8)           # z types: llama.cpp's Q4_0, Q5_0, Q8_0 grids (blocks of 32)
 ZERO_GROUP = 32
 
@@ -218,8 +239,8 @@ def _suffix(symmetric: bool, integer_zero: bool = False) -> str:
 
 
 def _build_table() -> dict[str, QuantType]:
-    """f32, f16, then per family in LAYOUTS order every (bits, group, a|s), the codebook types, then
-    the z types: ids never change, new rows go at the end."""
+    """f32, f16, then per family in LAYOUTS order every (bits, group, a|s), the codebook types, the
+    z types, then the 2-D codebook types: ids never change, new rows go at the end."""
     table = {
         "f32": QuantType("f32", 0, PLAIN, 32, 0, False, "<f4"),
         "f16": QuantType("f16", 1, PLAIN, 16, 0, False, "<f2"),
@@ -243,6 +264,10 @@ def _build_table() -> dict[str, QuantType]:
             name = f"{LAYOUTS[family]}{bits}g{ZERO_GROUP}z"
             table[name] = QuantType(name, next_id, family, bits, ZERO_GROUP, True, "u1", integer_zero=True)
             next_id += 1
+    for group in VECTOR_GROUPS:
+        name = f"v{VECTOR_BITS}g{group}s"
+        table[name] = QuantType(name, next_id, CODEBOOK, VECTOR_BITS, group, True, "u1")
+        next_id += 1
     return table
 
 
@@ -260,7 +285,8 @@ def uniform_type(bits: int, group: int, symmetric: bool, family: str = UNIFORM_B
 
 
 def codebook_type(bits: int, group: int, symmetric: bool) -> QuantType:
-    name = f"c{bits}g{group}{_suffix(symmetric)}"
+    """c4g<G><a|s> at 4 bits, v2g<G>s (2-D centroids) at 2."""
+    name = f"{'v' if bits == VECTOR_BITS else 'c'}{bits}g{group}{_suffix(symmetric)}"
     if name not in TYPES:
         raise KeyError(name)
     return TYPES[name]
@@ -391,9 +417,12 @@ def _scale_bytes(qtype: QuantType, scales, mins, n_tiles: int, n_groups: int) ->
 
 def _pack_packed(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
                  cols: int) -> np.ndarray:
-    """The packed family's pack: levels (Mp, >= Ks) -> tiles of (scales, mins, level quads) blocks."""
-    group, stored = qtype.group, qtype.stored_cols(cols)
-    n_tiles, n_full, width = levels.shape[0] // TILE_ROWS, stored // qtype.group, stored % qtype.group
+    """The packed family's pack: levels (Mp, >= Ks) -> tiles of (scales, mins, level quads) blocks.
+    v2 (index_span 2): levels are the pair indices (Mp, >= Ks / 2), packed as 4-bit levels over Ks / 2
+    columns in groups of G / 2."""
+    span = qtype.index_span()
+    group, stored = qtype.group // span, qtype.stored_cols(cols) // span
+    n_tiles, n_full, width = levels.shape[0] // TILE_ROWS, stored // group, stored % group
     q = levels[:, :stored].astype(np.uint8).reshape(n_tiles, TILE_ROWS, stored)
     headers = _scale_bytes(qtype, scales[:, :n_full + (width > 0)],
                            None if mins is None else mins[:, :n_full + (width > 0)], n_tiles, n_full + (width > 0))
@@ -409,14 +438,15 @@ def _pack_packed(qtype: QuantType, levels: np.ndarray, scales: np.ndarray, mins:
 
 def _unpack_packed(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
     """The packed family's unpack: -> (levels (Mp, Ks), scales (Mp, ceil(K/G)), mins or None)."""
-    group, stored, header = qtype.group, qtype.stored_cols(cols), qtype.header_bytes()
+    span = qtype.index_span()                                              # v2: pair indices, as _pack_packed
+    group, stored, header = qtype.group // span, qtype.stored_cols(cols) // span, qtype.header_bytes()
     n_tiles = -(-rows // TILE_ROWS)
     tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
     levels = np.zeros((n_tiles, TILE_ROWS, stored), dtype=np.uint8)
     headers, at = [], 0
     for start in range(0, stored, group):
         width = min(group, stored - start)
-        block = tiles[:, at:at + qtype.block_bytes(width)]
+        block = tiles[:, at:at + qtype.block_bytes(width * span)]
         headers.append(block[:, None, :header])
         if qtype.level_bits() == 8:
             q = block[:, header:].reshape(n_tiles, width // 4, TILE_ROWS, 4).transpose(0, 2, 1, 3)
@@ -424,7 +454,7 @@ def _unpack_packed(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
             nibbles = block[:, header:].reshape(n_tiles, width // 8, TILE_ROWS, 1, 4)
             q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=3).transpose(0, 2, 1, 3, 4)
         levels[:, :, start:start + width] = q.reshape(n_tiles, TILE_ROWS, width)
-        at += qtype.block_bytes(width)
+        at += qtype.block_bytes(width * span)
     headers = np.concatenate(headers, axis=1)
     n_groups, span = headers.shape[1], 2 * TILE_ROWS
 
@@ -436,38 +466,52 @@ def _unpack_packed(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
 
 def pack_codebook(qtype: QuantType, indices: np.ndarray, scales: np.ndarray, codebooks: np.ndarray,
                   cols: int | None = None, mins: np.ndarray | None = None) -> np.ndarray:
-    """Codebook family: indices (Mp, >= Ks) uint8 in [0, 16), scales (Mp, ceil(K/G)), codebooks
-    (Mp / 16, 16) int8 in [-64, 63] -> the tensor's bytes (each tile: its codebook, then its blocks)."""
+    """Codebook family: indices (Mp, >= Ks / span) uint8 in [0, 16) (v2: pair indices in pair order),
+    scales (Mp, ceil(K/G)), codebooks (Mp / 16, 16 x span) int8 in [-64, 63] (v2: c0 of the 16
+    centroids, then c1) -> the tensor's bytes (each tile: its codebook, then its blocks)."""
     if qtype.family != CODEBOOK:
         raise _unknown_family(qtype.family)
     codebooks = np.asarray(codebooks)
     low, high = CODEBOOK_LEVELS
     if codebooks.min() < low or codebooks.max() > high:
         raise ValueError(f"codebook levels must lie in [{low}, {high}]")
-    n_tiles = indices.shape[0] // TILE_ROWS
-    blocks = _pack_packed(qtype, indices, scales, mins, indices.shape[1] if cols is None else cols)
-    head = codebooks.astype(np.int8).view(np.uint8).reshape(n_tiles, CODEBOOK_SIZE)
+    n_tiles, span = indices.shape[0] // TILE_ROWS, qtype.index_span()
+    blocks = _pack_packed(qtype, indices, scales, mins, indices.shape[1] * span if cols is None else cols)
+    head = codebooks.astype(np.int8).view(np.uint8).reshape(n_tiles, CODEBOOK_SIZE * span)
     return np.concatenate([head, blocks.reshape(n_tiles, -1)], axis=1).reshape(-1)
 
 
 def unpack_codebook(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
-    """Codebook family bytes -> (indices (Mp, Ks) uint8, scales (Mp, ceil(K/G)) f16, codebooks
-    (Mp / 16, 16) int8)."""
+    """Codebook family bytes -> (indices (Mp, Ks / span) uint8, scales (Mp, ceil(K/G)) f16, codebooks
+    (Mp / 16, 16 x span) int8, mins or None)."""
     if qtype.family != CODEBOOK:
         raise _unknown_family(qtype.family)
     n_tiles = -(-rows // TILE_ROWS)
     tiles = np.asarray(data, dtype=np.uint8).reshape(n_tiles, -1)
-    indices, scales, mins = _unpack_packed(qtype, tiles[:, CODEBOOK_SIZE:].reshape(-1), rows, cols)
-    return indices, scales, np.ascontiguousarray(tiles[:, :CODEBOOK_SIZE]).view(np.int8), mins
+    head = qtype.tile_header_bytes()
+    indices, scales, mins = _unpack_packed(qtype, tiles[:, head:].reshape(-1), rows, cols)
+    return indices, scales, np.ascontiguousarray(tiles[:, :head]).view(np.int8), mins
+
+
+def codebook_levels(qtype: QuantType, indices: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """(Mp, Ks / span) indices and (Mp / 16, 16 x span) codebooks -> (Mp, Ks) float32 levels: each
+    index's level (c4), or each pair index's c0 at column 8m + i and c1 at 8m + 4 + i (v2)."""
+    per_row = np.repeat(np.asarray(codebooks, dtype=np.float32), TILE_ROWS, axis=0)    # (Mp, 16 span)
+    index = indices.astype(np.intp)
+    if qtype.index_span() == 1:
+        return np.take_along_axis(per_row, index, axis=1)
+    rows, n_pairs = index.shape
+    first = np.take_along_axis(per_row[:, :CODEBOOK_SIZE], index, axis=1).reshape(rows, n_pairs // 4, 1, 4)
+    second = np.take_along_axis(per_row[:, CODEBOOK_SIZE:], index, axis=1).reshape(rows, n_pairs // 4, 1, 4)
+    return np.concatenate([first, second], axis=2).reshape(rows, 2 * n_pairs)
 
 
 def dequantize_codebook(qtype: QuantType, indices: np.ndarray, scales: np.ndarray, codebooks: np.ndarray,
                         mins: np.ndarray | None = None) -> np.ndarray:
-    """(Mp, Ks) indices, (Mp, ceil(Ks/G)) scales and mins (asymmetric types), (Mp/16, 16) codebooks
-    -> (Mp, Ks) float32: scale * level, then + min (two roundings, as the C reference)."""
-    stored = indices.shape[1]
-    per_row = np.repeat(np.asarray(codebooks, dtype=np.float32), TILE_ROWS, axis=0)       # (Mp, 16)
-    values = np.take_along_axis(per_row, indices.astype(np.intp), axis=1)
+    """(Mp, Ks / span) indices, (Mp, ceil(Ks/G)) scales and mins (asymmetric types), (Mp/16, 16 x span)
+    codebooks -> (Mp, Ks) float32: scale * level, then + min (two roundings, as the C reference)."""
+    values = codebook_levels(qtype, indices, codebooks)
+    stored = values.shape[1]
     expand = lambda a: np.repeat(a.astype(np.float32), qtype.group, axis=1)[:, :stored]
     scaled = expand(scales) * values
     return scaled if qtype.symmetric else scaled + expand(mins)

@@ -1,4 +1,4 @@
-"""The codebook family (c4g<G><a|s>): numpy twin <-> C reference <-> every kernel set, the fitting
+"""The codebook family (c4g<G><a|s>, and v2g<G>s: 2-D centroids per pair): numpy twin <-> C reference <-> every kernel set, the fitting
 against the uniform types at equal bits, and `--layout codebook` end to end."""
 from __future__ import annotations
 
@@ -20,26 +20,32 @@ SIMD = [name for name in _ffi.kernel_sets() if name not in ("ref", "scalar")]
 
 
 def random_codebook_tensor(qtype, rows, cols, rng):
-    """(bytes, indices, scales, codebooks, mins) with random everything; padding indices random too."""
+    """(bytes, indices, scales, codebooks, mins) with random everything; padding indices random too.
+    v2: an index per pair of columns, 32 entries per tile (c0 of 16 centroids, then c1)."""
     padded_rows, padded_cols = qtype.padded_shape(rows, cols)
-    indices = rng.integers(0, 16, size=(padded_rows, padded_cols), dtype=np.uint8)
+    span = qtype.index_span()
+    indices = rng.integers(0, 16, size=(padded_rows, padded_cols // span), dtype=np.uint8)
     scales = rng.normal(0.0, 0.01, size=(padded_rows, padded_cols // qtype.group)).astype(np.float16)
     mins = None if qtype.symmetric else rng.normal(0.0, 0.3, size=scales.shape).astype(np.float16)
-    books = rng.integers(-64, 64, size=(padded_rows // 16, 16))
+    books = rng.integers(-64, 64, size=(padded_rows // 16, 16 * span))
     data = quant_types.pack_codebook(qtype, indices, scales, books, cols, mins)
     return data, indices, scales, books, mins
 
 
 def test_the_table_names_and_sizes():
-    assert [t.name for t in CODEBOOK] == ["c4g32a", "c4g32s", "c4g64a", "c4g64s", "c4g128a", "c4g128s"]
+    assert [t.name for t in CODEBOOK] == ["c4g32a", "c4g32s", "c4g64a", "c4g64s", "c4g128a", "c4g128s",
+                                          "v2g64s", "v2g128s"]
     table = {row["name"]: row for row in _ffi.qtype_table()}
     for qtype in CODEBOOK:
         assert table[qtype.name]["id"] == qtype.id and table[qtype.name]["family"] == "codebook"
         for rows, cols in ((1, 1), (17, 33), (100, 130), (576, 1536)):
             assert _ffi.nbytes(qtype.name, rows, cols) == qtype.nbytes(rows, cols)
-        # a tile: 16 levels, then exactly the p4 blocks of the same group and symmetry
-        p4 = quant_types.uniform_type(4, qtype.group, qtype.symmetric, quant_types.UNIFORM_PACKED)
-        assert qtype.nbytes(48, 200) == p4.nbytes(48, 200) + 3 * 16
+        if qtype.bits == 4:   # a tile: 16 levels, then exactly the p4 blocks of the same group and symmetry
+            p4 = quant_types.uniform_type(4, qtype.group, qtype.symmetric, quant_types.UNIFORM_PACKED)
+            assert qtype.nbytes(48, 200) == p4.nbytes(48, 200) + 3 * 16
+        else:                 # 32 centroid bytes, then blocks as large as u2g<G>s's: 2 bits a weight + scales
+            u2 = quant_types.uniform_type(2, qtype.group, True)
+            assert qtype.nbytes(48, 200) == u2.nbytes(48, 200) + 3 * 32
 
 
 @pytest.mark.parametrize("qtype", CODEBOOK, ids=lambda t: t.name)
@@ -50,11 +56,16 @@ def test_numpy_twin_round_trips_and_every_set_dequantizes_its_bits(qtype):
         assert data.size == qtype.nbytes(rows, cols)
         got_indices, got_scales, got_books, got_mins = quant_types.unpack_codebook(qtype, data, rows, cols)
         stored = qtype.stored_cols(cols)
-        assert np.array_equal(got_indices, indices[:, :stored]) and np.array_equal(got_scales, scales[:, :got_scales.shape[1]])
+        assert np.array_equal(got_indices, indices[:, :stored // qtype.index_span()]) and np.array_equal(got_scales, scales[:, :got_scales.shape[1]])
         assert np.array_equal(got_books, books) and (mins is None) == (got_mins is None)
         expected = quant_types.dequantize(qtype, data, rows, cols)
         per_row = np.repeat(books, 16, axis=0).astype(np.float32)
-        level = np.take_along_axis(per_row, indices.astype(np.intp), axis=1)[:rows, :cols]
+        if qtype.index_span() == 1:
+            level = np.take_along_axis(per_row, indices.astype(np.intp), axis=1)[:rows, :cols]
+        else:   # column k: pair 4 (k // 8) + k % 4, its c0 (k % 8 < 4) or c1 (edgeq.h)
+            k = np.arange(indices.shape[1] * 2)
+            entry = 16 * (k % 8 >= 4) + indices[:, 4 * (k // 8) + k % 4].astype(np.intp)
+            level = np.take_along_axis(per_row, entry, axis=1)[:rows, :cols]
         scaled = np.repeat(scales.astype(np.float32), qtype.group, axis=1)[:rows, :cols] * level
         formula = scaled if mins is None else scaled + np.repeat(mins.astype(np.float32), qtype.group, axis=1)[:rows, :cols]
         assert np.array_equal(expected.view(np.uint32), formula.view(np.uint32))
@@ -127,6 +138,33 @@ def test_fitting_beats_uniform_types_at_equal_bits(seed):
             assert books.min() >= -64 and books.max() <= 63
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pair_fitting_beats_uniform_2_bits(seed):
+    """v2g<G>s (2 bits a weight, 32 centroid bytes per 16 rows) against rtn on u2g<G>s, the same
+    scales and bits (the fit starts from u2's grid): at most 0.6 of its weighted error; and v2g64s
+    (2.28 bits a weight here) no worse than u2g32a (3 bits). Centroids within [-64, 63], the C
+    reference's dequantization equals the numpy twin's, and an unweighted fit is worse where E[x^2] counts."""
+    rng = np.random.default_rng(seed)
+    weight, importance = heavy_tailed_layer(rng)
+    error = lambda qtype, data: methods.weighted_error(weight, quant_types.dequantize(qtype, data, *weight.shape),
+                                                       importance)
+    errors = {}
+    for group in quant_types.VECTOR_GROUPS:
+        ours = quant_types.codebook_type(2, group, True)
+        tensor = codebook.fit(weight, ours, importance)
+        errors[ours.name] = error(ours, tensor.data)
+        uniform = quant_types.uniform_type(2, group, True)
+        assert errors[ours.name] < 0.6 * error(uniform, methods.rtn(weight, uniform, importance).data), ours.name
+        assert ours.bits_per_weight(*weight.shape) - 2 - 16 / group == pytest.approx(16 / 512)   # 32 bytes per 16 x 512
+        books = quant_types.unpack_codebook(ours, tensor.data, *weight.shape)[2]
+        assert books.shape[1] == 32 and books.min() >= -64 and books.max() <= 63
+        assert np.array_equal(_ffi.dequantize(ours.name, tensor.data, *weight.shape),
+                              quant_types.dequantize(ours, tensor.data, *weight.shape))
+    u2g32a = quant_types.TYPES["u2g32a"]
+    assert errors["v2g64s"] <= error(u2g32a, methods.rtn(weight, u2g32a, importance).data)
+    assert error(quant_types.TYPES["v2g64s"], codebook.fit(weight, quant_types.TYPES["v2g64s"]).data) > errors["v2g64s"]
+
+
 def test_fitting_uses_the_importance():
     """Weighted by E[x^2], the error where it counts is lower than the unweighted fit's."""
     rng = np.random.default_rng(7)
@@ -139,12 +177,13 @@ def test_fitting_uses_the_importance():
     assert plain.method == "codebook-kmeans" and weighted.sq_error > 0
 
 
-def test_per_tile_chunks_equal_the_whole():
+@pytest.mark.parametrize("name", ["c4g32s", "v2g64s"])
+def test_per_tile_chunks_equal_the_whole(name):
     """One codebook per 16-row tile: quantizing rows in chunks of whole tiles gives the same bytes
     (the converter quantizes big tensors chunk by chunk)."""
     rng = np.random.default_rng(3)
     weight, _ = heavy_tailed_layer(rng, rows=70, cols=160)
-    qtype = quant_types.TYPES["c4g32s"]
+    qtype = quant_types.TYPES[name]
     whole = codebook.fit(weight, qtype).data
     parts = np.concatenate([codebook.fit(weight[:32], qtype).data, codebook.fit(weight[32:], qtype).data])
     assert np.array_equal(whole, parts)
@@ -185,6 +224,34 @@ def test_layout_codebook_writes_and_runs(codebook_file):
         assert np.abs(got - expected).max() < 0.02 * np.ptp(expected), isa
 
 
+def test_layout_codebook_at_2_bits_writes_and_runs(tiny_qwen, tmp_path):
+    """--layout codebook --bits 2: the linear layers are v2g64s (2-D centroids per pair), the
+    embeddings c4 (4 bits), the head bit-planes; the C forward pass on every set follows the numpy
+    reference's (int8 activations: the packed family's tolerance)."""
+    path = tmp_path / "tiny.v2"
+    convert(tiny_qwen, path, PlanSettings(bits=2, layout="codebook"), progress=False,
+            method=MethodSettings(method="rtn"))
+    model = ModelFile(path)
+    types = {t.name: t.qtype.name for t in model.tensors.values()}
+    assert types["blk.0.ffn_down.weight"] == "v2g64s" and types["blk.0.attn_v.weight"] == "v2g64s"
+    assert types["token_embd.weight"].startswith("c4g") and types["output.weight"].startswith("u6g"), types
+    assert model.tensors["blk.0.ffn_down.weight"].method == "codebook-kmeans-clip-search"
+    prompt = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 3, 42, 9, 199, 3, 88]
+    expected = Reference(model.config, model.load).forward(prompt)
+    previous = _ffi.isa()
+    for isa in _ffi.kernel_sets():
+        _ffi.select_isa(isa)
+        try:
+            handle = _ffi.model_open(path, threads=2, kv_fp32=True)
+            try:
+                got = _ffi.model_eval(handle, prompt, all_logits=True)
+            finally:
+                _ffi.model_close(handle)
+        finally:
+            _ffi.select_isa(previous)
+        assert np.abs(got - expected).max() < 0.02 * np.ptp(expected), isa
+
+
 def test_cli_convert_codebook_and_info(tiny_llama, tmp_path):
     out = tmp_path / "tiny.c4"
     env = dict(os.environ, EDGEQ_ISA="")
@@ -202,8 +269,10 @@ def test_cli_convert_codebook_and_info(tiny_llama, tmp_path):
 
 
 def test_bad_codebook_requests_are_one_line_errors(tiny_llama, tmp_path):
-    with pytest.raises(EdgeqError, match="--layout codebook stores 4-bit types, not --bits 3"):
+    with pytest.raises(EdgeqError, match="--layout codebook stores 4 and 2-bit types, not --bits 3"):
         PlanSettings(bits=3, layout="codebook").validate()
+    with pytest.raises(EdgeqError, match="--layout codebook at 2 bits takes --group 64 or 128, not 32"):
+        PlanSettings(bits=2, group=32, layout="codebook").validate()
     for method in ("gptq", "hqq"):
         with pytest.raises(EdgeqError, match=f"--method {method} does not fit codebook types"):
             convert(tiny_llama, tmp_path / "x.eq", PlanSettings(bits=4, layout="codebook"), progress=False,

@@ -39,9 +39,11 @@ def random_packed(qtype: QuantType, rows: int, cols: int, rng: np.random.Generat
     tiny = rng.random(scales.shape) < 0.1
     scales[tiny] = rng.normal(0.0, 3e-6, size=int(tiny.sum()))     # fp16 subnormals (< 6.1e-5)
     mins = None if qtype.symmetric else rng.normal(0.0, 0.5, size=(padded_rows, n_groups))
-    if qtype.family == quant_types.CODEBOOK:     # levels are indices into each tile's random levels
-        books = rng.integers(-64, 64, size=(padded_rows // TILE_ROWS, 16))
-        return quant_types.pack_codebook(qtype, levels, scales.astype(np.float16), books, cols,
+    if qtype.family == quant_types.CODEBOOK:     # indices (v2: per pair) into each tile's random entries
+        span = qtype.index_span()
+        indices = rng.integers(0, 16, size=(padded_rows, padded_cols // span), dtype=np.uint8)
+        books = rng.integers(-64, 64, size=(padded_rows // TILE_ROWS, 16 * span))
+        return quant_types.pack_codebook(qtype, indices, scales.astype(np.float16), books, cols,
                                          None if mins is None else mins.astype(np.float16))
     return pack(qtype, levels, scales.astype(np.float16), None if mins is None else mins.astype(np.float16), cols)
 
@@ -67,7 +69,7 @@ def scales_and_mins(qtype: QuantType, data: np.ndarray, rows: int, cols: int, wi
     mins or None) of any grouped type; without with_levels, (None, scales, mins)."""
     if qtype.family == quant_types.CODEBOOK:
         indices, scales, books, mins = quant_types.unpack_codebook(qtype, data, rows, cols)
-        levels = np.take_along_axis(np.repeat(books.astype(np.int16), TILE_ROWS, axis=0), indices.astype(np.intp), axis=1)
+        levels = quant_types.codebook_levels(qtype, indices, books).astype(np.int16)   # (twin: tests/test_codebook.py)
     else:
         levels, scales, mins = unpack(qtype, data, rows, cols)
     return (levels if with_levels else None), scales, mins

@@ -29,6 +29,14 @@
  * Codebook layout (c4g{G}{a|s}: 4-bit indices into 16 learned levels): tiles as the packed family's,
  * each starting with codebook[16] int8 (levels in [-64, 63]), then exactly the blocks of p4g{G}{a|s}
  * with indices in place of levels: w = scale * codebook[index] (+ min, asymmetric; no zero point).
+ * 2-D codebook layout (v2g{G}s: 2 bits per weight, a 4-bit index per pair of weights): tiles as the
+ * codebook's, each starting with codebook[32] int8 (16 centroids (c0, c1): c0 of all 16, then c1 of
+ * all 16, each in [-64, 63]), then per group scale[16] fp16 and the pair indices as 64-byte quads
+ * [quad][16 rows][4]: quad j covers columns 16j..16j+15, byte (j, r, i) holds in its low nibble the
+ * index P of the pair (16j+i, 16j+4+i) and in its high nibble the index Q of (16j+8+i, 16j+12+i):
+ * w[16j+i] = scale c0[P], w[16j+4+i] = scale c1[P], w[16j+8+i] = scale c0[Q], w[16j+12+i] = scale c1[Q]
+ * (c_g/16 quads per group). So one quad decodes, by two table lookups per nibble, into the four
+ * 16-row x 4-column blocks of levels the codebook family's kernels multiply.
  * Plain types (f32, f16) are (M, K) row-major little-endian floats.
  */
 #ifndef EDGEQ_H
@@ -75,7 +83,7 @@ const char *eq_error_string(int code);
  * u{bits}g{group}{a|s} for bits in 2,3,4,5,6,8, group in 32,64,128, asymmetric before symmetric,
  * then the packed p{bits}g{group}{a|s} for bits in 4,5,6,8 in the same order, then the codebook
  * c4g{group}{a|s}, then the z types u{4,5,8}g32z, p{4,5,8}g32z: symmetric with the integer zero
- * point 2^(bits-1), llama.cpp's Q4_0 / Q5_0 / Q8_0 grids)
+ * point 2^(bits-1), llama.cpp's Q4_0 / Q5_0 / Q8_0 grids, then the 2-D codebook types v2g{64,128}s)
  * ------------------------------------------------------------------------------------------- */
 
 typedef enum eq_qtype {
@@ -153,7 +161,9 @@ typedef enum eq_qtype {
     EQ_QTYPE_P4G32Z = 71,
     EQ_QTYPE_P5G32Z = 72,
     EQ_QTYPE_P8G32Z = 73,
-    EQ_QTYPE_COUNT = 74
+    EQ_QTYPE_V2G64S = 74,
+    EQ_QTYPE_V2G128S = 75,
+    EQ_QTYPE_COUNT = 76
 } eq_qtype;
 
 /* Layout constants shared by every packed type. */
@@ -162,7 +172,7 @@ enum {
     EQ_CHUNK_COLS = 8,  /* columns covered by one plane byte (low nibble 0..3, high nibble 4..7) */
     EQ_GROUP_STEP = 32, /* a partial last group is stored in a multiple of this many columns */
     EQ_PACKED_BLOCK_COLS = 32,  /* uniform packed: activations per int8 scale in multiply-add kernels */
-    EQ_CODEBOOK_SIZE = 16       /* codebook: int8 levels at the start of every tile (4-bit indices) */
+    EQ_CODEBOOK_SIZE = 16       /* codebook: entries (int8 levels, or 2-D centroids) per tile: 4-bit indices */
 };
 
 /* How a type's weights are stored and multiplied; kernels and the loader dispatch on the family,
@@ -171,7 +181,7 @@ typedef enum eq_qfamily {
     EQ_QFAMILY_PLAIN = 0,             /* "plain": f32 / f16, (M, K) row-major */
     EQ_QFAMILY_UNIFORM_BITPLANE = 1,  /* "uniform-bitplane": the u{b}g{G}{a|s} bit-plane layout above */
     EQ_QFAMILY_UNIFORM_PACKED = 2,    /* "uniform-packed": the p{b}g{G}{a|s} level layout above */
-    EQ_QFAMILY_CODEBOOK = 3,          /* "codebook": the c4g{G}{a|s} layout above */
+    EQ_QFAMILY_CODEBOOK = 3,          /* "codebook": the c4g{G}{a|s} and v2g{G}s layouts above */
     EQ_QFAMILY_COUNT = 4
 } eq_qfamily;
 

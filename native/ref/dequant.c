@@ -102,7 +102,7 @@ static void dequantize_rows_uniform_packed(const eq_qtype_traits *type, const ui
 }
 
 /* out (row_count, cols) = rows [row_begin, row_begin + row_count) of a codebook tensor (edgeq.h):
- * w = scale * codebook[index] (+ min), the index read as the packed family reads a 4-bit level. */
+ * w = scale * level (+ min), the level its index selects (eq_codebook_level: c4 or v2). */
 static void dequantize_rows_codebook(const eq_qtype_traits *type, const uint8_t *data, size_t cols,
                                      size_t row_begin, size_t row_count, float *out)
 {
@@ -114,8 +114,8 @@ static void dequantize_rows_codebook(const eq_qtype_traits *type, const uint8_t 
     for (size_t i = 0; i < row_count; i++) {
         const size_t row = row_begin + i;
         const size_t lane = row % EQ_TILE_ROWS;
-        const int8_t *codebook = (const int8_t *)(data + row / EQ_TILE_ROWS * tile_bytes);   /* (16,) */
-        const uint8_t *block = data + row / EQ_TILE_ROWS * tile_bytes + EQ_CODEBOOK_SIZE;
+        const int8_t *codebook = (const int8_t *)(data + row / EQ_TILE_ROWS * tile_bytes);   /* (16 or 32,) */
+        const uint8_t *block = data + row / EQ_TILE_ROWS * tile_bytes + eq_tile_header_bytes(type);
         float *out_row = out + i * cols;                               /* (cols,) */
         for (size_t g = 0; g < n_groups; g++) {
             const size_t block_cols = eq_packed_group_cols(type, cols, g);
@@ -123,8 +123,8 @@ static void dequantize_rows_codebook(const eq_qtype_traits *type, const uint8_t 
             const float min = type->symmetric ? 0.0f : eq_read_f16le(block + 2 * EQ_TILE_ROWS + 2 * lane);
             const size_t col_end = g * group + block_cols < cols ? g * group + block_cols : cols;
             for (size_t col = g * group; col < col_end; col++) {
-                const unsigned index = eq_packed_level(block + header_bytes, 4, lane, col - g * group);
-                const float scaled = scale * (float)codebook[index];
+                const int level = eq_codebook_level(type, codebook, block + header_bytes, lane, col - g * group);
+                const float scaled = scale * (float)level;
                 out_row[col] = type->symmetric ? scaled : scaled + min;   /* two roundings: no FMA */
             }
             block += eq_packed_block_bytes(type, block_cols);

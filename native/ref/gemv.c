@@ -1,7 +1,8 @@
 /* ref/gemv.c — scalar reference GEMV, y = W x, reading the packed layouts directly.
  *
  * Uniform packed family (p*g*: whole levels for the multiply-add kernels): gemv_uniform_packed,
- * the same sums level by level; codebook family (c4g*): gemv_codebook, each index's level. Uniform bit-plane family (u*g*): gemv_packed below.
+ * the same sums level by level; codebook family (c4g*, v2g*): gemv_codebook, each index's level
+ * (eq_codebook_level). Uniform bit-plane family (u*g*): gemv_packed below.
  * The specification for the LUT kernels, and structured like them: tiles of 16 rows, groups,
  * bit-planes, 16-byte chunks; per group  Σ_k q[r,k] x[k] = Σ_p 2^p Σ_k bit_p(q[r,k]) x[k],  then
  *   asymmetric  y[r] += scale[r] * Σ q x + min[r] * Σ x
@@ -131,7 +132,7 @@ static void gemv_uniform_packed(const eq_qtype_traits *type, const uint8_t *data
 }
 
 /* y (rows,) = W x for a codebook W (rows, cols) (layout in edgeq.h): per tile and group,
- * Σ_k codebook[index[r,k]] x[k] over the group's columns < cols, then y[r] += scale[r] Σ + min[r] Σx
+ * Σ_k level[r,k] x[k] over the group's columns < cols (eq_codebook_level: c4 or v2), then y[r] += scale[r] Σ + min[r] Σx
  * (symmetric: no min term; the levels carry their own zero). Float activations, double sums. */
 static void gemv_codebook(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                           const float *x, float *y)
@@ -143,8 +144,8 @@ static void gemv_codebook(const eq_qtype_traits *type, const uint8_t *data, size
     const uint8_t *block = data;                                       /* tiles: codebook, then blocks */
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
-        const int8_t *codebook = (const int8_t *)block;                /* (16,) */
-        block += EQ_CODEBOOK_SIZE;
+        const int8_t *codebook = (const int8_t *)block;                /* (16,) or v2's (32,) */
+        block += eq_tile_header_bytes(type);
         double acc[EQ_TILE_ROWS] = {0};                                /* (16,) y of this tile */
         for (size_t g = 0; g < n_groups; g++) {
             const size_t block_cols = eq_packed_group_cols(type, cols, g);
@@ -157,7 +158,7 @@ static void gemv_codebook(const eq_qtype_traits *type, const uint8_t *data, size
             for (int r = 0; r < EQ_TILE_ROWS; r++) {
                 double dot = 0.0;                                      /* Σ_k level[r,k] x[k] */
                 for (size_t k = 0; k < n_valid; k++)
-                    dot += (double)codebook[eq_packed_level(indices, 4, (size_t)r, k)] * x_group[k];
+                    dot += (double)eq_codebook_level(type, codebook, indices, (size_t)r, k) * x_group[k];
                 acc[r] += (double)eq_read_f16le(block + 2 * r) * dot;
                 if (!type->symmetric)
                     acc[r] += (double)eq_read_f16le(block + 2 * EQ_TILE_ROWS + 2 * r) * x_sum;

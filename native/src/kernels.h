@@ -341,7 +341,8 @@ static inline size_t eq_packed_header_bytes(const eq_qtype_traits *type)
 
 static inline size_t eq_packed_block_bytes(const eq_qtype_traits *type, size_t block_cols)
 {
-    return eq_packed_header_bytes(type) + (type->bits == 4 ? 8u : 16u) * block_cols;
+    /* 16 rows x block_cols levels: a nibble per level at 4 bits, a nibble per pair (v2), else a byte */
+    return eq_packed_header_bytes(type) + (type->bits <= 4 ? 2u * (size_t)type->bits : 16u) * block_cols;
 }
 
 static inline size_t eq_packed_group_cols(const eq_qtype_traits *type, size_t cols, size_t g)
@@ -351,10 +352,16 @@ static inline size_t eq_packed_group_cols(const eq_qtype_traits *type, size_t co
     return left < (size_t)type->group ? left : (size_t)type->group;
 }
 
-/* Bytes before a tile's first block: the codebook family's 16 levels, else none. */
+/* Codebook family: weights per index, the dimension of an entry (c4: 1, v2: 2; edgeq.h). */
+static inline size_t eq_codebook_span(const eq_qtype_traits *type)
+{
+    return type->bits == 2 ? 2u : 1u;
+}
+/* Bytes before a tile's first block: the codebook family's 16 entries (int8 levels or centroid
+ * pairs, c0 of all 16 then c1), else none. */
 static inline size_t eq_tile_header_bytes(const eq_qtype_traits *type)
 {
-    return type->family == EQ_QFAMILY_CODEBOOK ? EQ_CODEBOOK_SIZE : 0u;
+    return type->family == EQ_QFAMILY_CODEBOOK ? EQ_CODEBOOK_SIZE * eq_codebook_span(type) : 0u;
 }
 
 /* (the codebook family's tiles too: its levels, then blocks laid out as p4g{G}{a|s}'s) */
@@ -373,6 +380,19 @@ static inline unsigned eq_packed_level(const uint8_t *levels, int bits, size_t r
         return col % 8 < 4 ? byte & 15u : byte >> 4;
     }
     return levels[(col / 4) * 64 + r * 4 + col % 4];
+}
+/* Level of weight (r, col) of a codebook block (col < the block's columns) from its tile's codebook
+ * (eq_tile_header_bytes of int8 at the tile's start): c4, codebook[index of col]; v2 (edgeq.h), the
+ * pair (col, col + 4) for col % 8 < 4 shares one index, col % 16 < 8 in a byte's low nibble, and
+ * takes c0 (codebook[index]) at col, c1 (codebook[16 + index]) at col + 4. */
+static inline int eq_codebook_level(const eq_qtype_traits *type, const int8_t *codebook,
+                                    const uint8_t *indices, size_t r, size_t col)
+{
+    if (eq_codebook_span(type) == 1)
+        return codebook[eq_packed_level(indices, 4, r, col)];
+    const uint8_t byte = indices[(col / 16) * 64 + r * 4 + col % 4];
+    const unsigned index = col % 16 < 8 ? byte & 15u : byte >> 4;
+    return codebook[(col % 8 < 4 ? 0u : EQ_CODEBOOK_SIZE) + index];
 }
 
 /* Little-endian readers: the file format is little-endian and mmapped data may be unaligned. */

@@ -116,6 +116,9 @@ static const eq_qtype_traits qtype_table[EQ_QTYPE_COUNT] = {
     [EQ_QTYPE_P4G32Z]  = {"p4g32z",  EQ_QTYPE_P4G32Z,  EQ_QFAMILY_UNIFORM_PACKED,   4,   32, true, true},
     [EQ_QTYPE_P5G32Z]  = {"p5g32z",  EQ_QTYPE_P5G32Z,  EQ_QFAMILY_UNIFORM_PACKED,   5,   32, true, true},
     [EQ_QTYPE_P8G32Z]  = {"p8g32z",  EQ_QTYPE_P8G32Z,  EQ_QFAMILY_UNIFORM_PACKED,   8,   32, true, true},
+    /* 2-D codebook: bits = 2 per weight, a 4-bit index per pair */
+    [EQ_QTYPE_V2G64S]  = {"v2g64s",  EQ_QTYPE_V2G64S,  EQ_QFAMILY_CODEBOOK,         2,   64, true},
+    [EQ_QTYPE_V2G128S] = {"v2g128s", EQ_QTYPE_V2G128S, EQ_QFAMILY_CODEBOOK,         2,  128, true},
 };
 
 _Static_assert(sizeof qtype_table / sizeof qtype_table[0] == EQ_QTYPE_COUNT,

@@ -306,7 +306,7 @@ typedef struct tensor {
     uint8_t *levels;                /* (padded_rows, n_groups * G) packed types */
     uint16_t *scales;               /* (padded_rows, n_groups) fp16 bits */
     uint16_t *mins;                 /* (padded_rows, n_groups) fp16 bits; asymmetric types only */
-    int8_t *codebooks;              /* (padded_rows / 16, 16) codebook types: each tile's levels */
+    int8_t *codebooks;              /* (padded_rows / 16, 16 x span) codebook types: each tile's entries */
     float *values;                  /* (rows, cols) plain types: each value, exactly */
     double *exact;                  /* (rows, cols) every type: W[row][k] exactly (weight_exact) */
     uint8_t *data;                  /* nbytes, the stored form */
@@ -405,6 +405,12 @@ static int8_t draw_codebook_level(rng *r, weight_pattern pattern)
     return 0;
 }
 
+/* Codebook types: weights per index, 2 for v2 (2-D centroids c0, c1 of a pair), else 1 (edgeq.h). */
+static size_t codebook_span(const eq_qtype_traits *type)
+{
+    return type->family == EQ_QFAMILY_CODEBOOK && type->bits == 2 ? 2u : 1u;
+}
+
 /* Multiply-add families: levels (packed) or indices (codebook) whole, in 64-byte quads. */
 static int has_quads(const eq_qtype_traits *type)
 {
@@ -423,12 +429,13 @@ static size_t stored_columns(const tensor *t, size_t g)
 }
 
 /* Bytes of one (tile, group) block: scale[16] fp16, min[16] fp16 (asymmetric), then b planes of
- * one 16-byte chunk per 8 stored columns, or (packed) a byte per level, a nibble at 4 bits. */
+ * one 16-byte chunk per 8 stored columns, or (packed) a byte per level, a nibble at 4 bits, a nibble
+ * per pair of columns (v2). */
 static size_t block_bytes(const tensor *t, size_t g)
 {
     const size_t scale_bytes = 2u * EQ_TILE_ROWS * (t->type->symmetric ? 1u : 2u);
     if (has_quads(t->type)) {
-        return scale_bytes + stored_columns(t, g) * EQ_TILE_ROWS / (t->type->bits == 4 ? 2u : 1u);
+        return scale_bytes + stored_columns(t, g) * EQ_TILE_ROWS / (t->type->bits == 4 ? 2u : t->type->bits == 2 ? 4u : 1u);
     }
     return scale_bytes + (size_t)t->type->bits * (stored_columns(t, g) / EQ_CHUNK_COLS) * EQ_TILE_ROWS;
 }
@@ -437,7 +444,7 @@ static size_t block_bytes(const tensor *t, size_t g)
  * a run of blocks, one per group. */
 static size_t layout_bytes(const tensor *t)
 {
-    size_t tile_bytes = t->type->family == EQ_QFAMILY_CODEBOOK ? EQ_CODEBOOK_SIZE : 0;
+    size_t tile_bytes = t->type->family == EQ_QFAMILY_CODEBOOK ? EQ_CODEBOOK_SIZE * codebook_span(t->type) : 0;
     for (size_t g = 0; g < t->n_groups; g++) {
         tile_bytes += block_bytes(t, g);
     }
@@ -451,9 +458,10 @@ static void pack_levels(const tensor *t, uint8_t *out)
     const size_t group = (size_t)t->type->group, padded_cols = t->n_groups * group;
     uint8_t *p = out;
     for (size_t tile = 0; tile < t->padded_rows / EQ_TILE_ROWS; tile++) {
-        if (t->type->family == EQ_QFAMILY_CODEBOOK) {   /* the tile's 16 levels first */
-            memcpy(p, t->codebooks + tile * EQ_CODEBOOK_SIZE, EQ_CODEBOOK_SIZE);
-            p += EQ_CODEBOOK_SIZE;
+        if (t->type->family == EQ_QFAMILY_CODEBOOK) {   /* the tile's 16 levels (v2: c0 of 16, c1 of 16) first */
+            const size_t entry_bytes = EQ_CODEBOOK_SIZE * codebook_span(t->type);
+            memcpy(p, t->codebooks + tile * entry_bytes, entry_bytes);
+            p += entry_bytes;
         }
         for (size_t g = 0; g < t->n_groups; g++) {
             for (int r = 0; r < EQ_TILE_ROWS; r++, p += 2) {
@@ -464,14 +472,18 @@ static void pack_levels(const tensor *t, uint8_t *out)
             }
             if (has_quads(t->type)) {
                 /* quads of 64 bytes [16 rows][4 columns]: byte (j, r, i) = level of column 4j + i,
-                 * or at 4 bits column 8j + i in the low nibble and 8j + 4 + i in the high one */
-                const size_t quad_cols = t->type->bits == 4 ? 8 : 4;
+                 * or at 4 bits column 8j + i in the low nibble and 8j + 4 + i in the high one, or
+                 * (v2) the pair index of column 16j + i (pair (16j+i, 16j+4+i)) in the low nibble
+                 * and of 16j + 8 + i in the high one */
+                const size_t quad_cols = t->type->bits == 4 ? 8 : t->type->bits == 2 ? 16 : 4;
                 for (size_t j = 0; j < stored_columns(t, g) / quad_cols; j++) {
                     for (int r = 0; r < EQ_TILE_ROWS; r++) {
                         const uint8_t *levels = t->levels + (tile * EQ_TILE_ROWS + (size_t)r) * padded_cols
                                                 + g * group + j * quad_cols;
                         for (int i = 0; i < 4; i++, p++) {
-                            *p = quad_cols == 8 ? (uint8_t)(levels[i] | (levels[4 + i] << 4)) : levels[i];
+                            *p = quad_cols == 8    ? (uint8_t)(levels[i] | (levels[4 + i] << 4))
+                                 : quad_cols == 16 ? (uint8_t)(levels[i] | (levels[8 + i] << 4))
+                                                   : levels[i];
                         }
                     }
                 }
@@ -555,14 +567,14 @@ static tensor make_tensor(rng *r, const eq_qtype_traits *type, const test_case *
     t.scales = checked_calloc(t.padded_rows * t.n_groups, sizeof(uint16_t));
     t.mins = checked_calloc(t.padded_rows * t.n_groups, sizeof(uint16_t));
     for (size_t i = 0; i < t.padded_rows * t.n_groups * group; i++) {
-        t.levels[i] = draw_level(r, c->weights, type->bits);
+        t.levels[i] = draw_level(r, c->weights, type->family == EQ_QFAMILY_CODEBOOK ? 4 : type->bits);
     }
     for (size_t i = 0; i < t.padded_rows * t.n_groups; i++) {
         t.scales[i] = draw_scale(r, c->weights);
         t.mins[i] = type->symmetric ? 0 : draw_min(r, c->weights);
     }
-    t.codebooks = checked_calloc(t.padded_rows, sizeof(int8_t));   /* 16 per tile of 16 rows */
-    for (size_t i = 0; type->family == EQ_QFAMILY_CODEBOOK && i < t.padded_rows; i++) {
+    t.codebooks = checked_calloc(t.padded_rows * codebook_span(type), sizeof(int8_t));   /* 16 x span per tile */
+    for (size_t i = 0; type->family == EQ_QFAMILY_CODEBOOK && i < t.padded_rows * codebook_span(type); i++) {
         t.codebooks[i] = draw_codebook_level(r, c->weights);
     }
     const size_t packed = layout_bytes(&t);
@@ -596,12 +608,14 @@ static double zero_point(const eq_qtype_traits *type)
     return type->integer_zero ? (double)(1u << (type->bits - 1)) : (double)((1u << type->bits) - 1u) / 2.0;
 }
 
-/* The level of W[row][k]: uniform, or the codebook entry its index selects. */
+/* The level of W[row][k]: uniform, or the codebook entry its index selects (v2: the pair (k, k + 4)
+ * for k % 8 < 4 is indexed by levels[k], and takes c0 at k, c1 at k + 4). */
 static int weight_level(const tensor *t, size_t row, size_t k)
 {
-    const int stored = t->levels[row * t->n_groups * (size_t)t->type->group + k];
+    const size_t span = codebook_span(t->type), second = span == 2 && k % 8 >= 4;
+    const int stored = t->levels[row * t->n_groups * (size_t)t->type->group + k - 4 * second];
     if (t->type->family == EQ_QFAMILY_CODEBOOK)
-        return t->codebooks[row / EQ_TILE_ROWS * EQ_CODEBOOK_SIZE + (size_t)stored];
+        return t->codebooks[(row / EQ_TILE_ROWS * span + second) * EQ_CODEBOOK_SIZE + (size_t)stored];
     return stored;
 }
 

@@ -1,4 +1,4 @@
-/* x86/avx2_codebook.c — int8 multiply-add kernels for the codebook family (c4g*), set `avx2`.
+/* x86/avx2_codebook.c — int8 multiply-add kernels for the codebook family (c4g*, v2g*), set `avx2`.
  *
  * The packed family's multiply-add (x86/avx2_packed.c, whose prepare it shares: int8 activations per
  * block of 32, float scale s_b, Σ xq and Σx̂ per block) with one lookup in front: per tile the 16 int8
@@ -10,6 +10,7 @@
  *     scalar's and neon's (which multiply the signed levels), then per block dot_f = fma(dot, s_b, dot_f),
  *     per group acc = fma(scale, dot_f, acc) (+ fma(min, Σx̂, .) for asymmetric types): the float steps
  *     of x86/avx512_codebook.c and arm/neon_codebook.c, so the three give the same bits.
+ * v2 (2-D centroids): the same with a second table (c1) and two lookups per nibble (block_dots).
  * One 32-byte load is 8 rows x 4 columns x 2 nibbles of a 64-byte quad (edgeq.h); decode takes one
  * vector at a time, prefill VECTORS per load of a tile's quad. Compiled for AVX2/FMA/F16C by its pragma;
  * reached only through the avx2 set after its cpuid check.
@@ -57,29 +58,39 @@ add_products(__m256i sum, __m256i codes, __m256i x4)
 }
 
 /* low[v], high[v] (8 x int32: rows 0-7, 8-15) = Σ over one block's 32 columns of (level + 64) xq_v
- * for v < vectors; indices: the block's first quad. Each quad is looked up once for every vector. */
+ * for v < vectors; indices: the block's first quad. A quad covers 8 x span columns as 2 x span runs
+ * of 4 (edgeq.h): run q takes the low nibbles (q < span) or the high ones, looked up in codes[q %
+ * span] (c4: its one table; v2: c0, then c1). Each quad is looked up once for every vector. */
 static inline __attribute__((always_inline)) void
-block_dots(const uint8_t *indices, __m256i codes, const int8_t *const *xq, const int vectors, __m256i *low,
-           __m256i *high)
+block_dots(const uint8_t *indices, const __m256i *codes, const int span, const int8_t *const *xq,
+           const int vectors, __m256i *low, __m256i *high)
 {
     const __m256i nibble = _mm256_set1_epi8(0x0f);
 EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++)
         low[v] = high[v] = _mm256_setzero_si256();
 EQ_UNROLL(4)
-    for (int j = 0; j < BLOCK / 8; j++) {
+    for (int j = 0; j < BLOCK / (8 * span); j++) {
         const __m256i rows_low = _mm256_loadu_si256((const __m256i *)(indices + 64 * j));
         const __m256i rows_high = _mm256_loadu_si256((const __m256i *)(indices + 64 * j + 32));
-        const __m256i low_first = _mm256_shuffle_epi8(codes, _mm256_and_si256(rows_low, nibble));
-        const __m256i low_second = _mm256_shuffle_epi8(codes, _mm256_and_si256(_mm256_srli_epi16(rows_low, 4), nibble));
-        const __m256i high_first = _mm256_shuffle_epi8(codes, _mm256_and_si256(rows_high, nibble));
-        const __m256i high_second = _mm256_shuffle_epi8(codes, _mm256_and_si256(_mm256_srli_epi16(rows_high, 4), nibble));
+        const __m256i nibbles_low[2] = {_mm256_and_si256(rows_low, nibble),
+                                        _mm256_and_si256(_mm256_srli_epi16(rows_low, 4), nibble)};
+        const __m256i nibbles_high[2] = {_mm256_and_si256(rows_high, nibble),
+                                         _mm256_and_si256(_mm256_srli_epi16(rows_high, 4), nibble)};
+        __m256i run_low[4], run_high[4];
 EQ_UNROLL(4)
-        for (int v = 0; v < vectors; v++) {
-            const __m256i x_first = broadcast4(xq[v] + 8 * j), x_second = broadcast4(xq[v] + 8 * j + 4);
-            low[v] = add_products(add_products(low[v], low_first, x_first), low_second, x_second);
-            high[v] = add_products(add_products(high[v], high_first, x_first), high_second, x_second);
+        for (int q = 0; q < 2 * span; q++) {
+            run_low[q] = _mm256_shuffle_epi8(codes[q % span], nibbles_low[q / span]);
+            run_high[q] = _mm256_shuffle_epi8(codes[q % span], nibbles_high[q / span]);
         }
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++)
+EQ_UNROLL(4)
+            for (int q = 0; q < 2 * span; q++) {
+                const __m256i x4 = broadcast4(xq[v] + 8 * span * j + 4 * q);
+                low[v] = add_products(low[v], run_low[q], x4);
+                high[v] = add_products(high[v], run_high[q], x4);
+            }
     }
 }
 
@@ -87,16 +98,17 @@ EQ_UNROLL(4)
  * bits do not depend on the batch it is in (the same float steps in the same order). */
 static inline __attribute__((always_inline)) void
 tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
-             const int vectors, const size_t group, const size_t n_rows, float *const *y)
+             const int vectors, const size_t group, const int span, const size_t n_rows, float *const *y)
 {
     const size_t n_groups = (cols + group - 1) / group;
     const size_t header_bytes = eq_packed_header_bytes(type);
-    const __m256i codes = load_codes(tile_data);
+    const __m256i codes[2] = {load_codes(tile_data),
+                              span == 2 ? load_codes(tile_data + EQ_CODEBOOK_SIZE) : _mm256_setzero_si256()};
     __m256 acc_low[VECTORS], acc_high[VECTORS];                       /* rows 0-7, 8-15 per vector */
 EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++)
         acc_low[v] = acc_high[v] = _mm256_setzero_ps();
-    const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE;
+    const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE * (size_t)span;
     for (size_t g = 0; g < n_groups; g++) {
         const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
         const uint8_t *indices = block + header_bytes;
@@ -113,7 +125,7 @@ EQ_UNROLL(4)
 EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = x[v].xq + b * BLOCK;
-            block_dots(indices + c / 8 * 64, codes, block_xq, vectors, low, high);
+            block_dots(indices + c * 8 / (size_t)span, codes, span, block_xq, vectors, low, high);
 EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 const __m256i bias = _mm256_set1_epi32(BIAS * x[v].xq_sum[b]);   /* Σ level xq, exact */
@@ -154,7 +166,7 @@ EQ_UNROLL(4)
 /* Every tile times every vector, `vectors` at a time (then one by one for the rest of the batch). */
 static inline __attribute__((always_inline)) void
 gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
-          float *y, size_t y_stride, const int vectors, const size_t group)
+          float *y, size_t y_stride, const int vectors, const size_t group, const int span)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
@@ -170,30 +182,35 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                 x[i] = eq_packed_acts_at(in->prepared + (v + (size_t)i) * in->stride, cols);
                 out[i] = y + (v + (size_t)i) * y_stride + row0;
             }
-            tile_vectors(type, tile_data, cols, x, vectors, group, n_rows, out);
+            tile_vectors(type, tile_data, cols, x, vectors, group, span, n_rows, out);
         }
         for (; v < in->n; v++) {
             x[0] = eq_packed_acts_at(in->prepared + v * in->stride, cols);
             out[0] = y + v * y_stride + row0;
-            tile_vectors(type, tile_data, cols, x, 1, group, n_rows, out);
+            tile_vectors(type, tile_data, cols, x, 1, group, span, n_rows, out);
         }
     }
 }
 
-/* gemm_body with the group as a constant for the table's types, a run-time body for any other */
+/* gemm_body with the group and span as constants for the table's types, a run-time body for any other */
 static inline __attribute__((always_inline)) void
 dispatch(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
          float *y, size_t y_stride, int vectors)
 {
-    switch (type->group) {
+    const int span = (int)eq_codebook_span(type);
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-    case 32: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 32); return;
-    case 64: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64); return;
-    case 128: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128); return;
-#endif
-    default:
-        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group);
+    switch (type->group + span - 1) {   /* groups are multiples of 32: span 2 sets bit 0 */
+    case 32: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 32, 1); return;
+    case 64: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64, 1); return;
+    case 128: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128, 1); return;
+    case 64 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64, 2); return;
+    case 128 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128, 2); return;
     }
+#endif
+    if (span == 2)
+        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group, 2);
+    else
+        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group, 1);
 }
 
 /* decode: one vector at a time */

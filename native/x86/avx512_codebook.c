@@ -1,10 +1,11 @@
-/* x86/avx512_codebook.c — int8 multiply-add kernels for the codebook family (c4g*) with AVX-512
+/* x86/avx512_codebook.c — int8 multiply-add kernels for the codebook family (c4g*, v2g*) with AVX-512
  * VNNI: the `avx512` set's paths for that family (x86/avx512.c names them in its struct).
  *
  * x86/avx512_packed.c's 4-bit path with one lookup in front: per tile the 16 int8 levels, biased by
  * +64 to u8 codes in [0, 127], fill every 128-bit lane of one register and vpshufb turns 64 nibble
  * indices (16 rows x 4 columns) into their codes; vpdpbusd multiplies them by the quad's 4 int8
- * activations broadcast to every row and adds into int32 without saturation. Per block of 32
+ * activations broadcast to every row and adds into int32 without saturation (v2: a second table of
+ * the centroids' c1, two lookups per nibble, block_dots). Per block of 32
  * dot = Σ (level + 64) xq - 64 Σ xq (exact: the integers of every set), then the float steps of
  * x86/avx2_codebook.c and arm/neon_codebook.c: per block dot_f = fma(dot, s_b, dot_f), per group
  * acc = fma(scale, dot_f, acc) (+ fma(min, Σx̂, .)), so the three sets give the same bits.
@@ -40,41 +41,55 @@ static inline __m512i broadcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-/* dot[v] (16 x int32) = Σ over one block's 32 columns of (level + 64) xq_v for the tile's 16 rows */
+/* dot[v] (16 x int32) = Σ over one block's 32 columns of (level + 64) xq_v for the tile's 16 rows.
+ * A quad covers 8 x span columns as 2 x span runs of 4 (edgeq.h): run q takes the low nibbles
+ * (q < span) or the high ones, looked up in codes[q % span] (c4: its one table; v2: c0, then c1). */
 static inline __attribute__((always_inline)) void
-block_dots(const uint8_t *indices, __m512i codes, const int8_t *const *xq, const int vectors, __m512i *dot)
+block_dots(const uint8_t *indices, const __m512i *codes, const int span, const int8_t *const *xq,
+           const int vectors, __m512i *dot)
 {
     const __m512i nibble = _mm512_set1_epi8(0x0f);
 EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         dot[v] = _mm512_setzero_si512();
 EQ_UNROLL(4)
-    for (int j = 0; j < BLOCK / 8; j++) {
+    for (int j = 0; j < BLOCK / (8 * span); j++) {
         const __m512i quad = _mm512_loadu_si512(indices + 64 * j);
-        const __m512i low = _mm512_shuffle_epi8(codes, _mm512_and_si512(quad, nibble));
-        const __m512i high = _mm512_shuffle_epi8(codes, _mm512_and_si512(_mm512_srli_epi16(quad, 4), nibble));
+        const __m512i nibbles[2] = {_mm512_and_si512(quad, nibble),
+                                    _mm512_and_si512(_mm512_srli_epi16(quad, 4), nibble)};
+        __m512i run[4];
+EQ_UNROLL(4)
+        for (int q = 0; q < 2 * span; q++)
+            run[q] = _mm512_shuffle_epi8(codes[q % span], nibbles[q / span]);
 EQ_UNROLL(8)
-        for (int v = 0; v < vectors; v++) {
-            dot[v] = _mm512_dpbusd_epi32(dot[v], low, broadcast4(xq[v] + 8 * j));
-            dot[v] = _mm512_dpbusd_epi32(dot[v], high, broadcast4(xq[v] + 8 * j + 4));
-        }
+        for (int v = 0; v < vectors; v++)
+EQ_UNROLL(4)
+            for (int q = 0; q < 2 * span; q++)
+                dot[v] = _mm512_dpbusd_epi32(dot[v], run[q], broadcast4(xq[v] + 8 * span * j + 4 * q));
     }
+}
+
+/* The tile's 16 levels (or one coordinate of its 16 centroids) + BIAS as u8 codes in every 128-bit
+ * lane: the vpshufb table. */
+static inline __m512i load_codes(const uint8_t *codebook)
+{
+    return _mm512_broadcast_i32x4(_mm_add_epi8(_mm_loadu_si128((const __m128i *)codebook), _mm_set1_epi8(BIAS)));
 }
 
 /* y[v] (16 rows of one tile) = W x_v for `vectors` prepared vectors (1 .. VECTORS) */
 static inline __attribute__((always_inline)) void
 tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
-             const int vectors, const size_t group, const __mmask16 row_mask, float *const *y)
+             const int vectors, const size_t group, const int span, const __mmask16 row_mask, float *const *y)
 {
     const size_t n_groups = (cols + group - 1) / group;
     const size_t header_bytes = eq_packed_header_bytes(type);
-    const __m512i codes = _mm512_broadcast_i32x4(
-        _mm_add_epi8(_mm_loadu_si128((const __m128i *)tile_data), _mm_set1_epi8(BIAS)));
+    const __m512i codes[2] = {load_codes(tile_data),
+                              span == 2 ? load_codes(tile_data + EQ_CODEBOOK_SIZE) : _mm512_setzero_si512()};
     __m512 acc[VECTORS];
 EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         acc[v] = _mm512_setzero_ps();
-    const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE;
+    const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE * (size_t)span;
     for (size_t g = 0; g < n_groups; g++) {
         const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
         const uint8_t *indices = block + header_bytes;
@@ -91,7 +106,7 @@ EQ_UNROLL(8)
 EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = x[v].xq + b * BLOCK;
-            block_dots(indices + c / 8 * 64, codes, block_xq, vectors, sums_int);
+            block_dots(indices + c * 8 / (size_t)span, codes, span, block_xq, vectors, sums_int);
 EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++) {
                 const __m512i exact = _mm512_sub_epi32(sums_int[v], _mm512_set1_epi32(BIAS * x[v].xq_sum[b]));
@@ -119,7 +134,7 @@ EQ_UNROLL(8)
 /* Every tile times every vector, `vectors` at a time (then 4, then one by one for the rest). */
 static inline __attribute__((always_inline)) void
 gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
-          float *y, size_t y_stride, const int vectors, const size_t group)
+          float *y, size_t y_stride, const int vectors, const size_t group, const int span)
 {
     const size_t n_tiles = (rows + EQ_TILE_ROWS - 1) / EQ_TILE_ROWS;
     const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
@@ -136,38 +151,43 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                 x[i] = eq_packed_acts_at(in->prepared + (v + (size_t)i) * in->stride, cols);
                 out[i] = y + (v + (size_t)i) * y_stride + row0;
             }
-            tile_vectors(type, tile_data, cols, x, vectors, group, row_mask, out);
+            tile_vectors(type, tile_data, cols, x, vectors, group, span, row_mask, out);
         }
         if (vectors > 4 && v + 4 <= in->n) {
             for (int i = 0; i < 4; i++) {
                 x[i] = eq_packed_acts_at(in->prepared + (v + (size_t)i) * in->stride, cols);
                 out[i] = y + (v + (size_t)i) * y_stride + row0;
             }
-            tile_vectors(type, tile_data, cols, x, 4, group, row_mask, out);
+            tile_vectors(type, tile_data, cols, x, 4, group, span, row_mask, out);
             v += 4;
         }
         for (; v < in->n; v++) {
             x[0] = eq_packed_acts_at(in->prepared + v * in->stride, cols);
             out[0] = y + v * y_stride + row0;
-            tile_vectors(type, tile_data, cols, x, 1, group, row_mask, out);
+            tile_vectors(type, tile_data, cols, x, 1, group, span, row_mask, out);
         }
     }
 }
 
-/* gemm_body with the group as a constant for the table's types, a run-time body for any other */
+/* gemm_body with the group and span as constants for the table's types, a run-time body for any other */
 static inline __attribute__((always_inline)) void
 dispatch(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
          float *y, size_t y_stride, int vectors)
 {
-    switch (type->group) {
+    const int span = (int)eq_codebook_span(type);
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-    case 32: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 32); return;
-    case 64: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64); return;
-    case 128: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128); return;
-#endif
-    default:
-        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group);
+    switch (type->group + span - 1) {   /* groups are multiples of 32: span 2 sets bit 0 */
+    case 32: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 32, 1); return;
+    case 64: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64, 1); return;
+    case 128: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128, 1); return;
+    case 64 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64, 2); return;
+    case 128 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128, 2); return;
     }
+#endif
+    if (span == 2)
+        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group, 2);
+    else
+        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group, 1);
 }
 
 /* decode: one vector at a time */
