@@ -3,6 +3,7 @@ runs once: convert.convert caches it per source), each file then scored by `edge
 
     python benchmarks/bench_mixed.py SRC OUTDIR --size 66.6MB 79.9MB --bpw 3.0 [--base F32] [--chunks 20]
     python benchmarks/bench_mixed.py SRC OUTDIR --size 428.73MB:17ms --profile P   # with a latency cap
+    python benchmarks/bench_mixed.py SRC OUTDIR --size 79.9MB --without v2g64s v2g128s   # A/B of candidates
 
 Each budget writes OUTDIR/edgeq-mixed-<budget>.eq (e.g. edgeq-mixed-size-66.600MB.eq, the name
 benchmarks/suite.py gives its variant mixed:66.6MB) and beside it <file>.json: the suite's conversion
@@ -61,22 +62,29 @@ def main() -> None:
     parser.add_argument("--base", default=None, help="a float model for KL (edgeq perplexity --base)")
     parser.add_argument("--chunks", type=int, default=20, help="perplexity chunks; 0: no perplexity")
     parser.add_argument("-t", "--threads", type=int, default=1)
+    parser.add_argument("--without", nargs="*", default=[],
+                        help="candidate types the plans may not use; each budget is converted twice, with every "
+                             "candidate and without these (file name ...-without-<types>.eq), from one analysis")
     args = parser.parse_args()
     budgets = [_budget(s) for s in args.size] + [_budget(b, "bpw") for b in args.bpw] + \
         [Budget("latency", ms) for ms in args.latency_ms]
     args.outdir.mkdir(parents=True, exist_ok=True)
-    for index, budget in enumerate(budgets):
+    runs = [(budget, without) for budget in budgets for without in ([()] + ([tuple(args.without)] if args.without else []))]
+    for index, (budget, without) in enumerate(runs):
         out = args.outdir / file_name(budget)
+        if without:
+            out = out.with_name(f"{out.stem}-without-{'-'.join(without)}{out.suffix}")
         start, cpu = time.perf_counter(), time.process_time()
         report = convert(args.source, out, progress=False,
-                         allocation=AllocationSettings(budget, args.profile if budget.needs_profile() else None))
+                         allocation=AllocationSettings(budget, args.profile if budget.needs_profile() else None,
+                                                       without))
         record = {"convert_s": time.perf_counter() - start, "convert_cpu_s": time.process_time() - cpu,
                   "convert_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "convert_command": f"edgeq convert SRC -o OUT {budget.describe()}"
                                      + (" --profile P" if budget.needs_profile() else "")
                                      + (" (analysis reused: bench_mixed.py)" if index else ""),
                   "converted": datetime.datetime.now().isoformat(timespec="seconds"), "source": args.source,
-                  "budget": budget.describe(), "file_bytes": report.file_bytes,
+                  "budget": budget.describe(), "without": list(without), "file_bytes": report.file_bytes,
                   "analysis": "reused from the first budget" if index else "measured", "allocation": report.allocation_lines}
         print("\n".join(report.allocation_lines), flush=True)
         if args.chunks > 0:

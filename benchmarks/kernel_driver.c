@@ -67,10 +67,26 @@ static uint8_t *random_weights(const eq_qtype_traits *type, size_t rows, size_t 
         }
         return data;
     }
-    size_t block_bytes = eq_block_bytes(type), scale_bytes = 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
-    for (size_t block = 0; block < *bytes / block_bytes; block++)
-        for (size_t i = 0; i < scale_bytes; i += 2)
-            data[block * block_bytes + i] = 0x00, data[block * block_bytes + i + 1] = 0x3c;
+    size_t scale_bytes = 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
+    if (type->family == EQ_QFAMILY_UNIFORM_BITPLANE) {
+        size_t block_bytes = eq_block_bytes(type);
+        for (size_t block = 0; block < *bytes / block_bytes; block++)
+            for (size_t i = 0; i < scale_bytes; i += 2)
+                data[block * block_bytes + i] = 0x00, data[block * block_bytes + i + 1] = 0x3c;
+        return data;
+    }
+    /* packed and codebook: tiles of (codebook levels in [-64, 63],) then one block per group */
+    const size_t tile_bytes = eq_packed_tile_bytes(type, cols), n_groups = (cols + type->group - 1) / type->group;
+    for (uint8_t *tile = data; tile < data + *bytes; tile += tile_bytes) {
+        for (size_t i = 0; i < eq_tile_header_bytes(type); i++)
+            tile[i] = (uint8_t)((tile[i] & 127u) - 64u);
+        uint8_t *block = tile + eq_tile_header_bytes(type);
+        for (size_t g = 0; g < n_groups; g++) {
+            for (size_t i = 0; i < scale_bytes; i += 2)
+                block[i] = 0x00, block[i + 1] = 0x3c;
+            block += eq_packed_block_bytes(type, eq_packed_group_cols(type, cols, g));
+        }
+    }
     return data;
 }
 

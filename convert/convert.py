@@ -29,6 +29,7 @@ class AllocationSettings:
     """A mixed-precision budget (`edgeq convert --bpw/--size/--latency-ms`): convert.allocate."""
     budget: "allocate.Budget"
     profile: str | None = None          # an `edgeq profile` file (needed by a latency budget)
+    without: tuple[str, ...] = ()       # candidate types the plan may not use (benchmarks' with/without runs)
 
 
 @dataclass
@@ -231,7 +232,8 @@ _ANALYSES: dict = {}
 def _allocate(model, load, allocation: AllocationSettings, method: MethodSettings, disable):
     """Statistics, scores, KL factors and the solved plan (convert.allocate) for `model`."""
     config, budget = model.config, allocation.budget
-    candidates = allocate.candidate_types()
+    every = allocate.candidate_types()                 # the analysis scores them all (one per source)
+    candidates = [t for t in every if t.name not in allocation.without]
     profile = allocate.load_profile(allocation.profile, config, candidates) if allocation.profile else None
     if budget.needs_profile() and profile is None:
         raise EdgeqError("--latency-ms needs --profile FILE (make one with `edgeq profile`)")
@@ -240,10 +242,10 @@ def _allocate(model, load, allocation: AllocationSettings, method: MethodSetting
     allocate.allocate(config, budget, {n: {t.name: 0.0 for t in candidates} for n in names}, {}, fixed, profile,
                       candidates)
     key = (str(model.provenance.get("source")), calibration.model_fingerprint(model.load, config), method.stats,
-           method.calib, method.calib_tokens, method.calib_ctx, tuple(t.name for t in candidates))
+           method.calib, method.calib_tokens, method.calib_ctx, tuple(t.name for t in every))
     if key not in _ANALYSES:
         _ANALYSES.clear()
-        _ANALYSES[key] = _analyse(model, load, method, candidates, disable)
+        _ANALYSES[key] = _analyse(model, load, method, every, disable)
     importance, calibration_hash, n_tokens, scores, factors, grids, rounded = _ANALYSES[key]
     chosen = allocate.allocate(config, budget, allocate.with_source_grids(scores, grids), factors, fixed, profile,
                                candidates)

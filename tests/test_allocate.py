@@ -241,18 +241,19 @@ def test_bpw_budget(tiny_llama, llama_stats, tmp_path):
     assert (tmp_path / "again.eq").read_bytes() == out.read_bytes()
 
 
-def test_a_plan_holds_codebook_types(tiny_llama, llama_stats, tmp_path):
-    """Codebook types are candidates like any other: at 4.5 bpw the tiny model's plan takes some
-    (their score is their weighted k-means fit's), the file stores each as convert.codebook fits it
-    with the statistics' E[x^2], and the C forward pass runs it."""
+@pytest.mark.parametrize("bpw, bits", [(4.5, 4), (2.6, 2)])
+def test_a_plan_holds_codebook_types(tiny_llama, llama_stats, tmp_path, bpw, bits):
+    """Codebook types are candidates like any other: at 4.5 bpw the tiny model's plan takes some c4
+    tensors, at 2.6 some v2 ones (2-D centroids) (their score is their weighted k-means fit's), the
+    file stores each as convert.codebook fits it with the statistics' E[x^2], and the C forward pass runs it."""
     from edgeq import _ffi
     from edgeq.convert import calibrate as calibration, codebook
     from edgeq.convert.sources import open_source
-    out = tmp_path / "mixed-4.5.eq"
-    report = _convert(tiny_llama, out, allocate.Budget("bpw", 4.5), llama_stats)
+    out = tmp_path / f"mixed-{bpw}.eq"
+    report = _convert(tiny_llama, out, allocate.Budget("bpw", bpw), llama_stats)
     model = _check_plan(out, "\n".join(report.allocation_lines))
     books = [n for n, t in report.allocation.plan.items() if t.family == quant_types.CODEBOOK]
-    assert books, report.allocation_lines
+    assert any(report.allocation.plan[n].bits == bits for n in books), report.allocation_lines
     source = open_source(tiny_llama)
     importance = calibration.load_stats(str(llama_stats), source.config,
                                         calibration.model_fingerprint(source.load, source.config))[0]
