@@ -215,8 +215,12 @@ class Variant:
         return flags
 
     def resolved(self) -> tuple[str, bool]:
-        """(rtn | hqq | gptq, whether it calibrates), as the converter resolves --method."""
-        return self.method_settings().resolve(self.bits)
+        """(rtn | hqq | gptq, whether it calibrates), as the converter resolves --method (auto fits a
+        codebook layout with rtn's settings: convert.convert)."""
+        method, uses_data = self.method_settings().resolve(self.bits)
+        if self.method == "auto" and self.plan_settings().family_for(self.bits) == "codebook":
+            method = "rtn"
+        return method, uses_data
 
     def linear_type(self):
         """The quant type the converter gives the linear layers (its name encodes bits, group,

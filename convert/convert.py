@@ -60,6 +60,8 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     settings.validate()
     method = method or MethodSettings()
     method_name, uses_data = method.resolve(settings.linear())
+    if method.method == "auto" and settings.family_for(settings.linear()) == quant_types.CODEBOOK:
+        method_name = "rtn"          # auto's gptq at <= 3 bits does not fit codebooks: their weighted k-means does
     start = time.perf_counter()
     output = Path(output)
     if Path(source).exists() and output.exists() and output.resolve() == Path(source).resolve():

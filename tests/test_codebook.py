@@ -225,17 +225,17 @@ def test_layout_codebook_writes_and_runs(codebook_file):
 
 
 def test_layout_codebook_at_2_bits_writes_and_runs(tiny_qwen, tmp_path):
-    """--layout codebook --bits 2: the linear layers are v2g64s (2-D centroids per pair), the
+    """--layout codebook --bits 2 (--method auto): the linear layers are v2g64s (2-D centroids per pair), the
     embeddings c4 (4 bits), the head bit-planes; the C forward pass on every set follows the numpy
     reference's (int8 activations: the packed family's tolerance)."""
     path = tmp_path / "tiny.v2"
-    convert(tiny_qwen, path, PlanSettings(bits=2, layout="codebook"), progress=False,
-            method=MethodSettings(method="rtn"))
+    convert(tiny_qwen, path, PlanSettings(bits=2, layout="codebook"), progress=False)   # --method auto
     model = ModelFile(path)
     types = {t.name: t.qtype.name for t in model.tensors.values()}
     assert types["blk.0.ffn_down.weight"] == "v2g64s" and types["blk.0.attn_v.weight"] == "v2g64s"
     assert types["token_embd.weight"].startswith("c4g") and types["output.weight"].startswith("u6g"), types
-    assert model.tensors["blk.0.ffn_down.weight"].method == "codebook-kmeans-clip-search"
+    # auto: not gptq (it does not fit codebooks) but the weighted k-means with the calibration's E[x^2]
+    assert model.tensors["blk.0.ffn_down.weight"].method.startswith("codebook-kmeans imatrix")
     prompt = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 3, 42, 9, 199, 3, 88]
     expected = Reference(model.config, model.load).forward(prompt)
     previous = _ffi.isa()
