@@ -217,8 +217,9 @@ class Variant:
     def resolved(self) -> tuple[str, bool]:
         """(rtn | hqq | gptq, whether it calibrates), as the converter resolves --method (auto fits a
         codebook layout with rtn's settings: convert.convert)."""
+        from edgeq.convert.gptq import fits
         method, uses_data = self.method_settings().resolve(self.bits)
-        if self.method == "auto" and self.plan_settings().family_for(self.bits) == "codebook":
+        if self.method == "auto" and method == "gptq" and not fits(self.linear_type()):
             method = "rtn"
         return method, uses_data
 
@@ -233,8 +234,9 @@ class Variant:
         (with rtn's settings: convert.codebook)."""
         from edgeq import quant_types
         method, uses_data = self.resolved()
-        method = "kmeans" if self.linear_type().family == quant_types.CODEBOOK else method
-        label = f"{method}-imatrix" if uses_data and method != "gptq" else method
+        if self.linear_type().family == quant_types.CODEBOOK:   # k-means, then gptq's pass or rtn's settings
+            method = "kmeans-gptq" if method == "gptq" else "kmeans"
+        label = f"{method}-imatrix" if uses_data and not method.endswith("gptq") else method
         return label + ("-act-order" if self.act_order else "")
 
     @property

@@ -18,8 +18,9 @@ from edgeq.fileformat import TensorPlanEntry, write_model_file
 
 from . import calibrate as calibration
 from . import allocate, codebook, gguf_grid, methods
+from .gptq import fits as gptq_fits
 from .calibrate import MethodSettings
-from .plan import PlanSettings, make_plan, source_grids
+from .plan import PlanSettings, make_plan, source_grids, type_for_bits
 from .quantize import method_name as storage_method, pack_grid_chunked, quantize_chunked
 from .sources import open_source
 
@@ -60,8 +61,8 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     settings.validate()
     method = method or MethodSettings()
     method_name, uses_data = method.resolve(settings.linear())
-    if method.method == "auto" and settings.family_for(settings.linear()) == quant_types.CODEBOOK:
-        method_name = "rtn"          # auto's gptq at <= 3 bits does not fit codebooks: their weighted k-means does
+    if method.method == "auto" and method_name == "gptq" and not gptq_fits(type_for_bits(settings.linear(), settings)):
+        method_name = "rtn"          # auto's gptq does not fit c4 codebooks: their weighted k-means does
     start = time.perf_counter()
     output = Path(output)
     if Path(source).exists() and output.exists() and output.resolve() == Path(source).resolve():
@@ -106,12 +107,14 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     else:
         methods_of = {name: method_name for name in to_fit}
     uses_data = uses_data and bool(to_fit)
-    for name in to_fit:
-        if plan[name].family == quant_types.CODEBOOK and methods_of[name] != "rtn" and chosen is not None:
+    for name in to_fit:              # c4: rtn's settings only (k-means); v2: those or gptq (convert.gptq)
+        fitting = ("rtn", "gptq") if gptq_fits(plan[name]) else ("rtn",)
+        if plan[name].family == quant_types.CODEBOOK and methods_of[name] not in fitting and chosen is not None:
             methods_of[name] = "rtn"     # a type the budget chose, not the user: its weighted k-means fit
-        elif plan[name].family == quant_types.CODEBOOK and methods_of[name] != "rtn":
+        elif plan[name].family == quant_types.CODEBOOK and methods_of[name] not in fitting:
             raise EdgeqError(f"--method {methods_of[name]} does not fit codebook types (--layout codebook "
-                             "fits by weighted k-means): use --method auto or rtn")
+                             f"fits by weighted k-means{' or gptq' if 'gptq' in fitting else ''}): use --method "
+                             f"auto or {' or '.join(fitting)}")
     tokens, importance, calibration_hash, n_tokens = None, None, "", 0
     if uses_data and method.stats is not None:
         importance, meta = calibration.load_stats(method.stats, model.config,

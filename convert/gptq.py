@@ -84,12 +84,19 @@ def prepare(weight: np.ndarray, hessian: np.ndarray, qtype: QuantType, act_order
     return w, h, importance, order
 
 
+def fits(qtype: QuantType) -> bool:
+    """Whether gptq writes this type: the uniform ones, and the 2-D codebook (gptq_pairs)."""
+    return qtype.is_uniform() or (qtype.family == quant_types.CODEBOOK and qtype.index_span() == 2)
+
+
 def gptq(weight: np.ndarray, qtype: QuantType, hessian: np.ndarray, damp: float = DAMP,
          block_size: int = BLOCK, act_order: bool = False, method: str = "gptq"):
     """(M, K) float, (K, K) XᵀX -> QuantizedTensor. Rows are independent, so callers may stack
     matrices that share an input (q/k/v, gate/up) and split the result."""
+    if fits(qtype) and not qtype.is_uniform():
+        return gptq_pairs(weight, qtype, hessian, damp, block_size, method)
     if not qtype.is_uniform():
-        raise ValueError(f"{qtype.name} is a {qtype.family} type; gptq writes uniform types")
+        raise ValueError(f"{qtype.name} is a {qtype.family} type; gptq writes uniform types and v2 codebooks")
     if weight.ndim != 2:
         raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
     group, n_max = qtype.group, float((1 << qtype.bits) - 1)
@@ -136,6 +143,70 @@ def gptq(weight: np.ndarray, qtype: QuantType, hessian: np.ndarray, damp: float 
         w[:, stop:] -= block @ u[start:stop, stop:]
     levels = levels_visited[:, position]                                 # back to the original order
     return pack_result(np.asarray(weight, np.float32), qtype, levels, scales16, mins16, method)
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_pairs(block, u_block, scale, centroids, idx_out):
+    """block (Mp, B) current weights of B columns in pair order (a pair's two columns adjacent),
+    u_block (B, B), scale (Mp, B/2) each pair's fp16 scale, centroids (Mp/16, 16, 2) each tile's.
+    Per row and pair (a, b = a + 1): the centroid that minimizes the pair's GPTQ cost e_a^2 + e_b^2,
+    e_a = (w_a - s c0) / U_aa, e_b = (w_b - e_a U_ab - s c1) / U_bb (b's weight after a's error);
+    then both errors spread over the later columns of the block, which keeps the scaled errors."""
+    rows, width = block.shape
+    for r in numba.prange(rows):
+        c = centroids[r // 16]
+        for q in range(width // 2):
+            a, b = 2 * q, 2 * q + 1
+            s, ua, ub, uab = scale[r, q], u_block[a, a], u_block[b, b], u_block[a, b]
+            best, best_cost = 0, np.inf
+            for i in range(c.shape[0]):
+                ea = (block[r, a] - s * c[i, 0]) / ua
+                eb = (block[r, b] - ea * uab - s * c[i, 1]) / ub
+                cost = ea * ea + eb * eb
+                if cost < best_cost:
+                    best, best_cost = i, cost
+            idx_out[r, q] = best
+            ea = (block[r, a] - s * c[best, 0]) / ua
+            for k in range(b, width):
+                block[r, k] -= ea * u_block[a, k]
+            eb = (block[r, b] - s * c[best, 1]) / ub
+            for k in range(b + 1, width):
+                block[r, k] -= eb * u_block[b, k]
+            block[r, a], block[r, b] = ea, eb
+
+
+def gptq_pairs(weight: np.ndarray, qtype: QuantType, hessian: np.ndarray, damp: float = DAMP,
+               block_size: int = BLOCK, method: str = "gptq"):
+    """GPTQ for the 2-D codebook (v2g<G>s, GPTVQ's idea): centroids and scales from the weighted
+    k-means (convert.codebook, columns weighted by diag H), then the pairs (k, k + 4) visited in
+    order, each one's two columns adjacent, every pair's centroid chosen against the weights the
+    earlier pairs' errors updated, its errors spread as GPTQ spreads a column's."""
+    from . import codebook
+    from .quantize import QuantizedTensor, _squares
+    if weight.ndim != 2:
+        raise ValueError(f"{qtype.name} needs a 2-D tensor, got shape {weight.shape}")
+    w, h, importance, _ = prepare(weight, hessian, qtype, False)
+    padded_rows, padded_cols = w.shape
+    indices, scales16, books = codebook._fit_pairs(w, column_weights(importance, padded_cols, qtype.group).reshape(-1),
+                                                   qtype.group, codebook.KMEANS_ITERATIONS)
+    pair = np.arange(padded_cols // 2)
+    order = np.stack([8 * (pair // 4) + pair % 4, 8 * (pair // 4) + pair % 4 + 4], axis=1).reshape(-1)
+    w = np.ascontiguousarray(w[:, order])                                # pair p's columns at 2p, 2p + 1
+    u = inverse_hessian_factor(h[np.ix_(order, order)], damp)
+    centroids = np.stack([books[:, :16], books[:, 16:]], axis=2).astype(np.float64)   # (Mp/16, 16, 2)
+    pair_scale = np.repeat(scales16.astype(np.float64), qtype.group // 2, axis=1)     # (Mp, Kp/2)
+    block_size -= block_size % 2
+    for start in range(0, padded_cols, block_size):
+        stop = min(start + block_size, padded_cols)
+        block = w[:, start:stop].copy()
+        _quantize_pairs(block, np.ascontiguousarray(u[start:stop, start:stop]),
+                        np.ascontiguousarray(pair_scale[:, start // 2:stop // 2]), centroids,
+                        indices[:, start // 2:stop // 2])
+        w[:, stop:] -= block @ u[start:stop, stop:]
+    rows, cols = weight.shape
+    data = quant_types.pack_codebook(qtype, indices, scales16, books, cols)
+    restored = quant_types.dequantize_codebook(qtype, indices, scales16, books)[:rows, :cols]
+    return QuantizedTensor(qtype, (rows, cols), data, method, *_squares(np.asarray(weight, np.float32), restored))
 
 
 def _current_group(w, block, u, start, i, positions):

@@ -165,6 +165,27 @@ def test_pair_fitting_beats_uniform_2_bits(seed):
     assert error(quant_types.TYPES["v2g64s"], codebook.fit(weight, quant_types.TYPES["v2g64s"]).data) > errors["v2g64s"]
 
 
+def test_gptq_on_pairs_lowers_the_layer_output_error():
+    """convert.gptq.gptq_pairs (the k-means centroids and scales, then pairs visited GPTQ-style with
+    their errors spread) against the k-means fit alone, on a layer with correlated heavy-tailed
+    inputs: at most half the output error Σ ||(W - Q) x||^2; and better than gptq on u2g64s, the
+    uniform type of the same scales."""
+    from edgeq.convert import gptq
+    rng = np.random.default_rng(11)
+    weight, _ = heavy_tailed_layer(rng, rows=48, cols=256)
+    x = (rng.standard_t(5, size=(1024, 256)) * rng.gamma(0.5, 1.0, 256)) @ (np.eye(256) + 0.1 * rng.normal(size=(256, 256)))
+    hessian = x.T @ x
+    qtype = quant_types.TYPES["v2g64s"]
+    error = lambda t: gptq.layer_output_error(weight, quant_types.dequantize(t.qtype, t.data, *weight.shape), hessian)
+    fitted, paired = codebook.fit(weight, qtype, np.diag(hessian)), gptq.gptq(weight, qtype, hessian)
+    assert error(paired) < 0.5 * error(fitted)
+    assert error(paired) < error(gptq.gptq(weight, quant_types.TYPES["u2g64s"], hessian))
+    assert paired.qtype is qtype and np.array_equal(_ffi.dequantize("v2g64s", paired.data, *weight.shape),
+                                                    quant_types.dequantize(qtype, paired.data, *weight.shape))
+    with pytest.raises(ValueError, match="gptq writes uniform types and v2 codebooks"):
+        gptq.gptq(weight, quant_types.TYPES["c4g64s"], hessian)
+
+
 def test_fitting_uses_the_importance():
     """Weighted by E[x^2], the error where it counts is lower than the unweighted fit's."""
     rng = np.random.default_rng(7)
@@ -225,7 +246,7 @@ def test_layout_codebook_writes_and_runs(codebook_file):
 
 
 def test_layout_codebook_at_2_bits_writes_and_runs(tiny_qwen, tmp_path):
-    """--layout codebook --bits 2 (--method auto): the linear layers are v2g64s (2-D centroids per pair), the
+    """--layout codebook --bits 2 (--method auto: gptq): the linear layers are v2g64s (2-D centroids per pair), the
     embeddings c4 (4 bits), the head bit-planes; the C forward pass on every set follows the numpy
     reference's (int8 activations: the packed family's tolerance)."""
     path = tmp_path / "tiny.v2"
@@ -234,8 +255,8 @@ def test_layout_codebook_at_2_bits_writes_and_runs(tiny_qwen, tmp_path):
     types = {t.name: t.qtype.name for t in model.tensors.values()}
     assert types["blk.0.ffn_down.weight"] == "v2g64s" and types["blk.0.attn_v.weight"] == "v2g64s"
     assert types["token_embd.weight"].startswith("c4g") and types["output.weight"].startswith("u6g"), types
-    # auto: not gptq (it does not fit codebooks) but the weighted k-means with the calibration's E[x^2]
-    assert model.tensors["blk.0.ffn_down.weight"].method.startswith("codebook-kmeans imatrix")
+    # auto at 2 bits: gptq, which fits v2 (convert.gptq.gptq_pairs), on the calibration's Hessians
+    assert model.tensors["blk.0.ffn_down.weight"].method.startswith("gptq ")
     prompt = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 3, 42, 9, 199, 3, 88]
     expected = Reference(model.config, model.load).forward(prompt)
     previous = _ffi.isa()
@@ -278,5 +299,9 @@ def test_bad_codebook_requests_are_one_line_errors(tiny_llama, tmp_path):
             convert(tiny_llama, tmp_path / "x.eq", PlanSettings(bits=4, layout="codebook"), progress=False,
                     method=MethodSettings(method=method))
         assert not (tmp_path / "x.eq").exists()
+    with pytest.raises(EdgeqError, match="--method hqq does not fit codebook types .* or gptq.*auto or rtn or gptq"):
+        convert(tiny_llama, tmp_path / "x.eq", PlanSettings(bits=2, layout="codebook"), progress=False,
+                method=MethodSettings(method="hqq"))
+    assert not (tmp_path / "x.eq").exists()
     with pytest.raises(ValueError, match="not a codebook type"):
         codebook.fit(np.zeros((16, 64), np.float32), quant_types.TYPES["p4g64a"])
