@@ -272,9 +272,10 @@ def test_a_plan_holds_codebook_types(tiny_llama, llama_stats, tmp_path, bpw, bit
 
 
 def test_gptq_with_a_budget_fits_the_codebook_tensors_it_chose_by_kmeans(tiny_llama, tmp_path):
-    """--method gptq with a budget: the plan's uniform linear layers get gptq, the codebook ones (a
+    """--method gptq with a budget: the plan's uniform and v2 linear layers get gptq, the c4 ones (a
     type the budget chose, not the user) their weighted k-means fit, instead of an error."""
     from edgeq.convert import AllocationSettings, MethodSettings, convert
+    from edgeq.convert.gptq import fits
     out = tmp_path / "mixed-gptq.eq"
     report = convert(tiny_llama, out, progress=False, method=MethodSettings(method="gptq", calib_tokens=256, calib_ctx=64),
                      allocation=AllocationSettings(allocate.Budget("bpw", 4.5)))
@@ -283,7 +284,7 @@ def test_gptq_with_a_budget_fits_the_codebook_tensors_it_chose_by_kmeans(tiny_ll
     kinds = {name: report.allocation.plan[name].family for name in methods}
     assert quant_types.CODEBOOK in kinds.values(), report.allocation_lines
     for name, method in methods.items():
-        expected = "codebook-kmeans" if kinds[name] == quant_types.CODEBOOK else "gptq"
+        expected = "gptq" if fits(report.allocation.plan[name]) else "codebook-kmeans"
         assert method.startswith(expected), (name, method)
 
 
