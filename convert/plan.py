@@ -85,6 +85,8 @@ class PlanSettings:
     def group_size(self) -> int:
         if self.group is not None:
             return self.group
+        if self.layout == "codebook" and self.linear() == quant_types.VECTOR_BITS:
+            return quant_types.VECTOR_GROUPS[0]      # v2 types exist at 64 and 128
         return LOW_BITS_GROUP if self.linear() <= LOW_BITS else DEFAULT_GROUP
 
     def head(self) -> int:
@@ -116,7 +118,7 @@ def type_for_bits(bits: int, settings: PlanSettings) -> QuantType:
         return quant_types.TYPES[PLAIN_BITS[bits]]
     family = settings.family_for(bits)
     if family == quant_types.CODEBOOK and bits == quant_types.VECTOR_BITS:   # scale only; G 64 or 128
-        return quant_types.codebook_type(bits, settings.group or quant_types.VECTOR_GROUPS[0], True)
+        return quant_types.codebook_type(bits, settings.group_size(), True)
     if family == quant_types.CODEBOOK:
         return quant_types.codebook_type(bits, settings.group_size(), settings.symmetric)
     return quant_types.uniform_type(bits, settings.group_size(), settings.symmetric, family)
