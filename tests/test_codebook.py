@@ -227,13 +227,20 @@ def test_layout_codebook_writes_and_runs(codebook_file):
     assert types["token_embd.weight"] == "c4g64a" and types["output.weight"] == "u6g64a"
     assert model.tensors["blk.0.ffn_down.weight"].method == "codebook-kmeans-clip-search"
     assert model.settings["layout"] == "codebook"
-    prompt = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42, 9, 199, 3, 88]
+    assert_every_set_follows_the_reference(codebook_file, model, [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42,
+                                                                  9, 199, 3, 88])
+
+
+def assert_every_set_follows_the_reference(path, model, prompt):
+    """The C forward pass of `path` on every kernel set (the first token alone, then the rest as one
+    batch: decode and prefill paths) against the numpy reference's logits: int8 activations (as the
+    packed family: tests/test_runtime.py MULTIPLY_ADD), ref float."""
     expected = Reference(model.config, model.load).forward(prompt)
     previous = _ffi.isa()
     for isa in _ffi.kernel_sets():
         _ffi.select_isa(isa)
         try:
-            handle = _ffi.model_open(codebook_file, threads=2, kv_fp32=True)
+            handle = _ffi.model_open(path, threads=2, kv_fp32=True)
             try:
                 got = np.concatenate([_ffi.model_eval(handle, prompt[:1], all_logits=True),
                                       _ffi.model_eval(handle, prompt[1:], all_logits=True)])
@@ -241,7 +248,6 @@ def test_layout_codebook_writes_and_runs(codebook_file):
                 _ffi.model_close(handle)
         finally:
             _ffi.select_isa(previous)
-        # int8 activations (as the packed family: tests/test_runtime.py MULTIPLY_ADD); ref is float
         assert np.abs(got - expected).max() < 0.02 * np.ptp(expected), isa
 
 
@@ -257,20 +263,7 @@ def test_layout_codebook_at_2_bits_writes_and_runs(tiny_qwen, tmp_path):
     assert types["token_embd.weight"].startswith("c4g") and types["output.weight"].startswith("u6g"), types
     # auto at 2 bits: gptq, which fits v2 (convert.gptq.gptq_pairs), on the calibration's Hessians
     assert model.tensors["blk.0.ffn_down.weight"].method.startswith("gptq ")
-    prompt = [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 3, 42, 9, 199, 3, 88]
-    expected = Reference(model.config, model.load).forward(prompt)
-    previous = _ffi.isa()
-    for isa in _ffi.kernel_sets():
-        _ffi.select_isa(isa)
-        try:
-            handle = _ffi.model_open(path, threads=2, kv_fp32=True)
-            try:
-                got = _ffi.model_eval(handle, prompt, all_logits=True)
-            finally:
-                _ffi.model_close(handle)
-        finally:
-            _ffi.select_isa(previous)
-        assert np.abs(got - expected).max() < 0.02 * np.ptp(expected), isa
+    assert_every_set_follows_the_reference(path, model, [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 3, 42, 9, 199, 3, 88])
 
 
 def test_cli_convert_codebook_and_info(tiny_llama, tmp_path):
