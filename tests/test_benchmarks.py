@@ -393,3 +393,31 @@ def test_lower_hull_is_the_cheapest_mix_of_two_candidates():
             assert (got is None) == (best is None)
             if best is not None:
                 assert got == pytest.approx(best, abs=1e-9)
+
+
+def test_bcq_fit_starts_at_uniform_and_only_improves():
+    """bench_bcq.py's binary-coding fit (w ~ Σ_p α_p b_p + β per group, weighted ALS) starts from the
+    uniform asymmetric grid u<b>g<G>a stores, so its weighted error is no worse than that grid's with
+    nearest levels (and its levels are 2^b per group); with 0 iterations it is that grid."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_bcq
+    rng = np.random.default_rng(5)
+    w = rng.standard_t(4, size=(32, 200)) * 0.02
+    importance = rng.gamma(0.5, 1.0, 200)
+    error = lambda restored: float((((w - restored) ** 2).sum(axis=0) * importance).sum())
+    for bits, group in ((2, 64), (3, 128)):
+        padded = np.zeros((32, -(-200 // group) * group)); padded[:, :200] = w
+        g = padded.reshape(32, -1, group)
+        low, high = g.min(axis=2, keepdims=True), g.max(axis=2, keepdims=True)
+        step = (high - low) / (2 ** bits - 1)
+        uniform = (low + step * np.clip(np.rint((g - low) / step), 0, 2 ** bits - 1)).reshape(32, -1)[:, :200]
+        iterations = bench_bcq.ITERATIONS
+        try:
+            bench_bcq.ITERATIONS = 0
+            start = bench_bcq.fit_bcq(w, importance, bits, group)
+        finally:
+            bench_bcq.ITERATIONS = iterations
+        fitted = bench_bcq.fit_bcq(w, importance, bits, group)
+        assert np.allclose(start, uniform)
+        assert error(fitted) < error(uniform)
+        assert all(len(np.unique(row[:group])) <= 2 ** bits for row in fitted)
