@@ -288,10 +288,13 @@ def _fit_pairs(padded: np.ndarray, colw: np.ndarray, group: int, iterations: int
     return idx.astype(np.uint8), scales16, tile_books
 
 
-def method_label(rtn_label: str) -> str:
-    """What a file records for a codebook tensor fitted with rtn's settings ("rtn imatrix calib=..."
-    -> "codebook-kmeans imatrix calib=...")."""
-    return METHOD + rtn_label[len("rtn"):] if rtn_label.startswith("rtn") else rtn_label
+def method_label(label: str) -> str:
+    """What a file records for a codebook tensor: fitted with rtn's settings, "rtn imatrix calib=..."
+    -> "codebook-kmeans imatrix calib=..."; with gptq's, the label with act_order=no, since
+    gptq_pairs visits the pairs in column order whatever --act-order says."""
+    if label.startswith("rtn"):
+        return METHOD + label[len("rtn"):]
+    return label.replace("act_order=yes", "act_order=no")
 
 
 def fit(weight: np.ndarray, qtype: QuantType, importance: np.ndarray | None = None,

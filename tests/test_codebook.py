@@ -266,6 +266,17 @@ def test_layout_codebook_at_2_bits_writes_and_runs(tiny_qwen, tmp_path):
     assert_every_set_follows_the_reference(path, model, [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 3, 42, 9, 199, 3, 88])
 
 
+def test_act_order_is_not_recorded_for_pairs(tiny_qwen, tmp_path):
+    """gptq_pairs visits the pairs in column order: with --act-order the v2 tensors record act_order=no
+    (the file says what was done; uniform tensors keep act_order=yes: test_calibration)."""
+    path = tmp_path / "tiny.v2.act"
+    convert(tiny_qwen, path, PlanSettings(bits=2, layout="codebook"), progress=False,
+            method=MethodSettings(method="gptq", act_order=True, calib_tokens=64))
+    model = ModelFile(path)
+    down = model.tensors["blk.0.ffn_down.weight"]
+    assert down.qtype.name == "v2g64s" and down.method.startswith("gptq ") and "act_order=no" in down.method
+
+
 def test_cli_convert_codebook_and_info(tiny_llama, tmp_path):
     out = tmp_path / "tiny.c4"
     env = dict(os.environ, EDGEQ_ISA="")
