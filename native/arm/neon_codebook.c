@@ -190,48 +190,26 @@ EQ_UNROLL(4)
     }
 }
 
-#ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-#define BODY_CASES(dot)                                                                     \
-    case 32: gemm_body(type, data, rows, cols, in, y, y_stride, 32, 1, dot); return;       \
-    case 64: gemm_body(type, data, rows, cols, in, y, y_stride, 64, 1, dot); return;       \
-    case 128: gemm_body(type, data, rows, cols, in, y, y_stride, 128, 1, dot); return;     \
-    case 64 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, 64, 2, dot); return;   \
-    case 128 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, 128, 2, dot); return;
-#else
-#define BODY_CASES(dot)
-#endif
-
-/* gemm_body with the group and span as constants for the table's types (the switch: groups are
- * multiples of 32, span 2 sets bit 0), a run-time body for any other */
-#define DISPATCH(dot)                                                                         \
-    do {                                                                                      \
-        const int span = (int)eq_codebook_span(type);                                         \
-        switch (type->group + span - 1) {                                                     \
-        BODY_CASES(dot)                                                                       \
-        default:                                                                              \
-            if (span == 2)                                                                    \
-                gemm_body(type, data, rows, cols, in, y, y_stride, (size_t)type->group, 2, dot); \
-            else                                                                              \
-                gemm_body(type, data, rows, cols, in, y, y_stride, (size_t)type->group, 1, dot); \
-        }                                                                                     \
-    } while (0)
+/* gemm_body specialized per type (kernels.h, EQ_CODEBOOK_DISPATCH), with the set's block dot */
+#define MULL_BODY(group, span) gemm_body(type, data, rows, cols, in, y, y_stride, group, span, block_dot_mull)
+#define SDOT_BODY(group, span) gemm_body(type, data, rows, cols, in, y, y_stride, group, span, block_dot_sdot)
 
 /* the `neon` set's path (ARMv8.0) */
 void eq_codebook_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                            const eq_input *in, float *y, size_t y_stride)
 {
-    DISPATCH(block_dot_mull);
+    EQ_CODEBOOK_DISPATCH(type, MULL_BODY);
 }
 
 /* the `neon-dotprod` set's path: only called when the CPU has the dot-product extension */
 EQ_TARGET_DOTPROD void eq_codebook_gemm_neon_dotprod(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                                                      size_t cols, const eq_input *in, float *y, size_t y_stride)
 {
-    DISPATCH(block_dot_sdot);
+    EQ_CODEBOOK_DISPATCH(type, SDOT_BODY);
 }
 
-#undef DISPATCH
-#undef BODY_CASES
+#undef MULL_BODY
+#undef SDOT_BODY
 
 #else   /* not aarch64: nothing here (the neon sets are never available) */
 

@@ -357,6 +357,32 @@ static inline size_t eq_codebook_span(const eq_qtype_traits *type)
 {
     return type->bits == 2 ? 2u : 1u;
 }
+/* A codebook gemm's specialized bodies ("Specialized bodies" above): BODY(group, span) with both
+ * constant for the table's types (the switch value: groups are multiples of 32, so span 2 sets bit
+ * 0), with run-time values for any other type and in EQ_KERNELS_GENERIC builds. */
+#ifndef EQ_KERNELS_GENERIC
+#define EQ_CODEBOOK_CASES(BODY)                                                                   \
+    case 32: BODY(32, 1); break;                                                                  \
+    case 64: BODY(64, 1); break;                                                                  \
+    case 128: BODY(128, 1); break;                                                                \
+    case 64 + 1: BODY(64, 2); break;                                                              \
+    case 128 + 1: BODY(128, 2); break;
+#else
+#define EQ_CODEBOOK_CASES(BODY)
+#endif
+#define EQ_CODEBOOK_DISPATCH(type, BODY)                                                          \
+    do {                                                                                          \
+        const int span_ = (int)eq_codebook_span(type);                                            \
+        switch ((type)->group + span_ - 1) {                                                      \
+        EQ_CODEBOOK_CASES(BODY)                                                                   \
+        default:                                                                                  \
+            if (span_ == 2)                                                                       \
+                BODY((size_t)(type)->group, 2);                                                   \
+            else                                                                                  \
+                BODY((size_t)(type)->group, 1);                                                   \
+        }                                                                                         \
+    } while (0)
+
 /* Bytes before a tile's first block: the codebook family's 16 entries (int8 levels or centroid
  * pairs, c0 of all 16 then c1), else none. */
 static inline size_t eq_tile_header_bytes(const eq_qtype_traits *type)

@@ -192,25 +192,14 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
     }
 }
 
-/* gemm_body with the group and span as constants for the table's types, a run-time body for any other */
+/* gemm_body specialized per type (kernels.h, EQ_CODEBOOK_DISPATCH) */
 static inline __attribute__((always_inline)) void
 dispatch(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols, const eq_input *in,
          float *y, size_t y_stride, int vectors)
 {
-    const int span = (int)eq_codebook_span(type);
-#ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-    switch (type->group + span - 1) {   /* groups are multiples of 32: span 2 sets bit 0 */
-    case 32: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 32, 1); return;
-    case 64: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64, 1); return;
-    case 128: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128, 1); return;
-    case 64 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 64, 2); return;
-    case 128 + 1: gemm_body(type, data, rows, cols, in, y, y_stride, vectors, 128, 2); return;
-    }
-#endif
-    if (span == 2)
-        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group, 2);
-    else
-        gemm_body(type, data, rows, cols, in, y, y_stride, vectors, (size_t)type->group, 1);
+#define BODY(group, span) gemm_body(type, data, rows, cols, in, y, y_stride, vectors, group, span)
+    EQ_CODEBOOK_DISPATCH(type, BODY);
+#undef BODY
 }
 
 /* decode: one vector at a time */
