@@ -239,10 +239,26 @@ class Variant:
         label = f"{method}-imatrix" if uses_data and not method.endswith("gptq") else method
         return label + ("-act-order" if self.act_order else "")
 
+    def layout_suffix(self) -> str:
+        """"-packed" etc. when an explicit --layout gives the linear layers the type --layout auto
+        would but stores the head or the embeddings otherwise (4:packed packs the 6-bit head, auto
+        keeps it bit-planes): two different files never share a name."""
+        from edgeq.convert.plan import PLAIN_BITS
+        if self.layout is None:
+            return ""
+        auto = dataclasses.replace(self, layout=None)
+        if auto.linear_type() != self.linear_type():
+            return ""
+        settings, auto_settings = self.plan_settings(), auto.plan_settings()
+        widths = {settings.head(), settings.embed()} - set(PLAIN_BITS)
+        same = all(settings.family_for(bits) == auto_settings.family_for(bits) for bits in widths)
+        return "" if same else f"-{self.layout}"
+
     @property
     def name(self) -> str:
-        """The row's type: linear type and method, e.g. u3g32a-gptq."""
-        return f"{self.linear_type().name}-{self.method_label()}"
+        """The row's type: linear type and method, e.g. u3g32a-gptq (and the layout when the linear
+        type does not tell the file apart: layout_suffix)."""
+        return f"{self.linear_type().name}-{self.method_label()}{self.layout_suffix()}"
 
     @property
     def file_name(self) -> str:

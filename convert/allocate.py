@@ -98,7 +98,7 @@ def candidate_types() -> list[QuantType]:
     """Every type the converter writes but f32 (f16 is the float candidate), in table order, except
     that of two types holding the same numbers (u8g64a and p8g64a: one grid as bit-planes or as
     packed levels, equal in bytes and score) the family `--layout auto` stores that width in comes
-    first, so the solver's tie goes to it: packed at 8 bits, which decodes faster (convert.plan)."""
+    first, so the solver's tie goes to it: packed at 4 and 8 bits, which decode faster (convert.plan)."""
     from .plan import PlanSettings
     from .quantize import writes
     types = [qtype for qtype in quant_types.TYPES.values() if writes(qtype) and qtype.bits < 32]

@@ -12,8 +12,9 @@ Q4_1 tensors, and an explicit --bits/--group/--sym re-quantizes every linear lay
 
 Layout (--layout): each uniform tensor is stored as bit-planes (u*g*, the LUT kernels: cost grows
 with the bits) or as packed levels (p*g*, the int8 multiply-add kernels: cost per weight), the same
-numbers either way. auto = packed at the widths in AUTO_PACKED_BITS (8), where multiply-add decodes
-faster (measured: benchmarks/README.md "Two ways to multiply"), bit-planes at every other width; never
+numbers either way. auto = packed at the widths in AUTO_PACKED_BITS (4, 8), where multiply-add decodes
+and prefills faster (measured: benchmarks/README.md "Two ways to multiply", "4 bits packed by default"),
+bit-planes at every other width; never
 at 5 or 6 bits, whose packed types store a byte per level (a larger file); bitplane / packed force
 one (packed exists at 4, 5, 6, 8 bits). codebook stores every 4-bit tensor as c4g<G><a|s> (4-bit indices
 into 16 levels learned per 16 rows, convert.codebook; the multiply-add kernels), every 2-bit tensor as
@@ -39,13 +40,12 @@ DEFAULT_BITS, DEFAULT_GROUP = 4, 64
 # gptq at 3 bits (benchmarks/README.md), groups of 32 give ppl +29 % over float against +52 % for 64
 LOW_BITS, LOW_BITS_GROUP = 3, 32
 LAYOUTS = ("auto", "bitplane", "packed", "codebook")
-# --layout auto stores a tensor as packed levels at these widths: SmolLM2 decode, avx2, 1 and 2
-# threads (benchmarks/README.md): multiply-add wins at 8 bits; at 5 and 6 bits it is faster but its
-# byte per level makes the file 1.6x / 1.3x larger (so auto never picks them: a 4-bit file's 6-bit
-# head stays bit-planes); 4 bits is the candidate (benchmarks/README.md "Prefill": p4 prefill with
-# the register-blocked gemm costs 0.66-0.77x u4's CPU time, decode 1.19x on Qwen, 0.95x on SmolLM2
-# at 2 threads) not switched yet: it waits for a quiet-machine run and SmolLM2's perplexity
-AUTO_PACKED_BITS = (8,)
+# --layout auto stores a tensor as packed levels at these widths (benchmarks/README.md "4 bits packed
+# by default"): multiply-add wins at 8 bits, and at 4 on Zen 3 avx2 (Qwen2.5-0.5B decode 1.13-1.53x,
+# prefill 1.15-1.48x the bit-plane file's; SmolLM2 decode 1.3x at 1 thread) for +0.5 % / -0.1 %
+# perplexity (int8 activations); at 5 and 6 bits it is faster but its byte per level makes the file
+# 1.6x / 1.3x larger, so auto never picks them: a 4-bit file's 6-bit head stays bit-planes
+AUTO_PACKED_BITS = (4, 8)
 CODEBOOK_LAYOUT_BITS = quant_types.CODEBOOK_BITS + (quant_types.VECTOR_BITS,)   # --layout codebook: c4, v2
 
 

@@ -33,12 +33,15 @@ def suite():
 
 @pytest.mark.parametrize("spec, name, flags", [
     ("8", "p8g64a-rtn", ["--bits", "8"]),                               # auto at 8 bits: plain rtn, packed
-    ("4", "u4g64a-rtn-imatrix", ["--bits", "4"]),                       # auto at 4-6: rtn weighted by E[x^2]
+    ("4", "p4g64a-rtn-imatrix", ["--bits", "4"]),                       # auto at 4-6: rtn weighted by E[x^2]; packed
+    ("4:packed", "p4g64a-rtn-imatrix-packed", ["--bits", "4", "--layout", "packed"]),   # its 6-bit head packed too
+    ("4:bitplane", "u4g64a-rtn-imatrix", ["--bits", "4", "--layout", "bitplane"]),
+    ("8:packed", "p8g64a-rtn", ["--bits", "8", "--layout", "packed"]),   # the same types as auto
     ("3", f"u3g{LOW_BITS_GROUP}a-gptq", ["--bits", "3"]),               # auto at <= 3: gptq, groups of 32
     ("2", f"u2g{LOW_BITS_GROUP}a-gptq", ["--bits", "2"]),
-    ("4:g32", "u4g32a-rtn-imatrix", ["--bits", "4", "--group", "32"]),
+    ("4:g32", "p4g32a-rtn-imatrix", ["--bits", "4", "--group", "32"]),
     ("3:g64:gptq", "u3g64a-gptq", ["--bits", "3", "--group", "64", "--method", "gptq"]),
-    ("4:rtn", "u4g64a-rtn", ["--bits", "4", "--method", "rtn"]),
+    ("4:rtn", "p4g64a-rtn", ["--bits", "4", "--method", "rtn"]),
     ("2:hqq:g128", "u2g128a-hqq", ["--bits", "2", "--group", "128", "--method", "hqq"]),
     ("6:sym", "u6g64s-rtn-imatrix", ["--bits", "6", "--sym"]),
     ("3:act-order", "u3g32a-gptq-act-order", ["--bits", "3", "--act-order"]),
@@ -136,7 +139,7 @@ def test_command_line_checks_variants_and_kernel_sets_up_front(suite, capsys):
         suite.build_parser().parse_args(["--isa", "no-such-set"])
     assert "no kernel set 'no-such-set'" in capsys.readouterr().err
     args = suite.build_parser().parse_args(["--edgeq-variants", "4:g32", "3", "--isa", *_ffi.kernel_sets()])
-    assert [v.name for v in args.edgeq_variants] == ["u4g32a-rtn-imatrix", f"u3g{LOW_BITS_GROUP}a-gptq"]
+    assert [v.name for v in args.edgeq_variants] == ["p4g32a-rtn-imatrix", f"u3g{LOW_BITS_GROUP}a-gptq"]
     assert args.isa == _ffi.kernel_sets()
     default = suite.build_parser().parse_args([])
     assert [v.spec for v in default.edgeq_variants] == suite.EDGEQ_VARIANTS

@@ -87,7 +87,7 @@ def test_group_size_symmetry_and_defaults(tiny_qwen, tmp_path):
     model = _convert(tiny_qwen, tmp_path, bits=3, group=32, symmetric=True)
     assert model.tensors["blk.0.attn_q.weight"].qtype.name == "u3g32s"
     assert model.tensors["output.weight"].qtype.name == "u6g32s"       # head: max(bits, 6)
-    assert model.tensors["token_embd.weight"].qtype.name == "u4g32s"   # embeddings: max(bits, 4)
+    assert model.tensors["token_embd.weight"].qtype.name == "p4g32s"   # embeddings: max(bits, 4), packed at 4
     assert model.tensors["blk.1.attn_q.bias"].qtype.name == "f32"
     data_bytes = sum(t.nbytes for t in model.tensors.values())
     assert data_bytes < model.file_size() < data_bytes + 64 * len(model.tensors) + 200_000
@@ -208,9 +208,11 @@ def test_layout_auto_and_its_limits(tiny_qwen, tmp_path):
     (a byte per level), bit-planes elsewhere; packed exists at 4, 5, 6, 8 bits only."""
     from edgeq.convert.plan import AUTO_PACKED_BITS
     from edgeq.errors import EdgeqError
-    model = _convert(tiny_qwen, tmp_path, bits=4, head_bits=8)
+    model = _convert(tiny_qwen, tmp_path, bits=3, head_bits=8)
     assert model.tensors["blk.0.ffn_up.weight"].qtype.family == quant_types.UNIFORM_BITPLANE
-    assert model.tensors["output.weight"].qtype.name == ("p8g64a" if 8 in AUTO_PACKED_BITS else "u8g64a")
+    assert model.tensors["token_embd.weight"].qtype.family == (quant_types.UNIFORM_PACKED if 4 in AUTO_PACKED_BITS
+                                                               else quant_types.UNIFORM_BITPLANE)
+    assert model.tensors["output.weight"].qtype.name == ("p8g32a" if 8 in AUTO_PACKED_BITS else "u8g32a")
     assert not {5, 6} & set(AUTO_PACKED_BITS)
     for bits in (5, 6):
         assert PlanSettings(bits=bits).family_for(bits) == quant_types.UNIFORM_BITPLANE

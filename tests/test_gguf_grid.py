@@ -232,7 +232,7 @@ def test_explicit_settings_re_quantize_what_they_name(tiny_gguf, tmp_path, setti
     methods = {name: info.method for name, info in model.tensors.items()}
     assert sum(method == "gguf-grid-exact" for method in methods.values()) == len(report.kept_grid) == kept
     if settings.bits is not None:
-        assert model.tensors["blk.0.ffn_up.weight"].qtype.name == "u4g64a"
+        assert model.tensors["blk.0.ffn_up.weight"].qtype.name == "p4g64a"     # --layout auto packs 4 bits
     if settings.embed_bits is not None:
         assert model.tensors["token_embd.weight"].qtype.name == "u6g64a"
 

@@ -56,7 +56,7 @@ def test_gguf_source_converts_and_keeps_the_tokenizer(smollm2_gguf, tmp_path):
     convert(smollm2_gguf, out, PlanSettings(bits=4, group=128), progress=False, method=MethodSettings(method="rtn"))
     model = ModelFile(out)
     assert model.provenance["source_kind"] == "gguf"
-    assert model.tensors["blk.3.ffn_down.weight"].qtype.name == "u4g128a"
+    assert model.tensors["blk.3.ffn_down.weight"].qtype.name == "p4g128a"       # --layout auto packs 4 bits
     # SmolLM2's float weights sit on a Q4_1 grid (asymmetric groups of 32): g128 must still be close
     source = open_source(smollm2_gguf)
     weight = source.load("blk.3.ffn_down.weight")

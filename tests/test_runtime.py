@@ -133,13 +133,14 @@ def test_logits_equal_the_reference(converted, reference, arch, bits, symmetric,
 
 @pytest.fixture(scope="module")
 def converted_partial(tiny_qwen_partial, tmp_path_factory):
-    """{(bits, symmetric, group): path} of a model whose K (96, 176) are not multiples of the group."""
+    """{(bits, symmetric, group): path} of a model whose K (96, 176) are not multiples of the group
+    (bit-planes: their whole-group layout is what compact tails change; packed tails are always compact)."""
     folder = tmp_path_factory.mktemp("runtime-partial")
     out = {}
     for bits, symmetric, group in ((3, False, 128), (4, True, 64)):
         out[bits, symmetric, group] = folder / f"partial-{bits}-{group}.edgeq"
         convert(tiny_qwen_partial, out[bits, symmetric, group],
-                PlanSettings(bits=bits, symmetric=symmetric, group=group), progress=False)
+                PlanSettings(bits=bits, symmetric=symmetric, group=group, layout="bitplane"), progress=False)
     return out
 
 
@@ -245,7 +246,7 @@ def converted_odd_sizes(tmp_path_factory):
     out = {}
     for bits in (16, 4):
         out[bits] = folder / f"odd-{bits}.edgeq"
-        convert(source, out[bits], PlanSettings(bits=bits, group=64), progress=False)
+        convert(source, out[bits], PlanSettings(bits=bits, group=64, layout="bitplane"), progress=False)
     return out
 
 
