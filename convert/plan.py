@@ -15,8 +15,7 @@ with the bits) or as packed levels (p*g*, the int8 multiply-add kernels: cost pe
 numbers either way. auto = packed at the widths in AUTO_PACKED_BITS (4, 8), where multiply-add decodes
 and prefills faster (measured: benchmarks/README.md "Two ways to multiply", "4 bits packed by default"),
 bit-planes at every other width; never at 5 or 6 bits, whose packed types store a byte per level (a
-larger file); bitplane / packed force
-one (packed exists at 4, 5, 6, 8 bits). codebook stores every 4-bit tensor as c4g<G><a|s> (4-bit indices
+larger file); bitplane / packed force one (packed exists at 4, 5, 6, 8 bits). codebook stores every 4-bit tensor as c4g<G><a|s> (4-bit indices
 into 16 levels learned per 16 rows, convert.codebook; the multiply-add kernels), every 2-bit tensor as
 v2g<G>s (a 4-bit index per pair of weights into 16 2-D centroids per 16 rows; groups of 64 unless
 --group 128, scale only) and the other widths as auto does. The choice is per tensor and recorded by its type's name.
