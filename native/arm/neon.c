@@ -284,8 +284,11 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
             const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
             float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
             const uint8_t *block = tile_data;
-            for (size_t g = 0; g < n_full; g++, block += block_bytes)
+            for (size_t g = 0; g < n_full; g++, block += block_bytes) {
+                if (v == 0)   /* the first vector streams the tile from memory, the others find it in cache */
+                    eq_prefetch_ahead(block, block_bytes);
                 group_dot(type, &prepared, block, group, g * group, bits, zero_point, acc);
+            }
             if (last_width)
                 group_dot(type, &prepared, block, last_width, n_full * group, bits, zero_point, acc);
             float out[EQ_TILE_ROWS];

@@ -239,6 +239,8 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
             for (size_t g = 0; g < n_groups; g++) {
                 const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
                 const uint8_t *levels = block + header_bytes;
+                if (v == 0)   /* the first vector streams the tile from memory, the others find it in cache */
+                    eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
                 float32x4_t dot_f[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
                 float sum_x = 0.0f;
                 for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {

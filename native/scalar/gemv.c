@@ -48,6 +48,7 @@ static void gemv_packed(const eq_qtype_traits *type, const uint8_t *data, size_t
         for (size_t g = 0; g < n_groups; g++) {
             const uint8_t *block = data + tile * tile_bytes + g * block_bytes;
             const size_t width = g + 1 < n_groups ? group : eq_last_group_cols(type, cols);
+            eq_prefetch_ahead(block, block_bytes);
             const size_t n_chunks = width / EQ_CHUNK_COLS;
             const uint8_t *plane = block + planes_offset;              /* (bits, width/8, 16) */
             const float *group_tables = tables + g * (group / 4) * TABLE;

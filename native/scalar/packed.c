@@ -86,6 +86,8 @@ void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, siz
             float acc[EQ_TILE_ROWS] = {0};
             for (size_t g = 0; g < n_groups; g++) {
                 const size_t block_cols = eq_packed_group_cols(type, cols, g);
+                if (v == 0)   /* the first vector streams the tile from memory, the others find it in cache */
+                    eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
                 float group_dot[EQ_TILE_ROWS] = {0}, sum_x = 0.0f;
                 for (size_t c = 0; c < block_cols; c += BLOCK) {
                     const size_t b = (g * group + c) / BLOCK;

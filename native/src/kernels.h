@@ -30,6 +30,23 @@
 #define EQ_UNROLL(n) EQ_PRAGMA(GCC unroll n)
 #endif
 
+/* Software prefetch of the weight stream in the decode kernels: a gemm about to read a block of
+ * `bytes` asks for the block EQ_PREFETCH_AHEAD bytes further on, one request per 64-byte line.
+ * The hardware prefetchers stop at every 4 KB page of a stream (they work on physical addresses),
+ * and a decode gemm reads each weight once from memory: on Zen 3 (Qwen2.5-0.5B, avx2) the 8-bit
+ * file decoded 25-40 % faster with these requests, the packed 4-bit file ~8 %; distances from 512 to
+ * 8192 bytes measured the same (benchmarks/README.md "Software prefetch"). A prefetch never faults,
+ * so reading past the end of the data is harmless; the address is computed as an integer so that no
+ * pointer past its object is formed. */
+enum { EQ_PREFETCH_AHEAD = 2048, EQ_CACHE_LINE = 64 };
+
+static inline void eq_prefetch_ahead(const uint8_t *block, size_t bytes)
+{
+    const uintptr_t first = (uintptr_t)block + EQ_PREFETCH_AHEAD;
+    for (size_t offset = 0; offset < bytes; offset += EQ_CACHE_LINE)
+        __builtin_prefetch((const void *)(first + offset), 0, 3);
+}
+
 /* ---- what a kernel set is --------------------------------------------------------------------
  *
  * A kernel set (one per ISA: ref/, scalar/, x86/avx2.c, ...) is one struct: for every type family,

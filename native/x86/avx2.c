@@ -397,8 +397,11 @@ gemm_packed_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
             const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols, int8);
             __m256 acc_low = _mm256_setzero_ps(), acc_high = _mm256_setzero_ps();   /* rows 0-7, 8-15 */
             const uint8_t *block = tile_data;
-            for (size_t g = 0; g < n_full; g++, block += block_bytes)
+            for (size_t g = 0; g < n_full; g++, block += block_bytes) {
+                if (v == 0)   /* the first vector streams the tile from memory, the others find it in cache */
+                    eq_prefetch_ahead(block, block_bytes);
                 group_dot(type, block, group, g * group, &prepared, bits, int8, zero_point, &acc_low, &acc_high);
+            }
             if (last_width)
                 group_dot(type, block, last_width, n_full * group, &prepared, bits, int8, zero_point,
                           &acc_low, &acc_high);

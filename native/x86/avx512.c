@@ -283,8 +283,11 @@ lut_gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, siz
             const lut_input prepared = lut_input_at((uint8_t *)in->prepared + v * in->stride, cols);
             __m512 acc = _mm512_setzero_ps();   /* (16,) y of this tile */
             const uint8_t *block = tile_data;
-            for (size_t g = 0; g < n_full; g++, block += block_bytes)
+            for (size_t g = 0; g < n_full; g++, block += block_bytes) {
+                if (v == 0)   /* the first vector streams the tile from memory, the others find it in cache */
+                    eq_prefetch_ahead(block, block_bytes);
                 acc = group_dot(type, &indices, &prepared, block, group, g * group, bits, zero_point, acc);
+            }
             if (last_width)
                 acc = group_dot(type, &indices, &prepared, block, last_width, n_full * group, bits, zero_point, acc);
             _mm512_mask_storeu_ps(y + v * y_stride + row0, row_mask, acc);

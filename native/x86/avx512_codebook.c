@@ -93,6 +93,8 @@ EQ_UNROLL(8)
     for (size_t g = 0; g < n_groups; g++) {
         const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
         const uint8_t *indices = block + header_bytes;
+        if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
+            eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
         __m512 dot[VECTORS];
         float sum_x[VECTORS];
 EQ_UNROLL(8)
