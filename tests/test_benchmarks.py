@@ -424,3 +424,23 @@ def test_bcq_fit_starts_at_uniform_and_only_improves():
         assert np.allclose(start, uniform)
         assert error(fitted) < error(uniform)
         assert all(len(np.unique(row[:group])) <= 2 ** bits for row in fitted)
+
+
+def test_bench_pairs_interleaves_files_and_reports_ratios_to_peers(tiny_converted, capsys):
+    """bench_pairs.py end to end on a tiny model: every file measured once per round, medians and the
+    per-round ratio to the named peer in the table (the same file twice: a ratio near 1, finite);
+    a peer that is not one of the labels, or a missing file, is a one-line error."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_pairs
+    path = tiny_converted("llama", 4)
+    bench_pairs.main([f"a={path}", f"b={path}@a", "--threads", "1", "--rounds", "2",
+                      "--prompt-tokens", "4", "--gen-tokens", "4"])
+    captured = capsys.readouterr()
+    assert captured.err.count("round ") == 4                # 2 rounds x 2 files
+    rows = [line.split("|")[1:-1] for line in captured.out.splitlines() if line.startswith("| a") or line.startswith("| b")]
+    assert [r[0].strip() for r in rows] == ["a", "b"]
+    assert 0 < float(rows[0][4]) and rows[1][5].strip() == "a" and 0 < float(rows[1][7]) < 100
+    with pytest.raises(SystemExit, match="peer 'c' is not a LABEL"):
+        bench_pairs.main([f"a={path}@c"])
+    with pytest.raises(SystemExit, match="no such file"):
+        bench_pairs.main(["a=/nonexistent.eq"])
