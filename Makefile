@@ -44,7 +44,7 @@ clean:
 # `make check-kernels` builds and runs native/tests/check_kernels (every kernel set this CPU runs
 # against "ref", every quant type; CHECK_KERNELS_SEED picks other random cases), `make
 # check-kernels-asan` the same under ASan/UBSan; tests/test_native_kernels.py runs both, and `make
-# check-attention` (native/tests/check_attention.c: the int8 KV cache's helpers of every set against ref).
+# check-attention` (native/tests/check_attention.c: the KV caches' helpers of every set, fp16 int8 int4).
 # NATIVE_BUILD is the output folder of the example and the harness, so a cross build keeps its own:
 #   make NATIVE_CC=aarch64-linux-gnu-gcc NATIVE_BUILD=build/aarch64 \
 #        NATIVE_RUN="qemu-aarch64 -L /usr/aarch64-linux-gnu" check-kernels
@@ -90,7 +90,7 @@ $(NATIVE_BUILD)/examples/generate: examples/generate.c $(NATIVE_OBJECTS) $(NATIV
 check-kernels: $(NATIVE_BUILD)/tests/check_kernels
 	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_kernels $(CHECK_KERNELS_SEED)
 
-# the int8 KV cache's quantizer and attention helpers of every set against ref (native/tests/check_attention.c)
+# the KV caches' quantizers and attention helpers of every set (fp16, int8, int4; native/tests/check_attention.c)
 check-attention: $(NATIVE_BUILD)/tests/check_attention
 	$(NATIVE_RUN) $(NATIVE_BUILD)/tests/check_attention $(CHECK_KERNELS_SEED)
 
@@ -197,7 +197,7 @@ check-kernels-aarch64: | arm-deps
 	$(AARCH64_MAKE) build/aarch64/tests/check_kernels
 	$(call QEMU_BOTH,build/aarch64/tests/check_kernels)
 
-# The int8 KV cache's attention helpers the same way (neon against ref under both CPU models).
+# The KV caches' attention helpers the same way (neon under both CPU models).
 check-attention-aarch64: | arm-deps
 	$(AARCH64_MAKE) build/aarch64/tests/check_attention
 	$(call QEMU_BOTH,build/aarch64/tests/check_attention)

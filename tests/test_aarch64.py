@@ -143,14 +143,15 @@ def test_kernel_harness_under_qemu(arm_tools):
 
 def test_int8_kv_attention_helpers_under_qemu(arm_tools):
     """native/tests/check_attention.c cross-built: neon's (and neon-dotprod's, which takes neon's)
-    dot_q8 / axpy_q8 / axpy_q4 against ref under both CPU models."""
+    dot_q8 / axpy_q8 / axpy_q4 against ref, and dot_f16 / axpy_f16 against float64, under both CPU
+    models."""
     result = make("check-attention-aarch64", timeout=1800)
     assert result.returncode == 0, f"make check-attention-aarch64 failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
     assert result.stdout.count("check_attention: all sets agree with ref") == len(QEMU_CPUS), result.stdout
     for cpu in QEMU_CPUS:
         for isa in QEMU_SETS[cpu]:
-            for kind in ("int8 KV", "int4 KV values"):
-                assert re.search(rf"^check_attention: {re.escape(isa)}\s+\d+ cases \({kind},", result.stdout,
+            for kind in ("fp16 KV)", "int8 KV,", "int4 KV values,"):
+                assert re.search(rf"^check_attention: {re.escape(isa)}\s+\d+ cases \({re.escape(kind)}", result.stdout,
                                  re.MULTILINE), result.stdout
 
 def _run(command: list[str], path: Path, prompt: list[int], isa: str | None, threads: int):

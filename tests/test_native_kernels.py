@@ -138,23 +138,24 @@ def test_the_harness_catches_planted_int8_table_bugs(compiler, tmp_path, before,
     assert all(summary["mismatches"] == 0 for isa, summary in summaries.items() if isa != "avx2-lut8"), result.stdout
 
 
-ATTENTION = re.compile(r"^check_attention: (\S+)\s+(\d+) cases \((int8 KV|int4 KV values), blocks of (\d+)\): "
+ATTENTION = re.compile(r"^check_attention: (\S+)\s+(\d+) cases \((fp16 KV|int8 KV|int4 KV values)(?:, blocks of (\d+))?\): "
                        r"largest error (\S+) of its bound", re.MULTILINE)
 
 
 def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     """native/tests/check_attention.c: the int8 KV cache's and the int4 value cache's quantizers
-    against their specifications and every set's dot_q8 / axpy_q8 / axpy_q4 against ref's, within
-    the bounds derived in its opening comment."""
+    against their specifications, every set's dot_q8 / axpy_q8 / axpy_q4 against ref's, and every
+    set's dot_f16 / axpy_f16 (the fp16 cache) against float64, within the bounds derived in its
+    opening comment."""
     result = make("check-attention")
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"make check-attention failed:\n{_tail(output)}"
     assert "check_attention: all sets agree with ref" in result.stdout
-    for kind in ("int8 KV", "int4 KV values"):
-        runs = {m[1]: (int(m[2]), int(m[4]), float(m[5])) for m in ATTENTION.finditer(result.stdout) if m[3] == kind}
+    for kind in ("fp16 KV", "int8 KV", "int4 KV values"):
+        runs = {m[1]: (int(m[2]), m[4], float(m[5])) for m in ATTENTION.finditer(result.stdout) if m[3] == kind}
         assert sorted(runs) == sorted(_ffi.kernel_sets()), result.stdout
         for isa, (cases, block, worst) in runs.items():
-            assert cases >= 200 and block == 32 and worst <= 1.0, (kind, isa, runs[isa])
+            assert cases >= 200 and block == (None if kind == "fp16 KV" else "32") and worst <= 1.0, (kind, isa, runs[isa])
 
 
 @pytest.mark.parametrize("before, planted, mismatch", [
@@ -163,7 +164,9 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     ("float scale = _cvtsh_ss(scales[block]);", "float scale = _cvtsh_ss(scales[0]);", "dot"),
     # axpy_q4 taking the high nibble of a byte first (values 2i and 2i+1 swapped)
     ("_mm_unpacklo_epi8(low, high)", "_mm_unpacklo_epi8(high, low)", "q4 axpy"),
-], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped"])
+    # dot_f16 multiplying every 8 keys by the first 8 query values: wrong only for rows over 8 values
+    ("_mm256_loadu_ps(b + i), acc)", "_mm256_loadu_ps(b), acc)", "dot_f16"),
+], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped", "f16-dot-first-query-values"])
 def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before, planted, mismatch):
     """A bug planted in avx2's attention helpers makes check_attention fail, naming avx2 only."""
     if "avx2" not in _ffi.kernel_sets():
@@ -171,6 +174,6 @@ def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before,
     _plant_in_avx2(tmp_path, before, planted)
     result = make("check-attention", cwd=tmp_path)
     assert result.returncode != 0, "check_attention passed with a planted bug"
-    assert re.search(rf"^MISMATCH set avx2 {mismatch} vs ref n \d+ pattern \w+", result.stderr, re.MULTILINE), \
+    assert re.search(rf"^MISMATCH set avx2 {mismatch} vs (ref|float64) n \d+ pattern \w+", result.stderr, re.MULTILINE), \
         result.stderr
     assert "MISMATCH set ref" not in result.stderr

@@ -1,5 +1,6 @@
-/* check_attention.c — the int8 KV cache's quantizer and attention helpers (dot_q8, axpy_q8), and the
- * int4 value cache's (EQ_KV_K8V4: eq_kv_q4_quantize, axpy_q4), of every kernel set this CPU runs,
+/* check_attention.c — the fp16 KV cache's attention helpers (dot_f16, axpy_f16), the int8 KV cache's
+ * quantizer and helpers (dot_q8, axpy_q8), and the int4 value cache's (EQ_KV_K8V4:
+ * eq_kv_q4_quantize, axpy_q4), of every kernel set this CPU runs,
  * against ref and a float64 oracle. Plain C, built with the library's sources (it reads the internal
  * kernels.h: the helpers are not public API).
  *
@@ -32,6 +33,14 @@
  *      report only the excess over half a level, so a near-tie does not read as a full bound);
  *   6. ref's axpy_q4 against float64 y + w d q: ref rounds w d, p q and the sum, so within
  *      u (|y| + 4 |w d q|); every set's against ref's as in 4.
+ * The fp16 cache (the default), the same rows stored as fp16 a:
+ *   7. every set's dot_f16 against the float64 oracle Σ a_i b_i (every product exact in float64): a
+ *      float sum of n terms in any order and grouping (sets keep several partial sums) is off by at
+ *      most (n - 1) u T, each product rounds by u of its magnitude: |dot - S| <= (n + 1) u T,
+ *      T = Σ|a_i b_i|;
+ *   8. every set's axpy_f16 against float64 y + w a, per element: at most one rounding of w a and
+ *      one of the sum, so within u (2 |y| + 3 |w a|) (+ the smallest normal float).
+ *   Rows whose values overflow fp16 (the "huge" pattern) are skipped: an fp16 cache cannot hold them.
  * A mismatch prints set, check, n, pattern, index, got, expected and bound, and the exit status is 1;
  * the last lines give per set the largest error as a fraction of its bound. */
 #include <float.h>
@@ -95,7 +104,8 @@ typedef struct worst_errors {   /* per set: the largest error / bound, of which 
     const char *what[64];
     int pattern[64];
 } worst_errors;
-static worst_errors worst_q8, worst_q4;   /* the int8 cache's checks (1-4), the int4 values' (5, 6) */
+static worst_errors worst_q8, worst_q4, worst_f16;   /* the int8 cache's checks (1-4), the int4 values' (5, 6), fp16's (7, 8) */
+
 
 static void check(worst_errors *worst, int set, const char *isa, const char *what, size_t n, int pattern,
                   size_t i, double got, double expected, double bound)
@@ -113,6 +123,36 @@ static void check(worst_errors *worst, int set, const char *isa, const char *wha
 }
 
 /* level i of an int4 row (kernels.h: byte i / 2, low nibble first, stored + 8) */
+/* 7, 8: every set's fp16 dot and axpy against float64 */
+static void check_f16(int n_sets, size_t n, int pattern, const float *x, const float *b, const float *y0, float w)
+{
+    uint16_t a[MAX_N];
+    double exact = 0.0, magnitude = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        a[i] = eq_fp32_to_fp16(x[i]);
+        if (!isfinite(eq_fp16_to_fp32(a[i])))   /* beyond fp16's range ("huge"): no fp16 cache holds it */
+            return;
+        exact += (double)eq_fp16_to_fp32(a[i]) * b[i];
+        magnitude += fabs((double)eq_fp16_to_fp32(a[i]) * b[i]);
+    }
+    for (int s = 0; s < n_sets; s++) {
+        const char *isa = eq_kernel_set_name(s);
+        const eq_kernels *k = eq_isa_available(isa) ? eq_kernels_named(isa) : NULL;
+        if (!k)
+            continue;
+        check(&worst_f16, s, isa, "dot_f16 vs float64", n, pattern, 0, k->dot_f16(a, b, n), exact,
+              (double)(n + 1) * U * magnitude + DBL_MIN);
+        float y[MAX_N];
+        memcpy(y, y0, sizeof(float) * n);
+        k->axpy_f16(y, w, a, n);
+        for (size_t i = 0; i < n; i++) {
+            double product = (double)w * eq_fp16_to_fp32(a[i]);
+            check(&worst_f16, s, isa, "axpy_f16 vs float64", n, pattern, i, y[i], y0[i] + product,
+                  U * (2.0 * fabs(y0[i]) + 3.0 * fabs(product)) + FLT_MIN);
+        }
+    }
+}
+
 static int q4_level(const uint8_t *q, size_t i)
 {
     return ((q[i / 2] >> (4 * (i % 2))) & 15) - 8;
@@ -257,12 +297,16 @@ int main(int argc, char **argv)
                 }
             }
             check_q4(r_set, n_sets, n, pattern, x, y0, w);
+            check_f16(n_sets, n, pattern, x, b, y0, w);
         }
     }
     for (int s = 0; s < n_sets; s++) {
         const char *isa = eq_kernel_set_name(s);
         if (!eq_isa_available(isa))
             continue;
+        printf("check_attention: %-13s %zu cases (fp16 KV): largest error %.3f of its bound (%s, %s)\n",
+               isa, cases, worst_f16.fraction[s], worst_f16.what[s] ? worst_f16.what[s] : "-",
+               pattern_names[worst_f16.pattern[s]]);
         printf("check_attention: %-13s %zu cases (int8 KV, blocks of %d): largest error %.3f of its bound (%s, %s)\n",
                isa, cases, EQ_KV_Q8_BLOCK, worst_q8.fraction[s], worst_q8.what[s] ? worst_q8.what[s] : "-",
                pattern_names[worst_q8.pattern[s]]);
