@@ -34,10 +34,10 @@
  * `bytes` asks for the block EQ_PREFETCH_AHEAD bytes further on, one request per 64-byte line.
  * The hardware prefetchers stop at every 4 KB page of a stream (they work on physical addresses),
  * and a decode gemm reads each weight once from memory: on Zen 3 (Qwen2.5-0.5B, avx2) the 8-bit
- * file decoded 25-40 % faster with these requests, the packed 4-bit file ~8 %; distances from 512 to
- * 8192 bytes measured the same (benchmarks/README.md "Software prefetch"). A prefetch never faults,
- * so reading past the end of the data is harmless; the address is computed as an integer so that no
- * pointer past its object is formed. */
+ * file decoded 1.25-1.43x as fast with these requests, bit-plane files 1.10-1.28x; distances from
+ * 512 to 8192 bytes measured the same (benchmarks/README.md "Software prefetch in the decode
+ * kernels"). A prefetch never faults, so asking past the end of the data is harmless; the address
+ * is computed as an integer so that no pointer past its object is formed. */
 enum { EQ_PREFETCH_AHEAD = 2048, EQ_CACHE_LINE = 64 };
 
 static inline void eq_prefetch_ahead(const uint8_t *block, size_t bytes)
