@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LLAMA_RUN, llama_cpp_python, run_measured  # noqa: E402
+from common import LLAMA_RUN, edgeq_bench_once, llama_cpp_python, run_measured  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,15 +67,8 @@ def measure(entry: Entry, threads: int, args, builds: dict[str, Path], llama_pyt
                                  str(args.prompt_tokens), str(args.gen_tokens))
         report = json.loads(out.strip().splitlines()[-1])
     else:
-        env = dict(os.environ)
-        if entry.build is not None:
-            env["PYTHONPATH"] = str(builds[entry.build])
-        run = subprocess.run([sys.executable, "-m", "edgeq", "bench", str(entry.path), "--json", "--threads",
-                              str(threads), "--runs", "1", "--prompt-tokens", str(args.prompt_tokens),
-                              "--gen-tokens", str(args.gen_tokens)], capture_output=True, text=True, env=env)
-        if run.returncode != 0:
-            raise SystemExit(f"bench_pairs: edgeq bench failed on {entry.path}:\n{run.stderr[-2000:]}")
-        report = json.loads(run.stdout)
+        report = edgeq_bench_once(entry.path, threads, args.prompt_tokens, args.gen_tokens,
+                                  builds[entry.build] if entry.build is not None else None)
     return report["prefill_tok_s"], report["decode_tok_s"], report.get("roofline_fraction")
 
 

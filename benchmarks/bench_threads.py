@@ -34,6 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import edgeq_bench_once  # noqa: E402
+
 QWEN_PYPI_NAME = "qwen2.5-coder-0.5b-instruct"
 CONDITIONS = ("idle", "busy")
 THREADS = (1, 2)
@@ -84,15 +87,8 @@ class BusyLoop:
 
 
 def measure(path: Path, threads: int, gen_tokens: int, build_dir: str | None) -> dict:
-    env = dict(os.environ)
-    if build_dir:
-        env["PYTHONPATH"] = build_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "edgeq", "bench", str(path), "--json", "--threads", str(threads), "--runs", "1",
-           "--prompt-tokens", "8", "--gen-tokens", str(gen_tokens), "--bandwidth-mb", "1"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/" if build_dir else None)
-    if out.returncode != 0:
-        raise SystemExit(f"edgeq: error: edgeq bench failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
-    report = json.loads(out.stdout)
+    report = edgeq_bench_once(path, threads, 8, gen_tokens, Path(build_dir) if build_dir else None,
+                              ("--bandwidth-mb", "1"))
     return {"decode_tok_s": report["decode_tok_s"], "prefill_tok_s": report["prefill_tok_s"]}
 
 

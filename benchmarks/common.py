@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +23,23 @@ def run_measured(python: str, mode: str, target: str, *arguments: str) -> tuple[
         raise SystemExit(f"failed: {mode} {target[:200]} {' '.join(arguments)}\n{result.stderr[-2000:]}")
     peaks = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("EDGEQ_PEAK_RSS_KB ")]
     return result.stdout, seconds, int(peaks[-1]) / 1024
+
+
+def edgeq_bench_once(path: Path, threads: int, prompt_tokens: int, gen_tokens: int, build_dir: Path | None = None,
+                     extra: tuple[str, ...] = ()) -> dict:
+    """One fresh `python -m edgeq bench PATH --json --runs 1` (its report), under this environment's
+    edgeq or, with build_dir, under that checkout (built in place). The child runs in / then: `-m`
+    puts the working directory first on sys.path, so from inside a checkout PYTHONPATH would lose to
+    it and the other build would silently not be the one measured. Exits on failure."""
+    env = dict(os.environ)
+    if build_dir is not None:
+        env["PYTHONPATH"] = str(build_dir) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "edgeq", "bench", str(path), "--json", "--threads", str(threads), "--runs", "1",
+           "--prompt-tokens", str(prompt_tokens), "--gen-tokens", str(gen_tokens), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/" if build_dir is not None else None)
+    if out.returncode != 0:
+        raise SystemExit(f"edgeq: error: edgeq bench failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
 
 
 def llama_cpp_python() -> str | None:

@@ -444,3 +444,23 @@ def test_bench_pairs_interleaves_files_and_reports_ratios_to_peers(tiny_converte
         bench_pairs.main([f"a={path}@c"])
     with pytest.raises(SystemExit, match="no such file"):
         bench_pairs.main(["a=/nonexistent.eq"])
+
+
+def test_bench_pairs_build_rows_run_that_checkout(tiny_converted, tmp_path, capsys, monkeypatch):
+    """A `--build NAME=DIR` row runs DIR's edgeq, not the one of the working directory: a stand-in
+    checkout whose `python -m edgeq` prints a fixed report shows up in its rows only, also when the
+    caller sits inside this checkout (where `-m` would put the current edgeq first on sys.path)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_pairs
+    fake = tmp_path / "other" / "edgeq"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text('print(\'{"prefill_tok_s": 1234.0, "decode_tok_s": 567.0}\')\n')
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    path = tiny_converted("llama", 4)
+    bench_pairs.main([f"a={path}", "--threads", "1", "--rounds", "1", "--prompt-tokens", "4", "--gen-tokens", "4",
+                      "--build", f"other={tmp_path / 'other'}"])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| a")}
+    assert [c.strip() for c in rows["a/other"][1:3]] == ["1234.0", "567.0"]
+    assert rows["a"][2].strip() != "567.0"
