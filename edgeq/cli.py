@@ -397,9 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="take the shapes from a convert source instead (HF folder, hub id, .gguf)")
     prof.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                       help="threads [default: the number of physical cores]")
-    from .profile import DEFAULT_REPEATS
+    from .profile import DEFAULT_REPEATS, ROUNDS
     prof.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, metavar="N",
-                      help=f"timed runs per product, the median kept [default: {DEFAULT_REPEATS}]")
+                      help=f"timed runs per product, spread over up to {ROUNDS} rounds of every product (so a busy "
+                      f"machine's drift hits every type alike); the median kept [default: {DEFAULT_REPEATS}]")
     prof.add_argument("--stream-mb", type=float, default=None, metavar="MB",
                       help="MiB of weight copies each product cycles through [default: max(64, 2x the "
                       "last-level cache): weights come from memory, as in decode]")

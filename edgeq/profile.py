@@ -4,11 +4,15 @@ CPU, kernel set and threads it was measured with).
 
 For every distinct (rows, cols) of the model's 2-D tensors and every type the allocator may choose
 (edgeq.convert.allocate.candidate_types), eq_gemv_time runs the product as the forward pass does
-(input prepared once, rows cut into the same chunks on a pool of --threads threads) and reports the
-median of --repeats runs, each reading a copy of the weights that is not in the caches (copies
-spanning STREAM_BYTES, at least twice the last-level cache), as decode streams its weights from
-memory. The weights are random numbers quantized by the converter (a block of rows, tiled), so
-every family's kernels see valid scales. With an edgeq file as MODEL, its decode time per token is
+(input prepared once, rows cut into the same chunks on a pool of --threads threads), each run
+reading a copy of the weights that is not in the caches (copies spanning STREAM_BYTES, at least
+twice the last-level cache), as decode streams its weights from memory. The --repeats runs are
+spread over ROUNDS rounds, each round timing every (shape, type) in turn, and a product's time is
+the median over rounds of its runs' median in each: a shared machine's drift over the minutes a
+profile takes lands on every type alike, not on whichever types ran during a slow stretch (timed
+back to back, like types came out 20-45 % apart on a loaded host: benchmarks/README.md). The
+weights are random numbers quantized by the converter (a block of rows, tiled), so every family's
+kernels see valid scales. With an edgeq file as MODEL, its decode time per token is
 measured too, as `edgeq bench` measures it by default (64 tokens after a 128-token prompt), and the
 part no product explains (attention at that context, norms, hand-offs) is recorded as
 overhead_seconds, which a latency budget adds to the products' sum.
@@ -30,6 +34,7 @@ from .errors import EdgeqError
 
 PROFILE_FORMAT = 1
 DEFAULT_REPEATS = 15
+ROUNDS = 5                     # the repeats are spread over this many rounds of every product
 STREAM_BYTES = 64 << 20
 TILE_BLOCK_ROWS = 256          # rows quantized once and tiled to the full shape
 DECODE_RUNS = 3
@@ -58,9 +63,10 @@ def _last_level_cache() -> int:
     return best
 
 
-def _weights_for(qtype, rows: int, cols: int, rng) -> np.ndarray:
-    """Packed bytes of a random (rows, cols) tensor of qtype: a block of rows quantized by the
-    converter, tiled when the type's bytes are per block of rows (they are for every family today)."""
+def _weights_for(qtype, rows: int, cols: int, rng) -> tuple[np.ndarray, int]:
+    """Packed bytes of a random (rows, cols) tensor of qtype as (block, times): a block of rows
+    quantized by the converter, to be tiled `times` times when the type's bytes are per block of rows
+    (they are for every family today; otherwise the whole tensor, once). Kept small between rounds."""
     from edgeq.convert.quantize import quantize
     block = min(rows, TILE_BLOCK_ROWS)
     while block > 1 and rows % block:
@@ -68,9 +74,9 @@ def _weights_for(qtype, rows: int, cols: int, rng) -> np.ndarray:
     weight = (rng.standard_normal((block, cols)) * 0.02).astype(np.float32)
     data = np.ascontiguousarray(quantize(weight, qtype).data).view(np.uint8).reshape(-1)
     if qtype.nbytes(block, cols) * (rows // block) == qtype.nbytes(rows, cols):
-        return np.ascontiguousarray(np.tile(data, rows // block))
+        return data, rows // block
     weight = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
-    return np.ascontiguousarray(quantize(weight, qtype).data).view(np.uint8).reshape(-1)
+    return np.ascontiguousarray(quantize(weight, qtype).data).view(np.uint8).reshape(-1), 1
 
 
 def _model_shapes(config) -> list[tuple[int, int]]:
@@ -126,22 +132,33 @@ def profile(model: str | None = None, shapes_from: str | None = None, threads: i
     if stream < 1:
         raise EdgeqError(f"--stream-mb must be positive, got {stream / (1 << 20):g}")
     rng = np.random.default_rng(0)
-    times: dict = {}
+    products = [((rows, cols), qtype) for (rows, cols), shape_types in wanted.items() for qtype in shape_types]
+    rounds = min(repeats, ROUNDS)
+    samples: dict = {}
     start = time.perf_counter()
-    with tqdm(total=sum(map(len, wanted.values())), desc="profiling", unit="product", leave=False,
+    with tqdm(total=len(products) * (rounds + 1), desc="profiling", unit="product", leave=False,
               dynamic_ncols=True, disable=None if progress is None else not progress) as bar:
-        for (rows, cols), shape_types in wanted.items():
-            per_type = times.setdefault(f"{rows}x{cols}", {})
-            for qtype in shape_types:
-                data = _weights_for(qtype, rows, cols, rng)
+        weights = {}
+        for (rows, cols), qtype in products:
+            weights[rows, cols, qtype.name] = _weights_for(qtype, rows, cols, rng)
+            bar.update(1)
+        for index in range(rounds):     # each round: every product's median of its share of the runs
+            runs = repeats // rounds + (index < repeats % rounds)
+            for (rows, cols), qtype in products:
+                block, tiles = weights[rows, cols, qtype.name]
+                data = np.tile(block, tiles) if tiles > 1 else block
                 copies = max(2, -(-stream // max(data.nbytes, 1)))
-                seconds = _ffi.gemv_time(qtype.name, data, rows, cols, copies=copies, threads=threads,
-                                         repeats=repeats)
-                route = _ffi.kernel_route(qtype.name, isa, 1)
-                per_type[qtype.name] = {"seconds": seconds, "set": route["set"], "path": route["path"]}
+                samples.setdefault((rows, cols, qtype.name), []).append(
+                    _ffi.gemv_time(qtype.name, data, rows, cols, copies=copies, threads=threads, repeats=runs))
+                del data
                 bar.update(1)
+    times: dict = {}
+    for (rows, cols), qtype in products:
+        route = _ffi.kernel_route(qtype.name, isa, 1)
+        times.setdefault(f"{rows}x{cols}", {})[qtype.name] = {
+            "seconds": statistics.median(samples[rows, cols, qtype.name]), "set": route["set"], "path": route["path"]}
     result = {"format": PROFILE_FORMAT, "edgeq_version": __version__, "cpu": cpu_name(),
-              "machine": platform.machine(), "isa": isa, "threads": threads, "repeats": repeats,
+              "machine": platform.machine(), "isa": isa, "threads": threads, "repeats": repeats, "rounds": rounds,
               "stream_bytes": stream, "model": source, "shapes": [list(s) for s in shapes],
               "types": [t.name for t in types], "times": times, "overhead_seconds": None,
               "decode_seconds": None, "profile_seconds": None}

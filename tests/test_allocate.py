@@ -218,6 +218,29 @@ def test_profile_on_a_tiny_model(tiny_llama, llama_profile, tmp_path):
     assert 0 <= with_model["overhead_seconds"] < with_model["decode_seconds"]
 
 
+def test_profile_times_every_product_in_rounds(tiny_llama, monkeypatch):
+    """Each round times every (shape, type) once (its share of the runs), so drift over the profile
+    lands on all types alike; a product's time is the median over rounds."""
+    from edgeq import _ffi
+    from edgeq import profile as profiling
+    calls, clock = [], iter(range(1, 10**6))
+
+    def fake(name, data, rows, cols, copies=1, threads=0, repeats=15):
+        assert data.nbytes >= _ffi.nbytes(name, rows, cols)
+        calls.append(((rows, cols, name), repeats))
+        return float(next(clock))                                 # later calls are "slower"
+    monkeypatch.setattr(_ffi, "gemv_time", fake)
+    result = profiling.profile(shapes_from=str(tiny_llama), threads=1, repeats=7, progress=False, stream_bytes=1)
+    products = len(calls) // 5
+    assert result["rounds"] == 5 and len(calls) == 5 * products
+    keys = [key for key, _ in calls]
+    assert all(keys[r * products:(r + 1) * products] == keys[:products] for r in range(5))   # same order each round
+    assert len(set(keys[:products])) == products
+    assert [runs for _, runs in calls[::products]] == [2, 2, 1, 1, 1]                          # 7 runs over 5 rounds
+    for index, (rows, cols, name) in enumerate(keys[:products]):                              # median of the rounds' times
+        assert result["times"][f"{rows}x{cols}"][name]["seconds"] == 2 * products + index + 1
+
+
 def _convert(source, out, budget, stats, profile=None):
     """In-process, so the sensitivity/KL analysis of the source is measured once for every budget."""
     from edgeq.convert import AllocationSettings, MethodSettings, convert
