@@ -166,7 +166,12 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     ("_mm_unpacklo_epi8(low, high)", "_mm_unpacklo_epi8(high, low)", "q4 axpy"),
     # dot_f16 multiplying every 8 keys by the first 8 query values: wrong only for rows over 8 values
     ("_mm256_loadu_ps(b + i), acc)", "_mm256_loadu_ps(b), acc)", "dot_f16"),
-], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped", "f16-dot-first-query-values"])
+    # dot_f16 over rows giving the fourth row of each block of four the third one's keys
+    ("(a + 3 * stride + i))), q, acc3)", "(a + 2 * stride + i))), q, acc3)", "dot_f16 rows"),
+    # axpy_f16 over rows weighing every row by the first row's weight (right for a single row)
+    ("const __m256 weight = _mm256_set1_ps(w[r]);", "const __m256 weight = _mm256_set1_ps(w[0]);", "axpy_f16 rows"),
+], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped", "f16-dot-first-query-values", "f16-dot-rows-mixed-up",
+        "f16-axpy-rows-first-weight"])
 def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before, planted, mismatch):
     """A bug planted in avx2's attention helpers makes check_attention fail, naming avx2 only."""
     if "avx2" not in _ffi.kernel_sets():

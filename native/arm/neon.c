@@ -368,32 +368,85 @@ static void plain_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t 
 
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
 
-static float dot_f16(const uint16_t *a, const float *b, size_t n)
+/* rows four at a time (b loaded once for the four), each summed exactly as a row alone */
+static void dot_f16(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n, float *out)
 {
-    float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        float16x8_t halves = vreinterpretq_f16_u16(vld1q_u16(a + i));
-        acc[0] = vfmaq_f32(acc[0], vcvt_f32_f16(vget_low_f16(halves)), vld1q_f32(b + i));
-        acc[1] = vfmaq_f32(acc[1], vcvt_high_f32_f16(halves), vld1q_f32(b + i + 4));
+    size_t r = 0;
+    for (; r + 4 <= n_rows; r += 4, a += 4 * stride) {
+        float32x4_t low[4], high[4];
+        for (int j = 0; j < 4; j++)
+            low[j] = high[j] = vdupq_n_f32(0.0f);
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const float32x4_t q_low = vld1q_f32(b + i), q_high = vld1q_f32(b + i + 4);
+            for (int j = 0; j < 4; j++) {
+                float16x8_t halves = vreinterpretq_f16_u16(vld1q_u16(a + (size_t)j * stride + i));
+                low[j] = vfmaq_f32(low[j], vcvt_f32_f16(vget_low_f16(halves)), q_low);
+                high[j] = vfmaq_f32(high[j], vcvt_high_f32_f16(halves), q_high);
+            }
+        }
+        for (int j = 0; j < 4; j++) {
+            float dot = horizontal_sum(low[j], high[j]);
+            for (size_t k = i; k < n; k++)
+                dot += eq_fp16_to_fp32(a[(size_t)j * stride + k]) * b[k];
+            out[r + (size_t)j] = dot;
+        }
     }
-    float dot = horizontal_sum(acc[0], acc[1]);
-    for (; i < n; i++)
-        dot += eq_fp16_to_fp32(a[i]) * b[i];
-    return dot;
+    for (; r < n_rows; r++, a += stride) {
+        float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            float16x8_t halves = vreinterpretq_f16_u16(vld1q_u16(a + i));
+            acc[0] = vfmaq_f32(acc[0], vcvt_f32_f16(vget_low_f16(halves)), vld1q_f32(b + i));
+            acc[1] = vfmaq_f32(acc[1], vcvt_high_f32_f16(halves), vld1q_f32(b + i + 4));
+        }
+        float dot = horizontal_sum(acc[0], acc[1]);
+        for (; i < n; i++)
+            dot += eq_fp16_to_fp32(a[i]) * b[i];
+        out[r] = dot;
+    }
 }
 
-static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
+/* y in registers, 16 values at a time, while every row adds to them */
+static void axpy_f16(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows, size_t n)
 {
-    const float32x4_t weight = vdupq_n_f32(w);
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        float16x8_t halves = vreinterpretq_f16_u16(vld1q_u16(x + i));
-        vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), weight, vcvt_f32_f16(vget_low_f16(halves))));
-        vst1q_f32(y + i + 4, vfmaq_f32(vld1q_f32(y + i + 4), weight, vcvt_high_f32_f16(halves)));
+    for (; i + 16 <= n; i += 16) {
+        float32x4_t y0 = vld1q_f32(y + i), y1 = vld1q_f32(y + i + 4);
+        float32x4_t y2 = vld1q_f32(y + i + 8), y3 = vld1q_f32(y + i + 12);
+        const uint16_t *row = x + i;
+        for (size_t r = 0; r < n_rows; r++, row += stride) {
+            const float32x4_t weight = vdupq_n_f32(w[r]);
+            float16x8_t first = vreinterpretq_f16_u16(vld1q_u16(row));
+            float16x8_t second = vreinterpretq_f16_u16(vld1q_u16(row + 8));
+            y0 = vfmaq_f32(y0, weight, vcvt_f32_f16(vget_low_f16(first)));
+            y1 = vfmaq_f32(y1, weight, vcvt_high_f32_f16(first));
+            y2 = vfmaq_f32(y2, weight, vcvt_f32_f16(vget_low_f16(second)));
+            y3 = vfmaq_f32(y3, weight, vcvt_high_f32_f16(second));
+        }
+        vst1q_f32(y + i, y0);
+        vst1q_f32(y + i + 4, y1);
+        vst1q_f32(y + i + 8, y2);
+        vst1q_f32(y + i + 12, y3);
     }
-    for (; i < n; i++)
-        y[i] += w * eq_fp16_to_fp32(x[i]);
+    for (; i + 8 <= n; i += 8) {
+        float32x4_t y0 = vld1q_f32(y + i), y1 = vld1q_f32(y + i + 4);
+        const uint16_t *row = x + i;
+        for (size_t r = 0; r < n_rows; r++, row += stride) {
+            const float32x4_t weight = vdupq_n_f32(w[r]);
+            float16x8_t halves = vreinterpretq_f16_u16(vld1q_u16(row));
+            y0 = vfmaq_f32(y0, weight, vcvt_f32_f16(vget_low_f16(halves)));
+            y1 = vfmaq_f32(y1, weight, vcvt_high_f32_f16(halves));
+        }
+        vst1q_f32(y + i, y0);
+        vst1q_f32(y + i + 4, y1);
+    }
+    for (; i < n; i++) {
+        float sum = y[i];
+        for (size_t r = 0; r < n_rows; r++)
+            sum += w[r] * eq_fp16_to_fp32(x[r * stride + i]);
+        y[i] = sum;
+    }
 }
 
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */

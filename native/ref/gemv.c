@@ -220,18 +220,21 @@ static void gemm_ref(const eq_qtype_traits *type, const uint8_t *data, size_t ro
 
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
 
-float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n)
+void eq_dot_f16_ref(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n, float *out)
 {
-    float dot = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        dot += eq_fp16_to_fp32(a[i]) * b[i];
-    return dot;
+    for (size_t r = 0; r < n_rows; r++, a += stride) {
+        float dot = 0.0f;
+        for (size_t i = 0; i < n; i++)
+            dot += eq_fp16_to_fp32(a[i]) * b[i];
+        out[r] = dot;
+    }
 }
 
-void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n)
+void eq_axpy_f16_ref(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        y[i] += w * eq_fp16_to_fp32(x[i]);
+    for (size_t r = 0; r < n_rows; r++, x += stride)
+        for (size_t i = 0; i < n; i++)
+            y[i] += w[r] * eq_fp16_to_fp32(x[i]);
 }
 
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */

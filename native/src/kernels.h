@@ -84,9 +84,16 @@ typedef void (*eq_prepare_fn)(const float *x, size_t cols, uint8_t *out);
 typedef void (*eq_gemm_fn)(const eq_qtype_traits *type, const uint8_t *data, size_t rows,
                            size_t cols, const eq_input *in, float *y, size_t y_stride);
 
-/* Attention over an fp16 KV cache: Σ a[i] b[i], and y[i] += w x[i], for fp16 a / x. */
-typedef float (*eq_dot_f16_fn)(const uint16_t *a, const float *b, size_t n);
-typedef void (*eq_axpy_f16_fn)(float *y, float w, const uint16_t *x, size_t n);
+/* Attention over an fp16 KV cache, over n_rows cache rows of n fp16 values, row r at a + r stride
+ * (x + r stride): the scores out[r] = Σ_i a[r stride + i] b[i], and the weighted sum of the values
+ * y[i] += Σ_r w[r] x[r stride + i], added row after row (each element's sum in the order r = 0, 1,
+ * ..., as n_rows calls with one row each would: one call per head and token, not one per cached
+ * position, so the call, the row's bookkeeping and, in the sum, the loads and stores of y are paid
+ * once instead of once per position). */
+typedef void (*eq_dot_f16_fn)(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n,
+                              float *out);
+typedef void (*eq_axpy_f16_fn)(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows,
+                               size_t n);
 
 /* Attention over an int8 KV cache (EQ_KV_Q8): a row of n values (one head of one token) is n int8
  * levels q in blocks of EQ_KV_Q8_BLOCK values (the last block may be shorter), block b with one fp16
@@ -224,8 +231,8 @@ void eq_dequantize_rows_ref(const eq_qtype_traits *type, const uint8_t *data, si
                             size_t cols, size_t row_begin, size_t row_count, float *out);
 void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
                  const float *x, float *y);
-float eq_dot_f16_ref(const uint16_t *a, const float *b, size_t n);
-void eq_axpy_f16_ref(float *y, float w, const uint16_t *x, size_t n);
+void eq_dot_f16_ref(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n, float *out);
+void eq_axpy_f16_ref(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows, size_t n);
 void eq_kv_q8_quantize(const float *x, size_t n, int8_t *q, uint16_t *scales);
 float eq_dot_q8_ref(const int8_t *a, const uint16_t *scales, const float *b, size_t n);
 void eq_axpy_q8_ref(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n);

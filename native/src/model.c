@@ -964,44 +964,55 @@ static row_split gate_up_split(const eq_model *m, const layer *l)
 /* ---- attention: one (token, head) pair per chunk --------------------------------------------- */
 
 /* Head row `row` of a store is index (layer, position, kv head) of its (n_layers, n_ctx, n_kv_heads)
- * rows: q . its keys, out += weight * its values, for head_dim = n values. */
-static float cache_dot(const eq_model *m, const kv_store *st, size_t row, const float *q, size_t n)
+ * rows. For the n_rows head rows row, row + stride, ...: scores[r] = q . its keys, and out += Σ_r
+ * weights[r] its values, for head_dim = n values (the fp16 store in one call of the set's helper,
+ * the others a row at a time). */
+static void cache_dots(const eq_model *m, const kv_store *st, size_t row, size_t stride, size_t n_rows,
+                       const float *q, size_t n, float *scores)
 {
-    const uint8_t *data = st->data + row * st->row_bytes;
-    switch (st->kind) {
-    case STORE_F16:
-        return m->kernels->dot_f16((const uint16_t *)data, q, n);
-    case STORE_Q8:
-        return m->kernels->dot_q8((const int8_t *)data, st->scales + row * st->row_scales, q, n);
-    default: {   /* STORE_F32 (keys are never int4) */
-        const float *keys = (const float *)data;
-        float dot = 0.0f;
-        for (size_t i = 0; i < n; i++)
-            dot += q[i] * keys[i];
-        return dot;
+    if (st->kind == STORE_F16) {
+        m->kernels->dot_f16((const uint16_t *)(void *)(st->data + row * st->row_bytes), stride * st->row_bytes / 2,
+                            n_rows, q, n, scores);
+        return;
     }
+    for (size_t r = 0; r < n_rows; r++, row += stride) {
+        const uint8_t *data = st->data + row * st->row_bytes;
+        if (st->kind == STORE_Q8) {
+            scores[r] = m->kernels->dot_q8((const int8_t *)data, st->scales + row * st->row_scales, q, n);
+        } else {   /* STORE_F32 (keys are never int4) */
+            const float *keys = (const float *)(const void *)data;
+            float dot = 0.0f;
+            for (size_t i = 0; i < n; i++)
+                dot += q[i] * keys[i];
+            scores[r] = dot;
+        }
     }
 }
 
-static void cache_axpy(const eq_model *m, const kv_store *st, size_t row, float weight, float *out, size_t n)
+static void cache_axpys(const eq_model *m, const kv_store *st, size_t row, size_t stride, size_t n_rows,
+                        const float *weights, float *out, size_t n)
 {
-    const uint8_t *data = st->data + row * st->row_bytes;
-    switch (st->kind) {
-    case STORE_F16:
-        m->kernels->axpy_f16(out, weight, (const uint16_t *)data, n);
-        break;
-    case STORE_Q8:
-        m->kernels->axpy_q8(out, weight, (const int8_t *)data, st->scales + row * st->row_scales, n);
-        break;
-    case STORE_Q4:
-        m->kernels->axpy_q4(out, weight, data, st->scales + row * st->row_scales, n);
-        break;
-    case STORE_F32: {
-        const float *values = (const float *)data;
-        for (size_t i = 0; i < n; i++)
-            out[i] += weight * values[i];
-        break;
+    if (st->kind == STORE_F16) {
+        m->kernels->axpy_f16(out, weights, (const uint16_t *)(void *)(st->data + row * st->row_bytes),
+                             stride * st->row_bytes / 2, n_rows, n);
+        return;
     }
+    for (size_t r = 0; r < n_rows; r++, row += stride) {
+        const uint8_t *data = st->data + row * st->row_bytes;
+        switch (st->kind) {
+        case STORE_Q8:
+            m->kernels->axpy_q8(out, weights[r], (const int8_t *)data, st->scales + row * st->row_scales, n);
+            break;
+        case STORE_Q4:
+            m->kernels->axpy_q4(out, weights[r], data, st->scales + row * st->row_scales, n);
+            break;
+        default: {   /* STORE_F32 */
+            const float *values = (const float *)(const void *)data;
+            for (size_t i = 0; i < n; i++)
+                out[i] += weights[r] * values[i];
+            break;
+        }
+        }
     }
 }
 
@@ -1042,10 +1053,11 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
     size_t head_row = (size_t)layer_index * (size_t)m->n_ctx * n_kv_heads + (size_t)(h / group);   /* + t n_kv_heads */
     int first = c->sliding[layer_index] && pos >= c->sliding_window ? pos - c->sliding_window + 1 : 0;
     const float *q = s->q + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
+    size_t n_rows = (size_t)(pos - first + 1), row0 = head_row + (size_t)first * n_kv_heads;
+    cache_dots(m, &s->keys, row0, n_kv_heads, n_rows, q, (size_t)head_dim, scores + first);
     float max_score = -INFINITY;
     for (int t = first; t <= pos; t++) {
-        float dot = cache_dot(m, &s->keys, head_row + (size_t)t * n_kv_heads, q, (size_t)head_dim);
-        scores[t] = softcap(dot * c->attn_scale, c->attn_softcap);
+        scores[t] = softcap(scores[t] * c->attn_scale, c->attn_softcap);
         if (scores[t] > max_score)
             max_score = scores[t];
     }
@@ -1054,10 +1066,11 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
         scores[t] = expf(scores[t] - max_score);
         sum += scores[t];
     }
+    for (int t = first; t <= pos; t++)
+        scores[t] /= sum;
     float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
     memset(out, 0, sizeof(float) * (size_t)head_dim);
-    for (int t = first; t <= pos; t++)
-        cache_axpy(m, &s->values, head_row + (size_t)t * n_kv_heads, scores[t] / sum, out, (size_t)head_dim);
+    cache_axpys(m, &s->values, row0, n_kv_heads, n_rows, scores + first, out, (size_t)head_dim);
 }
 
 /* ============================================================================================= */

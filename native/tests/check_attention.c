@@ -40,6 +40,9 @@
  *      T = Σ|a_i b_i|;
  *   8. every set's axpy_f16 against float64 y + w a, per element: at most one rounding of w a and
  *      one of the sum, so within u (2 |y| + 3 |w a|) (+ the smallest normal float).
+ *   Both also over 5 rows at once (the row, its reverse, their negations, the row halved; rows 5 NaN
+ *   values apart, which a helper reading past a row would turn into a NaN): each score as in 7, and
+ *   y + Σ_r w_r a_r within 11 u (|y| + Σ_r |w_r a_r|) (two roundings per row, each below u of that).
  *   Rows whose values overflow fp16 (the "huge" pattern) are skipped: an fp16 cache cannot hold them.
  * A mismatch prints set, check, n, pattern, index, got, expected and bound, and the exit status is 1;
  * the last lines give per set the largest error as a fraction of its bound. */
@@ -123,32 +126,69 @@ static void check(worst_errors *worst, int set, const char *isa, const char *wha
 }
 
 /* level i of an int4 row (kernels.h: byte i / 2, low nibble first, stored + 8) */
-/* 7, 8: every set's fp16 dot and axpy against float64 */
+/* 7, 8: every set's fp16 dot and axpy against float64, on one row and on F16_ROWS rows at once (the
+ * row, its reverse, their negations and the row halved, F16_PAD values apart that hold NaN: read,
+ * they would show; 5 rows: the sets' blocks of 4 rows and a row after them) */
+#define F16_ROWS 5
+#define F16_PAD 5
 static void check_f16(int n_sets, size_t n, int pattern, const float *x, const float *b, const float *y0, float w)
 {
-    uint16_t a[MAX_N];
-    double exact = 0.0, magnitude = 0.0;
+    const size_t stride = n + F16_PAD;
+    uint16_t a[F16_ROWS * (MAX_N + F16_PAD)];
+    double exact[F16_ROWS], magnitude[F16_ROWS];
+    const float weights[F16_ROWS] = {w, -0.5f * w, 3.0f * w, 0.25f * w, -2.0f * w};
+    for (size_t i = 0; i < F16_ROWS * stride; i++)
+        a[i] = 0x7e00;   /* fp16 NaN */
     for (size_t i = 0; i < n; i++) {
         a[i] = eq_fp32_to_fp16(x[i]);
         if (!isfinite(eq_fp16_to_fp32(a[i])))   /* beyond fp16's range ("huge"): no fp16 cache holds it */
             return;
-        exact += (double)eq_fp16_to_fp32(a[i]) * b[i];
-        magnitude += fabs((double)eq_fp16_to_fp32(a[i]) * b[i]);
+        a[stride + i] = eq_fp32_to_fp16(x[n - 1 - i]);
+        a[2 * stride + i] = a[i] ^ 0x8000;
+        a[3 * stride + i] = a[stride + i] ^ 0x8000;
+        a[4 * stride + i] = eq_fp32_to_fp16(0.5f * eq_fp16_to_fp32(a[i]));
+    }
+    for (int r = 0; r < F16_ROWS; r++) {
+        exact[r] = magnitude[r] = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            exact[r] += (double)eq_fp16_to_fp32(a[(size_t)r * stride + i]) * b[i];
+            magnitude[r] += fabs((double)eq_fp16_to_fp32(a[(size_t)r * stride + i]) * b[i]);
+        }
     }
     for (int s = 0; s < n_sets; s++) {
         const char *isa = eq_kernel_set_name(s);
         const eq_kernels *k = eq_isa_available(isa) ? eq_kernels_named(isa) : NULL;
         if (!k)
             continue;
-        check(&worst_f16, s, isa, "dot_f16 vs float64", n, pattern, 0, k->dot_f16(a, b, n), exact,
-              (double)(n + 1) * U * magnitude + DBL_MIN);
+        float dots[F16_ROWS];
+        k->dot_f16(a, stride, 1, b, n, dots);
+        check(&worst_f16, s, isa, "dot_f16 vs float64", n, pattern, 0, dots[0], exact[0],
+              (double)(n + 1) * U * magnitude[0] + DBL_MIN);
+        k->dot_f16(a, stride, F16_ROWS, b, n, dots);
+        for (int r = 0; r < F16_ROWS; r++)
+            check(&worst_f16, s, isa, "dot_f16 rows vs float64", n, pattern, (size_t)r, dots[r], exact[r],
+                  (double)(n + 1) * U * magnitude[r] + DBL_MIN);
         float y[MAX_N];
         memcpy(y, y0, sizeof(float) * n);
-        k->axpy_f16(y, w, a, n);
+        k->axpy_f16(y, weights, a, stride, 1, n);
         for (size_t i = 0; i < n; i++) {
             double product = (double)w * eq_fp16_to_fp32(a[i]);
             check(&worst_f16, s, isa, "axpy_f16 vs float64", n, pattern, i, y[i], y0[i] + product,
                   U * (2.0 * fabs(y0[i]) + 3.0 * fabs(product)) + FLT_MIN);
+        }
+        /* F16_ROWS rows: each adds at most one rounding of its product and one of the sum, every one
+         * at most u of |y0| + Σ|products| (the largest the partial sums can be): (2 rows + 1) u of it */
+        memcpy(y, y0, sizeof(float) * n);
+        k->axpy_f16(y, weights, a, stride, F16_ROWS, n);
+        for (size_t i = 0; i < n; i++) {
+            double sum = y0[i], size = fabs(y0[i]);
+            for (int r = 0; r < F16_ROWS; r++) {
+                double product = (double)weights[r] * eq_fp16_to_fp32(a[(size_t)r * stride + i]);
+                sum += product;
+                size += fabs(product);
+            }
+            check(&worst_f16, s, isa, "axpy_f16 rows vs float64", n, pattern, i, y[i], sum,
+                  (2.0 * F16_ROWS + 1.0) * U * size + FLT_MIN);
         }
     }
 }

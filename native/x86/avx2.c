@@ -486,28 +486,73 @@ static void plain_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t 
 
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
 
-static float dot_f16(const uint16_t *a, const float *b, size_t n)
+/* rows four at a time (b loaded once for the four), each summed exactly as a row alone */
+static void dot_f16(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n, float *out)
 {
-    __m256 acc = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))), _mm256_loadu_ps(b + i), acc);
-    float dot = horizontal_sum(acc);
-    for (; i < n; i++)
-        dot += eq_fp16_to_fp32(a[i]) * b[i];
-    return dot;
+    size_t r = 0;
+    for (; r + 4 <= n_rows; r += 4, a += 4 * stride) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 q = _mm256_loadu_ps(b + i);
+            acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))), q, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + stride + i))), q, acc1);
+            acc2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + 2 * stride + i))), q, acc2);
+            acc3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + 3 * stride + i))), q, acc3);
+        }
+        float dots[4] = {horizontal_sum(acc0), horizontal_sum(acc1), horizontal_sum(acc2), horizontal_sum(acc3)};
+        for (int j = 0; j < 4; j++) {
+            for (size_t k = i; k < n; k++)
+                dots[j] += eq_fp16_to_fp32(a[(size_t)j * stride + k]) * b[k];
+            out[r + (size_t)j] = dots[j];
+        }
+    }
+    for (; r < n_rows; r++, a += stride) {
+        __m256 acc = _mm256_setzero_ps();
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))), _mm256_loadu_ps(b + i), acc);
+        float dot = horizontal_sum(acc);
+        for (; i < n; i++)
+            dot += eq_fp16_to_fp32(a[i]) * b[i];
+        out[r] = dot;
+    }
 }
 
-static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
+/* y in registers, 32 values at a time, while every row adds to them */
+static void axpy_f16(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows, size_t n)
 {
-    __m256 weight = _mm256_set1_ps(w);
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 values = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(weight, values, _mm256_loadu_ps(y + i)));
+    for (; i + 32 <= n; i += 32) {
+        __m256 y0 = _mm256_loadu_ps(y + i), y1 = _mm256_loadu_ps(y + i + 8);
+        __m256 y2 = _mm256_loadu_ps(y + i + 16), y3 = _mm256_loadu_ps(y + i + 24);
+        const uint16_t *row = x + i;
+        for (size_t r = 0; r < n_rows; r++, row += stride) {
+            const __m256 weight = _mm256_set1_ps(w[r]);
+            y0 = _mm256_fmadd_ps(weight, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)row)), y0);
+            y1 = _mm256_fmadd_ps(weight, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 8))), y1);
+            y2 = _mm256_fmadd_ps(weight, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 16))), y2);
+            y3 = _mm256_fmadd_ps(weight, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 24))), y3);
+        }
+        _mm256_storeu_ps(y + i, y0);
+        _mm256_storeu_ps(y + i + 8, y1);
+        _mm256_storeu_ps(y + i + 16, y2);
+        _mm256_storeu_ps(y + i + 24, y3);
     }
-    for (; i < n; i++)
-        y[i] += w * eq_fp16_to_fp32(x[i]);
+    for (; i + 8 <= n; i += 8) {
+        __m256 sum = _mm256_loadu_ps(y + i);
+        const uint16_t *row = x + i;
+        for (size_t r = 0; r < n_rows; r++, row += stride)
+            sum = _mm256_fmadd_ps(_mm256_set1_ps(w[r]), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)row)), sum);
+        _mm256_storeu_ps(y + i, sum);
+    }
+    for (; i < n; i++) {
+        float sum = y[i];
+        for (size_t r = 0; r < n_rows; r++)
+            sum += w[r] * eq_fp16_to_fp32(x[r * stride + i]);
+        y[i] = sum;
+    }
 }
 
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */

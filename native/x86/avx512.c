@@ -351,31 +351,72 @@ static void plain_gemm(const eq_qtype_traits *type, const uint8_t *data, size_t 
 
 /* ---- attention over an fp16 KV cache ------------------------------------------------------- */
 
-static float dot_f16(const uint16_t *a, const float *b, size_t n)
+/* rows four at a time (b loaded once for the four), each summed exactly as a row alone */
+static void dot_f16(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n, float *out)
 {
-    __m512 acc = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + i))), _mm512_loadu_ps(b + i), acc);
-    if (i < n) {
-        __mmask16 tail = (__mmask16)((1u << (n - i)) - 1u);
-        acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, a + i)), _mm512_maskz_loadu_ps(tail, b + i), acc);
+    const __mmask16 tail = (__mmask16)((1u << (n % 16)) - 1u);
+    size_t r = 0;
+    for (; r + 4 <= n_rows; r += 4, a += 4 * stride) {
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+        size_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            const __m512 q = _mm512_loadu_ps(b + i);
+            acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + i))), q, acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + stride + i))), q, acc1);
+            acc2 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + 2 * stride + i))), q, acc2);
+            acc3 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + 3 * stride + i))), q, acc3);
+        }
+        if (i < n) {
+            const __m512 q = _mm512_maskz_loadu_ps(tail, b + i);
+            acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, a + i)), q, acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, a + stride + i)), q, acc1);
+            acc2 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, a + 2 * stride + i)), q, acc2);
+            acc3 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, a + 3 * stride + i)), q, acc3);
+        }
+        out[r] = _mm512_reduce_add_ps(acc0);
+        out[r + 1] = _mm512_reduce_add_ps(acc1);
+        out[r + 2] = _mm512_reduce_add_ps(acc2);
+        out[r + 3] = _mm512_reduce_add_ps(acc3);
     }
-    return _mm512_reduce_add_ps(acc);
+    for (; r < n_rows; r++, a += stride) {
+        __m512 acc = _mm512_setzero_ps();
+        size_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + i))), _mm512_loadu_ps(b + i), acc);
+        if (i < n)
+            acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, a + i)), _mm512_maskz_loadu_ps(tail, b + i), acc);
+        out[r] = _mm512_reduce_add_ps(acc);
+    }
 }
 
-static void axpy_f16(float *y, float w, const uint16_t *x, size_t n)
+/* y in registers, 64 values at a time, while every row adds to them */
+static void axpy_f16(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows, size_t n)
 {
-    const __m512 weight = _mm512_set1_ps(w);
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 values = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i)));
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(weight, values, _mm512_loadu_ps(y + i)));
+    for (; i + 64 <= n; i += 64) {
+        __m512 y0 = _mm512_loadu_ps(y + i), y1 = _mm512_loadu_ps(y + i + 16);
+        __m512 y2 = _mm512_loadu_ps(y + i + 32), y3 = _mm512_loadu_ps(y + i + 48);
+        const uint16_t *row = x + i;
+        for (size_t r = 0; r < n_rows; r++, row += stride) {
+            const __m512 weight = _mm512_set1_ps(w[r]);
+            y0 = _mm512_fmadd_ps(weight, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)row)), y0);
+            y1 = _mm512_fmadd_ps(weight, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 16))), y1);
+            y2 = _mm512_fmadd_ps(weight, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 32))), y2);
+            y3 = _mm512_fmadd_ps(weight, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 48))), y3);
+        }
+        _mm512_storeu_ps(y + i, y0);
+        _mm512_storeu_ps(y + i + 16, y1);
+        _mm512_storeu_ps(y + i + 32, y2);
+        _mm512_storeu_ps(y + i + 48, y3);
     }
-    if (i < n) {
-        __mmask16 tail = (__mmask16)((1u << (n - i)) - 1u);
-        __m512 values = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, x + i));
-        _mm512_mask_storeu_ps(y + i, tail, _mm512_fmadd_ps(weight, values, _mm512_maskz_loadu_ps(tail, y + i)));
+    for (; i < n; i += 16) {   /* 16 at a time, the last ones masked */
+        const __mmask16 lanes = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 sum = _mm512_maskz_loadu_ps(lanes, y + i);
+        const uint16_t *row = x + i;
+        for (size_t r = 0; r < n_rows; r++, row += stride)
+            sum = _mm512_fmadd_ps(_mm512_set1_ps(w[r]), _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, row)), sum);
+        _mm512_mask_storeu_ps(y + i, lanes, sum);
     }
 }
 
