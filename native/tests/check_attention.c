@@ -110,12 +110,27 @@ typedef struct worst_errors {   /* per set: the largest error / bound, of which 
 static worst_errors worst_q8, worst_q4, worst_f16;   /* the int8 cache's checks (1-4), the int4 values' (5, 6), fp16's (7, 8) */
 
 
+/* at most PRINTED mismatch lines per check, so that one broken helper does not hide another's */
+enum { PRINTED = 5, CHECK_KINDS = 32 };
+static int printed(const char *what)
+{
+    static const char *kinds[CHECK_KINDS];
+    static int counts[CHECK_KINDS];
+    for (int k = 0; k < CHECK_KINDS; k++)
+        if (kinds[k] == what || kinds[k] == NULL) {   /* the checks name themselves with string literals */
+            kinds[k] = what;
+            return counts[k]++;
+        }
+    return PRINTED;
+}
+
 static void check(worst_errors *worst, int set, const char *isa, const char *what, size_t n, int pattern,
                   size_t i, double got, double expected, double bound)
 {
     double error = fabs(got - expected);
     if (!(error <= bound)) {   /* NaN fails too */
-        if (failures++ < 20)
+        failures++;
+        if (printed(what) < PRINTED)
             fprintf(stderr, "MISMATCH set %s %s n %zu pattern %s index %zu: got %.9g expected %.9g bound %.3g\n",
                     isa, what, n, pattern_names[pattern], i, got, expected, bound);
     } else if (bound > 0 && error / bound > worst->fraction[set]) {
