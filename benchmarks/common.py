@@ -72,7 +72,7 @@ import llama_cpp
 path, threads, n_prompt, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 t1 = time.perf_counter()
 llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prompt + n_gen + 8,
-                      n_batch=512, verbose=False)
+                      n_batch=max(512, n_prompt + n_gen + 8), verbose=False)   # scores has n_batch rows
 load = time.perf_counter() - t1
 vocab = llm.n_vocab()
 prompt = [(7 * i + 11) % vocab for i in range(n_prompt)]
