@@ -132,19 +132,19 @@ def profile(model: str | None = None, shapes_from: str | None = None, threads: i
     if stream < 1:
         raise EdgeqError(f"--stream-mb must be positive, got {stream / (1 << 20):g}")
     rng = np.random.default_rng(0)
-    products = [((rows, cols), qtype) for (rows, cols), shape_types in wanted.items() for qtype in shape_types]
+    measured = [((rows, cols), qtype) for (rows, cols), shape_types in wanted.items() for qtype in shape_types]
     rounds = min(repeats, ROUNDS)
     samples: dict = {}
     start = time.perf_counter()
-    with tqdm(total=len(products) * (rounds + 1), desc="profiling", unit="product", leave=False,
+    with tqdm(total=len(measured) * (rounds + 1), desc="profiling", unit="product", leave=False,
               dynamic_ncols=True, disable=None if progress is None else not progress) as bar:
         weights = {}
-        for (rows, cols), qtype in products:
+        for (rows, cols), qtype in measured:
             weights[rows, cols, qtype.name] = _weights_for(qtype, rows, cols, rng)
             bar.update(1)
         for index in range(rounds):     # each round: every product's median of its share of the runs
             runs = repeats // rounds + (index < repeats % rounds)
-            for (rows, cols), qtype in products:
+            for (rows, cols), qtype in measured:
                 block, tiles = weights[rows, cols, qtype.name]
                 data = np.tile(block, tiles) if tiles > 1 else block
                 copies = max(2, -(-stream // max(data.nbytes, 1)))
@@ -153,7 +153,7 @@ def profile(model: str | None = None, shapes_from: str | None = None, threads: i
                 del data
                 bar.update(1)
     times: dict = {}
-    for (rows, cols), qtype in products:
+    for (rows, cols), qtype in measured:
         route = _ffi.kernel_route(qtype.name, isa, 1)
         times.setdefault(f"{rows}x{cols}", {})[qtype.name] = {
             "seconds": statistics.median(samples[rows, cols, qtype.name]), "set": route["set"], "path": route["path"]}
