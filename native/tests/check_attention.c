@@ -110,15 +110,17 @@ typedef struct worst_errors {   /* per set: the largest error / bound, of which 
 static worst_errors worst_q8, worst_q4, worst_f16;   /* the int8 cache's checks (1-4), the int4 values' (5, 6), fp16's (7, 8) */
 
 
-/* at most PRINTED mismatch lines per check, so that one broken helper does not hide another's */
-enum { PRINTED = 5, CHECK_KINDS = 32 };
-static int printed(const char *what)
+/* at most PRINTED mismatch lines per set and check, so that one broken helper (or set) does not hide
+ * another's; the sets and checks name themselves with strings that stay put, compared as pointers */
+enum { PRINTED = 5, CHECK_KINDS = 256 };
+static int printed(const char *isa, const char *what)
 {
-    static const char *kinds[CHECK_KINDS];
+    static const char *kinds[CHECK_KINDS][2];
     static int counts[CHECK_KINDS];
     for (int k = 0; k < CHECK_KINDS; k++)
-        if (kinds[k] == what || kinds[k] == NULL) {   /* the checks name themselves with string literals */
-            kinds[k] = what;
+        if ((kinds[k][0] == isa && kinds[k][1] == what) || kinds[k][1] == NULL) {
+            kinds[k][0] = isa;
+            kinds[k][1] = what;
             return counts[k]++;
         }
     return PRINTED;
@@ -130,7 +132,7 @@ static void check(worst_errors *worst, int set, const char *isa, const char *wha
     double error = fabs(got - expected);
     if (!(error <= bound)) {   /* NaN fails too */
         failures++;
-        if (printed(what) < PRINTED)
+        if (printed(isa, what) < PRINTED)
             fprintf(stderr, "MISMATCH set %s %s n %zu pattern %s index %zu: got %.9g expected %.9g bound %.3g\n",
                     isa, what, n, pattern_names[pattern], i, got, expected, bound);
     } else if (bound > 0 && error / bound > worst->fraction[set]) {
@@ -140,7 +142,6 @@ static void check(worst_errors *worst, int set, const char *isa, const char *wha
     }
 }
 
-/* level i of an int4 row (kernels.h: byte i / 2, low nibble first, stored + 8) */
 /* 7, 8: every set's fp16 dot and axpy against float64, on one row and on F16_ROWS rows at once (the
  * row, its reverse, their negations and the row halved, F16_PAD values apart that hold NaN: read,
  * they would show; 5 rows: the sets' blocks of 4 rows and a row after them) */
@@ -208,6 +209,7 @@ static void check_f16(int n_sets, size_t n, int pattern, const float *x, const f
     }
 }
 
+/* level i of an int4 row (kernels.h: byte i / 2, low nibble first, stored + 8) */
 static int q4_level(const uint8_t *q, size_t i)
 {
     return ((q[i / 2] >> (4 * (i % 2))) & 15) - 8;
