@@ -67,9 +67,6 @@ class PlanSettings:
                 and self.group not in quant_types.VECTOR_GROUPS):
             raise EdgeqError(f"--layout codebook at 2 bits takes --group "
                              f"{' or '.join(map(str, quant_types.VECTOR_GROUPS))}, not {self.group}")
-        if self.layout == "packed" and self.linear() not in quant_types.PACKED_BITS:
-            raise EdgeqError(f"--layout packed stores {', '.join(map(str, quant_types.PACKED_BITS))}-bit "
-                             f"types, not --bits {self.linear()}; use --layout auto or bitplane")
         for flag, value in (("--bits", self.bits), ("--head-bits", self.head_bits), ("--embed-bits", self.embed_bits)):
             if value is not None and value not in ALLOWED_BITS:
                 raise EdgeqError(f"{flag} {value} is not supported; choose one of "
@@ -109,7 +106,7 @@ class PlanSettings:
             return quant_types.CODEBOOK
         packed = {"auto": bits in AUTO_PACKED_BITS, "bitplane": False, "packed": True,
                   "codebook": bits in AUTO_PACKED_BITS}[self.layout]
-        return quant_types.UNIFORM_PACKED if packed and bits in quant_types.PACKED_BITS else quant_types.UNIFORM_BITPLANE
+        return quant_types.UNIFORM_PACKED if packed else quant_types.UNIFORM_BITPLANE
 
 
 def type_for_bits(bits: int, settings: PlanSettings) -> QuantType:

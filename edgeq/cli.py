@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--sym", action="store_true", help="symmetric levels (scale only, no min)")
     convert.add_argument("--layout", choices=["auto", "bitplane", "packed", "codebook"], default="auto",
                          help="how quantized tensors are stored: bitplane (u*g* types, LUT kernels: cost "
-                         "grows with the bits), packed (p*g* types at 4, 5, 6, 8 bits: whole levels, int8 "
+                         "grows with the bits), packed (p*g* types, the same size: whole levels, int8 "
                          "multiply-add kernels, cost per weight), codebook (c4g* types for the 4-bit tensors: "
                          "4-bit indices into 16 int8 levels learned per 16 rows by weighted k-means, the "
                          "multiply-add kernels; other widths as auto); auto = packed at 4 and 8 bits, "

@@ -6,7 +6,8 @@ Metadata (what the writer puts in; "optional" keys may be absent):
   edgeq.required_features         str[] optional (since version 2): features a reader must have to use
                                         the file; absent = none. Writers list only what a file needs:
                                         "compact-tail" when some tensor has a partial last group
-                                        stored in fewer columns than G (edgeq.quant_types)
+                                        stored in fewer columns than G, "packed-fields" when some
+                                        tensor is packed at 5 or 6 bits (edgeq.quant_types)
   edgeq.arch                      str   "llama" | "qwen2" | "qwen3" | "gemma3"
   edgeq.<hyper-parameter>         ModelConfig fields (u32 / f64 / bool / str), see CONFIG_KEYS
   edgeq.tokenizer.kind            str   "hf-json" -> tokenizer.huggingface.json (str)
@@ -32,12 +33,14 @@ Compatibility policy (the C loader in native/src/model.c applies the same):
   - A reader accepts every format version it knows (READ_VERSIONS: 1 and 2): files written by an
     older edgeq keep loading. A higher version is refused: "FILE: edgeq format version N, written
     by edgeq V; this edgeq (X) reads versions 1–2: upgrade edgeq".
-  - A file naming a feature in edgeq.required_features that this reader lacks (FEATURES, empty
-    today: "compact-tail") is refused: "FILE: needs feature 'NAME' (written by edgeq V), which this
+  - A file naming a feature in edgeq.required_features that this reader lacks (FEATURES:
+    "compact-tail", "packed-fields") is refused: "FILE: needs feature 'NAME' (written by edgeq V), which this
     edgeq (X) does not have; upgrade edgeq". So a file whose K are all multiples of their groups
     (the layouts agree) stays readable by the edgeq versions before compact tails.
   - Files without "compact-tail" pad a partial last group to G columns: readers check sizes and
     dequantize with that layout (TensorInfo.compact_tail False; the C loader converts at load).
+  - Files without "packed-fields" stored p5/p6 levels a byte each: such tensors are refused with
+    "convert the model again" (few files had them: --layout packed at 5-6 bits, or a Q5_0/Q5_1 GGUF).
   - Config keys added after version 1 are optional: ADDED_CONFIG_KEYS lists them, and a file
     without one gets the ModelConfig default (edgeq.config): the qwen3/gemma3 fields (qk_norm,
     post_norms, ffn_act, embed_scale, attn_scale, attn_softcap, final_softcap, sliding_window,
@@ -69,7 +72,8 @@ from .errors import EdgeqError
 FORMAT_VERSION = 2                  # what the writer writes
 READ_VERSIONS = (1, 2)              # what the reader accepts
 COMPACT_TAIL = "compact-tail"       # a partial last group is stored in GROUP_STEP columns, not G
-FEATURES: frozenset[str] = frozenset({COMPACT_TAIL})   # the edgeq.required_features this reader implements
+PACKED_FIELDS = "packed-fields"     # p5/p6 levels are planes of bit fields, not a byte each (quant_types)
+FEATURES: frozenset[str] = frozenset({COMPACT_TAIL, PACKED_FIELDS})   # the required_features this reader implements
 ARCHITECTURE = "edgeq"
 ALIGNMENT = 64
 CONFIG_KEYS = [f.name for f in fields(ModelConfig) if f.name != "extra"]
@@ -147,10 +151,17 @@ def _storage(entry: TensorPlanEntry) -> tuple[tuple[int, ...], np.dtype]:
 
 def required_features(entries: list[TensorPlanEntry]) -> list[str]:
     """What a reader must implement to read these tensors: "compact-tail" when a partial last group
-    is stored narrower than the layout before it (only then: other files stay readable by older edgeq)."""
+    is stored narrower than the layout before it, "packed-fields" when a p5/p6 tensor's levels are
+    bit fields (only then: other files stay readable by older edgeq)."""
     compact = any(entry.nbytes() != entry.qtype.nbytes_for_shape(entry.shape, compact_tail=False)
                   for entry in entries)
-    return [COMPACT_TAIL] if compact else []
+    fields = any(_byte_layout_before_fields(entry.qtype) for entry in entries)
+    return [COMPACT_TAIL] * compact + [PACKED_FIELDS] * fields
+
+
+def _byte_layout_before_fields(qtype: quant_types.QuantType) -> bool:
+    """Types whose levels files before "packed-fields" stored a byte each: packed at 5 and 6 bits."""
+    return qtype.family == quant_types.UNIFORM_PACKED and qtype.bits in (5, 6)
 
 
 def _umask() -> int:
@@ -326,8 +337,8 @@ class ModelFile:
                              f"`edgeq convert {self.path.name} -o model.edgeq`")
         self.gguf.read_tensors()
         self.format_version = self._check_version()
-        self.compact_tail = COMPACT_TAIL in self._array("edgeq.required_features", (gguffile.STRING,),
-                                                        "an array of strings", [])
+        features = self._array("edgeq.required_features", (gguffile.STRING,), "an array of strings", [])
+        self.compact_tail, self.packed_fields = COMPACT_TAIL in features, PACKED_FIELDS in features
         self.config = self._config()
         self.tokenizer = self._tokenizer()
         self.generation = self._generation()
@@ -510,6 +521,10 @@ class ModelFile:
                 raise EdgeqError(f"{self.path}: tensor {name}: bits/group/symmetric disagree with its type {type_name}")
             if len(shape) == 1 and qtype != VECTOR_TYPE:
                 raise EdgeqError(f"{self.path}: tensor {name} must be {VECTOR_TYPE.name}, not {type_name}")
+            if _byte_layout_before_fields(qtype) and not self.packed_fields:
+                raise EdgeqError(f"{self.path}: tensor {name}: {type_name} stored a byte per level (written by "
+                                 f"edgeq {self._writer()} before the '{PACKED_FIELDS}' layout), which this edgeq "
+                                 "does not read; convert the model again")
             tensor, nbytes = stored[name], qtype.nbytes_for_shape(shape, self.compact_tail)
             if tensor.ggml_type != self._ggml_type(qtype) or tensor.nbytes != nbytes:
                 raise EdgeqError(f"{self.path}: tensor {name}: stored size or type disagrees with its metadata "

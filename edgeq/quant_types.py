@@ -4,9 +4,10 @@ Each row names its family: how the type's weights are stored and multiplied. Tod
   PLAIN             f32, f16: a plain float tensor (GGUF F32/F16) in (M, K) numpy order.
   UNIFORM_BITPLANE  u<b>g<G><a|s|z>: grouped uniform levels stored as b one-bit planes (below), for
                     the LUT kernels (cost per bit-plane: what 2-3 bits want).
-  UNIFORM_PACKED    p<b>g<G><a|s|z>, b in 4, 5, 6, 8: the same numbers (levels, fp16 scale and min
-                    or scale only, groups of G along K) stored as whole levels, bytes or nibbles, for
-                    the int8 multiply-add kernels (cost per weight: what 5-8 bits want). Type names
+  UNIFORM_PACKED    p<b>g<G><a|s|z>, b in 2, 3, 4, 5, 6, 8: the same numbers (levels, fp16 scale and
+                    min or scale only, groups of G along K) stored as whole levels (bytes at 8 bits,
+                    else planes of bit fields per 32 columns), for the int8 multiply-add kernels
+                    (cost per weight, whatever the width). Type names
                     read "uniform, b bits, groups of G, asymmetric|symmetric|symmetric with an
                     integer zero point" with u = bit-planes and p = packed levels; which layout a
                     tensor uses is the converter's choice (`edgeq convert --layout`), recorded by its
@@ -65,15 +66,20 @@ Packed layout of a uniform packed tensor (p<b>g<G><a|s>), same numbers, ISA-neut
         scale[16]  fp16   one per row of the tile
         min[16]    fp16   (asymmetric types only)
         levels     for the block's w columns (w = G, or the last group's stored width):
-            b = 5, 6, 8: w / 4 quads of 64 bytes, [w/4][16 rows][4 columns]: byte (j, r, i) is
-                         q[r, 4j + i] (one byte per level; 5 and 6 bits take a whole byte, so they
-                         are only as small as 8-bit files and exist for the speed of their kernels)
-            b = 4:       w / 8 quads of 64 bytes, [w/8][16 rows][4 columns]: byte (j, r, i) holds
-                         q[r, 8j + i] in its low nibble and q[r, 8j + 4 + i] in its high nibble
+            b = 8:       w / 4 quads of 64 bytes, [w/4][16 rows][4 columns]: byte (j, r, i) is q[r, 4j + i]
+            b < 8:       w / 32 runs of 64 b bytes, each 32 columns as planes of bit fields, the
+                         level's lowest bits first: 4-bit fields (b >= 4), 2-bit fields (b = 2, 3, 6),
+                         1-bit fields (b odd). The plane of f-bit fields is f chunks of 64 bytes
+                         [16 rows][4 bytes]; byte (r, i) of chunk m holds the fields of columns
+                         32m/f + i + 4t at bits f*t (t < 8/f). At b = 4 that is w / 8 quads, byte
+                         (j, r, i) = q[r, 8j + i] | q[r, 8j + 4 + i] << 4; at b = 6 a level is its
+                         nibble | its 2-bit field << 4. So b bits cost b bits, as in the bit-plane
+                         types (files before the "packed-fields" feature stored 5 and 6 bits a byte each).
   - Why: one 64-byte load is 16 rows x 4 consecutive columns, what AVX-512 VNNI vpdpbusd multiplies
     by 4 activations broadcast to every row (u8 levels x s8 activations, summed per row in int32);
     two 32-byte loads feed AVX2 vpmaddubsw for 8 rows each, four 16-byte loads NEON sdot for 4 rows.
-    The 4-bit byte holds two such 4-column blocks: mask the low nibbles, shift the high ones.
+    A plane's fields become a quad's bytes by one shift and one mask (the 4-bit byte holds two
+    4-column blocks: mask the low nibbles, shift the high ones).
   - Dequantized value: exactly as the bit-plane types above (the same levels, scales and mins).
 
 Layout of a codebook tensor (c4g<G>), ISA-neutral:
@@ -173,9 +179,9 @@ class QuantType:
         return 2 * TILE_ROWS * (1 if self.symmetric else 2)
 
     def level_bits(self) -> int:
-        """Packed and codebook families: bits each weight's level (index) takes in the file (a
-        nibble at 4 bits, half a nibble for v2's pairs, else a byte)."""
-        return self.bits if self.bits <= 4 else 8
+        """Packed and codebook families: bits each weight's level (index) takes in the file (b bits
+        in fields of b < 8, half a nibble for v2's pairs, a byte at 8)."""
+        return self.bits if self.bits <= 6 else 8
 
     def index_span(self) -> int:
         """Codebook family: weights per index (2 for v2's pairs, else 1)."""
@@ -225,7 +231,8 @@ class QuantType:
 
 
 BITS = (2, 3, 4, 5, 6, 8)
-PACKED_BITS = (4, 5, 6, 8)      # the widths multiply-add can win at (benchmarks/README.md)
+PACKED_BITS = (4, 5, 6, 8)      # the packed widths of the first table rows ...
+PACKED_LOW_BITS = (2, 3)        # ... and those added after the 2-D codebook (ids at the end)
 GROUPS = (32, 64, 128)
 LAYOUTS = {UNIFORM_BITPLANE: "u", UNIFORM_PACKED: "p"}   # family -> the type names' first letter
 CODEBOOK_BITS = (4,)
@@ -240,7 +247,8 @@ def _suffix(symmetric: bool, integer_zero: bool = False) -> str:
 
 def _build_table() -> dict[str, QuantType]:
     """f32, f16, then per family in LAYOUTS order every (bits, group, a|s), the codebook types, the
-    z types, then the 2-D codebook types: ids never change, new rows go at the end."""
+    z types, the 2-D codebook types, then the packed types at 2 and 3 bits: ids never change, new
+    rows go at the end."""
     table = {
         "f32": QuantType("f32", 0, PLAIN, 32, 0, False, "<f4"),
         "f16": QuantType("f16", 1, PLAIN, 16, 0, False, "<f2"),
@@ -268,6 +276,12 @@ def _build_table() -> dict[str, QuantType]:
         name = f"v{VECTOR_BITS}g{group}s"
         table[name] = QuantType(name, next_id, CODEBOOK, VECTOR_BITS, group, True, "u1")
         next_id += 1
+    for bits in PACKED_LOW_BITS:
+        for group in GROUPS:
+            for symmetric in (False, True):
+                name = f"{LAYOUTS[UNIFORM_PACKED]}{bits}g{group}{_suffix(symmetric)}"
+                table[name] = QuantType(name, next_id, UNIFORM_PACKED, bits, group, symmetric, "u1")
+                next_id += 1
     return table
 
 
@@ -395,15 +409,64 @@ def unpack(qtype: QuantType, data: np.ndarray, rows: int, cols: int, compact_tai
     return levels, scales, mins
 
 
+def _field_planes(bits: int) -> list[tuple[int, int]]:
+    """Planes of a 32-column run of b-bit levels (b < 8), as (field width, the level's bit it
+    starts at): 4-bit fields (b >= 4), 2-bit (b = 2, 3, 6), 1-bit (b odd), lowest bits first."""
+    planes, at = [], 0
+    for width in (4, 2, 1):
+        if (width == 4 and bits >= 4) or (width == 2 and bits in (2, 3, 6)) or (width == 1 and bits % 2):
+            planes.append((width, at))
+            at += width
+    return planes
+
+
+def _run_cols(bits: int) -> int:
+    """Columns of one run of planes: 32 (a 1-bit chunk's columns); 8 at 4 bits, whose one plane
+    repeats every 8 columns (so v2's 16-index partial groups pack too)."""
+    return 8 if bits == 4 else 32
+
+
+def _layout_bits(qtype: QuantType) -> int:
+    """The packed layout a family's levels take: the codebooks' 4-bit indices, else the type's bits."""
+    return 4 if qtype.family == CODEBOOK else qtype.bits
+
+
 def _packed_level_bytes(qtype: QuantType, q: np.ndarray) -> np.ndarray:
     """(tile, 16 rows, groups, w) levels -> (tile, groups, level bytes of w columns)."""
     n_tiles, _, n_groups, width = q.shape
-    if qtype.level_bits() == 8:                                            # [w/4][16][4]
+    bits = _layout_bits(qtype)
+    if bits == 8:                                                          # [w/4][16][4]
         quads = q.reshape(n_tiles, TILE_ROWS, n_groups, width // 4, 4)
-    else:                                                                  # [w/8][16][4] nibbles
-        pairs = q.reshape(n_tiles, TILE_ROWS, n_groups, width // 8, 2, 4)
-        quads = pairs[..., 0, :] | (pairs[..., 1, :] << 4)
-    return np.ascontiguousarray(quads.transpose(0, 2, 3, 1, 4)).reshape(n_tiles, n_groups, -1)
+        return np.ascontiguousarray(quads.transpose(0, 2, 3, 1, 4)).reshape(n_tiles, n_groups, -1)
+    run = _run_cols(bits)
+    runs = q.reshape(n_tiles, TILE_ROWS, n_groups, width // run, run)
+    planes = []
+    for field, at in _field_planes(bits):               # [w/run][chunk][16 rows][4 bytes of 8/field fields]
+        fields = ((runs >> at) & ((1 << field) - 1)).reshape(n_tiles, TILE_ROWS, n_groups, width // run,
+                                                               run * field // 32, 8 // field, 4)
+        chunks = np.zeros(fields.shape[:5] + (4,), dtype=np.uint8)
+        for f in range(8 // field):
+            chunks |= (fields[..., f, :] << (field * f)).astype(np.uint8)
+        planes.append(chunks.transpose(0, 2, 3, 4, 1, 5).reshape(n_tiles, n_groups, width // run, -1))
+    return np.ascontiguousarray(np.concatenate(planes, axis=3)).reshape(n_tiles, n_groups, -1)
+
+
+def _packed_levels(qtype: QuantType, raw: np.ndarray, width: int) -> np.ndarray:
+    """_packed_level_bytes' inverse for one group: (tile, level bytes of w columns) -> (tile, 16, w)."""
+    n_tiles, bits = raw.shape[0], _layout_bits(qtype)
+    if bits == 8:
+        return raw.reshape(n_tiles, width // 4, TILE_ROWS, 4).transpose(0, 2, 1, 3).reshape(n_tiles, TILE_ROWS, width)
+    run = _run_cols(bits)
+    runs = raw.reshape(n_tiles, width // run, 2 * run * bits)
+    q = np.zeros((n_tiles, TILE_ROWS, width // run, run), dtype=np.uint8)
+    offset = 0
+    for field, at in _field_planes(bits):
+        n_chunks = run * field // 32
+        chunks = runs[:, :, offset:offset + 64 * n_chunks].reshape(n_tiles, width // run, n_chunks, TILE_ROWS, 1, 4)
+        fields = (chunks >> (field * np.arange(8 // field, dtype=np.uint8)[:, None])) & ((1 << field) - 1)
+        q |= (fields.transpose(0, 3, 1, 2, 4, 5).reshape(n_tiles, TILE_ROWS, width // run, run) << at).astype(np.uint8)
+        offset += 64 * n_chunks
+    return q.reshape(n_tiles, TILE_ROWS, width)
 
 
 def _scale_bytes(qtype: QuantType, scales, mins, n_tiles: int, n_groups: int) -> np.ndarray:
@@ -448,12 +511,7 @@ def _unpack_packed(qtype: QuantType, data: np.ndarray, rows: int, cols: int):
         width = min(group, stored - start)
         block = tiles[:, at:at + qtype.block_bytes(width * span)]
         headers.append(block[:, None, :header])
-        if qtype.level_bits() == 8:
-            q = block[:, header:].reshape(n_tiles, width // 4, TILE_ROWS, 4).transpose(0, 2, 1, 3)
-        else:
-            nibbles = block[:, header:].reshape(n_tiles, width // 8, TILE_ROWS, 1, 4)
-            q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=3).transpose(0, 2, 1, 3, 4)
-        levels[:, :, start:start + width] = q.reshape(n_tiles, TILE_ROWS, width)
+        levels[:, :, start:start + width] = _packed_levels(qtype, block[:, header:], width)
         at += qtype.block_bytes(width * span)
     headers = np.concatenate(headers, axis=1)
     n_groups, span = headers.shape[1], 2 * TILE_ROWS

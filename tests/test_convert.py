@@ -204,22 +204,49 @@ def test_both_layouts_store_the_same_numbers_with_every_method(tiny_llama, tmp_p
 
 
 def test_layout_auto_and_its_limits(tiny_qwen, tmp_path):
-    """auto packs at the AUTO_PACKED_BITS widths (the head and embeddings too), never at 5 or 6 bits
-    (a byte per level), bit-planes elsewhere; packed exists at 4, 5, 6, 8 bits only."""
+    """auto packs at the AUTO_PACKED_BITS widths (the head and embeddings too), bit-planes elsewhere;
+    packed exists at every width, at the size of the bit-plane type."""
     from edgeq.convert.plan import AUTO_PACKED_BITS
     from edgeq.errors import EdgeqError
+
+    def family(bits):
+        return quant_types.UNIFORM_PACKED if bits in AUTO_PACKED_BITS else quant_types.UNIFORM_BITPLANE
     model = _convert(tiny_qwen, tmp_path, bits=3, head_bits=8)
-    assert model.tensors["blk.0.ffn_up.weight"].qtype.family == quant_types.UNIFORM_BITPLANE
-    assert model.tensors["token_embd.weight"].qtype.family == (quant_types.UNIFORM_PACKED if 4 in AUTO_PACKED_BITS
-                                                               else quant_types.UNIFORM_BITPLANE)
+    assert model.tensors["blk.0.ffn_up.weight"].qtype.family == family(3)
+    assert model.tensors["token_embd.weight"].qtype.family == family(4)
     assert model.tensors["output.weight"].qtype.name == ("p8g32a" if 8 in AUTO_PACKED_BITS else "u8g32a")
-    assert not {5, 6} & set(AUTO_PACKED_BITS)
-    for bits in (5, 6):
-        assert PlanSettings(bits=bits).family_for(bits) == quant_types.UNIFORM_BITPLANE
-    with pytest.raises(EdgeqError, match="--layout packed stores 4, 5, 6, 8-bit types, not --bits 3"):
-        PlanSettings(bits=3, layout="packed").validate()
+    for bits in quant_types.BITS:
+        assert PlanSettings(bits=bits).family_for(bits) == family(bits)
+        assert PlanSettings(bits=bits, layout="packed").family_for(bits) == quant_types.UNIFORM_PACKED
+        for group in quant_types.GROUPS:
+            packed = quant_types.uniform_type(bits, group, False, quant_types.UNIFORM_PACKED)
+            bitplane = quant_types.uniform_type(bits, group, False)
+            assert packed.nbytes(48, 96) == bitplane.nbytes(48, 96), packed.name
     with pytest.raises(EdgeqError, match="--layout sideways"):
         PlanSettings(layout="sideways").validate()
+
+
+def test_p5_p6_files_before_packed_fields_are_refused(tiny_llama, tmp_path, monkeypatch):
+    """Files before "packed-fields" stored p5/p6 levels a byte each: a file with a p6 tensor names
+    the feature, and one that does not (as those files) is refused by ModelFile and the C loader with
+    one line that says to convert again. A file without p5/p6 tensors does not name it."""
+    from edgeq import fileformat
+    from edgeq.errors import EdgeqError
+    new, old, p8 = tmp_path / "new.p6", tmp_path / "old.p6", tmp_path / "new.p8"
+    convert(tiny_llama, new, PlanSettings(bits=6, layout="packed"), progress=False)
+    convert(tiny_llama, p8, PlanSettings(bits=8, layout="packed"), progress=False)
+    assert "packed-fields" in ModelFile(new).get("edgeq.required_features")
+    assert "packed-fields" not in (ModelFile(p8).get("edgeq.required_features") or [])
+    with monkeypatch.context() as patched:
+        patched.setattr(fileformat, "required_features", lambda entries: [])
+        convert(tiny_llama, old, PlanSettings(bits=6, layout="packed"), progress=False)
+    words = "p6g64a stored a byte per level (written by edgeq"
+    with pytest.raises(EdgeqError, match=r"tensor \S+: p6g64a stored a byte per level .*convert the model again"):
+        ModelFile(old)
+    with pytest.raises(EdgeqError) as error:
+        _ffi.model_open(old, threads=1, ctx=64)
+    assert words in str(error.value) and str(error.value).endswith("convert the model again")
+    assert "\n" not in str(error.value)
 
 
 def test_packed_file_runs_and_info_names_the_multiply_add_route(tiny_llama, tmp_path):

@@ -196,7 +196,7 @@ def test_new_files_are_version_2_and_need_no_feature(good_blob, tmp_path):
     model = ModelFile(path)
     assert fileformat.FORMAT_VERSION == 2 and model.format_version == 2
     assert model.get("edgeq.required_features") is None
-    assert fileformat.READ_VERSIONS == (1, 2) and fileformat.FEATURES == frozenset({"compact-tail"})
+    assert fileformat.READ_VERSIONS == (1, 2) and fileformat.FEATURES == frozenset({"compact-tail", "packed-fields"})
 
 
 def _version_3_words(path):

@@ -12,16 +12,17 @@
  * and per group acc[r] = fma(min[r], Σx̂, fma(scale[r], dot_f[r], acc[r])), or for symmetric types
  * fma(scale[r], dot_f[r] - zero_point Σx̂, acc[r]).
  *
- * A 64-byte quad of levels (edgeq.h) is four 16-byte vectors, rows 4v..4v+3 x the quad's 4 columns:
+ * A 64-byte quad of levels (edgeq.h; at 2, 3, 5, 6 bits put together from the planes of bit fields
+ * by a shift and a mask each) is four 16-byte vectors, rows 4v..4v+3 x the quad's 4 columns:
  *   - sdot (vdotq_laneq_s32) adds each 32-bit lane's 4 bytes times 4 activations into that row's
  *     int32 lane: one instruction per 4 rows x 4 columns, exact at any width (4 x 128 x 127 per step);
  *   - ARMv8.0, 4 rows at a time: smull/smlal (8 x s8 -> s16: rows 2 at a time, the quad's 4
  *     activations repeated)
- *     add up to 4 quads in int16 (5, 6 bits: levels <= 63, 4 x 63 x 127 = 32004; 4 bits: a block's 8
+ *     add up to 4 quads in int16 (2, 3, 5, 6 bits: levels <= 63, 4 x 63 x 127 = 32004; 4 bits: a block's 8
  *     nibble products, 8 x 15 x 127 = 15240; 8 bits: 2 quads, 2 x 128 x 127 = 32512), sadalp widens
  *     pairs into int32, and one addp per 4 rows folds the column pairs.
  * Levels are unsigned; both multiply signed bytes, so 8-bit levels are flipped to q - 128 (eor 0x80)
- * and Σ q x = Σ (q - 128) x + 128 Σ xq (as avx2 does); 4-6-bit levels are < 128 and used as they are.
+ * and Σ q x = Σ (q - 128) x + 128 Σ xq (as avx2 does); 2-6-bit levels are < 128 and used as they are.
  * The dot-product instructions exist only inside functions compiled with
  * target("arch=armv8.2-a+dotprod") (EQ_TARGET_DOTPROD), reached only through the `neon-dotprod`
  * set, which the CPU must report (getauxval(AT_HWCAP) & HWCAP_ASIMDDP). Static instruction counts
@@ -107,6 +108,32 @@ EQ_UNROLL(4)
     }
 }
 
+/* Rows 4v..4v+3 of quad j (columns 4j..4j+3) of a 32-column run of levels (kernels.h,
+ * eq_packed_level), one byte per level: at 8 bits (flipped to q - 128 when `flip`) the quad's
+ * bytes; at 2, 3, 5, 6 bits each plane's field shifted to its place (vshl: left for a positive
+ * count, right for a negative one) and masked. */
+static inline __attribute__((always_inline)) int8x16_t
+quad_rows(const uint8_t *run, const int bits, const int j, const int v, const int flip)
+{
+    if (bits > 6) {
+        const uint8x16_t bytes = vld1q_u8(run + 64 * j + 16 * v);
+        return vreinterpretq_s8_u8(flip ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes);
+    }
+    uint8x16_t rows = vdupq_n_u8(0);
+    int at = 0;
+    for (int width = 4; width > 0; width /= 2) {
+        if (!eq_packed_has_plane(bits, (unsigned)width))
+            continue;
+        const int quads = 8 / width;                                   /* quads per 64-byte chunk */
+        const uint8x16_t chunk = vld1q_u8(run + 64 * (j / quads) + 16 * v);
+        const uint8x16_t moved = vshlq_u8(chunk, vdupq_n_s8((int8_t)(at - width * (j % quads))));
+        rows = vorrq_u8(rows, vandq_u8(moved, vdupq_n_u8((uint8_t)(((1 << width) - 1) << at))));
+        run += 64 * width;
+        at += width;
+    }
+    return vreinterpretq_s8_u8(rows);
+}
+
 /* sums[h] (int16 x 8: rows 4v+2h, 4v+2h+1 x 4 columns) += rows (16 bytes: 4 rows x 4 columns) x x4 */
 static inline __attribute__((always_inline)) void
 rows_mlal(int8x16_t rows, int8x16_t x4, int16x8_t sums[2])
@@ -137,17 +164,15 @@ EQ_UNROLL(4)
             }
             pairs[0] = vpaddlq_s16(sums[0]);
             pairs[1] = vpaddlq_s16(sums[1]);
-        } else {              /* 8 quads of 4 columns, a byte each */
+        } else {              /* 8 quads of 4 columns, a byte each (8 bits) or from the fields */
             const int per_flush = bits <= 6 ? 4 : 2;   /* quads an int16 sum holds (opening comment) */
             pairs[0] = pairs[1] = vdupq_n_s32(0);
 EQ_UNROLL(4)
             for (int j0 = 0; j0 < BLOCK / 4; j0 += per_flush) {
                 int16x8_t sums[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
 EQ_UNROLL(4)
-                for (int j = j0; j < j0 + per_flush; j++) {
-                    const uint8x16_t bytes = vld1q_u8(levels + 64 * j + 16 * v);
-                    rows_mlal(vreinterpretq_s8_u8(bits > 6 ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes), x4[j], sums);
-                }
+                for (int j = j0; j < j0 + per_flush; j++)
+                    rows_mlal(quad_rows(levels, bits, j, v, 1), x4[j], sums);
                 pairs[0] = vpadalq_s16(pairs[0], sums[0]);
                 pairs[1] = vpadalq_s16(pairs[1], sums[1]);
             }
@@ -201,7 +226,9 @@ EQ_UNROLL(4)
 #pragma GCC unroll 8   /* whole: the lane of sdot is an immediate */
         for (int j = 0; j < BLOCK / 4; j++) {
             int8x16_t rows[4];
-            load_quad(levels + 64 * j, bits > 6, rows);
+            EQ_UNROLL(4)
+            for (int v = 0; v < 4; v++)
+                rows[v] = quad_rows(levels, bits, j, v, 1);
             quad_sdot(rows, x[j / 4], j % 4, dot);
         }
     }
@@ -228,7 +255,6 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
     const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
     const size_t header_bytes = eq_packed_header_bytes(type);
     const size_t scale_bytes = 2u * EQ_TILE_ROWS;
-    const size_t quad_cols = bits == 4 ? 8 : 4;                       /* columns per 64-byte quad */
     const float zero_point = eq_zero_point(type);
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
@@ -245,7 +271,7 @@ gemm_body(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t 
                 float sum_x = 0.0f;
                 for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
                     int32x4_t dot[4];
-                    block_dot(levels + c / quad_cols * 64, bits, x.xq + b * BLOCK, dot);
+                    block_dot(levels + c / BLOCK * eq_packed_run_bytes(bits), bits, x.xq + b * BLOCK, dot);
                     const float32x4_t scale = vdupq_n_f32(x.scale[b]);
                     EQ_UNROLL(4)
                     for (int i = 0; i < 4; i++) {
@@ -289,6 +315,7 @@ void eq_packed_gemm_neon(const eq_qtype_traits *type, const uint8_t *data, size_
 {
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
+    BODY_CASES(2, block_dot_mull) BODY_CASES(3, block_dot_mull)
     BODY_CASES(4, block_dot_mull) BODY_CASES(5, block_dot_mull)
     BODY_CASES(6, block_dot_mull) BODY_CASES(8, block_dot_mull)
 #endif
@@ -303,6 +330,7 @@ static EQ_TARGET_DOTPROD void gemm_dotprod(const eq_qtype_traits *type, const ui
 {
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
+    BODY_CASES(2, block_dot_sdot) BODY_CASES(3, block_dot_sdot)
     BODY_CASES(4, block_dot_sdot) BODY_CASES(5, block_dot_sdot)
     BODY_CASES(6, block_dot_sdot) BODY_CASES(8, block_dot_sdot)
 #endif

@@ -18,14 +18,20 @@
  *     symmetric   w = scale * (q - (2^b - 1) / 2)
  *     z types     w = scale * (q - 2^(b - 1))   (symmetric, integer_zero: llama.cpp's _0 grids;
  *                                                the scale may be negative)
- * Packed layout of a uniform packed tensor (p{b}g{G}{a|s|z}, b in 4,5,6,8; the same numbers, for the
- * int8 multiply-add kernels): M padded to Mp as above, groups stored as above: group g stores
+ * Packed layout of a uniform packed tensor (p{b}g{G}{a|s|z}, b in 2,3,4,5,6,8; the same numbers, for
+ * the int8 multiply-add kernels): M padded to Mp as above, groups stored as above: group g stores
  * c_g = min(G, Ks - g*G) columns, Ks = ceil(K/32)*32 (zeros past K). Each tile is ceil(K/G) blocks:
- *   scale[16] fp16, min[16] fp16 (asymmetric only), then the levels of c_g columns as 64-byte quads
- *   [quad][16 rows][4 columns]: b = 5, 6, 8: one byte per level, c_g/4 quads, byte (j, r, i) =
- *   q[r, 4j+i]; b = 4: c_g/8 quads, byte (j, r, i) = q[r, 8j+i] | q[r, 8j+4+i] << 4. One 64-byte
- *   load is 16 rows x 4 columns for vpdpbusd (AVX-512 VNNI), two 32-byte loads feed vpmaddubsw
- *   (AVX2), four 16-byte loads NEON sdot.
+ *   scale[16] fp16, min[16] fp16 (asymmetric only), then the levels of c_g columns:
+ *   b = 8: c_g/4 64-byte quads [quad][16 rows][4 columns], byte (j, r, i) = q[r, 4j+i];
+ *   b < 8: c_g/32 runs of 64 b bytes, each 32 columns as planes of bit fields, lowest bits first:
+ *     4-bit fields (b >= 4), 2-bit fields (b = 2, 3, 6), 1-bit fields (b odd). The plane of w-bit
+ *     fields is 64 w bytes: w chunks [16 rows][4 bytes] of 32/w columns each, byte (r, i) of chunk
+ *     m holding the w-bit fields of columns m*32/w + i + 4f at bits w*f (f < 8/w). At b = 4 this
+ *     is byte (j, r, i) = q[r, 8j+i] | q[r, 8j+4+i] << 4; at 6, q = nibble | 2-bit field << 4.
+ *   One 64-byte load is 16 rows x 4 columns for vpdpbusd (AVX-512 VNNI), two 32-byte loads feed
+ *   vpmaddubsw (AVX2), four 16-byte loads NEON sdot; a plane's fields become a quad's bytes by a
+ *   shift and a mask, so b bits cost b/8 of a byte in memory (files written before the 2-3 bit
+ *   types stored 5 and 6 bits a byte each: feature "packed-fields", native/src/model.c).
  * Codebook layout (c4g{G}{a|s}: 4-bit indices into 16 learned levels): tiles as the packed family's,
  * each starting with codebook[16] int8 (levels in [-64, 63]), then exactly the blocks of p4g{G}{a|s}
  * with indices in place of levels: w = scale * codebook[index] (+ min, asymmetric; no zero point).
@@ -83,7 +89,8 @@ const char *eq_error_string(int code);
  * u{bits}g{group}{a|s} for bits in 2,3,4,5,6,8, group in 32,64,128, asymmetric before symmetric,
  * then the packed p{bits}g{group}{a|s} for bits in 4,5,6,8 in the same order, then the codebook
  * c4g{group}{a|s}, then the z types u{4,5,8}g32z, p{4,5,8}g32z: symmetric with the integer zero
- * point 2^(bits-1), llama.cpp's Q4_0 / Q5_0 / Q8_0 grids, then the 2-D codebook types v2g{64,128}s)
+ * point 2^(bits-1), llama.cpp's Q4_0 / Q5_0 / Q8_0 grids, then the 2-D codebook types v2g{64,128}s,
+ * then the packed p{2,3}g{group}{a|s} in the order of the others)
  * ------------------------------------------------------------------------------------------- */
 
 typedef enum eq_qtype {
@@ -163,7 +170,19 @@ typedef enum eq_qtype {
     EQ_QTYPE_P8G32Z = 73,
     EQ_QTYPE_V2G64S = 74,
     EQ_QTYPE_V2G128S = 75,
-    EQ_QTYPE_COUNT = 76
+    EQ_QTYPE_P2G32A = 76,
+    EQ_QTYPE_P2G32S = 77,
+    EQ_QTYPE_P2G64A = 78,
+    EQ_QTYPE_P2G64S = 79,
+    EQ_QTYPE_P2G128A = 80,
+    EQ_QTYPE_P2G128S = 81,
+    EQ_QTYPE_P3G32A = 82,
+    EQ_QTYPE_P3G32S = 83,
+    EQ_QTYPE_P3G64A = 84,
+    EQ_QTYPE_P3G64S = 85,
+    EQ_QTYPE_P3G128A = 86,
+    EQ_QTYPE_P3G128S = 87,
+    EQ_QTYPE_COUNT = 88
 } eq_qtype;
 
 /* Layout constants shared by every packed type. */

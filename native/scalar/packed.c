@@ -62,10 +62,16 @@ static void block_dot(const uint8_t *levels, int bits, const int8_t *xq, int32_t
                 }
         return;
     }
-    for (int j = 0; j < BLOCK / 4; j++, levels += 64)  /* 8 quads of 4 columns, a byte each */
-        for (int r = 0; r < EQ_TILE_ROWS; r++)
-            for (int i = 0; i < 4; i++)
-                dot[r] += levels[r * 4 + i] * xq[4 * j + i];
+    if (bits == 8) {
+        for (int j = 0; j < BLOCK / 4; j++, levels += 64)   /* 8 quads of 4 columns, a byte each */
+            for (int r = 0; r < EQ_TILE_ROWS; r++)
+                for (int i = 0; i < 4; i++)
+                    dot[r] += levels[r * 4 + i] * xq[4 * j + i];
+        return;
+    }
+    for (int r = 0; r < EQ_TILE_ROWS; r++)                     /* 2, 3, 5, 6 bits: planes of fields */
+        for (int k = 0; k < BLOCK; k++)
+            dot[r] += (int32_t)eq_packed_level(levels, bits, (size_t)r, (size_t)k) * xq[k];
 }
 
 void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t cols,
@@ -76,7 +82,6 @@ void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, siz
     const size_t n_groups = (cols + group - 1) / group;
     const size_t tile_bytes = eq_packed_tile_bytes(type, cols);
     const size_t header_bytes = eq_packed_header_bytes(type);
-    const size_t quad_cols = type->bits == 4 ? 8 : 4;                 /* columns per 64-byte quad */
     const float zero_point = eq_zero_point(type);
 
     for (size_t tile = 0; tile < n_tiles; tile++) {
@@ -92,7 +97,8 @@ void eq_packed_gemm_scalar(const eq_qtype_traits *type, const uint8_t *data, siz
                 for (size_t c = 0; c < block_cols; c += BLOCK) {
                     const size_t b = (g * group + c) / BLOCK;
                     int32_t dot[EQ_TILE_ROWS];
-                    block_dot(block + header_bytes + c / quad_cols * 64, type->bits, x.xq + b * BLOCK, dot);
+                    block_dot(block + header_bytes + c / BLOCK * eq_packed_run_bytes(type->bits), type->bits,
+                              x.xq + b * BLOCK, dot);
                     for (int r = 0; r < EQ_TILE_ROWS; r++)
                         group_dot[r] += x.scale[b] * (float)dot[r];
                     sum_x += x.sum[b];

@@ -363,10 +363,16 @@ static inline size_t eq_packed_header_bytes(const eq_qtype_traits *type)
     return 2u * EQ_TILE_ROWS * (type->symmetric ? 1u : 2u);
 }
 
+/* Bytes of the levels of 32 columns (16 rows): b bits each, a byte each at 8 bits (edgeq.h). */
+static inline size_t eq_packed_run_bytes(int bits)
+{
+    return 64u * (size_t)(bits <= 6 ? bits : 8);
+}
+
 static inline size_t eq_packed_block_bytes(const eq_qtype_traits *type, size_t block_cols)
 {
-    /* 16 rows x block_cols levels: a nibble per level at 4 bits, a nibble per pair (v2), else a byte */
-    return eq_packed_header_bytes(type) + (type->bits <= 4 ? 2u * (size_t)type->bits : 16u) * block_cols;
+    /* 16 rows x block_cols levels of b bits (v2: 4-bit indices per pair, 2 bits per weight) */
+    return eq_packed_header_bytes(type) + eq_packed_run_bytes(type->bits) / 32u * block_cols;
 }
 
 static inline size_t eq_packed_group_cols(const eq_qtype_traits *type, size_t cols, size_t g)
@@ -422,15 +428,37 @@ static inline size_t eq_packed_tile_bytes(const eq_qtype_traits *type, size_t co
            eq_packed_block_bytes(type, eq_packed_group_cols(type, cols, n_groups - 1));
 }
 
-/* Level q[r, col] of a packed block's levels (col < the block's columns). */
+/* Packed levels below 8 bits (edgeq.h): a 32-column run holds a plane of 4-bit fields (b >= 4), of
+ * 2-bit fields (b = 2, 3, 6), of 1-bit fields (b odd), in that order, lowest bits of the level first;
+ * a plane of w-bit fields is 64 w bytes. */
+static inline bool eq_packed_has_plane(int bits, unsigned width)
+{
+    return width == 4 ? bits >= 4 : width == 2 ? (bits == 2 || bits == 3 || bits == 6) : (bits & 1) != 0;
+}
+
+/* Level q[r, col] of a packed block's levels (col < the block's columns): at 8 bits a byte, quads
+ * [col / 4][16 rows][4 columns]; else the fields of col's 32-column run. The w-bit plane is 64-byte
+ * chunks [16 rows][4 bytes] of 32 / w columns each: byte (r, i) of a chunk holds its columns i,
+ * i + 4, i + 8, ..., the f-th at bits w f. */
 static inline unsigned eq_packed_level(const uint8_t *levels, int bits, size_t r, size_t col)
 {
-    if (bits == 4) {
-        uint8_t byte = levels[(col / 8) * 64 + r * 4 + col % 4];
-        return col % 8 < 4 ? byte & 15u : byte >> 4;
+    if (bits > 6)
+        return levels[(col / 4) * 64 + r * 4 + col % 4];
+    const uint8_t *plane = levels + (col / 32) * eq_packed_run_bytes(bits);
+    const size_t c = col % 32;
+    unsigned level = 0, at = 0;
+    for (unsigned width = 4; width > 0; width /= 2) {
+        if (!eq_packed_has_plane(bits, width))
+            continue;
+        const size_t span = 32u / width;
+        const uint8_t byte = plane[(c / span) * 64 + r * 4 + c % 4];
+        level |= ((byte >> (width * ((c % span) / 4))) & ((1u << width) - 1u)) << at;
+        plane += 64u * width;
+        at += width;
     }
-    return levels[(col / 4) * 64 + r * 4 + col % 4];
+    return level;
 }
+
 /* Level of weight (r, col) of a codebook block (col < the block's columns) from its tile's codebook
  * (eq_tile_header_bytes of int8 at the tile's start): c4, codebook[index of col]; v2 (edgeq.h), the
  * pair (col, col + 4) for col % 8 < 4 shares one index, col % 16 < 8 in a byte's low nibble, and

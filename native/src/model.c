@@ -36,7 +36,9 @@
  * defaults are llama's block; read_config reads them with read_*_or).
  * Feature "compact-tail": a partial last group is stored in EQ_GROUP_STEP columns (edgeq.h). Files
  * without it padded that group to G columns; their tensors with K % G != 0 are converted to today's
- * layout into memory the model owns (a copy, only for those files: the kernels know one layout). */
+ * layout into memory the model owns (a copy, only for those files: the kernels know one layout).
+ * Feature "packed-fields": packed levels of 5 and 6 bits are stored as planes of bit fields (edgeq.h);
+ * files without it stored them a byte each, and their p5/p6 tensors are refused (convert again). */
 enum {
     FORMAT_VERSION_MIN = 1,
     FORMAT_VERSION_MAX = 2,
@@ -176,10 +178,11 @@ typedef struct loader {
     int failed;
     char writer[48];    /* edgeq.converter_version, for messages ("unknown" if absent) */
     bool compact_tail;  /* the file requires "compact-tail"; else partial last groups are padded to G */
+    bool packed_fields; /* the file requires "packed-fields"; else p5/p6 tensors are in a byte layout */
 } loader;
 
 /* Features this reader implements, by the names files list in edgeq.required_features. */
-static const char *const known_features[] = {"compact-tail", NULL};
+static const char *const known_features[] = {"compact-tail", "packed-fields", NULL};
 
 static int fail(loader *ld, const char *format, ...)
 {
@@ -347,6 +350,10 @@ static int load_matrix(loader *ld, const char *name, size_t rows, size_t cols, m
     family_storage storage;
     if (storage_of(traits, &storage))
         return fail(ld, "tensor %s has quant type %s of an unknown family", name, traits->name);
+    if (traits->family == EQ_QFAMILY_UNIFORM_PACKED && (traits->bits == 5 || traits->bits == 6) && !ld->packed_fields)
+        return fail(ld, "tensor %s: %s stored a byte per level (written by edgeq %s before the 'packed-fields' "
+                    "layout), which this edgeq does not read; convert the model again", name, traits->name,
+                    ld->writer);
     size_t stored_bytes = nbytes;   /* <= nbytes for files before "compact-tail", which fit too */
     if (!ld->compact_tail && eq_padded_tail_nbytes(traits, rows, cols ? cols : 1, &stored_bytes) != EQ_OK)
         return fail(ld, "tensor %s: a (%zu, %zu) %s tensor does not fit in this system's address space",
@@ -434,6 +441,8 @@ static int read_compatibility(loader *ld)
                         "have; upgrade edgeq", len > 64 ? 64 : (int)len, text, ld->writer, eq_version());
         if (len == strlen("compact-tail") && memcmp(text, "compact-tail", (size_t)len) == 0)
             ld->compact_tail = true;
+        if (len == strlen("packed-fields") && memcmp(text, "packed-fields", (size_t)len) == 0)
+            ld->packed_fields = true;
     }
     return 0;
 }
@@ -737,7 +746,7 @@ static int alloc_state(loader *ld, eq_model *m)
 
 eq_model *eq_model_open(const char *path, const eq_model_params *params, char *err, size_t err_size)
 {
-    loader ld = {NULL, err, err_size, 0, "unknown", false};
+    loader ld = {NULL, err, err_size, 0, "unknown", false, false};
     if (err && err_size)
         err[0] = '\0';
     if (!path) {

@@ -119,6 +119,19 @@ static const eq_qtype_traits qtype_table[EQ_QTYPE_COUNT] = {
     /* 2-D codebook: bits = 2 per weight, a 4-bit index per pair */
     [EQ_QTYPE_V2G64S]  = {"v2g64s",  EQ_QTYPE_V2G64S,  EQ_QFAMILY_CODEBOOK,         2,   64, true},
     [EQ_QTYPE_V2G128S] = {"v2g128s", EQ_QTYPE_V2G128S, EQ_QFAMILY_CODEBOOK,         2,  128, true},
+    /* packed at 2 and 3 bits (added after the 2-D codebook) */
+    [EQ_QTYPE_P2G32A]  = {"p2g32a",  EQ_QTYPE_P2G32A,  EQ_QFAMILY_UNIFORM_PACKED,   2,   32, false},
+    [EQ_QTYPE_P2G32S]  = {"p2g32s",  EQ_QTYPE_P2G32S,  EQ_QFAMILY_UNIFORM_PACKED,   2,   32, true},
+    [EQ_QTYPE_P2G64A]  = {"p2g64a",  EQ_QTYPE_P2G64A,  EQ_QFAMILY_UNIFORM_PACKED,   2,   64, false},
+    [EQ_QTYPE_P2G64S]  = {"p2g64s",  EQ_QTYPE_P2G64S,  EQ_QFAMILY_UNIFORM_PACKED,   2,   64, true},
+    [EQ_QTYPE_P2G128A] = {"p2g128a", EQ_QTYPE_P2G128A, EQ_QFAMILY_UNIFORM_PACKED,   2,  128, false},
+    [EQ_QTYPE_P2G128S] = {"p2g128s", EQ_QTYPE_P2G128S, EQ_QFAMILY_UNIFORM_PACKED,   2,  128, true},
+    [EQ_QTYPE_P3G32A]  = {"p3g32a",  EQ_QTYPE_P3G32A,  EQ_QFAMILY_UNIFORM_PACKED,   3,   32, false},
+    [EQ_QTYPE_P3G32S]  = {"p3g32s",  EQ_QTYPE_P3G32S,  EQ_QFAMILY_UNIFORM_PACKED,   3,   32, true},
+    [EQ_QTYPE_P3G64A]  = {"p3g64a",  EQ_QTYPE_P3G64A,  EQ_QFAMILY_UNIFORM_PACKED,   3,   64, false},
+    [EQ_QTYPE_P3G64S]  = {"p3g64s",  EQ_QTYPE_P3G64S,  EQ_QFAMILY_UNIFORM_PACKED,   3,   64, true},
+    [EQ_QTYPE_P3G128A] = {"p3g128a", EQ_QTYPE_P3G128A, EQ_QFAMILY_UNIFORM_PACKED,   3,  128, false},
+    [EQ_QTYPE_P3G128S] = {"p3g128s", EQ_QTYPE_P3G128S, EQ_QFAMILY_UNIFORM_PACKED,   3,  128, true},
 };
 
 _Static_assert(sizeof qtype_table / sizeof qtype_table[0] == EQ_QTYPE_COUNT,

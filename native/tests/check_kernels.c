@@ -429,13 +429,14 @@ static size_t stored_columns(const tensor *t, size_t g)
 }
 
 /* Bytes of one (tile, group) block: scale[16] fp16, min[16] fp16 (asymmetric), then b planes of
- * one 16-byte chunk per 8 stored columns, or (packed) a byte per level, a nibble at 4 bits, a nibble
- * per pair of columns (v2). */
+ * one 16-byte chunk per 8 stored columns, or (packed) b bits per level (a byte at 8 bits), a nibble
+ * per pair of columns (v2, 2 bits per weight). */
 static size_t block_bytes(const tensor *t, size_t g)
 {
     const size_t scale_bytes = 2u * EQ_TILE_ROWS * (t->type->symmetric ? 1u : 2u);
     if (has_quads(t->type)) {
-        return scale_bytes + stored_columns(t, g) * EQ_TILE_ROWS / (t->type->bits == 4 ? 2u : t->type->bits == 2 ? 4u : 1u);
+        const size_t bits = t->type->bits > 6 ? 8u : (size_t)t->type->bits;
+        return scale_bytes + stored_columns(t, g) * EQ_TILE_ROWS * bits / 8u;
     }
     return scale_bytes + (size_t)t->type->bits * (stored_columns(t, g) / EQ_CHUNK_COLS) * EQ_TILE_ROWS;
 }
@@ -469,6 +470,35 @@ static void pack_levels(const tensor *t, uint8_t *out)
             }
             for (int r = 0; !t->type->symmetric && r < EQ_TILE_ROWS; r++, p += 2) {
                 write_u16le(p, t->mins[(tile * EQ_TILE_ROWS + (size_t)r) * t->n_groups + g]);
+            }
+            const int bits = t->type->bits;
+            if (t->type->family == EQ_QFAMILY_UNIFORM_PACKED && bits != 4 && bits != 8) {
+                /* runs of 32 columns, each a plane of 4-bit fields (b >= 4), of 2-bit fields (b = 2, 3,
+                 * 6), of 1-bit fields (b odd), lowest level bits first; the w-bit plane is w chunks of
+                 * 64 bytes [16 rows][4], byte (r, i) of chunk m holding the fields of columns
+                 * m 32 / w + i + 4 f at bits w f */
+                const int widths[3] = {bits >= 4 ? 4 : 0, bits == 2 || bits == 3 || bits == 6 ? 2 : 0, bits % 2};
+                for (size_t run = 0; run < stored_columns(t, g) / 32; run++) {
+                    int at = 0;
+                    for (int n = 0; n < 3; n++) {
+                        const int w = widths[n];
+                        for (int m = 0; m < w; m++) {
+                            for (int r = 0; r < EQ_TILE_ROWS; r++) {
+                                const uint8_t *levels = t->levels + (tile * EQ_TILE_ROWS + (size_t)r) * padded_cols
+                                                        + g * group + run * 32 + (size_t)(m * 32 / w);
+                                for (int i = 0; i < 4; i++, p++) {
+                                    uint8_t byte = 0;
+                                    for (int f = 0; f < 8 / w; f++) {
+                                        byte |= (uint8_t)(((levels[i + 4 * f] >> at) & ((1u << w) - 1u)) << (w * f));
+                                    }
+                                    *p = byte;
+                                }
+                            }
+                        }
+                        at += w;
+                    }
+                }
+                continue;
             }
             if (has_quads(t->type)) {
                 /* quads of 64 bytes [16 rows][4 columns]: byte (j, r, i) = level of column 4j + i,

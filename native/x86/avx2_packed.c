@@ -6,8 +6,10 @@
  * with vpmaddubsw (u8 x s8 -> pairs summed into s16) and vpmaddwd (pairs of s16 -> s32):
  *   - one 32-byte load of levels is 8 rows x 4 columns (4-bit: 8 rows x 8 columns, two nibbles),
  *     multiplied by the block's 4 activations broadcast to every row (vpbroadcastd);
- *   - 4, 5, 6 bits: levels <= 63, so a u8 x s8 pair is at most 2 x 63 x 127 = 16002: two quads
- *     (4-bit: all four of a block, 8 x 15 x 127 = 15240) add in s16 before one vpmaddwd;
+ *   - 2, 3, 5, 6 bits: a quad's bytes are put together from the planes of bit fields (a shift and a
+ *     mask per plane, edgeq.h); levels <= 63, so a u8 x s8 pair is at most 2 x 63 x 127 = 16002:
+ *     two quads (2-3 bits, levels <= 7: all eight, 8 x 2 x 7 x 127 = 14224; 4-bit: all four of a
+ *     block, 8 x 15 x 127 = 15240) add in s16 before one vpmaddwd;
  *   - 8 bits: levels up to 255 would saturate s16 (2 x 255 x 127 = 64770 > 32767), so a level is
  *     flipped to the signed w' = q - 128 (xor 0x80) and multiplied as |w'| (u8, <= 128) by the
  *     activation carrying w's sign: pairs <= 2 x 128 x 127 = 32512, exact; Σ q x = Σ w' x + 128 Σ xq
@@ -100,6 +102,46 @@ static inline __m256i broadcast4(const int8_t *p)   /* 4 activations to every 32
     return _mm256_set1_epi32(v);
 }
 
+/* The width-bit fields at bit `from` of every byte of v, moved to bit `to`, the other bits cleared
+ * (a 16-bit shift: the bits it carries across a byte boundary land outside the mask). */
+static inline __attribute__((always_inline)) __m256i field(__m256i v, const int from, const int to, const int width)
+{
+    if (to > from)
+        v = _mm256_slli_epi16(v, to - from);
+    else if (from > to)
+        v = _mm256_srli_epi16(v, from - to);
+    return _mm256_and_si256(v, _mm256_set1_epi8((char)(((1 << width) - 1) << to)));
+}
+
+/* Rows 8h..8h+7 of quad j (columns 4j..4j+3) from the plane of width-bit fields at `plane` (a
+ * field's bits go to bit `at` of the level) */
+static inline __attribute__((always_inline)) __m256i
+plane_quad(const uint8_t *plane, const int width, const int at, const int j, const int h)
+{
+    const int quads = 8 / width;                                       /* quads per 64-byte chunk */
+    return field(_mm256_loadu_si256((const __m256i *)(plane + 64 * (j / quads) + 32 * h)), width * (j % quads),
+                 at, width);
+}
+
+/* Quad j (columns 4j..4j+3) of a 32-column run of 2, 3, 5 or 6-bit levels (kernels.h,
+ * eq_packed_level), as one byte per level: *low rows 0-7, *high rows 8-15. Straight-line code:
+ * with bits and j constants every shift is an immediate. */
+static inline __attribute__((always_inline)) void
+quad_levels(const uint8_t *run, const int bits, const int j, __m256i *low, __m256i *high)
+{
+    const int nibbles = bits >= 4, pairs = bits == 2 || bits == 3 || bits == 6;
+    for (int h = 0; h < 2; h++) {
+        __m256i rows = _mm256_setzero_si256();
+        if (nibbles)
+            rows = plane_quad(run, 4, 0, j, h);
+        if (pairs)
+            rows = _mm256_or_si256(rows, plane_quad(run + 256 * nibbles, 2, 4 * nibbles, j, h));
+        if (bits & 1)
+            rows = _mm256_or_si256(rows, plane_quad(run + 64 * (bits - 1), 1, bits - 1, j, h));
+        *(h ? high : low) = rows;
+    }
+}
+
 /* low[v], high[v] (8 x int32: rows 0-7, 8-15) = Σ over one block's 32 columns of q[r,k] xq_v[k]
  * for v < vectors; levels: the block's first 64-byte quad, xq[v]: its 32 activations. Each quad's
  * levels are loaded (and split, flipped) once for every vector. */
@@ -136,24 +178,32 @@ EQ_UNROLL(4)
             low[v] = _mm256_madd_epi16(sum_low[v], ones);
             high[v] = _mm256_madd_epi16(sum_high[v], ones);
         }
-    } else if (bits <= 6) { /* 8 quads of 4 columns, levels <= 63: two quads per s16 sum */
+    } else if (bits <= 6) { /* 8 quads of 4 columns from the fields, levels <= 63 (<= 7 at 2-3 bits) */
+        const int per_sum = bits <= 3 ? 8 : 2;  /* quads an s16 sum holds: 8 x 2 x 7 x 127, 2 x 2 x 63 x 127 */
 EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++)
             low[v] = high[v] = _mm256_setzero_si256();
 EQ_UNROLL(4)
-        for (int j = 0; j < BLOCK / 4; j += 2) {
-            const __m256i *quads = (const __m256i *)(levels + 64 * j);
-            const __m256i first_low = _mm256_loadu_si256(quads), first_high = _mm256_loadu_si256(quads + 1);
-            const __m256i second_low = _mm256_loadu_si256(quads + 2), second_high = _mm256_loadu_si256(quads + 3);
+        for (int j0 = 0; j0 < BLOCK / 4; j0 += per_sum) {
+            __m256i sum_low[VECTORS], sum_high[VECTORS];
+EQ_UNROLL(4)
+            for (int v = 0; v < vectors; v++)
+                sum_low[v] = sum_high[v] = _mm256_setzero_si256();
+EQ_UNROLL(8)
+            for (int j = j0; j < j0 + per_sum; j++) {
+                __m256i quad_low, quad_high;
+                quad_levels(levels, bits, j, &quad_low, &quad_high);
+EQ_UNROLL(4)
+                for (int v = 0; v < vectors; v++) {
+                    const __m256i x4 = broadcast4(xq[v] + 4 * j);
+                    sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(quad_low, x4));
+                    sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(quad_high, x4));
+                }
+            }
 EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
-                const __m256i x_first = broadcast4(xq[v] + 4 * j), x_second = broadcast4(xq[v] + 4 * j + 4);
-                const __m256i pair_low = _mm256_add_epi16(_mm256_maddubs_epi16(first_low, x_first),
-                                                          _mm256_maddubs_epi16(second_low, x_second));
-                const __m256i pair_high = _mm256_add_epi16(_mm256_maddubs_epi16(first_high, x_first),
-                                                           _mm256_maddubs_epi16(second_high, x_second));
-                low[v] = _mm256_add_epi32(low[v], _mm256_madd_epi16(pair_low, ones));
-                high[v] = _mm256_add_epi32(high[v], _mm256_madd_epi16(pair_high, ones));
+                low[v] = _mm256_add_epi32(low[v], _mm256_madd_epi16(sum_low[v], ones));
+                high[v] = _mm256_add_epi32(high[v], _mm256_madd_epi16(sum_high[v], ones));
             }
         }
     } else {                /* 7-8 bits: |q - 128| x (x with the sign of q - 128), pairs <= 32512 */
@@ -187,7 +237,6 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
 {
     const size_t n_groups = (cols + group - 1) / group;
     const size_t header_bytes = eq_packed_header_bytes(type);
-    const size_t quad_cols = bits == 4 ? 8 : 4;                       /* columns per 64-byte quad */
     const float zero_point = eq_zero_point(type);
     __m256 acc_low[VECTORS], acc_high[VECTORS];                       /* rows 0-7, 8-15 per vector */
 EQ_UNROLL(4)
@@ -212,7 +261,7 @@ EQ_UNROLL(4)
 EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = x[v].xq + b * BLOCK;
-            block_dots(levels + c / quad_cols * 64, bits, block_xq, vectors, low, high);
+            block_dots(levels + c / BLOCK * eq_packed_run_bytes(bits), bits, block_xq, vectors, low, high);
 EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
                 if (bits > 6) {                                        /* Σ q x = Σ (q - 128) x + 128 Σ x */
@@ -297,7 +346,7 @@ dispatch(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t c
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-    BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
+    BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
 #endif
     default:   /* a type added to the table without a case here: correct, not unrolled */
         gemm_body(type, data, rows, cols, in, y, y_stride, vectors, type->bits, (size_t)type->group);

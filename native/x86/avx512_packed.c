@@ -5,7 +5,8 @@
  * and Σx̂ = s_b Σ xq per block) it shares: vpdpbusd multiplies u8 levels by s8 activations and adds each row's
  * 4 products into its int32 lane without saturation (4 x 255 x 127 per step), so every width takes
  * the same path: one 64-byte load of levels is the 16 rows x 4 columns of a quad (edgeq.h), the
- * quad's 4 activations broadcast to every lane; 4-bit quads are masked and shifted into two.
+ * quad's 4 activations broadcast to every lane; 4-bit quads are masked and shifted into two, 2, 3,
+ * 5 and 6-bit quads put together from their planes of bit fields (edgeq.h).
  * Compiled for AVX-512 F/BW/VL/VNNI + FMA/F16C by its pragma; call only when
  * eq_packed_avx512_available() says the CPU has them (the avx512 set's own check includes VNNI).
  */
@@ -66,6 +67,29 @@ static inline __m512i broadcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
+/* Quad j (columns 4j..4j+3, 16 rows) of a 32-column run of 2, 3, 5 or 6-bit levels (kernels.h,
+ * eq_packed_level), one byte per level: each plane's field shifted to its place (a 16-bit shift:
+ * what it carries across a byte boundary lands outside the mask) and masked. */
+static inline __attribute__((always_inline)) __m512i quad_levels(const uint8_t *run, const int bits, const int j)
+{
+    __m512i quad = _mm512_setzero_si512();
+    int at = 0;
+    for (int width = 4; width > 0; width /= 2) {
+        if (!eq_packed_has_plane(bits, (unsigned)width))
+            continue;
+        const int quads = 8 / width, from = width * (j % quads);      /* quads per 64-byte chunk */
+        __m512i chunk = _mm512_loadu_si512(run + 64 * (j / quads));
+        if (at > from)
+            chunk = _mm512_slli_epi16(chunk, (unsigned)(at - from));
+        else if (from > at)
+            chunk = _mm512_srli_epi16(chunk, (unsigned)(from - at));
+        quad = _mm512_or_si512(quad, _mm512_and_si512(chunk, _mm512_set1_epi8((char)(((1 << width) - 1) << at))));
+        run += 64 * width;
+        at += width;
+    }
+    return quad;
+}
+
 /* dot[v] (16 x int32) = Σ over one block's 32 columns of q[r,k] xq_v[k] for the tile's 16 rows,
  * v < vectors: each quad of levels is loaded (and split into nibbles) once for every vector */
 static inline __attribute__((always_inline)) void
@@ -89,7 +113,7 @@ EQ_UNROLL(8)
     } else {
 EQ_UNROLL(8)
         for (int j = 0; j < BLOCK / 4; j++) {
-            const __m512i quad = _mm512_loadu_si512(levels + 64 * j);
+            const __m512i quad = bits > 6 ? _mm512_loadu_si512(levels + 64 * j) : quad_levels(levels, bits, j);
 EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 dot[v] = _mm512_dpbusd_epi32(dot[v], quad, broadcast4(xq[v] + 4 * j));
@@ -106,7 +130,6 @@ tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols,
 {
     const size_t n_groups = (cols + group - 1) / group;
     const size_t header_bytes = eq_packed_header_bytes(type);
-    const size_t quad_cols = bits == 4 ? 8 : 4;
     const float zero_point = eq_zero_point(type);
     const int8_t *xq[VECTORS];
     __m512 acc[VECTORS];                                           /* the tile's 16 rows per vector */
@@ -134,7 +157,7 @@ EQ_UNROLL(8)
 EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++)
                 block_xq[v] = xq[v] + b * BLOCK;
-            block_dots(levels + c / quad_cols * 64, bits, block_xq, vectors, sums_int);
+            block_dots(levels + c / BLOCK * eq_packed_run_bytes(bits), bits, block_xq, vectors, sums_int);
 EQ_UNROLL(8)
             for (int v = 0; v < vectors; v++) {
                 dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_int[v]), _mm512_set1_ps(x[v].scale[b]), dot[v]);
@@ -208,7 +231,7 @@ dispatch(const eq_qtype_traits *type, const uint8_t *data, size_t rows, size_t c
 #define BODY_CASES(b) BODY_CASE(b, 32) BODY_CASE(b, 64) BODY_CASE(b, 128)
     switch (type->bits * 1000 + type->group) {
 #ifndef EQ_KERNELS_GENERIC   /* kernels.h: sanitizer builds compile the generic body only */
-    BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
+    BODY_CASES(2) BODY_CASES(3) BODY_CASES(4) BODY_CASES(5) BODY_CASES(6) BODY_CASES(8)
 #endif
     default:   /* a type added to the table without a case here: correct, not unrolled */
         gemm_body(type, data, rows, cols, in, y, y_stride, vectors, type->bits, (size_t)type->group);
