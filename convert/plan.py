@@ -12,10 +12,9 @@ Q4_1 tensors, and an explicit --bits/--group/--sym re-quantizes every linear lay
 
 Layout (--layout): each uniform tensor is stored as bit-planes (u*g*, the LUT kernels: cost grows
 with the bits) or as packed levels (p*g*, the int8 multiply-add kernels: cost per weight), the same
-numbers either way. auto = packed at the widths in AUTO_PACKED_BITS (4, 8), where multiply-add decodes
-and prefills faster (measured: benchmarks/README.md "Two ways to multiply", "4 bits packed by default"),
-bit-planes at every other width; never at 5 or 6 bits, whose packed types store a byte per level (a
-larger file); bitplane / packed force one (packed exists at 4, 5, 6, 8 bits). codebook stores every 4-bit tensor as c4g<G><a|s> (4-bit indices
+numbers either way, at the same size. auto = packed at the widths in AUTO_PACKED_BITS (every
+width), where multiply-add decodes faster (measured: benchmarks/README.md "Two ways to multiply",
+"4 bits packed by default", "Packed at every width"); bitplane / packed force one. codebook stores every 4-bit tensor as c4g<G><a|s> (4-bit indices
 into 16 levels learned per 16 rows, convert.codebook; the multiply-add kernels), every 2-bit tensor as
 v2g<G>s (a 4-bit index per pair of weights into 16 2-D centroids per 16 rows; groups of 64 unless
 --group 128, scale only) and the other widths as auto does. The choice is per tensor and recorded by its type's name.
@@ -40,11 +39,12 @@ DEFAULT_BITS, DEFAULT_GROUP = 4, 64
 LOW_BITS, LOW_BITS_GROUP = 3, 32
 LAYOUTS = ("auto", "bitplane", "packed", "codebook")
 # --layout auto stores a tensor as packed levels at these widths (benchmarks/README.md "4 bits packed
-# by default"): multiply-add wins at 8 bits, and at 4 on Zen 3 avx2 (Qwen2.5-0.5B decode 1.12-1.53x,
-# prefill 1.02-1.48x the bit-plane file's; SmolLM2 level to 1.3x) for +0.5 % / -0.1 %
-# perplexity (int8 activations); at 5 and 6 bits it is faster but its byte per level makes the file
-# 1.6x / 1.3x larger, so auto never picks them: a 4-bit file's 6-bit head stays bit-planes
-AUTO_PACKED_BITS = (4, 8)
+# by default", "Packed at every width"): multiply-add wins at 8 bits, at 4 on Zen 3 avx2 (Qwen2.5-0.5B
+# decode 1.12-1.53x, prefill 1.02-1.48x the bit-plane file's; SmolLM2 level to 1.3x) for +0.5 % /
+# -0.1 % perplexity (int8 activations), and since 2-6-bit levels are stored as bit fields (no larger
+# than bit-planes) at 2, 3, 5 and 6 too: SmolLM2 decode 1.2-1.4x the bit-plane file's at 2-3 bits,
+# kernels 1.6-2x at 5-6, 3-bit gptq perplexity +0.15 %
+AUTO_PACKED_BITS = quant_types.BITS
 CODEBOOK_LAYOUT_BITS = quant_types.CODEBOOK_BITS + (quant_types.VECTOR_BITS,)   # --layout codebook: c4, v2
 
 

@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "grows with the bits), packed (p*g* types, the same size: whole levels, int8 "
                          "multiply-add kernels, cost per weight), codebook (c4g* types for the 4-bit tensors: "
                          "4-bit indices into 16 int8 levels learned per 16 rows by weighted k-means, the "
-                         "multiply-add kernels; other widths as auto); auto = packed at 4 and 8 bits, "
-                         "bitplane at 2, 3, 5, 6 (benchmarks/README.md) [default: auto]")
+                         "multiply-add kernels; other widths as auto); auto = packed at every width "
+                         "(benchmarks/README.md) [default: auto]")
     convert.add_argument("--head-bits", type=int, default=None, help=f"bits of the output head: {widths} [default: max(bits, 6)]")
     convert.add_argument("--embed-bits", type=int, default=None, help=f"bits of the token embeddings: {widths} [default: max(bits, 4)]")
     convert.add_argument("--method", choices=["auto", "rtn", "hqq", "gptq"], default="auto",

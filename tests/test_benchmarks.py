@@ -34,17 +34,18 @@ def suite():
 @pytest.mark.parametrize("spec, name, flags", [
     ("8", "p8g64a-rtn", ["--bits", "8"]),                               # auto at 8 bits: plain rtn, packed
     ("4", "p4g64a-rtn-imatrix", ["--bits", "4"]),                       # auto at 4-6: rtn weighted by E[x^2]; packed
-    ("4:packed", "p4g64a-rtn-imatrix-packed", ["--bits", "4", "--layout", "packed"]),   # its 6-bit head packed too
+    ("4:packed", "p4g64a-rtn-imatrix", ["--bits", "4", "--layout", "packed"]),   # the same types as auto
     ("4:bitplane", "u4g64a-rtn-imatrix", ["--bits", "4", "--layout", "bitplane"]),
-    ("8:packed", "p8g64a-rtn", ["--bits", "8", "--layout", "packed"]),   # the same types as auto
-    ("3", f"u3g{LOW_BITS_GROUP}a-gptq", ["--bits", "3"]),               # auto at <= 3: gptq, groups of 32
-    ("2", f"u2g{LOW_BITS_GROUP}a-gptq", ["--bits", "2"]),
+    ("8:packed", "p8g64a-rtn", ["--bits", "8", "--layout", "packed"]),
+    ("3", f"p3g{LOW_BITS_GROUP}a-gptq", ["--bits", "3"]),               # auto at <= 3: gptq, groups of 32
+    ("2", f"p2g{LOW_BITS_GROUP}a-gptq", ["--bits", "2"]),
+    ("3:bitplane", f"u3g{LOW_BITS_GROUP}a-gptq", ["--bits", "3", "--layout", "bitplane"]),
     ("4:g32", "p4g32a-rtn-imatrix", ["--bits", "4", "--group", "32"]),
-    ("3:g64:gptq", "u3g64a-gptq", ["--bits", "3", "--group", "64", "--method", "gptq"]),
+    ("3:g64:gptq", "p3g64a-gptq", ["--bits", "3", "--group", "64", "--method", "gptq"]),
     ("4:rtn", "p4g64a-rtn", ["--bits", "4", "--method", "rtn"]),
-    ("2:hqq:g128", "u2g128a-hqq", ["--bits", "2", "--group", "128", "--method", "hqq"]),
-    ("6:sym", "u6g64s-rtn-imatrix", ["--bits", "6", "--sym"]),
-    ("3:act-order", "u3g32a-gptq-act-order", ["--bits", "3", "--act-order"]),
+    ("2:hqq:g128", "p2g128a-hqq", ["--bits", "2", "--group", "128", "--method", "hqq"]),
+    ("6:sym", "p6g64s-rtn-imatrix", ["--bits", "6", "--sym"]),
+    ("3:act-order", "p3g32a-gptq-act-order", ["--bits", "3", "--act-order"]),
 ])
 def test_variant_name_and_convert_flags(suite, spec, name, flags):
     variant = suite.parse_variant(spec)
@@ -86,8 +87,9 @@ def test_bad_variant_is_a_one_line_error(suite, spec, words):
 
 def test_layout_option_needs_a_converter_with_layout(suite):
     if suite.converter_has_layout():
-        with pytest.raises(ValueError, match="--layout packed"):
-            suite.parse_variant("3:packed")           # packed levels exist from 4 bits up
+        with pytest.raises(ValueError, match="--layout codebook at 2 bits takes --group 64 or 128"):
+            suite.parse_variant("2:codebook:g32")     # the converter's own check, as a one-line reason
+        assert suite.parse_variant("3:packed").name == f"p3g{LOW_BITS_GROUP}a-gptq"   # auto's types
         assert "-".join(suite.parse_variant("8:bitplane").convert_flags()[-2:]) == "--layout-bitplane"
     else:
         with pytest.raises(ValueError, match="has no --layout"):
@@ -139,7 +141,7 @@ def test_command_line_checks_variants_and_kernel_sets_up_front(suite, capsys):
         suite.build_parser().parse_args(["--isa", "no-such-set"])
     assert "no kernel set 'no-such-set'" in capsys.readouterr().err
     args = suite.build_parser().parse_args(["--edgeq-variants", "4:g32", "3", "--isa", *_ffi.kernel_sets()])
-    assert [v.name for v in args.edgeq_variants] == ["p4g32a-rtn-imatrix", f"u3g{LOW_BITS_GROUP}a-gptq"]
+    assert [v.name for v in args.edgeq_variants] == ["p4g32a-rtn-imatrix", f"p3g{LOW_BITS_GROUP}a-gptq"]
     assert args.isa == _ffi.kernel_sets()
     default = suite.build_parser().parse_args([])
     assert [v.spec for v in default.edgeq_variants] == suite.EDGEQ_VARIANTS

@@ -220,11 +220,11 @@ def codebook_file(tiny_qwen_partial, tmp_path_factory):
 
 def test_layout_codebook_writes_and_runs(codebook_file):
     """--layout codebook: the 4-bit tensors are c4g64a (K not a multiple of the group: partial last
-    groups), the 6-bit head stays bit-planes; the C forward pass on every set is the numpy reference's."""
+    groups), the 6-bit head packed as auto does; the C forward pass on every set is the numpy reference's."""
     model = ModelFile(codebook_file)
     types = {t.name: t.qtype.name for t in model.tensors.values()}
     assert types["blk.0.ffn_down.weight"] == "c4g64a" and types["blk.0.attn_q.weight"] == "c4g64a"
-    assert types["token_embd.weight"] == "c4g64a" and types["output.weight"] == "u6g64a"
+    assert types["token_embd.weight"] == "c4g64a" and types["output.weight"] == "p6g64a"
     assert model.tensors["blk.0.ffn_down.weight"].method == "codebook-kmeans-clip-search"
     assert model.settings["layout"] == "codebook"
     assert_every_set_follows_the_reference(codebook_file, model, [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 300, 42,
@@ -253,14 +253,14 @@ def assert_every_set_follows_the_reference(path, model, prompt):
 
 def test_layout_codebook_at_2_bits_writes_and_runs(tiny_qwen, tmp_path):
     """--layout codebook --bits 2 (--method auto: gptq): the linear layers are v2g64s (2-D centroids per pair), the
-    embeddings c4 (4 bits), the head bit-planes; the C forward pass on every set follows the numpy
+    embeddings c4 (4 bits), the head packed (as auto); the C forward pass on every set follows the numpy
     reference's (int8 activations: the packed family's tolerance)."""
     path = tmp_path / "tiny.v2"
     convert(tiny_qwen, path, PlanSettings(bits=2, layout="codebook"), progress=False)   # --method auto
     model = ModelFile(path)
     types = {t.name: t.qtype.name for t in model.tensors.values()}
     assert types["blk.0.ffn_down.weight"] == "v2g64s" and types["blk.0.attn_v.weight"] == "v2g64s"
-    assert types["token_embd.weight"].startswith("c4g") and types["output.weight"].startswith("u6g"), types
+    assert types["token_embd.weight"].startswith("c4g") and types["output.weight"].startswith("p6g"), types
     # auto at 2 bits: gptq, which fits v2 (convert.gptq.gptq_pairs), on the calibration's Hessians
     assert model.tensors["blk.0.ffn_down.weight"].method.startswith("gptq ")
     assert_every_set_follows_the_reference(path, model, [5, 17, 33, 2, 120, 77, 8, 250, 1, 64, 3, 42, 9, 199, 3, 88])

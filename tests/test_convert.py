@@ -85,9 +85,9 @@ def test_8bit_logits_and_greedy_match_the_source(tiny_model, tmp_path):
 
 def test_group_size_symmetry_and_defaults(tiny_qwen, tmp_path):
     model = _convert(tiny_qwen, tmp_path, bits=3, group=32, symmetric=True)
-    assert model.tensors["blk.0.attn_q.weight"].qtype.name == "u3g32s"
-    assert model.tensors["output.weight"].qtype.name == "u6g32s"       # head: max(bits, 6)
-    assert model.tensors["token_embd.weight"].qtype.name == "p4g32s"   # embeddings: max(bits, 4), packed at 4
+    assert model.tensors["blk.0.attn_q.weight"].qtype.name == "p3g32s"   # --layout auto packs every width
+    assert model.tensors["output.weight"].qtype.name == "p6g32s"       # head: max(bits, 6)
+    assert model.tensors["token_embd.weight"].qtype.name == "p4g32s"   # embeddings: max(bits, 4)
     assert model.tensors["blk.1.attn_q.bias"].qtype.name == "f32"
     data_bytes = sum(t.nbytes for t in model.tensors.values())
     assert data_bytes < model.file_size() < data_bytes + 64 * len(model.tensors) + 200_000
@@ -101,9 +101,9 @@ def test_group_size_symmetry_and_defaults(tiny_qwen, tmp_path):
 def test_tied_head_takes_the_higher_precision(tiny_llama, tmp_path):
     model = _convert(tiny_llama, tmp_path, bits=2, head_bits=8, embed_bits=3)
     assert "output.weight" not in model.tensors
-    assert model.tensors["token_embd.weight"].qtype.name == "p8g32a"   # groups of 32 at 2-3 bits; packed at 8
-    assert model.tensors["blk.0.ffn_up.weight"].qtype.name == "u2g32a"
-    assert _convert(tiny_llama, tmp_path, bits=3, group=64).tensors["blk.0.ffn_up.weight"].qtype.name == "u3g64a"
+    assert model.tensors["token_embd.weight"].qtype.name == "p8g32a"   # groups of 32 at 2-3 bits
+    assert model.tensors["blk.0.ffn_up.weight"].qtype.name == "p2g32a"
+    assert _convert(tiny_llama, tmp_path, bits=3, group=64).tensors["blk.0.ffn_up.weight"].qtype.name == "p3g64a"
 
 
 def test_file_is_readable_by_gguf_tools(tiny_qwen, tmp_path):
@@ -175,7 +175,7 @@ def test_cli_convert_and_info(tiny_qwen, tmp_path):
     assert info.returncode == 0, info.stderr
     text = info.stdout
     assert "qwen2: 2 layers, dim 64" in text
-    assert "blk.1.ffn_down.weight" in text and "u3g128s" in text and "p8g128s" in text and "u5g128s" in text   # head packed at 8 bits
+    assert "blk.1.ffn_down.weight" in text and "p3g128s" in text and "p8g128s" in text and "p5g128s" in text
     model = ModelFile(out)
     blocks = [t for t in model.tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
     bpw = 8 * sum(t.nbytes for t in blocks) / sum(t.shape[0] * t.shape[1] for t in blocks)

@@ -170,7 +170,7 @@ def test_default_conversion_keeps_every_exact_grid(tiny_gguf, tmp_path):
     for name, info in model.tensors.items():
         weight = source.load(name)
         if name == "output.weight":                     # F16 in the source: no grid, the default plan
-            assert (info.qtype.name, info.method) == ("u6g64a", "rtn-clip-search")
+            assert (info.qtype.name, info.method) == ("p6g64a", "rtn-clip-search")   # auto packs every width
         elif weight.ndim == 1:
             assert info.qtype.name == "f32" and np.array_equal(model.load(name), weight)
         else:
@@ -234,7 +234,7 @@ def test_explicit_settings_re_quantize_what_they_name(tiny_gguf, tmp_path, setti
     if settings.bits is not None:
         assert model.tensors["blk.0.ffn_up.weight"].qtype.name == "p4g64a"     # --layout auto packs 4 bits
     if settings.embed_bits is not None:
-        assert model.tensors["token_embd.weight"].qtype.name == "u6g64a"
+        assert model.tensors["token_embd.weight"].qtype.name == "p6g64a"
 
 
 def test_a_block_that_is_not_finite_stops_the_conversion(tmp_path):

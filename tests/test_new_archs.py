@@ -93,7 +93,7 @@ def test_float_layer_pass_matches_the_reference(tiny_new):
 def test_gptq_conversion_of_gemma3_runs(tiny_gemma3, tmp_path):
     from edgeq.convert.calibrate import MethodSettings
     path = tmp_path / "gemma3.gptq3"
-    convert(tiny_gemma3, path, PlanSettings(bits=3, group=32), progress=False,
+    convert(tiny_gemma3, path, PlanSettings(bits=3, group=32, layout="bitplane"), progress=False,
             method=MethodSettings(method="gptq", calib_tokens=256, calib_ctx=64))
     model = ModelFile(path)
     expected = Reference(model.config, model.load).forward(PROMPT)

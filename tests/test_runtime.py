@@ -38,7 +38,7 @@ KERNEL_SETS = {"scalar": 1e-5, "avx2": 5e-4, "avx512": 5e-4, "neon-dotprod": 5e-
 MULTIPLY_ADD = 0.02
 # (bits, symmetric, layout) of the converted files
 VARIANTS = [(8, False, "bitplane"), (4, False, "bitplane"), (3, True, "bitplane"), (2, False, "bitplane"),
-            (16, False, "bitplane"), (8, False, "packed"), (5, True, "packed"), (4, False, "packed")]
+            (16, False, "bitplane"), (8, False, "packed"), (3, True, "packed"), (4, False, "packed")]
 
 
 def prefill_from(kernel_set: str) -> int | None:

@@ -108,10 +108,21 @@ EQ_UNROLL(4)
     }
 }
 
-/* Rows 4v..4v+3 of quad j (columns 4j..4j+3) of a 32-column run of levels (kernels.h,
- * eq_packed_level), one byte per level: at 8 bits (flipped to q - 128 when `flip`) the quad's
- * bytes; at 2, 3, 5, 6 bits each plane's field shifted to its place (vshl: left for a positive
- * count, right for a negative one) and masked. */
+/* Rows 4v..4v+3 of quad j (columns 4j..4j+3) from the plane of width-bit fields at `plane`, the
+ * field moved to bit `at` of the level (vshl: left for a positive count, right for a negative one)
+ * and masked */
+static inline __attribute__((always_inline)) uint8x16_t
+plane_rows(const uint8_t *plane, const int width, const int at, const int j, const int v)
+{
+    const int quads = 8 / width;                                       /* quads per 64-byte chunk */
+    const uint8x16_t chunk = vld1q_u8(plane + 64 * (j / quads) + 16 * v);
+    const uint8x16_t moved = vshlq_u8(chunk, vdupq_n_s8((int8_t)(at - width * (j % quads))));
+    return vandq_u8(moved, vdupq_n_u8((uint8_t)(((1 << width) - 1) << at)));
+}
+
+/* Rows 4v..4v+3 of quad j of a 32-column run of levels (kernels.h, eq_packed_level), one byte per
+ * level: at 8 bits (flipped to q - 128 when `flip`) the quad's bytes; at 2, 3, 5, 6 bits put
+ * together from the planes of fields (straight-line: bits and j are constants after inlining). */
 static inline __attribute__((always_inline)) int8x16_t
 quad_rows(const uint8_t *run, const int bits, const int j, const int v, const int flip)
 {
@@ -119,18 +130,14 @@ quad_rows(const uint8_t *run, const int bits, const int j, const int v, const in
         const uint8x16_t bytes = vld1q_u8(run + 64 * j + 16 * v);
         return vreinterpretq_s8_u8(flip ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes);
     }
+    const int nibbles = bits >= 4, pairs = bits == 2 || bits == 3 || bits == 6;
     uint8x16_t rows = vdupq_n_u8(0);
-    int at = 0;
-    for (int width = 4; width > 0; width /= 2) {
-        if (!eq_packed_has_plane(bits, (unsigned)width))
-            continue;
-        const int quads = 8 / width;                                   /* quads per 64-byte chunk */
-        const uint8x16_t chunk = vld1q_u8(run + 64 * (j / quads) + 16 * v);
-        const uint8x16_t moved = vshlq_u8(chunk, vdupq_n_s8((int8_t)(at - width * (j % quads))));
-        rows = vorrq_u8(rows, vandq_u8(moved, vdupq_n_u8((uint8_t)(((1 << width) - 1) << at))));
-        run += 64 * width;
-        at += width;
-    }
+    if (nibbles)
+        rows = plane_rows(run, 4, 0, j, v);
+    if (pairs)
+        rows = vorrq_u8(rows, plane_rows(run + 256 * nibbles, 2, 4 * nibbles, j, v));
+    if (bits & 1)
+        rows = vorrq_u8(rows, plane_rows(run + 64 * (bits - 1), 1, bits - 1, j, v));
     return vreinterpretq_s8_u8(rows);
 }
 

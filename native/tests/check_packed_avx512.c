@@ -38,10 +38,8 @@ static void fill_packed(const eq_qtype_traits *type, uint8_t *data, size_t rows,
                 block[2 * i] = (uint8_t)(half & 0xff);
                 block[2 * i + 1] = (uint8_t)(half >> 8);
             }
-            for (size_t i = eq_packed_header_bytes(type); i < bytes; i++) {
-                unsigned byte = (unsigned)(uniform() * 256.0);
-                block[i] = (uint8_t)(type->bits == 4 ? byte : byte & ((1u << type->bits) - 1u));
-            }
+            for (size_t i = eq_packed_header_bytes(type); i < bytes; i++)   /* any byte is levels (edgeq.h) */
+                block[i] = (uint8_t)(uniform() * 256.0);
             block += bytes;
         }
 }

@@ -67,26 +67,33 @@ static inline __m512i broadcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-/* Quad j (columns 4j..4j+3, 16 rows) of a 32-column run of 2, 3, 5 or 6-bit levels (kernels.h,
- * eq_packed_level), one byte per level: each plane's field shifted to its place (a 16-bit shift:
- * what it carries across a byte boundary lands outside the mask) and masked. */
+/* Quad j (columns 4j..4j+3, 16 rows) from the plane of width-bit fields at `plane`, the field moved
+ * to bit `at` of the level (a 16-bit shift: what it carries across a byte boundary lands outside the
+ * mask) and masked */
+static inline __attribute__((always_inline)) __m512i
+plane_quad(const uint8_t *plane, const int width, const int at, const int j)
+{
+    const int quads = 8 / width, from = width * (j % quads);          /* quads per 64-byte chunk */
+    __m512i chunk = _mm512_loadu_si512(plane + 64 * (j / quads));
+    if (at > from)
+        chunk = _mm512_slli_epi16(chunk, (unsigned)(at - from));
+    else if (from > at)
+        chunk = _mm512_srli_epi16(chunk, (unsigned)(from - at));
+    return _mm512_and_si512(chunk, _mm512_set1_epi8((char)(((1 << width) - 1) << at)));
+}
+
+/* Quad j of a 32-column run of 2, 3, 5 or 6-bit levels (kernels.h, eq_packed_level), one byte per
+ * level. Straight-line code: with bits and j constants every shift is an immediate. */
 static inline __attribute__((always_inline)) __m512i quad_levels(const uint8_t *run, const int bits, const int j)
 {
+    const int nibbles = bits >= 4, pairs = bits == 2 || bits == 3 || bits == 6;
     __m512i quad = _mm512_setzero_si512();
-    int at = 0;
-    for (int width = 4; width > 0; width /= 2) {
-        if (!eq_packed_has_plane(bits, (unsigned)width))
-            continue;
-        const int quads = 8 / width, from = width * (j % quads);      /* quads per 64-byte chunk */
-        __m512i chunk = _mm512_loadu_si512(run + 64 * (j / quads));
-        if (at > from)
-            chunk = _mm512_slli_epi16(chunk, (unsigned)(at - from));
-        else if (from > at)
-            chunk = _mm512_srli_epi16(chunk, (unsigned)(from - at));
-        quad = _mm512_or_si512(quad, _mm512_and_si512(chunk, _mm512_set1_epi8((char)(((1 << width) - 1) << at))));
-        run += 64 * width;
-        at += width;
-    }
+    if (nibbles)
+        quad = plane_quad(run, 4, 0, j);
+    if (pairs)
+        quad = _mm512_or_si512(quad, plane_quad(run + 256 * nibbles, 2, 4 * nibbles, j));
+    if (bits & 1)
+        quad = _mm512_or_si512(quad, plane_quad(run + 64 * (bits - 1), 1, bits - 1, j));
     return quad;
 }
 
