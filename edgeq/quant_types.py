@@ -253,35 +253,25 @@ def _build_table() -> dict[str, QuantType]:
         "f32": QuantType("f32", 0, PLAIN, 32, 0, False, "<f4"),
         "f16": QuantType("f16", 1, PLAIN, 16, 0, False, "<f2"),
     }
-    next_id = 2
-    for family, widths in ((UNIFORM_BITPLANE, BITS), (UNIFORM_PACKED, PACKED_BITS)):
+
+    def add_grouped(prefix: str, family: str, widths) -> None:
+        """<prefix><b>g<G><a|s> for every width, group, then asymmetric before symmetric."""
         for bits in widths:
             for group in GROUPS:
                 for symmetric in (False, True):
-                    name = f"{LAYOUTS[family]}{bits}g{group}{_suffix(symmetric)}"
-                    table[name] = QuantType(name, next_id, family, bits, group, symmetric, "u1")
-                    next_id += 1
-    for bits in CODEBOOK_BITS:               # c<b>g<G><a|s>: scale and min, or scale only
-        for group in GROUPS:
-            for symmetric in (False, True):
-                name = f"c{bits}g{group}{_suffix(symmetric)}"
-                table[name] = QuantType(name, next_id, CODEBOOK, bits, group, symmetric, "u1")
-                next_id += 1
+                    name = f"{prefix}{bits}g{group}{_suffix(symmetric)}"
+                    table[name] = QuantType(name, len(table), family, bits, group, symmetric, "u1")
+    for family, widths in ((UNIFORM_BITPLANE, BITS), (UNIFORM_PACKED, PACKED_BITS)):
+        add_grouped(LAYOUTS[family], family, widths)
+    add_grouped("c", CODEBOOK, CODEBOOK_BITS)          # c<b>g<G><a|s>: scale and min, or scale only
     for family, widths in ((UNIFORM_BITPLANE, BITS), (UNIFORM_PACKED, PACKED_BITS)):
         for bits in (b for b in widths if b in ZERO_BITS):
             name = f"{LAYOUTS[family]}{bits}g{ZERO_GROUP}z"
-            table[name] = QuantType(name, next_id, family, bits, ZERO_GROUP, True, "u1", integer_zero=True)
-            next_id += 1
+            table[name] = QuantType(name, len(table), family, bits, ZERO_GROUP, True, "u1", integer_zero=True)
     for group in VECTOR_GROUPS:
         name = f"v{VECTOR_BITS}g{group}s"
-        table[name] = QuantType(name, next_id, CODEBOOK, VECTOR_BITS, group, True, "u1")
-        next_id += 1
-    for bits in PACKED_LOW_BITS:
-        for group in GROUPS:
-            for symmetric in (False, True):
-                name = f"{LAYOUTS[UNIFORM_PACKED]}{bits}g{group}{_suffix(symmetric)}"
-                table[name] = QuantType(name, next_id, UNIFORM_PACKED, bits, group, symmetric, "u1")
-                next_id += 1
+        table[name] = QuantType(name, len(table), CODEBOOK, VECTOR_BITS, group, True, "u1")
+    add_grouped(LAYOUTS[UNIFORM_PACKED], UNIFORM_PACKED, PACKED_LOW_BITS)
     return table
 
 
