@@ -32,7 +32,7 @@ SAMPLE = "Once upon a time, the robot counted 3 birds: 'Hello, world!' It's 9:30
 EXPECTED = {
     "u2g32a": "q4_1", "u3g64a": "q4_1", "u4g128a": "q4_1", "p4g64a": "q4_1", "u5g32a": "q5_1",
     "u2g32s": "q4_0", "u3g32s": "q4_0", "u4g64s": "q5_0", "p4g32s": "q5_0", "u5g64s": "q8_0",
-    "u6g32s": "q8_0", "p6g128s": "q8_0",
+    "u6g32s": "q8_0", "p6g128s": "q8_0", "p2g32a": "q4_1", "p3g32s": "q4_0", "p5g64a": "q5_1",
     "u4g32z": "q4_0", "p4g32z": "q4_0", "u5g32z": "q5_0", "p5g32z": "q5_0", "u8g32z": "q8_0", "p8g32z": "q8_0",
     "u6g64a": None, "p8g32a": None, "u8g64a": None, "u8g32s": None, "p8g64s": None,
 }
