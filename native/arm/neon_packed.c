@@ -97,15 +97,13 @@ static inline int8x16_t repeat4(const int8_t *xq)
     return vreinterpretq_s8_s32(vdupq_n_s32(four));
 }
 
-/* the four 16-byte vectors of one quad as signed bytes: 8 bits flipped to q - 128 */
+/* the four 16-byte vectors of one quad as signed bytes (the 4-bit path: nibbles are < 128) */
 static inline __attribute__((always_inline)) void
-load_quad(const uint8_t *quad, int flip, int8x16_t rows[4])
+load_quad(const uint8_t *quad, int8x16_t rows[4])
 {
 EQ_UNROLL(4)
-    for (int v = 0; v < 4; v++) {
-        const uint8x16_t bytes = vld1q_u8(quad + 16 * v);
-        rows[v] = vreinterpretq_s8_u8(flip ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes);
-    }
+    for (int v = 0; v < 4; v++)
+        rows[v] = vreinterpretq_s8_u8(vld1q_u8(quad + 16 * v));
 }
 
 /* Rows 4v..4v+3 of quad j (columns 4j..4j+3) from the plane of width-bit fields at `plane`, the
@@ -121,22 +119,22 @@ plane_rows(const uint8_t *plane, const int width, const int at, const int j, con
 }
 
 /* Rows 4v..4v+3 of quad j of a 32-column run of levels (kernels.h, eq_packed_level), one byte per
- * level: at 8 bits (flipped to q - 128 when `flip`) the quad's bytes; at 2, 3, 5, 6 bits put
+ * level: at 8 bits the quad's bytes flipped to q - 128; at 2, 3, 5, 6 bits put
  * together from the planes of fields (straight-line: bits and j are constants after inlining). */
 static inline __attribute__((always_inline)) int8x16_t
-quad_rows(const uint8_t *run, const int bits, const int j, const int v, const int flip)
+quad_rows(const uint8_t *run, const int bits, const int j, const int v)
 {
     if (bits > 6) {
         const uint8x16_t bytes = vld1q_u8(run + 64 * j + 16 * v);
-        return vreinterpretq_s8_u8(flip ? veorq_u8(bytes, vdupq_n_u8(0x80)) : bytes);
+        return vreinterpretq_s8_u8(veorq_u8(bytes, vdupq_n_u8(0x80)));
     }
-    const int nibbles = bits >= 4, pairs = bits == 2 || bits == 3 || bits == 6;
+    const int nibbles = eq_packed_has_plane(bits, 4), pairs = eq_packed_has_plane(bits, 2);
     uint8x16_t rows = vdupq_n_u8(0);
     if (nibbles)
         rows = plane_rows(run, 4, 0, j, v);
     if (pairs)
         rows = vorrq_u8(rows, plane_rows(run + 256 * nibbles, 2, 4 * nibbles, j, v));
-    if (bits & 1)
+    if (eq_packed_has_plane(bits, 1))
         rows = vorrq_u8(rows, plane_rows(run + 64 * (bits - 1), 1, bits - 1, j, v));
     return vreinterpretq_s8_u8(rows);
 }
@@ -179,7 +177,7 @@ EQ_UNROLL(4)
                 int16x8_t sums[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
 EQ_UNROLL(4)
                 for (int j = j0; j < j0 + per_flush; j++)
-                    rows_mlal(quad_rows(levels, bits, j, v, 1), x4[j], sums);
+                    rows_mlal(quad_rows(levels, bits, j, v), x4[j], sums);
                 pairs[0] = vpadalq_s16(pairs[0], sums[0]);
                 pairs[1] = vpadalq_s16(pairs[1], sums[1]);
             }
@@ -219,7 +217,7 @@ block_dot_sdot(const uint8_t *levels, const int bits, const int8_t *xq, int32x4_
 EQ_UNROLL(4)
         for (int j = 0; j < BLOCK / 8; j++) {
             int8x16_t packed[4], nibbles[4];
-            load_quad(levels + 64 * j, 0, packed);
+            load_quad(levels + 64 * j, packed);
             EQ_UNROLL(4)
             for (int v = 0; v < 4; v++)
                 nibbles[v] = vandq_s8(packed[v], vdupq_n_s8(0x0f));
@@ -235,7 +233,7 @@ EQ_UNROLL(4)
             int8x16_t rows[4];
             EQ_UNROLL(4)
             for (int v = 0; v < 4; v++)
-                rows[v] = quad_rows(levels, bits, j, v, 1);
+                rows[v] = quad_rows(levels, bits, j, v);
             quad_sdot(rows, x[j / 4], j % 4, dot);
         }
     }

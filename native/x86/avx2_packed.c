@@ -129,14 +129,14 @@ plane_quad(const uint8_t *plane, const int width, const int at, const int j, con
 static inline __attribute__((always_inline)) void
 quad_levels(const uint8_t *run, const int bits, const int j, __m256i *low, __m256i *high)
 {
-    const int nibbles = bits >= 4, pairs = bits == 2 || bits == 3 || bits == 6;
+    const int nibbles = eq_packed_has_plane(bits, 4), pairs = eq_packed_has_plane(bits, 2);
     for (int h = 0; h < 2; h++) {
         __m256i rows = _mm256_setzero_si256();
         if (nibbles)
             rows = plane_quad(run, 4, 0, j, h);
         if (pairs)
             rows = _mm256_or_si256(rows, plane_quad(run + 256 * nibbles, 2, 4 * nibbles, j, h));
-        if (bits & 1)
+        if (eq_packed_has_plane(bits, 1))
             rows = _mm256_or_si256(rows, plane_quad(run + 64 * (bits - 1), 1, bits - 1, j, h));
         *(h ? high : low) = rows;
     }

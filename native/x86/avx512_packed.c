@@ -86,13 +86,13 @@ plane_quad(const uint8_t *plane, const int width, const int at, const int j)
  * level. Straight-line code: with bits and j constants every shift is an immediate. */
 static inline __attribute__((always_inline)) __m512i quad_levels(const uint8_t *run, const int bits, const int j)
 {
-    const int nibbles = bits >= 4, pairs = bits == 2 || bits == 3 || bits == 6;
+    const int nibbles = eq_packed_has_plane(bits, 4), pairs = eq_packed_has_plane(bits, 2);
     __m512i quad = _mm512_setzero_si512();
     if (nibbles)
         quad = plane_quad(run, 4, 0, j);
     if (pairs)
         quad = _mm512_or_si512(quad, plane_quad(run + 256 * nibbles, 2, 4 * nibbles, j));
-    if (bits & 1)
+    if (eq_packed_has_plane(bits, 1))
         quad = _mm512_or_si512(quad, plane_quad(run + 64 * (bits - 1), 1, bits - 1, j));
     return quad;
 }
