@@ -146,7 +146,7 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     """native/tests/check_attention.c: the int8 KV cache's and the int4 value cache's quantizers
     against their specifications, every set's dot_q8 / axpy_q8 / axpy_q4 against ref's, and every
     set's dot_f16 / axpy_f16 (the fp16 cache) against float64, within the bounds derived in its
-    opening comment."""
+    opening comment, and every set's fp16 writer (to_f16) bit for bit against eq_fp32_to_fp16."""
     result = make("check-attention")
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"make check-attention failed:\n{_tail(output)}"
@@ -156,6 +156,8 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
         assert sorted(runs) == sorted(_ffi.kernel_sets()), result.stdout
         for isa, (cases, block, worst) in runs.items():
             assert cases >= 200 and block == (None if kind == "fp16 KV" else "32") and worst <= 1.0, (kind, isa, runs[isa])
+    writers = dict(re.findall(r"^check_attention: (\S+) .*fp16 writer: (\d+) values differ", result.stdout, re.MULTILINE))
+    assert sorted(writers) == sorted(_ffi.kernel_sets()) and set(writers.values()) == {"0"}, result.stdout
 
 
 @pytest.mark.parametrize("before, planted, mismatch", [
@@ -166,7 +168,10 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     ("_mm_unpacklo_epi8(low, high)", "_mm_unpacklo_epi8(high, low)", "q4 axpy"),
     # dot_f16 multiplying every 8 keys by the first 8 query values: wrong only for rows over 8 values
     ("_mm256_loadu_ps(b + i), acc)", "_mm256_loadu_ps(b), acc)", "dot_f16"),
-], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped", "f16-dot-first-query-values"])
+    # the fp16 writer rounding toward zero instead of to nearest even
+    ("_mm256_cvtps_ph(_mm256_loadu_ps(x + i), nearest)", "_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_ZERO)",
+     "to_f16"),
+], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped", "f16-dot-first-query-values", "f16-writer-truncates"])
 def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before, planted, mismatch):
     """A bug planted in avx2's attention helpers makes check_attention fail, naming avx2 only."""
     if "avx2" not in _ffi.kernel_sets():
@@ -174,7 +179,8 @@ def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before,
     _plant_in_avx2(tmp_path, before, planted)
     result = make("check-attention", cwd=tmp_path)
     assert result.returncode != 0, "check_attention passed with a planted bug"
-    assert re.search(rf"^MISMATCH set avx2 {mismatch} vs (ref|float64) n \d+ pattern \w+", result.stderr, re.MULTILINE), \
+    assert re.search(rf"^MISMATCH set avx2 {mismatch} vs (ref|float64|eq_fp32_to_fp16) n \d+ pattern \w+", result.stderr,
+                     re.MULTILINE), \
         result.stderr
     assert "MISMATCH set ref" not in result.stderr
 

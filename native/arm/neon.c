@@ -449,6 +449,19 @@ static void axpy_f16(float *y, const float *w, const uint16_t *x, size_t stride,
     }
 }
 
+/* fcvtn under the FPCR Linux gives a process (round to nearest even, no flush to zero, NaNs kept
+ * quiet with their payload): the value eq_fp32_to_fp16 gives */
+static void to_f16(const float *x, size_t n, uint16_t *out)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float16x8_t halves = vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(x + i)), vld1q_f32(x + i + 4));
+        vst1q_u16(out + i, vreinterpretq_u16_f16(halves));
+    }
+    for (; i < n; i++)
+        out[i] = eq_fp32_to_fp16(x[i]);
+}
+
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
 
 /* an fp16 scale as float (the same value as eq_fp16_to_fp32, without the call) */
@@ -550,6 +563,7 @@ const eq_kernel_set eq_kernels_neon = {
     },
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
+    .to_f16 = to_f16,
     .dot_q8 = dot_q8,
     .axpy_q8 = axpy_q8,
     .axpy_q4 = axpy_q4,

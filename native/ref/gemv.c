@@ -237,6 +237,12 @@ void eq_axpy_f16_ref(float *y, const float *w, const uint16_t *x, size_t stride,
             y[i] += w[r] * eq_fp16_to_fp32(x[i]);
 }
 
+void eq_to_f16_ref(const float *x, size_t n, uint16_t *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = eq_fp32_to_fp16(x[i]);
+}
+
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
 
 /* q, scales = x (n,) as int8 levels per block of EQ_KV_Q8_BLOCK with an fp16 scale: the scale is
@@ -368,6 +374,7 @@ const eq_kernel_set eq_kernels_ref = {
     },
     .dot_f16 = eq_dot_f16_ref,
     .axpy_f16 = eq_axpy_f16_ref,
+    .to_f16 = eq_to_f16_ref,
     .dot_q8 = eq_dot_q8_ref,
     .axpy_q8 = eq_axpy_q8_ref,
     .axpy_q4 = eq_axpy_q4_ref,

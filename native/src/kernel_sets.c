@@ -66,6 +66,8 @@ static void resolve_sets(void)
                 k->dot_f16 = set->dot_f16;
             if (k->axpy_f16 == NULL)
                 k->axpy_f16 = set->axpy_f16;
+            if (k->to_f16 == NULL)
+                k->to_f16 = set->to_f16;
             if (k->dot_q8 == NULL)
                 k->dot_q8 = set->dot_q8;
             if (k->axpy_q8 == NULL)

@@ -94,6 +94,9 @@ typedef void (*eq_dot_f16_fn)(const uint16_t *a, size_t stride, size_t n_rows, c
                               float *out);
 typedef void (*eq_axpy_f16_fn)(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows,
                                size_t n);
+/* The cache's writer: out[i] = eq_fp32_to_fp16(x[i]) for i < n, bit for bit (round to nearest even,
+ * overflow to inf, subnormals kept, NaN quiet with its top payload bits). */
+typedef void (*eq_to_f16_fn)(const float *x, size_t n, uint16_t *out);
 
 /* Attention over an int8 KV cache (EQ_KV_Q8): a row of n values (one head of one token) is n int8
  * levels q in blocks of EQ_KV_Q8_BLOCK values (the last block may be shorter), block b with one fp16
@@ -162,6 +165,7 @@ typedef struct eq_kernel_set {
     eq_family_kernels family[EQ_QFAMILY_COUNT];
     eq_dot_f16_fn dot_f16;                   /* NULL: the next set's */
     eq_axpy_f16_fn axpy_f16;
+    eq_to_f16_fn to_f16;                     /* NULL: the next set's */
     eq_dot_q8_fn dot_q8;                     /* NULL: the next set's */
     eq_axpy_q8_fn axpy_q8;
     eq_axpy_q4_fn axpy_q4;                   /* NULL: the next set's */
@@ -184,6 +188,7 @@ typedef struct eq_kernels {
     const char *prefill_isa[EQ_QFAMILY_COUNT];          /* (NULL: no prefill path) */
     eq_dot_f16_fn dot_f16;
     eq_axpy_f16_fn axpy_f16;
+    eq_to_f16_fn to_f16;
     eq_dot_q8_fn dot_q8;
     eq_axpy_q8_fn axpy_q8;
     eq_axpy_q4_fn axpy_q4;
@@ -233,6 +238,7 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
                  const float *x, float *y);
 void eq_dot_f16_ref(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n, float *out);
 void eq_axpy_f16_ref(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows, size_t n);
+void eq_to_f16_ref(const float *x, size_t n, uint16_t *out);
 void eq_kv_q8_quantize(const float *x, size_t n, int8_t *q, uint16_t *scales);
 float eq_dot_q8_ref(const int8_t *a, const uint16_t *scales, const float *b, size_t n);
 void eq_axpy_q8_ref(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n);

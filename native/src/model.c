@@ -1035,8 +1035,7 @@ static void cache_write(eq_model *m, kv_store *st, size_t row, const float *valu
         const float *x = values + h * head_dim;
         switch (st->kind) {
         case STORE_F16:
-            for (size_t i = 0; i < head_dim; i++)
-                ((uint16_t *)data)[i] = eq_fp32_to_fp16(x[i]);
+            m->kernels->to_f16(x, head_dim, (uint16_t *)data);
             break;
         case STORE_F32:
             memcpy(data, x, head_dim * sizeof(float));

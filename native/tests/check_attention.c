@@ -44,6 +44,10 @@
  *   values apart, which a helper reading past a row would turn into a NaN): each score as in 7, and
  *   y + Σ_r w_r a_r within 11 u (|y| + Σ_r |w_r a_r|) (two roundings per row, each below u of that).
  *   Rows whose values overflow fp16 (the "huge" pattern) are skipped: an fp16 cache cannot hold them.
+ *   9. every set's to_f16 (the cache's writer) gives eq_fp32_to_fp16's bits exactly, on every row and
+ *      pattern (the huge ones overflow to inf, the tiny ones are fp16 subnormals) and on the edge
+ *      values: signed zeros, infinities, NaNs with payloads, the largest finite half, the overflow
+ *      and underflow boundaries and ties to even at both ends of the subnormal range.
  * A mismatch prints set, check, n, pattern, index, got, expected and bound, and the exit status is 1;
  * the last lines give per set the largest error as a fraction of its bound. */
 #include <float.h>
@@ -209,6 +213,58 @@ static void check_f16(int n_sets, size_t n, int pattern, const float *x, const f
     }
 }
 
+/* 9. every set's fp16 writer against eq_fp32_to_fp16, bit for bit */
+static int to_f16_mismatches[64];
+
+static void check_to_f16(int n_sets, size_t n, int pattern, const float *x)
+{
+    uint16_t expected[MAX_N + 1], got[MAX_N + 1];
+    for (size_t i = 0; i < n; i++)
+        expected[i] = eq_fp32_to_fp16(x[i]);
+    for (int s = 0; s < n_sets; s++) {
+        const char *isa = eq_kernel_set_name(s);
+        const eq_kernels *k = eq_isa_available(isa) ? eq_kernels_named(isa) : NULL;
+        if (!k)
+            continue;
+        got[n] = 0x5a5a;   /* a guard past the row: the writer must not touch it */
+        k->to_f16(x, n, got);
+        for (size_t i = 0; i <= n; i++) {
+            uint16_t want = i < n ? expected[i] : 0x5a5a;
+            if (got[i] == want)
+                continue;
+            failures++;
+            if (to_f16_mismatches[s]++ < PRINTED)
+                fprintf(stderr, "MISMATCH set %s to_f16 vs eq_fp32_to_fp16 n %zu pattern %s index %zu: got 0x%04x "
+                        "expected 0x%04x (x %a)\n", isa, n, pattern < 0 ? "edges" : pattern_names[pattern], i, got[i],
+                        want, i < n ? (double)x[i] : 0.0);
+        }
+    }
+}
+
+static float float_bits(uint32_t bits)
+{
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static void check_to_f16_edges(int n_sets)
+{
+    static const uint32_t edges[] = {
+        0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u,      /* zeros, infinities */
+        0x7fc00000u, 0xffc00001u, 0x7f800001u, 0x7fa02000u,      /* quiet and signaling NaNs, payloads */
+        0x477fe000u, 0x477fefffu, 0x477ff000u, 0xc77ff000u,      /* 65504; below and at the overflow tie */
+        0x38800000u, 0x387fffffu, 0x387fe000u, 0x387ff000u,      /* smallest normal half; just below it */
+        0x33800000u, 0x33000000u, 0x33000001u, 0xb3000001u,      /* smallest subnormal; the zero tie */
+        0x33c00000u, 0x34200000u, 0x3f801000u, 0x3f803000u,      /* 1.5 and 2.5 subnormal steps; ties at 1 */
+        0x00000001u, 0x3f800000u, 0xbf7fffffu, 0x497423f0u,      /* float subnormal; 1; just below -1; 1e6 */
+    };
+    float x[sizeof edges / sizeof edges[0]];
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        x[i] = float_bits(edges[i]);
+    check_to_f16(n_sets, sizeof edges / sizeof edges[0], -1, x);
+}
+
 /* level i of an int4 row (kernels.h: byte i / 2, low nibble first, stored + 8) */
 static int q4_level(const uint8_t *q, size_t i)
 {
@@ -293,6 +349,7 @@ int main(int argc, char **argv)
     }
     static const size_t fixed[] = {1, 7, 8, 16, 31, 32, 33, 63, 64, 65, 80, 96, 128, 256, 300};
     size_t cases = 0;
+    check_to_f16_edges(n_sets);
     for (int round = 0; round < 40; round++) {
         size_t n = round < (int)(sizeof fixed / sizeof fixed[0]) ? fixed[round]
                                                               : 1 + (size_t)(rng_uniform(&r) * MAX_N);
@@ -355,15 +412,17 @@ int main(int argc, char **argv)
             }
             check_q4(r_set, n_sets, n, pattern, x, y0, w);
             check_f16(n_sets, n, pattern, x, b, y0, w);
+            check_to_f16(n_sets, n, pattern, x);
         }
     }
     for (int s = 0; s < n_sets; s++) {
         const char *isa = eq_kernel_set_name(s);
         if (!eq_isa_available(isa))
             continue;
-        printf("check_attention: %-13s %zu cases (fp16 KV): largest error %.3f of its bound (%s, %s)\n",
+        printf("check_attention: %-13s %zu cases (fp16 KV): largest error %.3f of its bound (%s, %s); "
+               "fp16 writer: %d values differ from eq_fp32_to_fp16\n",
                isa, cases, worst_f16.fraction[s], worst_f16.what[s] ? worst_f16.what[s] : "-",
-               pattern_names[worst_f16.pattern[s]]);
+               pattern_names[worst_f16.pattern[s]], to_f16_mismatches[s]);
         printf("check_attention: %-13s %zu cases (int8 KV, blocks of %d): largest error %.3f of its bound (%s, %s)\n",
                isa, cases, EQ_KV_Q8_BLOCK, worst_q8.fraction[s], worst_q8.what[s] ? worst_q8.what[s] : "-",
                pattern_names[worst_q8.pattern[s]]);

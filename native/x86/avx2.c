@@ -555,6 +555,18 @@ static void axpy_f16(float *y, const float *w, const uint16_t *x, size_t stride,
     }
 }
 
+/* F16C's conversion with the rounding given in the instruction (nearest even, whatever MXCSR says):
+ * the value eq_fp32_to_fp16 gives, NaN payloads included */
+static void to_f16(const float *x, size_t n, uint16_t *out)
+{
+    const int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), nearest));
+    for (; i < n; i++)
+        out[i] = _cvtss_sh(x[i], nearest);
+}
+
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
 /* scales converted by F16C (_cvtsh_ss: the value eq_fp16_to_fp32 gives, without the call) */
 
@@ -645,7 +657,7 @@ static void axpy_q4(float *y, float w, const uint8_t *x, const uint16_t *scales,
         .prefill_from = 4, \
     }
 #define AVX2_ATTENTION_HELPERS \
-    .dot_f16 = dot_f16, .axpy_f16 = axpy_f16, .dot_q8 = dot_q8, .axpy_q8 = axpy_q8, .axpy_q4 = axpy_q4
+    .dot_f16 = dot_f16, .axpy_f16 = axpy_f16, .to_f16 = to_f16, .dot_q8 = dot_q8, .axpy_q8 = axpy_q8, .axpy_q4 = axpy_q4
 
 const eq_kernel_set eq_kernels_avx2 = {
     .isa = "avx2",
