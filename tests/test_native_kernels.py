@@ -146,7 +146,8 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     """native/tests/check_attention.c: the int8 KV cache's and the int4 value cache's quantizers
     against their specifications, every set's dot_q8 / axpy_q8 / axpy_q4 against ref's, and every
     set's dot_f16 / axpy_f16 (the fp16 cache) against float64, within the bounds derived in its
-    opening comment, and every set's fp16 writer (to_f16) bit for bit against eq_fp32_to_fp16."""
+    opening comment, every set's fp16 writer (to_f16) bit for bit against eq_fp32_to_fp16, and the
+    softmax's e^x: ref within 1 ulp of float64, every set bit for bit equal to ref."""
     result = make("check-attention")
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"make check-attention failed:\n{_tail(output)}"
@@ -158,6 +159,11 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
             assert cases >= 200 and block == (None if kind == "fp16 KV" else "32") and worst <= 1.0, (kind, isa, runs[isa])
     writers = dict(re.findall(r"^check_attention: (\S+) .*fp16 writer: (\d+) values differ", result.stdout, re.MULTILINE))
     assert sorted(writers) == sorted(_ffi.kernel_sets()) and set(writers.values()) == {"0"}, result.stdout
+    exp_line = re.search(r"^check_attention: exp: \d+ values, ref within (\S+) ulp of float64 \(bound 1\); "
+                         r"sets differing from ref's bits:(.*)$", result.stdout, re.MULTILINE)
+    assert exp_line and float(exp_line[1]) <= 1.0, result.stdout
+    differing = dict(zip(exp_line[2].split()[::2], exp_line[2].split()[1::2]))
+    assert sorted(differing) == sorted(_ffi.kernel_sets()) and set(differing.values()) == {"0"}, exp_line[0]
 
 
 @pytest.mark.parametrize("before, planted, mismatch", [
@@ -171,7 +177,11 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     # the fp16 writer rounding toward zero instead of to nearest even
     ("_mm256_cvtps_ph(_mm256_loadu_ps(x + i), nearest)", "_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_ZERO)",
      "to_f16"),
-], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped", "f16-dot-first-query-values", "f16-writer-truncates"])
+    # e^x with one fused multiply-add where kernels.h's steps round twice: 1 ulp off ref here and there
+    ("_mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(EQ_EXP_C2))", "_mm256_fmadd_ps(p, r, _mm256_set1_ps(EQ_EXP_C2))",
+     "exp"),
+], ids=["q8-dot-first-scale", "q4-axpy-nibbles-swapped", "f16-dot-first-query-values", "f16-writer-truncates",
+        "exp-fused"])
 def test_the_attention_harness_catches_a_planted_bug(compiler, tmp_path, before, planted, mismatch):
     """A bug planted in avx2's attention helpers makes check_attention fail, naming avx2 only."""
     if "avx2" not in _ffi.kernel_sets():

@@ -25,6 +25,7 @@
 #if defined(__aarch64__)
 
 #include <arm_neon.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -462,6 +463,45 @@ static void to_f16(const float *x, size_t n, uint16_t *out)
         out[i] = eq_fp32_to_fp16(x[i]);
 }
 
+/* kernels.h's e^x steps, four at a time (vmaxq keeps a NaN, unlike ref's clamp: the lanes it
+ * reaches are replaced by the NaN at the end, and nothing on the way traps) */
+static inline float32x4_t exp4(float32x4_t v)
+{
+    const float32x4_t c = vminq_f32(vmaxq_f32(v, vdupq_n_f32(EQ_EXP_LOW)), vdupq_n_f32(EQ_EXP_HIGH));
+    const float32x4_t rounder = vdupq_n_f32(EQ_EXP_ROUNDER);
+    const float32x4_t t = vaddq_f32(vmulq_f32(c, vdupq_n_f32(EQ_EXP_LOG2E)), rounder);
+    const float32x4_t k = vsubq_f32(t, rounder);
+    const uint32x4_t exponent = vaddq_u32(vsubq_u32(vreinterpretq_u32_f32(t), vdupq_n_u32(0x4b400000u)),
+                                          vdupq_n_u32(127u));
+    const float32x4_t scale = vreinterpretq_f32_u32(vshlq_n_u32(exponent, 23));
+    const float32x4_t r = vsubq_f32(vsubq_f32(c, vmulq_f32(k, vdupq_n_f32(EQ_EXP_LN2_HIGH))),
+                                    vmulq_f32(k, vdupq_n_f32(EQ_EXP_LN2_LOW)));
+    float32x4_t p = vdupq_n_f32(EQ_EXP_C5);
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(EQ_EXP_C4));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(EQ_EXP_C3));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(EQ_EXP_C2));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(EQ_EXP_C1));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(EQ_EXP_C0));
+    float32x4_t e = vaddq_f32(vaddq_f32(vmulq_f32(p, vmulq_f32(r, r)), r), vdupq_n_f32(1.0f));
+    e = vmulq_f32(e, scale);
+    e = vbslq_f32(vcgtq_f32(v, vdupq_n_f32(EQ_EXP_HIGH)), vdupq_n_f32(INFINITY), e);
+    e = vbslq_f32(vcltq_f32(v, vdupq_n_f32(EQ_EXP_LOW)), vdupq_n_f32(0.0f), e);
+    return vbslq_f32(vceqq_f32(v, v), e, v);
+}
+
+static void exp_f32(const float *x, float *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(y + i, exp4(vld1q_f32(x + i)));
+    if (i < n) {   /* the tail through the same steps */
+        float rest[4] = {0};
+        memcpy(rest, x + i, (n - i) * sizeof *x);
+        vst1q_f32(rest, exp4(vld1q_f32(rest)));
+        memcpy(y + i, rest, (n - i) * sizeof *y);
+    }
+}
+
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
 
 /* an fp16 scale as float (the same value as eq_fp16_to_fp32, without the call) */
@@ -564,6 +604,7 @@ const eq_kernel_set eq_kernels_neon = {
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
     .to_f16 = to_f16,
+    .exp = exp_f32,
     .dot_q8 = dot_q8,
     .axpy_q8 = axpy_q8,
     .axpy_q4 = axpy_q4,

@@ -243,6 +243,38 @@ void eq_to_f16_ref(const float *x, size_t n, uint16_t *out)
         out[i] = eq_fp32_to_fp16(x[i]);
 }
 
+/* kernels.h's steps, one value at a time */
+void eq_exp_ref(const float *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float v = x[i];
+        float c = v >= EQ_EXP_LOW ? v : EQ_EXP_LOW;   /* a NaN becomes EQ_EXP_LOW here, and v below */
+        c = c <= EQ_EXP_HIGH ? c : EQ_EXP_HIGH;
+        const float t = c * EQ_EXP_LOG2E + EQ_EXP_ROUNDER;
+        const float k = t - EQ_EXP_ROUNDER;
+        uint32_t t_bits, scale_bits;
+        memcpy(&t_bits, &t, sizeof t_bits);
+        scale_bits = (t_bits - 0x4b400000u + 127u) << 23;   /* k + 127 in [1, 254] */
+        float scale;
+        memcpy(&scale, &scale_bits, sizeof scale);
+        const float r = (c - k * EQ_EXP_LN2_HIGH) - k * EQ_EXP_LN2_LOW;
+        float p = EQ_EXP_C5;
+        p = p * r + EQ_EXP_C4;
+        p = p * r + EQ_EXP_C3;
+        p = p * r + EQ_EXP_C2;
+        p = p * r + EQ_EXP_C1;
+        p = p * r + EQ_EXP_C0;
+        float e = ((p * (r * r) + r) + 1.0f) * scale;
+        if (v > EQ_EXP_HIGH)
+            e = INFINITY;
+        else if (v < EQ_EXP_LOW)
+            e = 0.0f;
+        else if (v != v)
+            e = v;
+        y[i] = e;
+    }
+}
+
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
 
 /* q, scales = x (n,) as int8 levels per block of EQ_KV_Q8_BLOCK with an fp16 scale: the scale is
@@ -375,6 +407,7 @@ const eq_kernel_set eq_kernels_ref = {
     .dot_f16 = eq_dot_f16_ref,
     .axpy_f16 = eq_axpy_f16_ref,
     .to_f16 = eq_to_f16_ref,
+    .exp = eq_exp_ref,
     .dot_q8 = eq_dot_q8_ref,
     .axpy_q8 = eq_axpy_q8_ref,
     .axpy_q4 = eq_axpy_q4_ref,

@@ -68,6 +68,8 @@ static void resolve_sets(void)
                 k->axpy_f16 = set->axpy_f16;
             if (k->to_f16 == NULL)
                 k->to_f16 = set->to_f16;
+            if (k->exp == NULL)
+                k->exp = set->exp;
             if (k->dot_q8 == NULL)
                 k->dot_q8 = set->dot_q8;
             if (k->axpy_q8 == NULL)

@@ -94,6 +94,28 @@ typedef void (*eq_dot_f16_fn)(const uint16_t *a, size_t stride, size_t n_rows, c
                               float *out);
 typedef void (*eq_axpy_f16_fn)(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows,
                                size_t n);
+/* e^x for the softmax and silu: y[i] = e^x[i] for i < n (y may be x), the same bits in every set,
+ * the steps of eq_exp_ref, each a separate float operation (no fused multiply-add):
+ *   x above EQ_EXP_HIGH: +inf; below EQ_EXP_LOW: 0 (e^x < 1.7e-38, under float's normal range); NaN: x;
+ *   else t = x log2(e) + 1.5 2^23 (rounds x log2(e) to an integer k, ties to even), k = t - 1.5 2^23,
+ *   r = (x - k LN2_HIGH) - k LN2_LOW (Cody and Waite: LN2_HIGH has few bits, so k LN2_HIGH is exact),
+ *   p = ((((c5 r + c4) r + c3) r + c2) r + c1) r + c0 (Cephes' expf coefficients, |r| <= ln(2) / 2),
+ *   y = (((p (r r)) + r) + 1) 2^k, 2^k built from k's bits (k in [-126, 127]: a normal float).
+ * Within 1 ulp of e^x (native/tests/check_attention.c measures it: 0.97 at most). */
+#define EQ_EXP_HIGH 88.0f
+#define EQ_EXP_LOW (-87.0f)
+#define EQ_EXP_LOG2E 1.44269504088896341f
+#define EQ_EXP_ROUNDER 12582912.0f            /* 1.5 2^23; its bits 0x4b400000 */
+#define EQ_EXP_LN2_HIGH 0.693359375f
+#define EQ_EXP_LN2_LOW (-2.12194440e-4f)
+#define EQ_EXP_C5 1.9875691500e-4f
+#define EQ_EXP_C4 1.3981999507e-3f
+#define EQ_EXP_C3 8.3334519073e-3f
+#define EQ_EXP_C2 4.1665795894e-2f
+#define EQ_EXP_C1 1.6666665459e-1f
+#define EQ_EXP_C0 5.0000001201e-1f
+typedef void (*eq_exp_fn)(const float *x, float *y, size_t n);
+
 /* The cache's writer: out[i] = eq_fp32_to_fp16(x[i]) for i < n, bit for bit (round to nearest even,
  * overflow to inf, subnormals kept, NaN quiet with its top payload bits). */
 typedef void (*eq_to_f16_fn)(const float *x, size_t n, uint16_t *out);
@@ -166,6 +188,7 @@ typedef struct eq_kernel_set {
     eq_dot_f16_fn dot_f16;                   /* NULL: the next set's */
     eq_axpy_f16_fn axpy_f16;
     eq_to_f16_fn to_f16;                     /* NULL: the next set's */
+    eq_exp_fn exp;                           /* NULL: the next set's */
     eq_dot_q8_fn dot_q8;                     /* NULL: the next set's */
     eq_axpy_q8_fn axpy_q8;
     eq_axpy_q4_fn axpy_q4;                   /* NULL: the next set's */
@@ -189,6 +212,7 @@ typedef struct eq_kernels {
     eq_dot_f16_fn dot_f16;
     eq_axpy_f16_fn axpy_f16;
     eq_to_f16_fn to_f16;
+    eq_exp_fn exp;
     eq_dot_q8_fn dot_q8;
     eq_axpy_q8_fn axpy_q8;
     eq_axpy_q4_fn axpy_q4;
@@ -239,6 +263,7 @@ void eq_gemv_ref(const eq_qtype_traits *type, const uint8_t *data, size_t rows, 
 void eq_dot_f16_ref(const uint16_t *a, size_t stride, size_t n_rows, const float *b, size_t n, float *out);
 void eq_axpy_f16_ref(float *y, const float *w, const uint16_t *x, size_t stride, size_t n_rows, size_t n);
 void eq_to_f16_ref(const float *x, size_t n, uint16_t *out);
+void eq_exp_ref(const float *x, float *y, size_t n);
 void eq_kv_q8_quantize(const float *x, size_t n, int8_t *q, uint16_t *scales);
 float eq_dot_q8_ref(const int8_t *a, const uint16_t *scales, const float *b, size_t n);
 void eq_axpy_q8_ref(float *y, float w, const int8_t *x, const uint16_t *scales, size_t n);

@@ -886,15 +886,30 @@ static void rope(float *vec, int n_heads, int head_dim, const float *rotation)
     }
 }
 
-static float silu(float x)
-{
-    return x / (1.0f + expf(-x));
-}
-
 /* gelu, tanh approximation (PyTorch's approximate="tanh") */
 static float gelu_tanh(float x)
 {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+/* gate[i] = silu(gate[i]) up[i] = gate[i] / (1 + e^-gate[i]) up[i] (the set's e^x), or with gelu */
+static void gated(const eq_model *m, float *gate, const float *up, size_t n)
+{
+    if (m->cfg.gelu) {
+        for (size_t i = 0; i < n; i++)
+            gate[i] = gelu_tanh(gate[i]) * up[i];
+        return;
+    }
+    enum { PIECE = 64 };
+    float e[PIECE];
+    for (size_t begin = 0; begin < n; begin += PIECE) {
+        size_t count = n - begin < PIECE ? n - begin : PIECE;
+        for (size_t i = 0; i < count; i++)
+            e[i] = -gate[begin + i];
+        m->kernels->exp(e, e, count);
+        for (size_t i = 0; i < count; i++)
+            gate[begin + i] = gate[begin + i] / (1.0f + e[i]) * up[begin + i];
+    }
 }
 
 static float softcap(float x, float cap)
@@ -1085,11 +1100,12 @@ static void attention_head(eq_model *m, int layer_index, int token, int h, float
         if (scores[t] > max_score)
             max_score = scores[t];
     }
+    for (int t = first; t <= pos; t++)
+        scores[t] -= max_score;
+    m->kernels->exp(scores + first, scores + first, n_rows);
     float sum = 0.0f;
-    for (int t = first; t <= pos; t++) {
-        scores[t] = expf(scores[t] - max_score);
+    for (int t = first; t <= pos; t++)
         sum += scores[t];
-    }
     for (int t = first; t <= pos; t++)
         scores[t] /= sum;
     float *out = s->xb + (size_t)token * q_dim + (size_t)h * (size_t)head_dim;
@@ -1223,8 +1239,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
         gemm_rows(m, &l->w_gate, &s->acts_x, row0, row1, s->hb);
         gemm_rows(m, &l->w_up, &s->acts_x, row0, row1, s->hb2);
         for (int token = 0; token < s->n; token++)
-            for (size_t j = (size_t)token * hidden + row0; j < (size_t)token * hidden + row1; j++)
-                s->hb[j] = (c->gelu ? gelu_tanh(s->hb[j]) : silu(s->hb[j])) * s->hb2[j];
+            gated(m, s->hb + (size_t)token * hidden + row0, s->hb2 + (size_t)token * hidden + row0, row1 - row0);
         break;
     case STEP_FFN_PREPARE:
         eq_acts_prepare(m->kernels, &s->acts_ffn, t, 1);

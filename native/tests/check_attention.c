@@ -48,6 +48,11 @@
  *      pattern (the huge ones overflow to inf, the tiny ones are fp16 subnormals) and on the edge
  *      values: signed zeros, infinities, NaNs with payloads, the largest finite half, the overflow
  *      and underflow boundaries and ties to even at both ends of the subnormal range.
+ * The softmax's and silu's e^x (kernels.h: steps without fused operations, so sets can agree):
+ *  10. ref's exp within EXP_ULPS units in the last place of float64 exp over [EQ_EXP_LOW, EQ_EXP_HIGH]
+ *      (every 2^-10 there, and random values), +inf above EQ_EXP_HIGH, 0 below EQ_EXP_LOW, NaN for NaN;
+ *      every set's exp gives ref's bits exactly, on those values, on rows of every length 1 .. 40
+ *      (the vector bodies and tails) and in place (y = x).
  * A mismatch prints set, check, n, pattern, index, got, expected and bound, and the exit status is 1;
  * the last lines give per set the largest error as a fraction of its bound. */
 #include <float.h>
@@ -265,6 +270,73 @@ static void check_to_f16_edges(int n_sets)
     check_to_f16(n_sets, sizeof edges / sizeof edges[0], -1, x);
 }
 
+/* 10. e^x: ref within EXP_ULPS ulp of float64, every set bit for bit equal to ref */
+enum { EXP_VALUES = 1 << 18, EXP_ULPS = 1 };
+static int exp_mismatches[64];
+static double exp_worst_ulps;
+
+static double ulp_of(double value)   /* float's unit in the last place at |value| (normal range) */
+{
+    int exponent;
+    frexp(value, &exponent);
+    return ldexp(1.0, exponent - 24);
+}
+
+static void check_exp(const eq_kernels *ref, int n_sets, rng *r)
+{
+    static float x[EXP_VALUES], expected[EXP_VALUES], got[EXP_VALUES];
+    size_t n = 0;
+    for (double v = EQ_EXP_LOW; v <= EQ_EXP_HIGH; v += 1.0 / 1024.0)
+        x[n++] = (float)v;
+    static const float edges[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 88.0f, 88.00001f, 88.72284f, 89.0f, 1e30f, INFINITY,
+                                  -87.0f, -87.00001f, -103.0f, -1e30f, -INFINITY, NAN, -NAN};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        x[n++] = edges[i];
+    while (n < EXP_VALUES)
+        x[n++] = (float)((rng_uniform(r) - 0.5) * 400.0);
+    ref->exp(x, expected, n);
+    for (size_t i = 0; i < n; i++) {
+        double want = exp((double)x[i]), error;
+        if (isnan(x[i]))
+            error = isnan(expected[i]) ? 0.0 : INFINITY;
+        else if (x[i] > EQ_EXP_HIGH)
+            error = expected[i] == INFINITY ? 0.0 : INFINITY;
+        else if (x[i] < EQ_EXP_LOW)
+            error = expected[i] == 0.0f ? 0.0 : INFINITY;
+        else
+            error = fabs(expected[i] - want) / ulp_of(want);
+        if (error > exp_worst_ulps)
+            exp_worst_ulps = error;
+        if (!(error <= EXP_ULPS)) {
+            failures++;
+            if (exp_mismatches[0]++ < PRINTED)
+                fprintf(stderr, "MISMATCH set ref exp vs float64 n 1 pattern values index %zu: got %.9g expected %.9g "
+                        "(x %a, %.2f ulp)\n", i, expected[i], want, x[i], error);
+        }
+    }
+    for (int s = 0; s < n_sets; s++) {
+        const char *isa = eq_kernel_set_name(s);
+        const eq_kernels *k = eq_isa_available(isa) ? eq_kernels_named(isa) : NULL;
+        if (!k)
+            continue;
+        k->exp(x, got, n);
+        for (size_t length = 1; length <= 40; length++) {   /* bodies and tails; in place */
+            float row[40];
+            memcpy(row, x + 7 * length, length * sizeof *row);
+            k->exp(row, row, length);
+            memcpy(got + 7 * length, row, length * sizeof *row);
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (memcmp(&got[i], &expected[i], sizeof got[i]) == 0 || (isnan(got[i]) && isnan(expected[i])))
+                continue;
+            failures++;
+            if (exp_mismatches[s]++ < PRINTED)
+                fprintf(stderr, "MISMATCH set %s exp vs ref n %zu pattern values index %zu: got %a expected %a (x %a)\n",
+                        isa, n, i, got[i], expected[i], x[i]);
+        }
+    }
+}
+
 /* level i of an int4 row (kernels.h: byte i / 2, low nibble first, stored + 8) */
 static int q4_level(const uint8_t *q, size_t i)
 {
@@ -350,6 +422,7 @@ int main(int argc, char **argv)
     static const size_t fixed[] = {1, 7, 8, 16, 31, 32, 33, 63, 64, 65, 80, 96, 128, 256, 300};
     size_t cases = 0;
     check_to_f16_edges(n_sets);
+    check_exp(ref, n_sets, &r);
     for (int round = 0; round < 40; round++) {
         size_t n = round < (int)(sizeof fixed / sizeof fixed[0]) ? fixed[round]
                                                               : 1 + (size_t)(rng_uniform(&r) * MAX_N);
@@ -430,6 +503,12 @@ int main(int argc, char **argv)
                isa, cases, EQ_KV_Q4_BLOCK, worst_q4.fraction[s], worst_q4.what[s] ? worst_q4.what[s] : "-",
                pattern_names[worst_q4.pattern[s]]);
     }
+    printf("check_attention: exp: %d values, ref within %.3f ulp of float64 (bound %d); sets differing from ref's "
+           "bits:", EXP_VALUES, exp_worst_ulps, EXP_ULPS);
+    for (int s = 0; s < n_sets; s++)
+        if (eq_isa_available(eq_kernel_set_name(s)))
+            printf(" %s %d", eq_kernel_set_name(s), exp_mismatches[s]);
+    printf("\n");
     if (failures) {
         printf("check_attention: %d mismatches\n", failures);
         return 1;

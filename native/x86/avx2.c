@@ -46,6 +46,7 @@
 
 #include <cpuid.h>
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -567,6 +568,45 @@ static void to_f16(const float *x, size_t n, uint16_t *out)
         out[i] = _cvtss_sh(x[i], nearest);
 }
 
+/* kernels.h's e^x steps, eight at a time (max_ps returns its second operand for a NaN: EQ_EXP_LOW,
+ * as ref's clamp; the NaN itself is put back at the end) */
+static inline __m256 exp8(__m256 v)
+{
+    __m256 c = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(EQ_EXP_LOW)), _mm256_set1_ps(EQ_EXP_HIGH));
+    const __m256 rounder = _mm256_set1_ps(EQ_EXP_ROUNDER);
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(c, _mm256_set1_ps(EQ_EXP_LOG2E)), rounder);
+    const __m256 k = _mm256_sub_ps(t, rounder);
+    const __m256i exponent = _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4b400000)),
+                                              _mm256_set1_epi32(127));
+    const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(exponent, 23));
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(c, _mm256_mul_ps(k, _mm256_set1_ps(EQ_EXP_LN2_HIGH))),
+                                   _mm256_mul_ps(k, _mm256_set1_ps(EQ_EXP_LN2_LOW)));
+    __m256 p = _mm256_set1_ps(EQ_EXP_C5);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(EQ_EXP_C4));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(EQ_EXP_C3));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(EQ_EXP_C2));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(EQ_EXP_C1));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(EQ_EXP_C0));
+    __m256 e = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+    e = _mm256_mul_ps(e, scale);
+    e = _mm256_blendv_ps(e, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(v, _mm256_set1_ps(EQ_EXP_HIGH), _CMP_GT_OQ));
+    e = _mm256_blendv_ps(e, _mm256_setzero_ps(), _mm256_cmp_ps(v, _mm256_set1_ps(EQ_EXP_LOW), _CMP_LT_OQ));
+    return _mm256_blendv_ps(e, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
+
+static void exp_f32(const float *x, float *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) {   /* the tail through the same steps */
+        float rest[8] = {0};
+        memcpy(rest, x + i, (n - i) * sizeof *x);
+        _mm256_storeu_ps(rest, exp8(_mm256_loadu_ps(rest)));
+        memcpy(y + i, rest, (n - i) * sizeof *y);
+    }
+}
+
 /* ---- attention over an int8 KV cache (layout in kernels.h) --------------------------------- */
 /* scales converted by F16C (_cvtsh_ss: the value eq_fp16_to_fp32 gives, without the call) */
 
@@ -657,7 +697,7 @@ static void axpy_q4(float *y, float w, const uint8_t *x, const uint16_t *scales,
         .prefill_from = 4, \
     }
 #define AVX2_ATTENTION_HELPERS \
-    .dot_f16 = dot_f16, .axpy_f16 = axpy_f16, .to_f16 = to_f16, .dot_q8 = dot_q8, .axpy_q8 = axpy_q8, .axpy_q4 = axpy_q4
+    .dot_f16 = dot_f16, .axpy_f16 = axpy_f16, .to_f16 = to_f16, .exp = exp_f32, .dot_q8 = dot_q8, .axpy_q8 = axpy_q8, .axpy_q4 = axpy_q4
 
 const eq_kernel_set eq_kernels_avx2 = {
     .isa = "avx2",
