@@ -631,21 +631,39 @@ def machine_of(record: dict) -> str:
     return record.get("machine", UNRECORDED)
 
 
+def session_of(record: dict) -> str:
+    """Speeds are compared only within one run of the suite (its start, `when`) on one machine: the
+    host is shared and its speed moves between runs (llama.cpp's own SmolLM2 Q2_K decoded 147.9 tok/s
+    at 2 threads in one run and 187.3 in another on the same Zen 3 CPU), so an edgeq row measured in
+    one run and a llama.cpp row measured in another make a ratio that measures the host."""
+    return f"{machine_of(record)}, run of {record.get('when', '?')[:16].replace('T', ' ')}"
+
+
 def record_key(r: dict) -> tuple:
-    """Which earlier record a new one replaces: speed is per kernel set and per machine (a speed
-    measured on another CPU is kept beside it, never compared with it), perplexity is per file."""
+    """Which earlier record a new one replaces: an edgeq file's speed per kernel set and machine (a
+    speed measured on another CPU is kept beside it, never compared with it), perplexity per file.
+    llama.cpp's speeds are kept per run as well: they are the peers of the edgeq rows of their run
+    (prune_runs drops them with the last edgeq row of the run)."""
     speed = r["kind"] == "speed"
     return (r["model"], r["system"], r["type"], r["kind"], r.get("threads"),
-            r.get("isa") if speed else None, machine_of(r) if speed else None)
+            r.get("isa") if speed else None, machine_of(r) if speed else None,
+            r.get("when") if speed and r["system"] == "llama.cpp" else None)
+
+
+def prune_runs(records: list[dict]) -> list[dict]:
+    """Without the llama.cpp speeds of runs whose edgeq speeds have all been measured again since."""
+    runs = {(r["model"], session_of(r)) for r in records if r["kind"] == "speed" and r["system"] == "edgeq"}
+    return [r for r in records
+            if not (r["kind"] == "speed" and r["system"] == "llama.cpp" and (r["model"], session_of(r)) not in runs)]
 
 
 def speed_machines(records: list[dict], model: str) -> list[str]:
-    """The machines a model's speeds were measured on, the most recently measured first."""
+    """The runs (session_of) that measured a model's speeds, the most recent first."""
     latest: dict[str, str] = {}
     for r in records:
         if r["model"] == model and r["kind"] == "speed":
-            latest[machine_of(r)] = max(latest.get(machine_of(r), ""), r.get("when", ""))
-    return sorted(latest, key=lambda machine: (latest[machine], machine), reverse=True)
+            latest[session_of(r)] = max(latest.get(session_of(r), ""), r.get("when", ""))
+    return sorted(latest, key=lambda session: (latest[session], session), reverse=True)
 
 
 def load_records(path: Path) -> list[dict]:
@@ -655,7 +673,7 @@ def load_records(path: Path) -> list[dict]:
 
 
 def save_records(path: Path, records: list[dict], machine: dict) -> None:
-    records = sorted(records, key=lambda r: (r["model"], r["system"], -r["file_mb"], r["kind"], r.get("threads") or 0,
+    records = sorted(prune_runs(records), key=lambda r: (r["model"], r["system"], -r["file_mb"], r["kind"], r.get("threads") or 0,
                                              r.get("isa") or ""))
     path.write_text(json.dumps({"machine": machine, "records": records}, indent=1))     # the committed file's format
 
@@ -679,8 +697,8 @@ FILE_KEYS = ("variant", "linear_type", "group", "layout", "method", "method_flag
 
 
 def table_rows(records: list[dict], model: str, machine: str | None = None) -> list[dict]:
-    """One row per (system, type, kernel set) of a model: its speeds by threads on `machine` (default:
-    the one measured most recently; speeds from different machines never share a row), its perplexity
+    """One row per (system, type, kernel set) of a model: its speeds by threads in run `machine` (a
+    session_of; default: the most recent; speeds from different runs never share a row), its perplexity
     (measured once per file, shared by the file's kernel-set rows) and, for edgeq, the file's settings."""
     if machine is None:
         machine = next(iter(speed_machines(records, model)), None)
@@ -688,7 +706,7 @@ def table_rows(records: list[dict], model: str, machine: str | None = None) -> l
     for r in records:
         if r["model"] != model or r["kind"] not in ("speed", "perplexity"):
             continue
-        if r["kind"] == "speed" and machine_of(r) != machine:
+        if r["kind"] == "speed" and session_of(r) != machine:
             continue
         entry = files.setdefault((r["system"], r["type"]), {"system": r["system"], "type": r["type"],
                                                              "bits": r.get("bits"), "file_mb": r["file_mb"],
@@ -843,9 +861,9 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
         lines += ["Measured on " + "; on ".join(f"{where} ({', '.join(sorted(days))})"
                                                 for where, days in sorted(measured_on.items())) + ".", ""]
         if len(machines) > 1:
-            lines += [f"Speeds in this table were measured on {machines[0]}; those measured on "
-                      f"{' and '.join(machines[1:])} follow it in their own table, compared only with llama.cpp "
-                      "measured on the same machine.", ""]
+            lines += [f"Speeds in this table were measured on {machines[0]}; those measured in other runs "
+                      f"({'; '.join(machines[1:])}) follow it in their own tables, each compared only with "
+                      "llama.cpp measured in the same run (the shared host's speed moves between runs).", ""]
         with_kl = any(row["ppl"] and row["ppl"].get("kld") is not None for row in rows)
         head = ["system", "type", "size MB", "ppl ± stderr (chunks)"] + (["KL vs float (top-1)"] if with_kl else [])
         head += [f"decode tok/s t{t}" for t in threads] + [f"prefill tok/s t{t}" for t in threads]
@@ -913,16 +931,14 @@ def dominance_block(rows: list[dict], top) -> list[str]:
 
 
 def speed_section(records: list[dict], model: str, machine: str) -> list[str]:
-    """The speeds one earlier machine measured, beside llama.cpp's on that machine, and its dominance."""
+    """The speeds one earlier run measured, beside llama.cpp's in that run, and its dominance."""
     every = table_rows(records, model, machine)        # dominance also names files not measured there
     rows = [row for row in every if row["speed"]]
     threads = sorted({t for row in rows for t in row["speed"]})
     top = max(threads) if threads else None
-    days = sorted({r.get("when", "")[:10] for r in records
-                   if r["model"] == model and r["kind"] == "speed" and machine_of(r) == machine})
     head = ["system", "type", "size MB", "ppl"] + [f"decode tok/s t{t}" for t in threads]
     head += [f"prefill tok/s t{t}" for t in threads] + ["peer", f"decode × t{top}", "≥ size", f"decode × t{top}"]
-    lines = [f"### Speeds on {machine} ({', '.join(days)})", "",
+    lines = [f"### Speeds on {machine}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["system"], row["type"] + (f" [{row['isa']}]" if row["isa"] else ""), f"{row['file_mb']:.1f}",

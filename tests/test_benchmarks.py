@@ -347,25 +347,52 @@ def test_speeds_from_two_machines_are_never_compared(suite, tmp_path):
     # the newer machine re-measured llama.cpp's Q4_0 (slower here) and the mixed file only
     records += [{**r, "when": "2026-12-02T04:00:00", "machine": new, "decode_tok_s": r["decode_tok_s"] / 2}
                 for r in _records() if r["kind"] == "speed" and r["type"] in ("Q4_0", "mixed-size-88.200MB")]
-    assert suite.speed_machines(records, "smollm2") == [new, old]
+    old_run, new_run = f"{old}, run of 2026-11-30 09:00", f"{new}, run of 2026-12-02 04:00"
+    assert suite.speed_machines(records, "smollm2") == [new_run, old_run]
     for r in records[-2:]:          # replacing a record keys speed by machine: both machines' are kept
         assert all(suite.record_key(r) != suite.record_key(o) for o in records[:-2])
     rows = suite.table_rows(records, "smollm2")
     assert {r["type"]: suite.decode(r, 2) for r in rows if r["speed"]} == {"Q4_0": 65.0, "mixed-size-88.200MB": 57.5}
-    assert suite.decode(next(r for r in suite.table_rows(records, "smollm2", old) if r["type"] == "Q4_0"), 2) == 130.0
+    assert suite.decode(next(r for r in suite.table_rows(records, "smollm2", old_run) if r["type"] == "Q4_0"), 2) == 130.0
     path = tmp_path / "RESULTS.md"
     suite.write_markdown(path, records, "edgeq/data/evaluation.txt")
     text = path.read_text()
-    assert f"Speeds in this table were measured on {new}; those measured on {old} follow it" in text
-    assert f"### Speeds on {old} (2026-11-30)" in text
+    assert f"Speeds in this table were measured on {new_run}; those measured in other runs ({old_run}) follow it" in text
+    assert f"### Speeds on {old_run}" in text
     # each machine's dominance is decided with its own llama.cpp speed: Q4_0 by the u4 file on the old one only
-    main, earlier = text.split(f"### Speeds on {old}")
+    main, earlier = text.split(f"### Speeds on {old_run}")
     assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 130.0 tok/s t2): **dominated** by edgeq " \
            "u4g64a-rtn-imatrix [avx2] (84.7 MB, ppl 29.30, decode 1.08x)." in earlier
     assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 65.0 tok/s t2): **dominated** by edgeq " \
            "mixed-size-88.200MB [avx2] (88.1 MB, ppl 29.50, decode 0.88x)" not in main
     assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 65.0 tok/s t2): not dominated: " in main
     assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 | 150.0 | 300.0 | Q3_K_M | 1.250 | Q2_K | 1.364 |" in earlier
+
+
+def test_speeds_from_two_runs_on_one_machine_are_never_compared(suite, tmp_path):
+    """The shared host's speed moves between runs: a run that re-measures some files compares them
+    with the llama.cpp speeds it measured itself, and the rows it did not re-measure stay beside the
+    llama.cpp speeds of their own run (kept until no edgeq row of that run is left)."""
+    machine = "AMD EPYC, 2 cores, best kernel set avx2"
+    records = [{**r, "when": "2026-12-02T05:00:00", "machine": machine} for r in _records()]
+    for again in [r for r in _records() if r["kind"] == "speed" and r["type"] in ("Q4_0", "u4g64a-rtn-imatrix")]:
+        again = {**again, "when": "2026-12-03T02:45:00", "machine": machine, "decode_tok_s": 1.5 * again["decode_tok_s"]}
+        records = [r for r in records if suite.record_key(r) != suite.record_key(again)] + [again]
+    first, second = f"{machine}, run of 2026-12-02 05:00", f"{machine}, run of 2026-12-03 02:45"
+    assert suite.speed_machines(records, "smollm2") == [second, first]
+    latest = {(r["type"], r["isa"]): suite.decode(r, 2) for r in suite.table_rows(records, "smollm2") if r["speed"]}
+    assert latest == {("Q4_0", None): 195.0, ("u4g64a-rtn-imatrix", "avx2"): 210.0, ("u4g64a-rtn-imatrix", "scalar"): 187.5}
+    earlier = {r["type"]: suite.decode(r, 2) for r in suite.table_rows(records, "smollm2", first) if r["speed"]}
+    assert earlier["Q4_0"] == 130.0 and "u4g64a-rtn-imatrix" not in earlier and earlier["u3g32a-gptq"] == 150.0
+    path = tmp_path / "RESULTS.md"
+    suite.write_markdown(path, records, "edgeq/data/evaluation.txt")
+    main, older = path.read_text().split(f"### Speeds on {first}")
+    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 | 150.0 | 300.0 | Q3_K_M | 1.250 | Q2_K | 1.364 |" in older
+    assert "- edgeq u4g64a-rtn-imatrix [avx2] vs llama.cpp Q4_0:" in main and "decode 1.08x llama.cpp's" in main
+    # once every edgeq speed of the first run is measured again, its llama.cpp speeds go with it
+    assert len(suite.prune_runs(records)) == len(records)
+    gone = [r for r in records if not (r["kind"] == "speed" and r["system"] == "edgeq" and r["when"].startswith("2026-12-02"))]
+    assert not any(r["kind"] == "speed" and r["when"].startswith("2026-12-02") for r in suite.prune_runs(gone))
 
 
 def test_plots_draw_mixed_rows_as_their_own_series(suite, tmp_path):
