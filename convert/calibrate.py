@@ -172,7 +172,8 @@ def embed(load: Callable, config: ModelConfig, tokens: np.ndarray) -> np.ndarray
 
 def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
                quantize: LayerQuantizer | None = None, hessian: bool = False,
-               progress=None, float_target: bool = False) -> Iterator[tuple[int, dict, dict]]:
+               progress=None, float_target: bool = False,
+               head: Callable[[np.ndarray], None] | None = None) -> Iterator[tuple[int, dict, dict]]:
     """Yields (layer, {input: InputStats}, {tensor name: stored tensor}) for each layer in order.
     `load(name, rows=None)` reads one float tensor; without `quantize` the float model runs and
     nothing is stored. `progress`: a tqdm-like object updated once per layer.
@@ -180,7 +181,10 @@ def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
     float_target (with quantize and hessian): the float model runs beside the quantized one, each
     layer first on the float stream's activations X (keeping its four inputs), then on the quantized
     stream's X~; every input's statistics then also hold (X - X~)ᵀX~, from which GPTQ aims the
-    quantized layer at the *float* layer's output (see float_target_weight)."""
+    quantized layer at the *float* layer's output (see float_target_weight).
+
+    head: called once after the last layer with E[x^2] per column of the final norm's output, the
+    head's input (of the stream that ran: the quantized one when `quantize` is given)."""
     c = config
     n_seq, ctx = calib.tokens.shape
     x = embed(load, c, calib.tokens)                                     # (N, dim), N = n_seq*ctx
@@ -212,6 +216,8 @@ def run_layers(load: Callable, config: ModelConfig, calib: CalibrationTokens,
         if progress is not None:
             progress.update(1)
         yield layer, stats, stored
+    if head is not None:
+        head(InputStats.collect(rms_norm(x, load("output_norm.weight"), c.norm_eps), False).importance)
 
 
 def _layer_forward(c: ModelConfig, weights: dict, x: np.ndarray, n_seq: int, ctx: int, layer: int,

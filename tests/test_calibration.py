@@ -290,8 +290,46 @@ def test_calibrated_conversion_is_deterministic_and_recorded(tiny_qwen, tmp_path
     q_method = first.get("edgeq.tensor.blk.0.attn_q.weight.method")
     assert q_method.startswith("gptq ") and "act_order=yes" in q_method and text_hash in q_method
     assert first.get("edgeq.tensor.token_embd.weight.method") == "rtn-clip-search"
+    head_method = first.get("edgeq.tensor.output.weight.method")   # weighted by its input's E[x^2]
+    assert head_method.startswith("rtn imatrix ") and text_hash in head_method, head_method
+    assert first.tensors["output.weight"].qtype.name == "p6g64a"  # in groups of 64 (the layers' 32)
     info = subprocess.run([sys.executable, "-m", "edgeq", "info", str(paths[0])], capture_output=True, text=True)
     assert info.returncode == 0 and text_hash in info.stdout and "gptq damp=0.01" in info.stdout
+
+
+def test_the_head_is_weighted_when_the_conversion_calibrates(tiny_llama, tmp_path):
+    """A tied head (token_embd) under a calibrated conversion: rtn weighted by E[x^2] of the final
+    norm's output, collected by the calibration pass (run_layers' head callback, once, after the last
+    layer), in groups of 64 unless --group says otherwise; an uncalibrated conversion keeps plain
+    clip-search rtn in the layers' group. The weighted head fits its input's statistics better."""
+    from edgeq.convert import methods
+    from edgeq.convert.quantize import quantize_rtn
+    method = MethodSettings(method="gptq", calib_tokens=256, calib_ctx=64)
+    files = {}
+    for label, settings, how in (("gptq", PlanSettings(bits=2), method),
+                                 ("gptq-g32", PlanSettings(bits=2, group=32), method),
+                                 ("rtn", PlanSettings(bits=2), MethodSettings(method="rtn"))):
+        path = tmp_path / f"{label}.edgeq"
+        convert(tiny_llama, path, settings, progress=False, method=how)
+        model = ModelFile(path)
+        files[label] = (model.tensors["token_embd.weight"].qtype.name, model.get("edgeq.tensor.token_embd.weight.method"))
+    assert files["gptq"][0] == "p6g64a" and files["gptq"][1].startswith("rtn imatrix calib=")
+    assert files["gptq-g32"][0] == "p6g32a" and files["gptq-g32"][1].startswith("rtn imatrix calib=")
+    assert files["rtn"] == ("p6g32a", "rtn-clip-search")
+
+    source = open_source(tiny_llama)
+    tokens = calibration.calibration_tokens(None, source.tokenizer, source.config, 256, 64)
+    seen, calls = [], []
+    for layer, _, _ in calibration.run_layers(source.load, source.config, tokens, head=calls.append):
+        seen.append(layer)
+        assert not calls                              # only after the last layer
+    assert seen == list(range(source.config.n_layers)) and len(calls) == 1
+    importance = calls[0]
+    assert importance.shape == (source.config.dim,) and np.all(importance > 0) and np.isfinite(importance).all()
+    weight, qtype = source.load("token_embd.weight"), quant_types.TYPES["p6g64a"]
+    weighted = methods.rtn_restored(weight, qtype, importance)
+    plain = quant_types.dequantize(qtype, quantize_rtn(weight, qtype).data, *weight.shape)
+    assert methods.weighted_error(weight, weighted, importance) < methods.weighted_error(weight, plain, importance)
 
 
 def test_gptq_file_closer_to_float_than_rtn(tiny_llama, tmp_path):
