@@ -175,7 +175,7 @@ def test_quantized_kv_attention_helpers_match_the_reference(compiler):
     # dot_f16 multiplying every 8 keys by the first 8 query values: wrong only for rows over 8 values
     ("_mm256_loadu_ps(b + i), acc)", "_mm256_loadu_ps(b), acc)", "dot_f16"),
     # the fp16 writer rounding toward zero instead of to nearest even
-    ("_mm256_cvtps_ph(_mm256_loadu_ps(x + i), nearest)", "_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_ZERO)",
+    ("_mm256_cvtps_ph(_mm256_loadu_ps(x + i), NEAREST)", "_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_ZERO)",
      "to_f16"),
     # e^x with one fused multiply-add where kernels.h's steps round twice: 1 ulp off ref here and there
     ("_mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(EQ_EXP_C2))", "_mm256_fmadd_ps(p, r, _mm256_set1_ps(EQ_EXP_C2))",

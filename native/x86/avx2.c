@@ -558,14 +558,15 @@ static void axpy_f16(float *y, const float *w, const uint16_t *x, size_t stride,
 
 /* F16C's conversion with the rounding given in the instruction (nearest even, whatever MXCSR says):
  * the value eq_fp32_to_fp16 gives, NaN payloads included */
+enum { NEAREST = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC };   /* an immediate (clang wants a constant) */
+
 static void to_f16(const float *x, size_t n, uint16_t *out)
 {
-    const int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), nearest));
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), NEAREST));
     for (; i < n; i++)
-        out[i] = _cvtss_sh(x[i], nearest);
+        out[i] = _cvtss_sh(x[i], NEAREST);
 }
 
 /* kernels.h's e^x steps, eight at a time (max_ps returns its second operand for a NaN: EQ_EXP_LOW,
