@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--bits", type=int, default=None, help=f"bits per weight of the linear layers: {widths} "
                          "[default: 4; a .gguf source's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors keep their own "
                          "grid unless --bits, --group or --sym is given]")
-    convert.add_argument("--group", type=int, default=None, help="weights per scale along the input: 32, 64, 128 [default: 64; 32 at 2-3 bits]")
+    convert.add_argument("--group", type=int, default=None, help="weights per scale along the input: 32, 64, 128 [default: 64; 32 at 2-3 bits, except a calibrated head: 64]")
     convert.add_argument("--sym", action="store_true", help="symmetric levels (scale only, no min)")
     convert.add_argument("--layout", choices=["auto", "bitplane", "packed", "codebook"], default="auto",
                          help="how quantized tensors are stored: bitplane (u*g* types, LUT kernels: cost "
