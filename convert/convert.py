@@ -21,7 +21,7 @@ from . import allocate, codebook, gguf_grid, methods
 from .gptq import fits as gptq_fits
 from .calibrate import MethodSettings
 from .plan import PlanSettings, make_plan, source_grids, type_for_bits
-from .quantize import method_name as storage_method, pack_grid_chunked, quantize_chunked
+from .quantize import QuantizedTensor, chunk_rows, method_name as storage_method, pack_grid_chunked, quantize_chunked
 from .sources import open_source
 
 
@@ -186,7 +186,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         elif entry.name in calibrated:
             tensor = calibrated.pop(entry.name)
         elif entry.name == head_name and head_importance:
-            tensor = methods.rtn(load_rows(slice(None)), entry.qtype, head_importance[0], method=entry.method)
+            tensor = _weighted_rtn_chunked(load_rows, entry, head_importance[0])
         elif entry.name in linear_method and (importance is not None or methods_of[entry.name] == "hqq"):
             weights = importance[calibration.input_of(entry.name)] if importance is not None else None
             fit = methods.hqq if methods_of[entry.name] == "hqq" else methods.rtn
@@ -208,6 +208,20 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     mean_error = (sum(error for error, _ in errors) / total) ** 0.5 if total else 0.0
     return ConvertReport(output, time.perf_counter() - start, output.stat().st_size, len(entries), mean_error,
                          sorted(kept), refused, chosen, allocation_lines)
+
+
+def _weighted_rtn_chunked(load_rows, entry: TensorPlanEntry, importance: np.ndarray) -> QuantizedTensor:
+    """methods.rtn weighted by `importance`, a chunk of whole tiles at a time (a 152k-token head is
+    0.5 GB as float32): the same bytes as at once, since every group is fitted alone."""
+    rows, cols = entry.shape
+    step = chunk_rows(cols)
+    parts, sq_error, sq_norm = [], 0.0, 0.0
+    for start in range(0, rows, step):
+        part = methods.rtn(load_rows(slice(start, min(rows, start + step))), entry.qtype, importance,
+                           method=entry.method)
+        parts.append(part.data)
+        sq_error, sq_norm = sq_error + part.sq_error, sq_norm + part.sq_norm
+    return QuantizedTensor(entry.qtype, tuple(entry.shape), np.concatenate(parts), entry.method, sq_error, sq_norm)
 
 
 def _provenance(model, settings: PlanSettings, label: str, uses_data: bool, calibration_hash: str, n_tokens: int,

@@ -330,6 +330,15 @@ def test_the_head_is_weighted_when_the_conversion_calibrates(tiny_llama, tmp_pat
     weighted = methods.rtn_restored(weight, qtype, importance)
     plain = quant_types.dequantize(qtype, quantize_rtn(weight, qtype).data, *weight.shape)
     assert methods.weighted_error(weight, weighted, importance) < methods.weighted_error(weight, plain, importance)
+    # the converter fits a large head a chunk of tiles at a time: the same bytes as at once
+    from edgeq.convert.convert import _weighted_rtn_chunked
+    from edgeq.convert.quantize import chunk_rows
+    from edgeq.fileformat import TensorPlanEntry
+    big = np.random.default_rng(5).standard_normal((2 * chunk_rows(96) + 21, 96)).astype(np.float32)
+    weights = np.random.default_rng(6).random(96).astype(np.float32) + 0.1
+    entry = TensorPlanEntry("token_embd.weight", qtype, big.shape, "rtn imatrix", None)
+    chunked = _weighted_rtn_chunked(lambda rows: big[rows], entry, weights)
+    assert np.array_equal(chunked.data, methods.rtn(big, qtype, weights, method="rtn imatrix").data)
 
 
 def test_gptq_file_closer_to_float_than_rtn(tiny_llama, tmp_path):

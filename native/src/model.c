@@ -832,8 +832,8 @@ void eq_model_close(eq_model *m)
 /* building blocks                                                                                */
 /* ============================================================================================= */
 
-/* out = x * rsqrt(mean(x^2) + eps) * weight, as Hugging Face computes it in float32 */
-/* out may be x. The sum of squares runs in 8 interleaved partial sums, added pairwise at the end (one
+/* out = x * rsqrt(mean(x^2) + eps) * weight, as Hugging Face computes it in float32; out may be x.
+ * The sum of squares runs in 8 interleaved partial sums, added pairwise at the end (one
  * chain of n dependent adds was most of the norm: ~1 us at dim 576, twice a layer, while the other
  * threads wait); the order is the same on every CPU. */
 static void rmsnorm(float *out, const float *x, const float *weight, int n, double eps)
@@ -863,10 +863,8 @@ static void rope_rotation(float *rotation, int head_dim, int pos, const double *
     }
 }
 
-/* Rotate each head of vec (n_heads, head_dim) in place by rotation (rope_rotation): Hugging Face's
- * rotate_half convention, dimension i pairs with i + head_dim/2. */
-/* one head's halves (a, b) rotated by the angles' cosines and sines: restrict lets the compiler
- * vectorize it */
+/* one head's halves (a, b) rotated by the angles' cosines and sines (scalar at -O2: 0.5 us a layer
+ * for SmolLM2's 12 heads, benchmarks/README.md "The work between the products") */
 static void rotate_halves(float *restrict a, float *restrict b, const float *restrict cosines,
                           const float *restrict sines, int half)
 {
@@ -877,6 +875,8 @@ static void rotate_halves(float *restrict a, float *restrict b, const float *res
     }
 }
 
+/* Rotate each head of vec (n_heads, head_dim) in place by rotation (rope_rotation): Hugging Face's
+ * rotate_half convention, dimension i pairs with i + head_dim/2. */
 static void rope(float *vec, int n_heads, int head_dim, const float *rotation)
 {
     int half = head_dim / 2;
