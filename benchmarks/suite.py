@@ -229,6 +229,19 @@ class Variant:
         from edgeq.convert.plan import type_for_bits
         return type_for_bits(self.bits, self.plan_settings())
 
+    def head_type(self, config):
+        """The quant type of the head (or of the tied embedding table) in a file converted for this
+        variant: a calibrating conversion stores a uniform head in groups of 64
+        (convert.weighted_head_type)."""
+        from edgeq.convert.convert import weighted_head_type
+        from edgeq.convert.plan import make_plan
+        from edgeq.quant_types import UNIFORM_FAMILIES
+        plan = self.plan_settings()
+        qtype = make_plan(config, plan)["token_embd.weight" if config.tied_embeddings else "output.weight"]
+        if self.resolved()[1] and qtype.family in UNIFORM_FAMILIES:
+            return weighted_head_type(qtype, plan)
+        return qtype
+
     def method_label(self) -> str:
         """gptq, rtn-imatrix (rtn weighted by E[x^2]), rtn, hqq; a codebook type's fit is k-means
         (with rtn's settings: convert.codebook)."""
@@ -430,9 +443,11 @@ def shipped_calibration_hash() -> str:
 def cached_mismatch(path: Path, variant) -> str | None:
     """None when the edgeq file at `path` records exactly the settings `variant` asks for; else
     what differs (a file that does not open is a mismatch too)."""
+    from edgeq.convert import calibrate
     from edgeq.convert.calibrate import is_calibrated_linear
     from edgeq.errors import EdgeqError
     from edgeq.fileformat import ModelFile
+    from edgeq.quant_types import UNIFORM_FAMILIES
     try:
         model = ModelFile(path)
     except EdgeqError as error:
@@ -446,7 +461,8 @@ def cached_mismatch(path: Path, variant) -> str | None:
         if model.provenance["calibration_hash"] not in (calibration_hash, ""):
             return f"calibration hash {model.provenance['calibration_hash']!r}, the variant wants {calibration_hash!r}"
         return None
-    for key, want in variant.expected_settings(model.config.max_seq_len, calibration_hash).items():
+    expected = variant.expected_settings(model.config.max_seq_len, calibration_hash)
+    for key, want in expected.items():
         got = model.settings.get(key)
         if got != want:
             return f"{key} is {got!r}, the variant wants {want!r}"
@@ -458,6 +474,16 @@ def cached_mismatch(path: Path, variant) -> str | None:
     wrong = next((t for t in linear if t.qtype.name != want_type), None)
     if not linear or wrong is not None:
         return f"linear layer {wrong.name if wrong else '(none)'} is not {want_type}"
+    # a calibrating conversion weights the head by its input's E[x^2] (convert.convert): a file
+    # converted before that, with the same settings, has a plain head
+    head = model.tensors["token_embd.weight" if model.config.tied_embeddings else "output.weight"]
+    want_head, want_method = variant.head_type(model.config), None
+    if "calibration_tokens" in expected and want_head.family in UNIFORM_FAMILIES:
+        want_method = calibrate.tensor_method("rtn", True, variant.method_settings(), calibration_hash,
+                                              int(expected["calibration_tokens"]))
+    if head.qtype.name != want_head.name or want_method not in (None, head.method):
+        return f"its head is {head.qtype.name} ({head.method}), the variant wants {want_head.name}" + (
+            f" ({want_method})" if want_method else "")
     return None
 
 

@@ -52,6 +52,14 @@ class ConvertReport:
 WEIGHTED_HEAD_GROUP = 64
 
 
+def weighted_head_type(qtype: quant_types.QuantType, settings: PlanSettings) -> quant_types.QuantType:
+    """The type a weighted head of `qtype` (a uniform family) is stored in: groups of
+    WEIGHTED_HEAD_GROUP unless --group was given."""
+    if settings.group is None and qtype.group < WEIGHTED_HEAD_GROUP:
+        return type_for_bits(qtype.bits, replace(settings, group=WEIGHTED_HEAD_GROUP))
+    return qtype
+
+
 def convert(source: str | os.PathLike, output: str | os.PathLike, settings: PlanSettings | None = None,
             progress: bool | None = None, method: MethodSettings | None = None,
             allocation: AllocationSettings | None = None) -> ConvertReport:
@@ -141,8 +149,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
     weighted_head = (tokens is not None and chosen is None and head_name not in kept and head_name not in rounded
                      and plan[head_name].family in (quant_types.UNIFORM_BITPLANE, quant_types.UNIFORM_PACKED))
     if weighted_head:
-        if settings.group is None and plan[head_name].group < WEIGHTED_HEAD_GROUP:
-            plan[head_name] = type_for_bits(plan[head_name].bits, replace(settings, group=WEIGHTED_HEAD_GROUP))
+        plan[head_name] = weighted_head_type(plan[head_name], settings)
         linear_method[head_name] = calibration.tensor_method("rtn", True, method, calibration_hash, n_tokens)
     head_importance = []      # E[x^2] of the head's input, from the calibration pass
     for name in to_fit:              # rtn's settings, fitted by convert.codebook

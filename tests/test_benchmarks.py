@@ -171,6 +171,22 @@ def test_cached_file_matches_only_its_variant(suite, tiny_llama, tiny_converted,
     assert "does not open" in suite.cached_mismatch(broken, v8)
 
 
+def test_a_cached_file_with_a_head_the_converter_no_longer_writes_is_converted_again(suite, tiny_llama,
+                                                                                    tmp_path, monkeypatch):
+    """A file converted before the calibrated head was weighted (in groups of 64) records the same
+    settings as one converted now: its head tells them apart."""
+    converter = importlib.import_module("edgeq.convert.convert")     # the module, not the function
+    v3 = suite.parse_variant("3:bitplane")
+    now = tmp_path / "now.eq"
+    convert(tiny_llama, now, v3.plan_settings(), progress=False, method=v3.method_settings())
+    assert suite.cached_mismatch(now, v3) is None
+    monkeypatch.setattr(converter, "WEIGHTED_HEAD_GROUP", 32)      # the head stays in the linear layers' groups
+    before = tmp_path / "before.eq"
+    convert(tiny_llama, before, v3.plan_settings(), progress=False, method=v3.method_settings())
+    monkeypatch.undo()
+    assert "its head is u6g32a" in suite.cached_mismatch(before, v3)
+
+
 def test_mixed_file_converts_records_its_budget_and_is_reused(suite, tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "bench_dir", lambda model: tmp_path)
     monkeypatch.setattr(suite, "hf_folder", lambda model: tiny_llama)
