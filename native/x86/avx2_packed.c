@@ -184,8 +184,40 @@ EQ_UNROLL(4)
             low[v] = _mm256_madd_epi16(sum_low[v], ones);
             high[v] = _mm256_madd_epi16(sum_high[v], ones);
         }
-    } else if (bits <= 6) { /* 8 quads of 4 columns from the fields, levels <= 63 (<= 7 at 2-3 bits) */
-        const int per_sum = bits <= 3 ? 8 : 2;  /* quads an s16 sum holds: 8 x 2 x 7 x 127, 2 x 2 x 63 x 127 */
+    } else if (bits <= 3) { /* 8 quads of 4 columns, levels <= 7: one s16 sum, 8 x 2 x 7 x 127 = 14224 */
+        const __m256i pair = _mm256_set1_epi8(0x03);
+        __m256i sum_low[VECTORS], sum_high[VECTORS];
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++)
+            sum_low[v] = sum_high[v] = _mm256_setzero_si256();
+EQ_UNROLL(2)
+        for (int c = 0; c < 2; c++) {   /* a 64-byte chunk of the 2-bit plane: quads 4c .. 4c + 3 */
+            const __m256i pairs_low = _mm256_loadu_si256((const __m256i *)(levels + 64 * c));
+            const __m256i pairs_high = _mm256_loadu_si256((const __m256i *)(levels + 64 * c + 32));
+EQ_UNROLL(4)
+            for (int k = 0; k < 4; k++) {
+                const int j = 4 * c + k;
+                __m256i quad_low = _mm256_and_si256(_mm256_srli_epi16(pairs_low, 2 * k), pair);
+                __m256i quad_high = _mm256_and_si256(_mm256_srli_epi16(pairs_high, 2 * k), pair);
+                if (bits == 3) {    /* bit 2 from the plane of 1-bit fields */
+                    quad_low = _mm256_or_si256(quad_low, plane_quad(levels + 128, 1, 2, j, 0));
+                    quad_high = _mm256_or_si256(quad_high, plane_quad(levels + 128, 1, 2, j, 1));
+                }
+EQ_UNROLL(4)
+                for (int v = 0; v < vectors; v++) {
+                    const __m256i x4 = broadcast4(xq[v] + 4 * j);
+                    sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(quad_low, x4));
+                    sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(quad_high, x4));
+                }
+            }
+        }
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++) {
+            low[v] = _mm256_madd_epi16(sum_low[v], ones);
+            high[v] = _mm256_madd_epi16(sum_high[v], ones);
+        }
+    } else if (bits <= 6) { /* 8 quads of 4 columns from the fields, levels <= 63 */
+        const int per_sum = 2;                  /* quads an s16 sum holds: 2 x 2 x 63 x 127 */
 EQ_UNROLL(4)
         for (int v = 0; v < vectors; v++)
             low[v] = high[v] = _mm256_setzero_si256();
@@ -234,74 +266,93 @@ EQ_UNROLL(4)
     }
 }
 
+/* acc_low[v], acc_high[v] (rows 0-7, 8-15) += one group's contribution to W x_v for v < vectors:
+ * its blocks' dot products, each scaled by its activation scale, then the group's fp16 scales
+ * (+ min Σx, or - zero_point scale Σx).
+ *   block       the group's bytes (scales, mins, levels) of block_cols columns from column b0 * 32
+ *               (a constant for whole groups, so that the block and prefetch loops unroll) */
+static inline __attribute__((always_inline)) void
+group_step(const eq_qtype_traits *type, const uint8_t *block, const size_t block_cols, const size_t b0,
+           const eq_packed_acts *x, const int vectors, const int bits, const float zero_point,
+           __m256 *acc_low, __m256 *acc_high)
+{
+    const uint8_t *levels = block + eq_packed_header_bytes(type);
+    if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused); the
+                           asymmetric header's size, a line too many for a symmetric type, keeps the
+                           count a constant for whole groups (straight-line prefetches) */
+        eq_prefetch_ahead_fixed(block, 4u * EQ_TILE_ROWS + eq_packed_run_bytes(bits) / 32u * block_cols);
+    __m256 dot_low[VECTORS], dot_high[VECTORS];
+    float sum_x[VECTORS];
+EQ_UNROLL(4)
+    for (int v = 0; v < vectors; v++) {
+        dot_low[v] = dot_high[v] = _mm256_setzero_ps();
+        sum_x[v] = 0.0f;
+    }
+EQ_UNROLL(4)
+    for (size_t c = 0, b = b0; c < block_cols; c += BLOCK, b++) {
+        const int8_t *block_xq[VECTORS];
+        __m256i low[VECTORS], high[VECTORS];
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++)
+            block_xq[v] = x[v].xq + b * BLOCK;
+        block_dots(levels + c / BLOCK * eq_packed_run_bytes(bits), bits, block_xq, vectors, low, high);
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++) {
+            if (bits > 6) {                                        /* Σ q x = Σ (q - 128) x + 128 Σ x */
+                const __m256i offset = _mm256_set1_epi32(128 * x[v].xq_sum[b]);
+                low[v] = _mm256_add_epi32(low[v], offset);
+                high[v] = _mm256_add_epi32(high[v], offset);
+            }
+            const __m256 scale = _mm256_set1_ps(x[v].scale[b]);
+            dot_low[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low[v]), scale, dot_low[v]);
+            dot_high[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high[v]), scale, dot_high[v]);
+            sum_x[v] += x[v].sum[b];
+        }
+    }
+    const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
+    const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
+    if (type->symmetric) {
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++) {
+            const __m256 offset = _mm256_set1_ps(zero_point * sum_x[v]);
+            acc_low[v] = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low[v], offset), acc_low[v]);
+            acc_high[v] = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high[v], offset), acc_high[v]);
+        }
+    } else {
+        const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
+        const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++) {
+            const __m256 sum = _mm256_set1_ps(sum_x[v]);
+            acc_low[v] = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low[v], acc_low[v]));
+            acc_high[v] = _mm256_fmadd_ps(min_high, sum, _mm256_fmadd_ps(scale_high, dot_high[v], acc_high[v]));
+        }
+    }
+}
+
 /* y[v] (the 16 rows of one tile) = W x_v for `vectors` prepared vectors (1 .. VECTORS). Every
  * vector goes through the same float steps in the same order whatever `vectors` is, so a vector's
- * bits do not depend on the batch it is in (decode = vectors 1). */
+ * bits do not depend on the batch it is in (decode = vectors 1). Whole groups go through
+ * group_step with their width a constant, a partial last group with its own. */
 static inline __attribute__((always_inline)) void
 tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
              const int vectors, const int bits, const size_t group, const size_t n_rows, float *const *y)
 {
     const size_t n_groups = (cols + group - 1) / group;
-    const size_t header_bytes = eq_packed_header_bytes(type);
+    const size_t last_cols = eq_packed_group_cols(type, cols, n_groups - 1);
+    const size_t n_whole = last_cols == group ? n_groups : n_groups - 1;
+    const size_t whole_bytes = eq_packed_block_bytes(type, group);
     const float zero_point = eq_zero_point(type);
     __m256 acc_low[VECTORS], acc_high[VECTORS];                       /* rows 0-7, 8-15 per vector */
 EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++)
         acc_low[v] = acc_high[v] = _mm256_setzero_ps();
     const uint8_t *block = tile_data;
-    for (size_t g = 0; g < n_groups; g++) {
-        const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
-        const uint8_t *levels = block + header_bytes;
-        if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
-            eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
-        __m256 dot_low[VECTORS], dot_high[VECTORS];
-        float sum_x[VECTORS];
-EQ_UNROLL(4)
-        for (int v = 0; v < vectors; v++) {
-            dot_low[v] = dot_high[v] = _mm256_setzero_ps();
-            sum_x[v] = 0.0f;
-        }
-        for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
-            const int8_t *block_xq[VECTORS];
-            __m256i low[VECTORS], high[VECTORS];
-EQ_UNROLL(4)
-            for (int v = 0; v < vectors; v++)
-                block_xq[v] = x[v].xq + b * BLOCK;
-            block_dots(levels + c / BLOCK * eq_packed_run_bytes(bits), bits, block_xq, vectors, low, high);
-EQ_UNROLL(4)
-            for (int v = 0; v < vectors; v++) {
-                if (bits > 6) {                                        /* Σ q x = Σ (q - 128) x + 128 Σ x */
-                    const __m256i offset = _mm256_set1_epi32(128 * x[v].xq_sum[b]);
-                    low[v] = _mm256_add_epi32(low[v], offset);
-                    high[v] = _mm256_add_epi32(high[v], offset);
-                }
-                const __m256 scale = _mm256_set1_ps(x[v].scale[b]);
-                dot_low[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low[v]), scale, dot_low[v]);
-                dot_high[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high[v]), scale, dot_high[v]);
-                sum_x[v] += x[v].sum[b];
-            }
-        }
-        const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
-        const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
-        if (type->symmetric) {
-EQ_UNROLL(4)
-            for (int v = 0; v < vectors; v++) {
-                const __m256 offset = _mm256_set1_ps(zero_point * sum_x[v]);
-                acc_low[v] = _mm256_fmadd_ps(scale_low, _mm256_sub_ps(dot_low[v], offset), acc_low[v]);
-                acc_high[v] = _mm256_fmadd_ps(scale_high, _mm256_sub_ps(dot_high[v], offset), acc_high[v]);
-            }
-        } else {
-            const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
-            const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
-EQ_UNROLL(4)
-            for (int v = 0; v < vectors; v++) {
-                const __m256 sum = _mm256_set1_ps(sum_x[v]);
-                acc_low[v] = _mm256_fmadd_ps(min_low, sum, _mm256_fmadd_ps(scale_low, dot_low[v], acc_low[v]));
-                acc_high[v] = _mm256_fmadd_ps(min_high, sum, _mm256_fmadd_ps(scale_high, dot_high[v], acc_high[v]));
-            }
-        }
-        block += eq_packed_block_bytes(type, block_cols);
-    }
+    for (size_t g = 0; g < n_whole; g++, block += whole_bytes)
+        group_step(type, block, group, g * group / BLOCK, x, vectors, bits, zero_point, acc_low, acc_high);
+    if (n_whole < n_groups)
+        group_step(type, block, last_cols, n_whole * group / BLOCK, x, vectors, bits, zero_point, acc_low,
+                   acc_high);
 EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++) {
         float out[EQ_TILE_ROWS];
