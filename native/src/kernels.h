@@ -47,16 +47,6 @@ static inline void eq_prefetch_ahead(const uint8_t *block, size_t bytes)
         __builtin_prefetch((const void *)(first + offset), 0, 3);
 }
 
-/* The same for a `bytes` known at compile time (a whole group's block): straight-line requests
- * (GCC at -O2 keeps a loop of more than ~4 constant trips; unrolled, a runtime count costs more) */
-static inline __attribute__((always_inline)) void eq_prefetch_ahead_fixed(const uint8_t *block, const size_t bytes)
-{
-    const uintptr_t first = (uintptr_t)block + EQ_PREFETCH_AHEAD;
-EQ_UNROLL(16)
-    for (size_t offset = 0; offset < bytes; offset += EQ_CACHE_LINE)
-        __builtin_prefetch((const void *)(first + offset), 0, 3);
-}
-
 /* ---- what a kernel set is --------------------------------------------------------------------
  *
  * A kernel set (one per ISA: ref/, scalar/, x86/avx2.c, ...) is one struct: for every type family,
