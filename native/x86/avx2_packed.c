@@ -148,6 +148,20 @@ quad_levels(const uint8_t *run, const int bits, const int j, __m256i *low, __m25
     }
 }
 
+/* sum_low[v], sum_high[v] (s16 per row and column pair) += quad j's levels (rows 0-7, 8-15) times
+ * its 4 activations of each vector */
+static inline __attribute__((always_inline)) void
+add_quad(const __m256i quad_low, const __m256i quad_high, const int8_t *const *xq, const int j, const int vectors,
+         __m256i *sum_low, __m256i *sum_high)
+{
+EQ_UNROLL(4)
+    for (int v = 0; v < vectors; v++) {
+        const __m256i x4 = broadcast4(xq[v] + 4 * j);
+        sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(quad_low, x4));
+        sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(quad_high, x4));
+    }
+}
+
 /* low[v], high[v] (8 x int32: rows 0-7, 8-15) = Σ over one block's 32 columns of q[r,k] xq_v[k]
  * for v < vectors; levels: the block's first 64-byte quad, xq[v]: its 32 activations. Each quad's
  * levels are loaded (and split, flipped) once for every vector. */
@@ -203,12 +217,7 @@ EQ_UNROLL(4)
                     quad_low = _mm256_or_si256(quad_low, plane_quad(levels + 128, 1, 2, j, 0));
                     quad_high = _mm256_or_si256(quad_high, plane_quad(levels + 128, 1, 2, j, 1));
                 }
-EQ_UNROLL(4)
-                for (int v = 0; v < vectors; v++) {
-                    const __m256i x4 = broadcast4(xq[v] + 4 * j);
-                    sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(quad_low, x4));
-                    sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(quad_high, x4));
-                }
+                add_quad(quad_low, quad_high, xq, j, vectors, sum_low, sum_high);
             }
         }
 EQ_UNROLL(4)
@@ -231,12 +240,7 @@ EQ_UNROLL(8)
             for (int j = j0; j < j0 + per_sum; j++) {
                 __m256i quad_low, quad_high;
                 quad_levels(levels, bits, j, &quad_low, &quad_high);
-EQ_UNROLL(4)
-                for (int v = 0; v < vectors; v++) {
-                    const __m256i x4 = broadcast4(xq[v] + 4 * j);
-                    sum_low[v] = _mm256_add_epi16(sum_low[v], _mm256_maddubs_epi16(quad_low, x4));
-                    sum_high[v] = _mm256_add_epi16(sum_high[v], _mm256_maddubs_epi16(quad_high, x4));
-                }
+                add_quad(quad_low, quad_high, xq, j, vectors, sum_low, sum_high);
             }
 EQ_UNROLL(4)
             for (int v = 0; v < vectors; v++) {
