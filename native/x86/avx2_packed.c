@@ -274,7 +274,7 @@ EQ_UNROLL(4)
  * its blocks' dot products, each scaled by its activation scale, then the group's fp16 scales
  * (+ min Σx, or - zero_point scale Σx).
  *   block       the group's bytes (scales, mins, levels) of block_cols columns from column b0 * 32
- *               (a constant for whole groups, so that the block and prefetch loops unroll) */
+ *               (a constant for whole groups, so that the block loop unrolls) */
 static inline __attribute__((always_inline)) void
 group_step(const eq_qtype_traits *type, const uint8_t *block, const size_t block_cols, const size_t b0,
            const eq_packed_acts *x, const int vectors, const int bits, const float zero_point,
