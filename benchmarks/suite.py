@@ -237,7 +237,7 @@ class Variant:
         from edgeq.convert.plan import make_plan
         from edgeq.quant_types import UNIFORM_FAMILIES
         plan = self.plan_settings()
-        qtype = make_plan(config, plan)["token_embd.weight" if config.tied_embeddings else "output.weight"]
+        qtype = make_plan(config, plan)[config.head_tensor]
         if self.resolved()[1] and qtype.family in UNIFORM_FAMILIES:
             return weighted_head_type(qtype, plan)
         return qtype
@@ -447,7 +447,8 @@ def cached_mismatch(path: Path, variant) -> str | None:
     from edgeq.convert.calibrate import is_calibrated_linear
     from edgeq.errors import EdgeqError
     from edgeq.fileformat import ModelFile
-    from edgeq.quant_types import UNIFORM_FAMILIES
+    from edgeq.convert import gguf_grid
+    from edgeq.quant_types import PLAIN, UNIFORM_FAMILIES
     try:
         model = ModelFile(path)
     except EdgeqError as error:
@@ -460,6 +461,12 @@ def cached_mismatch(path: Path, variant) -> str | None:
         # no hash: no tensor was fitted with data (from a .gguf, every one kept its grid or is f16)
         if model.provenance["calibration_hash"] not in (calibration_hash, ""):
             return f"calibration hash {model.provenance['calibration_hash']!r}, the variant wants {calibration_hash!r}"
+        # a budget's head is fitted with its input's E[x^2] (convert.convert) unless it is f16 or keeps
+        # its source grid: one converted before that has a plainly fitted head
+        head = model.tensors[model.config.head_tensor]
+        if model.provenance["calibration_hash"] and head.qtype.family != PLAIN \
+                and head.method not in (gguf_grid.METHOD, gguf_grid.ROUNDED_METHOD) and "imatrix" not in head.method:
+            return f"its head {head.qtype.name} was fitted without its input's statistics ({head.method})"
         return None
     expected = variant.expected_settings(model.config.max_seq_len, calibration_hash)
     for key, want in expected.items():
@@ -476,7 +483,7 @@ def cached_mismatch(path: Path, variant) -> str | None:
         return f"linear layer {wrong.name if wrong else '(none)'} is not {want_type}"
     # a calibrating conversion weights the head by its input's E[x^2] (convert.convert): a file
     # converted before that, with the same settings, has a plain head
-    head = model.tensors["token_embd.weight" if model.config.tied_embeddings else "output.weight"]
+    head = model.tensors[model.config.head_tensor]
     want_head, want_method = variant.head_type(model.config), None
     if "calibration_tokens" in expected and want_head.family in UNIFORM_FAMILIES:
         want_method = calibrate.tensor_method("rtn", True, variant.method_settings(), calibration_hash,

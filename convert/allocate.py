@@ -8,8 +8,10 @@ measured sensitivity (data) and measured cost (bytes, or kernel time on the targ
    with Q_t the cheap method (rtn weighted by E[x^2]; for a codebook type its weighted k-means,
    convert.codebook) on SAMPLE_ROWS rows drawn once per tensor
    (the same rows for every candidate), scaled by M / SAMPLE_ROWS. Candidates that hold the same
-   numbers (u4g64a and p4g64a) are fitted once. The token embeddings and an untied head have no
-   E[x^2] here: their columns weigh 1, and the KL calibration below gives them their scale.
+   numbers (u4g64a and p4g64a) are fitted once. The head (the embedding table when tied) is weighted
+   by E[x^2] of its input, the final norm's output (convert.calibrate.HEAD_INPUT), and fitted so in
+   the file; untied token embeddings (and a head under a statistics file from before that entry) have
+   no E[x^2]: their columns weigh 1. The KL calibration below gives every kind its scale.
 3. Calibration against end-to-end KL (kl_factors): for one tensor per (kind, depth) cell, quantize
    only that tensor with PROBE_TYPE, run the float model on KL_TOKENS calibration tokens from its
    layer on, and measure the mean KL(float || perturbed) of the next-token distributions. The cell's
@@ -247,7 +249,7 @@ class FloatRunner:
         return _layer_forward(self.config, weights, x, self.n_seq, self.ctx, layer, lambda name, inputs: None)
 
     def _head_weight(self) -> np.ndarray:
-        return self.load("token_embd.weight" if self.config.tied_embeddings else "output.weight")
+        return self.load(self.config.head_tensor)
 
     def _blocks(self):
         """Slices of KL_ROWS positions: the (positions, vocab) arrays exist a block at a time (a
@@ -427,7 +429,7 @@ class Allocation:
     limit: float                          # the budget the tensors had (bytes or seconds)
     factors: dict = field(default_factory=dict)    # (kind, depth) -> KL / score
     notes: list[str] = field(default_factory=list)
-    importance: dict | None = None        # E[x^2] per linear input the scores were weighted by
+    importance: dict | None = None        # E[x^2] per linear input (and the head's) the scores were weighted by
     calibration_hash: str = ""
     tokens: int = 0
     profile_note: str = ""                # the profile's CPU, set and threads (latency budgets)

@@ -44,6 +44,7 @@ INPUTS = {
     "mlp_in": ("ffn_gate", "ffn_up"),
     "mlp_out": ("ffn_down",),
 }
+HEAD_INPUT = "head_in"       # the statistics' key for the head's input (the final norm's output)
 DEFAULT_TOKENS = 4096
 DEFAULT_CTX = 512
 STATS_FORMAT = 1
@@ -276,7 +277,7 @@ def model_fingerprint(load: Callable, config: ModelConfig) -> str:
 
 
 def save_stats(path: str | os.PathLike, importance: dict[str, np.ndarray], meta: dict) -> None:
-    """importance: {"blk.N.<input>": E[x^2] (K,)}; written to a temporary file, then renamed."""
+    """importance: {"blk.N.<input>" or HEAD_INPUT: E[x^2] (K,)}; written to a temporary file, then renamed."""
     path = Path(path)
     if path.suffix != ".npz":
         raise EdgeqError(f"{path}: statistics files end in .npz; choose a name like stats.npz")
@@ -293,7 +294,8 @@ def save_stats(path: str | os.PathLike, importance: dict[str, np.ndarray], meta:
 
 
 def load_stats(path: str | os.PathLike, config: ModelConfig, fingerprint: str) -> tuple[dict, dict]:
-    """-> ({"blk.N.<input>": E[x^2]}, meta), checked against this model; one-line errors otherwise."""
+    """-> ({"blk.N.<input>" and, when the file has it, HEAD_INPUT: E[x^2]}, meta), checked against this
+    model; one-line errors otherwise."""
     import zipfile
     path = Path(path)
     where = f"{path}: "
@@ -322,6 +324,8 @@ def load_stats(path: str | os.PathLike, config: ModelConfig, fingerprint: str) -
         for input_name, readers in INPUTS.items():
             cols = config.tensor_shape(f"blk.{layer}.{readers[0]}.weight")[1]
             expected[f"blk.{layer}.{input_name}"] = cols
+    if HEAD_INPUT in arrays:         # files written before it was collected have no head entry
+        expected[HEAD_INPUT] = config.dim
     for key, cols in expected.items():
         array = arrays.get(key)
         if array is None or array.shape != (cols,) or array.dtype.kind != "f" \
@@ -481,23 +485,32 @@ def input_of(name: str) -> str:
     return next(f"blk.{layer}.{key}" for key, readers in INPUTS.items() if suffix in readers)
 
 
+def float_statistics(load: Callable, config: ModelConfig, tokens: CalibrationTokens, desc: str,
+                     progress: bool | None = None) -> dict[str, np.ndarray]:
+    """The float model's E[x^2] at every linear input ({"blk.N.<input>": (K,)}) and at the head's
+    (HEAD_INPUT), over the calibration tokens; a tqdm bar per layer unless progress is False."""
+    from tqdm import tqdm
+    importance = {}
+    with tqdm(total=config.n_layers, desc=desc, unit="layer", dynamic_ncols=True, leave=False,
+              disable=None if progress is None else not progress) as bar:
+        for layer, stats, _ in run_layers(load, config, tokens, progress=bar,
+                                          head=lambda e: importance.__setitem__(HEAD_INPUT, e)):
+            for input_name, input_stats in stats.items():
+                importance[f"blk.{layer}.{input_name}"] = input_stats.importance
+    return importance
+
+
 def calibrate(source, output: str | os.PathLike, calib: str | None = None, n_tokens: int = DEFAULT_TOKENS,
               ctx: int | None = None, progress: bool | None = None) -> dict:
-    """`edgeq calibrate`: the float model's E[x^2] at every linear input, saved to `output` (.npz).
-    Returns the file's metadata."""
-    from tqdm import tqdm
+    """`edgeq calibrate`: the float model's E[x^2] at every linear input and the head's, saved to
+    `output` (.npz). Returns the file's metadata."""
     from .sources import open_source
     output = Path(output)
     if output.suffix != ".npz":
         raise EdgeqError(f"{output}: statistics files end in .npz; choose a name like stats.npz")
     model = open_source(source)
     tokens = calibration_tokens(calib, model.tokenizer, model.config, n_tokens, ctx)
-    importance = {}
-    with tqdm(total=model.config.n_layers, desc="calibrating", unit="layer", dynamic_ncols=True, leave=False,
-              disable=None if progress is None else not progress) as bar:
-        for layer, stats, _ in run_layers(model.load, model.config, tokens, progress=bar):
-            for input_name, input_stats in stats.items():
-                importance[f"blk.{layer}.{input_name}"] = input_stats.importance
+    importance = float_statistics(model.load, model.config, tokens, "calibrating", progress)
     meta = {"model": model_fingerprint(model.load, model.config), "source": str(model.provenance["source"]),
             "calibration_hash": tokens.text_hash, "calibration_text": tokens.path, "tokens": tokens.count,
             "ctx": int(tokens.tokens.shape[1])}

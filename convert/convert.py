@@ -142,17 +142,27 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
         calibration_hash, n_tokens = tokens.text_hash, tokens.count
     linear_method = {name: calibration.tensor_method(methods_of[name], uses_data, method, calibration_hash, n_tokens)
                      for name in to_fit}
-    # The head (or the tied embedding table) of a conversion that runs the calibration pass: rtn
-    # weighted by E[x^2] of its input, collected in that pass, in groups of WEIGHTED_HEAD_GROUP unless
-    # --group says otherwise (benchmarks/README.md "A weighted head in groups of 64")
-    head_name = "token_embd.weight" if model.config.tied_embeddings else "output.weight"
-    weighted_head = (tokens is not None and chosen is None and head_name not in kept and head_name not in rounded
-                     and plan[head_name].family in (quant_types.UNIFORM_BITPLANE, quant_types.UNIFORM_PACKED))
+    # The head (or the tied embedding table): rtn weighted by E[x^2] of its input, the final norm's
+    # output (benchmarks/README.md "A weighted head in groups of 64"), from the statistics when they
+    # hold it (a budget's analysis, --stats) or else collected by the calibration pass. With a budget,
+    # in the type the allocator chose (its score used the same statistics); without, in groups of
+    # WEIGHTED_HEAD_GROUP unless --group says otherwise.
+    head_name = model.config.head_tensor
+    given = ((chosen.importance if chosen is not None else importance) or {}).get(calibration.HEAD_INPUT)
+    own_grid = head_name in kept or head_name in rounded
+    if chosen is not None:
+        weighted_head = given is not None and not own_grid and plan[head_name].family != quant_types.PLAIN
+    else:
+        weighted_head = ((given is not None or tokens is not None) and not own_grid
+                         and plan[head_name].family in (quant_types.UNIFORM_BITPLANE, quant_types.UNIFORM_PACKED))
+        if weighted_head:
+            plan[head_name] = weighted_head_type(plan[head_name], settings)
+    head_importance = [given] if weighted_head and given is not None else []    # or from the calibration pass
     if weighted_head:
-        plan[head_name] = weighted_head_type(plan[head_name], settings)
-        linear_method[head_name] = calibration.tensor_method("rtn", True, method, calibration_hash, n_tokens)
-    head_importance = []      # E[x^2] of the head's input, from the calibration pass
-    for name in to_fit:              # rtn's settings, fitted by convert.codebook
+        head_hash, head_tokens = ((chosen.calibration_hash, chosen.tokens) if chosen is not None
+                                  else (calibration_hash, n_tokens))
+        linear_method[head_name] = calibration.tensor_method("rtn", True, method, head_hash, head_tokens)
+    for name in to_fit + ([head_name] if weighted_head else []):     # rtn's settings, fitted by convert.codebook
         if plan[name].family == quant_types.CODEBOOK:
             linear_method[name] = codebook.method_label(linear_method[name])
     label = calibration.tensor_method(method_name, uses_data, method, calibration_hash, n_tokens)
@@ -179,7 +189,8 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, settings: Plan
             for _, _, stored in calibration.run_layers(load_checked, model.config, tokens, quantizer,
                                                        hessian=gptq, progress=layer_bar,
                                                        float_target=method.float_target and gptq,
-                                                       head=head_importance.append if weighted_head else None):
+                                                       head=head_importance.append
+                                                       if weighted_head and not head_importance else None):
                 calibrated.update(stored)
 
     def produce(entry: TensorPlanEntry):
@@ -312,17 +323,19 @@ def _analyse(model, load, method: MethodSettings, candidates, disable):
     if method.stats is not None:
         importance, meta = calibration.load_stats(method.stats, config, calibration.model_fingerprint(model.load, config))
         calibration_hash, n_tokens = str(meta.get("calibration_hash", "")), int(meta.get("tokens", 0))
-    else:                            # the float model's E[x^2] at every linear input
+    else:                            # the float model's E[x^2] at every linear input and the head's
         tokens = calibration.calibration_tokens(method.calib, model.tokenizer, config, method.calib_tokens,
                                                 method.calib_ctx)
-        importance = {}
-        with tqdm(total=config.n_layers, desc="statistics (float model)", unit="layer", disable=disable,
-                  dynamic_ncols=True, leave=False) as bar:
-            for layer, stats, _ in calibration.run_layers(load, config, tokens, progress=bar):
-                for input_name, input_stats in stats.items():
-                    importance[f"blk.{layer}.{input_name}"] = input_stats.importance
+        importance = calibration.float_statistics(load, config, tokens, "statistics (float model)",
+                                                  None if disable is None else not disable)
         calibration_hash, n_tokens = tokens.text_hash, tokens.count
-    importance_of = lambda name: importance[calibration.input_of(name)] if calibration.is_calibrated_linear(name) else None
+
+    def importance_of(name: str) -> np.ndarray | None:
+        """E[x^2] of the tensor's input: a linear layer's, the head's (a statistics file from before
+        the head's was collected has none: its columns weigh 1), none for an untied embedding"""
+        if calibration.is_calibrated_linear(name):
+            return importance[calibration.input_of(name)]
+        return importance.get(calibration.HEAD_INPUT) if name == config.head_tensor else None
     names = allocate.allocated_tensors(config)
     scores = {}
     for name in tqdm(names, desc="sensitivity", unit="tensor", disable=disable, dynamic_ncols=True, leave=False):

@@ -119,6 +119,11 @@ class ModelConfig:
     def layer_is_sliding(self, layer: int) -> bool:
         return self.sliding_window > 0 and layer < len(self.layer_types) and self.layer_types[layer] == "s"
 
+    @property
+    def head_tensor(self) -> str:
+        """The tensor the logits are multiplied with: the embedding table when tied."""
+        return "token_embd.weight" if self.tied_embeddings else "output.weight"
+
     def tensor_names(self) -> list[str]:
         """Every canonical tensor this architecture needs, in file order."""
         names = ["token_embd.weight"]

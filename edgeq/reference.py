@@ -148,7 +148,7 @@ class Reference:
             if array.shape != config.tensor_shape(name):
                 raise ValueError(f"{name}: shape {array.shape}, expected {config.tensor_shape(name)}")
             self.weights[name] = array
-        head = "token_embd.weight" if config.tied_embeddings else "output.weight"
+        head = config.head_tensor
         self.head = self.weights[head]                         # (vocab, dim)
         self.inv_freq = rope_inv_freq(config)                  # (head_dim/2,)
         self.local_inv_freq = local_inv_freq(config)           # sliding layers' own, or None

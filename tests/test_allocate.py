@@ -295,6 +295,42 @@ def test_a_plan_holds_codebook_types(tiny_llama, llama_stats, tmp_path, bpw, bit
     assert np.isfinite(logits).all()
 
 
+def test_the_head_under_a_budget_is_scored_and_fitted_with_its_inputs_statistics(tiny_llama, llama_stats, tmp_path):
+    """`edgeq calibrate` saves E[x^2] of the head's input (the final norm's output); with a budget the
+    head (tied here) is scored with it and stored as rtn weighted by it, in the type the allocator
+    chose. A statistics file from before that entry still loads: its head weighs every column 1 in
+    the score and is fitted plainly."""
+    from edgeq.convert import calibrate as calibration, methods
+    from edgeq.convert.quantize import quantize
+    from edgeq.convert.sources import open_source
+    source = open_source(tiny_llama)
+    config, head = source.config, source.config.head_tensor
+    importance = calibration.load_stats(str(llama_stats), config,
+                                        calibration.model_fingerprint(source.load, config))[0]
+    weights = importance[calibration.HEAD_INPUT]
+    assert weights.shape == (config.dim,) and np.all(weights > 0)
+    old_stats = tmp_path / "old.npz"            # as `edgeq calibrate` wrote it before
+    with np.load(llama_stats) as archive:
+        np.savez(old_stats, **{k: archive[k] for k in archive.files if k != calibration.HEAD_INPUT})
+    cell = (allocate.kind_of(head), allocate.depth_of(head, config.n_layers))
+    for stats, head_weights in ((llama_stats, weights), (old_stats, None)):
+        out = tmp_path / f"{stats.stem}.eq"
+        report = _convert(tiny_llama, out, allocate.Budget("bpw", 3.5), stats)
+        qtype = report.allocation.plan[head]
+        assert qtype.family != quant_types.PLAIN, report.allocation_lines
+        score = allocate.tensor_scores(source.load(head), head_weights, [qtype])[qtype.name]
+        assert report.allocation.scores[head] == pytest.approx(report.allocation.factors[cell] * score)
+        tensor = ModelFile(out).tensors[head]
+        if head_weights is None:
+            expected = quantize(source.load(head), qtype)
+            assert not tensor.method.startswith("rtn imatrix")
+        else:
+            expected = methods.rtn(source.load(head), qtype, head_weights)
+            assert "imatrix calib=" in tensor.method, tensor.method
+        assert np.array_equal(np.asarray(tensor.data).view(np.uint8).reshape(-1),
+                              np.asarray(expected.data).view(np.uint8).reshape(-1))
+
+
 def test_gptq_with_a_budget_fits_the_codebook_tensors_it_chose_by_kmeans(tiny_llama, tmp_path):
     """--method gptq with a budget: the plan's uniform and v2 linear layers get gptq, the c4 ones (a
     type the budget chose, not the user) their weighted k-means fit, instead of an error."""

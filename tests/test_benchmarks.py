@@ -206,6 +206,17 @@ def test_mixed_file_converts_records_its_budget_and_is_reused(suite, tiny_llama,
     # the record beside a file made by bench_mixed.py carries more than the suite keeps
     suite.conversion_record(path).write_text(json.dumps({**measured, "allocation": ["..."], "analysis": "reused"}))
     assert suite.edgeq_file("tiny", variant)[1] == measured
+    # one converted before a budget's head was fitted with its input's E[x^2] is converted again
+    from edgeq.convert import AllocationSettings
+    from edgeq.convert import calibrate as calibration
+    converter = importlib.import_module("edgeq.convert.convert")
+    statistics = calibration.float_statistics
+    monkeypatch.setattr(calibration, "float_statistics", lambda *args, **kwargs: {
+        k: v for k, v in statistics(*args, **kwargs).items() if k != calibration.HEAD_INPUT})
+    monkeypatch.setattr(converter, "_ANALYSES", {})
+    before = tmp_path / "before.eq"
+    convert(tiny_llama, before, progress=False, allocation=AllocationSettings(variant.budget()))
+    assert "fitted without its input's statistics" in suite.cached_mismatch(before, variant)
 
 
 def test_edgeq_file_converts_measures_reuses_and_reconverts(suite, tiny_llama, tmp_path, monkeypatch):

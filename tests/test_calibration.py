@@ -411,10 +411,18 @@ def test_bad_statistics_files(tiny_llama, tiny_qwen, tmp_path):
     garbage.write_bytes(b"not a zip file at all")
     _assert_failure(_run("convert", tiny_llama, "-o", out, "--stats", garbage), "corrupted")
     _assert_failure(_run("convert", tiny_llama, "-o", out, "--stats", tmp_path / "none.npz"), "no such")
+    bad_head = tmp_path / "bad_head.npz"        # the head's entry, present but not one value a column
+    with np.load(stats) as archive:
+        np.savez(bad_head, **{k: (archive[k][:-1] if k == calibration.HEAD_INPUT else archive[k]) for k in archive.files})
+    _assert_failure(_run("convert", tiny_llama, "-o", out, "--stats", bad_head), calibration.HEAD_INPUT, "invalid")
     assert _no_output(tmp_path)
     ok = _run("convert", tiny_llama, "-o", out, "--stats", stats, "--bits", "3", "-q")
     assert ok.returncode == 0, ok.stderr
-    assert ModelFile(out).get("edgeq.tensor.blk.0.ffn_down.weight.method").startswith("rtn imatrix")
+    model = ModelFile(out)
+    assert model.get("edgeq.tensor.blk.0.ffn_down.weight.method").startswith("rtn imatrix")
+    # the (tied) head weighted by the statistics' E[x^2] of its input, in groups of 64
+    assert model.tensors["token_embd.weight"].method.startswith("rtn imatrix")
+    assert model.tensors["token_embd.weight"].qtype.group == 64
 
 
 @pytest.mark.parametrize("flags, words", [
