@@ -94,14 +94,73 @@ EQ_UNROLL(4)
     }
 }
 
+/* acc_low[v], acc_high[v] (rows 0-7, 8-15) += one group's contribution to W x_v for v < vectors:
+ * its blocks' dot products, each scaled by its activation scale, then the group's fp16 scales
+ * (+ min Σx for asymmetric types).
+ *   block       the group's bytes (scales, mins, indices) of block_cols columns from column b0 * 32
+ *               (a constant for whole groups, so that the block loop unrolls) */
+static inline __attribute__((always_inline)) void
+group_step(const eq_qtype_traits *type, const uint8_t *block, const size_t block_cols, const size_t b0,
+           const __m256i *codes, const int span, const eq_packed_acts *x, const int vectors,
+           __m256 *acc_low, __m256 *acc_high)
+{
+    const uint8_t *indices = block + eq_packed_header_bytes(type);
+    if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
+        eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
+    __m256 dot_low[VECTORS], dot_high[VECTORS];
+    float sum_x[VECTORS];
+EQ_UNROLL(4)
+    for (int v = 0; v < vectors; v++) {
+        dot_low[v] = dot_high[v] = _mm256_setzero_ps();
+        sum_x[v] = 0.0f;
+    }
+EQ_UNROLL(4)
+    for (size_t c = 0, b = b0; c < block_cols; c += BLOCK, b++) {
+        const int8_t *block_xq[VECTORS];
+        __m256i low[VECTORS], high[VECTORS];
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++)
+            block_xq[v] = x[v].xq + b * BLOCK;
+        block_dots(indices + c * 8 / (size_t)span, codes, span, block_xq, vectors, low, high);
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++) {
+            const __m256i bias = _mm256_set1_epi32(BIAS * x[v].xq_sum[b]);   /* Σ level xq, exact */
+            const __m256 scale = _mm256_set1_ps(x[v].scale[b]);
+            dot_low[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(low[v], bias)), scale, dot_low[v]);
+            dot_high[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(high[v], bias)), scale, dot_high[v]);
+            sum_x[v] += x[v].sum[b];
+        }
+    }
+    const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
+    const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
+EQ_UNROLL(4)
+    for (int v = 0; v < vectors; v++) {
+        acc_low[v] = _mm256_fmadd_ps(scale_low, dot_low[v], acc_low[v]);
+        acc_high[v] = _mm256_fmadd_ps(scale_high, dot_high[v], acc_high[v]);
+    }
+    if (!type->symmetric) {
+        const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
+        const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
+EQ_UNROLL(4)
+        for (int v = 0; v < vectors; v++) {
+            const __m256 sum = _mm256_set1_ps(sum_x[v]);
+            acc_low[v] = _mm256_fmadd_ps(min_low, sum, acc_low[v]);
+            acc_high[v] = _mm256_fmadd_ps(min_high, sum, acc_high[v]);
+        }
+    }
+}
+
 /* y[v] (the 16 rows of one tile) = W x_v for `vectors` prepared vectors (1 .. VECTORS); a vector's
- * bits do not depend on the batch it is in (the same float steps in the same order). */
+ * bits do not depend on the batch it is in (the same float steps in the same order). Whole groups
+ * go through group_step with their width a constant, a partial last group with its own. */
 static inline __attribute__((always_inline)) void
 tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
              const int vectors, const size_t group, const int span, const size_t n_rows, float *const *y)
 {
     const size_t n_groups = (cols + group - 1) / group;
-    const size_t header_bytes = eq_packed_header_bytes(type);
+    const size_t last_cols = eq_packed_group_cols(type, cols, n_groups - 1);
+    const size_t n_whole = last_cols == group ? n_groups : n_groups - 1;
+    const size_t whole_bytes = eq_packed_block_bytes(type, group);
     const __m256i codes[2] = {load_codes(tile_data),
                               span == 2 ? load_codes(tile_data + EQ_CODEBOOK_SIZE) : _mm256_setzero_si256()};
     __m256 acc_low[VECTORS], acc_high[VECTORS];                       /* rows 0-7, 8-15 per vector */
@@ -109,53 +168,10 @@ EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++)
         acc_low[v] = acc_high[v] = _mm256_setzero_ps();
     const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE * (size_t)span;
-    for (size_t g = 0; g < n_groups; g++) {
-        const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
-        const uint8_t *indices = block + header_bytes;
-        if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
-            eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
-        __m256 dot_low[VECTORS], dot_high[VECTORS];
-        float sum_x[VECTORS];
-EQ_UNROLL(4)
-        for (int v = 0; v < vectors; v++) {
-            dot_low[v] = dot_high[v] = _mm256_setzero_ps();
-            sum_x[v] = 0.0f;
-        }
-        for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
-            const int8_t *block_xq[VECTORS];
-            __m256i low[VECTORS], high[VECTORS];
-EQ_UNROLL(4)
-            for (int v = 0; v < vectors; v++)
-                block_xq[v] = x[v].xq + b * BLOCK;
-            block_dots(indices + c * 8 / (size_t)span, codes, span, block_xq, vectors, low, high);
-EQ_UNROLL(4)
-            for (int v = 0; v < vectors; v++) {
-                const __m256i bias = _mm256_set1_epi32(BIAS * x[v].xq_sum[b]);   /* Σ level xq, exact */
-                const __m256 scale = _mm256_set1_ps(x[v].scale[b]);
-                dot_low[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(low[v], bias)), scale, dot_low[v]);
-                dot_high[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(high[v], bias)), scale, dot_high[v]);
-                sum_x[v] += x[v].sum[b];
-            }
-        }
-        const __m256 scale_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
-        const __m256 scale_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16)));
-EQ_UNROLL(4)
-        for (int v = 0; v < vectors; v++) {
-            acc_low[v] = _mm256_fmadd_ps(scale_low, dot_low[v], acc_low[v]);
-            acc_high[v] = _mm256_fmadd_ps(scale_high, dot_high[v], acc_high[v]);
-        }
-        if (!type->symmetric) {
-            const __m256 min_low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32)));
-            const __m256 min_high = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 48)));
-EQ_UNROLL(4)
-            for (int v = 0; v < vectors; v++) {
-                const __m256 sum = _mm256_set1_ps(sum_x[v]);
-                acc_low[v] = _mm256_fmadd_ps(min_low, sum, acc_low[v]);
-                acc_high[v] = _mm256_fmadd_ps(min_high, sum, acc_high[v]);
-            }
-        }
-        block += eq_packed_block_bytes(type, block_cols);
-    }
+    for (size_t g = 0; g < n_whole; g++, block += whole_bytes)
+        group_step(type, block, group, g * group / BLOCK, codes, span, x, vectors, acc_low, acc_high);
+    if (n_whole < n_groups)
+        group_step(type, block, last_cols, n_whole * group / BLOCK, codes, span, x, vectors, acc_low, acc_high);
 EQ_UNROLL(4)
     for (int v = 0; v < vectors; v++) {
         float out[EQ_TILE_ROWS];
