@@ -1,9 +1,11 @@
 """`edgeq bench`: how fast one converted model runs here, and how close decode is to its ceiling.
 
 Per run (a fresh open of the model each time): load time, prefill tokens/s (one eval of the prompt
-from an empty cache), decode tokens/s (greedy, one token per eval). Then the process's peak RSS, the
-weight bytes one token reads (the runtime's eq_model_info.weight_bytes), this machine's memory read
-bandwidth (native probe), and the roofline: decode can be at most bandwidth / bytes per token.
+from an empty cache), decode tokens/s (greedy, one token per eval), then this machine's memory read
+bandwidth (native probe, right after the run). Then the process's peak RSS, the weight bytes one
+token reads (the runtime's eq_model_info.weight_bytes), and the roofline: decode can be at most
+bandwidth / bytes per token; the fraction reached is the median over runs of each run's decode
+against its own probe.
 Everything runs in this process through edgeq._ffi (no tokenizer, no sampling). Not here:
 comparisons with llama.cpp (benchmarks/) or quality (perplexity).
 """
@@ -32,14 +34,16 @@ def _positive(value: int, flag: str) -> int:
     return value
 
 
-def _reset_peak_rss() -> None:
+def _reset_peak_rss() -> bool:
     """Start the high-water mark afresh (Linux: write 5 to clear_refs), so a conversion of the default
-    model or an earlier test in this process does not count; elsewhere the peak is the process's."""
+    model or an earlier test in this process does not count; elsewhere the peak is the process's.
+    -> whether it was restarted."""
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
+        return True
     except OSError:
-        pass
+        return False
 
 
 def _peak_rss_mb() -> float:
@@ -105,14 +109,31 @@ def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PRO
 
     vocab = info["vocab_size"]
     prompt = [(7 * i + 11) % vocab for i in range(prompt_tokens)]    # fixed ids: every run does the same work
-    _reset_peak_rss()
-    results = [_one_run(str(path), info["n_threads"], prompt, gen_tokens, kv) for _ in range(runs)]
-    peak_rss_mb = _peak_rss_mb()        # before the probe's buffer exists
-    bandwidth = _ffi.memory_read_bandwidth(bandwidth_mb << 20, info["n_threads"], BANDWIDTH_REPEATS)
+    # The bandwidth a shared host gives moves by 10-20 % within minutes, so each run's decode is set
+    # against a probe right after it and the roofline fraction is the median of those ratios. The peak
+    # RSS is read before each probe's buffer exists: where it cannot be restarted (not Linux), the runs
+    # go first and one probe follows them.
+    def probe() -> float:
+        return _ffi.memory_read_bandwidth(bandwidth_mb << 20, info["n_threads"], BANDWIDTH_REPEATS)
+    results, peak_rss_mb = [], 0.0
+    paired = _reset_peak_rss()
+    for _ in range(runs):
+        if results and paired:
+            _reset_peak_rss()
+        results.append(_one_run(str(path), info["n_threads"], prompt, gen_tokens, kv))
+        peak_rss_mb = max(peak_rss_mb, _peak_rss_mb())
+        if paired:
+            results[-1]["bandwidth_gb_s"] = probe()
+    if not paired:
+        bandwidth = probe()
+        for result in results:
+            result["bandwidth_gb_s"] = bandwidth
+    for result in results:
+        result["roofline_fraction"] = result["decode_tok_s"] * info["weight_bytes"] / (result["bandwidth_gb_s"] * 1e9)
 
     report = {"model": str(path), "isa": _ffi.isa(), "threads": info["n_threads"], "runs": runs, "kv": kv,
               "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens}
-    for key in ("load_s", "prefill_tok_s", "decode_tok_s"):
+    for key in ("load_s", "prefill_tok_s", "decode_tok_s", "bandwidth_gb_s", "roofline_fraction"):
         values = [result[key] for result in results]
         report[key] = statistics.median(values)
         report[f"{key}_min"] = min(values)
@@ -120,15 +141,13 @@ def run_bench(path, threads: int | None = None, prompt_tokens: int = DEFAULT_PRO
     jobs = sum(result["pool_jobs"] for result in results)
     # the share of threaded work the pool ran on one thread because another thread's core was busy
     report["single_thread_share"] = sum(result["pool_jobs_alone"] for result in results) / jobs if jobs else 0.0
-    roofline_tok_s = bandwidth * 1e9 / info["weight_bytes"]
     report.update({
         "peak_rss_mb": peak_rss_mb,
         "file_bytes": info["file_bytes"],
         "bytes_per_token": info["weight_bytes"],
-        "bandwidth_gb_s": bandwidth,
         "bandwidth_buffer_mb": bandwidth_mb,
-        "roofline_tok_s": roofline_tok_s,
-        "roofline_fraction": report["decode_tok_s"] / roofline_tok_s,
+        "bandwidth_probes": runs if paired else 1,
+        "roofline_tok_s": report["bandwidth_gb_s"] * 1e9 / info["weight_bytes"],
     })
     return report
 
@@ -149,10 +168,11 @@ def format_table(report: dict) -> str:
         f"decode           {spread('decode_tok_s', 1)} tok/s over {report['gen_tokens']} tokens",
         f"peak RSS         {report['peak_rss_mb']:.0f} MB",
         f"weights/token    {report['bytes_per_token']} bytes ({report['bytes_per_token'] / 1e6:.1f} MB)",
-        f"bandwidth        {report['bandwidth_gb_s']:.1f} GB/s (reading {report['bandwidth_buffer_mb']} MiB, "
-        f"{report['threads']} threads)",
+        f"bandwidth        {spread('bandwidth_gb_s', 1)} GB/s (reading {report['bandwidth_buffer_mb']} MiB, "
+        f"{report['threads']} threads, {'a probe after each run' if report['bandwidth_probes'] > 1 else 'one probe'})",
         f"roofline         decode at most {report['roofline_tok_s']:.1f} tok/s (bandwidth / weights per token); "
-        f"measured {100 * report['roofline_fraction']:.1f}% of it",
+        f"measured {100 * report['roofline_fraction']:.1f}% of it"
+        + (" (median of each run's decode against its probe)" if report['bandwidth_probes'] > 1 else ""),
     ]
     if report["single_thread_share"] > 0:
         lines.append(f"contention       {100 * report['single_thread_share']:.0f}% of the work ran on one thread: "
