@@ -339,6 +339,15 @@ def test_the_head_is_weighted_when_the_conversion_calibrates(tiny_llama, tmp_pat
     entry = TensorPlanEntry("token_embd.weight", qtype, big.shape, "rtn imatrix", None)
     chunked = _weighted_rtn_chunked(lambda rows: big[rows], entry, weights)
     assert np.array_equal(chunked.data, methods.rtn(big, qtype, weights, method="rtn imatrix").data)
+    # a budget may give the head a codebook type (one codebook per 16-row tile): chunks of whole tiles
+    # fit it the same as the whole too, under the codebook's label
+    from edgeq.convert import codebook
+    book = quant_types.TYPES["c4g64a"]
+    entry = TensorPlanEntry("token_embd.weight", book, big.shape, codebook.method_label("rtn imatrix"), None)
+    chunked = _weighted_rtn_chunked(lambda rows: big[rows], entry, weights)
+    whole = methods.rtn(big, book, weights, method="rtn imatrix")
+    assert np.array_equal(np.asarray(chunked.data).view(np.uint8), np.asarray(whole.data).view(np.uint8))
+    assert chunked.method == whole.method and chunked.method.startswith(codebook.METHOD)
 
 
 def test_gptq_file_closer_to_float_than_rtn(tiny_llama, tmp_path):
