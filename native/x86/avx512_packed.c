@@ -128,62 +128,74 @@ EQ_UNROLL(8)
     }
 }
 
+/* acc[v] (the tile's 16 rows) += one group's contribution to W x_v for v < vectors: its blocks' dot
+ * products, each scaled by its activation scale, then the group's fp16 scales (+ min Σx, or
+ * - zero_point scale Σx).
+ *   block       the group's bytes (scales, mins, levels) of block_cols columns from column b0 * 32
+ *               (a constant for whole groups, so that the block loop unrolls) */
+static inline __attribute__((always_inline)) void
+group_step(const eq_qtype_traits *type, const uint8_t *block, const size_t block_cols, const size_t b0,
+           const eq_packed_acts *x, const int vectors, const int bits, const float zero_point, __m512 *acc)
+{
+    const uint8_t *levels = block + eq_packed_header_bytes(type);
+    if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
+        eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
+    __m512 dot[VECTORS];
+    float sum_x[VECTORS];
+EQ_UNROLL(8)
+    for (int v = 0; v < vectors; v++) {
+        dot[v] = _mm512_setzero_ps();
+        sum_x[v] = 0.0f;
+    }
+EQ_UNROLL(4)
+    for (size_t c = 0, b = b0; c < block_cols; c += BLOCK, b++) {
+        const int8_t *block_xq[VECTORS];
+        __m512i sums_int[VECTORS];
+EQ_UNROLL(8)
+        for (int v = 0; v < vectors; v++)
+            block_xq[v] = x[v].xq + b * BLOCK;
+        block_dots(levels + c / BLOCK * eq_packed_run_bytes(bits), bits, block_xq, vectors, sums_int);
+EQ_UNROLL(8)
+        for (int v = 0; v < vectors; v++) {
+            dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_int[v]), _mm512_set1_ps(x[v].scale[b]), dot[v]);
+            sum_x[v] += x[v].sum[b];
+        }
+    }
+    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
+    if (type->symmetric) {
+EQ_UNROLL(8)
+        for (int v = 0; v < vectors; v++)
+            acc[v] = _mm512_fmadd_ps(scale, _mm512_sub_ps(dot[v], _mm512_set1_ps(zero_point * sum_x[v])), acc[v]);
+    } else {
+        const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
+EQ_UNROLL(8)
+        for (int v = 0; v < vectors; v++)
+            acc[v] = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x[v]), _mm512_fmadd_ps(scale, dot[v], acc[v]));
+    }
+}
+
 /* y[v] (16 rows of tile `tile`) = W x_v for `vectors` prepared vectors x (1 .. VECTORS). Every
  * vector goes through the same float steps in the same order whatever `vectors` is, so a vector's
- * bits do not depend on the batch it is in (decode = vectors 1). */
+ * bits do not depend on the batch it is in (decode = vectors 1). Whole groups go through
+ * group_step with their width a constant, a partial last group with its own. */
 static inline __attribute__((always_inline)) void
 tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
              const int vectors, const int bits, const size_t group, const __mmask16 row_mask, float *const *y)
 {
     const size_t n_groups = (cols + group - 1) / group;
-    const size_t header_bytes = eq_packed_header_bytes(type);
+    const size_t last_cols = eq_packed_group_cols(type, cols, n_groups - 1);
+    const size_t n_whole = last_cols == group ? n_groups : n_groups - 1;
+    const size_t whole_bytes = eq_packed_block_bytes(type, group);
     const float zero_point = eq_zero_point(type);
-    const int8_t *xq[VECTORS];
     __m512 acc[VECTORS];                                           /* the tile's 16 rows per vector */
 EQ_UNROLL(8)
-    for (int v = 0; v < vectors; v++) {
-        xq[v] = x[v].xq;
+    for (int v = 0; v < vectors; v++)
         acc[v] = _mm512_setzero_ps();
-    }
     const uint8_t *block = tile_data;
-    for (size_t g = 0; g < n_groups; g++) {
-        const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
-        const uint8_t *levels = block + header_bytes;
-        if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
-            eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
-        __m512 dot[VECTORS];
-        float sum_x[VECTORS];
-EQ_UNROLL(8)
-        for (int v = 0; v < vectors; v++) {
-            dot[v] = _mm512_setzero_ps();
-            sum_x[v] = 0.0f;
-        }
-        for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
-            const int8_t *block_xq[VECTORS];
-            __m512i sums_int[VECTORS];
-EQ_UNROLL(8)
-            for (int v = 0; v < vectors; v++)
-                block_xq[v] = xq[v] + b * BLOCK;
-            block_dots(levels + c / BLOCK * eq_packed_run_bytes(bits), bits, block_xq, vectors, sums_int);
-EQ_UNROLL(8)
-            for (int v = 0; v < vectors; v++) {
-                dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_int[v]), _mm512_set1_ps(x[v].scale[b]), dot[v]);
-                sum_x[v] += x[v].sum[b];
-            }
-        }
-        const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
-        if (type->symmetric) {
-EQ_UNROLL(8)
-            for (int v = 0; v < vectors; v++)
-                acc[v] = _mm512_fmadd_ps(scale, _mm512_sub_ps(dot[v], _mm512_set1_ps(zero_point * sum_x[v])), acc[v]);
-        } else {
-            const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
-EQ_UNROLL(8)
-            for (int v = 0; v < vectors; v++)
-                acc[v] = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x[v]), _mm512_fmadd_ps(scale, dot[v], acc[v]));
-        }
-        block += eq_packed_block_bytes(type, block_cols);
-    }
+    for (size_t g = 0; g < n_whole; g++, block += whole_bytes)
+        group_step(type, block, group, g * group / BLOCK, x, vectors, bits, zero_point, acc);
+    if (n_whole < n_groups)
+        group_step(type, block, last_cols, n_whole * group / BLOCK, x, vectors, bits, zero_point, acc);
 EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         _mm512_mask_storeu_ps(y[v], row_mask, acc[v]);
