@@ -76,13 +76,62 @@ static inline __m512i load_codes(const uint8_t *codebook)
     return _mm512_broadcast_i32x4(_mm_add_epi8(_mm_loadu_si128((const __m128i *)codebook), _mm_set1_epi8(BIAS)));
 }
 
-/* y[v] (16 rows of one tile) = W x_v for `vectors` prepared vectors (1 .. VECTORS) */
+/* acc[v] (the tile's 16 rows) += one group's contribution to W x_v for v < vectors: its blocks' dot
+ * products, each scaled by its activation scale, then the group's fp16 scales (+ min Σx for
+ * asymmetric types).
+ *   block       the group's bytes (scales, mins, indices) of block_cols columns from column b0 * 32
+ *               (a constant for whole groups, so that the block loop unrolls) */
+static inline __attribute__((always_inline)) void
+group_step(const eq_qtype_traits *type, const uint8_t *block, const size_t block_cols, const size_t b0,
+           const __m512i *codes, const int span, const eq_packed_acts *x, const int vectors, __m512 *acc)
+{
+    const uint8_t *indices = block + eq_packed_header_bytes(type);
+    if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
+        eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
+    __m512 dot[VECTORS];
+    float sum_x[VECTORS];
+EQ_UNROLL(8)
+    for (int v = 0; v < vectors; v++) {
+        dot[v] = _mm512_setzero_ps();
+        sum_x[v] = 0.0f;
+    }
+EQ_UNROLL(4)
+    for (size_t c = 0, b = b0; c < block_cols; c += BLOCK, b++) {
+        const int8_t *block_xq[VECTORS];
+        __m512i sums_int[VECTORS];
+EQ_UNROLL(8)
+        for (int v = 0; v < vectors; v++)
+            block_xq[v] = x[v].xq + b * BLOCK;
+        block_dots(indices + c * 8 / (size_t)span, codes, span, block_xq, vectors, sums_int);
+EQ_UNROLL(8)
+        for (int v = 0; v < vectors; v++) {
+            const __m512i exact = _mm512_sub_epi32(sums_int[v], _mm512_set1_epi32(BIAS * x[v].xq_sum[b]));
+            dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(x[v].scale[b]), dot[v]);
+            sum_x[v] += x[v].sum[b];
+        }
+    }
+    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
+EQ_UNROLL(8)
+    for (int v = 0; v < vectors; v++)
+        acc[v] = _mm512_fmadd_ps(scale, dot[v], acc[v]);
+    if (!type->symmetric) {
+        const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
+EQ_UNROLL(8)
+        for (int v = 0; v < vectors; v++)
+            acc[v] = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x[v]), acc[v]);
+    }
+}
+
+/* y[v] (16 rows of one tile) = W x_v for `vectors` prepared vectors (1 .. VECTORS). Whole groups go
+ * through group_step with their width a constant, a partial last group with its own. */
 static inline __attribute__((always_inline)) void
 tile_vectors(const eq_qtype_traits *type, const uint8_t *tile_data, size_t cols, const eq_packed_acts *x,
              const int vectors, const size_t group, const int span, const __mmask16 row_mask, float *const *y)
 {
     const size_t n_groups = (cols + group - 1) / group;
-    const size_t header_bytes = eq_packed_header_bytes(type);
+    const size_t last_cols = eq_packed_group_cols(type, cols, n_groups - 1);
+    const size_t n_whole = last_cols == group ? n_groups : n_groups - 1;
+    const size_t whole_bytes = eq_packed_block_bytes(type, group);
     const __m512i codes[2] = {load_codes(tile_data),
                               span == 2 ? load_codes(tile_data + EQ_CODEBOOK_SIZE) : _mm512_setzero_si512()};
     __m512 acc[VECTORS];
@@ -90,44 +139,10 @@ EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         acc[v] = _mm512_setzero_ps();
     const uint8_t *block = tile_data + EQ_CODEBOOK_SIZE * (size_t)span;
-    for (size_t g = 0; g < n_groups; g++) {
-        const size_t block_cols = g + 1 < n_groups ? group : eq_packed_group_cols(type, cols, g);
-        const uint8_t *indices = block + header_bytes;
-        if (vectors == 1)   /* decode streams the weights from memory (prefill: the tile is reused) */
-            eq_prefetch_ahead(block, eq_packed_block_bytes(type, block_cols));
-        __m512 dot[VECTORS];
-        float sum_x[VECTORS];
-EQ_UNROLL(8)
-        for (int v = 0; v < vectors; v++) {
-            dot[v] = _mm512_setzero_ps();
-            sum_x[v] = 0.0f;
-        }
-        for (size_t c = 0, b = g * group / BLOCK; c < block_cols; c += BLOCK, b++) {
-            const int8_t *block_xq[VECTORS];
-            __m512i sums_int[VECTORS];
-EQ_UNROLL(8)
-            for (int v = 0; v < vectors; v++)
-                block_xq[v] = x[v].xq + b * BLOCK;
-            block_dots(indices + c * 8 / (size_t)span, codes, span, block_xq, vectors, sums_int);
-EQ_UNROLL(8)
-            for (int v = 0; v < vectors; v++) {
-                const __m512i exact = _mm512_sub_epi32(sums_int[v], _mm512_set1_epi32(BIAS * x[v].xq_sum[b]));
-                dot[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(x[v].scale[b]), dot[v]);
-                sum_x[v] += x[v].sum[b];
-            }
-        }
-        const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
-EQ_UNROLL(8)
-        for (int v = 0; v < vectors; v++)
-            acc[v] = _mm512_fmadd_ps(scale, dot[v], acc[v]);
-        if (!type->symmetric) {
-            const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
-EQ_UNROLL(8)
-            for (int v = 0; v < vectors; v++)
-                acc[v] = _mm512_fmadd_ps(min, _mm512_set1_ps(sum_x[v]), acc[v]);
-        }
-        block += eq_packed_block_bytes(type, block_cols);
-    }
+    for (size_t g = 0; g < n_whole; g++, block += whole_bytes)
+        group_step(type, block, group, g * group / BLOCK, codes, span, x, vectors, acc);
+    if (n_whole < n_groups)
+        group_step(type, block, last_cols, n_whole * group / BLOCK, codes, span, x, vectors, acc);
 EQ_UNROLL(8)
     for (int v = 0; v < vectors; v++)
         _mm512_mask_storeu_ps(y[v], row_mask, acc[v]);
