@@ -132,6 +132,49 @@ def test_logits_equal_the_reference(converted, reference, arch, bits, symmetric,
 
 
 @pytest.fixture(scope="module")
+def mixed_families(tiny_qwen, tmp_path_factory):
+    """A file whose products change family from tensor to tensor and from layer to layer (bit-plane
+    LUT u3g32a, packed p4g64a, codebook c4g64a; the head packed, the embeddings bit-plane), spliced
+    from three uniform conversions of one model, as a mixed-precision plan can write it."""
+    from edgeq.fileformat import TensorPlanEntry, write_model_file
+    folder = tmp_path_factory.mktemp("mixed-families")
+    files = []
+    for bits, group, layout in ((3, 32, "bitplane"), (4, 64, "packed"), (4, 64, "codebook")):
+        path = folder / f"{layout}.edgeq"
+        convert(tiny_qwen, path, PlanSettings(bits=bits, group=group, layout=layout), progress=False,
+                method=plain_rtn())
+        files.append(ModelFile(path))
+    kinds = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+
+    def source(name: str) -> ModelFile:
+        parts = name.split(".")
+        if parts[0] == "blk" and parts[2] in kinds:
+            return files[(int(parts[1]) + kinds.index(parts[2])) % len(files)]
+        return files[1] if name == "output.weight" else files[0]
+
+    tensors = {name: source(name).tensors[name] for name in files[0].tensors}
+    entries = [TensorPlanEntry(t.name, t.qtype, t.shape, t.method) for t in tensors.values()]
+    families = {(name.split(".")[1], t.qtype.family) for name, t in tensors.items() if name.startswith("blk.")}
+    assert len({layer for layer, _ in families}) < len(families)     # layers mix families
+    out = folder / "mixed.edgeq"
+    base = files[0]
+    write_model_file(out, base.config, base.tokenizer, base.generation, base.provenance, entries,
+                     lambda entry: tensors[entry.name])
+    return out
+
+
+def test_files_mixing_families_per_layer_equal_the_reference(mixed_families, reference, kernel_set):
+    """Each prepare step prepares its output for the families of the products that read it next
+    (model.c step_families): a file whose q, k, v, gate, up and down change family from layer to
+    layer gives the reference's logits by token (decode), in one batch (prefill) and on 1 thread."""
+    expected = reference(mixed_families, PROMPT)
+    allowed = max(KERNEL_SETS[kernel_set], MULTIPLY_ADD) * np.ptp(expected)
+    for chunks, threads in (([1] * len(PROMPT), 2), ((), 2), ((7, 1, 5), 1)):
+        got = c_logits(mixed_families, PROMPT, chunks=chunks, kv_fp32=True, threads=threads)
+        assert np.abs(got - expected).max() < allowed, (chunks, threads)
+
+
+@pytest.fixture(scope="module")
 def converted_partial(tiny_qwen_partial, tmp_path_factory):
     """{(bits, symmetric, group): path} of a model whose K (96, 176) are not multiples of the group
     (bit-planes: their whole-group layout is what compact tails change; packed tails are always compact)."""

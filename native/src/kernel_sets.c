@@ -253,11 +253,11 @@ void eq_acts_bind(eq_acts *acts, const float *x, size_t n, size_t cols)
     acts->cols = cols;
 }
 
-void eq_acts_prepare(const eq_kernels *kernels, eq_acts *acts, size_t first, size_t count)
+void eq_acts_prepare(const eq_kernels *kernels, eq_acts *acts, unsigned families, size_t first, size_t count)
 {
     for (int f = 0; f < EQ_QFAMILY_COUNT; f++) {
         const eq_path_kernels *route = eq_path_for(kernels, f, acts->n);
-        if (!(acts->families & (1u << f)) || route->prepare == NULL)
+        if (!(acts->families & families & (1u << f)) || route->prepare == NULL)
             continue;
         size_t stride = prepared_stride(kernels, f, acts->n, acts->cols);
         for (size_t v = first; v < first + count; v++)

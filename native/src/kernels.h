@@ -247,8 +247,10 @@ typedef struct eq_acts {
 int eq_acts_reserve(eq_acts *acts, size_t n, size_t cols, unsigned families);
 void eq_acts_free(eq_acts *acts);
 void eq_acts_bind(eq_acts *acts, const float *x, size_t n, size_t cols);   /* after reserve */
-/* Prepare vectors [first, first + count) for every family of acts (threads split n). */
-void eq_acts_prepare(const eq_kernels *kernels, eq_acts *acts, size_t first, size_t count);
+/* Prepare vectors [first, first + count) for the families in `families` that acts has room for
+ * (threads split n): a step prepares only for the products that read its output next, not for
+ * every family the input serves elsewhere in the model. */
+void eq_acts_prepare(const eq_kernels *kernels, eq_acts *acts, unsigned families, size_t first, size_t count);
 /* y (acts->n, rows) with row stride y_stride = W acts->x[v], through the family's gemm */
 void eq_gemm_prepared(const eq_kernels *kernels, const eq_qtype_traits *type, const uint8_t *data,
                       size_t rows, size_t cols, const eq_acts *acts, float *y, size_t y_stride);

@@ -641,12 +641,14 @@ static void *alloc_array(size_t count, size_t size)
     return calloc(count ? count : 1, size);
 }
 
-/* Bit f set when a product reads an input prepared for family f: which families acts_x (normed x:
- * q/k/v, gate/up, the head), acts_attn (wo) and acts_ffn (w_down) prepare for. */
+/* Bit f set when a product reads an input prepared for family f */
+#define FAMILY_BIT(w) (1u << eq_qtype_get((w).qtype)->family)
+
+/* Which families acts_x (normed x: q/k/v, gate/up, the head), acts_attn (wo) and acts_ffn (w_down)
+ * have room for: every layer's (each step prepares only for its own layer's readers, step_families). */
 static void input_families(const eq_model *m, unsigned *x_families, unsigned *attn_families,
                            unsigned *ffn_families)
 {
-#define FAMILY_BIT(w) (1u << eq_qtype_get((w).qtype)->family)
     *x_families = FAMILY_BIT(m->output);
     *attn_families = *ffn_families = 0;
     for (int i = 0; i < m->cfg.n_layers; i++) {
@@ -656,7 +658,6 @@ static void input_families(const eq_model *m, unsigned *x_families, unsigned *at
         *attn_families |= FAMILY_BIT(l->wo);
         *ffn_families |= FAMILY_BIT(l->w_down);
     }
-#undef FAMILY_BIT
 }
 
 /* The key and value stores of KV cache type kv_type (EQ_KV_*, checked) for heads of head_dim values */
@@ -1150,6 +1151,29 @@ static void add_rows(float *x, const float *y, int n, size_t rows, size_t row0, 
             x[(size_t)t * rows + j] += y[(size_t)t * rows + j];
 }
 
+/* The families a prepare step prepares its output for: those of the products that read it next (a
+ * mixed file's layer reads one or two of the families the whole model uses; preparing for all of
+ * them cost a single-threaded prepare per family and layer) */
+static unsigned step_families(const eq_model *m, const forward_step *st)
+{
+    const layer *l = st->kind < STEPS_PER_LAYER ? &m->layers[st->layer] : NULL;
+    switch (st->kind) {
+    case STEP_ATTN_NORM:
+        return FAMILY_BIT(l->wq) | FAMILY_BIT(l->wk) | FAMILY_BIT(l->wv);
+    case STEP_FFN_NORM:
+        return FAMILY_BIT(l->w_gate) | FAMILY_BIT(l->w_up);
+    case STEP_ATTN_PREPARE:
+        return FAMILY_BIT(l->wo);
+    case STEP_FFN_PREPARE:
+        return FAMILY_BIT(l->w_down);
+    case STEP_OUTPUT_NORM:
+        return FAMILY_BIT(m->output);
+    default:
+        return 0;
+    }
+}
+#undef FAMILY_BIT
+
 static void forward_chunk(void *raw, int chunk, int thread)
 {
     const forward_step *st = raw;
@@ -1165,7 +1189,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
     case STEP_FFN_NORM:
         rmsnorm(s->xb + t * dim, s->x + t * dim, st->kind == STEP_ATTN_NORM ? l->attn_norm : l->ffn_norm,
                 c->dim, c->norm_eps);
-        eq_acts_prepare(m->kernels, &s->acts_x, t, 1);
+        eq_acts_prepare(m->kernels, &s->acts_x, step_families(m, st), t, 1);
         break;
     case STEP_QKV: {
         const matrix *w[3] = {&l->wq, &l->wk, &l->wv};
@@ -1220,7 +1244,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
                        s->scores + (size_t)thread * (size_t)m->n_ctx);
         break;
     case STEP_ATTN_PREPARE:
-        eq_acts_prepare(m->kernels, &s->acts_attn, t, 1);
+        eq_acts_prepare(m->kernels, &s->acts_attn, step_families(m, st), t, 1);
         break;
     case STEP_ATTN_OUT:
         split_rows(matrix_split(m, &l->wo), chunk, &row0, &row1);
@@ -1242,7 +1266,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
             gated(m, s->hb + (size_t)token * hidden + row0, s->hb2 + (size_t)token * hidden + row0, row1 - row0);
         break;
     case STEP_FFN_PREPARE:
-        eq_acts_prepare(m->kernels, &s->acts_ffn, t, 1);
+        eq_acts_prepare(m->kernels, &s->acts_ffn, step_families(m, st), t, 1);
         break;
     case STEP_FFN_DOWN:
         split_rows(matrix_split(m, &l->w_down), chunk, &row0, &row1);
@@ -1253,7 +1277,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
     case STEP_OUTPUT_NORM:
         rmsnorm(s->xb + t * dim, s->x + ((size_t)(s->n - s->n_logits) + t) * dim, m->output_norm, c->dim,
                 c->norm_eps);
-        eq_acts_prepare(m->kernels, &s->acts_head, t, 1);
+        eq_acts_prepare(m->kernels, &s->acts_head, step_families(m, st), t, 1);
         break;
     case STEP_OUTPUT:
         split_rows(matrix_split(m, &m->output), chunk, &row0, &row1);
@@ -1529,7 +1553,7 @@ int eq_gemv_time(int id, const void *data, size_t data_bytes, size_t rows, size_
             x[j] = (float)(state >> 8) / 8388608.0f - 1.0f;
         }
         eq_acts_bind(&acts, x, 1, cols);
-        eq_acts_prepare(kernels, &acts, 0, 1);
+        eq_acts_prepare(kernels, &acts, acts.families, 0, 1);
         timed_product product = {kernels, type, block, cols, eq_qtype_nbytes(id, storage.tile_rows, cols),
                                  pool_row_split(pool, rows, storage.tile_rows, nbytes), &acts, y};
         eq_pool_phase phase = {timed_product_chunk, &product, split_chunks(product.split)};

@@ -427,7 +427,7 @@ static int gemm_with(const eq_kernels *kernels, int id, const void *data, size_t
         return err;
     }
     eq_acts_bind(&acts, x, n, cols);
-    eq_acts_prepare(kernels, &acts, 0, n);
+    eq_acts_prepare(kernels, &acts, acts.families, 0, n);
     eq_gemm_prepared(kernels, type, (const uint8_t *)data, rows, cols, &acts, y, rows);
     eq_acts_free(&acts);
     return EQ_OK;
