@@ -691,12 +691,20 @@ def prune_runs(records: list[dict]) -> list[dict]:
 
 
 def speed_machines(records: list[dict], model: str) -> list[str]:
-    """The runs (session_of) that measured a model's speeds, the most recent first."""
+    """The runs (session_of) that measured a model's speeds: the one that measured the most edgeq files
+    first (the main table, whose speeds the front verdicts use), then the others, the most recent first.
+    A small run that measures a few files again (a new format beside its peers) so follows the main
+    table in its own, instead of pushing the files only the big run measured out of it."""
     latest: dict[str, str] = {}
+    files: dict[str, set] = {}
     for r in records:
         if r["model"] == model and r["kind"] == "speed":
             latest[session_of(r)] = max(latest.get(session_of(r), ""), r.get("when", ""))
-    return sorted(latest, key=lambda session: (latest[session], session), reverse=True)
+            if r["system"] == "edgeq":
+                files.setdefault(session_of(r), set()).add(r["type"])
+    runs = sorted(latest, key=lambda session: (latest[session], session), reverse=True)
+    main = max(runs, key=lambda session: len(files.get(session, ())), default=None)   # the first of equals
+    return [main] + [run for run in runs if run != main] if main else []
 
 
 def load_records(path: Path) -> list[dict]:

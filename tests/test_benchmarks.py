@@ -375,25 +375,27 @@ def test_speeds_from_two_machines_are_never_compared(suite, tmp_path):
     records += [{**r, "when": "2026-12-02T04:00:00", "machine": new, "decode_tok_s": r["decode_tok_s"] / 2}
                 for r in _records() if r["kind"] == "speed" and r["type"] in ("Q4_0", "mixed-size-88.200MB")]
     old_run, new_run = f"{old}, run of 2026-11-30 09:00", f"{new}, run of 2026-12-02 04:00"
-    assert suite.speed_machines(records, "smollm2") == [new_run, old_run]
+    # the run that measured the most edgeq files makes the main table, the newer small one follows it
+    assert suite.speed_machines(records, "smollm2") == [old_run, new_run]
     for r in records[-2:]:          # replacing a record keys speed by machine: both machines' are kept
         assert all(suite.record_key(r) != suite.record_key(o) for o in records[:-2])
-    rows = suite.table_rows(records, "smollm2")
+    assert suite.decode(next(r for r in suite.table_rows(records, "smollm2") if r["type"] == "Q4_0"), 2) == 130.0
+    rows = suite.table_rows(records, "smollm2", new_run)
     assert {r["type"]: suite.decode(r, 2) for r in rows if r["speed"]} == {"Q4_0": 65.0, "mixed-size-88.200MB": 57.5}
-    assert suite.decode(next(r for r in suite.table_rows(records, "smollm2", old_run) if r["type"] == "Q4_0"), 2) == 130.0
     path = tmp_path / "RESULTS.md"
     suite.write_markdown(path, records, "edgeq/data/evaluation.txt")
     text = path.read_text()
-    assert f"Speeds in this table were measured on {new_run}; those measured in other runs ({old_run}) follow it" in text
-    assert f"### Speeds on {old_run}" in text
+    assert f"Speeds in this table were measured on {old_run}; those measured in other runs ({new_run}) follow it" in text
+    assert f"### Speeds on {new_run}" in text
     # each machine's dominance is decided with its own llama.cpp speed: Q4_0 by the u4 file on the old one only
-    main, earlier = text.split(f"### Speeds on {old_run}")
+    main, later = text.split(f"### Speeds on {new_run}")
     assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 130.0 tok/s t2): **dominated** by edgeq " \
-           "u4g64a-rtn-imatrix [avx2] (84.7 MB, ppl 29.30, decode 1.08x)." in earlier
+           "u4g64a-rtn-imatrix [avx2] (84.7 MB, ppl 29.30, decode 1.08x)." in main
     assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 65.0 tok/s t2): **dominated** by edgeq " \
-           "mixed-size-88.200MB [avx2] (88.1 MB, ppl 29.50, decode 0.88x)" not in main
-    assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 65.0 tok/s t2): not dominated: " in main
-    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 | 150.0 | 300.0 | Q3_K_M | 1.250 | Q2_K | 1.364 |" in earlier
+           "mixed-size-88.200MB [avx2] (88.1 MB, ppl 29.50, decode 0.88x)" not in later
+    assert "- llama.cpp Q4_0 (91.7 MB, ppl 30.80, decode 65.0 tok/s t2): not dominated: " in later
+    assert "| edgeq | mixed-size-88.200MB [avx2] | 88.1 | 29.50 | 57.5 | 230.0 |  |  | Q4_0 | 0.885 |" in later
+    assert "| edgeq | u3g32a-gptq" not in later
 
 
 def test_speeds_from_two_runs_on_one_machine_are_never_compared(suite, tmp_path):
@@ -406,16 +408,22 @@ def test_speeds_from_two_runs_on_one_machine_are_never_compared(suite, tmp_path)
         again = {**again, "when": "2026-12-03T02:45:00", "machine": machine, "decode_tok_s": 1.5 * again["decode_tok_s"]}
         records = [r for r in records if suite.record_key(r) != suite.record_key(again)] + [again]
     first, second = f"{machine}, run of 2026-12-02 05:00", f"{machine}, run of 2026-12-03 02:45"
-    assert suite.speed_machines(records, "smollm2") == [second, first]
-    latest = {(r["type"], r["isa"]): suite.decode(r, 2) for r in suite.table_rows(records, "smollm2") if r["speed"]}
-    assert latest == {("Q4_0", None): 195.0, ("u4g64a-rtn-imatrix", "avx2"): 210.0, ("u4g64a-rtn-imatrix", "scalar"): 187.5}
-    earlier = {r["type"]: suite.decode(r, 2) for r in suite.table_rows(records, "smollm2", first) if r["speed"]}
+    assert suite.speed_machines(records, "smollm2") == [first, second]   # the first still has the most files
+    earlier = {r["type"]: suite.decode(r, 2) for r in suite.table_rows(records, "smollm2") if r["speed"]}
     assert earlier["Q4_0"] == 130.0 and "u4g64a-rtn-imatrix" not in earlier and earlier["u3g32a-gptq"] == 150.0
+    latest = {(r["type"], r["isa"]): suite.decode(r, 2) for r in suite.table_rows(records, "smollm2", second) if r["speed"]}
+    assert latest == {("Q4_0", None): 195.0, ("u4g64a-rtn-imatrix", "avx2"): 210.0, ("u4g64a-rtn-imatrix", "scalar"): 187.5}
     path = tmp_path / "RESULTS.md"
     suite.write_markdown(path, records, "edgeq/data/evaluation.txt")
-    main, older = path.read_text().split(f"### Speeds on {first}")
-    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 | 150.0 | 300.0 | Q3_K_M | 1.250 | Q2_K | 1.364 |" in older
-    assert "- edgeq u4g64a-rtn-imatrix [avx2] vs llama.cpp Q4_0:" in main and "decode 1.08x llama.cpp's" in main
+    main, newer = path.read_text().split(f"### Speeds on {second}")
+    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 ± 1.00 (2) |  | 150.0 | 300.0 |" in main
+    assert "| edgeq | u4g64a-rtn-imatrix [avx2] | 84.7 | 29.30 | 210.0 | 280.0 | Q4_0 | 1.077 |" in newer
+    # a run that measures more files than the main one takes its place
+    bigger = records + [{**r, "when": "2026-12-03T02:45:00", "machine": machine} for r in _records()
+                        if r["kind"] == "speed" and r["type"] in ("u3g32a-gptq", "u8g64a-rtn", "mixed-size-88.200MB")]
+    bigger = [r for r in bigger if not (r["kind"] == "speed" and r["system"] == "edgeq" and r["when"].startswith("2026-12-02")
+                                        and r["type"] in ("u3g32a-gptq", "u8g64a-rtn"))]
+    assert suite.speed_machines(bigger, "smollm2") == [second, first]
     # once every edgeq speed of the first run is measured again, its llama.cpp speeds go with it
     assert len(suite.prune_runs(records)) == len(records)
     gone = [r for r in records if not (r["kind"] == "speed" and r["system"] == "edgeq" and r["when"].startswith("2026-12-02"))]
