@@ -89,7 +89,9 @@ typedef struct layer {
 
 /* The pass is one pool job of STEPS_PER_LAYER phases per layer, then HEAD_STEPS for the logits (the
  * workers are handed work once per batch); a phase waits for the one before. Per-token steps take
- * one token per chunk, products a run of rows, attention one (token, head) pair. */
+ * one token per chunk, products a run of rows, attention one (token, head) pair. A decode pass on
+ * several threads leaves the four prepare steps out: each thread norms and prepares the products'
+ * inputs for itself (own_inputs), 6 phases a layer instead of 10. */
 typedef enum step_kind {
     STEP_ATTN_NORM,       /* x -> rmsnorm -> xb, prepared in acts_x                 (per token)  */
     STEP_QKV,             /* q, k, v = xb wq^T, xb wk^T, xb wv^T                    (row chunks) */
@@ -129,6 +131,17 @@ typedef struct kv_store {
     uint16_t *scales;    /* (n_layers, n_ctx, n_kv_heads, row_scales), NULL without scales */
 } kv_store;
 
+/* One thread's own copies of a decode pass's product inputs (run_state.own). A prepare step is a
+ * phase of one chunk: one thread norms and prepares while the others wait at two barriers. With one
+ * token and several threads, each thread instead norms and prepares for itself, on its first chunk of
+ * a product, and the four prepare phases of a layer (and their barriers) are gone. */
+typedef struct own_inputs {
+    float *normed;                      /* (dim,) rmsnorm of x, this thread's */
+    eq_acts x, attn, ffn;               /* normed, run_state.xb and .hb prepared for this thread (n 1) */
+    const forward_step *x_step, *attn_step, *ffn_step;   /* the steps they were prepared for this pass */
+    char pad[64];                       /* the next thread's steps on another cache line */
+} own_inputs;
+
 /* Activations of one batch of up to BATCH tokens, row-major (token, feature). */
 typedef struct run_state {
     float *x;          /* (BATCH, dim) residual stream */
@@ -144,6 +157,8 @@ typedef struct run_state {
     eq_acts acts_attn; /* attention output (n, q_dim), */
     eq_acts acts_ffn;  /* SwiGLU output (n, hidden_dim), */
     eq_acts acts_head; /* acts_x's buffers bound to the head's batch: normed x (n_logits, dim) */
+    own_inputs *own;   /* (n_threads,) per-thread inputs, used when own_inputs; NULL with one thread */
+    bool own_inputs;   /* this pass: one token, several threads: no prepare phases (own_inputs) */
     int n, pos0;       /* the batch being evaluated: tokens at positions pos0 .. pos0 + n - 1 */
     int n_logits;      /* the head's batch: the last n_logits tokens, */
     float *logits;     /* (n_logits, vocab) */
@@ -733,8 +748,17 @@ static int alloc_state(loader *ld, eq_model *m)
     input_families(m, &x_families, &attn_families, &ffn_families);
     s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->steps);
     s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->phases);
+    bool own_allocated = true;
+    if (eq_pool_size(m->pool) > 1 && (s->own = alloc_array((size_t)eq_pool_size(m->pool), sizeof *s->own)))
+        for (int t = 0; t < eq_pool_size(m->pool); t++) {
+            own_inputs *own = &s->own[t];
+            own_allocated &= (own->normed = alloc_array(dim, sizeof(float))) != NULL &&
+                             eq_acts_reserve(&own->x, 1, dim, x_families) == EQ_OK &&
+                             eq_acts_reserve(&own->attn, 1, q_dim, attn_families) == EQ_OK &&
+                             eq_acts_reserve(&own->ffn, 1, hidden, ffn_families) == EQ_OK;
+        }
     if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->k || !s->v || !s->scores || !s->rotations ||
-        !stores_allocated ||
+        !stores_allocated || (eq_pool_size(m->pool) > 1 && !s->own) || !own_allocated ||
         !s->steps || !s->phases ||
         eq_acts_reserve(&s->acts_x, BATCH, (size_t)c->dim, x_families) != EQ_OK ||
         eq_acts_reserve(&s->acts_attn, BATCH, q_dim, attn_families) != EQ_OK ||
@@ -807,6 +831,12 @@ void eq_model_close(eq_model *m)
 {
     if (!m)
         return;
+    for (int t = 0; m->s.own && t < eq_pool_size(m->pool); t++) {
+        own_inputs *own = &m->s.own[t];
+        free(own->normed);
+        eq_acts_free(&own->x); eq_acts_free(&own->attn); eq_acts_free(&own->ffn);
+    }
+    free(m->s.own);
     eq_pool_destroy(m->pool);
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
     free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores); free(m->s.rotations); free(m->s.rotations_local);
@@ -1174,6 +1204,37 @@ static unsigned step_families(const eq_model *m, const forward_step *st)
 }
 #undef FAMILY_BIT
 
+/* The prepare steps a decode pass with threads leaves out (own_inputs) */
+static bool prepare_step(step_kind kind)
+{
+    return kind == STEP_ATTN_NORM || kind == STEP_ATTN_PREPARE || kind == STEP_FFN_NORM || kind == STEP_FFN_PREPARE;
+}
+
+/* The prepared input product step st reads: the shared one its prepare step made, or in a pass with
+ * own inputs this thread's, normed and prepared on its first chunk of st (the same steps, so the same
+ * bytes as the shared one) */
+static const eq_acts *step_input(eq_model *m, const forward_step *st, int thread)
+{
+    run_state *s = &m->s;
+    const layer *l = &m->layers[st->layer];
+    bool attention = st->kind == STEP_QKV || st->kind == STEP_ATTN_OUT;
+    if (!s->own_inputs)
+        return st->kind == STEP_ATTN_OUT ? &s->acts_attn : st->kind == STEP_FFN_DOWN ? &s->acts_ffn : &s->acts_x;
+    own_inputs *own = &s->own[thread];
+    eq_acts *acts = st->kind == STEP_ATTN_OUT ? &own->attn : st->kind == STEP_FFN_DOWN ? &own->ffn : &own->x;
+    const forward_step **done = st->kind == STEP_ATTN_OUT ? &own->attn_step
+                              : st->kind == STEP_FFN_DOWN ? &own->ffn_step : &own->x_step;
+    if (*done != st) {
+        forward_step prepare = {m, st->layer, st->kind == STEP_QKV ? STEP_ATTN_NORM : st->kind == STEP_GATE_UP
+                                              ? STEP_FFN_NORM : attention ? STEP_ATTN_PREPARE : STEP_FFN_PREPARE};
+        if (prepare.kind == STEP_ATTN_NORM || prepare.kind == STEP_FFN_NORM)
+            rmsnorm(own->normed, s->x, attention ? l->attn_norm : l->ffn_norm, m->cfg.dim, m->cfg.norm_eps);
+        eq_acts_prepare(m->kernels, acts, step_families(m, &prepare), 0, 1);
+        *done = st;
+    }
+    return acts;
+}
+
 static void forward_chunk(void *raw, int chunk, int thread)
 {
     const forward_step *st = raw;
@@ -1201,7 +1262,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
             split = matrix_split(m, w[++j]);
         }
         split_rows(split, chunk, &row0, &row1);
-        gemm_rows(m, w[j], &s->acts_x, row0, row1, y[j]);
+        gemm_rows(m, w[j], step_input(m, st, thread), row0, row1, y[j]);
         break;
     }
     case STEP_ROPE: {
@@ -1248,7 +1309,7 @@ static void forward_chunk(void *raw, int chunk, int thread)
         break;
     case STEP_ATTN_OUT:
         split_rows(matrix_split(m, &l->wo), chunk, &row0, &row1);
-        gemm_rows(m, &l->wo, &s->acts_attn, row0, row1, s->xb2);
+        gemm_rows(m, &l->wo, step_input(m, st, thread), row0, row1, s->xb2);
         if (!c->post_norms)
             add_rows(s->x, s->xb2, s->n, dim, row0, row1);
         break;
@@ -1258,19 +1319,21 @@ static void forward_chunk(void *raw, int chunk, int thread)
                 st->kind == STEP_ATTN_POST_NORM ? l->post_attn_norm : l->post_ffn_norm, c->dim, c->norm_eps);
         add_rows(s->x + t * dim, s->xb2 + t * dim, 1, dim, 0, dim);
         break;
-    case STEP_GATE_UP:
+    case STEP_GATE_UP: {
+        const eq_acts *input = step_input(m, st, thread);
         split_rows(gate_up_split(m, l), chunk, &row0, &row1);
-        gemm_rows(m, &l->w_gate, &s->acts_x, row0, row1, s->hb);
-        gemm_rows(m, &l->w_up, &s->acts_x, row0, row1, s->hb2);
+        gemm_rows(m, &l->w_gate, input, row0, row1, s->hb);
+        gemm_rows(m, &l->w_up, input, row0, row1, s->hb2);
         for (int token = 0; token < s->n; token++)
             gated(m, s->hb + (size_t)token * hidden + row0, s->hb2 + (size_t)token * hidden + row0, row1 - row0);
         break;
+    }
     case STEP_FFN_PREPARE:
         eq_acts_prepare(m->kernels, &s->acts_ffn, step_families(m, st), t, 1);
         break;
     case STEP_FFN_DOWN:
         split_rows(matrix_split(m, &l->w_down), chunk, &row0, &row1);
-        gemm_rows(m, &l->w_down, &s->acts_ffn, row0, row1, s->xb2);
+        gemm_rows(m, &l->w_down, step_input(m, st, thread), row0, row1, s->xb2);
         if (!c->post_norms)
             add_rows(s->x, s->xb2, s->n, dim, row0, row1);
         break;
@@ -1334,15 +1397,24 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
     s->logits = logits;
     s->acts_head = s->acts_x;   /* the head's norm overwrites acts_x's tables after the last layer's barrier */
     eq_acts_bind(&s->acts_head, s->xb, (size_t)s->n_logits, dim);
-    int per_layer;
-    const step_kind *kinds = layer_steps(c, &per_layer);
-    int n_steps = c->n_layers * per_layer + (logits ? HEAD_STEPS : 0);
-    for (int i = 0; i < n_steps; i++) {
-        s->steps[i] = i < c->n_layers * per_layer
-            ? (forward_step){m, i / per_layer, kinds[i % per_layer]}
-            : (forward_step){m, 0, (step_kind)(STEP_OUTPUT_NORM + i - c->n_layers * per_layer)};
-        s->phases[i] = (eq_pool_phase){forward_chunk, &s->steps[i], step_chunks(m, &s->steps[i])};
+    s->own_inputs = n == 1 && s->own;
+    for (int t = 0; s->own_inputs && t < eq_pool_size(m->pool); t++) {
+        own_inputs *own = &s->own[t];
+        eq_acts_bind(&own->x, own->normed, 1, dim);
+        eq_acts_bind(&own->attn, s->xb, 1, q_dim);
+        eq_acts_bind(&own->ffn, s->hb, 1, (size_t)c->hidden_dim);
+        own->x_step = own->attn_step = own->ffn_step = NULL;   /* the step addresses repeat every pass */
     }
+    int per_layer, n_steps = 0;
+    const step_kind *kinds = layer_steps(c, &per_layer);
+    for (int layer_index = 0; layer_index < c->n_layers; layer_index++)
+        for (int k = 0; k < per_layer; k++)
+            if (!s->own_inputs || !prepare_step(kinds[k]))
+                s->steps[n_steps++] = (forward_step){m, layer_index, kinds[k]};
+    for (int k = 0; logits && k < HEAD_STEPS; k++)
+        s->steps[n_steps++] = (forward_step){m, 0, (step_kind)(STEP_OUTPUT_NORM + k)};
+    for (int i = 0; i < n_steps; i++)
+        s->phases[i] = (eq_pool_phase){forward_chunk, &s->steps[i], step_chunks(m, &s->steps[i])};
     eq_pool_run(m->pool, s->phases, n_steps);   /* one hand-off to the workers per batch */
 }
 
