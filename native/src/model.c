@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "edgeq.h"
@@ -90,12 +91,13 @@ typedef struct layer {
 /* The pass is one pool job of STEPS_PER_LAYER phases per layer, then HEAD_STEPS for the logits (the
  * workers are handed work once per batch); a phase waits for the one before. Per-token steps take
  * one token per chunk, products a run of rows, attention one (token, head) pair. A decode pass on
- * several threads leaves the four prepare steps out: each thread norms and prepares the products'
- * inputs for itself (own_inputs), 6 phases a layer instead of 10. */
+ * several threads leaves the norm, prepare and rope steps out: each thread norms and prepares the
+ * products' inputs for itself (own_inputs), each attention chunk ropes its query head and the first of
+ * a group its kv head (ropes_for_head): 5 phases a layer instead of 10. */
 typedef enum step_kind {
     STEP_ATTN_NORM,       /* x -> rmsnorm -> xb, prepared in acts_x                 (per token)  */
     STEP_QKV,             /* q, k, v = xb wq^T, xb wk^T, xb wv^T                    (row chunks) */
-    STEP_ROPE,            /* + biases, rope on q and k, k and v into the cache      (per token)  */
+    STEP_ROPE,            /* + biases, head norms, rope on q and k, k v into the cache (per token) */
     STEP_ATTENTION,       /* -> xb (n, q_dim)                                        (per pair)  */
     STEP_ATTN_PREPARE,    /* xb prepared in acts_attn                               (per token)  */
     STEP_ATTN_OUT,        /* x += xb wo^T (post-norms: xb2 = xb wo^T)               (row chunks) */
@@ -150,15 +152,16 @@ typedef struct run_state {
     float *hb, *hb2;   /* (BATCH, hidden_dim) */
     float *q, *k, *v;  /* (BATCH, q_dim), (BATCH, kv_dim), (BATCH, kv_dim) */
     float *scores;     /* (n_threads, n_ctx) attention weights, one row per thread */
-    float *rotations;  /* (BATCH, head_dim): per token cos then sin of its RoPE angles, made by
-                          layer 0's STEP_ROPE and read by every layer's (libm once per token) */
+    float *rotations;  /* (BATCH, head_dim): per token cos then sin of its RoPE angles, made once per
+                          batch before the phases and read by every layer (libm once per token) */
     float *rotations_local;    /* (BATCH, head_dim): the same for sliding layers' own base, or NULL */
     eq_acts acts_x;    /* the products' inputs prepared for the kernel set: normed x (n, dim), */
     eq_acts acts_attn; /* attention output (n, q_dim), */
     eq_acts acts_ffn;  /* SwiGLU output (n, hidden_dim), */
     eq_acts acts_head; /* acts_x's buffers bound to the head's batch: normed x (n_logits, dim) */
     own_inputs *own;   /* (n_threads,) per-thread inputs, used when own_inputs; NULL with one thread */
-    bool own_inputs;   /* this pass: one token, several threads: no prepare phases (own_inputs) */
+    bool own_inputs;   /* this pass: one token, several threads: no prepare or rope phases */
+    atomic_uchar *kv_state;    /* (n_layers, n_kv_heads): decode's kv heads readied (ropes_for_head) */
     int n, pos0;       /* the batch being evaluated: tokens at positions pos0 .. pos0 + n - 1 */
     int n_logits;      /* the head's batch: the last n_logits tokens, */
     float *logits;     /* (n_logits, vocab) */
@@ -749,6 +752,9 @@ static int alloc_state(loader *ld, eq_model *m)
     s->steps = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->steps);
     s->phases = alloc_array((size_t)c->n_layers * STEPS_PER_LAYER + HEAD_STEPS, sizeof *s->phases);
     bool own_allocated = true;
+    if (eq_pool_size(m->pool) > 1 &&
+        !(s->kv_state = alloc_array((size_t)c->n_layers * (size_t)c->n_kv_heads, sizeof *s->kv_state)))
+        own_allocated = false;
     if (eq_pool_size(m->pool) > 1 && (s->own = alloc_array((size_t)eq_pool_size(m->pool), sizeof *s->own)))
         for (int t = 0; t < eq_pool_size(m->pool); t++) {
             own_inputs *own = &s->own[t];
@@ -837,6 +843,7 @@ void eq_model_close(eq_model *m)
         eq_acts_free(&own->x); eq_acts_free(&own->attn); eq_acts_free(&own->ffn);
     }
     free(m->s.own);
+    free(m->s.kv_state);
     eq_pool_destroy(m->pool);
     free(m->s.x); free(m->s.xb); free(m->s.xb2); free(m->s.hb); free(m->s.hb2);
     free(m->s.q); free(m->s.k); free(m->s.v); free(m->s.scores); free(m->s.rotations); free(m->s.rotations_local);
@@ -1087,28 +1094,24 @@ static void cache_axpys(const eq_model *m, const kv_store *st, size_t row, size_
     }
 }
 
-/* A token's n_kv_heads rows of head_dim values, from head row `row` on (the token's first head) */
-static void cache_write(eq_model *m, kv_store *st, size_t row, const float *values)
+/* One head's row of head_dim values into head row `row` (each head quantized on its own) */
+static void cache_write_head(eq_model *m, kv_store *st, size_t row, const float *x)
 {
-    const config *c = &m->cfg;
-    size_t head_dim = (size_t)c->head_dim;
-    for (size_t h = 0; h < (size_t)c->n_kv_heads; h++) {   /* each head quantized on its own */
-        uint8_t *data = st->data + (row + h) * st->row_bytes;
-        const float *x = values + h * head_dim;
-        switch (st->kind) {
-        case STORE_F16:
-            m->kernels->to_f16(x, head_dim, (uint16_t *)data);
-            break;
-        case STORE_F32:
-            memcpy(data, x, head_dim * sizeof(float));
-            break;
-        case STORE_Q8:
-            eq_kv_q8_quantize(x, head_dim, (int8_t *)data, st->scales + (row + h) * st->row_scales);
-            break;
-        case STORE_Q4:
-            eq_kv_q4_quantize(x, head_dim, data, st->scales + (row + h) * st->row_scales);
-            break;
-        }
+    size_t head_dim = (size_t)m->cfg.head_dim;
+    uint8_t *data = st->data + row * st->row_bytes;
+    switch (st->kind) {
+    case STORE_F16:
+        m->kernels->to_f16(x, head_dim, (uint16_t *)data);
+        break;
+    case STORE_F32:
+        memcpy(data, x, head_dim * sizeof(float));
+        break;
+    case STORE_Q8:
+        eq_kv_q8_quantize(x, head_dim, (int8_t *)data, st->scales + row * st->row_scales);
+        break;
+    case STORE_Q4:
+        eq_kv_q4_quantize(x, head_dim, data, st->scales + row * st->row_scales);
+        break;
     }
 }
 
@@ -1204,10 +1207,11 @@ static unsigned step_families(const eq_model *m, const forward_step *st)
 }
 #undef FAMILY_BIT
 
-/* The prepare steps a decode pass with threads leaves out (own_inputs) */
-static bool prepare_step(step_kind kind)
+/* The steps a decode pass with threads leaves out (own_inputs): the products and attention do them */
+static bool left_to_readers(step_kind kind)
 {
-    return kind == STEP_ATTN_NORM || kind == STEP_ATTN_PREPARE || kind == STEP_FFN_NORM || kind == STEP_FFN_PREPARE;
+    return kind == STEP_ATTN_NORM || kind == STEP_ROPE || kind == STEP_ATTN_PREPARE || kind == STEP_FFN_NORM ||
+           kind == STEP_FFN_PREPARE;
 }
 
 /* The prepared input product step st reads: the shared one its prepare step made, or in a pass with
@@ -1235,6 +1239,71 @@ static const eq_acts *step_input(eq_model *m, const forward_step *st, int thread
     return acts;
 }
 
+/* The rotation (cos, sin) of token t for this layer: its RoPE base's (made per batch by forward) */
+static const float *token_rotation(const eq_model *m, int layer_index, size_t t)
+{
+    const run_state *s = &m->s;
+    size_t head_dim = (size_t)m->cfg.head_dim;
+    return m->cfg.sliding[layer_index] && s->rotations_local ? s->rotations_local + t * head_dim
+                                                             : s->rotations + t * head_dim;
+}
+
+/* Query head h of token t made ready for attention, in place: + bias, per-head norm, RoPE */
+static void query_head_ready(eq_model *m, int layer_index, size_t t, int h)
+{
+    const config *c = &m->cfg;
+    const layer *l = &m->layers[layer_index];
+    size_t head_dim = (size_t)c->head_dim, q_dim = (size_t)c->n_heads * head_dim, first = (size_t)h * head_dim;
+    float *q = m->s.q + t * q_dim + first;
+    if (l->bq)
+        for (size_t j = 0; j < head_dim; j++)
+            q[j] += l->bq[first + j];
+    if (l->q_norm)
+        rmsnorm(q, q, l->q_norm, c->head_dim, c->norm_eps);
+    rope(q, 1, c->head_dim, token_rotation(m, layer_index, t));
+}
+
+/* Kv head g of token t: key + bias, per-head norm and RoPE, value + bias, both into the cache */
+static void kv_head_ready(eq_model *m, int layer_index, size_t t, int g)
+{
+    const config *c = &m->cfg;
+    const layer *l = &m->layers[layer_index];
+    run_state *s = &m->s;
+    size_t head_dim = (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * head_dim, first = (size_t)g * head_dim;
+    float *k = s->k + t * kv_dim + first, *v = s->v + t * kv_dim + first;
+    if (l->bk)
+        for (size_t j = 0; j < head_dim; j++) {
+            k[j] += l->bk[first + j];
+            v[j] += l->bv[first + j];
+        }
+    if (l->k_norm)
+        rmsnorm(k, k, l->k_norm, c->head_dim, c->norm_eps);
+    rope(k, 1, c->head_dim, token_rotation(m, layer_index, t));
+    size_t row = ((size_t)layer_index * (size_t)m->n_ctx + (size_t)s->pos0 + t) * (size_t)c->n_kv_heads + (size_t)g;
+    cache_write_head(m, &s->keys, row, k);
+    cache_write_head(m, &s->values, row, v);
+}
+
+/* Decode without a rope phase (own_inputs): attention head h readies its own query and, the first of
+ * its group to get there, its kv head (kv_state: 0 not begun, 1 begun, 2 in the cache); the others of
+ * the group wait for that, well under a microsecond of work by a running thread. */
+static void ropes_for_head(eq_model *m, int layer_index, int h)
+{
+    const config *c = &m->cfg;
+    int g = h / (c->n_heads / c->n_kv_heads);
+    atomic_uchar *state = &m->s.kv_state[(size_t)layer_index * (size_t)c->n_kv_heads + (size_t)g];
+    query_head_ready(m, layer_index, 0, h);
+    unsigned char idle = 0;
+    if (atomic_compare_exchange_strong_explicit(state, &idle, 1, memory_order_acq_rel, memory_order_acquire)) {
+        kv_head_ready(m, layer_index, 0, g);
+        atomic_store_explicit(state, 2, memory_order_release);
+        return;
+    }
+    for (unsigned spins = 1; atomic_load_explicit(state, memory_order_acquire) != 2; spins++)
+        if (spins % 1024 == 0)
+            sched_yield();   /* the thread it waits for was descheduled */
+}
+
 static void forward_chunk(void *raw, int chunk, int thread)
 {
     const forward_step *st = raw;
@@ -1243,7 +1312,6 @@ static void forward_chunk(void *raw, int chunk, int thread)
     run_state *s = &m->s;
     const layer *l = st->kind < STEPS_PER_LAYER ? &m->layers[st->layer] : NULL;
     size_t dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim, row0, row1;
-    size_t q_dim = (size_t)c->n_heads * (size_t)c->head_dim, kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t t = (size_t)chunk;
     switch (st->kind) {
     case STEP_ATTN_NORM:
@@ -1265,42 +1333,15 @@ static void forward_chunk(void *raw, int chunk, int thread)
         gemm_rows(m, w[j], step_input(m, st, thread), row0, row1, y[j]);
         break;
     }
-    case STEP_ROPE: {
-        float *q = s->q + t * q_dim, *k = s->k + t * kv_dim, *v = s->v + t * kv_dim;
-        if (l->bq) {
-            for (size_t j = 0; j < q_dim; j++)
-                q[j] += l->bq[j];
-            for (size_t j = 0; j < kv_dim; j++) {
-                k[j] += l->bk[j];
-                v[j] += l->bv[j];
-            }
-        }
-        if (l->q_norm) {   /* per head, before RoPE */
-            for (int h = 0; h < c->n_heads; h++)
-                rmsnorm(q + (size_t)h * (size_t)c->head_dim, q + (size_t)h * (size_t)c->head_dim, l->q_norm,
-                        c->head_dim, c->norm_eps);
-            for (int h = 0; h < c->n_kv_heads; h++)
-                rmsnorm(k + (size_t)h * (size_t)c->head_dim, k + (size_t)h * (size_t)c->head_dim, l->k_norm,
-                        c->head_dim, c->norm_eps);
-        }
-        int pos = s->pos0 + chunk;
-        float *rotation = s->rotations + t * (size_t)c->head_dim;
-        float *local = s->rotations_local ? s->rotations_local + t * (size_t)c->head_dim : rotation;
-        if (st->layer == 0) {   /* the phases run in order: every later layer reads this token's row */
-            rope_rotation(rotation, c->head_dim, pos, c->inv_freq);
-            if (s->rotations_local)
-                rope_rotation(local, c->head_dim, pos, c->inv_freq_local);
-        }
-        if (c->sliding[st->layer])
-            rotation = local;
-        rope(q, c->n_heads, c->head_dim, rotation);
-        rope(k, c->n_kv_heads, c->head_dim, rotation);
-        size_t row = ((size_t)st->layer * (size_t)m->n_ctx + (size_t)pos) * (size_t)c->n_kv_heads;
-        cache_write(m, &s->keys, row, k);
-        cache_write(m, &s->values, row, v);
+    case STEP_ROPE:
+        for (int h = 0; h < c->n_heads; h++)
+            query_head_ready(m, st->layer, t, h);
+        for (int g = 0; g < c->n_kv_heads; g++)
+            kv_head_ready(m, st->layer, t, g);
         break;
-    }
     case STEP_ATTENTION:
+        if (s->own_inputs)   /* no rope phase: this head's query, and its kv head's once (kv_state) */
+            ropes_for_head(m, st->layer, chunk % c->n_heads);
         attention_head(m, st->layer, chunk / c->n_heads, chunk % c->n_heads,
                        s->scores + (size_t)thread * (size_t)m->n_ctx);
         break;
@@ -1397,7 +1438,15 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
     s->logits = logits;
     s->acts_head = s->acts_x;   /* the head's norm overwrites acts_x's tables after the last layer's barrier */
     eq_acts_bind(&s->acts_head, s->xb, (size_t)s->n_logits, dim);
+    for (int t = 0; t < n; t++) {   /* each token's RoPE cos/sin, once for every layer */
+        rope_rotation(s->rotations + (size_t)t * (size_t)c->head_dim, c->head_dim, pos0 + t, c->inv_freq);
+        if (s->rotations_local)
+            rope_rotation(s->rotations_local + (size_t)t * (size_t)c->head_dim, c->head_dim, pos0 + t,
+                          c->inv_freq_local);
+    }
     s->own_inputs = n == 1 && s->own;
+    for (size_t i = 0; s->own_inputs && i < (size_t)c->n_layers * (size_t)c->n_kv_heads; i++)
+        atomic_store_explicit(&s->kv_state[i], 0, memory_order_relaxed);   /* published with the job */
     for (int t = 0; s->own_inputs && t < eq_pool_size(m->pool); t++) {
         own_inputs *own = &s->own[t];
         eq_acts_bind(&own->x, own->normed, 1, dim);
@@ -1409,7 +1458,7 @@ static void forward(eq_model *m, const int32_t *tokens, int n, int pos0, float *
     const step_kind *kinds = layer_steps(c, &per_layer);
     for (int layer_index = 0; layer_index < c->n_layers; layer_index++)
         for (int k = 0; k < per_layer; k++)
-            if (!s->own_inputs || !prepare_step(kinds[k]))
+            if (!s->own_inputs || !left_to_readers(kinds[k]))
                 s->steps[n_steps++] = (forward_step){m, layer_index, kinds[k]};
     for (int k = 0; logits && k < HEAD_STEPS; k++)
         s->steps[n_steps++] = (forward_step){m, 0, (step_kind)(STEP_OUTPUT_NORM + k)};
