@@ -20,8 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "edgeq.h"
@@ -1299,9 +1299,11 @@ static void ropes_for_head(eq_model *m, int layer_index, int h)
         atomic_store_explicit(state, 2, memory_order_release);
         return;
     }
-    for (unsigned spins = 1; atomic_load_explicit(state, memory_order_acquire) != 2; spins++)
+    for (unsigned spins = 1; atomic_load_explicit(state, memory_order_acquire) != 2; spins++) {
+        EQ_CPU_RELAX();
         if (spins % 1024 == 0)
             sched_yield();   /* the thread it waits for was descheduled */
+    }
 }
 
 static void forward_chunk(void *raw, int chunk, int thread)

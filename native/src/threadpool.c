@@ -30,15 +30,6 @@
 #include <unistd.h>
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define EQ_CPU_RELAX() _mm_pause()
-#elif defined(__aarch64__)
-#define EQ_CPU_RELAX() __asm__ __volatile__("yield")
-#else
-#define EQ_CPU_RELAX() ((void)0)
-#endif
-
 /* How long a waiting thread keeps the core before it sleeps. A chunk takes a few microseconds, and
  * the gap between two jobs (between tokens: sampling in Python) tens of microseconds; a thread that
  * waits longer than that is waiting for a descheduled thread or for the next request, and then it

@@ -23,6 +23,16 @@
 
 #include <stdint.h>
 
+/* A spinning thread's hint to the core (pause / yield), for waits of a few hundred nanoseconds */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define EQ_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define EQ_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define EQ_CPU_RELAX() ((void)0)
+#endif
+
 typedef struct eq_pool eq_pool;
 typedef void (*eq_pool_fn)(void *ctx, int chunk, int thread);
 
