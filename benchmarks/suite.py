@@ -792,6 +792,12 @@ def decode(row: dict, threads) -> float | None:
     return row["speed"].get(threads, {}).get("decode_tok_s")
 
 
+def roofline(row: dict, threads) -> float | None:
+    """An edgeq row's decode as a fraction of `edgeq bench`'s roofline (the bandwidth its probe measured
+    divided by the bytes a token reads), at `threads`."""
+    return row["speed"].get(threads, {}).get("roofline_fraction")
+
+
 def ppl_of(row: dict) -> float | None:
     return row["ppl"]["ppl"] if row["ppl"] else None
 
@@ -885,7 +891,10 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
              "names the linear layers' type and the method (gptq; rtn-imatrix: rtn weighted by the calibration "
              "text's E[x²]; rtn; hqq); a mixed-size-S / mixed-bpw-B row is a mixed-precision file, a type per "
              "tensor chosen for that budget (`edgeq convert --size S | --bpw B`). KL vs float: mean KL(float || file) "
-             "per scored token and top-1 agreement (`edgeq perplexity --base`), where measured. Each edgeq row is compared with its llama.cpp peer at the same nominal "
+             "per scored token and top-1 agreement (`edgeq perplexity --base`), where measured. Roofline: an edgeq "
+             "file's decode with the most threads as a fraction of `edgeq bench`'s roofline (the read bandwidth its "
+             "probe measured after each run, divided by the bytes a token reads; above 1 where decode streams faster "
+             "than the probe's read). Each edgeq row is compared with its llama.cpp peer at the same nominal "
              "bits (8: Q8_0, 6: Q6_K, 5: Q5_K_M, 4: Q4_0, 3: Q3_K_M, 2: Q2_K) and with the smallest llama.cpp "
              "file no smaller than it (\"≥ size\"): size < 1 and decode > 1 are wins for edgeq, ppl > 1 is a loss.",
              ""]
@@ -909,6 +918,8 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
         with_kl = any(row["ppl"] and row["ppl"].get("kld") is not None for row in rows)
         head = ["system", "type", "size MB", "ppl ± stderr (chunks)"] + (["KL vs float (top-1)"] if with_kl else [])
         head += [f"decode tok/s t{t}" for t in threads] + [f"prefill tok/s t{t}" for t in threads]
+        with_roofline = any(roofline(row, top) is not None for row in rows)
+        head += [f"roofline t{top}"] if with_roofline else []
         head += ["peer", "size ×", "ppl ×", f"decode × t{top}" if top else "decode ×"]
         head += ["≥ size", "size ×", "ppl ×", f"decode × t{top}" if top else "decode ×"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -922,6 +933,7 @@ def write_markdown(path: Path, records: list[dict], text_name: str) -> None:
                              if ppl and ppl.get("kld") is not None else "")
             cells += [fmt(decode(row, t)) for t in threads]
             cells += [fmt(row["speed"].get(t, {}).get("prefill_tok_s")) for t in threads]
+            cells += [fmt(roofline(row, top), 2)] if with_roofline else []
             for peer in (peer_of(row, rows), size_peer_of(row, rows)):
                 if peer:
                     ppl_ratio = ppl_of(row) / ppl_of(peer) if ppl_of(row) and ppl_of(peer) else None
@@ -979,7 +991,9 @@ def speed_section(records: list[dict], model: str, machine: str) -> list[str]:
     threads = sorted({t for row in rows for t in row["speed"]})
     top = max(threads) if threads else None
     head = ["system", "type", "size MB", "ppl"] + [f"decode tok/s t{t}" for t in threads]
-    head += [f"prefill tok/s t{t}" for t in threads] + ["peer", f"decode × t{top}", "≥ size", f"decode × t{top}"]
+    head += [f"prefill tok/s t{t}" for t in threads]
+    with_roofline = any(roofline(row, top) is not None for row in rows)
+    head += ([f"roofline t{top}"] if with_roofline else []) + ["peer", f"decode × t{top}", "≥ size", f"decode × t{top}"]
     lines = [f"### Speeds on {machine}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -987,6 +1001,7 @@ def speed_section(records: list[dict], model: str, machine: str) -> list[str]:
                  fmt(ppl_of(row), 2)]
         cells += [fmt(decode(row, t)) for t in threads]
         cells += [fmt(row["speed"].get(t, {}).get("prefill_tok_s")) for t in threads]
+        cells += [fmt(roofline(row, top), 2)] if with_roofline else []
         for peer in (peer_of(row, rows), size_peer_of(row, rows)):
             d, pd = decode(row, top), decode(peer, top) if peer else None
             cells += [peer["type"] if peer else "", fmt(d / pd if d and pd else None, 3)]

@@ -354,6 +354,25 @@ def test_report_states_peers_dominance_and_conversions(suite, tmp_path):
     assert "| mixed-size-88.200MB | `mixed:88.2MB` | mixed |  | mixed | auto per tensor |" in text
 
 
+def test_report_shows_the_roofline_where_the_bench_measured_it(suite, tmp_path):
+    """The roofline column (issue 10's Qwen target) appears when a speed record carries
+    `edgeq bench`'s roofline_fraction, in the main table and in another run's table."""
+    records = [{**r, "roofline_fraction": 0.912} if r["type"] == "u3g32a-gptq" and r["kind"] == "speed" else r
+               for r in _records()]
+    path = tmp_path / "RESULTS.md"
+    suite.write_markdown(path, records, "edgeq/data/evaluation.txt")
+    text = path.read_text()
+    assert "| prefill tok/s t2 | roofline t2 | peer |" in text
+    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 ± 1.00 (2) |  | 150.0 | 300.0 | 0.91 | Q3_K_M |" in text
+    assert "| llama.cpp | Q4_0 | 91.7 | 30.80 ± 1.00 (2) |  | 130.0 | 260.0 |  |" in text
+    later = [{**r, "when": "2026-12-03T02:45:00", "machine": "elsewhere"} for r in records
+             if r["kind"] == "speed" and r["type"] in ("Q3_K_M", "u3g32a-gptq")]
+    suite.write_markdown(path, records + later, "edgeq/data/evaluation.txt")
+    assert "| edgeq | u3g32a-gptq [avx2] | 79.9 | 34.70 | 150.0 | 300.0 | 0.91 | Q3_K_M | 1.250 |" in path.read_text()
+    suite.write_markdown(path, _records(), "edgeq/data/evaluation.txt")
+    assert "roofline t2" not in path.read_text().split("Each edgeq row")[1]    # no record has one: no column
+
+
 def test_report_says_per_model_which_machine_measured_its_rows(suite, tmp_path):
     records = _records()
     for i, record in enumerate(records):
