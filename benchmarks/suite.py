@@ -609,7 +609,7 @@ def edgeq_speed(path: Path, threads: int, args, isa: str | None = None) -> dict:
     report = json.loads(out.stdout)
     keep = ["load_s", "prefill_tok_s", "decode_tok_s", "prefill_tok_s_min", "prefill_tok_s_max",
             "decode_tok_s_min", "decode_tok_s_max", "peak_rss_mb", "bytes_per_token", "bandwidth_gb_s",
-            "roofline_tok_s", "roofline_fraction", "isa"]
+            "roofline_tok_s", "roofline_fraction", "single_thread_share", "isa"]
     return {key: report[key] for key in keep if key in report}
 
 
